@@ -1,0 +1,1 @@
+"""wattlens.app: the CLI, the Qt GUI and reports. Importing this package imports nothing heavy."""

@@ -1,0 +1,3 @@
+from wattlens.app.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,345 @@
+"""The `wattlens` command. Argparse only at import time: no torch, Qt or SQLAlchemy until a
+subcommand needs them, so `wattlens --help` starts fast.
+
+Contract (docs/architecture.md): `--json` prints one JSON document on stdout and nothing else
+there; human text goes to stderr (progress) or stdout (results) without --json. Exit codes:
+0 ok, 1 the work failed, 2 bad usage or bad input — always with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line + what to do, exit 2
+        self.exit(EXIT_USAGE, f"wattlens: error: {message} — see `{self.prog} --help`\n")
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="URL", help="database file or SQLAlchemy URL (default: WATTLENS_DB, "
+                   "else wattlens.db in your user data folder)")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="wattlens", description="Energy profiler and advisor for PyTorch and LLM workloads.")
+    p.add_argument("--version", action="version", version="wattlens 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    g = sub.add_parser("gui", help="open the desktop app (the default)")
+    _add_db(g)
+
+    a = sub.add_parser("attach", help="measure a running process (and its children) by PID")
+    a.add_argument("pid", type=int, metavar="PID")
+    a.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until "
+                   "Ctrl-C or the target exits)")
+    a.add_argument("--interval", type=float, default=0.1, metavar="S", help="sampling interval (default 0.1 s)")
+    a.add_argument("--no-stacks", action="store_true", help="do not sample Python stacks (no layer figures)")
+    a.add_argument("--stack-rate", type=float, metavar="HZ", help="stack samples per second")
+    a.add_argument("--name", metavar="N", help="session name")
+    a.add_argument("--no-gpu", action="store_true", help="do not query NVIDIA GPUs")
+    _add_db(a)
+    _add_json(a)
+
+    r = sub.add_parser("run", help="launch a command under wattlens with the in-process agent")
+    r.add_argument("--name", metavar="N")
+    r.add_argument("--interval", type=float, default=0.1, metavar="S")
+    r.add_argument("--duration", type=float, metavar="S", help="stop measuring after S seconds "
+                   "(the command keeps running)")
+    r.add_argument("--no-gpu", action="store_true")
+    _add_db(r)
+    _add_json(r)
+    r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+
+    s = sub.add_parser("sessions", help="list stored sessions")
+    _add_db(s)
+    _add_json(s)
+
+    sh = sub.add_parser("show", help="show one stored session")
+    sh.add_argument("id", type=int, metavar="ID")
+    _add_db(sh)
+    _add_json(sh)
+
+    rp = sub.add_parser("report", help="export a session as html, pdf, md, json or csv")
+    rp.add_argument("id", type=int, metavar="ID")
+    rp.add_argument("--format", required=True, choices=["html", "pdf", "md", "json", "csv"])
+    rp.add_argument("-o", "--output", required=True, metavar="PATH")
+    rp.add_argument("--compare", type=int, metavar="ID", help="compare with another session")
+    rp.add_argument("--grid", type=float, metavar="G_PER_KWH", help="grid carbon intensity for CO2")
+    _add_db(rp)
+
+    ad = sub.add_parser("advise", help="recommendations for a stored session")
+    ad.add_argument("id", type=int, metavar="ID")
+    _add_db(ad)
+    _add_json(ad)
+
+    op = sub.add_parser("optimize", help="apply actions to a model copy and verify them by measurement")
+    op.add_argument("model", metavar="MODEL", help="Hugging Face model folder or a saved torch module")
+    op.add_argument("--action", metavar="ACTION[,ACTION]", help="e.g. quantize-int8, bf16, prune-heads:0.25")
+    op.add_argument("--batch-sizes", metavar="1,2,4", help="measure energy per sample for these batch sizes")
+    op.add_argument("--out", metavar="DIR", help="where the optimized copy is written")
+    op.add_argument("--max-quality-loss", type=float, metavar="X",
+                    help="refuse a result whose top-1 disagreement (LMs) or 1 - cosine (encoders) exceeds X")
+    op.add_argument("--eval-text", metavar="FILE", help="text for a perplexity check")
+    op.add_argument("--rounds", type=int, default=6, metavar="N", help="A/B rounds (default 6)")
+    _add_db(op)
+    _add_json(op)
+
+    d = sub.add_parser("demo", help="profile a bundled GPT-2-style workload")
+    d.add_argument("--headless", action="store_true", help="no window; write a report and print its path")
+    d.add_argument("--duration", type=float, default=20.0, metavar="S")
+    d.add_argument("-o", "--output", metavar="PATH", help="report path (headless; default: demo-report-ID.html)")
+    _add_db(d)
+    _add_json(d)
+
+    dr = sub.add_parser("doctor", help="what can be measured here, what cannot, and the fix for each")
+    _add_json(dr)
+    _add_db(dr)
+    return p
+
+
+# ---- output helpers ---------------------------------------------------------------------------
+def _emit_json(doc) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def _info(args, text: str) -> None:
+    """Progress/human notes: stderr under --json, else stdout."""
+    print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout, flush=True)
+
+
+def _fmt(value, unit="", digits=3):
+    from wattlens.app.report.formats import fmt
+
+    return fmt(value, unit, digits)
+
+
+def _open_store(args):
+    from wattlens.profiler.store import Store
+
+    return Store(getattr(args, "db", None))
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"session {summary['session_id']} — {summary.get('name')}: {summary['status']}, "
+          f"{_fmt(summary.get('duration_s'), 's')}")
+    for s in summary["sources"]:
+        line = (f"  {s['id']:<18} {s['method']:<10} {_fmt(s['energy_j'], 'J'):>10}  "
+                f"mean {_fmt(s['mean_power_w'], 'W'):>8}")
+        if s.get("attributed_energy_j") is not None:
+            line += f"   target {_fmt(s['attributed_energy_j'], 'J')}"
+        if s.get("reason"):
+            line += f"   ({s['reason']})"
+        print(line)
+    t = summary.get("target")
+    if t:
+        print(f"  target energy: {_fmt(t.get('energy_j'), 'J')} (mean {_fmt(t.get('mean_power_w'), 'W')}) — "
+              f"{t.get('method') or t.get('reason')}")
+    st = summary.get("steps")
+    if st:
+        print(f"  steps: {st['count']}, {_fmt(st['energy_per_step_j'], 'J')}/step, "
+              f"{_fmt(st['energy_per_sample_j'], 'J')}/sample, {_fmt(st['energy_per_token_j'], 'J')}/token")
+    for lr in (summary.get("top_layers") or [])[:5]:
+        print(f"  layer {lr['path']}: {_fmt(lr['time_s'], 's')} ({lr['method']}), energy {_fmt(lr['energy_j'], 'J')}")
+    if any(s["method"] == "estimated" for s in summary["sources"]):
+        print("  note: 'estimated' figures come from a CPU power model (TDP × load), not a meter.")
+    for n in summary.get("notes") or []:
+        print(f"  note: {n}")
+
+
+# ---- commands -----------------------------------------------------------------------------------
+def cmd_attach(args) -> int:
+    from wattlens.profiler.process import Target
+    from wattlens.profiler.session import ProfilingSession
+    from wattlens.profiler.sources import discover
+
+    if args.interval <= 0 or (args.duration is not None and args.duration <= 0):
+        raise _usage("--interval and --duration must be positive numbers of seconds")
+    target = Target(args.pid)
+    store = _open_store(args)
+    session = ProfilingSession(store, target=target, kind="attach", name=args.name,
+                               interval_s=args.interval, duration_s=args.duration,
+                               discovery=discover(gpu=not args.no_gpu), stacks=not args.no_stacks,
+                               stack_rate_hz=args.stack_rate)
+    sid = session.start()
+    _info(args, f"wattlens: measuring PID {target.pid} ({target.name}) as session {sid} into "
+                f"{store.display_name} every {args.interval:g} s — Ctrl-C to stop")
+    for n in session.notes:
+        _info(args, f"wattlens: {n}")
+    summary = session.run()
+    return _finish(args, summary)
+
+
+def _finish(args, summary: dict) -> int:
+    if args.json:
+        _emit_json(summary)
+    else:
+        _print_summary(summary)
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from wattlens.app.runmode import run_command
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise _usage("no command given: use `wattlens run -- python train.py ...`")
+    summary = run_command(cmd, db=args.db, name=args.name, interval_s=args.interval,
+                          duration_s=args.duration, gpu=not args.no_gpu,
+                          info=lambda text: _info(args, text))
+    return _finish(args, summary)
+
+
+def cmd_sessions(args) -> int:
+    store = _open_store(args)
+    rows = store.sessions()
+    if args.json:
+        _emit_json([{k: r[k] for k in ("id", "name", "kind", "status", "target_pid", "started_at",
+                                        "duration_s")} | {"energy_j": (r["summary"] or {}).get("energy_j"),
+                                                          "target_energy_j": ((r["summary"] or {}).get("target") or {}).get("energy_j")}
+                    for r in rows])
+        return EXIT_OK
+    if not rows:
+        print(f"no sessions in {store.display_name} yet — try `wattlens attach PID` or `wattlens demo`")
+        return EXIT_OK
+    import datetime as dt
+
+    print(f"{'ID':>4}  {'started':<19}  {'duration':>9}  {'status':<14} {'energy':>10}  name")
+    for r in rows:
+        started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        energy = (r["summary"] or {}).get("energy_j")
+        print(f"{r['id']:>4}  {started:<19}  {_fmt(r['duration_s'], 's'):>9}  {r['status']:<14} "
+              f"{_fmt(energy, 'J'):>10}  {r['name']}")
+    return EXIT_OK
+
+
+def cmd_show(args) -> int:
+    from wattlens.app.report.data import build_report
+
+    store = _open_store(args)
+    report = build_report(store, args.id)
+    if args.json:
+        _emit_json(report)
+        return EXIT_OK
+    s = report["session"]
+    summary = report["summary"]
+    summary["status"] = s["status"]
+    _print_summary(summary)
+    if s.get("end_reason"):
+        print(f"  ended: {s['end_reason']}")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from wattlens.app.report.formats import write_report
+
+    store = _open_store(args)
+    path = write_report(store, args.id, args.format, args.output, compare_id=args.compare,
+                        grid_g_per_kwh=args.grid)
+    print(path)
+    return EXIT_OK
+
+
+def cmd_doctor(args) -> int:
+    from wattlens.app.doctor import doctor
+
+    doc = doctor(db=args.db)
+    if args.json:
+        _emit_json(doc)
+        return EXIT_OK
+    print("Can measure:")
+    for s in doc["usable"]:
+        print(f"  ✓ {s['id']:<16} {s['kind']:<5} {s['method']:<10} {s['label']}")
+        if s["method"] == "estimated":
+            print(f"      estimate: {s.get('tdp_source', '')}")
+    print("Cannot measure:")
+    for u in doc["unavailable"]:
+        print(f"  ✗ {u['id']:<16} {u['reason']}\n      fix: {u['fix']}")
+    for c in doc["checks"]:
+        mark = "✓" if c["ok"] else "✗"
+        print(f"  {mark} {c['name']}: {c['detail']}" + (f"\n      fix: {c['fix']}" if c.get("fix") and not c["ok"] else ""))
+    return EXIT_OK
+
+
+def cmd_gui(args) -> int:
+    try:
+        from wattlens.app.gui.main import run_gui
+    except ImportError as exc:
+        raise _failed(f"the GUI cannot start: {exc}", "install the GUI dependencies: pip install 'wattlens'") from None
+    return run_gui(db=getattr(args, "db", None))
+
+
+def cmd_advise(args) -> int:
+    from wattlens.app.advise import advise_command
+
+    return advise_command(args)
+
+
+def cmd_optimize(args) -> int:
+    from wattlens.app.optimize_cmd import optimize_command
+
+    return optimize_command(args)
+
+
+def cmd_demo(args) -> int:
+    from wattlens.app.demo import demo_command
+
+    return demo_command(args)
+
+
+def _usage(message: str):
+    from wattlens.profiler.errors import BadInputError
+
+    return BadInputError(message)
+
+
+def _failed(message: str, hint: str | None = None):
+    from wattlens.profiler.errors import WattlensError
+
+    return WattlensError(message, hint=hint)
+
+
+COMMANDS = {
+    "gui": cmd_gui, "attach": cmd_attach, "run": cmd_run, "sessions": cmd_sessions, "show": cmd_show,
+    "report": cmd_report, "advise": cmd_advise, "optimize": cmd_optimize, "demo": cmd_demo,
+    "doctor": cmd_doctor,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        args.command = "gui"
+        args.db = None
+    if os.environ.get("WATTLENS_DEBUG"):
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("wattlens: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into one line
+        from wattlens.profiler.errors import WattlensError
+
+        if isinstance(exc, WattlensError):
+            print(f"wattlens: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        if os.environ.get("WATTLENS_DEBUG"):
+            raise
+        print(f"wattlens: internal error: {type(exc).__name__}: {exc} — please report it "
+              "(set WATTLENS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,50 @@
+"""`wattlens doctor`: what can be measured here, what cannot, and the fix for each."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+
+def _pyspy_check() -> dict:
+    exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(exe):
+        return {"name": "py-spy (layer figures in attach mode)", "ok": False, "detail": "py-spy not found",
+                "fix": "pip install py-spy"}
+    detail = f"found at {exe}"
+    ok = True
+    fix = None
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = int(f.read().strip())
+        if scope >= 1 and os.geteuid() != 0:
+            ok = False
+            detail += f"; ptrace_scope is {scope}, so attaching to processes you did not start is denied"
+            fix = ("run wattlens with sudo, or `echo 0 | sudo tee /proc/sys/kernel/yama/ptrace_scope`; "
+                   "in a container add --cap-add SYS_PTRACE; `wattlens run` needs none of this")
+    except (OSError, ValueError):
+        pass
+    return {"name": "py-spy (layer figures in attach mode)", "ok": ok, "detail": detail, "fix": fix}
+
+
+def _db_check(db) -> dict:
+    from wattlens.profiler.errors import WattlensError
+    from wattlens.profiler.store import Store, resolve_db
+
+    try:
+        store = Store(db)
+        n = len(store.sessions())
+        store.close()
+        return {"name": "database", "ok": True, "detail": f"{resolve_db(db)} ({n} sessions)"}
+    except WattlensError as exc:
+        return {"name": "database", "ok": False, "detail": exc.message, "fix": exc.hint}
+
+
+def doctor(db=None) -> dict:
+    from wattlens.profiler.sources import discover
+
+    found = discover()
+    doc = found.to_dict()
+    doc["checks"] = [_pyspy_check(), _db_check(db)]
+    return doc

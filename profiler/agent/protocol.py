@@ -1,0 +1,201 @@
+"""The wire protocol between the in-process agent and the wattlens host.
+
+JSON lines over a Unix stream socket: every line is one JSON object with a ``"type"``. The agent's
+first line is a ``hello`` carrying the session token. No pickle, ever: both sides parse with
+:func:`decode` and check every message against :data:`AGENT_MESSAGES` / :data:`HOST_COMMANDS`
+before acting on it, so a malformed or unknown message is dropped, never executed.
+
+This module is shared by both sides, so it is stdlib only and must not import torch or any other
+part of wattlens (the agent side runs in the target's own interpreter).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Dict, Optional, Tuple
+
+PROTOCOL_VERSION = 1
+
+ENV_SOCKET = "WATTLENS_AGENT_SOCKET"
+ENV_TOKEN = "WATTLENS_AGENT_TOKEN"
+# Optional tuning, read by the agent.
+ENV_WINDOW_MS = "WATTLENS_AGENT_WINDOW_MS"  # minimum layer-cost window (default 50 ms)
+ENV_FLOPS = "WATTLENS_AGENT_FLOPS"  # "0" switches FLOP counting off
+
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+# ---------------------------------------------------------------------------------------------
+# Field checkers: each takes a value and says whether it is acceptable.
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_nonneg_int(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_scalar(v: Any) -> bool:
+    """A knob value: a JSON scalar (no containers, no NaN)."""
+    if v is None or isinstance(v, (bool, str)) or _is_int(v):
+        return True
+    return isinstance(v, float) and v == v and v not in (float("inf"), float("-inf"))
+
+
+def _opt(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and all(check(x) for x in v)
+
+
+def _obj(schema: Dict[str, Tuple[Callable[[Any], bool], bool]]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, dict) and check_fields(v, schema) is None
+
+
+Schema = Dict[str, Tuple[Callable[[Any], bool], bool]]  # field -> (checker, required)
+
+
+def check_fields(msg: Dict[str, Any], schema: Schema) -> Optional[str]:
+    """Return None when ``msg`` fits ``schema``, else a short reason."""
+    for name, (check, required) in schema.items():
+        if name not in msg:
+            if required:
+                return f"missing field {name!r}"
+            continue
+        if not check(msg[name]):
+            return f"field {name!r} has the wrong type or value"
+    return None
+
+
+_STEP: Schema = {
+    "step": (_is_nonneg_int, True),
+    "t_start_ns": (_is_nonneg_int, True),
+    "t_end_ns": (_is_nonneg_int, True),
+    "samples": (_opt(_is_nonneg_int), False),
+    "tokens": (_opt(_is_nonneg_int), False),
+}
+
+PHASES = ("forward", "backward")
+
+_ROW: Schema = {
+    "path": (_is_str, True),
+    "phase": (lambda v: v in PHASES, True),
+    "time_ns": (_is_nonneg_int, True),
+    "self_time_ns": (_is_nonneg_int, True),
+    "calls": (_is_nonneg_int, False),
+    "flops": (_opt(_is_nonneg_int), False),
+    "params": (_opt(_is_nonneg_int), False),
+}
+
+_MODULE: Schema = {
+    "path": (_is_str, True),
+    "class": (_is_str, True),
+    "params": (_is_nonneg_int, True),
+    "bytes": (_is_nonneg_int, True),
+}
+
+# Messages the agent may send. The first one on a connection must be "hello".
+AGENT_MESSAGES: Dict[str, Schema] = {
+    "hello": {
+        "token": (_is_str, True),
+        "protocol": (_is_int, True),
+        "pid": (_is_int, True),
+        "ppid": (_opt(_is_int), False),
+        "python": (_is_str, True),
+        "executable": (_opt(_is_str), False),
+        "argv": (_list_of(_is_str), False),
+        "torch": (_opt(_is_str), False),
+        "t_ns": (_is_nonneg_int, True),
+    },
+    "model": {
+        "t_ns": (_is_nonneg_int, True),
+        "prefix": (_is_str, True),
+        "class": (_is_str, True),
+        "main": (lambda v: isinstance(v, bool), True),
+        "params": (_is_nonneg_int, True),
+        "bytes": (_is_nonneg_int, True),
+        "device": (_opt(_is_str), False),
+        "dtype": (_opt(_is_str), False),
+        "timing": (_is_str, True),
+        "torch": (_opt(_is_str), False),
+        "modules": (_list_of(_obj(_MODULE)), True),
+    },
+    "steps": {
+        "steps": (_list_of(_obj(_STEP)), True),
+    },
+    "layers": {
+        "t_start_ns": (_is_nonneg_int, True),
+        "t_end_ns": (_is_nonneg_int, True),
+        "first_step": (_opt(_is_nonneg_int), False),
+        "last_step": (_opt(_is_nonneg_int), False),
+        "timing": (_is_str, True),
+        "rows": (_list_of(_obj(_ROW)), True),
+    },
+    "event": {
+        "t_ns": (_is_nonneg_int, True),
+        "kind": (_is_str, True),
+        "message": (_is_str, True),
+        "data": (lambda v: isinstance(v, dict), False),
+    },
+    "knob": {"t_ns": (_is_nonneg_int, True), "name": (_is_str, True), "value": (_is_scalar, True)},
+    "knob_set": {
+        "t_ns": (_is_nonneg_int, True),
+        "name": (_is_str, True),
+        "value": (_is_scalar, True),
+    },
+    "refused": {
+        "t_ns": (_is_nonneg_int, True),
+        "command": (_is_str, True),
+        "reason": (_is_str, True),
+    },
+    "bye": {"t_ns": (_is_nonneg_int, True), "steps": (_is_nonneg_int, False)},
+}
+
+# Commands the host may send. Issue 5 adds "apply"/"revert" here (and a handler in the agent's
+# dispatch table, flagged to run at a step boundary).
+HOST_COMMANDS: Dict[str, Schema] = {
+    "set_knob": {"name": (_is_str, True), "value": (_is_scalar, True)},
+}
+
+
+def is_knob_value(value: Any) -> bool:
+    """Knob values are JSON scalars: int, float (finite), str, bool or None."""
+    return _is_scalar(value)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def decode(line: bytes) -> Dict[str, Any]:
+    """Parse one line into a message object; raise ValueError when it is not one.
+
+    NaN/Infinity are refused (they are not JSON) and the top level must be an object with a
+    string ``type``.
+    """
+    msg = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    if not isinstance(msg, dict):
+        raise ValueError("a message must be a JSON object")
+    if not isinstance(msg.get("type"), str):
+        raise ValueError("a message needs a string 'type'")
+    return msg
+
+
+def encode(msg: Dict[str, Any]) -> bytes:
+    """One JSON line. ``allow_nan=False``: we never send what :func:`decode` would refuse."""
+    return (json.dumps(msg, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+
+
+def validate(msg: Dict[str, Any], table: Dict[str, Schema]) -> Optional[str]:
+    """None when ``msg`` is a known type with well-typed fields, else a short reason."""
+    schema = table.get(msg["type"])
+    if schema is None:
+        return f"unknown message type {msg['type']!r}"
+    return check_fields(msg, schema)

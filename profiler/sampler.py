@@ -1,0 +1,209 @@
+"""The Sampler: one thread that reads every source at a fixed interval, attributes energy to the
+target, and hands batches of SamplePoints to its sinks (the StoreWriter's queue, ring buffers).
+
+Series keys (units in names):
+  ``<source>/power_w``, ``<source>/energy_j`` (cumulative), ``<source>/util_pct``,
+  ``<source>/mem_used_bytes``; with a target: ``target/<source>/power_w``,
+  ``target/<source>/energy_j`` (cumulative), ``target/energy_j`` (all sources),
+  ``target/power_w`` and ``target/cpu_pct`` (percent of one core).
+Idle GPU power (lowest power seen in the session) is ``<source>/idle_power_w``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from wattlens.profiler import attribution
+from wattlens.profiler.process import Target, system_cpu_s
+from wattlens.profiler.records import SamplePoint, SeriesSpec
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[list[SamplePoint]], None]
+
+
+class Sampler:
+    def __init__(self, sources: Sequence, *, interval_s: float = 0.1, target: Target | None = None,
+                 sinks: Sequence[Sink] = ()):
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+        self.sources = list(sources)
+        self.interval_s = interval_s
+        self.target = target
+        self.sinks = list(sinks)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._prev: dict[str, tuple[int, float | None]] = {}
+        self._target_energy_j: dict[str, float] = {s.id: 0.0 for s in self.sources}
+        self._idle_power_w: dict[str, float] = {}
+        self._prev_cpu: tuple[float, float] | None = None
+        self._gpu_since_us: int = 0
+        self.reasons: dict[str, str] = {}  # series key → why it is missing
+        self.ticks = 0
+        self.error: BaseException | None = None
+
+    # ---- what the sampler produces -------------------------------------------------------
+    def series_specs(self) -> list[SeriesSpec]:
+        specs: list[SeriesSpec] = []
+        for s in self.sources:
+            specs += [
+                SeriesSpec(f"{s.id}/power_w", "W", s.method, s.id, f"{s.label} power"),
+                SeriesSpec(f"{s.id}/energy_j", "J", s.method, s.id, f"{s.label} energy"),
+                SeriesSpec(f"{s.id}/util_pct", "%", "polled", s.id, f"{s.label} utilisation"),
+            ]
+            if s.kind == "gpu":
+                specs += [
+                    SeriesSpec(f"{s.id}/mem_used_bytes", "B", "polled", s.id, f"{s.label} memory"),
+                    SeriesSpec(f"{s.id}/idle_power_w", "W", "derived", s.id,
+                               f"{s.label} idle power (lowest seen this session)"),
+                ]
+            if self.target is not None:
+                method = attribution.GPU_METHOD if s.kind == "gpu" else attribution.CPU_METHOD
+                specs += [
+                    SeriesSpec(f"target/{s.id}/power_w", "W", f"attributed: {method} × {s.method}",
+                               s.id, f"target's share of {s.label}"),
+                    SeriesSpec(f"target/{s.id}/energy_j", "J", f"attributed: {method} × {s.method}",
+                               s.id, f"target's energy from {s.label}"),
+                ]
+        if self.target is not None:
+            methods = "+".join(sorted({s.method for s in self.sources}))
+            specs += [
+                SeriesSpec("target/energy_j", "J", f"attributed ({methods})", None, "target energy"),
+                SeriesSpec("target/power_w", "W", f"attributed ({methods})", None, "target power"),
+                SeriesSpec("target/cpu_pct", "%", "polled", None, "target CPU (% of one core)"),
+            ]
+        return specs
+
+    # ---- thread control --------------------------------------------------------------------
+    def start(self) -> None:
+        self.tick()  # baseline reading: counters and integrators start here
+        self._thread = threading.Thread(target=self._run, name="wattlens-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+            try:
+                self.tick()  # a last point at the stop time
+            except Exception:  # noqa: BLE001
+                log.exception("last sample failed")
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        interval_ns = int(self.interval_s * 1e9)
+        next_ns = time.monotonic_ns() + interval_ns
+        while not self._stop.is_set():
+            delay_s = (next_ns - time.monotonic_ns()) / 1e9
+            if delay_s > 0 and self._stop.wait(delay_s):
+                break
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - a failing tick must not kill the session
+                self.error = exc
+                log.exception("sampler tick failed")
+            next_ns += interval_ns
+            now = time.monotonic_ns()
+            if next_ns < now:  # fell behind (suspended, overloaded): skip, do not burst
+                next_ns = now + interval_ns
+
+    # ---- one tick ------------------------------------------------------------------------------
+    def tick(self) -> list[SamplePoint]:
+        t_ns = time.monotonic_ns()
+        points: list[SamplePoint] = []
+        add = points.append
+        target_share_cpu: float | None = None
+        target_cpu_pct: float | None = None
+        if self.target is not None:
+            busy_s, _total = system_cpu_s()
+            try:
+                tgt_s = self.target.cpu_time_s()
+            except Exception:  # noqa: BLE001 - the target vanished between checks
+                tgt_s = self._prev_cpu[0] if self._prev_cpu else 0.0
+            if self._prev_cpu is not None:
+                d_tgt = tgt_s - self._prev_cpu[0]
+                d_busy = busy_s - self._prev_cpu[1]
+                target_share_cpu = attribution.cpu_share(d_tgt, d_busy)
+                prev_t = self._prev.get("__cpu__", (t_ns, None))[0]
+                if t_ns > prev_t:
+                    target_cpu_pct = 100.0 * d_tgt / ((t_ns - prev_t) / 1e9)
+            self._prev_cpu = (tgt_s, busy_s)
+            self._prev["__cpu__"] = (t_ns, None)
+        first = self.ticks == 0
+        target_power_w = 0.0
+        target_power_known = False
+        for src in self.sources:
+            r = src.read(t_ns)
+            sid = src.id
+            if r.power_w is not None:
+                add(SamplePoint(f"{sid}/power_w", t_ns, r.power_w))
+            if r.energy_j is not None:
+                add(SamplePoint(f"{sid}/energy_j", t_ns, r.energy_j))
+            elif r.reason:
+                self.reasons[f"{sid}/energy_j"] = r.reason
+            for name, value in r.extra.items():
+                if value is not None:
+                    add(SamplePoint(f"{sid}/{name}", t_ns, value))
+            if src.kind == "gpu" and r.power_w is not None:
+                idle = self._idle_power_w.get(sid)
+                if idle is None or r.power_w < idle:
+                    self._idle_power_w[sid] = r.power_w
+                    add(SamplePoint(f"{sid}/idle_power_w", t_ns, r.power_w))
+            prev_t, prev_e = self._prev.get(sid, (t_ns, None))
+            self._prev[sid] = (t_ns, r.energy_j)
+            if self.target is None or first:
+                continue
+            d_e = None if (r.energy_j is None or prev_e is None) else r.energy_j - prev_e
+            dt_s = (t_ns - prev_t) / 1e9
+            if src.kind == "gpu":
+                att = self._attribute_gpu(src, d_e, dt_s)
+            else:
+                att = attribution.attribute_cpu(d_e, target_share_cpu)
+            if att.energy_j is None:
+                if att.reason:
+                    self.reasons[f"target/{sid}/energy_j"] = att.reason
+                continue
+            self._target_energy_j[sid] += att.energy_j
+            add(SamplePoint(f"target/{sid}/energy_j", t_ns, self._target_energy_j[sid]))
+            if dt_s > 0:
+                p_w = att.energy_j / dt_s
+                add(SamplePoint(f"target/{sid}/power_w", t_ns, p_w))
+                target_power_w += p_w
+                target_power_known = True
+        if self.target is not None:
+            add(SamplePoint("target/energy_j", t_ns, sum(self._target_energy_j.values())))
+            if target_power_known:
+                add(SamplePoint("target/power_w", t_ns, target_power_w))
+            if target_cpu_pct is not None:
+                add(SamplePoint("target/cpu_pct", t_ns, target_cpu_pct))
+        self.ticks += 1
+        for sink in self.sinks:
+            sink(points)
+        return points
+
+    def _attribute_gpu(self, src, d_e: float | None, dt_s: float) -> attribution.Attributed:
+        dev = src.device
+        pids = self.target.pids()
+        util, reason = dev.process_sm_util(self._gpu_since_us)
+        self._gpu_since_us = int(time.time() * 1e6) - int(2 * self.interval_s * 1e6)
+        idle_w = self._idle_power_w.get(src.id)
+        if util is not None and util:
+            share = attribution.gpu_share(sum(v for p, v in util.items() if p in pids), sum(util.values()))
+            return attribution.attribute_gpu(d_e, dt_s, idle_w, share)
+        procs, preason = dev.running_processes()
+        if procs is not None:
+            ours = [p for p in procs if p in pids]
+            if not ours:
+                return attribution.attribute_gpu(d_e, dt_s, idle_w, 0.0)
+            if len(ours) == len(procs):
+                return attribution.attribute_gpu(d_e, dt_s, idle_w, 1.0, sole=True)
+        if util is not None:  # no kernel ran since the last tick
+            return attribution.attribute_gpu(d_e, dt_s, idle_w, 0.0)
+        return attribution.attribute_gpu(d_e, dt_s, idle_w, None, reason=reason or preason)

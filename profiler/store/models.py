@@ -1,0 +1,157 @@
+"""SQLAlchemy 2.0 models of a wattlens database. Only :mod:`wattlens.profiler.store` uses them.
+
+Bump SCHEMA_VERSION on any incompatible change and add a migration in ``Store._migrate``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+APP_ID = "wattlens"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))  # attach | run | sweep | optimize | demo
+    status: Mapped[str] = mapped_column(String(20))  # running | completed | stopped | target-exited | interrupted | failed
+    end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    target_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    target_cmdline: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
+    host: Mapped[str] = mapped_column(String(200))
+    hardware_json: Mapped[str] = mapped_column(Text, default="{}")
+    settings_json: Mapped[str] = mapped_column(Text, default="{}")
+    started_at: Mapped[float] = mapped_column(Float)  # unix time, the session's wall-clock anchor
+    start_ns: Mapped[int] = mapped_column(Integer)  # monotonic ns at started_at
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    interval_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    profiler_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    profiler_create_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    summary_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # cache, recomputable
+
+
+class SourceRow(Base):
+    __tablename__ = "sources"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    source_id: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(10))
+    method: Mapped[str] = mapped_column(String(20))
+    label: Mapped[str] = mapped_column(Text)
+    details_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class SeriesRow(Base):
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(200))
+    unit: Mapped[str] = mapped_column(String(10))
+    method: Mapped[str] = mapped_column(Text)
+    source_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    label: Mapped[str] = mapped_column(Text, default="")
+
+
+class SampleRow(Base):
+    __tablename__ = "samples"
+    rowid: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    t_ns: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+    __table_args__ = (Index("ix_samples_series_t", "series_id", "t_ns"),)
+
+
+class LayerCostRow(Base):
+    __tablename__ = "layer_costs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    window_start_ns: Mapped[int] = mapped_column(Integer)
+    window_end_ns: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    granularity: Mapped[str] = mapped_column(String(10))
+    method: Mapped[str] = mapped_column(String(30))
+    phase: Mapped[str] = mapped_column(String(10), default="forward")
+    time_s: Mapped[float] = mapped_column(Float)
+    share: Mapped[float] = mapped_column(Float)
+    energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
+    self_time_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    self_energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    flops: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    params: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class StepRow(Base):
+    __tablename__ = "steps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    t_start_ns: Mapped[int] = mapped_column(Integer)
+    t_end_ns: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    t_ns: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text)
+    data_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class RecommendationRow(Base):
+    __tablename__ = "recommendations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    rule: Mapped[str] = mapped_column(String(80))
+    title: Mapped[str] = mapped_column(Text)
+    payload_json: Mapped[str] = mapped_column(Text)
+
+
+class ActionRow(Base):
+    __tablename__ = "actions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), nullable=True, index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(80))
+    status: Mapped[str] = mapped_column(String(20))  # applied | verified | reverted | failed | refused
+    params_json: Mapped[str] = mapped_column(Text, default="{}")
+    result_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class MeasurementRow(Base):
+    """One measured operating point (batch-size sweep row or A/B result): regression input."""
+
+    __tablename__ = "measurements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), nullable=True, index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(20))  # batch-sweep | ab
+    model_key: Mapped[str] = mapped_column(Text)
+    action: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    energy_per_sample_j: Mapped[float | None] = mapped_column(Float, nullable=True)
+    throughput_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    saving_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    params: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    flops: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    payload_json: Mapped[str] = mapped_column(Text, default="{}")

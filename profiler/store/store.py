@@ -1,0 +1,454 @@
+"""``Store``: the only code in wattlens that speaks SQL.
+
+SQLite by default (a file in the platform's user data dir), or any SQLAlchemy URL given with
+``--db`` / ``WATTLENS_DB``. WAL mode, a schema version checked on open, batched inserts through
+SQLAlchemy Core (the ORM is too slow for 100k samples/s). A file that is not a wattlens
+database is refused with a one-line error and never written to. Sessions left ``running`` by a
+profiler that no longer exists reopen as ``interrupted`` with their data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import psutil
+from sqlalchemy import create_engine, delete, event, func, insert, inspect, select, update
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+
+from wattlens.profiler.errors import CorruptDatabaseError, SessionNotFoundError, StoreError
+from wattlens.profiler.records import EventRecord, LayerCost, SeriesSpec, StepRecord
+from wattlens.profiler.store import models as m
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+DB_FIX = "choose another file with --db PATH (or WATTLENS_DB); the file was left untouched"
+
+
+def default_db_path() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("wattlens", appauthor=False)) / "wattlens.db"
+
+
+def resolve_db(db: str | os.PathLike | None) -> str:
+    """A path or SQLAlchemy URL → SQLAlchemy URL. None → WATTLENS_DB → the default file."""
+    db = db or os.environ.get("WATTLENS_DB") or default_db_path()
+    text = str(db)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().absolute()}"
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse a file that exists but is not SQLite; create the folder for a new one."""
+    if path.exists():
+        if path.is_dir():
+            raise CorruptDatabaseError(f"{path} is a folder, not a database file", hint=DB_FIX)
+        try:
+            with path.open("rb") as f:
+                header = f.read(16)
+        except PermissionError:
+            raise StoreError(f"cannot read database {path}: permission denied",
+                             hint="fix its permissions or choose another file with --db") from None
+        if header and header != SQLITE_HEADER:
+            raise CorruptDatabaseError(f"{path} is not a wattlens database (not an SQLite file)", hint=DB_FIX)
+        if not os.access(path, os.W_OK):
+            raise StoreError(f"database {path} is read-only",
+                             hint="fix its permissions or choose another file with --db")
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the folder for database {path}: {exc.strerror or exc}",
+                         hint="choose a writable location with --db PATH (or WATTLENS_DB)") from None
+    if not os.access(path.parent, os.W_OK):
+        raise StoreError(f"cannot create database {path}: folder {path.parent} is not writable",
+                         hint="choose a writable location with --db PATH (or WATTLENS_DB)")
+
+
+def _json(value) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+class Store:
+    def __init__(self, db: str | os.PathLike | None = None, *, recover: bool = True):
+        self.url = resolve_db(db)
+        try:
+            url = make_url(self.url)
+        except ArgumentError:
+            raise CorruptDatabaseError(f"'{db}' is neither a file path nor a database URL",
+                                       hint="pass a file path or a SQLAlchemy URL to --db") from None
+        self.is_sqlite = url.get_backend_name() == "sqlite"
+        self.path: Path | None = Path(url.database) if self.is_sqlite and url.database else None
+        if self.path is not None:
+            try:
+                _check_sqlite_file(self.path)
+            except StoreError as exc:
+                if not isinstance(exc, CorruptDatabaseError):
+                    exc.exit_code = 2
+                raise
+        self.engine: Engine = create_engine(self.url, future=True)
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            self._open_schema()
+        except (DatabaseError, sqlite3.DatabaseError) as exc:
+            self.engine.dispose()
+            text = str(getattr(exc, "orig", exc))
+            if "not a database" in text or "malformed" in text or "corrupt" in text:
+                raise CorruptDatabaseError(f"{self.display_name} is damaged or not a database ({text})",
+                                           hint=DB_FIX) from None
+            raise StoreError(f"cannot open database {self.display_name}: {text}",
+                             hint="check the path/URL and that nothing else holds it locked") from None
+        if recover:
+            self.recover_interrupted()
+
+    @property
+    def display_name(self) -> str:
+        return str(self.path) if self.path is not None else make_url(self.url).render_as_string(hide_password=True)
+
+    # ---- schema -------------------------------------------------------------------------------
+    def _open_schema(self) -> None:
+        tables = set(inspect(self.engine).get_table_names())
+        if not tables:
+            m.Base.metadata.create_all(self.engine)
+            with self.engine.begin() as c:
+                c.execute(insert(m.Meta), [
+                    {"key": "app", "value": m.APP_ID},
+                    {"key": "schema_version", "value": str(m.SCHEMA_VERSION)},
+                    {"key": "created_at", "value": str(time.time())},
+                ])
+            return
+        if "meta" not in tables:
+            raise CorruptDatabaseError(f"{self.display_name} is a database of another program "
+                                       f"(tables: {', '.join(sorted(tables)[:5])})", hint=DB_FIX)
+        with self.engine.connect() as c:
+            meta = dict(c.execute(select(m.Meta.key, m.Meta.value)).all())
+        if meta.get("app") != m.APP_ID:
+            raise CorruptDatabaseError(f"{self.display_name} is a database of another program", hint=DB_FIX)
+        version = int(meta.get("schema_version", "0"))
+        if version > m.SCHEMA_VERSION:
+            raise CorruptDatabaseError(
+                f"{self.display_name} was written by a newer wattlens (schema {version}, this one reads "
+                f"{m.SCHEMA_VERSION})", hint="upgrade wattlens, or use another file with --db")
+        m.Base.metadata.create_all(self.engine)  # tables added since (same version) appear here
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- sessions ------------------------------------------------------------------------------
+    def create_session(self, *, name: str, kind: str, started_at: float, start_ns: int,
+                       target: dict | None = None, hardware: dict | None = None,
+                       settings: dict | None = None, interval_s: float | None = None,
+                       sources: Sequence[dict] = (), series: Sequence[SeriesSpec] = ()) -> tuple[int, dict[str, int]]:
+        me = psutil.Process()
+        with self._begin() as c:
+            sid = c.execute(insert(m.SessionRow).values(
+                name=name, kind=kind, status="running",
+                target_pid=(target or {}).get("pid"),
+                target_cmdline=_json((target or {}).get("cmdline")) if target else None,
+                host=socket.gethostname(), hardware_json=_json(hardware or {}),
+                settings_json=_json(settings or {}), started_at=started_at, start_ns=start_ns,
+                interval_s=interval_s, profiler_pid=me.pid, profiler_create_time=me.create_time(),
+            )).inserted_primary_key[0]
+            if sources:
+                c.execute(insert(m.SourceRow), [
+                    {"session_id": sid, "source_id": s["id"], "kind": s["kind"], "method": s["method"],
+                     "label": s.get("label", s["id"]), "details_json": _json(s.get("details", {}))}
+                    for s in sources])
+        return sid, self.add_series(sid, series)
+
+    def add_series(self, session_id: int, specs: Iterable[SeriesSpec]) -> dict[str, int]:
+        specs = list(specs)
+        if not specs:
+            return {}
+        with self._begin() as c:
+            c.execute(insert(m.SeriesRow), [
+                {"session_id": session_id, "key": s.key, "unit": s.unit, "method": s.method,
+                 "source_id": s.source_id, "label": s.label} for s in specs])
+            rows = c.execute(select(m.SeriesRow.key, m.SeriesRow.id)
+                             .where(m.SeriesRow.session_id == session_id)).all()
+        return {k: i for k, i in rows}
+
+    def finish_session(self, session_id: int, *, status: str, end_reason: str | None,
+                       ended_at: float, duration_s: float, summary: dict | None = None) -> None:
+        with self._begin() as c:
+            c.execute(update(m.SessionRow).where(m.SessionRow.id == session_id).values(
+                status=status, end_reason=end_reason, ended_at=ended_at, duration_s=duration_s,
+                summary_json=_json(summary) if summary is not None else None))
+
+    def set_summary(self, session_id: int, summary: dict) -> None:
+        with self._begin() as c:
+            c.execute(update(m.SessionRow).where(m.SessionRow.id == session_id)
+                      .values(summary_json=_json(summary)))
+
+    def rename_session(self, session_id: int, name: str) -> None:
+        self.session(session_id)
+        with self._begin() as c:
+            c.execute(update(m.SessionRow).where(m.SessionRow.id == session_id).values(name=name))
+
+    def delete_session(self, session_id: int) -> None:
+        self.session(session_id)
+        with self._begin() as c:
+            series_ids = select(m.SeriesRow.id).where(m.SeriesRow.session_id == session_id)
+            c.execute(delete(m.SampleRow).where(m.SampleRow.series_id.in_(series_ids)))
+            for table in (m.SeriesRow, m.SourceRow, m.LayerCostRow, m.StepRow, m.EventRow,
+                          m.RecommendationRow, m.ActionRow, m.MeasurementRow):
+                c.execute(delete(table).where(table.session_id == session_id))
+            c.execute(delete(m.SessionRow).where(m.SessionRow.id == session_id))
+
+    def recover_interrupted(self) -> list[int]:
+        """Sessions still 'running' whose profiler process is gone become 'interrupted'; their end
+        is the last stored sample. Returns their ids."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(m.SessionRow.id, m.SessionRow.profiler_pid, m.SessionRow.profiler_create_time,
+                                    m.SessionRow.host, m.SessionRow.started_at, m.SessionRow.start_ns)
+                             .where(m.SessionRow.status == "running")).all()
+        fixed = []
+        here = socket.gethostname()
+        for sid, pid, ctime, host, started_at, start_ns in rows:
+            if host == here and pid and _process_alive(pid, ctime):
+                continue
+            if host != here and not self.is_sqlite:
+                continue  # a shared server DB: another host's session may be live
+            with self._begin() as c:
+                last_ns = c.execute(select(func.max(m.SampleRow.t_ns)).join(
+                    m.SeriesRow, m.SeriesRow.id == m.SampleRow.series_id)
+                    .where(m.SeriesRow.session_id == sid)).scalar()
+                duration_s = max(0.0, (last_ns - start_ns) / 1e9) if last_ns else 0.0
+                c.execute(update(m.SessionRow).where(m.SessionRow.id == sid).values(
+                    status="interrupted", ended_at=started_at + duration_s, duration_s=duration_s,
+                    end_reason="the profiler stopped without finishing the session (killed or crashed); "
+                               "data up to its last commit is kept"))
+            fixed.append(sid)
+        return fixed
+
+    def sessions(self) -> list[dict]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(m.SessionRow.__table__).order_by(m.SessionRow.id.desc())).mappings().all()
+        return [_session_dict(r) for r in rows]
+
+    def session(self, session_id: int) -> dict:
+        with self.engine.connect() as c:
+            row = c.execute(select(m.SessionRow.__table__).where(m.SessionRow.id == session_id)).mappings().first()
+            if row is None:
+                raise SessionNotFoundError(f"no session {session_id} in {self.display_name}",
+                                           hint="list them with `wattlens sessions`")
+            out = _session_dict(row)
+            out["sources"] = [
+                {"id": s.source_id, "kind": s.kind, "method": s.method, "label": s.label,
+                 "details": json.loads(s.details_json or "{}")}
+                for s in c.execute(select(m.SourceRow.__table__).where(m.SourceRow.session_id == session_id)
+                                   .order_by(m.SourceRow.id)).all()]
+            out["series"] = [
+                {"key": s.key, "unit": s.unit, "method": s.method, "source_id": s.source_id, "label": s.label}
+                for s in c.execute(select(m.SeriesRow.__table__).where(m.SeriesRow.session_id == session_id)
+                                   .order_by(m.SeriesRow.id)).all()]
+        return out
+
+    # ---- bulk writes (called by the StoreWriter thread) -----------------------------------------
+    def insert_samples(self, rows: Sequence[tuple[int, int, float]]) -> None:
+        """rows: (series_id, t_ns, value). One executemany in one transaction."""
+        if not rows:
+            return
+        with self._begin() as c:
+            c.exec_driver_sql("INSERT INTO samples (series_id, t_ns, value) VALUES (?, ?, ?)"
+                              if self.is_sqlite else
+                              "INSERT INTO samples (series_id, t_ns, value) VALUES (%s, %s, %s)", list(rows))
+
+    def write_batch(self, session_id: int, samples: Sequence[tuple[int, int, float]],
+                    layer_costs: Sequence[LayerCost] = (), steps: Sequence[StepRecord] = (),
+                    events: Sequence[EventRecord] = ()) -> None:
+        """Everything the writer gathered in one transaction (one commit)."""
+        with self._begin() as c:
+            if samples:
+                c.exec_driver_sql("INSERT INTO samples (series_id, t_ns, value) VALUES (?, ?, ?)"
+                                  if self.is_sqlite else
+                                  "INSERT INTO samples (series_id, t_ns, value) VALUES (%s, %s, %s)", list(samples))
+            if layer_costs:
+                c.execute(insert(m.LayerCostRow), [_layer_dict(session_id, lc) for lc in layer_costs])
+            if steps:
+                c.execute(insert(m.StepRow), [
+                    {"session_id": session_id, "step": s.step, "t_start_ns": s.t_start_ns,
+                     "t_end_ns": s.t_end_ns, "samples": s.samples, "tokens": s.tokens,
+                     "energy_j": s.energy_j} for s in steps])
+            if events:
+                c.execute(insert(m.EventRow), [
+                    {"session_id": session_id, "t_ns": e.t_ns, "kind": e.kind, "message": e.message,
+                     "data_json": _json(e.data)} for e in events])
+
+    def add_event(self, session_id: int, ev: EventRecord) -> None:
+        self.write_batch(session_id, (), events=[ev])
+
+    # ---- reads -----------------------------------------------------------------------------------
+    def series_data(self, session_id: int, keys: Sequence[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        with self.engine.connect() as c:
+            q = select(m.SeriesRow.id, m.SeriesRow.key).where(m.SeriesRow.session_id == session_id)
+            if keys is not None:
+                q = q.where(m.SeriesRow.key.in_(list(keys)))
+            ids = dict(c.execute(q).all())
+            out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            for series_id, key in ids.items():
+                rows = c.exec_driver_sql(
+                    "SELECT t_ns, value FROM samples WHERE series_id = ? ORDER BY t_ns" if self.is_sqlite else
+                    "SELECT t_ns, value FROM samples WHERE series_id = %s ORDER BY t_ns", (series_id,)).all()
+                arr = np.array(rows, dtype=np.float64).reshape(-1, 2)
+                out[key] = (arr[:, 0].astype(np.int64), arr[:, 1])
+        return out
+
+    def layer_costs(self, session_id: int) -> list[LayerCost]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(m.LayerCostRow.__table__).where(m.LayerCostRow.session_id == session_id)
+                             .order_by(m.LayerCostRow.window_start_ns, m.LayerCostRow.id)).mappings().all()
+        fields = LayerCost.__dataclass_fields__
+        return [LayerCost(**{k: r[k] for k in fields}) for r in rows]
+
+    def steps(self, session_id: int) -> list[StepRecord]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(m.StepRow.__table__).where(m.StepRow.session_id == session_id)
+                             .order_by(m.StepRow.step)).mappings().all()
+        return [StepRecord(r["step"], r["t_start_ns"], r["t_end_ns"], r["samples"], r["tokens"], r["energy_j"])
+                for r in rows]
+
+    def events(self, session_id: int) -> list[EventRecord]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(m.EventRow.__table__).where(m.EventRow.session_id == session_id)
+                             .order_by(m.EventRow.t_ns, m.EventRow.id)).mappings().all()
+        return [EventRecord(r["t_ns"], r["kind"], r["message"], json.loads(r["data_json"] or "{}")) for r in rows]
+
+    # ---- advisor records ------------------------------------------------------------------------
+    def add_recommendations(self, session_id: int, recs: Sequence[dict]) -> None:
+        """Replaces the session's stored recommendations with ``recs`` (each a to_dict())."""
+        now = time.time()
+        with self._begin() as c:
+            c.execute(delete(m.RecommendationRow).where(m.RecommendationRow.session_id == session_id))
+            if recs:
+                c.execute(insert(m.RecommendationRow), [
+                    {"session_id": session_id, "created_at": now, "rule": r.get("rule", ""),
+                     "title": r.get("title", ""), "payload_json": _json(r)} for r in recs])
+
+    def recommendations(self, session_id: int) -> list[dict]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(m.RecommendationRow.payload_json)
+                             .where(m.RecommendationRow.session_id == session_id)
+                             .order_by(m.RecommendationRow.id)).scalars().all()
+        return [json.loads(r) for r in rows]
+
+    def add_action(self, *, kind: str, status: str, params: dict, result: dict,
+                   session_id: int | None = None) -> int:
+        with self._begin() as c:
+            return c.execute(insert(m.ActionRow).values(
+                session_id=session_id, created_at=time.time(), kind=kind, status=status,
+                params_json=_json(params), result_json=_json(result))).inserted_primary_key[0]
+
+    def update_action(self, action_id: int, *, status: str, result: dict | None = None) -> None:
+        values = {"status": status}
+        if result is not None:
+            values["result_json"] = _json(result)
+        with self._begin() as c:
+            c.execute(update(m.ActionRow).where(m.ActionRow.id == action_id).values(**values))
+
+    def actions(self, session_id: int | None = None) -> list[dict]:
+        q = select(m.ActionRow.__table__).order_by(m.ActionRow.id)
+        if session_id is not None:
+            q = q.where(m.ActionRow.session_id == session_id)
+        with self.engine.connect() as c:
+            rows = c.execute(q).mappings().all()
+        return [{"id": r["id"], "session_id": r["session_id"], "created_at": r["created_at"], "kind": r["kind"],
+                 "status": r["status"], "params": json.loads(r["params_json"]),
+                 "result": json.loads(r["result_json"])} for r in rows]
+
+    def add_measurements(self, rows: Sequence[dict]) -> None:
+        """rows: dicts with MeasurementRow's columns (payload as a dict under 'payload')."""
+        now = time.time()
+        cols = set(m.MeasurementRow.__table__.columns.keys())
+        with self._begin() as c:
+            c.execute(insert(m.MeasurementRow), [
+                {**{k: v for k, v in r.items() if k in cols and k != "payload_json"},
+                 "created_at": r.get("created_at", now), "payload_json": _json(r.get("payload", {}))}
+                for r in rows])
+
+    def measurements(self, kind: str | None = None) -> list[dict]:
+        q = select(m.MeasurementRow.__table__).order_by(m.MeasurementRow.id)
+        if kind is not None:
+            q = q.where(m.MeasurementRow.kind == kind)
+        with self.engine.connect() as c:
+            rows = c.execute(q).mappings().all()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["payload"] = json.loads(d.pop("payload_json") or "{}")
+            out.append(d)
+        return out
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _begin(self):
+        return _Tx(self)
+
+
+@contextmanager
+def _Tx(store: Store):
+    """``engine.begin()`` with SQL errors mapped to one-line StoreErrors (disk full, locked...)."""
+    try:
+        with store.engine.begin() as conn:
+            yield conn
+    except OperationalError as exc:
+        raise _map_operational(store, exc) from None
+
+
+def _map_operational(store: Store, exc: OperationalError) -> StoreError:
+    text = str(getattr(exc, "orig", exc))
+    if "full" in text:
+        return StoreError(f"the disk holding {store.display_name} is full; samples are kept in memory",
+                          hint="free some space (the session keeps running and retries)")
+    if "locked" in text or "busy" in text:
+        return StoreError(f"database {store.display_name} is locked by another program",
+                          hint="close the other program or use another file with --db")
+    if "readonly" in text or "read-only" in text:
+        return StoreError(f"database {store.display_name} is read-only",
+                          hint="fix its permissions or choose another file with --db")
+    return StoreError(f"database error in {store.display_name}: {text}", hint="see `wattlens doctor`")
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def _process_alive(pid: int, create_time: float | None) -> bool:
+    try:
+        p = psutil.Process(pid)
+        return create_time is None or abs(p.create_time() - create_time) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _session_dict(r) -> dict:
+    return {
+        "id": r["id"], "name": r["name"], "kind": r["kind"], "status": r["status"],
+        "end_reason": r["end_reason"], "target_pid": r["target_pid"],
+        "target_cmdline": json.loads(r["target_cmdline"]) if r["target_cmdline"] else None,
+        "host": r["host"], "hardware": json.loads(r["hardware_json"] or "{}"),
+        "settings": json.loads(r["settings_json"] or "{}"), "started_at": r["started_at"],
+        "start_ns": r["start_ns"], "ended_at": r["ended_at"], "duration_s": r["duration_s"],
+        "interval_s": r["interval_s"],
+        "summary": json.loads(r["summary_json"]) if r["summary_json"] else None,
+    }
+
+
+def _layer_dict(session_id: int, lc: LayerCost) -> dict:
+    d = {k: getattr(lc, k) for k in LayerCost.__dataclass_fields__}
+    d["session_id"] = session_id
+    return d

@@ -1,0 +1,160 @@
+"""Session totals computed from stored (or live) series: one place for this arithmetic.
+
+Everything here is derived from measured series; a figure that cannot be derived is None with a
+reason next to it. The summary is cached in the session row and can be recomputed at any time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from wattlens.profiler.records import LayerCost, StepRecord
+
+JOULES_PER_WH = 3600.0
+
+
+def _last(series: Mapping, key: str) -> float | None:
+    s = series.get(key)
+    if s is None or len(s[0]) == 0:
+        return None
+    return float(s[1][-1])
+
+
+def _span_s(series: Mapping, key: str) -> float | None:
+    s = series.get(key)
+    if s is None or len(s[0]) < 2:
+        return None
+    return float(s[0][-1] - s[0][0]) / 1e9
+
+
+def _mean(series: Mapping, key: str) -> float | None:
+    s = series.get(key)
+    return float(np.mean(s[1])) if s is not None and len(s[1]) else None
+
+
+def energy_between(t: np.ndarray, cumulative_j: np.ndarray, t0_ns: int, t1_ns: int) -> float | None:
+    """Energy in [t0, t1] by linear interpolation of a cumulative series; None outside its span."""
+    if len(t) < 2 or t0_ns < t[0] or t1_ns > t[-1] or t1_ns < t0_ns:
+        return None
+    return float(np.interp(t1_ns, t, cumulative_j) - np.interp(t0_ns, t, cumulative_j))
+
+
+def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+              steps: Sequence[StepRecord] = (), layers: Sequence[LayerCost] = (),
+              reasons: Mapping[str, str] | None = None, grid_g_per_kwh: float | None = None) -> dict:
+    reasons = dict(reasons or {})
+    sources_out = []
+    total_j = 0.0
+    any_energy = False
+    methods = set()
+    for src in session.get("sources", []):
+        sid = src["id"]
+        energy_j = _last(series, f"{sid}/energy_j")
+        span = _span_s(series, f"{sid}/energy_j")
+        att = _last(series, f"target/{sid}/energy_j")
+        row = {
+            "id": sid, "kind": src["kind"], "method": src["method"], "label": src.get("label", sid),
+            "energy_j": energy_j,
+            "mean_power_w": (energy_j / span) if energy_j is not None and span else None,
+            "max_power_w": (float(np.max(series[f"{sid}/power_w"][1]))
+                            if f"{sid}/power_w" in series and len(series[f"{sid}/power_w"][1]) else None),
+            "mean_util_pct": _mean(series, f"{sid}/util_pct"),
+            "attributed_energy_j": att,
+            "idle_power_w": _last(series, f"{sid}/idle_power_w"),
+        }
+        if energy_j is None:
+            row["reason"] = reasons.get(f"{sid}/energy_j", "no energy samples were recorded")
+        else:
+            total_j += energy_j
+            any_energy = True
+            methods.add(src["method"])
+        if att is None and session.get("target_pid") is not None:
+            row["attributed_reason"] = reasons.get(f"target/{sid}/energy_j", "no attributed samples")
+        sources_out.append(row)
+    target_j = _last(series, "target/energy_j")
+    target_span = _span_s(series, "target/energy_j")
+    out = {
+        "session_id": session.get("id"),
+        "name": session.get("name"),
+        "status": session.get("status"),
+        "duration_s": session.get("duration_s"),
+        "sources": sources_out,
+        "energy_j": total_j if any_energy else None,
+        "energy_wh": total_j / JOULES_PER_WH if any_energy else None,
+        "energy_method": "+".join(sorted(methods)) if methods else None,
+        "target": None,
+        "steps": None,
+    }
+    if session.get("target_pid") is not None:
+        attributed = [s for s in sources_out if s["attributed_energy_j"] is not None]
+        att_methods = sorted({s["method"] for s in attributed})
+        rules = []
+        if any(s["kind"] in ("cpu", "dram") for s in attributed):
+            rules.append("cpu-time share (CPU/DRAM)")
+        if any(s["kind"] == "gpu" for s in attributed):
+            rules.append("sm share × dynamic power (GPU)")
+        out["target"] = {
+            "pid": session["target_pid"],
+            "energy_j": target_j,
+            "energy_wh": target_j / JOULES_PER_WH if target_j is not None else None,
+            "mean_power_w": (target_j / target_span) if target_j is not None and target_span else None,
+            "method": (f"attributed: {', '.join(rules)} of {'+'.join(att_methods)} energy"
+                       if att_methods else None),
+            "mean_cpu_pct": _mean(series, "target/cpu_pct"),
+        }
+        if target_j is None:
+            out["target"]["reason"] = "no attributed samples were recorded"
+    if grid_g_per_kwh is not None and out["energy_j"] is not None:
+        basis_j = target_j if target_j is not None else total_j
+        out["co2_g"] = basis_j / 3.6e6 * grid_g_per_kwh
+        out["co2_basis"] = f"{'target' if target_j is not None else 'all sources'} energy × {grid_g_per_kwh:g} gCO2/kWh"
+    if steps:
+        out["steps"] = step_stats(steps)
+    if layers:
+        out["top_layers"] = top_layers(layers, n=10)
+    return out
+
+
+def step_stats(steps: Sequence[StepRecord]) -> dict:
+    with_e = [s for s in steps if s.energy_j is not None]
+    energy = sum(s.energy_j for s in with_e)
+    samples = sum(s.samples or 0 for s in with_e)
+    tokens = sum(s.tokens or 0 for s in with_e)
+    durations = [(s.t_end_ns - s.t_start_ns) / 1e9 for s in steps]
+    out = {
+        "count": len(steps),
+        "with_energy": len(with_e),
+        "mean_duration_s": float(np.mean(durations)) if durations else None,
+        "energy_per_step_j": energy / len(with_e) if with_e else None,
+        "energy_per_sample_j": energy / samples if with_e and samples else None,
+        "energy_per_token_j": energy / tokens if with_e and tokens else None,
+        "samples": sum(s.samples or 0 for s in steps) or None,
+        "tokens": sum(s.tokens or 0 for s in steps) or None,
+    }
+    if not with_e:
+        out["reason"] = "no step had a measured energy (the session may have been too short)"
+    return out
+
+
+def top_layers(layers: Sequence[LayerCost], n: int = 10) -> list[dict]:
+    """Aggregate windows per (path, granularity, phase): time and energy, sorted by energy, then time."""
+    agg: dict[tuple[str, str, str], dict] = {}
+    total_t = 0.0
+    for lc in layers:
+        key = (lc.path, lc.granularity, lc.phase)
+        a = agg.setdefault(key, {"path": lc.path, "granularity": lc.granularity, "phase": lc.phase,
+                                 "method": lc.method, "time_s": 0.0, "self_time_s": 0.0,
+                                 "energy_j": None, "self_energy_j": None})
+        a["time_s"] += lc.time_s
+        a["self_time_s"] += lc.self_time_s or 0.0
+        if lc.energy_j is not None:
+            a["energy_j"] = (a["energy_j"] or 0.0) + lc.energy_j
+        if lc.self_energy_j is not None:
+            a["self_energy_j"] = (a["self_energy_j"] or 0.0) + lc.self_energy_j
+        total_t += lc.self_time_s or 0.0
+    rows = sorted(agg.values(), key=lambda a: (a["energy_j"] or 0.0, a["time_s"]), reverse=True)
+    for a in rows:
+        a["self_share"] = a["self_time_s"] / total_t if total_t else None
+    return rows[:n]
