@@ -43,6 +43,8 @@ class Sampler:
         self._gpu_since_us: int = 0
         self.reasons: dict[str, str] = {}  # series key → why it is missing
         self.ticks = 0
+        self.last_tick_ns = 0
+        self._tick_lock = threading.Lock()  # tick() may be called from the thread and by callers
         self.error: BaseException | None = None
 
     # ---- what the sampler produces -------------------------------------------------------
@@ -116,6 +118,10 @@ class Sampler:
 
     # ---- one tick ------------------------------------------------------------------------------
     def tick(self) -> list[SamplePoint]:
+        with self._tick_lock:
+            return self._tick()
+
+    def _tick(self) -> list[SamplePoint]:
         t_ns = time.monotonic_ns()
         points: list[SamplePoint] = []
         add = points.append
@@ -184,6 +190,7 @@ class Sampler:
             if target_cpu_pct is not None:
                 add(SamplePoint("target/cpu_pct", t_ns, target_cpu_pct))
         self.ticks += 1
+        self.last_tick_ns = t_ns
         for sink in self.sinks:
             sink(points)
         return points
