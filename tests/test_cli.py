@@ -1,0 +1,114 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def test_help_does_not_import_torch_qt_or_sqlalchemy():
+    code = ("import sys; from wattlens.app import cli; "
+            "import contextlib, io\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: cli.main(['--help'])\n"
+            "    except SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'PySide6', 'sqlalchemy', 'numpy') if m in sys.modules]\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_sampling_path_does_not_import_torch():
+    code = ("import sys\nfrom wattlens.profiler.session import ProfilingSession\n"
+            "from wattlens.profiler.meter import EnergyMeter\n"
+            "print([m for m in ('torch', 'transformers', 'PySide6') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_attach_end_to_end_json_then_show_sessions_and_reports(torch_child, db_path, tmp_path):
+    child = torch_child(30)
+    r = run_cli("attach", str(child.pid), "--duration", "2", "--interval", "0.1", "--no-stacks",
+                "--db", str(db_path), "--json", "--name", "e2e")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)  # stdout is exactly one JSON document
+    assert doc["status"] == "completed" and doc["duration_s"] >= 2.0
+    (cpu,) = [s for s in doc["sources"] if s["id"] == "cpu-model"]
+    assert cpu["method"] == "estimated" and cpu["energy_j"] > 0 and cpu["mean_power_w"] > 0
+    assert doc["target"]["energy_j"] > 0
+    assert doc["target"]["energy_j"] <= doc["energy_j"] + 1e-9  # attributed ≤ measured
+    assert doc["target"]["mean_cpu_pct"] > 50  # the child is busy on one core
+    sid = doc["session_id"]
+
+    listing = json.loads(run_cli("sessions", "--db", str(db_path), "--json").stdout)
+    assert [s["id"] for s in listing] == [sid] and listing[0]["name"] == "e2e"
+
+    show = run_cli("show", str(sid), "--db", str(db_path))
+    assert show.returncode == 0 and "estimated" in show.stdout and "target energy" in show.stdout
+    shown = json.loads(run_cli("show", str(sid), "--db", str(db_path), "--json").stdout)
+    assert shown["summary"]["target"]["energy_j"] == pytest.approx(doc["target"]["energy_j"], rel=1e-6)
+
+    for fmt in ("json", "md", "csv"):
+        out = tmp_path / f"r.{fmt}"
+        rr = run_cli("report", str(sid), "--format", fmt, "-o", str(out), "--db", str(db_path))
+        assert rr.returncode == 0, rr.stderr
+        assert out.stat().st_size > 100
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["session_id"] == sid
+    assert "estimated" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "r.csv").read_text().splitlines()[0] == "session_id,series,unit,method,t_s,value"
+
+
+def test_target_that_exits_ends_the_session_as_target_exited(torch_child, db_path):
+    child = torch_child(1.5, "--exit-code", "3")
+    r = run_cli("attach", str(child.pid), "--duration", "30", "--no-stacks", "--db", str(db_path), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "target-exited" and doc["duration_s"] < 20
+    s = json.loads(run_cli("show", str(doc["session_id"]), "--db", str(db_path), "--json").stdout)
+    assert "exited" in s["session"]["end_reason"]
+    assert s["summary"]["energy_j"] > 0  # the data measured before the exit is kept
+
+
+def _one_line_error(r):
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("wattlens: error:")
+    return lines[0]
+
+
+def test_pid_that_does_not_exist(db_path):
+    r = run_cli("attach", "999999", "--db", str(db_path))
+    assert r.returncode == 2
+    assert "no process with PID 999999" in _one_line_error(r)
+    assert r.stdout == ""
+
+
+def test_corrupt_database_is_refused_untouched(db_path):
+    db_path.write_bytes(b"\x00garbage" * 50)
+    r = run_cli("sessions", "--db", str(db_path))
+    assert r.returncode == 2 and "--db" in _one_line_error(r)
+    assert db_path.read_bytes() == b"\x00garbage" * 50
+
+
+def test_unwritable_db_path(tmp_path, torch_child):
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    r = run_cli("sessions", "--db", str(blocker / "x.db"))
+    assert r.returncode == 2 and "writable" in _one_line_error(r)
+
+
+def test_bad_usage_is_one_line_exit_2():
+    r = run_cli("report", "1", "--format", "docx", "-o", "x")
+    assert r.returncode == 2 and "invalid choice" in r.stderr and "--help" in r.stderr
+    r = run_cli("show", "42")
+    assert r.returncode == 2 and "no session 42" in _one_line_error(r)
+
+
+def test_doctor_json_lists_usable_and_unavailable_with_fixes():
+    r = run_cli("doctor", "--json")
+    assert r.returncode == 0
+    doc = json.loads(r.stdout)
+    assert any(s["id"] == "cpu-model" for s in doc["usable"])
+    assert all(u["fix"] for u in doc["unavailable"])
+    assert {c["name"].split()[0] for c in doc["checks"]} >= {"py-spy", "database"}

@@ -1,0 +1,167 @@
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from wattlens.profiler.errors import CorruptDatabaseError, SessionNotFoundError, StoreError
+from wattlens.profiler.records import EventRecord, LayerCost, SeriesSpec, StepRecord
+from wattlens.profiler.store import Store
+from wattlens.profiler.store.writer import StoreWriter
+
+
+def _new_session(store, **kw):
+    return store.create_session(name="s", kind="attach", started_at=time.time(), start_ns=time.monotonic_ns(),
+                                sources=[{"id": "cpu-model", "kind": "cpu", "method": "estimated", "label": "CPU"}],
+                                series=[SeriesSpec("cpu-model/power_w", "W", "estimated", "cpu-model")], **kw)
+
+
+def test_round_trip_of_every_record_kind(db_path):
+    store = Store(db_path)
+    sid, series = _new_session(store, target={"pid": 123, "cmdline": ["python", "x.py"]})
+    w = StoreWriter(store, sid, series)
+    w.start()
+    from wattlens.profiler.records import SamplePoint
+
+    w([SamplePoint("cpu-model/power_w", 1_000 + i, float(i)) for i in range(1000)])
+    w([SamplePoint("cpu-model/util_pct", 5, 50.0)])  # unregistered key: registered on the fly
+    w.put(LayerCost(0, 10, "GPT2Model/GPT2Block", "class", "stack-sampling", 1.0, 0.5, 2.0, 0.2, 0.4, 10))
+    w.put(StepRecord(0, 0, 100, samples=8, tokens=512, energy_j=1.5))
+    w.put(EventRecord(5, "note", "hello", {"k": 1}))
+    w.stop()
+    store.finish_session(sid, status="completed", end_reason="done", ended_at=time.time(), duration_s=1.0,
+                         summary={"energy_j": 3.0})
+    store.close()
+
+    again = Store(db_path)
+    s = again.session(sid)
+    assert s["status"] == "completed" and s["target_cmdline"] == ["python", "x.py"]
+    assert s["sources"][0]["method"] == "estimated" and s["summary"] == {"energy_j": 3.0}
+    data = again.series_data(sid)
+    t, v = data["cpu-model/power_w"]
+    assert len(t) == 1000 and v[-1] == 999.0 and list(t[:2]) == [1000, 1001]
+    assert data["cpu-model/util_pct"][1].tolist() == [50.0]
+    (lc,) = again.layer_costs(sid)
+    assert lc.path == "GPT2Model/GPT2Block" and lc.self_energy_j == 0.4 and lc.n_samples == 10
+    assert again.steps(sid) == [StepRecord(0, 0, 100, 8, 512, 1.5)]
+    assert again.events(sid)[0].data == {"k": 1}
+    again.rename_session(sid, "renamed")
+    assert again.sessions()[0]["name"] == "renamed"
+    again.delete_session(sid)
+    assert again.sessions() == []
+    with pytest.raises(SessionNotFoundError, match="wattlens sessions"):
+        again.session(sid)
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_untouched(db_path):
+    db_path.write_bytes(b"this is my thesis, not a database" * 100)
+    before = db_path.read_bytes()
+    with pytest.raises(CorruptDatabaseError) as exc:
+        Store(db_path)
+    assert "not a wattlens database" in str(exc.value) and "--db" in str(exc.value)
+    assert exc.value.exit_code == 2
+    assert db_path.read_bytes() == before
+
+
+def test_a_damaged_sqlite_file_is_refused_and_untouched(db_path):
+    Store(db_path).close()
+    raw = bytearray(db_path.read_bytes())
+    raw[100:4000] = b"\xff" * 3900  # scribble over the schema page
+    db_path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptDatabaseError, match="damaged|not a"):
+        Store(db_path)
+    assert db_path.read_bytes() == bytes(raw)
+
+
+def test_another_programs_database_is_refused(db_path):
+    con = sqlite3.connect(db_path)
+    con.execute("CREATE TABLE invoices (id INTEGER)")
+    con.commit()
+    con.close()
+    with pytest.raises(CorruptDatabaseError, match="another program"):
+        Store(db_path)
+    con = sqlite3.connect(db_path)
+    assert [r[0] for r in con.execute("SELECT name FROM sqlite_master")] == ["invoices"]
+
+
+def test_newer_schema_is_refused(db_path):
+    Store(db_path).close()
+    con = sqlite3.connect(db_path)
+    con.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(CorruptDatabaseError, match="newer wattlens"):
+        Store(db_path)
+
+
+def test_unwritable_location_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError) as exc:
+        Store(blocker / "sub" / "w.db")  # a folder can't be made under a file
+    assert exc.value.exit_code == 2 and "--db" in str(exc.value)
+
+
+CRASHER = textwrap.dedent("""
+    import sys, time
+    from wattlens.profiler.session import ProfilingSession
+    from wattlens.profiler.store import Store
+    s = ProfilingSession(Store(sys.argv[1]), interval_s=0.05, name="doomed")
+    sid = s.start()
+    print(sid, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_killed_profiler_session_reopens_interrupted_losing_at_most_a_second(db_path):
+    proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(db_path)], stdout=subprocess.PIPE, text=True)
+    sid = int(proc.stdout.readline())
+    time.sleep(2.5)
+    kill_ns = time.monotonic_ns()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    store = Store(db_path)
+    s = store.session(sid)
+    assert s["status"] == "interrupted"
+    assert "killed or crashed" in s["end_reason"]
+    t, v = store.series_data(sid)["cpu-model/power_w"]
+    assert len(t) > 20
+    assert (kill_ns - t[-1]) / 1e9 <= 1.0  # at most the last second is lost
+    assert s["duration_s"] == pytest.approx((t[-1] - s["start_ns"]) / 1e9)
+
+
+def test_a_running_session_of_a_live_profiler_is_not_marked_interrupted(db_path):
+    store = Store(db_path)
+    sid, _ = _new_session(store)
+    assert Store(db_path).session(sid)["status"] == "running"  # our own process is alive
+
+
+def test_disk_full_keeps_samples_in_memory_and_retries(db_path, monkeypatch):
+    from wattlens.profiler.records import SamplePoint
+
+    store = Store(db_path)
+    sid, series = _new_session(store)
+    w = StoreWriter(store, sid, series)
+    real = store.write_batch
+    calls = {"n": 0}
+
+    def full(*a, **k):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise StoreError("the disk holding x is full; samples are kept in memory")
+        return real(*a, **k)
+
+    monkeypatch.setattr(store, "write_batch", full)
+    w([SamplePoint("cpu-model/power_w", i, 1.0) for i in range(10)])
+    w._drain()
+    w._flush()
+    assert w.pending == 10 and "full" in str(w.last_error)
+    w._flush()
+    w._flush()
+    assert w.pending == 0 and w.last_error is None
+    assert len(store.series_data(sid)["cpu-model/power_w"][0]) == 10
