@@ -91,6 +91,15 @@ class Action(ABC):
         """
         return None
 
+    def replay_into(self, model: nn.Module, details: dict[str, Any]) -> None:
+        """Bring this action back, in place, on a freshly loaded model the loader owns."""
+        if self.replay == "on-load":
+            self.check_applicable(model)
+            self._apply_inplace(model)
+            model.eval()
+        else:
+            self.restore(model, details)
+
     def apply_detailed(self, model: nn.Module) -> Applied:
         """Apply to a deep copy; any failure becomes an :class:`ActionError` and the input is untouched."""
         self.check_applicable(model)

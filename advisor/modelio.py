@@ -1,0 +1,566 @@
+"""Load a model the user names, make inputs for it, and save an optimised copy that reloads.
+
+What ``load_model`` accepts:
+
+* a Hugging Face model folder (``config.json`` + weights), loaded with transformers' Auto classes
+  from local files only (nothing is downloaded);
+* a file written by ``torch.save(model)`` — a whole pickled module. Unpickling runs code from the
+  file, so it is done only for a file the user named explicitly (``torch.load(weights_only=False)``);
+* a folder written by :func:`save_optimized` (it holds ``wattlens-optimization.json``).
+
+How an optimised model is saved (no pickle of modules ever goes into our outputs):
+
+* if every applied action can be expressed by a transformers config and weights (MLP pruning,
+  unstructured pruning, bf16), ``save_pretrained`` writes a folder plain transformers can load too;
+* head pruning (no config field can express it) and models that came from a torch module file use
+  the *recipe* layout: ``config.json`` (or a reference to the user's module file, by path and
+  SHA-256) + ``wattlens-weights.safetensors`` + the manifest; the loader builds the base
+  architecture, replays the recorded shape/dtype changes, then loads the weights strictly;
+* dynamic int8 is never stored as quantized modules: the folder holds the float weights before
+  quantization and the manifest says to quantize again on load, which is deterministic (the scale
+  comes from the weights), so the reloaded model computes the same outputs.
+
+Every folder gets ``wattlens-optimization.json``: base model, actions with their parameters and
+details, the claim checks, sizes, library versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wattlens.profiler.errors import BadInputError, ModelLoadError
+
+MANIFEST_NAME = "wattlens-optimization.json"
+WEIGHTS_NAME = "wattlens-weights.safetensors"
+MANIFEST_FORMAT = "wattlens-optimization"
+MANIFEST_VERSION = 1
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "tokenizer.model",
+)
+_HF_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+_FOLDER_HINT = "give a Hugging Face model folder (config.json + weights) or a file saved with torch.save(model)"
+
+
+@dataclass
+class LoadedModel:
+    """A model plus what we learned loading it. ``model`` is in eval mode on CPU."""
+
+    model: nn.Module
+    path: Path
+    kind: str  # "hf-folder" | "torch-module-file" | "wattlens-output"
+    is_causal_lm: bool
+    tokenizer: Any | None = None
+    tokenizer_reason: str | None = None
+    #: the original model this one derives from (itself unless it is a wattlens output)
+    base: dict[str, Any] = field(default_factory=dict)
+    #: manifest records of actions already applied to this model (for a wattlens output)
+    prior_actions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_quantized(self) -> bool:
+        return any(a.get("replay") == "on-load" for a in self.prior_actions)
+
+
+# --------------------------------------------------------------------------- hashing and sizes
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_tree(path: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of every file under ``path`` (or of ``path`` itself), keyed by relative path."""
+    root = Path(path)
+    if root.is_file():
+        return {root.name: sha256_file(root)}
+    return {
+        str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def tensor_footprint(model: nn.Module) -> tuple[int, int]:
+    """(elements, bytes) held by the model's weights and buffers, counting shared tensors once.
+
+    Dynamic int8 layers keep their weight packed outside ``parameters()``; it is unpacked to
+    count it (1 byte per element).
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    seen: set[int] = set()
+    elements = nbytes = 0
+    for m in model.modules():
+        for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
+            if id(t) not in seen:  # persistent tensors: ids stay unique while the model lives
+                seen.add(id(t))
+                elements += t.numel()
+                nbytes += t.numel() * t.element_size()
+        if isinstance(m, DynamicQuantizedLinear):
+            bias = m.bias()
+            for t in [m.weight()] + ([bias] if bias is not None else []):
+                elements += t.numel()
+                nbytes += t.numel() * t.element_size()
+    return elements, nbytes
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _auto_class(config: Any) -> tuple[Any, bool]:
+    """The Auto class whose mapping names ``config.architectures[0]``; (class, is_causal_lm)."""
+    import transformers
+    from transformers.models.auto import modeling_auto as ma
+
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    table = [
+        ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "AutoModelForCausalLM"),
+        ("MODEL_FOR_MASKED_LM_MAPPING_NAMES", "AutoModelForMaskedLM"),
+        ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "AutoModelForSeq2SeqLM"),
+        ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "AutoModelForSequenceClassification"),
+        ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "AutoModelForTokenClassification"),
+        ("MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", "AutoModelForQuestionAnswering"),
+        ("MODEL_FOR_PRETRAINING_MAPPING_NAMES", "AutoModelForPreTraining"),
+        ("MODEL_MAPPING_NAMES", "AutoModel"),
+    ]
+    if arch:
+        for mapping_name, auto_name in table:
+            names = getattr(ma, mapping_name, {})
+            flat = {n for v in names.values() for n in (v if isinstance(v, (tuple, list)) else (v,))}
+            if arch in flat:
+                return getattr(transformers, auto_name), auto_name == "AutoModelForCausalLM"
+    return transformers.AutoModel, False
+
+
+def _load_config(folder: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
+        raise ModelLoadError(
+            f"{folder}/config.json cannot be read: {_first_line(exc)}",
+            hint="check it is a transformers config.json from the same model as the weights",
+        ) from exc
+
+
+def _load_tokenizer(folder: Path) -> tuple[Any | None, str | None]:
+    present = [n for n in TOKENIZER_FILES if (folder / n).is_file()]
+    if not present:
+        return None, f"no tokenizer files in {folder} (tokenizer.json, vocab.* ...)"
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True), None
+    except Exception as exc:  # noqa: BLE001
+        return None, f"tokenizer in {folder} does not load: {_first_line(exc)}"
+
+
+def _load_hf_folder(folder: Path) -> tuple[nn.Module, bool]:
+    config = _load_config(folder)
+    auto, is_causal = _auto_class(config)
+    if not any(p.name.endswith(_HF_WEIGHT_SUFFIXES) for p in folder.iterdir()):
+        raise ModelLoadError(
+            f"{folder} has a config.json but no weights file (model.safetensors or pytorch_model.bin)",
+            hint="copy the weights next to config.json",
+        )
+    try:
+        model, info = auto.from_pretrained(
+            folder, local_files_only=True, dtype="auto", output_loading_info=True
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(
+            f"the model in {folder} does not load: {_first_line(exc)}",
+            hint="check config.json and the weights come from the same, complete model",
+        ) from exc
+    problems = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "mismatched_keys")}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, v[:3]))}" for k, v in problems.items())
+        raise ModelLoadError(
+            f"the weights in {folder} do not match its config.json ({detail})",
+            hint="the folder mixes files of different models; re-export it with save_pretrained",
+        )
+    return model, is_causal
+
+
+def _load_module_file(path: Path) -> nn.Module:
+    """Unpickle a whole module. Runs code from the file: only for a file the user named."""
+    if path.suffix == ".safetensors":
+        raise ModelLoadError(
+            f"{path} holds only weights, no architecture",
+            hint="give the folder with its config.json instead of the .safetensors file",
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path} is not a readable torch file: {_first_line(exc)}", hint=_FOLDER_HINT) from exc
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, dict):
+        raise ModelLoadError(
+            f"{path} holds only weights (a state_dict), not a model",
+            hint="save the whole module with torch.save(model) or give a Hugging Face folder",
+        )
+    raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a torch module", hint=_FOLDER_HINT)
+
+
+def load_model(path: str | os.PathLike, *, allow_pickle_base: bool = False) -> LoadedModel:
+    """Load MODEL (see the module docstring). Raises :class:`ModelLoadError` with the fix.
+
+    A wattlens output folder derived from a torch module file reloads by unpickling that original
+    file again (checked by SHA-256 first); since that runs code the user did not name this time,
+    it is refused unless ``allow_pickle_base`` is True.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"no such file or folder: {p}", hint=_FOLDER_HINT)
+    p = p.resolve()
+    if p.is_dir():
+        if (p / MANIFEST_NAME).is_file():
+            return _load_output(p, allow_pickle_base=allow_pickle_base)
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"{p} has no config.json, so it is not a Hugging Face model folder", hint=_FOLDER_HINT)
+        model, is_causal = _load_hf_folder(p)
+        tokenizer, reason = _load_tokenizer(p)
+        return LoadedModel(
+            model.eval(), p, "hf-folder", is_causal, tokenizer, reason,
+            base={"kind": "hf-folder", "path": str(p), "class": type(model).__name__},
+        )
+    model = _load_module_file(p)
+    return LoadedModel(
+        model.eval(), p, "torch-module-file", False, None,
+        "a torch module file has no tokenizer",
+        base={"kind": "torch-module-file", "path": str(p), "class": type(model).__name__,
+              "sha256": sha256_file(p)},
+    )
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{folder / MANIFEST_NAME} is not readable JSON: {_first_line(exc)}",
+                             hint="the folder is damaged; re-run wattlens optimize") from exc
+    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != MANIFEST_VERSION:
+        raise ModelLoadError(
+            f"{folder / MANIFEST_NAME} is not a version-{MANIFEST_VERSION} wattlens manifest",
+            hint="re-run wattlens optimize with this version of wattlens",
+        )
+    return manifest
+
+
+def _replay(model: nn.Module, records: list[dict[str, Any]], replays: set[str]) -> None:
+    from wattlens.advisor.actions import parse_action
+
+    for record in records:
+        if record["replay"] in replays:
+            parse_action(record["spec"]).replay_into(model, record["details"])
+
+
+def _load_output(folder: Path, *, allow_pickle_base: bool) -> LoadedModel:
+    manifest = read_manifest(folder)
+    records: list[dict[str, Any]] = manifest["actions"]
+    base = manifest["base"]
+    layout = manifest["layout"]
+    try:
+        if layout == "save_pretrained":
+            model, is_causal = _load_hf_folder(folder)
+        elif layout == "recipe":
+            if base["kind"] == "torch-module-file":
+                model = _load_recipe_module_base(folder, base, allow_pickle_base)
+                is_causal = False
+            else:
+                config = _load_config(folder)
+                auto, is_causal = _auto_class(config)
+                model = auto.from_config(config)
+            _replay(model, records, {"structure", "dtype"})
+            import safetensors.torch
+
+            safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
+        else:
+            raise ModelLoadError(f"{folder / MANIFEST_NAME} names an unknown layout '{layout}'",
+                                 hint="re-run wattlens optimize with this version of wattlens")
+        model.eval()
+        _replay(model, records, {"on-load"})
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"the optimised model in {folder} does not load: {_first_line(exc)}",
+                             hint="the folder is damaged or from another wattlens version; re-run optimize") from exc
+    tokenizer, reason = _load_tokenizer(folder)
+    return LoadedModel(model.eval(), folder, "wattlens-output", is_causal, tokenizer, reason,
+                       base=base, prior_actions=records)
+
+
+def _load_recipe_module_base(folder: Path, base: dict[str, Any], allow_pickle_base: bool) -> nn.Module:
+    src = Path(base["path"])
+    if not allow_pickle_base:
+        raise ModelLoadError(
+            f"{folder} derives from the torch module file {src}; reloading it unpickles that file, "
+            "which runs code",
+            hint="if you trust it, load with allow_pickle_base=True",
+        )
+    if not src.is_file():
+        raise ModelLoadError(f"{folder} needs its base module file {src}, which is gone",
+                             hint="put the original file back at that path")
+    if sha256_file(src) != base["sha256"]:
+        raise ModelLoadError(f"{src} changed since {folder} was made (SHA-256 differs)",
+                             hint="restore the original file or re-run optimize")
+    return _load_module_file(src)
+
+
+# --------------------------------------------------------------------------- inputs and forward
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """One batch for a model: positional or keyword tensors, and how many samples it holds."""
+
+    args: tuple[torch.Tensor, ...]
+    kwargs: dict[str, torch.Tensor]
+    n_samples: int
+    description: str
+
+    def to(self, device: str | torch.device) -> ModelInputs:
+        return ModelInputs(
+            tuple(a.to(device) for a in self.args),
+            {k: v.to(device) for k, v in self.kwargs.items()},
+            self.n_samples,
+            self.description,
+        )
+
+
+def max_positions(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def random_inputs(model: nn.Module, batch_size: int, seq_len: int, *, seed: int = 0) -> ModelInputs:
+    """Deterministic random inputs (seeded) shaped for ``model``.
+
+    A transformers model gets token ids over its whole vocabulary; a plain module gets token ids
+    if its first leaf layer is an Embedding, a float matrix if it is a Linear.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int):
+        limit = max_positions(model)
+        seq = min(seq_len, limit) if limit else seq_len
+        ids = torch.randint(0, vocab, (batch_size, seq), generator=gen)
+        kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return ModelInputs((), kwargs, batch_size,
+                           f"seeded random token ids (seed {seed}, {batch_size}×{seq})")
+    first = next((m for m in model.modules() if not list(m.children())), None)
+    if isinstance(first, nn.Embedding):
+        ids = torch.randint(0, first.num_embeddings, (batch_size, seq_len), generator=gen)
+        return ModelInputs((ids,), {}, batch_size,
+                           f"seeded random token ids (seed {seed}, {batch_size}×{seq_len})")
+    if isinstance(first, nn.Linear):
+        x = torch.randn(batch_size, first.in_features, generator=gen)
+        return ModelInputs((x,), {}, batch_size,
+                           f"seeded random normal inputs (seed {seed}, {batch_size}×{first.in_features})")
+    raise BadInputError(
+        f"cannot tell what input {type(model).__name__} takes (its first layer is "
+        f"{type(first).__name__ if first else 'missing'})",
+        hint="give a Hugging Face model folder, or a module whose first layer is an Embedding or Linear",
+    )
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def forward_named(model: nn.Module, inputs: ModelInputs) -> tuple[str, torch.Tensor]:
+    """Run one batch without gradients; return (field name, main output tensor).
+
+    The field is ``logits`` when the model has them, else ``last_hidden_state``, else ``output``
+    (a plain module's tensor or first tuple element). Float inputs are cast to the model's dtype
+    (a bf16 model gets bf16 inputs).
+    """
+    dtype = model_dtype(model)
+    args = tuple(a.to(dtype) if a.is_floating_point() else a for a in inputs.args)
+    kwargs = dict(inputs.kwargs)
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", False):
+        kwargs["use_cache"] = False
+    with torch.inference_mode():
+        out = model(*args, **kwargs)
+    for name in ("logits", "last_hidden_state"):
+        value = getattr(out, name, None)
+        if isinstance(value, torch.Tensor):
+            return name, value
+    if isinstance(out, torch.Tensor):
+        return "output", out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return "output", out[0]
+    raise BadInputError(f"{type(model).__name__} returned {type(out).__name__}, not a tensor",
+                        hint="wattlens compares models by their main output tensor")
+
+
+def forward(model: nn.Module, inputs: ModelInputs) -> torch.Tensor:
+    """The main output tensor of one batch (see :func:`forward_named`)."""
+    return forward_named(model, inputs)[1]
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _versions() -> dict[str, str]:
+    versions = {"torch": torch.__version__}
+    with contextlib.suppress(ImportError):
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        versions["wattlens"] = version("wattlens")
+    return versions
+
+
+def check_out_dir(out_dir: str | os.PathLike, model_path: str | os.PathLike | None = None) -> Path:
+    """Refuse an output folder that exists with files in it, or that lies inside the input model."""
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInputError(f"{out} already exists and is not an empty folder",
+                            hint="choose a new --out folder or remove the old one")
+    if model_path is not None:
+        src = Path(model_path).expanduser().resolve()
+        if out == src or src in out.parents or (src.is_file() and out == src.parent):
+            raise BadInputError(f"{out} is inside the input model {src}; the input is never written to",
+                                hint="choose an --out folder outside the model folder")
+    if not out.parent.is_dir():
+        raise BadInputError(f"the parent folder of {out} does not exist", hint="create it first")
+    return out
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A temp folder beside ``out`` that becomes ``out`` only if the block succeeds."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()  # empty (checked by check_out_dir); rename needs it gone or empty
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_model_files(
+    folder: Path,
+    *,
+    source: LoadedModel,
+    before_on_load: nn.Module,
+    records: list[dict[str, Any]],
+) -> str:
+    """Write weights (+ config, tokenizer files) of ``before_on_load`` into ``folder``; return the layout."""
+    needs_recipe = source.base.get("kind") == "torch-module-file" or any(
+        r["replay"] == "structure" for r in records
+    )
+    if not needs_recipe and hasattr(before_on_load, "save_pretrained"):
+        before_on_load.save_pretrained(folder)
+        layout = "save_pretrained"
+    else:
+        import safetensors.torch
+
+        config = getattr(before_on_load, "config", None)
+        if config is not None and hasattr(config, "save_pretrained"):
+            config = copy.deepcopy(config)
+            config.architectures = [type(before_on_load).__name__]
+            config.save_pretrained(folder)
+        safetensors.torch.save_model(before_on_load, str(folder / WEIGHTS_NAME))
+        layout = "recipe"
+    if source.path.is_dir():
+        for name in TOKENIZER_FILES:
+            if (source.path / name).is_file():
+                shutil.copy2(source.path / name, folder / name)
+    return layout
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    path = folder / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+    return path
+
+
+def build_manifest(
+    *,
+    source: LoadedModel,
+    records: list[dict[str, Any]],
+    layout: str,
+    base_model: nn.Module,
+    candidate: nn.Module,
+    folder: Path,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    base_elems, base_bytes = tensor_footprint(base_model)
+    cand_elems, cand_bytes = tensor_footprint(candidate)
+    files_bytes = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "created_unix_s": time.time(),
+        "base": source.base,
+        "input": {"path": str(source.path), "kind": source.kind},
+        "actions": records,
+        "layout": layout,
+        "weights": WEIGHTS_NAME if layout == "recipe" else "save_pretrained files",
+        "on_load": [r["spec"] for r in records if r["replay"] == "on-load"],
+        "sizes": {
+            "base_params": base_elems,
+            "base_tensor_bytes": base_bytes,
+            "candidate_params": cand_elems,
+            "candidate_tensor_bytes": cand_bytes,
+            "saved_files_bytes": files_bytes,
+        },
+        "versions": _versions(),
+    }
+    if extra:
+        manifest.update(extra)
+    return manifest

@@ -1,0 +1,368 @@
+"""``wattlens optimize``: load, copy, apply, measure A/B, check quality, save — never in place.
+
+The order matters for the guarantees:
+
+1. everything the user typed is checked first (actions, output folder, eval text), so bad input
+   fails in a second with one line, before any heavy work;
+2. actions run on deep copies — the loaded input model object is never changed, and the user's
+   files are only ever read;
+3. the A/B measurement and the fidelity check come before anything is written; if the quality
+   loss exceeds ``max_quality_loss`` nothing is written at all;
+4. the output is written into a temp folder beside ``out_dir``, reloaded and compared with the
+   candidate, and only then renamed into place: a failure leaves no half-written folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wattlens.advisor.actions import Action, ClaimCheck, parse_actions
+from wattlens.advisor.fidelity import eval_windows, measure_fidelity, read_eval_tokens
+from wattlens.advisor.modelio import (
+    LoadedModel,
+    build_manifest,
+    check_out_dir,
+    forward,
+    load_model,
+    model_device,
+    random_inputs,
+    staged_dir,
+    tensor_footprint,
+    write_manifest,
+    write_model_files,
+)
+from wattlens.advisor.verify import PeakMemory, Verification, ab_verify, measure_window, t_interval
+from wattlens.profiler.errors import ActionError, BadInputError
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class AppliedAction:
+    spec: str
+    description: str
+    replay: str
+    details: dict[str, Any]
+    claim: ClaimCheck
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One batch size of a sweep. ``status``: ok | oom | memory-guard | skipped (``reason`` says why)."""
+
+    batch_size: int
+    status: str
+    energy_per_sample_j: float | None = None
+    energy_per_sample_interval_j: tuple[float, float] | None = None
+    energy_method: str | None = None
+    throughput_samples_per_s: float | None = None
+    latency_per_batch_s: float | None = None
+    peak_mem_bytes: int | None = None
+    mem_method: str | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """Everything ``optimize`` learned; ``to_dict()`` is JSON-serialisable."""
+
+    model_path: str
+    out_dir: str | None
+    actions: tuple[AppliedAction, ...]
+    verification: Verification
+    max_quality_loss: float | None
+    quality_ok: bool
+    sizes: dict[str, int]
+    manifest_path: str | None = None
+    reload_max_abs_diff: float | None = None
+    batch_sweep: tuple[SweepRow, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class QualityLossError(ActionError):
+    """The candidate lost more quality than allowed; nothing was written. ``result`` has the numbers."""
+
+    def __init__(self, message: str, *, hint: str | None = None, result: OptimizeResult):
+        super().__init__(message, hint=hint)
+        self.result = result
+
+
+def _noop(stage: str, fraction: float) -> None:
+    return None
+
+
+def _apply_all(model: nn.Module, actions: list[Action], progress: Progress
+               ) -> tuple[nn.Module, nn.Module, list[AppliedAction]]:
+    """Apply in order; returns (model before on-load actions, candidate, records)."""
+    current = model
+    before_on_load = model
+    applied: list[AppliedAction] = []
+    for i, action in enumerate(actions):
+        result = action.apply_detailed(current)
+        claim = action.check_claim(current, result.model)
+        if not claim.holds:
+            raise ActionError(f"{action.spec} did not do what it claims: {claim.observed}",
+                              hint="the input model is untouched; report this model type")
+        applied.append(AppliedAction(action.spec, action.description, action.replay,
+                                     result.details, claim))
+        if action.replay != "on-load":
+            before_on_load = result.model
+        current = result.model
+        progress("apply", (i + 1) / len(actions))
+    return before_on_load, current, applied
+
+
+def _record(a: AppliedAction) -> dict[str, Any]:
+    return {"spec": a.spec, "replay": a.replay, "details": a.details, "claim": a.claim.to_dict(),
+            "description": a.description}
+
+
+def _reload_diff(folder: Path, candidate: nn.Module, inputs: Any, allow_pickle_base: bool) -> float:
+    reloaded = load_model(folder, allow_pickle_base=allow_pickle_base).model.to(model_device(candidate))
+    a = forward(candidate, inputs.to(model_device(candidate))).float()
+    b = forward(reloaded, inputs.to(model_device(candidate))).float()
+    if a.shape != b.shape:
+        return math.inf
+    return float((a - b).abs().max())
+
+
+def optimize(
+    model: str | Path,
+    actions: str | Sequence[str],
+    out_dir: str | Path,
+    *,
+    max_quality_loss: float | None = None,
+    eval_text: str | Path | None = None,
+    batch_sizes: Sequence[int] | None = None,
+    batch_size: int = 4,
+    seq_len: int = 64,
+    n_rounds: int = 5,
+    warmup_batches: int = 2,
+    min_window_s: float = 0.5,
+    device: str = "cpu",
+    seed: int = 0,
+    meter: Any | None = None,
+    progress: Progress | None = None,
+    allow_pickle_base: bool = False,
+    check_reload: bool = True,
+) -> OptimizeResult:
+    """Apply ``actions`` to MODEL, verify A/B against the original, save to ``out_dir``.
+
+    Raises :class:`BadInputError` (exit 2) for bad input, :class:`ActionError` (exit 1) when an
+    action fails, :class:`QualityLossError` (exit 1, nothing written) when the measured quality
+    loss exceeds ``max_quality_loss``. ``progress(stage, fraction)`` is called with stages
+    load, apply, verify, fidelity, save, sweep, done.
+    """
+    report = progress or _noop
+    parsed = parse_actions(actions)
+    out = check_out_dir(out_dir, model)
+    if max_quality_loss is not None and not 0 <= max_quality_loss <= 1:
+        raise BadInputError(f"--max-quality-loss must be between 0 and 1, got {max_quality_loss}",
+                            hint="for example --max-quality-loss 0.02 (2 %)")
+    if batch_size < 1 or seq_len < 2 or n_rounds < 1:
+        raise BadInputError("batch size, sequence length and rounds must be positive (seq_len ≥ 2)",
+                            hint="use the defaults or larger values")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInputError(f"device {device} asked for but torch sees no CUDA GPU",
+                            hint="use --device cpu")
+
+    report("load", 0.0)
+    loaded: LoadedModel = load_model(model, allow_pickle_base=allow_pickle_base)
+    if loaded.is_quantized:
+        raise BadInputError(f"{loaded.path} is already int8-quantized and cannot be changed further",
+                            hint="optimize the original model instead")
+    eval_ids = None
+    if eval_text is not None:
+        eval_ids = read_eval_tokens(eval_text, loaded.tokenizer, loaded.tokenizer_reason)
+    base = loaded.model.to(device)
+    report("load", 1.0)
+
+    before_on_load, candidate, applied = _apply_all(base, parsed, report)
+
+    inputs = random_inputs(base, batch_size, seq_len, seed=seed)
+    fid_inputs = eval_windows(eval_ids, base, seq_len) if eval_ids is not None else inputs
+    report("fidelity", 0.0)
+    fidelity = measure_fidelity(base, candidate, fid_inputs, is_causal_lm=loaded.is_causal_lm,
+                                eval_ids=eval_ids,
+                                eval_source=str(eval_text) if eval_text is not None else None)
+    report("fidelity", 1.0)
+    verification = ab_verify(base, candidate, inputs, n_rounds=n_rounds,
+                             warmup_batches=warmup_batches, min_window_s=min_window_s,
+                             meter=meter, fidelity=fidelity, progress=report)
+
+    base_elems, base_bytes = tensor_footprint(base)
+    cand_elems, cand_bytes = tensor_footprint(candidate)
+    sizes = {"base_params": base_elems, "base_tensor_bytes": base_bytes,
+             "candidate_params": cand_elems, "candidate_tensor_bytes": cand_bytes}
+    quality_ok = max_quality_loss is None or fidelity.quality_loss <= max_quality_loss
+    result = OptimizeResult(
+        model_path=str(loaded.path), out_dir=None, actions=tuple(applied),
+        verification=verification, max_quality_loss=max_quality_loss, quality_ok=quality_ok,
+        sizes=sizes, notes=verification.notes,
+    )
+    if not quality_ok:
+        raise QualityLossError(
+            f"quality loss {fidelity.quality_loss:.4g} ({fidelity.quality_metric}) exceeds "
+            f"--max-quality-loss {max_quality_loss:g}; nothing was written",
+            hint="use a milder action or a larger --max-quality-loss",
+            result=result,
+        )
+
+    report("save", 0.0)
+    records = loaded.prior_actions + [_record(a) for a in applied]
+    with staged_dir(out) as tmp:
+        layout = write_model_files(tmp, source=loaded, before_on_load=before_on_load,
+                                   records=records)
+        manifest = build_manifest(
+            source=loaded, records=records, layout=layout, base_model=base, candidate=candidate,
+            folder=tmp,
+            extra={"verification": verification.to_dict()},
+        )
+        write_manifest(tmp, manifest)
+        diff = None
+        if check_reload:
+            diff = _reload_diff(tmp, candidate, inputs, allow_pickle_base=True)
+            scale = max(1.0, float(forward(candidate, inputs.to(model_device(candidate))).abs().max()))
+            if not diff <= 1e-4 * scale:
+                raise ActionError(
+                    f"the saved model does not reproduce the candidate (max difference {diff:.3g})",
+                    hint="nothing was written; report this model type",
+                )
+    report("save", 1.0)
+    result = dataclasses.replace(result, out_dir=str(out),
+                                 manifest_path=str(out / "wattlens-optimization.json"),
+                                 reload_max_abs_diff=diff)
+    if batch_sizes:
+        sweep = sweep_batch_sizes(candidate, batch_sizes, seq_len=seq_len, meter=meter, seed=seed,
+                                  min_window_s=min_window_s, progress=report)
+        result = dataclasses.replace(result, batch_sweep=tuple(sweep))
+    report("done", 1.0)
+    return result
+
+
+# --------------------------------------------------------------------------- batch-size sweep
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def sweep_batch_sizes(
+    model: nn.Module,
+    batch_sizes: Sequence[int],
+    *,
+    seq_len: int = 64,
+    n_rounds: int = 3,
+    min_window_s: float = 0.5,
+    meter: Any | None = None,
+    seed: int = 0,
+    mem_headroom: float = 0.8,
+    progress: Progress | None = None,
+) -> list[SweepRow]:
+    """Energy per sample and throughput of ``model`` at each batch size, smallest first.
+
+    Growth stops at the first batch size that runs out of memory (the rest are reported as
+    skipped) and *before* one whose working memory, extrapolated linearly from the last size that
+    ran, would exceed ``mem_headroom`` of the free memory: on CPU the kernel's OOM killer, not an
+    exception, would be the answer, so we must not try it.
+    """
+    sizes = sorted(set(int(b) for b in batch_sizes))
+    if not sizes or sizes[0] < 1:
+        raise BadInputError(f"batch sizes must be positive integers, got {list(batch_sizes)}",
+                            hint="for example --batch-sizes 1,2,4,8")
+    report = progress or _noop
+    if meter is None:
+        from wattlens.advisor.verify import _default_meter
+
+        meter = _default_meter()
+    device = model_device(model)
+    memory = PeakMemory(device)
+    rows: list[SweepRow] = []
+    stop_reason: str | None = None
+    last: tuple[int, int | None] | None = None
+    meter.begin_window("sweep:all")
+    try:
+        for i, bs in enumerate(sizes):
+            if stop_reason:
+                rows.append(SweepRow(bs, "skipped", reason=stop_reason))
+                continue
+            available = _available_bytes(device)
+            if last and last[1] and available is not None:
+                projected = last[1] * bs / last[0]
+                if projected > mem_headroom * available:
+                    reason = (f"needs about {projected / 2**20:.0f} MiB (extrapolated from batch "
+                              f"{last[0]}), {available / 2**20:.0f} MiB free")
+                    rows.append(SweepRow(bs, "memory-guard", reason=reason))
+                    stop_reason = f"larger than batch size {bs}, which would likely not fit in memory"
+                    continue
+            try:
+                inputs = random_inputs(model, bs, seq_len, seed=seed)
+                forward(model, inputs.to(device))  # warm-up at this shape
+                windows = []
+                n_batches = 1
+                for r in range(n_rounds):
+                    w = measure_window(meter, f"sweep:{bs}:{r}", model, inputs, n_batches, memory)
+                    if r == 0 and w.duration_s < min_window_s:
+                        n_batches = max(1, math.ceil(min_window_s / max(w.duration_s, 1e-6)))
+                        w = measure_window(meter, f"sweep:{bs}:{r}b", model, inputs, n_batches, memory)
+                    windows.append(w)
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled; others re-raised
+                if not _is_oom(exc):
+                    raise
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                rows.append(SweepRow(bs, "oom", reason=f"out of memory: {str(exc).splitlines()[0][:200]}"))
+                stop_reason = f"larger than batch size {bs}, which ran out of memory"
+                continue
+            samples = sum(w.samples for w in windows)
+            duration = sum(w.duration_s for w in windows)
+            energies = [w.attributed_energy_j for w in windows]
+            per_round = [None if e is None else e / w.samples for e, w in zip(energies, windows, strict=True)]
+            energy = None if None in energies else sum(energies) / samples
+            interval = t_interval(per_round) if energy is not None else None
+            peaks = [w.peak_mem_bytes for w in windows if w.peak_mem_bytes is not None]
+            peak = max(peaks) if peaks else None
+            rows.append(SweepRow(
+                batch_size=bs, status="ok", energy_per_sample_j=energy,
+                energy_per_sample_interval_j=interval, energy_method=windows[0].attributed_method,
+                throughput_samples_per_s=samples / duration,
+                latency_per_batch_s=duration / (samples / bs),
+                peak_mem_bytes=peak, mem_method=memory.method,
+                reason=next((w.reason for w in windows if w.reason), None),
+            ))
+            last = (bs, peak)
+            report("sweep", (i + 1) / len(sizes))
+    finally:
+        meter.end_window("sweep:all")
+    return rows
