@@ -12,7 +12,8 @@ part of wattlens (the agent side runs in the target's own interpreter).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 PROTOCOL_VERSION = 1
 
@@ -55,14 +56,14 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, list) and all(check(x) for x in v)
 
 
-def _obj(schema: Dict[str, Tuple[Callable[[Any], bool], bool]]) -> Callable[[Any], bool]:
+def _obj(schema: dict[str, tuple[Callable[[Any], bool], bool]]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, dict) and check_fields(v, schema) is None
 
 
-Schema = Dict[str, Tuple[Callable[[Any], bool], bool]]  # field -> (checker, required)
+Schema = dict[str, tuple[Callable[[Any], bool], bool]]  # field -> (checker, required)
 
 
-def check_fields(msg: Dict[str, Any], schema: Schema) -> Optional[str]:
+def check_fields(msg: dict[str, Any], schema: Schema) -> str | None:
     """Return None when ``msg`` fits ``schema``, else a short reason."""
     for name, (check, required) in schema.items():
         if name not in msg:
@@ -102,7 +103,7 @@ _MODULE: Schema = {
 }
 
 # Messages the agent may send. The first one on a connection must be "hello".
-AGENT_MESSAGES: Dict[str, Schema] = {
+AGENT_MESSAGES: dict[str, Schema] = {
     "hello": {
         "token": (_is_str, True),
         "protocol": (_is_int, True),
@@ -160,7 +161,7 @@ AGENT_MESSAGES: Dict[str, Schema] = {
 
 # Commands the host may send. Issue 5 adds "apply"/"revert" here (and a handler in the agent's
 # dispatch table, flagged to run at a step boundary).
-HOST_COMMANDS: Dict[str, Schema] = {
+HOST_COMMANDS: dict[str, Schema] = {
     "set_knob": {"name": (_is_str, True), "value": (_is_scalar, True)},
 }
 
@@ -174,7 +175,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def decode(line: bytes) -> Dict[str, Any]:
+def decode(line: bytes) -> dict[str, Any]:
     """Parse one line into a message object; raise ValueError when it is not one.
 
     NaN/Infinity are refused (they are not JSON) and the top level must be an object with a
@@ -188,12 +189,12 @@ def decode(line: bytes) -> Dict[str, Any]:
     return msg
 
 
-def encode(msg: Dict[str, Any]) -> bytes:
+def encode(msg: dict[str, Any]) -> bytes:
     """One JSON line. ``allow_nan=False``: we never send what :func:`decode` would refuse."""
     return (json.dumps(msg, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
 
 
-def validate(msg: Dict[str, Any], table: Dict[str, Schema]) -> Optional[str]:
+def validate(msg: dict[str, Any], table: dict[str, Schema]) -> str | None:
     """None when ``msg`` is a known type with well-typed fields, else a short reason."""
     schema = table.get(msg["type"])
     if schema is None:

@@ -1,0 +1,277 @@
+"""The agent object living in the target process: connection, knobs, commands, torch hooks.
+
+Failure policy: the agent never breaks the user's program. Anything that goes wrong is written to
+stderr once as ``wattlens agent: ...`` and the agent goes quiet (hooks removed, nothing more sent
+except a last goodbye when possible).
+
+Commands from the host go through one dispatch table, :attr:`Agent.COMMANDS`: name -> (handler
+method name, runs_at_step_boundary). "Now" commands run on the reader thread (knobs are a dict
+assignment); boundary commands are queued and run by the thread that drives the model, at the next
+step boundary, which is where issue 5's "apply"/"revert" belong. A command missing from the table
+is refused, logged, and answered with a ``refused`` message.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .importwatch import TorchImportWatcher
+from .protocol import ENV_FLOPS, ENV_WINDOW_MS, PROTOCOL_VERSION, is_knob_value
+from .transport import Link
+
+_logged: set[str] = set()
+
+
+def log_once(key: str, message: str) -> None:
+    """Write ``wattlens agent: message`` to stderr, once per ``key``; never raises."""
+    if key in _logged:
+        return
+    _logged.add(key)
+    try:
+        stream = sys.stderr if sys.stderr is not None else sys.__stderr__
+        stream.write(f"wattlens agent: {message}\n")
+        stream.flush()
+    except Exception:
+        pass
+
+
+def _knob_kind_ok(default: Any, value: Any) -> bool:
+    """A host value may replace a knob's value only if it is of the same kind as the default."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return False
+
+
+class Agent:
+    COMMANDS: dict[str, tuple[str, bool]] = {
+        "set_knob": ("_cmd_set_knob", False),
+        # issue 5: "apply": ("_cmd_apply", True), "revert": ("_cmd_revert", True),
+    }
+
+    def __init__(self, socket_path: str, token: str,
+                 link_factory: Callable[..., Any] = Link) -> None:
+        self.t_activate_ns = time.monotonic_ns()
+        self._lock = threading.Lock()
+        self._quiet = False
+        self._closed = False
+        self._knob_defaults: dict[str, Any] = {}
+        self._knobs: dict[str, Any] = {}
+        self._pending_knobs: dict[str, Any] = {}
+        self._boundary_cmds: collections.deque[dict[str, Any]] = collections.deque()
+        self.tracker: Any = None
+        self._watch_requested: Any = None
+        self._pid = os.getpid()
+        hello = {
+            "type": "hello", "token": token, "protocol": PROTOCOL_VERSION, "pid": self._pid,
+            "ppid": os.getppid(), "python": sys.version.split()[0],
+            "executable": sys.executable or None,
+            "argv": [str(a) for a in getattr(sys, "argv", [])],
+            "torch": _torch_version(), "t_ns": self.t_activate_ns,
+        }
+        self._link = link_factory(socket_path, hello, on_command=self._on_command,
+                                  on_lost=self._on_lost, on_bad_command=self._refuse)
+        self._watcher = TorchImportWatcher(self._on_torch)
+        atexit.register(self.shutdown)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def start(self) -> None:
+        self._watcher.install()
+
+    # ------------------------------------------------------------------ sending / failing
+    def send(self, msg: dict[str, Any]) -> None:
+        if not self._quiet:
+            self._link.send(msg)
+
+    def fail(self, exc: BaseException) -> None:
+        """An internal error: report once, switch profiling off, keep the user's program going."""
+        if self._quiet:
+            return
+        log_once("internal", f"internal error ({type(exc).__name__}: {exc}); profiling is off "
+                             "for the rest of this run")
+        self.send({"type": "event", "t_ns": time.monotonic_ns(), "kind": "agent-error",
+                   "message": f"agent internal error: {type(exc).__name__}: {exc}",
+                   "data": {}})
+        self._quiet = True
+        self._stop_tracker()
+
+    def _on_lost(self, why: str) -> None:
+        log_once("lost", f"{why}; profiling stopped")
+        self._quiet = True
+        self._stop_tracker()
+
+    def _stop_tracker(self) -> None:
+        tracker = self.tracker
+        if tracker is not None:
+            try:
+                tracker.uninstall()
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------------ torch
+    def _on_torch(self, torch: Any) -> None:
+        if self._quiet:
+            return
+        try:
+            from .tracker import Tracker
+
+            window_ms = float(os.environ.get(ENV_WINDOW_MS, "50"))
+            self.tracker = Tracker(
+                torch, self.send, self.fail, window_ns=int(window_ms * 1e6),
+                count_flops=os.environ.get(ENV_FLOPS, "1") != "0",
+                on_boundary=self._run_boundary_commands, t_origin_ns=self.t_activate_ns)
+            self.tracker.install()
+            if self._watch_requested is not None:
+                model, self._watch_requested = self._watch_requested, None
+                self.tracker.watch(model)
+        except Exception as exc:
+            self.fail(exc)
+
+    def watch(self, model: Any) -> None:
+        if self._quiet:
+            return
+        if self.tracker is None:
+            torch = sys.modules.get("torch")
+            if torch is not None and hasattr(torch, "nn"):
+                self._watcher._fire(torch)
+        try:
+            if self.tracker is not None:
+                self.tracker.watch(model)
+            else:
+                self._watch_requested = model
+        except Exception as exc:
+            self.fail(exc)
+
+    def step(self, samples: int | None, tokens: int | None) -> None:
+        if self._quiet or self.tracker is None:
+            return
+        for name, v in (("samples", samples), ("tokens", tokens)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                log_once(f"step-{name}", f"agent.step({name}={v!r}) ignored: give a "
+                                         "non-negative int or None")
+                return
+        try:
+            self.tracker.explicit_step(samples, tokens)
+        except Exception as exc:
+            self.fail(exc)
+
+    # ------------------------------------------------------------------ knobs
+    def knob(self, name: str, default: Any) -> Any:
+        value = self._knobs.get(name, _MISSING)
+        if value is not _MISSING:
+            return value
+        if not isinstance(name, str) or not is_knob_value(default):
+            log_once(f"knob-{name!r}", f"knob {name!r}: the name must be a string and the value "
+                                      "an int, float, str, bool or None; it is not tunable")
+            return default
+        with self._lock:
+            self._knob_defaults[name] = default
+            self._knobs[name] = default
+            pending = self._pending_knobs.pop(name, _MISSING)
+        self.send({"type": "knob", "t_ns": time.monotonic_ns(), "name": name, "value": default})
+        if pending is not _MISSING:
+            self._apply_knob(name, pending)
+        return self._knobs[name]
+
+    def _apply_knob(self, name: str, value: Any) -> None:
+        default = self._knob_defaults[name]
+        if not _knob_kind_ok(default, value):
+            self._refuse("set_knob", f"knob {name!r} takes {type(default).__name__} values, "
+                                     f"got {type(value).__name__}")
+            return
+        if isinstance(default, float):
+            value = float(value)
+        self._knobs[name] = value
+        self.send({"type": "knob_set", "t_ns": time.monotonic_ns(), "name": name, "value": value})
+
+    def _cmd_set_knob(self, msg: dict[str, Any]) -> None:
+        name, value = msg["name"], msg["value"]
+        with self._lock:
+            known = name in self._knob_defaults
+            if not known:
+                self._pending_knobs[name] = value  # applied when the target asks for the knob
+        if known:
+            self._apply_knob(name, value)
+
+    # ------------------------------------------------------------------ commands
+    def _on_command(self, msg: dict[str, Any]) -> None:
+        entry = self.COMMANDS.get(msg["type"])
+        if entry is None:
+            self._refuse(msg["type"], "this agent does not know that command")
+            return
+        handler_name, at_boundary = entry
+        if at_boundary:
+            self._boundary_cmds.append(msg)
+            return
+        try:
+            getattr(self, handler_name)(msg)
+        except Exception as exc:
+            self._refuse(msg["type"], f"failed: {type(exc).__name__}: {exc}")
+
+    def _run_boundary_commands(self) -> None:
+        """Called by the tracker at each step boundary, on the thread that runs the model."""
+        while self._boundary_cmds:
+            msg = self._boundary_cmds.popleft()
+            handler_name, _ = self.COMMANDS[msg["type"]]
+            try:
+                getattr(self, handler_name)(msg)
+            except Exception as exc:
+                self._refuse(msg["type"], f"failed: {type(exc).__name__}: {exc}")
+
+    def _refuse(self, command: str, reason: str) -> None:
+        log_once(f"refused-{command}-{reason}", f"refused command {command!r}: {reason}")
+        self.send({"type": "refused", "t_ns": time.monotonic_ns(), "command": command,
+                   "reason": reason})
+
+    # ------------------------------------------------------------------ lifecycle
+    def shutdown(self) -> None:
+        """At exit: close the last step and window, say goodbye, close the socket."""
+        if self._closed or os.getpid() != self._pid:
+            return
+        self._closed = True
+        try:
+            if self.tracker is not None and not self._quiet:
+                self.tracker.finish()
+        except Exception as exc:
+            self.fail(exc)
+        try:
+            steps = self.tracker.steps_done if self.tracker is not None else 0
+            self._link.send({"type": "bye", "t_ns": time.monotonic_ns(), "steps": steps})
+            self._link.close()
+        except Exception:
+            pass
+
+    def _after_fork(self) -> None:
+        # A forked child (DataLoader worker ...) must never write on the parent's connection.
+        self._quiet = True
+        self._closed = True
+        try:
+            if self.tracker is not None:
+                self.tracker._on = False
+            self._link.abandon()
+        except Exception:
+            pass
+
+
+_MISSING = object()
+
+
+def _torch_version() -> str | None:
+    torch = sys.modules.get("torch")
+    version = getattr(torch, "__version__", None)
+    return str(version) if version is not None else None

@@ -1,0 +1,863 @@
+"""The torch side of the agent: global module hooks, step boundaries, windows of layer costs.
+
+Forward: one global forward pre-hook and one forward hook (``always_call`` so a forward that
+raises still pops its frame) keep a per-thread stack of module calls. On CPU a call costs two
+``perf_counter_ns`` reads; inclusive time goes to the module, and to its caller's "children" sum
+so self time = inclusive - children. On CUDA each call records a pair of ``torch.cuda.Event`` s
+that are read when the window is a few steps old: never a synchronize per layer.
+
+Backward (training only): global full backward hooks would wrap every module's inputs and outputs
+and break modules whose outputs are later modified in place, so they are not used. Instead, while
+the main model's forward runs, the hooks note the autograd sequence number at every module
+entry/exit; each autograd node created in between belongs to the innermost module at its
+creation. After the forward, the nodes of that graph get a pre/post hook that times them (CPU
+clock, or CUDA events) and credits the owning module's backward self time. Backward inclusive
+time is the sum over the module's subtree. This starts from the second training forward: the
+first one only checks (with a single probe hook) that backward is used at all.
+
+Steps, in order of precedence: ``agent.step()`` calls (once one is seen); else
+``optimizer.step()`` of the first optimizer seen (training); else one step per forward of the
+main model (inference), a step running from one forward's start to the next one's. Samples and
+tokens come from the main forward's first tensor input (its batch dimension; tokens = batch x
+sequence for integer token ids). Layer costs are grouped in windows of whole steps at least
+``window_ns`` long and sent as one message per window.
+
+Everything here runs inside the user's program: any exception is handed to ``fail`` (which logs
+once and switches the agent off) and never propagates into the user's code.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from . import flops as _flops
+from .naming import ModInfo, join, purge_dead, register_tree
+
+TRAIN_FORWARDS_BEFORE_FALLBACK = 16  # training forwards with no optimizer step before we give up
+MAX_PENDING_CUDA_WINDOWS = 8  # beyond this, wait for the oldest window's events (rare)
+MAX_ANNOUNCED_ROOTS = 32
+
+_monotonic_ns = time.monotonic_ns
+_perf_ns = time.perf_counter_ns
+
+
+class Tracker:
+    def __init__(
+        self,
+        torch: Any,
+        emit: Callable[[dict[str, Any]], None],
+        fail: Callable[[BaseException], None],
+        *,
+        window_ns: int = 50_000_000,
+        count_flops: bool = True,
+        on_boundary: Callable[[], None] | None = None,
+        event_factory: Callable[[], Any] | None = None,
+        t_origin_ns: int | None = None,
+    ) -> None:
+        self.torch = torch
+        self._emit = emit
+        self._fail_cb = fail
+        self._on_boundary = on_boundary
+        self._window_ns = window_ns
+        self._flops_pending = count_flops
+        self._event_factory = event_factory
+        self._t_origin = t_origin_ns if t_origin_ns is not None else _monotonic_ns()
+        self._on = False
+        self._handles: list[Any] = []
+        self._tls = threading.local()
+        self._is_compiling = _compiling_probe(torch)
+        self._seq = getattr(getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
+
+        # naming
+        self._infos: dict[int, ModInfo] = {}
+        self._dynamic: dict[str, ModInfo] = {}
+        self._rebuilt: dict[int, int] = {}
+        self._prefixes: dict[str, int] = {}
+        self._announced = 0
+        self._main: ModInfo | None = None
+        self._main_pinned = False
+
+        # timing
+        self._cuda = False
+        self._timing = "perf-counter"
+        self._pool: list[Any] = []
+        self._calls: list[Any] = []  # CUDA forward calls of the current window
+        self._bw_events: list[Any] = []  # CUDA backward nodes of the current window
+        self._pending_cuda: list[dict[str, Any]] = []
+
+        # the main forward in progress
+        self._main_active = False
+        self._need_shape = False
+        self._fwd_training = False
+        self._fwd_samples: int | None = None
+        self._fwd_tokens: int | None = None
+        self._fwd_shape: tuple[Any, ...] | None = None
+        self._seg_on = False
+        self._segs: list[tuple[int, ModInfo | None]] = []
+        self._seg_lo = 0
+        self._bw_seen = False
+        self._bw_note_sent = False
+        self._last_main_end: int | None = None
+        self._first_main: int | None = None
+
+        # steps
+        self._mode = "auto"  # auto | optimizer | explicit
+        self._opt_ref: Any = None
+        self._last_opt: int | None = None
+        self._train_fwds_no_opt = 0
+        self._train_fallback = False
+        self._step_idx = 0
+        self._step_open: int | None = None
+        self._reset_step_totals()
+
+        # windows
+        self._win = 0
+        self._win_start: int | None = None
+        self._win_steps: list[dict[str, Any]] = []
+        self._win_shapes: set = set()
+        self._win_tainted: str | None = None
+        self._touched: list[ModInfo] = []
+
+        # FLOPs
+        self._flop_mode: Any = None
+        self._flop_self: dict[ModInfo, int] = {}
+        self._flop_unsized = 0
+        self._flop_shape: tuple[Any, ...] | None = None
+        self._flops_blocker: str | None = None
+
+    # ------------------------------------------------------------------ install / uninstall
+    def install(self) -> None:
+        mm = self.torch.nn.modules.module
+        self._on = True
+        self._handles.append(mm.register_module_forward_pre_hook(self._pre))
+        try:
+            self._handles.append(mm.register_module_forward_hook(self._post, always_call=True))
+        except TypeError:  # an older torch without always_call
+            self._handles.append(mm.register_module_forward_hook(self._post))
+        register_opt = getattr(getattr(self.torch.optim, "optimizer", None),
+                               "register_optimizer_step_post_hook", None)
+        if register_opt is not None:
+            self._handles.append(register_opt(self._opt_post))
+
+    def uninstall(self) -> None:
+        self._on = False
+        self._seg_on = False
+        for handle in self._handles:
+            try:
+                handle.remove()
+            except Exception:
+                pass
+        self._handles = []
+        self._exit_flop_mode()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.uninstall()
+        self._fail_cb(exc)
+
+    # ------------------------------------------------------------------ the two hot hooks
+    def _pre(self, module: Any, args: Any) -> None:
+        if not self._on or self._is_compiling():
+            return None
+        try:
+            tls = self._tls
+            try:
+                stack = tls.stack
+            except AttributeError:
+                stack = tls.stack = []
+            info = self._infos.get(id(module))
+            if info is None or info.ref() is not module:
+                info = self._resolve(module, stack)
+            if info is self._main and not self._main_active:
+                self._main_start(module, args)
+            elif self._need_shape:
+                self._shape_from(args)
+            if info.win != self._win:
+                self._touch(info)
+            if self._seg_on:
+                self._segs.append((self._seq(), info))
+            if self._cuda:
+                calls = self._calls
+                top = stack[-1] if stack else None
+                parent_idx = top[4] if top is not None and top[5] is calls else -1
+                ev = self._pool.pop() if self._pool else self._new_event()
+                stack.append([info, ev, parent_idx, module, len(calls), calls])
+                calls.append(None)
+                ev.record()
+            else:
+                stack.append([info, 0, 0, module, 0, None])
+                stack[-1][1] = _perf_ns()
+        except Exception as exc:
+            self._fail(exc)
+        return None
+
+    def _post(self, module: Any, args: Any, output: Any) -> None:
+        if not self._on:
+            return None
+        t1 = _perf_ns()
+        try:
+            stack = self._tls.__dict__.get("stack")
+            if not stack:
+                return None
+            frame = stack.pop()
+            if frame[3] is not module:
+                stack.append(frame)
+                if not _unwind(stack, module):
+                    return None  # a call whose pre-hook we skipped (compiling, switched on late)
+                frame = stack.pop()
+            info = frame[0]
+            if self._cuda:
+                ev1 = self._pool.pop() if self._pool else self._new_event()
+                ev1.record()
+                frame[5][frame[4]] = (info, frame[1], ev1, frame[2])
+                if info.win != self._win:
+                    self._touch(info)
+                info.fw_calls += 1
+            else:
+                incl = t1 - frame[1]
+                if info.win != self._win:
+                    self._touch(info)
+                info.fw_incl += incl
+                info.fw_self += incl - frame[2]
+                info.fw_calls += 1
+                if stack:
+                    stack[-1][2] += incl
+            if self._seg_on:
+                self._segs.append((self._seq(), stack[-1][0] if stack else None))
+            if info is self._main and self._main_active:
+                self._main_end(output)
+        except Exception as exc:
+            self._fail(exc)
+        return None
+
+    def _touch(self, info: ModInfo) -> None:
+        info.win = self._win
+        info.fw_incl = info.fw_self = info.fw_calls = info.bw_self = info.bw_calls = 0
+        self._touched.append(info)
+
+    # ------------------------------------------------------------------ naming
+    def _resolve(self, module: Any, stack: list[Any]) -> ModInfo:
+        """Name a module seen for the first time (or whose id was reused)."""
+        if not stack:
+            return self._add_root(module)
+        parent: ModInfo = stack[-1][0]
+        root = parent.root
+        root_module = root.ref()
+        if root_module is not None and self._rebuilt.get(id(root)) != self._step_idx:
+            self._rebuilt[id(root)] = self._step_idx  # at most one re-scan per root and step
+            purge_dead(self._infos)
+            _, table = register_tree(root_module, root.path, self._infos, root_info=root)
+            if table and (root is self._main or root.params):
+                self._emit_modules(root, table)
+            info = self._infos.get(id(module))
+            if info is not None and info.ref() is module:
+                return info
+        # Not a registered submodule (made on the fly inside forward): name it by its caller.
+        return self._dynamic_info(join(parent.path, "<" + type(module).__name__ + ">"),
+                                  type(module).__name__, parent, root)
+
+    def _dynamic_info(self, path: str, cls: str, parent: ModInfo | None,
+                      root: ModInfo | None) -> ModInfo:
+        info = self._dynamic.get(path)
+        if info is None:
+            info = ModInfo(path, cls, None, parent, root, None, None)
+            self._dynamic[path] = info
+        return info
+
+    def _add_root(self, module: Any) -> ModInfo:
+        has_params = next(iter(module.parameters()), None) is not None
+        if self._main is None and has_params and not self._main_pinned:
+            return self._set_main(module)
+        cls = type(module).__name__
+        if not has_params or self._announced >= MAX_ANNOUNCED_ROOTS:
+            # parameter-free helpers (losses, activations) called at top level: one row per class
+            return self._dynamic_info("@" + cls, cls, None, None)
+        n = self._prefixes.get(cls, 0) + 1
+        self._prefixes[cls] = n
+        prefix = "@" + cls if n == 1 else f"@{cls}#{n}"
+        root, table = register_tree(module, prefix, self._infos)
+        self._announce(root, module, table, main=False)
+        return root
+
+    def _set_main(self, module: Any) -> ModInfo:
+        root, table = register_tree(module, "", self._infos, overwrite=True)
+        self._main = root
+        self._choose_timing(module)
+        self._announce(root, module, table, main=True)
+        self._flops_blocker = _compiled_reason(module)
+        return root
+
+    def watch(self, model: Any) -> None:
+        """Make ``model`` the main model (explicit API), even if another one was picked."""
+        if self._main is not None and self._main.ref() is model:
+            self._main_pinned = True
+            return
+        old = self._main.ref() if self._main is not None else None
+        self._main = None
+        self._main_pinned = True
+        self._main_active = False
+        if old is not None:
+            cls = type(old).__name__
+            n = self._prefixes.get(cls, 0) + 1
+            self._prefixes[cls] = n
+            prefix = "@" + cls if n == 1 else f"@{cls}#{n}"
+            root, table = register_tree(old, prefix, self._infos, overwrite=True)
+            self._announce(root, old, table, main=False)
+        self._set_main(model)
+
+    def _announce(self, root: ModInfo, module: Any, table: list[dict[str, Any]], main: bool) -> None:
+        self._announced += 1
+        device, dtype = _device_dtype(module)
+        self._emit({
+            "type": "model", "t_ns": _monotonic_ns(), "prefix": root.path, "class": root.cls,
+            "main": main, "params": root.params or 0, "bytes": root.bytes or 0,
+            "device": device, "dtype": dtype, "timing": self._timing if main else "perf-counter",
+            "torch": str(self.torch.__version__), "modules": table,
+        })
+
+    def _emit_modules(self, root: ModInfo, table: list[dict[str, Any]]) -> None:
+        module = root.ref()
+        if module is not None:
+            self._announce(root, module, table, main=root is self._main)
+
+    # ------------------------------------------------------------------ timing backends
+    def _choose_timing(self, module: Any) -> None:
+        device, _ = _device_dtype(module)
+        use_cuda = self._event_factory is not None or (
+            device is not None and device.startswith("cuda") and self.torch.cuda.is_available())
+        if use_cuda and not self._cuda:
+            if self._event_factory is None:
+                cuda = self.torch.cuda
+                self._event_factory = lambda: cuda.Event(enable_timing=True)
+            self._cuda = True
+            self._timing = "cuda-events"
+            self._calls = []
+
+    def _new_event(self) -> Any:
+        assert self._event_factory is not None
+        return self._event_factory()
+
+    # ------------------------------------------------------------------ the main forward
+    def _main_start(self, module: Any, args: Any) -> None:
+        t = _monotonic_ns()
+        torch = self.torch
+        training = bool(module.training) and torch.is_grad_enabled()
+        self._main_active = True
+        self._fwd_training = training
+        self._fwd_samples = self._fwd_tokens = None
+        self._fwd_shape = None
+        self._need_shape = True
+        self._shape_from(args)
+        self._steps_on_forward(t, training)
+        if self._first_main is None:
+            self._first_main = t
+        if training and self._bw_seen:
+            if self._seq is None:
+                if not self._bw_note_sent:
+                    self._bw_note_sent = True
+                    self._event("backward-unattributed",
+                                "this torch has no autograd sequence numbers; backward time is "
+                                "reported under 'outside modules'")
+            else:
+                self._segs = []
+                self._seg_lo = self._seq()
+                self._seg_on = True
+        if self._flops_pending:
+            self._start_flops(module)
+
+    def _main_end(self, output: Any) -> None:
+        self._main_active = False
+        self._need_shape = False
+        self._last_main_end = _monotonic_ns()
+        if self._fwd_training:
+            self._n_train += 1
+            self._train_s, self._train_s_ok = _add(self._train_s, self._train_s_ok, self._fwd_samples)
+            self._train_t, self._train_t_ok = _add(self._train_t, self._train_t_ok, self._fwd_tokens)
+        self._n_all += 1
+        self._all_s, self._all_s_ok = _add(self._all_s, self._all_s_ok, self._fwd_samples)
+        self._all_t, self._all_t_ok = _add(self._all_t, self._all_t_ok, self._fwd_tokens)
+        self._win_shapes.add(self._fwd_shape)
+        if self._flop_mode is not None:
+            self._finish_flops()
+        if self._seg_on:
+            self._seg_on = False
+            self._hook_graph(output)
+        elif self._fwd_training and not self._bw_seen:
+            roots: list[Any] = []
+            _grad_fns(output, roots, self.torch.Tensor, 0)
+            if roots:
+                roots[0].register_prehook(self._probe)
+
+    def _probe(self, grad_outputs: Any) -> None:
+        self._bw_seen = True
+        return None
+
+    def _shape_from(self, args: Any) -> None:
+        tensor_type = self.torch.Tensor
+        for a in args:
+            if isinstance(a, tensor_type):
+                self._need_shape = False
+                shape = tuple(a.shape)
+                self._fwd_shape = (shape, str(a.dtype))
+                if shape:
+                    self._fwd_samples = int(shape[0])
+                    if len(shape) >= 2 and not a.is_floating_point() and not a.is_complex() \
+                            and a.dtype != self.torch.bool:
+                        self._fwd_tokens = int(shape[0]) * int(shape[1])
+                return
+
+    # ------------------------------------------------------------------ backward attribution
+    def _hook_graph(self, output: Any) -> None:
+        segs = self._segs
+        self._segs = []
+        if not segs:
+            return
+        lo = self._seg_lo
+        hi = self._seq()
+        keys = [s for s, _ in segs]
+        owners = [o for _, o in segs]
+        todo: list[Any] = []
+        _grad_fns(output, todo, self.torch.Tensor, 0)
+        if self._cuda:
+            pre, post = self._bw_pre_cuda, self._bw_post_cuda
+        else:
+            pre, post = self._bw_pre_cpu, self._bw_post_cpu
+        seen = set()
+        while todo:
+            node = todo.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            try:
+                seq = node._sequence_nr()
+            except Exception:
+                continue
+            if seq < lo or seq >= hi:
+                continue  # made before this forward, or an AccumulateGrad leaf
+            owner = owners[bisect.bisect_right(keys, seq) - 1]
+            if owner is not None:
+                cell: list[Any] = [0]
+                node.register_prehook(partial(pre, cell))
+                node.register_hook(partial(post, cell, owner))
+            for nxt, _ in node.next_functions:
+                if nxt is not None and nxt not in seen:
+                    todo.append(nxt)
+
+    def _bw_pre_cpu(self, cell: list[Any], grad_outputs: Any) -> None:
+        cell[0] = _perf_ns()
+        return None
+
+    def _bw_post_cpu(self, cell: list[Any], info: ModInfo, grad_inputs: Any, grad_outputs: Any) -> None:
+        dt = _perf_ns() - cell[0]
+        if not self._on:
+            return None
+        try:
+            if info.win != self._win:
+                self._touch(info)
+            info.bw_self += dt
+            info.bw_calls += 1
+        except Exception as exc:
+            self._fail(exc)
+        return None
+
+    def _bw_pre_cuda(self, cell: list[Any], grad_outputs: Any) -> None:
+        if not self._on:
+            return None
+        try:
+            ev = self._pool.pop() if self._pool else self._new_event()
+            ev.record()
+            cell[0] = ev
+        except Exception as exc:
+            self._fail(exc)
+        return None
+
+    def _bw_post_cuda(self, cell: list[Any], info: ModInfo, grad_inputs: Any, grad_outputs: Any) -> None:
+        if not self._on or not cell[0]:
+            return None
+        try:
+            ev = self._pool.pop() if self._pool else self._new_event()
+            ev.record()
+            self._bw_events.append((info, cell[0], ev))
+        except Exception as exc:
+            self._fail(exc)
+        return None
+
+    # ------------------------------------------------------------------ FLOPs
+    def _start_flops(self, module: Any) -> None:
+        self._flops_pending = False
+        reason = self._flops_blocker
+        mode = None
+        if reason is None:
+            mode, reason = _flops.make_mode(self._on_flops)
+        if mode is None:
+            self._event("flops-unavailable", f"FLOPs not counted: {reason}", {"reason": reason})
+            return
+        self._flop_self = {}
+        self._flop_unsized = 0
+        self._flop_shape = self._fwd_shape
+        mode.__enter__()
+        self._flop_mode = mode
+        self._win_tainted = "its forward ran under FLOP counting, which slows it down"
+
+    def _on_flops(self, n: int | None) -> None:
+        stack = self._tls.__dict__.get("stack")
+        info = stack[-1][0] if stack else self._main
+        if n is None:
+            self._flop_unsized += 1
+        elif info is not None:
+            self._flop_self[info] = self._flop_self.get(info, 0) + n
+
+    def _exit_flop_mode(self) -> None:
+        mode = self._flop_mode
+        self._flop_mode = None
+        if mode is not None:
+            try:
+                mode.__exit__(None, None, None)
+            except Exception:
+                pass
+
+    def _finish_flops(self) -> None:
+        self._exit_flop_mode()
+        if self._flop_shape is None:
+            self._flop_shape = self._fwd_shape
+        incl: dict[ModInfo, int] = {}
+        for info, n in self._flop_self.items():
+            node: ModInfo | None = info
+            while node is not None:
+                incl[node] = incl.get(node, 0) + n
+                node = node.parent
+        main = self._main
+        for info in self._touched:
+            if info.root is main and info.fw_calls:
+                info.flops_pc = incl.get(info, 0) // info.fw_calls
+        total = incl.get(main, 0) if main is not None else 0
+        msg = (f"forward FLOPs counted once (matmul/conv/attention ops known to "
+               f"torch.utils.flop_counter): {total} per forward of the main model")
+        if self._flop_unsized:
+            msg += f"; {self._flop_unsized} ops could not be sized and are not included"
+        self._event("flops", msg, {"flops_per_forward": total, "unsized_ops": self._flop_unsized,
+                                   "input_shape": list(self._flop_shape[0]) if self._flop_shape else None})
+
+    # ------------------------------------------------------------------ steps
+    def _reset_step_totals(self) -> None:
+        self._n_train = self._n_all = 0
+        self._train_s = self._train_t = self._all_s = self._all_t = 0
+        self._train_s_ok = self._train_t_ok = self._all_s_ok = self._all_t_ok = True
+
+    def _steps_on_forward(self, t: int, training: bool) -> None:
+        mode = self._mode
+        if mode == "auto":
+            if not training:
+                self._boundary(t)
+                return
+            self._train_fwds_no_opt += 1
+            if self._step_open is None:
+                self._open(t)
+            elif self._train_fallback:
+                self._boundary(t)
+            elif self._train_fwds_no_opt > TRAIN_FORWARDS_BEFORE_FALLBACK:
+                self._train_fallback = True
+                self._event("steps-by-forward",
+                            f"{TRAIN_FORWARDS_BEFORE_FALLBACK} training forwards and no "
+                            "optimizer.step(): counting one forward of the model per step "
+                            "(call wattlens agent.step() to mark steps yourself)")
+                self._boundary(t)
+        elif self._step_open is None:
+            self._open(t)
+
+    def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._on:
+            return None
+        try:
+            t = _monotonic_ns()
+            self._last_opt = t
+            if self._mode == "explicit":
+                return None
+            current = self._opt_ref() if self._opt_ref is not None else None
+            if current is None:
+                import weakref
+
+                self._opt_ref = weakref.ref(optimizer)
+            elif current is not optimizer:
+                return None  # a second optimizer (GAN, param groups): the first one marks steps
+            self._mode = "optimizer"
+            self._boundary(t)
+        except Exception as exc:
+            self._fail(exc)
+        return None
+
+    def explicit_step(self, samples: int | None, tokens: int | None) -> None:
+        t = _monotonic_ns()
+        self._mode = "explicit"
+        if self._step_open is None:
+            self._open(self._first_main if self._first_main is not None else self._t_origin)
+        self._boundary(t, samples, tokens)
+
+    def _open(self, t: int) -> None:
+        self._step_open = t
+        self._reset_step_totals()
+        if self._win_start is None:
+            self._win_start = t
+            self._win += 1  # lazily resets every module's accumulators
+            self._touched = []
+            self._win_steps = []
+            self._win_shapes = set()
+            if self._cuda:
+                self._calls = []
+                self._bw_events = []
+
+    def _boundary(self, t: int, samples: int | None = None, tokens: int | None = None) -> None:
+        if self._step_open is not None:
+            self._close_step(t, samples, tokens)
+        self._open(t)
+        if self._on_boundary is not None:
+            self._on_boundary()
+
+    def _close_step(self, t_end: int, samples: int | None, tokens: int | None,
+                    force_window: bool = False) -> None:
+        assert self._step_open is not None
+        if self._n_train:
+            s = self._train_s if self._train_s_ok else None
+            tk = self._train_t if self._train_t_ok else None
+        elif self._n_all:
+            s = self._all_s if self._all_s_ok else None
+            tk = self._all_t if self._all_t_ok else None
+        else:
+            s = tk = None
+        self._win_steps.append({
+            "step": self._step_idx, "t_start_ns": self._step_open, "t_end_ns": max(t_end, self._step_open),
+            "samples": samples if samples is not None else s,
+            "tokens": tokens if tokens is not None else tk,
+        })
+        self._step_idx += 1
+        self._step_open = None
+        if self._cuda:
+            self._poll_cuda()
+        assert self._win_start is not None
+        if force_window or self._win_tainted or t_end - self._win_start >= self._window_ns:
+            self._close_window(t_end)
+
+    # ------------------------------------------------------------------ windows
+    def _close_window(self, t_end: int) -> None:
+        steps = self._win_steps
+        t_start = self._win_start
+        self._win_start = None
+        self._win_steps = []
+        tainted = self._win_tainted
+        self._win_tainted = None
+        if not steps or t_start is None:
+            return
+        self._emit({"type": "steps", "steps": steps})
+        flops_ok = self._flop_shape is not None and self._win_shapes == {self._flop_shape}
+        window = {"t_start_ns": t_start, "t_end_ns": max(t_end, t_start),
+                  "first_step": steps[0]["step"], "last_step": steps[-1]["step"]}
+        if tainted:
+            self._event("layers-skipped",
+                        f"layer times of steps {window['first_step']}-{window['last_step']} are "
+                        f"not reported: {tainted}", dict(window))
+            if self._cuda:
+                self._recycle(self._calls, self._bw_events)
+            return
+        if self._cuda:
+            self._pending_cuda.append(dict(window, calls=self._calls, bw=self._bw_events,
+                                           flops_ok=flops_ok))
+            self._calls = []
+            self._bw_events = []
+            self._poll_cuda()
+            return
+        fw: dict[ModInfo, list[int]] = {}
+        bw: dict[ModInfo, list[int]] = {}
+        for info in self._touched:
+            if info.win != self._win:
+                continue
+            if info.fw_calls:
+                fw[info] = [info.fw_incl, max(0, info.fw_self), info.fw_calls]
+            if info.bw_calls:
+                bw[info] = [info.bw_self, info.bw_calls]
+        self._emit_layers(window, fw, bw, flops_ok)
+
+    def _emit_layers(self, window: dict[str, Any], fw: dict[ModInfo, list[int]],
+                     bw: dict[ModInfo, list[int]], flops_ok: bool) -> None:
+        rows: list[dict[str, Any]] = []
+        for info, (incl, self_ns, calls) in fw.items():
+            fpc = info.flops_pc if flops_ok else None
+            rows.append({"path": info.path, "phase": "forward", "time_ns": incl,
+                         "self_time_ns": min(self_ns, incl), "calls": calls,
+                         "flops": fpc * calls if fpc is not None else None,
+                         "params": info.params})
+        bw_incl: dict[ModInfo, int] = {}
+        for info, (self_ns, _) in bw.items():
+            node: ModInfo | None = info
+            while node is not None:
+                bw_incl[node] = bw_incl.get(node, 0) + self_ns
+                node = node.parent
+        for info, incl in bw_incl.items():
+            self_ns, calls = bw.get(info, (0, 0))
+            rows.append({"path": info.path, "phase": "backward", "time_ns": incl,
+                         "self_time_ns": self_ns, "calls": calls, "flops": None,
+                         "params": info.params})
+        if rows:
+            self._emit(dict(window, type="layers", timing=self._timing, rows=rows))
+
+    def _poll_cuda(self, wait: bool = False) -> None:
+        """Emit CUDA windows whose events have completed, oldest first."""
+        pending = self._pending_cuda
+        while pending:
+            w = pending[0]
+            last = _last_event(w)
+            if last is not None and not last.query():
+                if wait or len(pending) > MAX_PENDING_CUDA_WINDOWS:
+                    last.synchronize()  # one wait per window, never per layer
+                else:
+                    return
+            if not all(e.query() for e in _all_events(w)):
+                if wait:
+                    for e in _all_events(w):
+                        e.synchronize()
+                else:
+                    return
+            pending.pop(0)
+            self._emit_cuda_window(w)
+
+    def _emit_cuda_window(self, w: dict[str, Any]) -> None:
+        calls = w["calls"]
+        incl = [0] * len(calls)
+        child = [0] * len(calls)
+        for i, c in enumerate(calls):
+            if c is not None:
+                incl[i] = int(c[1].elapsed_time(c[2]) * 1e6)
+        for i, c in enumerate(calls):
+            if c is not None and c[3] >= 0 and calls[c[3]] is not None:
+                child[c[3]] += incl[i]
+        fw: dict[ModInfo, list[int]] = {}
+        for i, c in enumerate(calls):
+            if c is None:
+                continue
+            acc = fw.setdefault(c[0], [0, 0, 0])
+            acc[0] += incl[i]
+            acc[1] += max(0, incl[i] - child[i])
+            acc[2] += 1
+        bw: dict[ModInfo, list[int]] = {}
+        for info, e0, e1 in w["bw"]:
+            acc = bw.setdefault(info, [0, 0])
+            acc[0] += int(e0.elapsed_time(e1) * 1e6)
+            acc[1] += 1
+        window = {k: w[k] for k in ("t_start_ns", "t_end_ns", "first_step", "last_step")}
+        self._emit_layers(window, fw, bw, w["flops_ok"])
+        self._recycle(calls, w["bw"])
+
+    def _recycle(self, calls: list[Any], bw: list[Any]) -> None:
+        pool = self._pool
+        for c in calls:
+            if c is not None:
+                pool.append(c[1])
+                pool.append(c[2])
+        for _, e0, e1 in bw:
+            pool.append(e0)
+            pool.append(e1)
+
+    # ------------------------------------------------------------------ end of run
+    def finish(self) -> None:
+        """Close the last step and window and flush everything (at exit)."""
+        self._exit_flop_mode()
+        self._seg_on = False
+        if self._step_open is not None:
+            if self._n_all:
+                end = max(x for x in (self._last_main_end, self._last_opt, self._step_open)
+                          if x is not None)
+                self._close_step(end, None, None, force_window=True)
+            else:
+                self._step_open = None
+        if self._win_start is not None and self._win_steps:
+            self._close_window(self._win_steps[-1]["t_end_ns"])
+        self._win_start = None
+        if self._cuda:
+            self._poll_cuda(wait=True)
+
+    @property
+    def steps_done(self) -> int:
+        return self._step_idx
+
+    def _event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        self._emit({"type": "event", "t_ns": _monotonic_ns(), "kind": kind, "message": message,
+                    "data": data or {}})
+
+
+# ---------------------------------------------------------------------- helpers
+def _add(total: int, ok: bool, value: int | None) -> tuple[int, bool]:
+    if value is None:
+        return total, False
+    return total + value, ok
+
+
+def _unwind(stack: list[Any], module: Any) -> bool:
+    """Drop frames above ``module``'s frame (calls whose post-hook never ran)."""
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i][3] is module:
+            del stack[i + 1:]
+            return True
+    return False
+
+
+def _grad_fns(obj: Any, out: list[Any], tensor_type: Any, depth: int) -> None:
+    """Collect the autograd nodes of the tensors in a forward's output (tuples, dicts, HF outputs)."""
+    if depth > 3:
+        return
+    if isinstance(obj, tensor_type):
+        fn = obj.grad_fn
+        if fn is not None:
+            out.append(fn)
+    elif isinstance(obj, (list, tuple)):
+        for x in obj[:64]:
+            _grad_fns(x, out, tensor_type, depth + 1)
+    elif isinstance(obj, dict):
+        for x in list(obj.values())[:64]:
+            _grad_fns(x, out, tensor_type, depth + 1)
+
+
+def _device_dtype(module: Any) -> tuple[str | None, str | None]:
+    for p in module.parameters():
+        return str(p.device), str(p.dtype)
+    return None, None
+
+
+def _compiled_reason(module: Any) -> str | None:
+    for m in module.modules():
+        if type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None) is not None:
+            return ("the model is compiled with torch.compile; FLOPs are not counted so its "
+                    "compiled code runs exactly as it would without wattlens")
+    return None
+
+
+def _compiling_probe(torch: Any) -> Callable[[], bool]:
+    compiler = getattr(torch, "compiler", None)
+    probe = getattr(compiler, "is_compiling", None)
+    return probe if probe is not None else (lambda: False)
+
+
+def _last_event(w: dict[str, Any]) -> Any:
+    for c in reversed(w["calls"]):
+        if c is not None:
+            last = c[2]
+            break
+    else:
+        last = None
+    if w["bw"]:
+        return w["bw"][-1][2]
+    return last
+
+
+def _all_events(w: dict[str, Any]) -> list[Any]:
+    evs = []
+    for c in w["calls"]:
+        if c is not None:
+            evs.append(c[1])
+            evs.append(c[2])
+    for _, e0, e1 in w["bw"]:
+        evs.append(e0)
+        evs.append(e1)
+    return evs
