@@ -1,0 +1,229 @@
+"""HTML, PDF, Markdown and JSON reports of a REAL session: a torch child measured by a
+ProfilingSession into a temporary SQLite store, plus steps, layer costs, a recommendation and an
+action stored through the Store API so that every section of the report renders."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli, start_torch_child
+from wattlens.app.report import rich
+from wattlens.app.report.data import build_report
+from wattlens.app.report.formats import fmt, write_report
+from wattlens.profiler.process import Target
+from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
+from wattlens.profiler.session import ProfilingSession
+from wattlens.profiler.sources import discover
+from wattlens.profiler.store import Store
+from wattlens.profiler.summary import energy_between
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "report-schema.json"
+EVIL_NAME = 'bert <script>alert("x")</script> & co'
+REC_FULL = {
+    "rule": "quantize-int8-cpu",
+    "title": "Quantize the Linear layers to dynamic int8 <fast>",
+    "rationale": "Linear layers take most of the CPU time and this CPU has int8 kernels.",
+    "evidence": {"linear_time_fraction": 0.62, "target_energy_j": None},
+    "predicted_saving": {"fraction": 0.3, "low": 0.18, "high": 0.42},
+    "risk": "low: top-1 agreement is usually above 99 %",
+    "action": {"name": "quantize-int8"},
+}
+REC_SPARSE = {"rule": "batch-size", "title": "Try a larger batch size"}  # no saving, no risk: n/a
+ACTION_RESULT = {
+    "predicted_text": "30 % (18 – 42 %)",
+    "measured_text": "24 % ± 5 %",
+    "baseline": {"energy_per_sample_j": 0.5, "latency_s": 0.012},
+    "candidate": {"energy_per_sample_j": 0.38, "latency_s": 0.009},
+    "fidelity": {"top1_agreement": 0.995, "kl": 0.002},
+    "claim": {"claim": "Linear layers are int8", "holds": True},
+}
+
+
+def _measure(store: Store, pid: int, name: str, note: str | None = None) -> int:
+    session = ProfilingSession(store, target=Target(pid), kind="attach", name=name, interval_s=0.1,
+                               duration_s=1.5, discovery=discover(gpu=False), stacks=False)
+    sid = session.start()
+    if note:
+        session.note(note)
+    session.run(poll_s=0.05)
+    return sid
+
+
+def _add_steps_and_layers(store: Store, sid: int) -> None:
+    """Steps and layer windows over the session's span, with energy from its own stored series."""
+    t, e = store.series_data(sid, ["target/energy_j"])["target/energy_j"]
+    edges = np.linspace(t[0], t[-1], 5).astype(np.int64)
+    steps = [StepRecord(i, int(a), int(b), samples=32, tokens=32 * 64,
+                        energy_j=energy_between(t, e, int(a), int(b)))
+             for i, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))]
+    window_j = energy_between(t, e, int(t[0]), int(t[-1]))
+    span_s = (t[-1] - t[0]) / 1e9
+    shares = {"Sequential": (0.8, 0.05), "Sequential/Linear": (0.55, 0.55), "Sequential/ReLU": (0.2, 0.2),
+              "(optimizer)": (0.15, 0.15), "(outside forward)": (0.05, 0.05)}
+    layers = [LayerCost(int(t[0]), int(t[-1]), path, "bucket" if path.startswith("(") else "class",
+                        "stack-sampling", time_s=incl * span_s, share=incl, energy_j=incl * window_j,
+                        self_time_s=own * span_s, self_energy_j=own * window_j, n_samples=40)
+              for path, (incl, own) in shares.items()]
+    store.write_batch(sid, (), layer_costs=layers, steps=steps,
+                      events=[EventRecord(int(t[-1]), "warning", "a <b>bold</b> message", {})])
+
+
+@pytest.fixture(scope="module")
+def session_db(tmp_path_factory):
+    """Two real sessions of one torch child: #a fully dressed, #b bare (the comparison baseline)."""
+    db = tmp_path_factory.mktemp("rich") / "wattlens.db"
+    store = Store(db)
+    child = start_torch_child(30)
+    try:
+        sid = _measure(store, child.pid, EVIL_NAME, note="stack sampling was off for this test")
+        other = _measure(store, child.pid, "baseline")
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        child.stdout.close()
+    _add_steps_and_layers(store, sid)
+    store.add_recommendations(sid, [REC_FULL, REC_SPARSE])
+    store.add_action(kind="quantize-int8", status="verified", params={"rule": "quantize-int8-cpu"},
+                     result=ACTION_RESULT, session_id=sid)
+    yield store, db, sid, other
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def written(session_db, tmp_path_factory):
+    store, _db, sid, other = session_db
+    out = tmp_path_factory.mktemp("out")
+    paths = {}
+    for f in ("html", "pdf", "md", "json"):
+        paths[f] = write_report(store, sid, f, out / f"report.{f}", compare_id=other, grid_g_per_kwh=400.0)
+    paths["bare.pdf"] = write_report(store, other, "pdf", out / "bare.pdf")
+    paths["bare.html"] = write_report(store, other, "html", out / "bare.html")
+    return paths
+
+
+# ---- HTML ---------------------------------------------------------------------------------------
+def test_html_is_self_contained(written):
+    text = written["html"].read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
+    assert not re.search(r"<script|<link\b|<iframe|@import|url\(\s*['\"]?(?!#)", text, re.I)
+    assert "clip-path=\"url(#" in text  # the plots' own clip paths: internal references only
+    assert text.count("<svg") == 5  # power, energy, utilisation, energy per step, layers
+
+
+def test_html_escapes_user_strings(written):
+    text = written["html"].read_text(encoding="utf-8")
+    assert "bert &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; co" in text
+    assert "Quantize the Linear layers to dynamic int8 &lt;fast&gt;" in text
+    assert "a &lt;b&gt;bold&lt;/b&gt; message" in text and "<b>bold</b>" not in text
+
+
+def test_html_shows_the_numbers_wattlens_show_prints(session_db, written):
+    _store, db, sid, _other = session_db
+    shown = run_cli("show", str(sid), "--db", str(db))
+    assert shown.returncode == 0, shown.stderr
+    numbers = re.findall(r"(?<![\w.])(-?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)? (?:J|W|s))\b", shown.stdout)
+    assert len(numbers) >= 8, shown.stdout  # duration, energy, mean, target, steps, layers ...
+    text = written["html"].read_text(encoding="utf-8")
+    missing = [n for n in numbers if n not in text]
+    assert not missing, f"numbers printed by `wattlens show` but absent from the HTML: {missing}"
+
+
+def test_html_marks_every_estimated_energy_figure(session_db, written):
+    store, _db, sid, _other = session_db
+    report = build_report(store, sid)
+    text, compared = written["html"].read_text(encoding="utf-8").split('<section id="comparison">')
+    # the comparison shows the other session's figures too, which carry that session's methods
+    this_energy = fmt(report["summary"]["energy_j"], "J")
+    if rich.estimate_flags(report)["total"]:
+        assert f'<td>Energy, all sources</td><td class="num">{this_energy}<span class="est"' in compared
+    est = [s for s in report["summary"]["sources"] if s["method"] == "estimated"]
+    if not est:
+        pytest.skip("this machine measures its CPU (RAPL): no estimated source to mark")
+    for s in est:
+        for value, unit in ((s["energy_j"], "J"), (s["mean_power_w"], "W")):
+            figure = fmt(value, unit)
+            at = [m.end() for m in re.finditer(re.escape(figure), text)]
+            assert at and all(text[i:].startswith('<span class="est"') for i in at), figure
+    tgt = fmt(report["summary"]["target"]["energy_j"], "J")
+    assert f'{tgt}<span class="est"' in text
+
+
+def test_html_sections_and_side_by_side_savings(written):
+    text = written["html"].read_text(encoding="utf-8")
+    for section in ("summary", "measured", "timeline", "steps", "layers", "recommendations", "actions",
+                    "comparison", "events", "methods"):
+        assert f'<section id="{section}">' in text
+    assert "Compared with session #" in text
+    assert "30.0 % (18.0 – 42.0 %)" in text  # predicted, from fraction and interval
+    assert "24 % ± 5 %" in text  # measured, from the verified action
+    assert "fidelity.top1_agreement" in text and "Verification — quantize-int8" in text
+    for axis in ("power (W)", "energy (J)", "utilisation (%)", "energy per step (J)", "inclusive energy (J"):
+        assert axis in text, axis
+    assert "time since" in text and "(s)" in text
+
+
+def test_missing_values_render_as_na_never_zero(session_db):
+    store, _db, sid, _other = session_db
+    report = build_report(store, sid)
+    views = {v.title: v for v in rich.recommendation_views(report)}
+    sparse = views["Try a larger batch size"]
+    assert sparse.predicted == "n/a" and sparse.risk == "n/a" and sparse.measured.startswith("n/a")
+    full = views[REC_FULL["title"]]
+    assert full.measured == "24 % ± 5 %"
+    assert ("target_energy_j", "n/a") in full.evidence
+
+
+def test_bare_session_html_says_what_is_missing(written):
+    text = written["bare.html"].read_text(encoding="utf-8")
+    assert html.escape(rich.NO_STEPS) in text and html.escape(rich.NO_LAYERS) in text
+    assert 'id="comparison"' not in text and text.count("<svg") == 3
+
+
+# ---- PDF ----------------------------------------------------------------------------------------
+def test_pdf_has_one_page_per_section(written):
+    full = written["pdf"].read_bytes()
+    bare = written["bare.pdf"].read_bytes()
+    assert full.startswith(b"%PDF-") and bare.startswith(b"%PDF-")
+    assert full.rstrip().endswith(b"%%EOF")
+    # summary, over time, per step/layer, recommendations+actions, comparison+events+methods
+    assert rich.pdf_page_count(full) == 5
+    assert rich.pdf_page_count(bare) == 4  # no recommendations or actions: no page for them
+
+
+def test_write_pdf_returns_the_page_count(session_db, tmp_path):
+    store, _db, sid, _other = session_db
+    path = tmp_path / "x.pdf"
+    pages = rich.write_pdf(build_report(store, sid), store.series_data(sid), path)
+    assert pages == rich.pdf_page_count(path.read_bytes()) == 5
+
+
+# ---- JSON and Markdown --------------------------------------------------------------------------
+def test_json_report_validates_against_the_schema(session_db, written):
+    from tests.test_report_views import validate
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    doc = json.loads(written["json"].read_text())
+    assert doc["comparison"] is not None and doc["layers"] and doc["steps"]
+    validate(doc, schema)
+    store, _db, sid, _other = session_db
+    with_samples = json.loads(json.dumps(build_report(store, sid, include_samples=True), default=str))
+    validate(with_samples, schema)
+
+
+def test_markdown_is_written(written):
+    text = written["md"].read_text()
+    assert text.startswith("# wattlens report") and "Compared with session" in text
+
+
+def test_unknown_format_is_bad_input(tmp_path):
+    from wattlens.profiler.errors import BadInputError
+
+    with pytest.raises(BadInputError):
+        rich.write("docx", {}, {}, tmp_path / "x.docx")
