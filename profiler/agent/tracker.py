@@ -29,6 +29,7 @@ once and switches the agent off) and never propagates into the user's code.
 from __future__ import annotations
 
 import bisect
+import importlib
 import threading
 import time
 from collections.abc import Callable
@@ -139,8 +140,11 @@ class Tracker:
             self._handles.append(mm.register_module_forward_hook(self._post, always_call=True))
         except TypeError:  # an older torch without always_call
             self._handles.append(mm.register_module_forward_hook(self._post))
-        register_opt = getattr(getattr(self.torch.optim, "optimizer", None),
-                               "register_optimizer_step_post_hook", None)
+        try:
+            optimizer_module = importlib.import_module("torch.optim.optimizer")
+        except ImportError:
+            optimizer_module = None
+        register_opt = getattr(optimizer_module, "register_optimizer_step_post_hook", None)
         if register_opt is not None:
             self._handles.append(register_opt(self._opt_post))
 
