@@ -1,0 +1,49 @@
+"""Small helpers the rules share: evidence rows, confidence from a fit, percent text."""
+
+from __future__ import annotations
+
+from wattlens.advisor.recommend import Evidence, Level
+from wattlens.advisor.regression import Fit
+
+LAYER_SOURCE = {
+    "stack-sampling": "stack sampling (CPU-side time by module class)",
+    "agent-timing": "agent timing (per module instance)",
+}
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:.0f} %"
+
+
+def ev(what: str, value, unit: str, source: str) -> Evidence:
+    if isinstance(value, float):
+        value = round(value, 6)
+    return Evidence(what, value, unit, source)
+
+
+def layer_source(method: str | None) -> str:
+    return LAYER_SOURCE.get(method or "", method or "layer costs")
+
+
+def fit_confidence(fit: Fit | None, relative_error: float | None = None) -> Level:
+    """How much to trust a regression: its leave-one-out error, relative to the predicted value.
+
+    < 5 % with ≥ 5 points: high; < 10 %: medium; otherwise low (as a rule of thumb would be).
+    """
+    if fit is None:
+        return "low"
+    rel = relative_error if relative_error is not None else fit.loo_mape
+    if rel is None:
+        return "low"
+    if rel < 0.05 and fit.n_points >= 5:
+        return "high"
+    if rel < 0.10:
+        return "medium"
+    return "low"
+
+
+def top_layer_evidence(features, category: str | None = None, n: int = 3) -> list[Evidence]:
+    """The largest layers (by self time), optionally of one category, as evidence rows."""
+    rows = [t for t in features.top_layers if category is None or t.category == category][:n]
+    src = layer_source(features.layer_method)
+    return [ev(f"self time share of {t.path}", t.share, "fraction of sampled time", src) for t in rows]
