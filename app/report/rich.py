@@ -31,7 +31,7 @@ import numpy as np
 from wattlens.app.report.formats import fmt
 from wattlens.profiler.errors import BadInputError
 
-MAX_PLOT_POINTS = 3000  # per line; longer series keep each bucket's min and max (peaks survive)
+MAX_PLOT_POINTS = 2000  # per line; longer series keep each bucket's min and max (peaks survive)
 LEGEND_OFFSET_PT = 30.0  # legend's top, below the x axis (clears tick labels and the axis label)
 LEGEND_ROW_IN = 0.16  # height of one legend entry at the legend font size
 
@@ -343,7 +343,7 @@ def layers_table(report: dict) -> Table | None:
                      _pct(lr.get("self_share")), Fig(fmt(lr.get("energy_j"), "J"), est and lr.get("energy_j") is not None),
                      Fig(fmt(lr.get("self_energy_j"), "J"), est and lr.get("self_energy_j") is not None)])
     return Table(["Module", "Kind", "Phase", "Method", "Time", "Self time", "Self share", "Energy", "Self energy"],
-                 rows, [0.3, 0.07, 0.08, 0.12, 0.08, 0.08, 0.08, 0.095, 0.095], {4, 5, 6, 7, 8})
+                 rows, [0.22, 0.07, 0.07, 0.13, 0.08, 0.08, 0.08, 0.135, 0.135], {4, 5, 6, 7, 8})
 
 
 _UNITS = (("_wh", "Wh"), ("_j", "J"), ("_w", "W"), ("_s", "s"), ("_pct", "%"), ("_bytes", "B"), ("_g", "g"))
@@ -589,7 +589,19 @@ def _short_path(path: str, limit: int = 42) -> str:
     return text if len(text) <= limit else "…" + text[-(limit - 1):]
 
 
-def _draw_layers(ax, layers: Sequence[dict], estimated: bool) -> None:
+def layer_share_basis(report: dict) -> tuple[float | None, str]:
+    """What the layer bars are a share of: the target's energy (else all energy) for energy bars,
+    the session's duration for time bars. (None, reason) when that total is missing."""
+    summ = report.get("summary") or {}
+    if layer_basis(report.get("layers") or []) == "time":
+        return (report.get("session") or {}).get("duration_s"), "of the session's duration"
+    tgt = (summ.get("target") or {}).get("energy_j")
+    if tgt:
+        return tgt, "of the target's energy"
+    return summ.get("energy_j"), "of all energy"
+
+
+def _draw_layers(ax, layers: Sequence[dict], estimated: bool, total: float | None, total_text: str) -> None:
     basis = layer_basis(layers)
     key, unit = ("energy_j", "J") if basis == "energy" else ("time_s", "s")
     rows = [lr for lr in layers if lr.get(key) is not None][::-1]
@@ -598,21 +610,23 @@ def _draw_layers(ax, layers: Sequence[dict], estimated: bool) -> None:
     ax.barh(range(len(rows)), values, color="#1f77b4")
     ax.set_yticks(range(len(rows)), labels)
     ax.grid(axis="y", visible=False)
-    total = sum(values)
     for i, v in enumerate(values):
         ax.text(v, i, f" {fmt(v, unit)}" + (f" ({v / total * 100:.0f} %)" if total else ""), va="center", fontsize=7)
     if values:
-        ax.set_xlim(0, max(values) * 1.3)
+        ax.set_xlim(0, max(values) * 1.35)
     methods = sorted({str(lr.get("method")) for lr in rows})
     what = "energy" if basis == "energy" else "time"
-    ax.set_xlabel(f"inclusive {what} ({unit})" + (" — estimated" if estimated and basis == "energy" else ""))
-    ax.set_title(f"Costliest layers by {what} (method: {', '.join(methods) or 'n/a'}; % of the bars shown)",
-                 loc="left")
+    ax.set_xlabel(f"inclusive {what} ({unit})" + (" — estimated" if estimated and basis == "energy" else "")
+                  + (f"; % {total_text}" if total else ""))
+    ax.set_title(f"Costliest layers by {what} — {', '.join(methods) or 'n/a'}", loc="left")
 
 
 def _draw_steps(ax, steps: Sequence[dict], estimated: bool) -> None:
     rows = [s for s in steps if s.get("energy_j") is not None]
+    from matplotlib.ticker import MaxNLocator
+
     ax.bar([s.get("step") for s in rows], [s["energy_j"] for s in rows], color="#2ca02c", width=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel("energy per step (J)")
     ax.grid(axis="x", visible=False)
@@ -652,8 +666,9 @@ def plot_specs(report: dict, series_data) -> dict[str, PlotSpec]:
         specs["steps"] = PlotSpec("steps", 1.4, 0.75, 0.5, lambda ax: _draw_steps(ax, report["steps"], flags["derived"]))
     layers = report.get("layers") or []
     if layers:
+        total, total_text = layer_share_basis(report)
         specs["layers"] = PlotSpec("layers", 0.22 * len(layers) + 0.2, 2.6, 0.5,
-                                   lambda ax: _draw_layers(ax, layers, flags["derived"]))
+                                   lambda ax: _draw_layers(ax, layers, flags["derived"], total, total_text))
     return specs
 
 
@@ -699,6 +714,7 @@ h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 32px 0 8p
 .sub { color: var(--muted); margin: 0 0 16px; }
 table { border-collapse: collapse; width: 100%; margin: 6px 0 12px; font-size: 13px; }
 th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: left; vertical-align: top; }
+td:first-child { min-width: 150px; }
 th { background: var(--soft); font-weight: 600; }
 td.num, th.num { text-align: right; white-space: nowrap; }
 table.kv th { width: 190px; background: none; font-weight: 600; color: var(--muted); }
@@ -786,7 +802,7 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
     out.append('<section id="measured"><h2>What was measured and how</h2>')
     out.append(_kv_html(overview_rows(report), mono=("Target command",)))
     out.append("<h3>Power sources</h3>" + _table_html(sources_table(report)))
-    out.append(f"<p>Total measured energy: <b>{_cell_html(Fig(fmt(summ.get('energy_j'), 'J'), flags['total']))}</b> "
+    out.append(f"<p>Total energy of all sources: <b>{_cell_html(Fig(fmt(summ.get('energy_j'), 'J'), flags['total']))}</b> "
                f"({_e(fmt(summ.get('energy_wh'), 'Wh'))}), method: {_e(summ.get('energy_method') or 'n/a')}.</p>")
     missing = unavailable_sources(report)
     if missing:
@@ -1009,7 +1025,7 @@ class _PdfFlow:
         self.gap(0.08)
 
     def kv(self, rows: Sequence[tuple[str, str]], size: float = 8.5) -> None:
-        self.table(Table(["", ""], [[k, v] for k, v in rows], [0.26, 0.74], set()), size=size, kv=True)
+        self.table(Table(["", ""], [[k, v] for k, v in rows], [0.34, 0.66], set()), size=size, kv=True)
 
     def plot(self, spec: PlotSpec) -> None:
         self.ensure(spec.height + 0.1)
@@ -1072,7 +1088,7 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
         doc.kv(overview_rows(report))
         doc.heading("Power sources", size=11)
         doc.table(sources_table(report), size=7)
-        doc.para(f"Total measured energy: {_cell_text(Fig(fmt(summ.get('energy_j'), 'J'), flags['total']))} "
+        doc.para(f"Total energy of all sources: {_cell_text(Fig(fmt(summ.get('energy_j'), 'J'), flags['total']))} "
                  f"({fmt(summ.get('energy_wh'), 'Wh')}), method: {summ.get('energy_method') or 'n/a'}.")
         missing = unavailable_sources(report)
         if missing:
