@@ -1,0 +1,120 @@
+"""Start the desktop app: ``run_gui(db=...)`` (what ``wattlens gui`` calls) and
+``build_main_window`` (tests, scripts, benchmarks).
+
+Settings persist with QSettings in the user's config folder (INI format), or in the file named by
+``WATTLENS_SETTINGS`` (an INI path: tests and scripts use a temporary one).
+
+``WATTLENS_GUI_EXIT_AFTER_PAINT=1`` makes the app print ``first-paint-s=<seconds since the
+process started>`` on stderr once the window has painted, then quit: a smoke test of the whole
+start-up path (benchmarks/bench_gui.py measures cold start with it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("wattlens.gui")
+
+
+def _import_qt():
+    try:
+        import pyqtgraph  # noqa: F401
+        import PySide6  # noqa: F401
+    except ImportError as exc:  # a missing binding says what to install
+        from wattlens.profiler.errors import WattlensError
+
+        raise WattlensError(f"the GUI needs PySide6 and pyqtgraph ({exc})",
+                            hint="pip install 'PySide6-Essentials>=6.6' 'pyqtgraph>=0.13.7'") from None
+
+
+def make_settings_backend(path: str | None = None):
+    """QSettings in INI format: ``path`` / WATTLENS_SETTINGS, else the user's config folder."""
+    from PySide6.QtCore import QSettings
+
+    path = path or os.environ.get("WATTLENS_SETTINGS")
+    if path:
+        return QSettings(path, QSettings.IniFormat)
+    return QSettings(QSettings.IniFormat, QSettings.UserScope, "wattlens", "wattlens")
+
+
+def ensure_app(argv: list[str] | None = None):
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(argv if argv is not None else [sys.argv[0]])
+        app.setOrganizationName("wattlens")
+        app.setApplicationName("wattlens")
+    return app
+
+
+def build_main_window(db: str | None = None, settings_path: str | None = None, settings_backend=None):
+    """A ready QtMainWindow (not shown). The QApplication must exist (``ensure_app``)."""
+    _import_qt()
+    from wattlens.app.gui.qt_main_window import QtMainWindow
+
+    backend = settings_backend if settings_backend is not None else make_settings_backend(settings_path)
+    return QtMainWindow(backend, db=db)
+
+
+class _FirstPaint:
+    """Event filter: note the first paint of the window; optionally quit right after."""
+
+    def __init__(self, window, quit_after: bool):
+        from PySide6.QtCore import QEvent, QObject
+
+        class Filter(QObject):
+            def eventFilter(inner, obj, event):  # noqa: N802, N805
+                if event.type() == QEvent.Paint and not self.done:
+                    self.done = True
+                    self.on_paint()
+                return False
+
+        self.done = False
+        self.quit_after = quit_after
+        self.filter = Filter(window)
+        window.installEventFilter(self.filter)
+
+    def on_paint(self) -> None:
+        from PySide6.QtCore import QTimer
+        from PySide6.QtWidgets import QApplication
+
+        try:
+            import psutil
+
+            since_start = time.time() - psutil.Process().create_time()
+        except Exception:  # noqa: BLE001 - only a measurement
+            since_start = float("nan")
+        if self.quit_after:
+            print(f"first-paint-s={since_start:.3f}", file=sys.stderr, flush=True)
+            QTimer.singleShot(0, QApplication.instance().quit)
+
+
+def run_gui(db: str | None = None, *, settings_path: str | None = None) -> int:
+    """Open the window and run until it is closed. Returns the exit code."""
+    _import_qt()
+    app = ensure_app()
+    window = build_main_window(db=db, settings_path=settings_path)
+    quit_after = bool(os.environ.get("WATTLENS_GUI_EXIT_AFTER_PAINT"))
+    _paint = _FirstPaint(window, quit_after)  # noqa: F841 - kept alive for the event filter
+
+    def excepthook(kind, value, tb):  # an exception in a slot: one line in the window, not a crash
+        from wattlens.app.gui.models.errors import error_text
+
+        log.error("unhandled exception", exc_info=(kind, value, tb))
+        try:
+            window.show_error(error_text(value))
+        except RuntimeError:
+            sys.__excepthook__(kind, value, tb)
+
+    sys.excepthook = excepthook
+    window.show()
+    try:
+        code = app.exec()
+    finally:
+        window.shutdown()
+        sys.excepthook = sys.__excepthook__
+    return int(code or 0)

@@ -1,0 +1,48 @@
+"""Export: which report formats this build can write, and the export itself (run in a worker)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from wattlens.app.report.formats import FORMATS, write_report
+
+FORMAT_TEXT = {
+    "html": "HTML report (self-contained, plots embedded)",
+    "pdf": "PDF report",
+    "md": "Markdown summary",
+    "json": "JSON (the full report document)",
+    "csv": "CSV (every stored sample)",
+}
+
+
+@dataclass(frozen=True)
+class FormatChoice:
+    name: str
+    text: str
+    available: bool
+    reason: str = ""
+
+
+def available_formats() -> list[FormatChoice]:
+    """HTML and PDF need the rich renderer (``wattlens.app.report.rich``); say so when it is absent."""
+    rich = importlib.util.find_spec("wattlens.app.report.rich") is not None
+    out = []
+    for f in FORMATS:
+        ok = rich or f not in ("html", "pdf")
+        out.append(FormatChoice(f, FORMAT_TEXT.get(f, f), ok,
+                                "" if ok else "the HTML/PDF renderer (wattlens.app.report.rich) is not in this build"))
+    return out
+
+
+def default_path(folder: str | Path, session_id: int, fmt: str, compare_id: int | None = None) -> Path:
+    stem = f"wattlens-session-{session_id}" + (f"-vs-{compare_id}" if compare_id is not None else "")
+    return Path(folder).expanduser() / f"{stem}.{fmt}"
+
+
+def run_export(store, session_id: int, fmt: str, path: str | Path, *, compare_id: int | None = None,
+               grid_g_per_kwh: float | None = None, progress=None) -> Path:
+    """``write_report`` with progress; errors are WattlensErrors with one line (shown as is)."""
+    return write_report(store, session_id, fmt, path, compare_id=compare_id,
+                        grid_g_per_kwh=grid_g_per_kwh, progress=progress)

@@ -1,0 +1,223 @@
+"""The live view's model: a running ProfilingSession seen through its ring buffers, plus the
+layer windows and steps that arrive from other threads (via the Qt bridge), turned into the
+figures a person reads: energy (J and Wh), CO2, power, utilisation, energy per step/sample/token.
+
+The same card arithmetic serves stored sessions (``cards(..., live=False)``): a figure means the
+same thing live and afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from wattlens.app.gui.models.format import energy_pair, pct, si
+from wattlens.app.gui.models.layers_model import LayerTree
+from wattlens.app.gui.models.series_model import (
+    LiveFeed,
+    SeriesSet,
+    infos_from_specs,
+    method_text,
+    short_source,
+)
+from wattlens.app.gui.models.signal import Signal
+from wattlens.profiler.records import LayerCost, StepRecord
+from wattlens.profiler.summary import step_stats
+
+NO_STEPS_TEXT = ("no step boundaries reported: they come from the in-process agent "
+                 "(run mode); attach mode measures the whole process")
+
+
+@dataclass(frozen=True)
+class Card:
+    title: str
+    value: str
+    detail: str = ""
+
+
+def unavailable_dicts(items: Iterable) -> list[dict]:
+    """Discovery.unavailable objects or stored dicts → {"id", "kind", "reason", "fix"}."""
+    out = []
+    for u in items:
+        if isinstance(u, Mapping):
+            out.append({"id": u.get("id") or u.get("source_id"), "kind": u.get("kind"),
+                        "reason": u.get("reason", ""), "fix": u.get("fix", "")})
+        else:
+            out.append({"id": u.source_id, "kind": u.kind, "reason": u.reason, "fix": u.fix})
+    return out
+
+
+def _recent_mean(series: SeriesSet, key: str, span_s: float | None) -> float | None:
+    d = series.get(key)
+    if d is None or len(d[0]) == 0:
+        return None
+    t, v = d
+    if span_s is None:
+        return float(np.mean(v))
+    i = int(np.searchsorted(t, t[-1] - span_s, side="left"))
+    return float(np.mean(v[i:]))
+
+
+def fill_step_energy(steps: Sequence[StepRecord], series: SeriesSet) -> list[StepRecord]:
+    """Steps with their energy: the agent's figure when it sent one, else the target's attributed
+    energy between the step's ends (None while the sampler has not passed the step's end). A step
+    that began before the first sample gets the energy since the baseline, as in
+    ``ProfilingSession.attributed_energy_between``."""
+    cum = series.data.get("target/energy_j")
+    out = []
+    for s in steps:
+        if s.energy_j is None and cum is not None:
+            t0 = (s.t_start_ns - series.start_ns) / 1e9
+            t1 = (s.t_end_ns - series.start_ns) / 1e9
+            e0, e1 = cum.value_at(t0), cum.value_at(t1)
+            if e0 is None and e1 is not None and cum.n and t0 < cum.view()[0][0] <= t1:
+                e0 = 0.0
+            if e0 is not None and e1 is not None:
+                s = StepRecord(s.step, s.t_start_ns, s.t_end_ns, s.samples, s.tokens, e1 - e0)
+        out.append(s)
+    return out
+
+
+def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[Mapping],
+          steps: Sequence[StepRecord], grid_g_per_kwh: float | None, *, has_target: bool,
+          live: bool = True) -> list[Card]:
+    """The figures of a session, each with its method; "n/a" plus a reason where unknown."""
+    out: list[Card] = []
+    by_id = {s["id"]: s for s in sources}
+    # energy of the whole machine, per measured source
+    src_keys = series.source_energy_keys()
+    machine_j = sum(series.last(k) or 0.0 for k in src_keys) if src_keys else None
+    methods = sorted({by_id[k.split("/")[0]]["method"] for k in src_keys if k.split("/")[0] in by_id})
+    target_j = series.last("target/energy_j") if has_target else None
+    target_methods = sorted({method_text(series.infos[k].method) for k in series.keys()
+                             if k.startswith("target/") and k.endswith("/energy_j") and k != "target/energy_j"})
+    if has_target:
+        out.append(Card("Energy, target process", energy_pair(target_j),
+                        "; ".join(target_methods) if target_j is not None
+                        else "not attributed yet (needs two samples)"))
+    out.append(Card("Energy, whole machine", energy_pair(machine_j),
+                    f"measured sources: {', '.join(methods)}" if methods else "no source has energy yet"))
+    basis_j, basis = (target_j, "target") if target_j is not None else (machine_j, "whole-machine")
+    if grid_g_per_kwh is None:
+        out.append(Card("CO₂", "n/a", "set a grid carbon intensity in Settings"))
+    else:
+        co2 = basis_j / 3.6e6 * grid_g_per_kwh if basis_j is not None else None
+        out.append(Card("CO₂", si(co2, "g"), f"{basis} energy × {grid_g_per_kwh:g} gCO₂/kWh (Settings)"))
+    # power
+    span = 1.0 if live else None
+    machine_w = None
+    for s in sources:
+        p = _recent_mean(series, f"{s['id']}/power_w", span)
+        if p is not None:
+            machine_w = (machine_w or 0.0) + p
+    parts = []
+    if has_target:
+        parts.append(f"target {si(_recent_mean(series, 'target/power_w', span), 'W')}")
+    parts.append(f"machine {si(machine_w, 'W')}")
+    out.append(Card("Power, last second" if live else "Mean power", " · ".join(parts),
+                    "mean over the last second" if live else "mean over the session"))
+    # CPU
+    cpu = [s for s in sources if s.get("kind") == "cpu"]
+    cpu_util = [u for u in (_recent_mean(series, f"{s['id']}/util_pct", span) for s in cpu) if u is not None]
+    cpu_text = f"machine {pct(max(cpu_util) if cpu_util else None)}"
+    if has_target:
+        cpu_text += f" · target {pct(_recent_mean(series, 'target/cpu_pct', span))}"
+    out.append(Card("CPU", cpu_text, "target in % of one core" if has_target else "all logical CPUs"))
+    # GPU
+    gpus = [s for s in sources if s.get("kind") == "gpu"]
+    if gpus:
+        texts = []
+        for g in gpus:
+            u = _recent_mean(series, f"{g['id']}/util_pct", span)
+            mem = series.last(f"{g['id']}/mem_used_bytes")
+            texts.append(f"{pct(u)} · {si(mem, 'B')}")
+        out.append(Card("GPU", " | ".join(texts), ", ".join(short_source(g["id"], g.get("label", "")) for g in gpus)))
+    else:
+        why = next((u for u in unavailable if u.get("kind") == "gpu"), None)
+        detail = f"{why['reason']} — {why['fix']}" if why else "no GPU source was found"
+        out.append(Card("GPU", "not measured", detail))
+    # per step
+    if steps:
+        st = step_stats(fill_step_energy(steps, series))
+        per = [(st["energy_per_step_j"], "step"), (st["energy_per_sample_j"], "sample"),
+               (st["energy_per_token_j"], "token")]
+        value = " · ".join(f"{si(v, 'J')}/{what}" for v, what in per if v is not None) or "n/a"
+        out.append(Card("Energy per step", value,
+                        f"{st['count']} steps, {st['with_energy']} with energy"
+                        + (f" — {st['reason']}" if st.get("reason") else "")))
+    else:
+        out.append(Card("Energy per step", "n/a", NO_STEPS_TEXT))
+    return out
+
+
+class LiveModel:
+    """One running ProfilingSession, as the live view sees it (GUI thread only)."""
+
+    def __init__(self, session, *, grid_g_per_kwh: float | None, launched_log: str | None = None):
+        self.session = session
+        self.sources = [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label}
+                        for s in session.discovery.usable]
+        self.unavailable = unavailable_dicts(session.discovery.unavailable)
+        specs = session.sampler.series_specs() if session.sampler is not None else []
+        self.series = SeriesSet(session.start_ns, infos_from_specs(specs, self.sources))
+        self.feed = LiveFeed(session.rings, self.series)
+        self.layers = LayerTree()
+        self.steps: list[StepRecord] = []
+        self.grid_g_per_kwh = grid_g_per_kwh
+        self.launched_log = launched_log
+        self.ended: tuple[str, str | None] | None = None
+        self.steps_changed = Signal()
+        self.ended_changed = Signal()
+
+    @property
+    def has_target(self) -> bool:
+        return self.session.target is not None
+
+    @property
+    def title(self) -> str:
+        t = self.session.target
+        if t is None:
+            return self.session.name
+        cmd = " ".join(t.cmdline)[:120] if t.cmdline else t.name
+        return f"PID {t.pid} — {cmd}"
+
+    def elapsed_s(self) -> float:
+        if self.ended is not None and self.session.summary:
+            return float(self.session.summary.get("duration_s") or self.series.end_s())
+        return self.session.elapsed_s()
+
+    def pull(self) -> int:
+        """New points since the last pull (called by the view's timer, 10–20 Hz)."""
+        return self.feed.pull()
+
+    def add_layers(self, rows: list[LayerCost]) -> None:
+        self.layers.add(rows)
+
+    def add_step(self, step: StepRecord) -> None:
+        self.steps.append(step)
+        self.steps_changed.emit()
+
+    def mark_ended(self, status: str, reason: str | None) -> None:
+        self.ended = (status, reason)
+        self.ended_changed.emit()
+
+    def step_ends_s(self) -> np.ndarray:
+        if not self.steps:
+            return np.empty(0)
+        return (np.fromiter((s.t_end_ns for s in self.steps), dtype=np.int64, count=len(self.steps))
+                - self.series.start_ns) / 1e9
+
+    def cards(self) -> list[Card]:
+        return cards(self.series, self.sources, self.unavailable, self.steps, self.grid_g_per_kwh,
+                     has_target=self.has_target, live=self.ended is None)
+
+    def measuring_text(self) -> str:
+        """The status bar's line: what is measured, how often."""
+        srcs = ", ".join(f"{short_source(s['id'], s['label'])} [{s['method']}]" for s in self.sources)
+        rate = 1.0 / self.session.interval_s if self.session.interval_s else 0
+        stacks = ""
+        if self.session.stack_sampler is not None:
+            stacks = f" · stacks {self.session.stack_sampler.rate_hz:g} Hz"
+        return f"{srcs} every {self.session.interval_s:g} s ({rate:g} Hz){stacks}"

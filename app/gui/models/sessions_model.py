@@ -1,0 +1,194 @@
+"""Stored sessions: the history table, one session's full data (loaded off the GUI thread with
+progress), and two sessions compared (deltas from ``compare_summaries``, as in reports)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from wattlens.app.gui.models.format import duration, si
+from wattlens.app.gui.models.layers_model import LayerTree
+from wattlens.app.gui.models.live_model import Card, cards, unavailable_dicts
+from wattlens.app.gui.models.series_model import SeriesSet, infos_from_specs
+from wattlens.app.gui.models.signal import Signal
+from wattlens.app.report.data import compare_summaries
+from wattlens.profiler.records import EventRecord, StepRecord
+from wattlens.profiler.summary import summarize
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    id: int
+    name: str
+    target: str
+    started_at: float
+    duration_s: float | None
+    energy_j: float | None  # whole machine
+    target_energy_j: float | None
+    status: str
+
+    @property
+    def started_text(self) -> str:
+        return dt.datetime.fromtimestamp(self.started_at).strftime("%Y-%m-%d %H:%M:%S")
+
+    @property
+    def energy_text(self) -> str:
+        return si(self.energy_j, "J")
+
+    @property
+    def target_energy_text(self) -> str:
+        return si(self.target_energy_j, "J")
+
+    @property
+    def duration_text(self) -> str:
+        return duration(self.duration_s)
+
+
+def _target_text(s: dict) -> str:
+    if s.get("target_pid") is None:
+        return "whole machine"
+    cmd = " ".join(s.get("target_cmdline") or [])
+    return f"PID {s['target_pid']}" + (f" — {cmd[:80]}" if cmd else "")
+
+
+def session_rows(store) -> list[SessionRow]:
+    rows = []
+    for s in store.sessions():
+        summ = s.get("summary") or {}
+        rows.append(SessionRow(
+            id=s["id"], name=s["name"], target=_target_text(s), started_at=s["started_at"],
+            duration_s=s.get("duration_s"), energy_j=summ.get("energy_j"),
+            target_energy_j=(summ.get("target") or {}).get("energy_j"), status=s["status"]))
+    return rows
+
+
+class SessionsModel:
+    """The history table's rows; reloaded by the view in a worker (``session_rows``)."""
+
+    def __init__(self) -> None:
+        self.rows: list[SessionRow] = []
+        self.changed = Signal()
+
+    def set_rows(self, rows: list[SessionRow]) -> None:
+        self.rows = list(rows)
+        self.changed.emit()
+
+    def get(self, session_id: int) -> SessionRow | None:
+        return next((r for r in self.rows if r.id == session_id), None)
+
+
+@dataclass
+class StoredSession:
+    session: dict
+    series: SeriesSet
+    steps: list[StepRecord]
+    layers: LayerTree
+    events: list[EventRecord]
+    summary: dict
+    sources: list[dict] = field(default_factory=list)
+    unavailable: list[dict] = field(default_factory=list)
+
+    @property
+    def id(self) -> int:
+        return self.session["id"]
+
+    @property
+    def has_target(self) -> bool:
+        return self.session.get("target_pid") is not None
+
+    def cards(self, grid_g_per_kwh: float | None) -> list[Card]:
+        return cards(self.series, self.sources, self.unavailable, self.steps, grid_g_per_kwh,
+                     has_target=self.has_target, live=False)
+
+    def headline(self) -> str:
+        s = self.session
+        when = dt.datetime.fromtimestamp(s["started_at"]).strftime("%Y-%m-%d %H:%M")
+        end = f" — {s['end_reason']}" if s.get("end_reason") else ""
+        return (f"Session {s['id']}: {s['name']} · {_target_text(s)} · {when} · "
+                f"{duration(s.get('duration_s'))} · {s['status']}{end}")
+
+    def main_power_key(self) -> str | None:
+        """The series to overlay in a comparison: the target's power, else the first source's."""
+        if "target/power_w" in self.series.data:
+            return "target/power_w"
+        keys = [k for k in self.series.power_keys() if not k.startswith("target/")]
+        return keys[0] if keys else None
+
+
+def load_stored_session(store, session_id: int, *, grid_g_per_kwh: float | None = None,
+                        progress: Progress | None = None) -> StoredSession:
+    """Everything the detail view shows. Runs in a worker; ``progress(step, fraction)``."""
+    def tick(text: str, frac: float) -> None:
+        if progress:
+            progress(text, frac)
+
+    tick("reading the session", 0.05)
+    session = store.session(session_id)
+    tick("reading samples", 0.2)
+    data = store.series_data(session_id)
+    tick("reading steps and layers", 0.6)
+    steps = store.steps(session_id)
+    layer_rows = store.layer_costs(session_id)
+    events = store.events(session_id)
+    tick("summarising", 0.85)
+    sources = [{"id": s["id"], "kind": s["kind"], "method": s["method"], "label": s["label"]}
+               for s in session["sources"]]
+    series = SeriesSet.from_arrays(session["start_ns"], infos_from_specs(session["series"], sources), data)
+    layers = LayerTree()
+    layers.add(layer_rows)
+    summary = summarize(session, data, steps, layer_rows, grid_g_per_kwh=grid_g_per_kwh)
+    summary["notes"] = (session.get("summary") or {}).get("notes", [])
+    unavailable = unavailable_dicts((session.get("settings") or {}).get("unavailable", []))
+    tick("done", 1.0)
+    return StoredSession(session, series, steps, layers, events, summary, sources, unavailable)
+
+
+@dataclass(frozen=True)
+class DeltaRow:
+    figure: str
+    this: str
+    other: str
+    delta: str
+    delta_pct: str
+
+
+_FIGURES = {
+    "duration_s": ("Duration", "s"),
+    "energy_j": ("Energy, whole machine", "J"),
+    "target_energy_j": ("Energy, target", "J"),
+    "target_mean_power_w": ("Mean power, target", "W"),
+    "energy_per_step_j": ("Energy per step", "J"),
+    "energy_per_sample_j": ("Energy per sample", "J"),
+    "energy_per_token_j": ("Energy per token", "J"),
+}
+
+
+@dataclass
+class Comparison:
+    a: StoredSession
+    b: StoredSession
+    deltas: dict
+    rows: list[DeltaRow]
+
+    def title(self) -> str:
+        return (f"Session {self.a.id} ({self.a.session['name']}) compared with "
+                f"session {self.b.id} ({self.b.session['name']}); Δ = first − second")
+
+
+def compare_sessions(a: StoredSession, b: StoredSession) -> Comparison:
+    deltas = compare_summaries(a.summary, b.summary, b.session)
+    rows = []
+    for key, (label, unit) in _FIGURES.items():
+        d = deltas.get(key)
+        if d is None:
+            continue
+        delta = d["delta"]
+        sign = "+" if delta is not None and delta > 0 else ""
+        rows.append(DeltaRow(
+            label, si(d["this"], unit), si(d["other"], unit),
+            "n/a" if delta is None else sign + si(delta, unit),
+            "n/a" if d["delta_pct"] is None else f"{d['delta_pct']:+.1f} %"))
+    return Comparison(a, b, deltas, rows)

@@ -1,0 +1,190 @@
+"""The Export screen: a stored session (optionally compared with another) to html, pdf, md,
+json or csv through ``write_report``, in a worker with progress."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from wattlens.app.gui.models.errors import error_text
+from wattlens.app.gui.models.export_model import available_formats, default_path, run_export
+from wattlens.app.gui.models.sessions_model import SessionsModel
+
+
+class QtExportView(QWidget):
+    error_occurred = Signal(str)
+    exported = Signal(str)  # the written path
+
+    def __init__(self, sessions: SessionsModel, pool, get_store: Callable[[], object],
+                 get_grid: Callable[[], float | None], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.sessions = sessions
+        self.pool = pool
+        self.get_store = get_store
+        self.get_grid = get_grid
+        self._running = False
+        self._path_edited = False
+
+        self.session_box = QComboBox(self)
+        self.compare_box = QComboBox(self)
+        self.format_box = QComboBox(self)
+        self.formats = available_formats()
+        for f in self.formats:
+            self.format_box.addItem(f"{f.name.upper()} — {f.text}" + ("" if f.available else " (not available)"), f.name)
+            if not f.available:
+                idx = self.format_box.count() - 1
+                item = self.format_box.model().item(idx)
+                item.setEnabled(False)
+                item.setToolTip(f.reason)
+        first_ok = next((i for i, f in enumerate(self.formats) if f.available), 0)
+        self.format_box.setCurrentIndex(first_ok)
+        self.path = QLineEdit(self)
+        self.path.textEdited.connect(self._on_path_edited)
+        browse = QPushButton("Browse…", self)
+        browse.clicked.connect(self._on_browse)
+        path_row = QHBoxLayout()
+        path_row.addWidget(self.path, 1)
+        path_row.addWidget(browse)
+        self.export_button = QPushButton("Export", self)
+        self.export_button.clicked.connect(self.export)
+        self.progress = QProgressBar(self)
+        self.progress.setRange(0, 100)
+        self.progress.hide()
+        self.result = QLabel(self)
+        self.result.setWordWrap(True)
+        self.result.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        missing = [f for f in self.formats if not f.available]
+        self.format_note = QLabel(
+            f"{', '.join(f.name.upper() for f in missing)}: {missing[0].reason}." if missing else "", self)
+        self.format_note.setWordWrap(True)
+        self.format_note.setVisible(bool(missing))
+
+        intro = QLabel("Write a report of a stored session. Figures carry their method (counter, polled, "
+                       "estimated, attributed); CO₂ uses the grid intensity from Settings.", self)
+        intro.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("Session:", self.session_box)
+        form.addRow("Compare with:", self.compare_box)
+        form.addRow("Format:", self.format_box)
+        form.addRow("Save to:", path_row)
+        lay = QVBoxLayout(self)
+        lay.addWidget(intro)
+        lay.addLayout(form)
+        lay.addWidget(self.format_note)
+        row = QHBoxLayout()
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.export_button)
+        lay.addLayout(row)
+        lay.addWidget(self.result)
+        lay.addStretch(1)
+        self.session_box.currentIndexChanged.connect(self._update_path)
+        self.compare_box.currentIndexChanged.connect(self._update_path)
+        self.format_box.currentIndexChanged.connect(self._update_path)
+        sessions.changed.connect(self._on_sessions_changed)
+        self._on_sessions_changed()
+
+    # ---- state ----------------------------------------------------------------------------------
+    def selected(self) -> tuple[int | None, int | None, str]:
+        return self.session_box.currentData(), self.compare_box.currentData(), self.format_box.currentData()
+
+    def choose(self, session_id: int, fmt: str, path: str | None = None, compare_id: int | None = None) -> None:
+        self.session_box.setCurrentIndex(max(0, self.session_box.findData(session_id)))
+        self.compare_box.setCurrentIndex(max(0, self.compare_box.findData(compare_id)))
+        self.format_box.setCurrentIndex(max(0, self.format_box.findData(fmt)))
+        if path is not None:
+            self.path.setText(path)
+            self._path_edited = True
+
+    def _folder(self) -> str:
+        current = self.path.text().strip()
+        return os.path.dirname(current) if current else os.path.expanduser("~")
+
+    def _update_path(self, *_args) -> None:
+        sid, cid, fmt = self.selected()
+        if sid is None or fmt is None:
+            return
+        if self._path_edited and self.path.text().strip():
+            base, _ext = os.path.splitext(self.path.text().strip())
+            self.path.setText(f"{base}.{fmt}")
+            return
+        self.path.setText(str(default_path(self._folder(), sid, fmt, cid)))
+
+    def _on_path_edited(self, _text: str) -> None:
+        self._path_edited = True
+
+    def _on_browse(self) -> None:
+        _sid, _cid, fmt = self.selected()
+        path, _ = QFileDialog.getSaveFileName(self, "Save report", self.path.text(), f"{(fmt or '').upper()} (*.{fmt})")
+        if path:
+            self.path.setText(path)
+            self._path_edited = True
+
+    def _on_sessions_changed(self) -> None:
+        sid, cid, _ = self.selected()
+        for box, keep, none_text in ((self.session_box, sid, None), (self.compare_box, cid, "(no comparison)")):
+            box.blockSignals(True)
+            box.clear()
+            if none_text:
+                box.addItem(none_text, None)
+            for r in self.sessions.rows:
+                box.addItem(f"{r.id}: {r.name} — {r.started_text}, {r.energy_text}", r.id)
+            i = box.findData(keep)
+            box.setCurrentIndex(i if i >= 0 else 0)
+            box.blockSignals(False)
+        self.export_button.setEnabled(bool(self.sessions.rows) and not self._running)
+        if not self.sessions.rows:
+            self.result.setText("no stored sessions to export yet")
+        self._update_path()
+
+    # ---- export ---------------------------------------------------------------------------------
+    def export(self) -> None:
+        sid, cid, fmt = self.selected()
+        store = self.get_store()
+        path = self.path.text().strip()
+        if store is None or sid is None or self._running:
+            return
+        if not path:
+            self.result.setText("choose where to save the report")
+            return
+        if cid == sid:
+            cid = None
+        self._running = True
+        self.export_button.setEnabled(False)
+        self.progress.setValue(0)
+        self.progress.show()
+        self.result.setText(f"exporting session {sid} as {fmt}…")
+        self.pool.submit(run_export, store, sid, fmt, path, compare_id=cid, grid_g_per_kwh=self.get_grid(),
+                         on_done=self._on_done, on_error=self._on_failed, on_progress=self._on_progress)
+
+    def _on_progress(self, text: str, fraction: float) -> None:
+        self.progress.setValue(int(fraction * 100))
+        self.progress.setFormat(f"{text} %p%")
+
+    def _on_done(self, path) -> None:
+        self._running = False
+        self.progress.hide()
+        self.export_button.setEnabled(True)
+        self.result.setText(f"Saved to {path}")
+        self.exported.emit(str(path))
+
+    def _on_failed(self, exc: BaseException) -> None:
+        self._running = False
+        self.progress.hide()
+        self.export_button.setEnabled(True)
+        text = error_text(exc)
+        self.result.setText(f"Export failed: {text}")
+        self.error_occurred.emit(text)

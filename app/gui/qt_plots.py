@@ -1,0 +1,126 @@
+"""A time plot for power and utilisation: pyqtgraph with clip-to-view and peak downsampling, the
+x axis in seconds since the session start, the y axis from zero with its unit, a legend *outside*
+the data (a label under the plot: long method names never hide a curve), and step markers.
+
+Ranges are set by the caller each frame (no per-frame auto-range: computing data bounds of long
+series is what makes live plots slow).
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from wattlens.app.gui.theme import PLOT
+
+pg.setConfigOptions(antialias=False, useOpenGL=False)
+
+
+class QtTimePlot(QWidget):
+    def __init__(self, y_label: str, y_unit: str, parent: QWidget | None = None, *,
+                 y_floor_max: float | None = None, title: str = ""):
+        super().__init__(parent)
+        self.theme = "light"
+        self.y_floor_max = y_floor_max  # the y range covers at least [0, this] (100 for %)
+        self.plot = pg.PlotWidget(parent=self)
+        self.item = self.plot.getPlotItem()
+        self.item.setClipToView(True)
+        self.item.setDownsampling(auto=True, mode="peak")
+        self.item.setMenuEnabled(False)
+        self.item.hideButtons()
+        if title:
+            self.item.setTitle(title)
+        self.item.setLabel("bottom", "time since start", units="s")
+        self.item.getAxis("bottom").enableAutoSIPrefix(False)
+        self.item.setLabel("left", y_label, units=y_unit)
+        self.item.getAxis("left").setWidth(64)
+        self.item.getViewBox().disableAutoRange()
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        self.labels: dict[str, str] = {}
+        self.colors: dict[str, str] = {}
+        self.widths: dict[str, float] = {}
+        self.markers = pg.VTickGroup(xvals=[], yrange=[0.0, 0.06])
+        self.item.addItem(self.markers, ignoreBounds=True)
+        self.legend = QLabel(self)
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(Qt.RichText)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        lay.addWidget(self.plot, 1)
+        lay.addWidget(self.legend, 0)
+        self.set_theme("light")
+
+    # ---- data -------------------------------------------------------------------------------------
+    def set_curve(self, key: str, label: str, t: np.ndarray, v: np.ndarray, *, color: str | None = None,
+                  width: float = 1.0, dash: bool = False) -> None:
+        curve = self.curves.get(key)
+        if curve is None:
+            color = color or PLOT[self.theme].series[len(self.curves) % len(PLOT[self.theme].series)]
+            curve = pg.PlotDataItem(pen=self._pen(color, width, dash))
+            curve.setClipToView(True)
+            curve.setDownsampling(auto=True, method="peak")
+            self.item.addItem(curve)
+            self.curves[key] = curve
+            self.colors[key] = color
+            self.widths[key] = width
+        if self.labels.get(key) != label:
+            self.labels[key] = label
+            self._update_legend()
+        curve.setData(t, v, skipFiniteCheck=True)
+
+    def remove_missing(self, keys: set[str]) -> None:
+        for key in [k for k in self.curves if k not in keys]:
+            self.item.removeItem(self.curves.pop(key))
+            self.labels.pop(key, None)
+            self.colors.pop(key, None)
+        self._update_legend()
+
+    def clear(self) -> None:
+        self.remove_missing(set())
+        self.set_markers(np.empty(0))
+
+    def set_markers(self, xs: np.ndarray) -> None:
+        self.markers.setXVals(list(map(float, xs)))
+
+    def set_ranges(self, x0: float, x1: float, y_max: float | None) -> None:
+        """x in seconds; y from 0 to a little above ``y_max`` (or the floor)."""
+        top = max(y_max or 0.0, self.y_floor_max or 0.0)
+        if top <= 0:
+            top = 1.0
+        self.item.setXRange(x0, max(x1, x0 + 1e-3), padding=0)
+        self.item.setYRange(0, top * 1.08, padding=0)
+
+    # ---- looks ------------------------------------------------------------------------------------
+    @staticmethod
+    def _pen(color: str, width: float, dash: bool):
+        pen = pg.mkPen(color=color, width=width)
+        if dash:
+            pen.setStyle(Qt.DashLine)
+        return pen
+
+    def _update_legend(self) -> None:
+        parts = []
+        for key, label in self.labels.items():
+            color = self.colors.get(key, "#888")
+            parts.append(f'<span style="color:{color}; font-weight:bold">━━</span>&nbsp;{html.escape(label)}')
+        self.legend.setText("&nbsp;&nbsp;&nbsp; ".join(parts))
+
+    def legend_texts(self) -> list[str]:
+        return list(self.labels.values())
+
+    def set_theme(self, theme: str) -> None:
+        self.theme = theme
+        c = PLOT[theme]
+        self.plot.setBackground(c.background)
+        for axis in ("left", "bottom"):
+            ax = self.item.getAxis(axis)
+            ax.setPen(c.foreground)
+            ax.setTextPen(c.foreground)
+        self.item.showGrid(x=True, y=True, alpha=c.grid_alpha)
+        self.markers.setPen(pg.mkPen(c.markers, width=1))
+        self.item.titleLabel.setText(self.item.titleLabel.text, color=c.foreground)

@@ -1,0 +1,79 @@
+"""The figures, plots and layer view of one session — shared by the live view (redrawn by a
+timer) and by a stored session's detail view (drawn once)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QSplitter, QTabWidget, QVBoxLayout, QWidget
+
+from wattlens.app.gui.models.layers_model import LayerTree
+from wattlens.app.gui.models.live_model import Card
+from wattlens.app.gui.models.series_model import SeriesSet, power_curves, util_curves
+from wattlens.app.gui.qt_layers import QtLayerView
+from wattlens.app.gui.qt_plots import QtTimePlot
+from wattlens.app.gui.qt_widgets import QtCards
+from wattlens.app.gui.theme import PLOT
+
+
+class QtSessionPanel(QWidget):
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.theme = "light"
+        self.cards = QtCards(columns=4, parent=self)
+        self.power_plot = QtTimePlot("power", "W", self)
+        self.util_plot = QtTimePlot("utilisation", "%", self, y_floor_max=100.0)
+        self.util_plot.item.getAxis("left").enableAutoSIPrefix(False)
+        self.layers = QtLayerView(LayerTree(), self)
+        plots = QSplitter(Qt.Vertical, self)
+        plots.addWidget(self.power_plot)
+        plots.addWidget(self.util_plot)
+        plots.setStretchFactor(0, 3)
+        plots.setStretchFactor(1, 2)
+        self.tabs = QTabWidget(self)
+        self.tabs.addTab(plots, "Power and utilisation")
+        self.tabs.addTab(self.layers, "Layers")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.cards)
+        lay.addWidget(self.tabs, 1)
+
+    def set_layers(self, tree: LayerTree) -> None:
+        self.layers.set_tree(tree)
+
+    def set_cards(self, cards: list[Card]) -> None:
+        self.cards.set_cards(cards)
+
+    def clear(self) -> None:
+        self.power_plot.clear()
+        self.util_plot.clear()
+        self.cards.set_cards([])
+
+    def draw(self, series: SeriesSet, window_s: float | None, step_ends_s: np.ndarray | None = None) -> None:
+        """Draw the last ``window_s`` seconds (None: everything)."""
+        t_end = series.end_s()
+        x0 = max(0.0, t_end - window_s) if window_s else 0.0
+        x1 = max(t_end, window_s) if window_s else t_end
+        palette = PLOT[self.theme].series
+        for plot, specs in ((self.power_plot, power_curves(series)), (self.util_plot, util_curves(series))):
+            y_max = 0.0
+            for c in specs:
+                t, v = series.get(c.key)
+                if window_s and len(t):
+                    i = int(np.searchsorted(t, x0, side="left"))
+                    t, v = t[i:], v[i:]
+                plot.set_curve(c.key, c.label, t, v, color=palette[c.color_index % len(palette)],
+                               width=c.width, dash=c.dash)
+                if len(v):
+                    y_max = max(y_max, float(np.nanmax(v)))
+            plot.remove_missing({c.key for c in specs})
+            plot.set_ranges(x0, x1, y_max)
+        if step_ends_s is not None:
+            xs = step_ends_s[step_ends_s >= x0] if len(step_ends_s) else step_ends_s
+            self.power_plot.set_markers(xs[-2000:])
+
+    def set_theme(self, theme: str) -> None:
+        self.theme = theme
+        self.power_plot.set_theme(theme)
+        self.util_plot.set_theme(theme)
+        self.layers.set_theme(theme)

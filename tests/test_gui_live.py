@@ -1,0 +1,144 @@
+"""The Live screen on a real session: attach to a child running a torch loop and watch samples,
+figures, layers (real py-spy windows through the bridge) and steps arrive; pause, window, stop,
+close. The child is never ended by the app."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+from PySide6.QtWidgets import QDialogButtonBox
+
+from tests.gui_fixtures import (  # noqa: F401
+    make_window,
+    settings_path,
+    torch_loop,
+    wait_for_run,
+)
+from wattlens.app.gui.models.run_model import LaunchRequest
+from wattlens.app.gui.qt_attach import QtLaunchDialog
+from wattlens.profiler.records import StepRecord
+from wattlens.profiler.store import Store
+
+
+def _drawn(view, key="target/power_w") -> int:
+    curve = view.panel.power_plot.curves.get(key)
+    return 0 if curve is None or curve.xData is None else len(curve.xData)
+
+
+def test_attach_shows_live_samples_and_pause_never_stops_recording(make_window, qtbot, torch_loop, tmp_path):  # noqa: F811
+    w = make_window()
+    w.settings.update(stacks=False)  # layers are the next test's subject
+    w.attach(torch_loop.pid)
+    run = wait_for_run(qtbot, w)
+    view = w.live_view
+    assert w.tabs.currentWidget() is view
+    qtbot.waitUntil(lambda: _drawn(view) >= 5, timeout=15000)
+    legend = view.panel.power_plot.legend_texts()
+    assert "CPU (TDP model) — estimated" in legend
+    assert any(t.startswith("target process — attributed (cpu-time share)") for t in legend)
+    assert any("% of one core" in t for t in view.panel.util_plot.legend_texts())
+    qtbot.waitUntil(lambda: "J ·" in dict((t, v) for t, v, _ in view.panel.cards.texts())
+                    .get("Energy, target process", ""), timeout=5000)
+    titles = [t for t, _, _ in view.panel.cards.texts()]
+    assert titles[:3] == ["Energy, target process", "Energy, whole machine", "CO₂"]
+    status = w.status_label.text()
+    assert f"Measuring PID {torch_loop.pid}" in status and "every 0.1 s" in status and str(tmp_path) in status
+
+    view.pause_button.click()
+    assert view.paused and "still recording" in view.state.text()
+    drawn = _drawn(view)
+    recorded = len(run.session.rings.get("target/power_w"))
+    qtbot.wait(700)
+    assert _drawn(view) == drawn, "paused: nothing is redrawn"
+    assert len(run.session.rings.get("target/power_w")) > recorded, "paused: recording continues"
+    view.pause_button.click()
+    assert _drawn(view) > drawn
+
+    # time window: the last minute shows 60 s; the whole session ends where the data ends
+    assert view.panel.power_plot.item.viewRange()[0][1] >= 60
+    view.window_box.setCurrentIndex(2)
+    end_s = view.model.series.end_s()
+    assert view.panel.power_plot.item.viewRange()[0][1] == pytest.approx(end_s, abs=0.5)
+
+    view.stop_button.click()
+    qtbot.waitUntil(lambda: w.run is None, timeout=30000)
+    assert "saved (stopped)" in w.messages.text
+    assert view.model.ended == ("stopped", "stopped by the user")
+    assert torch_loop.poll() is None, "an attached process is never ended"
+    s = Store(tmp_path / "gui.db")
+    assert s.session(run.session.session_id)["status"] == "stopped"
+    s.close()
+
+
+def test_layers_and_steps_arrive_from_other_threads(make_window, qtbot, torch_loop):  # noqa: F811
+    w = make_window()
+    w.settings.update(stack_rate_hz=100)
+    w.attach(torch_loop.pid)
+    run = wait_for_run(qtbot, w)
+    view = w.live_view
+    assert run.session.stack_sampler is not None, f"py-spy did not attach: {run.session.notes}"
+    # a step from the agent's thread (run mode sends these): it becomes a marker and per-step figures
+    qtbot.waitUntil(lambda: view.model.series.last("target/energy_j") is not None, timeout=10000)
+    t0 = run.session.start_ns
+    t1 = t0 + int(view.model.series.end_s() * 1e9)
+    th = threading.Thread(target=run.session.add_step, args=(StepRecord(0, t0, t1, samples=32),))
+    th.start()
+    th.join()
+    qtbot.waitUntil(lambda: len(view.model.steps) == 1, timeout=5000)
+    view.redraw()
+    assert len(view.panel.power_plot.markers.xvals) == 1
+    view.frame(force_cards=True)
+    per_step = dict((t, v) for t, v, _ in view.panel.cards.texts())["Energy per step"]
+    assert "J/step" in per_step and "J/sample" in per_step
+    # layer rows: stopping cuts the py-spy window short and hands it over (stack thread → bridge)
+    qtbot.wait(1500)
+    view.stop_button.click()
+    qtbot.waitUntil(lambda: w.run is None, timeout=30000)
+    qtbot.waitUntil(lambda: len(view.model.layers) > 0, timeout=5000)
+    layers = view.panel.layers
+    assert layers.table.topLevelItemCount() > 0 and layers.bars.bars
+    assert "stack sampling" in layers.caption.text()
+    assert any(r[0].startswith("Sequential") for r in layers.row_texts()), layers.row_texts()
+
+
+def test_closing_the_window_finalises_the_session(make_window, qtbot, torch_loop, tmp_path):  # noqa: F811
+    w = make_window()
+    w.settings.update(stacks=False)
+    w.attach(torch_loop.pid)
+    run = wait_for_run(qtbot, w)
+    qtbot.waitUntil(lambda: _drawn(w.live_view) >= 2, timeout=15000)
+    w.close()
+    assert run.session.status == "stopped"
+    s = Store(tmp_path / "gui.db")
+    row = s.session(run.session.session_id)
+    assert row["status"] == "stopped" and row["end_reason"] == "the wattlens window was closed"
+    s.close()
+    assert torch_loop.poll() is None
+
+
+def test_launch_dialog_validates_and_run_mode_can_end_the_program(make_window, qtbot, tmp_path):  # noqa: F811
+    dlg = QtLaunchDialog()
+    qtbot.addWidget(dlg)
+    dlg.command.setText("")
+    dlg.findChild(QDialogButtonBox).accepted.emit()
+    assert dlg.request is None and dlg.error.isVisibleTo(dlg) and "no command given" in dlg.error.text()
+    dlg.command.setText("python -c 'import time; time.sleep(60)'")
+    dlg.cwd.setText(str(tmp_path))
+    dlg.env.setPlainText("WATTLENS_TEST=1")
+    dlg.findChild(QDialogButtonBox).accepted.emit()
+    assert dlg.result() == QtLaunchDialog.Accepted
+    assert dlg.request.command[:2] == ["python", "-c"] and dlg.request.env == {"WATTLENS_TEST": "1"}
+
+    w = make_window()
+    w.settings.update(stacks=False)
+    w.launch(LaunchRequest([sys.executable, "-c", "import time; time.sleep(60)"], str(tmp_path)), "launched job")
+    run = wait_for_run(qtbot, w)
+    assert run.session.kind == "run" and run.session.name == "launched job"
+    view = w.live_view
+    assert view.end_program.isVisibleTo(view) and "Program output:" in view.log_label.text()
+    view.end_program.setChecked(True)
+    view.stop_button.click()
+    qtbot.waitUntil(lambda: w.run is None, timeout=30000)
+    assert run.launched.poll() is not None, "the user chose to end the program they launched"
