@@ -75,7 +75,11 @@ _IDLE_FILES = (
     "multiprocessing/synchronize.py",
     "asyncio/base_events.py",
 )
-_IDLE_LINE_RE = re.compile(r"(?:^|[^A-Za-z0-9_])(?:sleep|select|poll|epoll_wait|wait|input)\(")
+# A blocking call on the leaf line (the call itself is C code, so the line is all we see).
+_IDLE_LINE_RE = re.compile(
+    r"(?:^|[^A-Za-z0-9_])(?:sleep|select|poll|epoll_wait|wait|join|acquire|input|accept"
+    r"|recv|recvfrom|recv_into|read|readline|readlines)\("
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,10 @@ class SourceIndex:
         self._lines[filename] = lines
         return lines
 
+    def can_read(self, filename: str) -> bool:
+        """True when the file's source is available (so "no class" is an answer, not a gap)."""
+        return self._source_lines(filename) is not None
+
     def line_text(self, filename: str, line: int) -> str | None:
         """The source text of ``filename:line`` (stripped), or None when it cannot be read."""
         lines = self._source_lines(filename)
@@ -268,8 +276,14 @@ def forward_class(frame: Frame, index: SourceIndex) -> str | None:
         owner = parts[-2]
         # "f.<locals>.forward" is a nested function, not a method.
         return None if owner.startswith("<") else owner
-    # Bare name (Python < 3.11): ask the source.
-    return index.class_at(frame.filename, frame.line)
+    # Bare name (Python < 3.11): ask the source. A method whose source we cannot read keeps a
+    # place in the path under a name that says so, rather than vanishing into its parent.
+    owner = index.class_at(frame.filename, frame.line)
+    if owner is not None:
+        return owner
+    if index.can_read(frame.filename):
+        return None  # a plain function called forward
+    return f"{parts[-1]}@{_norm(frame.filename).rsplit('/', 1)[-1]}"
 
 
 def forward_path(frames: Sequence[Frame], index: SourceIndex) -> tuple[str, ...]:
@@ -375,16 +389,22 @@ def attribute(
 ) -> Counter[Attribution]:
     """Count samples per attribution.
 
-    Threads: the main thread counts in full, its blocked time as ``idle``. Other Python threads
-    count only while they work: their blocked samples (a DataLoader pin-memory thread waiting on
-    its queue, a tqdm monitor sleeping) are dropped, since a blocked thread spends no energy and
-    would otherwise dilute every share.
+    Threads: the main thread counts in full, its blocked time as ``idle``, so its samples cover
+    the whole window. Another Python thread counts only while it does model work (a forward,
+    backward, optimizer step, gpu-wait, or non-blocked data loading). py-spy's raw output does not
+    say which samples were idle, and background threads in ML processes (DataLoader pin-memory,
+    tqdm monitors, loggers, stdin readers) are nearly always blocked in a C call we can only guess
+    at from the source line; counting them would dilute every share (by half, with one such
+    thread). Their real work outside the model is the part we give up.
     """
     index = index if index is not None else SourceIndex()
     counts: Counter[Attribution] = Counter()
     for sample in samples:
         att = classify(sample.frames, index, gpu=gpu)
-        if att.bucket == BUCKET_IDLE and not _is_main_thread(sample, target_pid):
+        if not _is_main_thread(sample, target_pid) and (
+            att.bucket in (BUCKET_IDLE, BUCKET_OTHER)
+            or (att.bucket == BUCKET_DATA and is_idle(sample.frames, index))
+        ):
             continue
         counts[att] += sample.count
     return counts
