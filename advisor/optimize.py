@@ -329,13 +329,14 @@ def sweep_batch_sizes(
             try:
                 inputs = random_inputs(model, bs, seq_len, seed=seed)
                 forward(model, inputs.to(device))  # warm-up at this shape
+                peak = memory.probe(model, inputs)
                 windows = []
                 n_batches = 1
                 for r in range(n_rounds):
-                    w = measure_window(meter, f"sweep:{bs}:{r}", model, inputs, n_batches, memory)
+                    w = measure_window(meter, f"sweep:{bs}:{r}", model, inputs, n_batches)
                     if r == 0 and w.duration_s < min_window_s:
                         n_batches = max(1, math.ceil(min_window_s / max(w.duration_s, 1e-6)))
-                        w = measure_window(meter, f"sweep:{bs}:{r}b", model, inputs, n_batches, memory)
+                        w = measure_window(meter, f"sweep:{bs}:{r}b", model, inputs, n_batches)
                     windows.append(w)
             except Exception as exc:  # noqa: BLE001 - only OOM is handled; others re-raised
                 if not _is_oom(exc):
@@ -351,8 +352,6 @@ def sweep_batch_sizes(
             per_round = [None if e is None else e / w.samples for e, w in zip(energies, windows, strict=True)]
             energy = None if None in energies else sum(energies) / samples
             interval = t_interval(per_round) if energy is not None else None
-            peaks = [w.peak_mem_bytes for w in windows if w.peak_mem_bytes is not None]
-            peak = max(peaks) if peaks else None
             rows.append(SweepRow(
                 batch_size=bs, status="ok", energy_per_sample_j=energy,
                 energy_per_sample_interval_j=interval, energy_method=windows[0].attributed_method,

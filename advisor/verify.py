@@ -7,12 +7,14 @@ both arms, and pairing A and B within a round lets the round-to-round spread giv
 the saving. Energy comes from :class:`wattlens.profiler.meter.EnergyMeter` — the same sources and
 arithmetic as a profiling session — attributed to this process, with the method label it reports.
 
-Peak memory: ``tracemalloc`` does not see torch's allocations, so on CPU we use the kernel's
-peak-RSS counter (``VmHWM``, reset per window through ``/proc/self/clear_refs``) minus the RSS at
-the window start, falling back to polling RSS with psutil; on CUDA ``torch.cuda.max_memory_allocated``.
-The CPU figure is the working memory a batch adds on top of what is already resident (weights are
-reported separately as ``model_bytes``); allocator caching can make it smaller than the true
-peak of the tensors.
+Peak memory is the *working* memory one batch adds on top of what is already resident (weights
+are reported apart as ``model_bytes``), probed in a separate pass outside the energy windows.
+``tracemalloc`` does not see torch's allocations, so on CPU we hand freed heap memory back to the
+kernel (glibc ``malloc_trim``; otherwise a reused allocation never shows in RSS), reset the
+kernel's peak-RSS counter (``VmHWM``, via ``/proc/self/clear_refs``) and read its growth over one
+batch; without those we poll RSS with psutil. On CUDA it is ``torch.cuda.max_memory_allocated``
+minus what was allocated before the batch (both arms may share the GPU, so the absolute figure
+would count both models).
 """
 
 from __future__ import annotations
@@ -40,34 +42,39 @@ Progress = Callable[[str, float], None]
 
 
 class PeakMemory:
-    """Peak memory a block of work adds, per window. ``method`` names how it is measured."""
+    """Peak working memory of a block of work. ``method`` names how it is measured."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._peak = 0
-        self._start_rss = 0
+        self._start = 0
+        self._trim = _malloc_trim_fn()
         if device.type == "cuda":
-            self.method = "torch.cuda.max_memory_allocated"
+            self.method = "torch.cuda.max_memory_allocated − allocated before the batch"
         elif _can_reset_hwm():
-            self.method = "peak RSS growth (VmHWM reset per window)"
+            self.method = "peak RSS growth over one batch (VmHWM" + (
+                ", after malloc_trim)" if self._trim else "; allocator reuse may hide some)")
         else:
-            self.method = "peak RSS growth (psutil polled every 2 ms)"
+            self.method = "peak RSS growth over one batch (psutil polled every 2 ms)"
 
     def start(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = int(torch.cuda.memory_allocated(self.device))
             return
-        if self.method.startswith("peak RSS growth (VmHWM"):
+        if self._trim:
+            self._trim(0)
+        if "VmHWM" in self.method:
             _reset_hwm()
-            self._start_rss = _status_kb("VmRSS") * 1024
+            self._start = _status_kb("VmRSS") * 1024
             return
         import psutil
 
         proc = psutil.Process()
-        self._start_rss = self._peak = proc.memory_info().rss
+        self._start = self._peak = proc.memory_info().rss
         self._stop.clear()
 
         def poll() -> None:
@@ -80,13 +87,36 @@ class PeakMemory:
     def stop(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            return int(torch.cuda.max_memory_allocated(self.device))
+            return max(0, int(torch.cuda.max_memory_allocated(self.device)) - self._start)
         if self._thread is None:
-            return max(0, _status_kb("VmHWM") * 1024 - self._start_rss)
+            return max(0, _status_kb("VmHWM") * 1024 - self._start)
         self._stop.set()
         self._thread.join()
         self._thread = None
-        return max(0, self._peak - self._start_rss)
+        return max(0, self._peak - self._start)
+
+    def probe(self, model: nn.Module, inputs: ModelInputs) -> int:
+        """Working memory of one forward of ``model`` on ``inputs`` (outside any energy window)."""
+        on_device = inputs.to(model_device(model))
+        self.start()
+        try:
+            forward(model, on_device)
+        finally:
+            peak = self.stop()
+        return peak
+
+
+def _malloc_trim_fn() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (returns freed heap pages to the kernel), or None elsewhere."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        fn = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+    return fn
 
 
 def _status_kb(field_name: str) -> int:
@@ -121,7 +151,6 @@ class WindowResult:
     attributed_method: str
     source_energy_j: dict[str, float | None]
     reason: str | None
-    peak_mem_bytes: int | None
 
 
 def _sync(device: torch.device) -> None:
@@ -129,13 +158,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_window(meter: Any, key: str, model: nn.Module, inputs: ModelInputs, n_batches: int,
-                   memory: PeakMemory) -> WindowResult:
-    """Run ``n_batches`` forwards of ``model`` inside one energy window and one memory window."""
+def measure_window(meter: Any, key: str, model: nn.Module, inputs: ModelInputs, n_batches: int
+                   ) -> WindowResult:
+    """Run ``n_batches`` forwards of ``model`` inside one energy window."""
     device = model_device(model)
     on_device = inputs.to(device)
     _sync(device)
-    memory.start()
     meter.begin_window(key)
     t0 = time.perf_counter_ns()
     try:
@@ -145,7 +173,6 @@ def measure_window(meter: Any, key: str, model: nn.Module, inputs: ModelInputs, 
     finally:
         t1 = time.perf_counter_ns()
         m = meter.end_window(key)
-        peak = memory.stop()
     reason = None
     if m.attributed_energy_j is None:
         reason = m.reasons.get("attributed") or "; ".join(f"{k}: {v}" for k, v in m.reasons.items()) \
@@ -157,7 +184,6 @@ def measure_window(meter: Any, key: str, model: nn.Module, inputs: ModelInputs, 
         attributed_method=m.attributed_method,
         source_energy_j=dict(m.energy_j),
         reason=reason,
-        peak_mem_bytes=peak,
     )
 
 
@@ -174,7 +200,7 @@ class ArmResult:
     energy_method: str
     energy_reason: str | None
     latency_per_sample_s: float
-    peak_mem_bytes: int | None
+    peak_mem_bytes: int | None  # working memory of one batch (see the module docstring)
     mem_method: str
     model_params: int
     model_bytes: int
@@ -284,7 +310,8 @@ def _latency_s(model: nn.Module, inputs: ModelInputs, batches: int) -> float:
     return (time.perf_counter() - t0) / batches
 
 
-def _arm(label: str, model: nn.Module, windows: list[WindowResult], memory: PeakMemory) -> ArmResult:
+def _arm(label: str, model: nn.Module, windows: list[WindowResult], peak_mem_bytes: int | None,
+         mem_method: str) -> ArmResult:
     samples = sum(w.samples for w in windows)
     energies = [w.attributed_energy_j for w in windows]
     per_round = tuple(None if e is None else e / w.samples for e, w in zip(energies, windows, strict=True))
@@ -295,7 +322,6 @@ def _arm(label: str, model: nn.Module, windows: list[WindowResult], memory: Peak
     for sid in source_ids:
         vals = [w.source_energy_j.get(sid) for w in windows]
         by_source[sid] = None if any(v is None for v in vals) else sum(vals) / samples
-    peaks = [w.peak_mem_bytes for w in windows if w.peak_mem_bytes is not None]
     params, nbytes = tensor_footprint(model)
     return ArmResult(
         label=label,
@@ -304,8 +330,8 @@ def _arm(label: str, model: nn.Module, windows: list[WindowResult], memory: Peak
         energy_method=windows[0].attributed_method if windows else "none",
         energy_reason=reason,
         latency_per_sample_s=sum(w.duration_s for w in windows) / samples,
-        peak_mem_bytes=max(peaks) if peaks else None,
-        mem_method=memory.method,
+        peak_mem_bytes=peak_mem_bytes,
+        mem_method=mem_method,
         model_params=params,
         model_bytes=nbytes,
         round_energy_per_sample_j=per_round,
@@ -351,14 +377,16 @@ def ab_verify(
         windows: dict[str, list[WindowResult]] = {k: [] for k in models}
         for r in range(n_rounds):
             for k, m in models.items():
-                windows[k].append(measure_window(meter, f"ab:{k}:{r}", m, inputs, batches_per_round, memory[k]))
+                windows[k].append(measure_window(meter, f"ab:{k}:{r}", m, inputs, batches_per_round))
             if progress:
                 progress("verify", (r + 1) / n_rounds)
     finally:
         meter.end_window("ab:all")
+    # memory is probed apart: trimming the heap inside an energy window would cost page faults
+    peaks = {k: max(memory[k].probe(m, inputs) for _ in range(2)) for k, m in models.items()}
 
-    arm_a = _arm("baseline", baseline, windows["baseline"], memory["baseline"])
-    arm_b = _arm("candidate", candidate, windows["candidate"], memory["candidate"])
+    arm_a = _arm("baseline", baseline, windows["baseline"], peaks["baseline"], memory["baseline"].method)
+    arm_b = _arm("candidate", candidate, windows["candidate"], peaks["candidate"], memory["candidate"].method)
     saving, interval, reason = paired_saving(
         list(arm_a.round_energy_per_sample_j), list(arm_b.round_energy_per_sample_j), confidence
     )

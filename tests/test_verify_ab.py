@@ -32,6 +32,18 @@ class RecordingMeter(EnergyMeter):
         super().begin_window(key)
 
 
+class Hungry(nn.Module):
+    """Touches 40 MiB of fresh memory per sample (above glibc's mmap threshold: RSS really grows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        scratch = torch.ones(x.shape[0] * 40 * 2**20 // 4)
+        return self.lin(x) + scratch[:1]
+
+
 # --------------------------------------------------------------------------- statistics
 
 
@@ -59,6 +71,15 @@ def test_peak_memory_sees_a_real_allocation():
     del block
     assert peak >= 60 * 2**20
     assert "RSS" in mem.method
+
+
+def test_peak_memory_probe_grows_with_the_batch():
+    model = Hungry()
+    mem = PeakMemory(torch.device("cpu"))
+    small = mem.probe(model, random_inputs(model, 1, 8))
+    large = mem.probe(model, random_inputs(model, 3, 8))
+    assert small >= 39 * 2**20
+    assert large >= 119 * 2**20
 
 
 # --------------------------------------------------------------------------- the A/B run
@@ -162,18 +183,6 @@ def test_sweep_measures_each_batch_size():
         assert r.throughput_samples_per_s > 0 and r.latency_per_batch_s > 0
         assert r.energy_method and "cpu-time share" in r.energy_method
         assert (r.energy_per_sample_j is None) == (r.reason is not None)
-
-
-class Hungry(nn.Module):
-    """Touches 40 MiB of fresh memory per sample (above glibc's mmap threshold: RSS really grows)."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(8, 8)
-
-    def forward(self, x):
-        scratch = torch.ones(x.shape[0] * 40 * 2**20 // 4)
-        return self.lin(x) + scratch[:1]
 
 
 def test_sweep_stops_before_a_batch_that_would_not_fit():
