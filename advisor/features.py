@@ -265,9 +265,14 @@ def _gpu_features(session: dict, series: Mapping) -> tuple[GpuFeatures, ...]:
 
 
 def _model_event(events: Sequence[EventRecord]) -> dict | None:
-    """The agent's description of the main model (kind ``model``, or any event carrying one)."""
-    candidates = [e.data for e in events if isinstance(e.data, dict)
-                  and ("dtype" in e.data or "modules" in e.data) and ("class" in e.data or "params" in e.data)]
+    """The agent's description of the main model: an event carrying the agent's ``model``
+    message, or the agent link's hello info (``{"models": [...], ...}``, see profiler/agentlink.py)."""
+    candidates = []
+    for e in events:
+        if not isinstance(e.data, dict):
+            continue
+        found = [e.data] + [m for m in e.data.get("models") or [] if isinstance(m, dict)]
+        candidates += [d for d in found if ("dtype" in d or "modules" in d) and ("class" in d or "params" in d)]
     if not candidates:
         return None
     main = [d for d in candidates if d.get("main")]
@@ -551,6 +556,10 @@ def extract_features(store, session_id: int) -> SessionFeatures:
         reasons["dtype"] = "the model's dtype was not reported (the agent reports it under `wattlens run`)"
     device = (model_info or {}).get("device")
     flops = _flops_event(events)
+    if flops is None:
+        reasons["flops_per_forward"] = next(
+            (e.message for e in reversed(events) if e.kind == "flops-unavailable"),
+            "the agent reported no FLOP count (it does so under `wattlens run`)")
 
     return SessionFeatures(
         session_id=session_id, name=session.get("name"), status=session.get("status"),

@@ -78,7 +78,7 @@ def print_advice(doc: dict, out=None) -> None:
             w(f"   note: {n}")
         if r.get("action"):
             w(f"   apply: {r['command']}")
-        elif r.get("command"):
+        elif r.get("command") and r["command"] != ps.get("measure_command"):
             w(f"   do: {r['command']}")
         else:
             w("   apply: advice only (no automatic action)")

@@ -6,6 +6,7 @@ GPU sessions use the fake NVML (the hardware boundary) with an H100 / T4 name.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -251,3 +252,70 @@ def test_stored_sweep_and_ab_history_turn_rules_into_regressions(recorded):
     finally:
         with store.engine.begin() as c:
             c.exec_driver_sql("DELETE FROM measurements")
+
+
+# ---- gating: the same real features with one piece of evidence changed --------------------------
+
+def _mlp_features(recorded):
+    store, ids = recorded
+    return extract_features(store, ids["mlp"])
+
+
+def _rules(f):
+    return {r.rule: r for r in evaluate_all(f)[0]}
+
+
+def _cpu(f, **kw):
+    return dataclasses.replace(f, cpu=dataclasses.replace(f.cpu, **kw))
+
+
+def test_int8_is_gated_on_cpu_instructions_and_layer_shapes(recorded):
+    f = _mlp_features(recorded)
+    fast = _rules(_cpu(f, flags=("avx2", "avx512_vnni"), int8_dot_product=True))["quantize-int8"]
+    slow = _rules(_cpu(f, flags=("avx2",), int8_dot_product=False))["quantize-int8"]
+    assert fast.predicted_saving.low > 0  # VNNI: a saving even at the low end
+    assert slow.predicted_saving.low < 0 < slow.predicted_saving.high  # without VNNI int8 can be slower
+    assert any("no" == e.value for e in slow.evidence if "dot-product" in e.what)
+    assert "quantize-int8" not in _rules(_cpu(f, flags=("sse4_2",), int8_dot_product=False))
+    unknown = _rules(_cpu(f, flags=None, int8_dot_product=None))["quantize-int8"]
+    assert any("flags unknown" in n for n in unknown.notes)
+    # shapes: small Linear layers (64×64) → silent; large (768×3072) → fires with the shape as evidence
+    assert "quantize-int8" not in _rules(dataclasses.replace(f, linear_params_median=64 * 64.0))
+    big = _rules(dataclasses.replace(f, linear_params_median=768 * 3072.0, linear_params_source="agent"))
+    assert any(e.what == "median Linear weight size" for e in big["quantize-int8"].evidence)
+
+
+def test_dtype_and_training_gates(recorded):
+    f = _mlp_features(recorded)
+    assert "quantize-int8" not in _rules(dataclasses.replace(f, dtype="bfloat16"))
+    assert "quantize-int8" not in _rules(dataclasses.replace(f, is_training=True))
+    assert "quantize-int8" not in _rules(dataclasses.replace(f, is_training=None))
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("NVIDIA A100-SXM4-80GB", "Ampere"), ("NVIDIA H200", "Hopper"), ("NVIDIA L4", "Ada Lovelace"),
+    ("NVIDIA GeForce RTX 3090", "Ampere"), ("NVIDIA GeForce RTX 4090", "Ada Lovelace"),
+    ("NVIDIA RTX A6000", "Ampere"), ("NVIDIA RTX 6000 Ada Generation", "Ada Lovelace"),
+    ("Tesla V100-SXM2-16GB", None), ("Tesla T4", None), ("NVIDIA GeForce RTX 2080 Ti", None),
+])
+def test_bf16_architecture_by_name(name, expected):
+    from wattlens.advisor.rules.bf16 import bf16_architecture
+
+    ok, arch = bf16_architecture(name)
+    assert arch == expected and (ok is True) == (expected is not None)
+
+
+@pytest.mark.parametrize("path,sep,cat", [
+    ("BertModel/BertEncoder/BertLayer/BertAttention/BertSelfOutput/Linear", "/", "attention"),
+    ("BertModel/BertEncoder/BertLayer/BertOutput/Linear", "/", "mlp"),
+    ("BertModel/BertEncoder/BertLayer/BertIntermediate/Linear", "/", "mlp"),
+    ("GPT2LMHeadModel/Linear", "/", "other"),
+    ("encoder.layer.0.attention.output.dense", ".", "attention"),
+    ("encoder.layer.0.output.dense", ".", "mlp"),
+    ("model.layers.3.mlp.down_proj", ".", "mlp"),
+    ("output", ".", "other"),
+])
+def test_layer_categories(path, sep, cat):
+    from wattlens.advisor.features import category_of
+
+    assert category_of(path, sep) == cat
