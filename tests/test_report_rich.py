@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli, start_torch_child
+from wattlens.advisor.recommend import Evidence, Recommendation, Risk, measure_first, rule_of_thumb
 from wattlens.app.report import rich
 from wattlens.app.report.data import build_report
 from wattlens.app.report.formats import fmt, write_report
@@ -25,16 +26,24 @@ from wattlens.profiler.summary import energy_between
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "report-schema.json"
 EVIL_NAME = 'bert <script>alert("x")</script> & co'
-REC_FULL = {
-    "rule": "quantize-int8-cpu",
-    "title": "Quantize the Linear layers to dynamic int8 <fast>",
-    "rationale": "Linear layers take most of the CPU time and this CPU has int8 kernels.",
-    "evidence": {"linear_time_fraction": 0.62, "target_energy_j": None},
-    "predicted_saving": {"fraction": 0.3, "low": 0.18, "high": 0.42},
-    "risk": "low: top-1 agreement is usually above 99 %",
-    "action": {"name": "quantize-int8"},
-}
-REC_SPARSE = {"rule": "batch-size", "title": "Try a larger batch size"}  # no saving, no risk: n/a
+REC_FULL = Recommendation(
+    rule="quantize-int8", title="Quantize the Linear layers to dynamic int8 <fast>",
+    rationale="Linear layers take most of the CPU time and this CPU has int8 kernels.",
+    evidence=(Evidence("Linear share of the model's time", 0.62, "fraction", "stack sampling"),
+              Evidence("target energy", 4.2, "J", "target/energy_j")),
+    predicted_saving=rule_of_thumb(0.18, 0.42, "published CPU int8 results", central=0.3),
+    confidence="medium", risk=Risk("low", "top-1 agreement is usually above 99 %"),
+    action="quantize-int8", command="wattlens optimize MODEL --action quantize-int8 --out MODEL-int8",
+).to_dict()
+REC_MEASURE_FIRST = Recommendation(
+    rule="batch-size", title="Raise the batch size",
+    rationale="Small batches leave the cores idle.",
+    evidence=(Evidence("target CPU use, mean", 30.9, "% of one core", "target/cpu_pct"),),
+    predicted_saving=measure_first("a short sweep measures it", "wattlens optimize MODEL --batch-sizes 1,2,4"),
+    confidence="low", risk=Risk("medium", "a larger batch changes the optimisation"),
+    command="wattlens optimize MODEL --batch-sizes 1,2,4",
+).to_dict()
+REC_SPARSE = {"rule": "legacy", "title": "Try a larger batch size"}  # no saving, no risk: n/a
 ACTION_RESULT = {
     "predicted_text": "30 % (18 – 42 %)",
     "measured_text": "24 % ± 5 %",
@@ -88,7 +97,7 @@ def session_db(tmp_path_factory):
         child.wait(timeout=10)
         child.stdout.close()
     _add_steps_and_layers(store, sid)
-    store.add_recommendations(sid, [REC_FULL, REC_SPARSE])
+    store.add_recommendations(sid, [REC_FULL, REC_MEASURE_FIRST, REC_SPARSE])
     store.add_action(kind="quantize-int8", status="verified", params={"rule": "quantize-int8-cpu"},
                      result=ACTION_RESULT, session_id=sid)
     yield store, db, sid, other
@@ -176,8 +185,28 @@ def test_missing_values_render_as_na_never_zero(session_db):
     sparse = views["Try a larger batch size"]
     assert sparse.predicted == "n/a" and sparse.risk == "n/a" and sparse.measured.startswith("n/a")
     full = views[REC_FULL["title"]]
-    assert full.measured == "24 % ± 5 %"
-    assert ("target_energy_j", "n/a") in full.evidence
+    assert full.predicted == "30.0 % (18.0 – 42.0 %)" and full.measured == "24 % ± 5 %"
+    assert full.risk == "low — top-1 agreement is usually above 99 %"
+    assert full.evidence[0] == ["Linear share of the model's time", "62.0 %", "stack sampling"]
+    assert full.evidence[1][1] == rich.Fig("4.2 J", rich.estimate_flags(report)["derived"])
+    assert ("Command", REC_FULL["command"]) in full.details
+    first = views["Raise the batch size"]
+    assert first.predicted == "measure first — a short sweep measures it" and first.action == "n/a (advice only)"
+    assert ("Measure with", "wattlens optimize MODEL --batch-sizes 1,2,4") in first.details
+
+
+def test_real_advice_renders(session_db, tmp_path):
+    """Whatever the real advisor says about this session renders, escaped, in both formats."""
+    from wattlens.app.advise import advise
+
+    store, _db, sid, _other = session_db
+    docs = advise(store, sid)["recommendations"]
+    try:
+        html_text = rich.render_html(build_report(store, sid), store.series_data(sid))
+        assert all(html.escape(d["title"]) in html_text for d in docs)
+        assert len(rich.write_pdf(build_report(store, sid), store.series_data(sid), tmp_path / "a.pdf")) >= 4
+    finally:
+        store.add_recommendations(sid, [REC_FULL, REC_MEASURE_FIRST, REC_SPARSE])
 
 
 def test_bare_session_html_says_what_is_missing(written):
@@ -187,21 +216,25 @@ def test_bare_session_html_says_what_is_missing(written):
 
 
 # ---- PDF ----------------------------------------------------------------------------------------
-def test_pdf_has_one_page_per_section(written):
+SECTIONS = ["Summary", "Power and energy over time", "Energy per step and per layer", "Recommendations and actions",
+            "Comparison, events and methods"]
+
+
+def test_pdf_has_one_section_per_page_and_continues_long_ones(session_db, written, tmp_path):
     full = written["pdf"].read_bytes()
     bare = written["bare.pdf"].read_bytes()
     assert full.startswith(b"%PDF-") and bare.startswith(b"%PDF-")
     assert full.rstrip().endswith(b"%%EOF")
-    # summary, over time, per step/layer, recommendations+actions, comparison+events+methods
-    assert rich.pdf_page_count(full) == 5
-    assert rich.pdf_page_count(bare) == 4  # no recommendations or actions: no page for them
-
-
-def test_write_pdf_returns_the_page_count(session_db, tmp_path):
-    store, _db, sid, _other = session_db
-    path = tmp_path / "x.pdf"
-    pages = rich.write_pdf(build_report(store, sid), store.series_data(sid), path)
-    assert pages == rich.pdf_page_count(path.read_bytes()) == 5
+    store, _db, sid, other = session_db
+    titles = rich.write_pdf(build_report(store, sid, compare_id=other), store.series_data(sid), tmp_path / "x.pdf")
+    assert rich.pdf_page_count(full) == len(titles) == rich.pdf_page_count((tmp_path / "x.pdf").read_bytes())
+    assert [t for t in titles if not t.endswith("(continued)")] == SECTIONS
+    assert all(t.removesuffix(" (continued)") in SECTIONS for t in titles)
+    assert titles[:3] == SECTIONS[:3]  # summary, the time plots, steps + layers: one page each here
+    # no recommendations, actions or comparison: four pages, each fits
+    assert rich.write_pdf(build_report(store, other), store.series_data(other), tmp_path / "b.pdf") == \
+        ["Summary", "Power and energy over time", "Energy per step and per layer", "Events and methods"]
+    assert rich.pdf_page_count(bare) == 4
 
 
 # ---- JSON and Markdown --------------------------------------------------------------------------

@@ -377,8 +377,9 @@ def value_text(value, key: str = "", depth: int = 0) -> str:
 
 
 def saving_text(value) -> str:
-    """A predicted or measured saving, whatever shape it has: its own text when it carries one,
-    else the fraction (as %) with its interval, else its fields. None → "n/a"."""
+    """A predicted or measured saving, whatever shape it has, in a few words: the fraction (as %)
+    with its interval when it has one, else its own text (e.g. "measure first: ..."), else its
+    fields. None → "n/a"."""
     if value is None:
         return "n/a"
     if isinstance(value, str):
@@ -387,18 +388,22 @@ def saving_text(value) -> str:
         return fmt(value)
     if not isinstance(value, Mapping):
         return value_text(value)
-    if value.get("text"):
-        return str(value["text"])
     frac = next((value[k] for k in ("fraction", "saving_fraction", "mean", "value") if value.get(k) is not None), None)
     lo = next((value[k] for k in ("low", "lo", "lower") if value.get(k) is not None), None)
     hi = next((value[k] for k in ("high", "hi", "upper") if value.get(k) is not None), None)
     if lo is None and isinstance(value.get("interval"), list | tuple) and len(value["interval"]) == 2:
         lo, hi = value["interval"]
-    if isinstance(frac, int | float):
+    if isinstance(frac, int | float) and not isinstance(frac, bool):
         text = _pct(frac)
         if isinstance(lo, int | float) and isinstance(hi, int | float):
             text += f" ({lo * 100:.1f} – {hi * 100:.1f} %)"
         return text
+    if value.get("method") == "measure first":
+        return "measure first" + (f" — {value['text']}" if value.get("text") else "")
+    if value.get("text"):
+        return str(value["text"])
+    if value.get("method"):
+        return str(value["method"])
     return value_text(value)
 
 
@@ -425,9 +430,11 @@ def _measured_for(rec: Mapping, actions: Sequence[Mapping]) -> str:
     name = _action_name(rec)
     for a in actions:
         params = a.get("params") if isinstance(a.get("params"), Mapping) else {}
+        kind = str(a.get("kind") or "")
         linked = ((rec.get("id") is not None and params.get("recommendation_id") == rec.get("id"))
                   or (rec.get("rule") and params.get("rule") == rec.get("rule"))
-                  or (name is not None and str(a.get("kind")) == name))
+                  or (name is not None and name in (kind, params.get("action"), params.get("spec")))
+                  or (name is not None and ":" in name and name.split(":")[0] == kind))
         if linked:
             res = _action_result(a)
             for k in ("measured_text", "measured_saving", "measured"):
@@ -437,11 +444,14 @@ def _measured_for(rec: Mapping, actions: Sequence[Mapping]) -> str:
 
 
 _REC_SHOWN = {"title", "rule", "rationale", "risk", "predicted_saving", "measured_saving", "measured",
-              "evidence", "action", "id"}
+              "evidence", "action", "id", "confidence", "command", "notes"}
+_ENERGY_UNITS = {"J", "W", "Wh", "kWh", "g", "J/sample", "J/token", "J/step"}
 
 
 @dataclass
 class RecView:
+    """One recommendation, ready to draw: the side-by-side figures and the rows that explain them."""
+
     title: str
     rule: str
     rationale: str
@@ -449,33 +459,76 @@ class RecView:
     predicted: str
     measured: str
     action: str
-    evidence: list[tuple[str, str]]
-    other: list[tuple[str, str]]
+    evidence: list[list[Cell]]  # what | value | where it was read
+    details: list[tuple[str, str]]  # confidence, command, how the saving was predicted, notes, other keys
+    mono: frozenset[str] = frozenset({"Command", "Measure with"})
+
+
+def _risk_text(risk) -> str:
+    if risk is None:
+        return "n/a"
+    if isinstance(risk, Mapping) and ("level" in risk or "text" in risk):
+        return " — ".join(str(risk[k]) for k in ("level", "text") if risk.get(k)) or "n/a"
+    return value_text(risk)
+
+
+def _evidence_rows(ev, estimated: bool) -> list[list[Cell]]:
+    """Evidence as (what, value, source) rows: the advisor's list of {what, value, unit, source},
+    a plain {name: value} mapping, or anything else as text."""
+    if ev is None:
+        return []
+    if isinstance(ev, Mapping):
+        return [[str(k), value_text(v, str(k)), ""] for k, v in ev.items()]
+    rows: list[list[Cell]] = []
+    for e in ev if isinstance(ev, list | tuple) else [ev]:
+        if isinstance(e, Mapping) and "what" in e:
+            value, unit = e.get("value"), str(e.get("unit") or "")
+            if isinstance(value, int | float) and not isinstance(value, bool) and unit == "fraction":
+                cell: Cell = _pct(float(value))
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                cell = Fig(fmt(value, unit), estimated and unit in _ENERGY_UNITS)
+            else:
+                cell = "n/a" if value is None else f"{value} {unit}".strip()
+            rows.append([str(e["what"]), cell, str(e.get("source") or "")])
+        else:
+            rows.append([value_text(e), "", ""])
+    return rows
+
+
+def _rec_details(r: Mapping) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if r.get("confidence") is not None:
+        rows.append(("Confidence", value_text(r["confidence"])))
+    ps = r.get("predicted_saving")
+    if isinstance(ps, Mapping):
+        for key, label in (("text", "Prediction"), ("method", "Predicted by"), ("basis", "Saving of"),
+                           ("measure_command", "Measure with")):
+            if ps.get(key):
+                rows.append((label, str(ps[key])))
+    if r.get("command"):
+        rows.append(("Command", str(r["command"])))
+    notes = r.get("notes")
+    for n in notes if isinstance(notes, list | tuple) else ([notes] if notes else []):
+        rows.append(("Note", value_text(n)))
+    rows += [(str(k), value_text(v, str(k))) for k, v in r.items() if k not in _REC_SHOWN]
+    return rows
 
 
 def recommendation_views(report: dict) -> list[RecView]:
     actions = [a for a in report.get("actions") or [] if isinstance(a, Mapping)]
+    estimated = estimate_flags(report)["derived"]
     out = []
     for r in report.get("recommendations") or []:
         if not isinstance(r, Mapping):
             out.append(RecView(value_text(r), "", "", "n/a", "n/a", "n/a", "n/a", [], []))
             continue
-        ev = r.get("evidence")
-        if isinstance(ev, Mapping):
-            evidence = [(str(k), value_text(v, str(k))) for k, v in ev.items()]
-        elif isinstance(ev, list | tuple):
-            evidence = [("", value_text(e)) for e in ev]
-        else:
-            evidence = [] if ev is None else [("", value_text(ev))]
-        risk = r.get("risk")
+        action = r.get("action")
         out.append(RecView(
             title=str(r.get("title") or "(untitled recommendation)"), rule=str(r.get("rule") or ""),
-            rationale=str(r.get("rationale") or ""),
-            risk=value_text(risk) if risk is not None else "n/a",
+            rationale=str(r.get("rationale") or ""), risk=_risk_text(r.get("risk")),
             predicted=saving_text(r.get("predicted_saving")), measured=_measured_for(r, actions),
-            action=value_text(r.get("action")) if r.get("action") is not None else "n/a",
-            evidence=evidence,
-            other=[(str(k), value_text(v, str(k))) for k, v in r.items() if k not in _REC_SHOWN]))
+            action=value_text(action) if action is not None else "n/a (advice only)",
+            evidence=_evidence_rows(r.get("evidence"), estimated), details=_rec_details(r)))
     return out
 
 
@@ -854,8 +907,9 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
                        + (f"<p>{_e(r.rationale)}</p>" if r.rationale else "")
                        + f'<div class="pm"><div><span class="label">Predicted saving</span>{_e(r.predicted)}</div>'
                          f'<div><span class="label">Measured saving</span>{_e(r.measured)}</div></div>'
-                       + _kv_html([("Risk", r.risk), ("Action", r.action)]
-                                  + [(k or "evidence", v) for k, v in r.evidence] + r.other)
+                       + _kv_html([("Risk", r.risk), ("Action", r.action)] + r.details, mono=r.mono)
+                       + (_table_html(Table(["Evidence", "Value", "Read from"], r.evidence, [], {1}))
+                          if r.evidence else "")
                        + "</div>")
     else:
         out.append('<p class="note">none — run <code>wattlens advise ID</code> to get recommendations.</p>')
@@ -907,7 +961,7 @@ class _PdfFlow:
         self.footer = footer
         self.fig = None
         self.y = 0.0
-        self.pages = 0
+        self.pages: list[str] = []  # each page's section title; "... (continued)" for overflow pages
         self.section = ""
 
     @property
@@ -921,12 +975,12 @@ class _PdfFlow:
         self._flush()
         self.fig = _figure(self.W, self.H)
         self.fig.set_layout_engine("none")
-        self.pages += 1
         self.y = self.M
         if section is not None:
             self.section = section
+        self.pages.append(self.section if section is not None else f"{self.section} (continued)")
         self.fig.text(self.M / self.W, 0.35 / self.H, self.footer, fontsize=7, color="#5b6670")
-        self.fig.text(1 - self.M / self.W, 0.35 / self.H, f"page {self.pages}", fontsize=7, color="#5b6670", ha="right")
+        self.fig.text(1 - self.M / self.W, 0.35 / self.H, f"page {len(self.pages)}", fontsize=7, color="#5b6670", ha="right")
 
     def _flush(self) -> None:
         if self.fig is not None:
@@ -1055,13 +1109,14 @@ def _cell_text(c: Cell) -> str:
     return str(c)
 
 
-def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> int:
-    """Write the PDF; returns its number of pages.
+def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarray]],
+              path: str | Path) -> list[str]:
+    """Write the PDF; returns the section title of each page (its length is the page count).
 
-    Each section starts on a new page (a section longer than a page continues on the next):
-    1 summary and how it was measured; 2 power and energy over time; 3 energy per step and per
-    layer; 4 recommendations and actions (only when there are any); 5 comparison, events, notes
-    and methods. So a short session has 4 pages, or 5 with recommendations or actions."""
+    Each section starts on a new page, and a section longer than a page goes on over pages titled
+    "<section> (continued)": 1 summary and how it was measured; 2 power and energy over time;
+    3 energy per step and per layer; 4 recommendations and actions (only when there are any);
+    5 comparison, events, notes and methods."""
     import matplotlib
     from matplotlib.backends.backend_pdf import PdfPages
 
@@ -1136,8 +1191,9 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
                     if r.rationale:
                         doc.para(r.rationale, size=8.5)
                     doc.kv([("Rule", r.rule or "n/a"), ("Predicted saving", r.predicted), ("Measured saving", r.measured),
-                            ("Risk", r.risk), ("Action", r.action)]
-                           + [(k or "evidence", v) for k, v in r.evidence] + r.other, size=8)
+                            ("Risk", r.risk), ("Action", r.action)] + r.details, size=8)
+                    if r.evidence:
+                        doc.table(Table(["Evidence", "Value", "Read from"], r.evidence, [0.4, 0.2, 0.4], {1}), size=7.5)
             if acts:
                 doc.heading("Actions applied and their verification", size=11)
                 doc.table(Table(["Action", "Status", "Parameters", "Predicted saving", "Measured saving"],
@@ -1172,7 +1228,7 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
         doc.para("Numbers with 3 significant digits; n/a = not available (never counted as 0).", size=8,
                  color="#5b6670")
         doc.close()
-        return doc.pages
+        return list(doc.pages)
 
 
 def pdf_page_count(data: bytes) -> int:
