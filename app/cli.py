@@ -149,8 +149,13 @@ def _print_summary(summary: dict) -> None:
     if st:
         print(f"  steps: {st['count']}, {_fmt(st['energy_per_step_j'], 'J')}/step, "
               f"{_fmt(st['energy_per_sample_j'], 'J')}/sample, {_fmt(st['energy_per_token_j'], 'J')}/token")
-    for lr in (summary.get("top_layers") or [])[:5]:
-        print(f"  layer {lr['path']}: {_fmt(lr['time_s'], 's')} ({lr['method']}), energy {_fmt(lr['energy_j'], 'J')}")
+    layers = (summary.get("top_layers") or [])[:5]
+    if layers:
+        print(f"  costliest layers ({layers[0]['method']}; self = without the modules inside it):")
+    for lr in layers:
+        share = f"{lr['self_share'] * 100:5.1f} %" if lr.get("self_share") is not None else "  n/a"
+        print(f"    {share}  self {_fmt(lr['self_energy_j'], 'J'):>9}  {lr['path'] or '(model root)'}"
+              f"{' [' + lr['phase'] + ']' if lr.get('phase') == 'backward' else ''}")
     if any(s["method"] == "estimated" for s in summary["sources"]):
         print("  note: 'estimated' figures come from a CPU power model (TDP × load), not a meter.")
     for n in summary.get("notes") or []:
@@ -189,16 +194,26 @@ def _finish(args, summary: dict) -> int:
 
 
 def cmd_run(args) -> int:
-    from wattlens.app.runmode import run_command
+    from wattlens.profiler.runmode import RunSession
+    from wattlens.profiler.sources import discover
 
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
         raise _usage("no command given: use `wattlens run -- python train.py ...`")
-    summary = run_command(cmd, db=args.db, name=args.name, interval_s=args.interval,
-                          duration_s=args.duration, gpu=not args.no_gpu,
-                          info=lambda text: _info(args, text))
+    if args.interval <= 0 or (args.duration is not None and args.duration <= 0):
+        raise _usage("--interval and --duration must be positive numbers of seconds")
+    store = _open_store(args)
+    # under --json, stdout carries only our JSON: the command's output goes to stderr
+    run = RunSession(store, cmd, name=args.name, interval_s=args.interval, duration_s=args.duration,
+                     discovery=discover(gpu=not args.no_gpu), stdout=sys.stderr if args.json else None)
+    sid = run.start()
+    _info(args, f"wattlens: running `{' '.join(cmd)}` (PID {run.proc.pid}) as session {sid} into "
+                f"{store.display_name} — Ctrl-C stops it")
+    summary = run.run()
+    if run.proc.poll() is None and args.duration is not None:
+        _info(args, f"wattlens: stopped measuring after {args.duration:g} s; PID {run.proc.pid} keeps running")
     return _finish(args, summary)
 
 

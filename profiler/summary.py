@@ -139,7 +139,7 @@ def step_stats(steps: Sequence[StepRecord]) -> dict:
 
 
 def top_layers(layers: Sequence[LayerCost], n: int = 10) -> list[dict]:
-    """Aggregate windows per (path, granularity, phase): time and energy, sorted by energy, then time."""
+    """Aggregate windows per (path, granularity, phase): time and energy, costliest (self) first."""
     agg: dict[tuple[str, str, str], dict] = {}
     total_t = 0.0
     for lc in layers:
@@ -154,7 +154,9 @@ def top_layers(layers: Sequence[LayerCost], n: int = 10) -> list[dict]:
         if lc.self_energy_j is not None:
             a["self_energy_j"] = (a["self_energy_j"] or 0.0) + lc.self_energy_j
         total_t += lc.self_time_s or 0.0
-    rows = sorted(agg.values(), key=lambda a: (a["energy_j"] or 0.0, a["time_s"]), reverse=True)
+    # costliest first by what the node itself spends (children excluded), so a model's root or a
+    # block that only contains other modules does not hide the layers that do the work
+    rows = sorted(agg.values(), key=lambda a: (a["self_energy_j"] or 0.0, a["self_time_s"]), reverse=True)
     for a in rows:
         a["self_share"] = a["self_time_s"] / total_t if total_t else None
     return rows[:n]
