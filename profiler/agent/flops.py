@@ -6,6 +6,10 @@ TorchDispatchMode only watches the aten ops the forward runs anyway and returns 
 outputs unchanged. It does slow that one forward down, so the agent drops the layer times of the
 window that contains it.
 
+Cost: the first op run under a dispatch mode imports ``torch._dynamo`` (about a second). The
+tracker therefore counts only once the program has loaded it anyway (transformers does), unless
+WATTLENS_AGENT_FLOPS=force.
+
 What is counted: the ops in ``torch.utils.flop_counter``'s formula table (matmul, conv,
 attention ...), the same set ``FlopCounterMode`` counts. Element-wise work is not counted.
 """

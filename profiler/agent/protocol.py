@@ -21,7 +21,7 @@ ENV_SOCKET = "WATTLENS_AGENT_SOCKET"
 ENV_TOKEN = "WATTLENS_AGENT_TOKEN"
 # Optional tuning, read by the agent.
 ENV_WINDOW_MS = "WATTLENS_AGENT_WINDOW_MS"  # minimum layer-cost window (default 50 ms)
-ENV_FLOPS = "WATTLENS_AGENT_FLOPS"  # "0" switches FLOP counting off
+ENV_FLOPS = "WATTLENS_AGENT_FLOPS"  # "0" off, "force" count on the first forward, else auto
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 

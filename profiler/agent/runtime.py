@@ -133,7 +133,7 @@ class Agent:
             window_ms = float(os.environ.get(ENV_WINDOW_MS, "50"))
             self.tracker = Tracker(
                 torch, self.send, self.fail, window_ns=int(window_ms * 1e6),
-                count_flops=os.environ.get(ENV_FLOPS, "1") != "0",
+                count_flops=_flops_policy(os.environ.get(ENV_FLOPS, "auto")),
                 on_boundary=self._run_boundary_commands, t_origin_ns=self.t_activate_ns)
             self.tracker.install()
             if self._watch_requested is not None:
@@ -269,6 +269,15 @@ class Agent:
 
 
 _MISSING = object()
+
+
+def _flops_policy(value: str) -> str:
+    value = value.strip().lower()
+    if value in ("0", "off", "no", "false"):
+        return "off"
+    if value == "force":
+        return "force"
+    return "auto"
 
 
 def _torch_version() -> str | None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import importlib
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -55,7 +56,7 @@ class Tracker:
         fail: Callable[[BaseException], None],
         *,
         window_ns: int = 50_000_000,
-        count_flops: bool = True,
+        count_flops: str = "auto",
         on_boundary: Callable[[], None] | None = None,
         event_factory: Callable[[], Any] | None = None,
         t_origin_ns: int | None = None,
@@ -65,7 +66,11 @@ class Tracker:
         self._fail_cb = fail
         self._on_boundary = on_boundary
         self._window_ns = window_ns
-        self._flops_pending = count_flops
+        # "auto": count once torch._dynamo is loaded anyway (a dispatch mode's first op imports
+        # it: ~1 s, not cheap); "force": count on the first forward regardless; "off".
+        self._flops_policy = count_flops
+        self._flops_pending = count_flops in ("auto", "force")
+        self._flops_note_sent = False
         self._event_factory = event_factory
         self._t_origin = t_origin_ns if t_origin_ns is not None else _monotonic_ns()
         self._on = False
@@ -371,7 +376,14 @@ class Tracker:
                 self._seg_lo = self._seq()
                 self._seg_on = True
         if self._flops_pending:
-            self._start_flops(module)
+            if self._flops_policy == "force" or "torch._dynamo" in sys.modules:
+                self._start_flops(module)
+            elif not self._flops_note_sent:
+                self._flops_note_sent = True
+                self._event("flops-deferred", "FLOPs not counted yet: counting needs "
+                            "torch._dynamo, which this program has not loaded (loading it costs "
+                            "about a second); they are counted if the program loads it, or set "
+                            "WATTLENS_AGENT_FLOPS=force", {"reason": "torch._dynamo not loaded"})
 
     def _main_end(self, output: Any) -> None:
         self._main_active = False
@@ -769,6 +781,10 @@ class Tracker:
         """Close the last step and window and flush everything (at exit)."""
         self._exit_flop_mode()
         self._seg_on = False
+        if self._flops_pending and self._flops_note_sent:
+            self._event("flops-unavailable", "FLOPs not counted: the program never loaded "
+                        "torch._dynamo (set WATTLENS_AGENT_FLOPS=force to count them anyway)",
+                        {"reason": "torch._dynamo not loaded"})
         if self._step_open is not None:
             if self._n_all:
                 end = max(x for x in (self._last_main_end, self._last_opt, self._step_open)
