@@ -1,0 +1,344 @@
+"""The agent's Tracker in this process: real torch modules and hooks, messages checked against
+the wire schema. The only fake is the CUDA event (the hardware boundary) for the GPU timing path.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from wattlens.profiler.agent.protocol import AGENT_MESSAGES, validate
+from wattlens.profiler.agent.tracker import TRAIN_FORWARDS_BEFORE_FALLBACK, Tracker
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.msgs: list[dict] = []
+
+    def __call__(self, msg: dict) -> None:
+        assert validate(msg, AGENT_MESSAGES) is None, (validate(msg, AGENT_MESSAGES), msg)
+        self.msgs.append(msg)
+
+    def of(self, kind: str) -> list[dict]:
+        return [m for m in self.msgs if m["type"] == kind]
+
+    def steps(self) -> list[dict]:
+        return [s for m in self.of("steps") for s in m["steps"]]
+
+    def rows(self, path: str, phase: str = "forward") -> list[dict]:
+        return [r for m in self.of("layers") for r in m["rows"]
+                if r["path"] == path and r["phase"] == phase]
+
+    def events(self) -> list[str]:
+        return [m["kind"] for m in self.of("event")]
+
+
+@pytest.fixture
+def make_tracker():
+    made: list[Tracker] = []
+    failures: list[BaseException] = []
+
+    def make(**kw) -> tuple[Tracker, Sink]:
+        sink = Sink()
+        kw.setdefault("window_ns", 0)
+        kw.setdefault("count_flops", "off")
+        tracker = Tracker(torch, sink, failures.append, **kw)
+        tracker.install()
+        made.append(tracker)
+        return tracker, sink
+
+    yield make
+    for t in made:
+        t.uninstall()
+    assert failures == []
+
+
+class Block(torch.nn.Module):
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(d, d)
+        self.act = torch.nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.fc(x))
+
+
+class Net(torch.nn.Module):
+    def __init__(self, d: int = 16, n: int = 2) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([Block(d) for _ in range(n)])
+        self.head = torch.nn.Linear(d, 4)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+def test_names_nesting_and_self_time(make_tracker):
+    tracker, sink = make_tracker()
+    net = Net().eval()
+    x = torch.randn(8, 16)
+    with torch.no_grad():
+        for _ in range(3):
+            net(x)
+    tracker.finish()
+    assert [s["step"] for s in sink.steps()] == [0, 1, 2]
+    assert all((s["samples"], s["tokens"]) == (8, None) for s in sink.steps())
+    model = sink.of("model")[0]
+    assert model["main"] and model["prefix"] == "" and model["class"] == "Net"
+    assert {m["path"] for m in model["modules"]} >= {"", "blocks.0.fc", "blocks.1.act", "head"}
+    for path in ("", "blocks.0", "blocks.0.fc", "head"):
+        assert sink.rows(path), path
+    for m in sink.of("layers"):
+        by = {r["path"]: r for r in m["rows"]}
+        assert by[""]["time_ns"] >= by["blocks.0"]["time_ns"] + by["head"]["time_ns"]
+        assert by["blocks.0"]["time_ns"] >= by["blocks.0.fc"]["time_ns"]
+        assert by["blocks.0"]["self_time_ns"] <= by["blocks.0"]["time_ns"] - by["blocks.0.fc"]["time_ns"]
+        assert sum(r["self_time_ns"] for r in m["rows"]) <= m["t_end_ns"] - m["t_start_ns"]
+
+
+def test_token_ids_give_tokens(make_tracker):
+    tracker, sink = make_tracker()
+    emb = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 8))
+    ids = torch.randint(0, 50, (3, 7))
+    with torch.no_grad():
+        emb(ids)
+        emb(ids)
+    tracker.finish()
+    assert [(s["samples"], s["tokens"]) for s in sink.steps()] == [(3, 21), (3, 21)]
+
+
+def test_kwargs_only_call_takes_shape_from_first_child(make_tracker):
+    class KwModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 8)
+
+        def forward(self, *, input_ids):
+            return self.emb(input_ids)
+
+    tracker, sink = make_tracker()
+    m = KwModel()
+    with torch.no_grad():
+        m(input_ids=torch.randint(0, 50, (2, 5)))
+    tracker.finish()
+    assert [(s["samples"], s["tokens"]) for s in sink.steps()] == [(2, 10)]
+
+
+def test_exception_in_forward_unwinds_and_steps_continue(make_tracker):
+    class Flaky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+            self.fail = True
+
+        def forward(self, x):
+            y = self.fc(x)
+            if self.fail:
+                self.fail = False
+                raise ValueError("user error")
+            return y
+
+    tracker, sink = make_tracker()
+    m = Flaky()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="user error"):
+            m(torch.randn(2, 4))
+        m(torch.randn(2, 4))
+        m(torch.randn(2, 4))
+    tracker.finish()
+    assert [s["step"] for s in sink.steps()] == [0, 1, 2]
+    assert tracker._tls.stack == []
+
+
+def test_dynamic_and_loss_modules_are_named_by_caller(make_tracker):
+    class Dyn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.nn.ReLU()(self.fc(x))  # a module made on the fly
+
+    tracker, sink = make_tracker()
+    m = Dyn()
+    loss = torch.nn.MSELoss()
+    with torch.no_grad():
+        for _ in range(2):
+            loss(m(torch.randn(2, 4)), torch.zeros(2, 4))
+    tracker.finish()
+    assert sink.rows("<ReLU>")
+    assert sink.rows("@MSELoss")
+
+
+def test_watch_makes_the_named_model_main(make_tracker):
+    tracker, sink = make_tracker()
+    first, second = Net(n=1), Net(n=1)
+    with torch.no_grad():
+        first(torch.randn(2, 16))
+        tracker.watch(second)
+        second(torch.randn(3, 16))
+        second(torch.randn(3, 16))
+        first(torch.randn(2, 16))  # no longer the main model: not a step
+    tracker.finish()
+    models = sink.of("model")
+    assert [(m["prefix"], m["main"]) for m in models] == [("", True), ("@Net", False), ("", True)]
+    assert [s["samples"] for s in sink.steps()][-2:] == [3, 3]
+    assert sink.rows("@Net.head")
+
+
+def test_explicit_steps_override_and_count(make_tracker):
+    tracker, sink = make_tracker()
+    net = Net()
+    with torch.no_grad():
+        net(torch.randn(5, 16))
+        net(torch.randn(5, 16))
+        tracker.explicit_step(None, None)
+        net(torch.randn(5, 16))
+        tracker.explicit_step(64, 640)
+    tracker.finish()
+    steps = sink.steps()
+    # before the first agent.step() the automatic rule applied (one step per forward);
+    # after it, only agent.step() marks steps; samples come from the call or are counted.
+    assert [(s["samples"], s["tokens"]) for s in steps] == [(5, None), (5, None), (64, 640)]
+    with torch.no_grad():
+        net(torch.randn(5, 16))
+        net(torch.randn(5, 16))
+        tracker.explicit_step(None, None)
+    assert sink.steps()[-1]["samples"] == 10
+
+
+def test_training_steps_by_optimizer_and_backward_attribution(make_tracker):
+    tracker, sink = make_tracker()
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for _ in range(4):
+        net(torch.randn(6, 16)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    tracker.finish()
+    steps = sink.steps()
+    assert [s["samples"] for s in steps] == [6, 6, 6, 6]
+    fc_bw = sink.rows("blocks.0.fc", "backward")
+    assert fc_bw and all(r["self_time_ns"] > 0 and r["calls"] >= 1 for r in fc_bw)
+    root_bw = sink.rows("", "backward")
+    assert root_bw and all(r["time_ns"] >= r["self_time_ns"] for r in root_bw)
+
+
+def test_training_without_optimizer_falls_back_to_forwards(make_tracker):
+    tracker, sink = make_tracker()
+    net = Net()
+    n = TRAIN_FORWARDS_BEFORE_FALLBACK + 4
+    for _ in range(n):
+        net(torch.randn(2, 16)).sum().backward()
+    tracker.finish()
+    assert "steps-by-forward" in sink.events()
+    assert len(sink.steps()) >= 4
+
+
+def test_gradient_checkpointing_recompute_is_not_a_step(make_tracker):
+    import torch.utils.checkpoint as cp
+
+    class Ckpt(Net):
+        def forward(self, x):
+            for b in self.blocks:
+                x = cp.checkpoint(b, x, use_reentrant=False)
+            return self.head(x)
+
+    tracker, sink = make_tracker()
+    net = Ckpt()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for _ in range(3):
+        net(torch.randn(4, 16).requires_grad_()).sum().backward()
+        opt.step()
+    tracker.finish()
+    assert len(sink.steps()) == 3
+
+
+def test_forced_flops_per_call(make_tracker):
+    tracker, sink = make_tracker(count_flops="force")
+    net = Net(d=16, n=1)
+    x = torch.randn(8, 16)
+    with torch.no_grad():
+        for _ in range(3):
+            net(x)
+    tracker.finish()
+    assert "flops" in sink.events() and "layers-skipped" in sink.events()
+    fc = sink.rows("blocks.0.fc")
+    assert fc and all(r["flops"] == 2 * 8 * 16 * 16 * r["calls"] for r in fc)
+    assert all(r["flops"] == 2 * 8 * 16 * 4 * r["calls"] for r in sink.rows("head"))
+    # another input shape: the counted FLOPs no longer apply, so none are claimed
+    with torch.no_grad():
+        net(torch.randn(2, 16))
+        net(torch.randn(2, 16))
+    tracker.finish()
+    last = sink.of("layers")[-1]
+    assert all(r["flops"] is None for r in last["rows"])
+
+
+class FakeCudaEvent:
+    """Stands in for torch.cuda.Event: completes only when the test says the GPU got there."""
+
+    done = False
+    synchronized = 0
+
+    def __init__(self) -> None:
+        self.t_ns = None
+
+    def record(self) -> None:
+        self.t_ns = time.perf_counter_ns()
+
+    def query(self) -> bool:
+        return FakeCudaEvent.done
+
+    def synchronize(self) -> None:
+        FakeCudaEvent.synchronized += 1
+        FakeCudaEvent.done = True
+
+    def elapsed_time(self, end: FakeCudaEvent) -> float:
+        assert FakeCudaEvent.done, "read before completion"
+        return (end.t_ns - self.t_ns) / 1e6  # milliseconds, like CUDA
+
+
+def test_cuda_event_timing_is_read_later_without_per_layer_sync(make_tracker):
+    FakeCudaEvent.done = False
+    FakeCudaEvent.synchronized = 0
+    tracker, sink = make_tracker(event_factory=FakeCudaEvent)
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for _ in range(3):
+        net(torch.randn(4, 16)).sum().backward()
+        opt.step()
+    assert len(sink.steps()) == 3
+    assert sink.of("layers") == []  # events not complete yet: nothing read, nothing waited for
+    assert FakeCudaEvent.synchronized == 0
+    FakeCudaEvent.done = True
+    net(torch.randn(4, 16)).sum().backward()
+    opt.step()
+    layers = sink.of("layers")
+    assert len(layers) == 4 and all(m["timing"] == "cuda-events" for m in layers)
+    assert FakeCudaEvent.synchronized == 0
+    for m in layers:
+        by = {(r["path"], r["phase"]): r for r in m["rows"]}
+        assert by[("", "forward")]["time_ns"] >= by[("blocks.0", "forward")]["time_ns"] > 0
+        assert by[("blocks.0", "forward")]["self_time_ns"] <= by[("blocks.0", "forward")]["time_ns"]
+    assert any(r["self_time_ns"] > 0 for r in sink.rows("blocks.0.fc", "backward"))
+    pooled = len(tracker._pool)
+    assert pooled > 0  # events are reused, not created per call forever
+    tracker.finish()
+
+
+def test_cuda_backlog_waits_once_per_window(make_tracker):
+    FakeCudaEvent.done = False
+    FakeCudaEvent.synchronized = 0
+    tracker, sink = make_tracker(event_factory=FakeCudaEvent)
+    net = Net()
+    with torch.no_grad():
+        for _ in range(12):
+            net(torch.randn(2, 16))
+    assert FakeCudaEvent.synchronized == 1  # the backlog limit forced one wait, not one per layer
+    tracker.finish()
+    assert len(sink.of("layers")) == 12  # every window, the last ones flushed at finish
