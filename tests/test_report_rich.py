@@ -137,7 +137,7 @@ def test_html_shows_the_numbers_wattlens_show_prints(session_db, written):
     _store, db, sid, _other = session_db
     shown = run_cli("show", str(sid), "--db", str(db))
     assert shown.returncode == 0, shown.stderr
-    numbers = re.findall(r"(?<![\w.])(-?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)? (?:J|W|s))\b", shown.stdout)
+    numbers = re.findall(r"(?<![\w.])(-?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)? (?:J|W|s|%))(?!\w)", shown.stdout)
     assert len(numbers) >= 8, shown.stdout  # duration, energy, mean, target, steps, layers ...
     text = written["html"].read_text(encoding="utf-8")
     missing = [n for n in numbers if n not in text]
@@ -173,7 +173,7 @@ def test_html_sections_and_side_by_side_savings(written):
     assert "30.0 % (18.0 – 42.0 %)" in text  # predicted, from fraction and interval
     assert "24 % ± 5 %" in text  # measured, from the verified action
     assert "fidelity.top1_agreement" in text and "Verification — quantize-int8" in text
-    for axis in ("power (W)", "energy (J)", "utilisation (%)", "energy per step (J)", "inclusive energy (J"):
+    for axis in ("power (W)", "energy (J)", "utilisation (%)", "energy per step (J)", "self energy (J"):
         assert axis in text, axis
     assert "time since" in text and "(s)" in text
 

@@ -50,7 +50,9 @@ NO_LAYERS = ("n/a — no layer figures were recorded for this session (they come
              "`wattlens attach`, or from the agent in `wattlens run`).")
 CMP_NOTE = ("Estimate marks follow this session's methods; the other session's figures were obtained by its "
             "own sources: its report shows their methods.")
-INCLUSIVE_NOTE = "Inclusive figures: a module includes its children, so nested rows overlap."
+INCLUSIVE_NOTE = ("Time and Energy are inclusive: a module includes its children, so nested rows overlap. "
+                  "Self figures exclude the children; self share is the module's part of all profiled time "
+                  "(the top layers are listed, so the shares shown need not add up to 100 %).")
 
 SERIES_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
@@ -326,9 +328,15 @@ def steps_table(report: dict) -> Table | None:
                  [row], [0.1, 0.11, 0.14, 0.14, 0.14, 0.14, 0.11, 0.12], set(range(8)))
 
 
-def layer_basis(layers: Sequence[dict]) -> str:
-    """"energy" when any layer has an energy figure, else "time" (what the bar chart shows)."""
-    return "energy" if any(lr.get("energy_j") is not None for lr in layers) else "time"
+def layer_bar_key(layers: Sequence[dict]) -> tuple[str, str, str]:
+    """(key, unit, words) the layer bar chart shows: self energy when recorded (children excluded,
+    so the bars add up to the target's energy and match the table's order), else inclusive
+    energy, else self time, else inclusive time."""
+    for key, unit, words in (("self_energy_j", "J", "self energy"), ("energy_j", "J", "inclusive energy"),
+                             ("self_time_s", "s", "self time")):
+        if any(lr.get(key) for lr in layers):
+            return key, unit, words
+    return "time_s", "s", "inclusive time"
 
 
 def layers_table(report: dict) -> Table | None:
@@ -338,7 +346,7 @@ def layers_table(report: dict) -> Table | None:
     est = estimate_flags(report)["derived"]
     rows: list[list[Cell]] = []
     for lr in layers:
-        rows.append([lr.get("path", ""), str(lr.get("granularity") or "n/a"), str(lr.get("phase") or ""),
+        rows.append([lr.get("path") or "(model root)", str(lr.get("granularity") or "n/a"), str(lr.get("phase") or ""),
                      Method(lr.get("method") or "n/a"), fmt(lr.get("time_s"), "s"), fmt(lr.get("self_time_s"), "s"),
                      _pct(lr.get("self_share")), Fig(fmt(lr.get("energy_j"), "J"), est and lr.get("energy_j") is not None),
                      Fig(fmt(lr.get("self_energy_j"), "J"), est and lr.get("self_energy_j") is not None)])
@@ -642,43 +650,39 @@ def _short_path(path: str, limit: int = 42) -> str:
     return text if len(text) <= limit else "…" + text[-(limit - 1):]
 
 
-def layer_share_basis(report: dict) -> tuple[float | None, str]:
-    """What the layer bars are a share of: the target's energy (else all energy) for energy bars,
-    the session's duration for time bars. (None, reason) when that total is missing."""
-    summ = report.get("summary") or {}
-    if layer_basis(report.get("layers") or []) == "time":
-        return (report.get("session") or {}).get("duration_s"), "of the session's duration"
-    tgt = (summ.get("target") or {}).get("energy_j")
-    if tgt:
-        return tgt, "of the target's energy"
-    return summ.get("energy_j"), "of all energy"
-
-
-def _draw_layers(ax, layers: Sequence[dict], estimated: bool, total: float | None, total_text: str) -> None:
-    basis = layer_basis(layers)
-    key, unit = ("energy_j", "J") if basis == "energy" else ("time_s", "s")
+def _draw_layers(ax, layers: Sequence[dict], estimated: bool) -> None:
+    """Bars of each layer's own cost (children excluded) in the table's order. Each bar is labelled
+    with its figure and its self share of the profiled time (``self_share``, as `wattlens show`
+    prints it): the report lists the top layers only, so a share of energy would need a total
+    that it does not carry."""
+    key, unit, words = layer_bar_key(layers)
     rows = [lr for lr in layers if lr.get(key) is not None][::-1]
     values = [float(lr[key]) for lr in rows]
-    labels = [_short_path(str(lr.get("path", ""))) for lr in rows]
+    labels = [_short_path(str(lr.get("path") or "(model root)")) for lr in rows]
     ax.barh(range(len(rows)), values, color="#1f77b4")
     ax.set_yticks(range(len(rows)), labels)
     ax.grid(axis="y", visible=False)
-    for i, v in enumerate(values):
-        ax.text(v, i, f" {fmt(v, unit)}" + (f" ({v / total * 100:.0f} %)" if total else ""), va="center", fontsize=7)
+    for i, (v, lr) in enumerate(zip(values, rows, strict=True)):
+        share = f" ({_pct(lr['self_share'])} of time)" if lr.get("self_share") is not None else ""
+        ax.text(v, i, f" {fmt(v, unit)}{share}", va="center", fontsize=7)
     if values:
-        ax.set_xlim(0, max(values) * 1.35)
+        ax.set_xlim(0, max(values) * 1.45)
     methods = sorted({str(lr.get("method")) for lr in rows})
-    what = "energy" if basis == "energy" else "time"
-    ax.set_xlabel(f"inclusive {what} ({unit})" + (" — estimated" if estimated and basis == "energy" else "")
-                  + (f"; % {total_text}" if total else ""))
-    ax.set_title(f"Costliest layers by {what} — {', '.join(methods) or 'n/a'}", loc="left")
+    ax.set_xlabel(f"{words} ({unit})" + (" — estimated" if estimated and unit == "J" else "")
+                  + "; in brackets: self share of the profiled time")
+    ax.set_title(f"Costliest layers by {words} — {', '.join(methods) or 'n/a'}", loc="left")
 
 
 def _draw_steps(ax, steps: Sequence[dict], estimated: bool) -> None:
     rows = [s for s in steps if s.get("energy_j") is not None]
     from matplotlib.ticker import MaxNLocator
 
-    ax.bar([s.get("step") for s in rows], [s["energy_j"] for s in rows], color="#2ca02c", width=0.8)
+    x, y = [s.get("step") for s in rows], [s["energy_j"] for s in rows]
+    if len(rows) <= 60:
+        ax.bar(x, y, color="#2ca02c", width=0.8)
+    else:  # hundreds of bars turn into noise: a thin line shows the same, and its spikes
+        ax.plot(x, y, color="#2ca02c", lw=0.8)
+        ax.set_ylim(bottom=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel("energy per step (J)")
@@ -716,12 +720,11 @@ def plot_specs(report: dict, series_data) -> dict[str, PlotSpec]:
     if lines["util"]:
         specs["util"] = time_plot("util", "Utilisation", "utilisation (%)", 1.5)
     if any(s.get("energy_j") is not None for s in report.get("steps") or []):
-        specs["steps"] = PlotSpec("steps", 1.4, 0.75, 0.5, lambda ax: _draw_steps(ax, report["steps"], flags["derived"]))
+        specs["steps"] = PlotSpec("steps", 1.25, 0.75, 0.5, lambda ax: _draw_steps(ax, report["steps"], flags["derived"]))
     layers = report.get("layers") or []
     if layers:
-        total, total_text = layer_share_basis(report)
-        specs["layers"] = PlotSpec("layers", 0.22 * len(layers) + 0.2, 2.6, 0.5,
-                                   lambda ax: _draw_layers(ax, layers, flags["derived"], total, total_text))
+        specs["layers"] = PlotSpec("layers", 0.2 * len(layers) + 0.2, 2.6, 0.5,
+                                   lambda ax: _draw_layers(ax, layers, flags["derived"]))
     return specs
 
 
@@ -1038,6 +1041,8 @@ class _PdfFlow:
                                    color=color, lw=lw))
 
     def table(self, t: Table, size: float = 7.5, kv: bool = False) -> None:
+        if not kv and len(t.rows) > 1:
+            t = _marks_in_header(t)
         widths = t.widths or [1.0 / len(t.headers)] * len(t.headers)
         col_in = [w * self.width for w in widths]
         xs = np.concatenate([[0.0], np.cumsum(col_in)[:-1]])
@@ -1089,6 +1094,20 @@ class _PdfFlow:
                                 (self.width - spec.left - 0.1) / self.W, spec.axes_h / self.H])
         spec.draw(ax)
         self.y += spec.height + 0.1
+
+
+def _marks_in_header(t: Table) -> Table:
+    """A column whose figures are all estimated says so once, in its header ("Energy (estimated)"),
+    instead of on every row: narrow PDF columns stay one line high."""
+    headers, rows = list(t.headers), [list(r) for r in t.rows]
+    for i in range(len(headers)):
+        col = [r[i] for r in rows if not (isinstance(r[i], Fig) and r[i].text == "n/a")]
+        if col and all(isinstance(c, Fig) and c.estimated for c in col):
+            headers[i] += " (estimated)"
+            for r in rows:
+                if isinstance(r[i], Fig):
+                    r[i] = Fig(r[i].text, False)
+    return Table(headers, rows, t.widths, t.numeric)
 
 
 def _wrap(text: str, width: int) -> list[str]:
