@@ -27,7 +27,7 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
         "schema_version": REPORT_SCHEMA_VERSION,
         "generated_at": time.time(),
         "session": {k: session[k] for k in ("id", "name", "kind", "status", "end_reason", "target_pid",
-                                            "target_cmdline", "host", "hardware", "started_at",
+                                            "target_cmdline", "host", "hardware", "started_at", "start_ns",
                                             "ended_at", "duration_s", "interval_s")},
         "sources": session["sources"],
         "series": [{**s, "points": int(len(series[s["key"]][0])) if s["key"] in series else 0}

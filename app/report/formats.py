@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import os
 import tempfile
@@ -45,21 +46,27 @@ def write_csv(store, session_id: int, path: Path) -> None:
                 w.writerow([session_id, key, unit, method, f"{ts:.4f}", repr(val)])
 
 
+def md_text(value) -> str:
+    """User text in Markdown: HTML and table-breaking characters escaped."""
+    text = html.escape(str(value), quote=False)
+    return text.replace("|", "\\|").replace("`", "\\`").replace("\n", " ")
+
+
 def render_markdown(report: dict) -> str:
     s, summ = report["session"], report["summary"]
-    lines = [f"# wattlens report — {s['name']} (session {s['id']})", ""]
-    lines += [f"- Status: **{s['status']}**" + (f" ({s['end_reason']})" if s.get("end_reason") else ""),
+    lines = [f"# wattlens report — {md_text(s['name'])} (session {s['id']})", ""]
+    lines += [f"- Status: **{s['status']}**" + (f" ({md_text(s['end_reason'])})" if s.get("end_reason") else ""),
               f"- Duration: {fmt(s.get('duration_s'), 's')}",
               f"- Host: {s['host']} — {s['hardware'].get('os', '')}"]
     if s.get("target_pid"):
         cmd = " ".join(s.get("target_cmdline") or [])
-        lines.append(f"- Target: PID {s['target_pid']} `{cmd[:200]}`")
+        lines.append(f"- Target: PID {s['target_pid']}: {md_text(cmd[:200])}")
     lines += ["", "## Energy by source", "", "| Source | Method | Energy | Mean power | Target's share | Note |",
               "|---|---|---|---|---|---|"]
     for src in summ["sources"]:
-        lines.append(f"| {src['label']} | {src['method']} | {fmt(src['energy_j'], 'J')} | "
+        lines.append(f"| {md_text(src['label'])} | {src['method']} | {fmt(src['energy_j'], 'J')} | "
                      f"{fmt(src['mean_power_w'], 'W')} | {fmt(src['attributed_energy_j'], 'J')} | "
-                     f"{src.get('reason') or src.get('attributed_reason') or ''} |")
+                     f"{md_text(src.get('reason') or src.get('attributed_reason') or '')} |")
     lines += ["", f"Total measured energy: **{fmt(summ.get('energy_j'), 'J')}** "
                   f"({fmt(summ.get('energy_wh'), 'Wh')}), method: {summ.get('energy_method') or 'n/a'}."]
     tgt = summ.get("target")
@@ -84,7 +91,7 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Recommendations", ""]
         for r in report["recommendations"]:
             pred = r.get("predicted_saving") or {}
-            lines.append(f"- **{r.get('title')}** — {r.get('rationale', '')} "
+            lines.append(f"- **{md_text(r.get('title'))}** — {md_text(r.get('rationale', ''))} "
                          f"(predicted saving: {pred.get('text', 'n/a')}; risk: {r.get('risk', 'n/a')})")
     if report.get("actions"):
         lines += ["", "## Actions applied", ""]
@@ -94,7 +101,7 @@ def render_markdown(report: dict) -> str:
                          f"predicted {res.get('predicted_text', 'n/a')}")
     cmp_ = report.get("comparison")
     if cmp_:
-        lines += ["", f"## Compared with session {cmp_['other_session']['id']} ({cmp_['other_session']['name']})",
+        lines += ["", f"## Compared with session {cmp_['other_session']['id']} ({md_text(cmp_['other_session']['name'])})",
                   "", "| Figure | This | Other | Δ | Δ % |", "|---|---|---|---|---|"]
         for key, d in cmp_.items():
             if key == "other_session":
@@ -102,7 +109,7 @@ def render_markdown(report: dict) -> str:
             pct = f"{d['delta_pct']:+.1f} %" if d["delta_pct"] is not None else "n/a"
             lines.append(f"| {key} | {fmt(d['this'])} | {fmt(d['other'])} | {fmt(d['delta'])} | {pct} |")
     if summ.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in summ["notes"]]
+        lines += ["", "## Notes", ""] + [f"- {md_text(n)}" for n in summ["notes"]]
     lines += ["", "Methods: *counter* = hardware energy counter; *polled* = power readings integrated "
                   "(trapezoid); *estimated* = CPU power model (TDP × load), not a measurement; "
                   "*attributed* = the target's share (CPU time share, GPU SM share of dynamic power).", ""]
@@ -121,6 +128,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; a report is meant to be shared
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
