@@ -223,8 +223,9 @@ class SavingPrediction:
 
 def _loo_select(candidates: Sequence[tuple[str, Any, int]], X: np.ndarray, y: np.ndarray,
                 *, relative_tie: float = 0.05) -> tuple[str, Any, Fit]:
-    """Leave-one-out predictions of each candidate (name, estimator, n_params); the lowest MAE
-    wins, but a candidate listed earlier (simpler) wins when within ``relative_tie`` of it."""
+    """Leave-one-out predictions of each candidate (name, estimator, points each LOO fit needs);
+    the lowest MAE wins, but a candidate listed earlier (simpler) wins when within
+    ``relative_tie`` of it."""
     from sklearn.base import clone
     from sklearn.model_selection import LeaveOneOut, cross_val_predict
 
@@ -351,8 +352,14 @@ def fit_energy_vs_batch(points: Sequence[SweepPoint], *, current_batch_size: int
 
 def _saving_candidates(use_params: bool, use_flops: bool, use_fraction: bool
                        ) -> list[tuple[str, Any, int, list[int]]]:
-    """(name, estimator, parameters to fit, feature columns), simplest first.
-    Columns: 0 log10 params, 1 log10 FLOPs, 2 fraction. Two-feature fits ask for a spare point."""
+    """(name, estimator, points each LOO fit needs, feature columns), simplest first.
+    Columns: 0 log10 params, 1 log10 FLOPs, 2 fraction.
+
+    A slope fitted on exactly as many points as it has coefficients has no residual, so its
+    leave-one-out error measures only luck: with three results, the two left in always lie on
+    *some* line. Every fit with a slope therefore asks for one spare point (a line needs four
+    results, two features five); below that, the mean of earlier savings is the honest answer.
+    """
     from sklearn.dummy import DummyRegressor
     from sklearn.linear_model import LinearRegression
 
@@ -360,12 +367,12 @@ def _saving_candidates(use_params: bool, use_flops: bool, use_fraction: bool
         ("mean of earlier savings", DummyRegressor(strategy="mean"), 1, [0]),
     ]
     if use_params:
-        cands.append(("linear in log10 params", LinearRegression(), 2, [0]))
+        cands.append(("linear in log10 params", LinearRegression(), 3, [0]))
     if use_flops:
-        cands.append(("linear in log10 FLOPs", LinearRegression(), 2, [1]))
+        cands.append(("linear in log10 FLOPs", LinearRegression(), 3, [1]))
         cands.append(("linear in log10 params and log10 FLOPs", LinearRegression(), 4, [0, 1]))
     if use_fraction:
-        cands.append(("linear in fraction", LinearRegression(), 2, [2]))
+        cands.append(("linear in fraction", LinearRegression(), 3, [2]))
         if use_params:
             cands.append(("linear in log10 params and fraction", LinearRegression(), 4, [0, 2]))
     return cands

@@ -145,3 +145,12 @@ def test_fraction_is_a_feature_when_the_history_has_several():
     pred = predict_action_saving(hist, "prune-mlp:0.4", params=10**7)
     assert pred.fit.model == "linear in fraction"
     assert pred.saving_fraction == pytest.approx(0.32)
+
+
+def test_three_results_never_give_a_slope():
+    # three points always fit a line when one is left out: a slope would be luck, so the mean
+    hist = ab("quantize-int8", [(1e6, 0.38, None), (4e6, 0.28, None), (1e7, 0.19, None)])
+    pred = predict_action_saving(hist, "quantize-int8", params=2 * 10**7)
+    assert pred.fit.model == "mean of earlier savings"
+    assert [c[0] for c in pred.fit.candidates] == ["mean of earlier savings"]
+    assert pred.saving_fraction == pytest.approx((0.38 + 0.28 + 0.19) / 3)
