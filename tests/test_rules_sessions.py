@@ -244,6 +244,11 @@ def test_stored_sweep_and_ab_history_turn_rules_into_regressions(recorded):
         assert any("32 did not fit" in n for n in b.notes)
         # the session reported no samples per step: the saving cannot be stated, so measure first
         assert b.predicted_saving.is_measure_first
+        # with the batch size known (the agent reports samples per step), the regression states it
+        known = _rules(dataclasses.replace(f, samples_per_step=2.0))["batch-size"].predicted_saving
+        assert known.method.startswith("regression (power law") and "LOO CV error" in known.method
+        assert known.fraction == pytest.approx(1 - (16 / 2) ** -0.6)
+        assert _rules(dataclasses.replace(f, samples_per_step=16.0)).get("batch-size") is None  # already best
         if "quantize-int8" in recs:
             q = recs["quantize-int8"].predicted_saving
             # model params unknown for this session → the mean of earlier savings, with its LOO error
