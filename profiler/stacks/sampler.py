@@ -10,10 +10,17 @@ takes whole seconds only and ends at an unknown moment; here both ends of a wind
 ``energy_between(start_ns, end_ns)`` asks for exactly the sampled span. The few tens of
 milliseconds between two windows (py-spy starting) are not sampled and belong to no window.
 
-py-spy runs in its default *blocking* mode: it pauses the target for each sample (tens of µs), and
-every sample is a consistent stack. ``--nonblocking`` avoids the pause but, measured on a GPT-2
-workload here, lost 30-40 % of samples to read errors, and those losses are not uniform over the
-code (deep, fast-changing stacks fail more), which would bias the shares.
+py-spy runs with ``--nonblocking``: it reads the target's memory while the target runs, so the
+target is never paused. py-spy's default (blocking) mode stops every thread of the target for each
+sample; on a loaded machine py-spy then has to wait for a CPU while the target stands still, and
+benchmarks/bench_stacks.py measured the target 12 % slower at 20 Hz and 24-30 % slower at 50 Hz
+that way (2 shared cores), against about 1 % for --nonblocking at 50-100 Hz. The price of not
+pausing is that a stack read while it changes is sometimes unreadable: py-spy drops that sample
+and counts an error. On the GPT-2 benchmark that was under 1 % of samples, and the shares stayed
+within 3 points of an in-process hook timer; a window where more than
+``_HIGH_ERROR_SHARE`` of the reads failed is logged, since long-running calls are then
+over-represented (their stacks are the stable ones). Pass ``nonblocking=False`` for exact stacks
+where the pause is affordable.
 
 Nothing here raises on a target we cannot read: :attr:`StackSampler.available` turns False and
 :attr:`StackSampler.reason` says why in one line, so the caller keeps measuring power.
@@ -41,11 +48,13 @@ from wattlens.profiler.stacks.parse import SourceIndex, SourceResolver, window_c
 
 log = logging.getLogger(__name__)
 
-# 50 Hz over 5 s windows: 250 samples a window (a 2 % share is then ~5 samples), and the target
-# slowed by < 2 % in benchmarks/bench_stacks.py (see benchmarks/results/stacks.md).
+# 50 Hz, non-blocking, 5 s windows: 250 samples a window (a 2 % share is ~5 samples; shares over
+# a minute rest on 3000), py-spy uses ~4 % of one core, and the target is not paused. Measured in
+# benchmarks/bench_stacks.py; the numbers are in benchmarks/results/stacks.md.
 DEFAULT_RATE_HZ = 50.0
 DEFAULT_WINDOW_S = 5.0
-DEFAULT_NONBLOCKING = False
+DEFAULT_NONBLOCKING = True
+_HIGH_ERROR_SHARE = 0.2
 
 INSTALL_HINT = "install py-spy: pip install py-spy"
 _STARTED_MARK = "Sampling process"
@@ -151,6 +160,12 @@ def check_pyspy(
 
 class StackSampler:
     """Per-module-class CPU-side time (and energy) of a running PyTorch process, window by window.
+
+    ``rate_hz`` is a whole number of samples per second (py-spy's --rate); ``window_s`` the length
+    of each window; ``gpu`` marks a GPU target (synchronising calls become the gpu-wait bucket);
+    ``nonblocking`` chooses py-spy's mode (see the module docstring); ``pyspy_path`` overrides
+    the search for the py-spy binary; ``source_resolver`` maps file names in py-spy's output to
+    readable paths (default: the names themselves). ``samples`` / ``errors`` count py-spy's reads.
 
     ``on_window(rows)`` and ``energy_between(start_ns, end_ns)`` are called from the sampler's own
     thread, once per window, after the window has ended; ``energy_between`` returns the target's
@@ -384,8 +399,18 @@ class StackSampler:
             self._give_up(_exited_reason(self.pid))
         m = _SUMMARY_RE.search(tail)
         if m:
-            self.samples += int(m.group(1))
-            self.errors += int(m.group(2))
+            n_ok, n_err = int(m.group(1)), int(m.group(2))
+            self.samples += n_ok
+            self.errors += n_err
+            if n_err > _HIGH_ERROR_SHARE * (n_ok + n_err):
+                log.warning(
+                    "py-spy could not read %d of %d stacks of process %d in this window "
+                    "(non-blocking reads of fast-changing stacks); shares lean towards "
+                    "long-running calls",
+                    n_err,
+                    n_ok + n_err,
+                    self.pid,
+                )
         try:
             with open(out_path, encoding="utf-8", errors="replace") as fh:
                 raw = fh.read()
