@@ -150,6 +150,26 @@ EOF
     [ -f "$BUNDLE/_internal/wattlens/profiler/agent/bootstrap/sitecustomize.py" ] \
         || die "the agent bootstrap (for \`wattlens run\`) is missing from the bundle"
 
+    say "smoke: attach to a process, then report it as html and pdf (matplotlib in the bundle)"
+    sleep 30 &
+    local target=$!
+    "$EXE" attach "$target" --duration 2 --no-stacks --no-gpu --json > "$tmp/attach.json" \
+        || { kill "$target"; die "wattlens attach exited $?"; }
+    kill "$target"; wait "$target" 2>/dev/null || true
+    local sid
+    sid=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["session_id"])' "$tmp/attach.json") \
+        || die "wattlens attach --json did not print a session id"
+    for fmt in html pdf; do
+        "$EXE" report "$sid" --format "$fmt" -o "$tmp/report.$fmt" > /dev/null \
+            || die "wattlens report --format $fmt exited $?"
+        [ -s "$tmp/report.$fmt" ] || die "wattlens report --format $fmt wrote nothing"
+    done
+    if [ -f "$SRC/app/advise.py" ] || [ ! -d "$SRC" ]; then
+        "$EXE" advise "$sid" --json > "$tmp/advise.json" || die "wattlens advise exited $?"
+        "$py" -c 'import json, sys; json.load(open(sys.argv[1]))' "$tmp/advise.json" \
+            || die "wattlens advise --json is not JSON"
+    fi
+
     if [ -f "$SRC/app/optimize_cmd.py" ] || [ ! -d "$SRC" ]; then
         say "smoke: a command that needs torch fails with one line that says to use pip"
         mkdir -p "$tmp/model"
