@@ -302,13 +302,28 @@ def cmd_advise(args) -> int:
     return advise_command(args)
 
 
+def _require_torch(command: str) -> None:
+    """optimize and demo need PyTorch; the standalone bundle leaves it out."""
+    import importlib.util
+
+    try:
+        missing = importlib.util.find_spec("torch") is None
+    except ImportError:  # the bundle's runtime hook
+        missing = True
+    if missing or getattr(sys, "frozen", False):
+        raise _failed(f"`wattlens {command}` needs PyTorch, which this wattlens does not include",
+                      "install wattlens with pip: pip install wattlens")
+
+
 def cmd_optimize(args) -> int:
+    _require_torch("optimize")
     from wattlens.app.optimize_cmd import optimize_command
 
     return optimize_command(args)
 
 
 def cmd_demo(args) -> int:
+    _require_torch("demo")
     from wattlens.app.demo import demo_command
 
     return demo_command(args)

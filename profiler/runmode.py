@@ -56,7 +56,8 @@ class RunSession:
 
     def _on_hello(self, info: dict[str, Any]) -> None:
         self.agent_info = dict(info)
-        self._deliver(EventRecord(time.monotonic_ns(), "agent", "agent connected", dict(info)))
+        self._deliver(EventRecord(time.monotonic_ns(), "agent-hello", "agent reported its process and models",
+                                 dict(info)))
 
     def _deliver(self, item) -> None:
         s = self.session

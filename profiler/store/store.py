@@ -369,10 +369,12 @@ class Store:
     def add_measurements(self, rows: Sequence[dict]) -> None:
         """rows: dicts with MeasurementRow's columns (payload as a dict under 'payload')."""
         now = time.time()
-        cols = set(m.MeasurementRow.__table__.columns.keys())
-        with self._begin() as c:
+        cols = [c for c in m.MeasurementRow.__table__.columns.keys() if c not in ("id", "payload_json", "created_at")]
+        if not rows:
+            return
+        with self._begin() as c:  # one executemany: every row gets every column (None when absent)
             c.execute(insert(m.MeasurementRow), [
-                {**{k: v for k, v in r.items() if k in cols and k != "payload_json"},
+                {**{k: r.get(k) for k in cols},
                  "created_at": r.get("created_at", now), "payload_json": _json(r.get("payload", {}))}
                 for r in rows])
 

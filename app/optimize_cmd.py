@@ -1,0 +1,196 @@
+"""`wattlens optimize`: apply actions to a copy and verify them by measurement, or sweep batch
+sizes — recorded as a session (power over time, the action with predicted and measured saving,
+the measurements the regression learns from) that the app and the reports can open.
+
+Heavy imports (torch, transformers, the advisor) happen inside the functions: the CLI stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from wattlens.profiler.errors import BadInputError
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:+.1f} %"
+
+
+def measured_text(v) -> str:
+    if v.saving_fraction is None:
+        return f"n/a ({v.saving_reason})"
+    lo_hi = f" [{v.saving_interval[0] * 100:+.1f}, {v.saving_interval[1] * 100:+.1f}] 95 % CI" if v.saving_interval else ""
+    return f"{_pct(v.saving_fraction)}{lo_hi} energy per sample ({v.baseline.energy_method})"
+
+
+def _parse_sizes(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BadInputError(f"--batch-sizes must be integers separated by commas, got '{text}'",
+                            hint="for example --batch-sizes 1,2,4,8,16,32") from None
+    if not sizes or min(sizes) < 1:
+        raise BadInputError("--batch-sizes must be positive", hint="for example --batch-sizes 1,2,4,8")
+    return sizes
+
+
+def _model_key(path: str, params: int | None) -> str:
+    return f"{Path(path).resolve().name}:{params or '?'}"
+
+
+def optimize_command(args) -> int:
+    from wattlens.profiler.process import Target
+    from wattlens.profiler.session import ProfilingSession
+    from wattlens.profiler.store import Store
+
+    # transformers' progress bars and torch's notice that its int8 tensor API will move to torchao
+    # are noise on a command line whose output is the measurement (the advisor documents both)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
+    sizes = _parse_sizes(args.batch_sizes)
+    if not args.action and not sizes:
+        raise BadInputError("nothing to do: give --action ACTION[,ACTION] (with --out DIR) or --batch-sizes",
+                            hint="e.g. wattlens optimize ./model --action quantize-int8 --out ./model-int8")
+    if args.action and not args.out:
+        raise BadInputError("--action needs --out DIR (the optimized copy goes there; the input is never changed)")
+    if not Path(args.model).exists():
+        raise BadInputError(f"no such file or folder: {args.model}",
+                            hint="give a Hugging Face model folder (config.json + weights) or a saved torch module")
+    store = Store(args.db)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    last = {"stage": None}
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage != last["stage"]:
+            last["stage"] = stage
+            say(f"wattlens: {stage}…")
+
+    name = f"optimize {Path(args.model).name}: " + (args.action or f"batch sizes {args.batch_sizes}")
+    session = ProfilingSession(store, target=Target(os.getpid()), kind="optimize", name=name,
+                               interval_s=0.1, settings={"model": str(Path(args.model).resolve())})
+    sid = session.start()
+    say(f"wattlens: recording this run as session {sid} in {store.display_name}")
+    doc = {"session_id": sid}
+    try:
+        if args.action:
+            code = _run_actions(args, store, session, sizes, progress, doc, say)
+        else:
+            code = _run_sweep(args, store, session, sizes, progress, doc, say)
+    except BaseException as exc:
+        session.stop("failed", f"optimize failed: {exc}")
+        raise
+    session.stop("completed" if code == 0 else "failed", doc.get("outcome"))
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    return code
+
+
+def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
+    from wattlens.advisor.features import _ab_points
+    from wattlens.advisor.optimize import QualityLossError, optimize
+    from wattlens.advisor.regression import predict_action_saving
+
+    history = _ab_points(store.measurements("ab"))  # before this run: a prediction, not hindsight
+    status, error = "verified", None
+    try:
+        result = optimize(args.model, args.action, args.out, max_quality_loss=args.max_quality_loss,
+                          eval_text=args.eval_text, batch_sizes=sizes, n_rounds=args.rounds, progress=progress)
+    except QualityLossError as exc:
+        result, status, error = exc.result, "refused", exc
+    v = result.verification
+    params = v.baseline.model_params
+    pred = predict_action_saving(history, args.action, params=params)
+    v = v.with_prediction(pred.saving_fraction if pred.ok else None,
+                          (pred.low, pred.high) if pred.ok else None, pred.to_predicted_saving().method)
+    predicted = pred.to_predicted_saving()
+    action_result = {
+        "verification": v.to_dict(), "side_by_side": v.side_by_side(),
+        "measured_text": measured_text(v), "predicted_text": predicted.text,
+        "fidelity": v.fidelity.to_dict() if v.fidelity else None, "sizes": result.sizes,
+        "out_dir": result.out_dir, "quality_ok": result.quality_ok,
+    }
+    action_id = store.add_action(session_id=session.session_id, kind=args.action, status=status,
+                                 params={"model": str(Path(args.model).resolve()), "actions": args.action,
+                                         "out": args.out, "max_quality_loss": args.max_quality_loss},
+                                 result=action_result)
+    if v.saving_fraction is not None:
+        store.add_measurements([{
+            "session_id": session.session_id, "kind": "ab", "model_key": _model_key(args.model, params),
+            "action": args.action, "saving_fraction": v.saving_fraction, "params": params,
+            "energy_per_sample_j": v.candidate.energy_per_sample_j,
+            "payload": {"interval": v.saving_interval, "method": v.baseline.energy_method, "action_id": action_id}}])
+    if result.batch_sweep:
+        _store_sweep(store, session.session_id, args.model, params, result.batch_sweep)
+    doc.update({"status": status, "action_id": action_id, "result": result.to_dict(),
+                "predicted": predicted.to_dict() if hasattr(predicted, "to_dict") else str(predicted),
+                "measured_text": action_result["measured_text"], "predicted_text": predicted.text})
+    if not args.json:
+        fid = v.fidelity
+        print(f"actions: {args.action}  →  {result.out_dir or 'nothing written'}")
+        print(f"  measured saving:  {action_result['measured_text']}")
+        print(f"  predicted saving: {predicted.text}")
+        print(f"  latency saving:   {_pct(v.latency_saving_fraction)} per sample")
+        if fid:
+            print(f"  fidelity: {fid.quality_metric} loss {fid.quality_loss:.4g}"
+                  + (f", top-1 agreement {fid.top1_agreement:.3f}" if fid.top1_agreement is not None else "")
+                  + (f", KL {fid.kl_base_candidate:.3g} nats" if fid.kl_base_candidate is not None else "")
+                  + (f", cosine {fid.cosine_similarity:.4f}" if fid.cosine_similarity is not None else ""))
+        s = result.sizes
+        print(f"  tensor elements: {s['base_params']:,} → {s['candidate_params']:,}; tensor bytes "
+              f"{s['base_tensor_bytes'] / 2**20:.1f} → {s['candidate_tensor_bytes'] / 2**20:.1f} MiB")
+    if error is not None:
+        doc["outcome"] = str(error)
+        raise error
+    doc["outcome"] = f"{args.action}: {action_result['measured_text']}"
+    return 0
+
+
+def _store_sweep(store, session_id, model_path, params, rows) -> None:
+    store.add_measurements([{
+        "session_id": session_id, "kind": "batch-sweep", "model_key": _model_key(model_path, params),
+        "batch_size": r.batch_size, "energy_per_sample_j": r.energy_per_sample_j,
+        "throughput_per_s": r.throughput_samples_per_s, "params": params,
+        "payload": {"status": r.status, "reason": r.reason, "method": r.energy_method,
+                    "peak_mem_bytes": r.peak_mem_bytes, "interval": r.energy_per_sample_interval_j}}
+        for r in rows])
+
+
+def _run_sweep(args, store, session, sizes, progress, doc, say) -> int:
+    from wattlens.advisor.modelio import load_model, tensor_footprint
+    from wattlens.advisor.optimize import sweep_batch_sizes
+    from wattlens.advisor.regression import SweepPoint, fit_energy_vs_batch
+
+    progress("load", 0.0)
+    loaded = load_model(args.model)
+    params, _ = tensor_footprint(loaded.model)
+    rows = sweep_batch_sizes(loaded.model, sizes, progress=progress)
+    _store_sweep(store, session.session_id, args.model, params, rows)
+    advice = fit_energy_vs_batch([SweepPoint(r.batch_size, r.energy_per_sample_j, r.throughput_samples_per_s,
+                                             r.status) for r in rows])
+    doc.update({"rows": [r.to_dict() for r in rows], "advice": advice.to_dict()})
+    if not args.json:
+        print(f"{'batch':>6} {'J/sample':>12} {'samples/s':>10}  status")
+        for r in rows:
+            e = f"{r.energy_per_sample_j:.4g}" if r.energy_per_sample_j is not None else "n/a"
+            t = f"{r.throughput_samples_per_s:.1f}" if r.throughput_samples_per_s is not None else "n/a"
+            print(f"{r.batch_size:>6} {e:>12} {t:>10}  {r.status}{' — ' + r.reason if r.reason else ''}")
+        method = next((r.energy_method for r in rows if r.energy_method), "n/a")
+        print(f"  energy method: {method}")
+        if advice.ok:
+            print(f"  recommended batch size: {advice.best_batch_size} "
+                  f"(fit {advice.fit.model}, leave-one-out error ±{(advice.fit.loo_mape or 0) * 100:.1f} %)")
+        else:
+            print(f"  no recommendation yet: {advice.reason}")
+    doc["outcome"] = (f"recommended batch size {advice.best_batch_size}" if advice.ok else advice.reason)
+    return 0

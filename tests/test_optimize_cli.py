@@ -1,0 +1,84 @@
+"""`wattlens optimize` end to end on a real (tiny) GPT-2-style model folder."""
+
+import hashlib
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+from wattlens.profiler.store import Store
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    d = tmp_path_factory.mktemp("model") / "gpt"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=256, n_positions=64,
+                               bos_token_id=0, eos_token_id=0)).save_pretrained(d)
+    return d
+
+
+def _hashes(d):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+
+
+def test_quantize_is_verified_stored_and_leaves_the_input_alone(model_dir, tmp_path):
+    before = _hashes(model_dir)
+    db, out = tmp_path / "w.db", tmp_path / "int8"
+    r = run_cli("optimize", str(model_dir), "--action", "quantize-int8", "--out", str(out), "--rounds", "2",
+                "--db", str(db), "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "verified"
+    assert (out / "wattlens-optimization.json").is_file()
+    assert _hashes(model_dir) == before
+    assert "earlier A/B results" in doc["predicted_text"]  # nothing stored yet: measure first, no guess
+    store = Store(db)
+    (action,) = store.actions(doc["session_id"])
+    assert action["kind"] == "quantize-int8" and action["status"] == "verified"
+    assert action["result"]["measured_text"] == doc["measured_text"]
+    (ab,) = store.measurements("ab")
+    assert ab["action"] == "quantize-int8" and ab["params"] > 0
+    assert store.session(doc["session_id"])["status"] == "completed"
+    md = tmp_path / "r.md"
+    assert run_cli("report", str(doc["session_id"]), "--format", "md", "-o", str(md), "--db", str(db)).returncode == 0
+    assert "quantize-int8 — verified" in md.read_text()
+
+
+def test_quality_limit_refuses_and_writes_nothing(model_dir, tmp_path):
+    db, out = tmp_path / "w.db", tmp_path / "pruned"
+    r = run_cli("optimize", str(model_dir), "--action", "prune-mlp:0.9", "--out", str(out), "--rounds", "1",
+                "--max-quality-loss", "0", "--db", str(db), timeout=600)
+    assert r.returncode == 1
+    assert "exceeds --max-quality-loss" in r.stderr.strip().splitlines()[-1]
+    assert not out.exists()
+    (action,) = Store(db).actions()
+    assert action["status"] == "refused"
+
+
+def test_bad_input_is_one_line_exit_2(model_dir, tmp_path):
+    r = run_cli("optimize", str(model_dir), "--action", "make-faster", "--out", str(tmp_path / "o"),
+                "--db", str(tmp_path / "w.db"))
+    assert r.returncode == 2 and "quantize-int8" in r.stderr  # names the valid actions
+    r = run_cli("optimize", str(tmp_path / "nope"), "--action", "bf16", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "no such file or folder" in r.stderr
+    r = run_cli("optimize", str(model_dir), "--batch-sizes", "1,x")
+    assert r.returncode == 2 and "--batch-sizes" in r.stderr
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text("{not json")
+    r = run_cli("optimize", str(tmp_path / "junk"), "--action", "bf16", "--out", str(tmp_path / "o2"),
+                "--db", str(tmp_path / "w.db"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_batch_sweep_is_stored_for_the_regression(model_dir, tmp_path):
+    db = tmp_path / "w.db"
+    r = run_cli("optimize", str(model_dir), "--batch-sizes", "1,2,4", "--db", str(db), "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [row["batch_size"] for row in doc["rows"]] == [1, 2, 4]
+    rows = Store(db).measurements("batch-sweep")
+    assert [m["batch_size"] for m in rows] == [1, 2, 4]
+    assert all(m["session_id"] == doc["session_id"] and m["payload"]["status"] == "ok" for m in rows)
+    assert doc["advice"]["status"] in ("ok", "measure-first")
