@@ -1,0 +1,67 @@
+"""`wattlens demo`: profile the bundled GPT-2-style workload (app/demo_workload.py) under run mode.
+
+Headless (or with no display): measure it for ``--duration`` seconds, run the advisor, write an
+HTML report and print its path. With a display: open the app and launch the same workload there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def workload_command(seconds: float) -> list[str]:
+    return [sys.executable, "-m", "wattlens.app.demo_workload", "--seconds", f"{seconds:g}"]
+
+
+def _has_display() -> bool:
+    if os.environ.get("QT_QPA_PLATFORM", "").startswith("offscreen"):
+        return True  # an explicit offscreen run (tests, screenshots)
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
+
+
+def demo_command(args) -> int:
+    if args.duration <= 0:
+        from wattlens.profiler.errors import BadInputError
+
+        raise BadInputError("--duration must be a positive number of seconds")
+    if not args.headless and _has_display():
+        from wattlens.app.gui.main import run_gui
+
+        return run_gui(db=args.db, demo_command=workload_command(args.duration))
+    if not args.headless:
+        print("wattlens: no display found — running the demo headless (it ends with a report file)",
+              file=sys.stderr, flush=True)
+    return run_headless(args)
+
+
+def run_headless(args) -> int:
+    from wattlens.app.advise import advise
+    from wattlens.app.report.formats import write_report
+    from wattlens.profiler.runmode import RunSession
+    from wattlens.profiler.store import Store
+
+    store = Store(args.db)
+    say = (lambda t: print(t, file=sys.stderr, flush=True)) if args.json else (lambda t: print(t, flush=True))
+    run = RunSession(store, workload_command(args.duration), name="demo: GPT-2-style workload",
+                     stdout=sys.stderr if args.json else None)
+    sid = run.start()
+    say(f"wattlens demo: measuring a GPT-2-style workload (PID {run.proc.pid}) for {args.duration:g} s "
+        f"as session {sid} in {store.display_name}")
+    summary = run.run()
+    advice = advise(store, sid)
+    out = Path(args.output) if args.output else Path.cwd() / f"wattlens-demo-{sid}.html"
+    path = write_report(store, sid, "html", out)
+    if args.json:
+        print(json.dumps({"session_id": sid, "report": str(path.resolve()), "summary": summary,
+                          "recommendations": advice.get("recommendations", [])}, indent=2, default=str))
+    else:
+        from wattlens.app.cli import _print_summary
+
+        _print_summary(summary)
+        n = len(advice.get("recommendations", []))
+        say(f"advisor: {n} recommendation{'s' if n != 1 else ''} — see `wattlens advise {sid}`")
+        print(f"report: {path.resolve()}")
+    return 0

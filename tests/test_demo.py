@@ -1,0 +1,36 @@
+"""`wattlens demo --headless` end to end: a real GPT-2-style workload, measured, advised, reported."""
+
+import json
+import re
+
+from tests.conftest import run_cli
+
+
+def test_headless_demo_ends_with_a_report_that_matches_show(tmp_path):
+    db, out = tmp_path / "w.db", tmp_path / "demo.html"
+    r = run_cli("demo", "--headless", "--duration", "10", "--db", str(db), "-o", str(out), "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["report"] == str(out.resolve()) and out.stat().st_size > 10_000
+    summary = doc["summary"]
+    assert summary["status"] == "target-exited" and summary["exit_code"] == 0
+    assert summary["steps"]["count"] > 0 and summary["steps"]["energy_per_token_j"] > 0
+    assert any(layer["path"].startswith("transformer.h.") for layer in summary["top_layers"])
+    html = out.read_text()
+    assert not re.search(r'(src|href)="https?://', html)  # self-contained
+    assert "estimated" in html and "GPT-2-style" in html
+    show = run_cli("show", str(doc["session_id"]), "--db", str(db))
+    target_line = next(line for line in show.stdout.splitlines() if "target energy:" in line)
+    target_j = target_line.split("target energy:")[1].split("(")[0].strip()  # e.g. "76.8 J"
+    assert target_j in html  # the report shows the number `wattlens show` prints
+
+
+def test_plain_demo_without_a_display_falls_back_to_headless(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    r = run_cli("demo", "--duration", "2", "--db", str(tmp_path / "w.db"), "-o", str(tmp_path / "d.html"),
+                timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "no display found" in r.stderr and "report:" in r.stdout
+    assert (tmp_path / "d.html").is_file()
