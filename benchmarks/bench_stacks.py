@@ -373,11 +373,15 @@ def measure_overhead(rounds: int, phase_s: float, configs: list[str], window_s: 
                     continue
                 n, span_ns = its
                 wall, waiting = w1 - w0, delay1 - delay0
+                on_cpu = cpu1 - cpu0
                 got[cond] = {
                     "wall_iter_s": span_ns / n / 1e9,
                     # scale the span by the share of time not spent waiting for a CPU
                     "own_core_iter_s": span_ns * (wall - waiting) / wall / n / 1e9,
-                    "cpu_share": (cpu1 - cpu0) / wall,
+                    "cpu_iter_s": span_ns * on_cpu / wall / n / 1e9,
+                    "cpu_share": on_cpu / wall,
+                    # neither running nor waiting to run: stopped by py-spy (or blocked)
+                    "stopped_share": max(0.0, (wall - on_cpu - waiting) / wall),
                 }
             per_round.append(got)
     finally:
@@ -387,12 +391,14 @@ def measure_overhead(rounds: int, phase_s: float, configs: list[str], window_s: 
         pairs = [g for g in per_round if "off" in g and cond in g]
         ratios[_label(cond)] = {
             kind: [g["off"][kind] / g[cond][kind] for g in pairs]
-            for kind in ("wall_iter_s", "own_core_iter_s")
+            for kind in ("wall_iter_s", "own_core_iter_s", "cpu_iter_s")
         }
+        ratios[_label(cond)]["stopped_share"] = [g[cond]["stopped_share"] for g in pairs]
     return {
         "ratios": ratios,
         "off_it_per_s": [1 / g["off"]["wall_iter_s"] for g in per_round if "off" in g],
         "off_cpu_share": [g["off"]["cpu_share"] for g in per_round if "off" in g],
+        "off_stopped_share": [g["off"]["stopped_share"] for g in per_round if "off" in g],
         "pyspy_core_share": {_label(c): v for c, v in pyspy_cpu.items()},
         "per_round": per_round,
     }
@@ -475,33 +481,39 @@ def write_markdown(acc: dict, ovh: dict, tp: dict, args: argparse.Namespace) -> 
     acc_lines, _ = accuracy_markdown(acc, args)
     lines += acc_lines
     off_share = statistics.median(ovh["off_cpu_share"]) if ovh["off_cpu_share"] else float("nan")
+    off_stopped = statistics.median(ovh["off_stopped_share"]) if ovh["off_stopped_share"] else 0
     lines += [
-        f"### Overhead: throughput with / without, {args.rounds} interleaved rounds of "
-        f"{args.phase_seconds:g} s per condition in one child",
+        f"### Overhead: {args.rounds} interleaved rounds of {args.phase_seconds:g} s per "
+        "condition in one child",
         "",
         f"Without a profiler the target got {_pct(off_share)} of a CPU (median): the rest of the "
-        "time it was runnable but waiting for a core, so the wall-clock column mostly measures "
-        "other jobs. The own-core column removes that waiting (schedstat run_delay) and keeps "
-        "everything py-spy does to the target (its pauses included).",
+        "time it was runnable but waiting for a core, so wall-clock throughput mostly measures "
+        "other jobs. From /proc/PID/task/PID/schedstat each phase splits into on-CPU, waiting "
+        "for a CPU, and neither (stopped: py-spy's pauses). Columns: *paused* = stopped share of "
+        f"wall time (without a profiler: {_pct(off_stopped)}); *own core* = throughput ratio "
+        "with the waiting removed (what the target would see with a core to itself, pauses "
+        "included); *CPU per iteration* = ratio of on-CPU time per iteration (cache and memory "
+        "effects); *wall clock* = plain throughput ratio. Ratios are with / without "
+        "(1.000 = no change), medians over rounds.",
         "",
-        "| condition | ratio, own core (median) | slow-down, own core | ratio, wall clock "
-        "(median; min … max) | py-spy CPU (share of one core) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| condition | paused | own core | CPU per iteration | wall clock (min … max) "
+        "| py-spy CPU (share of one core) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for cond, kinds in ovh["ratios"].items():
-        own, wall = kinds["own_core_iter_s"], kinds["wall_iter_s"]
-        slow = _pct(1 - statistics.median(own)) if own else "n/a"
+        wall = kinds["wall_iter_s"]
         spread = f" ({min(wall):.3f} … {max(wall):.3f})" if wall else ""
+        paused = _pct(statistics.median(kinds["stopped_share"])) if kinds["stopped_share"] else ""
         cpu = ovh["pyspy_core_share"].get(cond, [])
         lines.append(
-            f"| StackSampler {cond}, {args.window:g} s windows | {_med(own)} | {slow} | "
+            f"| StackSampler {cond}, {args.window:g} s windows | {paused} | "
+            f"{_med(kinds['own_core_iter_s'])} | {_med(kinds['cpu_iter_s'])} | "
             f"{_med(wall)}{spread} | {_pct(statistics.median(cpu)) if cpu else 'n/a'} |"
         )
     tp_med = statistics.median(tp["ratios"])
     lines += [
-        f"| torch.profiler(with_stack=True), in-process | n/a | n/a | {tp_med:.3f} "
-        f"({min(tp['ratios']):.3f} … {max(tp['ratios']):.3f}); slow-down {_pct(1 - tp_med)} | "
-        "in-process |",
+        f"| torch.profiler(with_stack=True), in-process | n/a | n/a | n/a | {tp_med:.3f} "
+        f"({min(tp['ratios']):.3f} … {max(tp['ratios']):.3f}) | in-process |",
         "",
         f"Baseline throughput {statistics.median(ovh['off_it_per_s']):.2f} it/s (median wall "
         f"clock, no profiler). torch.profiler also spends "

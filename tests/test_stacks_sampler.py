@@ -196,3 +196,19 @@ def test_target_exit_ends_sampling_and_flushes():
     assert "exited" in assert_one_line(sampler.reason)
     sampler.stop()
     assert len(windows) == 1 and sum(r.n_samples for r in windows[0]) > 10
+
+
+def test_unknown_py_spy_failure_is_retried_then_reported(tmp_path):
+    # A stand-in for the py-spy binary that fails the way no known case does.
+    odd = tmp_path / "py-spy"
+    odd.write_text(
+        "#!/bin/sh\necho 'Error: Failed to copy PyThreadState head pointer' >&2\nexit 1\n"
+    )
+    odd.chmod(0o755)
+    sampler = make_sampler(os.getpid(), [], pyspy_path=odd)
+    sampler.start()
+    reason = assert_one_line(sampler.reason)
+    assert not sampler.available
+    assert "Failed to copy PyThreadState head pointer" in reason
+    assert f"py-spy dump --pid {os.getpid()}" in reason
+    sampler.stop()

@@ -1,0 +1,23 @@
+"""Per-layer cost of a process we attach to, from its Python stacks (py-spy), without its help.
+
+What the figures are: **CPU-side time share by module class** — the class whose ``forward`` is on
+the sampled Python stack — and the window's energy split by those shares. On a GPU target this is
+where the host thread spends its time (launching work, or waiting in the ``gpu-wait`` bucket), not
+GPU kernel time; the in-process agent is the tool for per-instance device timing.
+
+- :mod:`.parse`: pure functions, py-spy raw text -> :class:`~wattlens.profiler.records.LayerCost`.
+- :mod:`.sampler`: :class:`StackSampler` (rolling py-spy windows in a thread) and
+  :func:`check_pyspy` (a one-shot probe for ``wattlens doctor``).
+
+No torch import here: the stack side reads another process and never needs it.
+"""
+
+from wattlens.profiler.stacks.sampler import (
+    DEFAULT_RATE_HZ,
+    DEFAULT_WINDOW_S,
+    StackSampler,
+    check_pyspy,
+    find_pyspy,
+)
+
+__all__ = ["DEFAULT_RATE_HZ", "DEFAULT_WINDOW_S", "StackSampler", "check_pyspy", "find_pyspy"]

@@ -95,20 +95,25 @@ def _exited_reason(pid: int) -> str:
 def explain_failure(output: str, pid: int) -> str:
     """Map py-spy's error text to one line that says why there are no layer figures and what to
     do. Kept apart from the process handling so the wording is testable on real messages."""
+    return _classify_failure(output, pid)[0]
+
+
+def _classify_failure(output: str, pid: int) -> tuple[str, bool]:
+    """(reason, permanent): permanent failures are not worth another attempt."""
     text = output.strip()
     if "Permission Denied" in text or "Operation not permitted" in text or "SYS_PTRACE" in text:
         return (
             f"py-spy may not read process {pid} (ptrace denied): run wattlens with sudo, or allow "
             "it with `echo 0 | sudo tee /proc/sys/kernel/yama/ptrace_scope`, or in a container "
             "start it with --cap-add SYS_PTRACE"
-        )
+        ), True
     m = re.search(r"Unsupported version of Python: ?([^\s]*)", text)
     if m:
         version = m.group(1) or "this version"
         return (
             f"py-spy cannot read Python {version} in process {pid}: "
             "upgrade it (pip install -U py-spy), or attach with --no-stacks"
-        )
+        ), True
     if (
         "Failed to find python version" in text
         or "Failed to find a python interpreter" in text
@@ -118,16 +123,19 @@ def explain_failure(output: str, pid: int) -> str:
         return (
             f"process {pid} does not look like a Python program (py-spy found no interpreter "
             "in it): attach to the Python process that runs the model"
-        )
+        ), True
     if (
         "Failed to get process executable name" in text
         or "No such process" in text
         or not _pid_alive(pid)
     ):
-        return _exited_reason(pid)
+        return _exited_reason(pid), True
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "no output")
     first = first.removeprefix("Error: ")
-    return f"py-spy failed on process {pid} ({first}): try `py-spy dump --pid {pid}` to see why"
+    return (
+        f"py-spy failed on process {pid} ({first}): try `py-spy dump --pid {pid}` to see why",
+        False,
+    )
 
 
 def check_pyspy(
@@ -206,6 +214,7 @@ class StackSampler:
         self._index = SourceIndex(source_resolver) if source_resolver else SourceIndex()
         self._exe: str | None = None
         self._reason: str | None = None
+        self._last_failure: str | None = None
         self._stop = threading.Event()
         self._first = threading.Event()  # first window attached, or the sampler gave up
         self._lock = threading.Lock()
@@ -288,10 +297,7 @@ class StackSampler:
                 if outcome == "failed":
                     failed_starts += 1
                     if failed_starts >= _MAX_FAILED_STARTS and self.available:
-                        self._give_up(
-                            f"py-spy kept failing to attach to process {self.pid}: "
-                            f"try `py-spy dump --pid {self.pid}` to see why"
-                        )
+                        self._give_up(self._last_failure or "py-spy kept failing to attach")
                     self._stop.wait(0.5)
                 else:
                     failed_starts = 0
@@ -368,7 +374,12 @@ class StackSampler:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 _, err = proc.communicate()
-            self._give_up(explain_failure(err + "\n" + "".join(head), self.pid))
+            reason, permanent = _classify_failure(err + "\n" + "".join(head), self.pid)
+            if permanent:
+                self._give_up(reason)
+            else:  # maybe passing (py-spy caught the target mid-change): try again, a few times
+                self._last_failure = reason
+                log.warning("py-spy could not attach to process %d: %s", self.pid, reason)
             return "failed"
 
         t_start_ns = time.monotonic_ns()
