@@ -21,13 +21,32 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-WORKLOADS = Path(__file__).parent / "workloads"
 SESSION_THREADS = ("wattlens-sampler", "wattlens-store-writer", "wattlens-stacks")
+
+# A small torch training loop that pauses 20 ms after each step (like a job waiting on its data
+# loader): it stays a realistic target for attach and py-spy while leaving CPU to the tests on a
+# 2-core machine for the whole test run.
+TORCH_LOOP = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x, y = torch.randn(32, 128), torch.randint(0, 10, (32,))
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    for _ in range(20):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    time.sleep(0.02)
+"""
 
 
 def start_torch_loop(seconds: float) -> subprocess.Popen:
     """The shared torch workload; returns once torch is imported and the model is built."""
-    proc = subprocess.Popen([sys.executable, str(WORKLOADS / "torch_loop.py"), str(seconds)],
+    proc = subprocess.Popen([sys.executable, "-c", TORCH_LOOP, str(seconds)],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line.strip() == "ready", f"workload did not start: {line!r}"
@@ -105,15 +124,15 @@ def make_window(qtbot, tmp_path, settings_path):
 
     windows = []
 
-    def make(db: str | os.PathLike | None = None, *, wait_ready: bool = True):
-        w = build_main_window(db=str(db or tmp_path / "gui.db"),
+    def make(db: str | os.PathLike | None = None, *, cli_db: bool = True, wait_ready: bool = True):
+        """``cli_db=False``: no --db, so the database comes from the settings (or WATTLENS_DB)."""
+        w = build_main_window(db=str(db or tmp_path / "gui.db") if cli_db else None,
                               settings_backend=QSettings(str(settings_path), QSettings.IniFormat))
         qtbot.addWidget(w)
         windows.append(w)
         w.show()
         if wait_ready:
-            qtbot.waitUntil(lambda: (w.store is not None or w.store_error is not None)
-                            and w.pool.busy == 0, timeout=20000)
+            qtbot.waitUntil(lambda: w.store is not None or w.store_error is not None, timeout=20000)
         return w
 
     yield make

@@ -2,6 +2,8 @@
 figures, layers (real py-spy windows through the bridge) and steps arrive; pause, window, stop,
 close. The child is never ended by the app."""
 
+# ruff: noqa: F811 - pytest fixtures imported from tests.gui_fixtures are parameters here
+
 from __future__ import annotations
 
 import sys
@@ -11,6 +13,7 @@ import pytest
 from PySide6.QtWidgets import QDialogButtonBox
 
 from tests.gui_fixtures import (  # noqa: F401
+    TORCH_LOOP,
     make_window,
     settings_path,
     torch_loop,
@@ -27,7 +30,7 @@ def _drawn(view, key="target/power_w") -> int:
     return 0 if curve is None or curve.xData is None else len(curve.xData)
 
 
-def test_attach_shows_live_samples_and_pause_never_stops_recording(make_window, qtbot, torch_loop, tmp_path):  # noqa: F811
+def test_attach_shows_live_samples_and_pause_never_stops_recording(make_window, qtbot, torch_loop, tmp_path):
     w = make_window()
     w.settings.update(stacks=False)  # layers are the next test's subject
     w.attach(torch_loop.pid)
@@ -72,7 +75,7 @@ def test_attach_shows_live_samples_and_pause_never_stops_recording(make_window, 
     s.close()
 
 
-def test_layers_and_steps_arrive_from_other_threads(make_window, qtbot, torch_loop):  # noqa: F811
+def test_layers_and_steps_arrive_from_other_threads(make_window, qtbot, torch_loop):
     w = make_window()
     w.settings.update(stack_rate_hz=100)
     w.attach(torch_loop.pid)
@@ -103,7 +106,7 @@ def test_layers_and_steps_arrive_from_other_threads(make_window, qtbot, torch_lo
     assert any(r[0].startswith("Sequential") for r in layers.row_texts()), layers.row_texts()
 
 
-def test_closing_the_window_finalises_the_session(make_window, qtbot, torch_loop, tmp_path):  # noqa: F811
+def test_closing_the_window_finalises_the_session(make_window, qtbot, torch_loop, tmp_path):
     w = make_window()
     w.settings.update(stacks=False)
     w.attach(torch_loop.pid)
@@ -118,7 +121,7 @@ def test_closing_the_window_finalises_the_session(make_window, qtbot, torch_loop
     assert torch_loop.poll() is None
 
 
-def test_launch_dialog_validates_and_run_mode_can_end_the_program(make_window, qtbot, tmp_path):  # noqa: F811
+def test_launch_dialog_validates(qtbot, tmp_path):
     dlg = QtLaunchDialog()
     qtbot.addWidget(dlg)
     dlg.command.setText("")
@@ -131,13 +134,25 @@ def test_launch_dialog_validates_and_run_mode_can_end_the_program(make_window, q
     assert dlg.result() == QtLaunchDialog.Accepted
     assert dlg.request.command[:2] == ["python", "-c"] and dlg.request.env == {"WATTLENS_TEST": "1"}
 
+
+def test_run_mode_shows_steps_and_agent_layers_and_can_end_the_program(make_window, qtbot, tmp_path):
+    """Launch… runs the program with the in-process agent: steps (from optimizer.step) and
+    per-module timing arrive through the agent link; ending the program is the user's choice."""
     w = make_window()
-    w.settings.update(stacks=False)
-    w.launch(LaunchRequest([sys.executable, "-c", "import time; time.sleep(60)"], str(tmp_path)), "launched job")
-    run = wait_for_run(qtbot, w)
+    w.launch(LaunchRequest([sys.executable, "-c", TORCH_LOOP, "120"], str(tmp_path)), "launched job")
+    run = wait_for_run(qtbot, w, timeout_ms=60000)
     assert run.session.kind == "run" and run.session.name == "launched job"
     view = w.live_view
     assert view.end_program.isVisibleTo(view) and "Program output:" in view.log_label.text()
+    qtbot.waitUntil(lambda: len(view.model.steps) >= 3 and len(view.model.layers) > 0, timeout=60000)
+    view.frame(force_cards=True)
+    per_step = dict((t, v) for t, v, _ in view.panel.cards.texts())["Energy per step"]
+    assert "J/step" in per_step and "J/sample" in per_step, per_step
+    assert len(view.panel.power_plot.markers.xvals) >= 1
+    assert "in-process agent" in view.panel.layers.caption.text()
+    rows = view.panel.layers.row_texts()
+    assert "(model root)" in {r[0] for r in rows} and "outside modules" in {r[0] for r in rows}, rows
+    assert all(r[1].endswith("%") for r in rows), "agent windows carry their energy"
     view.end_program.setChecked(True)
     view.stop_button.click()
     qtbot.waitUntil(lambda: w.run is None, timeout=30000)

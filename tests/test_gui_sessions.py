@@ -1,6 +1,8 @@
 """The Sessions and Export screens on a database of real sessions: list, open (plots, figures,
 layers from the database), compare, rename, delete with confirmation, export md/json/csv."""
 
+# ruff: noqa: F811 - pytest fixtures imported from tests.gui_fixtures are parameters here
+
 from __future__ import annotations
 
 import csv
@@ -24,7 +26,7 @@ def _sessions_ready(w, qtbot, n):
     return w.sessions_view
 
 
-def test_open_a_stored_session(make_window, qtbot, stored_db):  # noqa: F811
+def test_open_a_stored_session(make_window, qtbot, stored_db):
     w = make_window(stored_db)
     sv = _sessions_ready(w, qtbot, 2)
     names = {sv.table.item(r, 1).text() for r in range(2)}
@@ -49,7 +51,7 @@ def test_open_a_stored_session(make_window, qtbot, stored_db):  # noqa: F811
     assert "stack sampling" in d.panel.layers.caption.text()
 
 
-def test_compare_two_sessions(make_window, qtbot, stored_db):  # noqa: F811
+def test_compare_two_sessions(make_window, qtbot, stored_db):
     w = make_window(stored_db)
     sv = _sessions_ready(w, qtbot, 2)
     sv.select_ids([1, 2])
@@ -66,7 +68,7 @@ def test_compare_two_sessions(make_window, qtbot, stored_db):  # noqa: F811
     assert rows["Energy per token"] == ["n/a", "n/a", "n/a", "n/a"]  # unknown, never 0
 
 
-def test_rename_and_delete_with_confirmation(make_window, qtbot, stored_db, monkeypatch):  # noqa: F811
+def test_rename_and_delete_with_confirmation(make_window, qtbot, stored_db, monkeypatch):
     w = make_window(stored_db)
     sv = _sessions_ready(w, qtbot, 2)
     sv.select_ids([2])
@@ -91,7 +93,7 @@ def test_rename_and_delete_with_confirmation(make_window, qtbot, stored_db, monk
     s.close()
 
 
-def test_export_markdown_json_csv(make_window, qtbot, stored_db, tmp_path):  # noqa: F811
+def test_export_markdown_json_csv(make_window, qtbot, stored_db, tmp_path):
     w = make_window(stored_db)
     _sessions_ready(w, qtbot, 2)
     ev = w.export_view
@@ -119,7 +121,7 @@ def test_export_markdown_json_csv(make_window, qtbot, stored_db, tmp_path):  # n
     assert {r["method"] for r in rows if r["series"] == "cpu-model/power_w"} == {"estimated"}
 
 
-def test_export_default_path_follows_the_choice(make_window, qtbot, stored_db, tmp_path):  # noqa: F811
+def test_export_default_path_follows_the_choice(make_window, qtbot, stored_db, tmp_path):
     w = make_window(stored_db)
     _sessions_ready(w, qtbot, 2)
     ev = w.export_view

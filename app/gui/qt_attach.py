@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
-from PySide6.QtGui import QFont
+from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
@@ -95,6 +95,8 @@ class QtProcessTable(QAbstractTableModel):
             return p.cmdline
         if role == Qt.FontRole and (p.torch or p.on_gpu):
             return self._bold
+        if role == Qt.ForegroundRole and col == 4 and not p.on_gpu:
+            return QColor(Qt.gray)
         if role == Qt.ToolTipRole:
             return p.cmdline
         if role == Qt.TextAlignmentRole and col in (0, 4, 5):
@@ -277,7 +279,7 @@ class QtAttachView(QWidget):
         checking = " (checking for torch…)" if self._torch_pending > 0 else ""
         if not self._scanning:
             self.status.setText(f"{len(rows)} processes, {n_py} Python, {n_torch} with torch{checking}")
-        self.gpu_label.setText("GPU: " + self.model.gpu_note)
+        self.gpu_label.setText(self.model.gpu_note)
         self._on_selection_changed()
 
     def _on_filter_changed(self, text: str) -> None:

@@ -18,7 +18,7 @@ from wattlens.app.gui.models.format import si
 from wattlens.app.gui.models.layers_model import LayerNode, LayerTree
 from wattlens.app.gui.qt_widgets import QtBarChart
 
-COLUMNS = ("Module", "Energy share", "Energy", "Self energy", "CPU-side time", "Time share")
+COLUMNS = ("Module", "Energy share", "Energy", "Self energy", "Time", "Time share")
 _SORT_ROLE = Qt.UserRole + 1
 
 
@@ -57,13 +57,17 @@ class QtLayerView(QWidget):
         split = QSplitter(Qt.Horizontal, self)
         split.addWidget(self.table)
         split.addWidget(self.bars)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 1)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.caption)
         lay.addWidget(split, 1)
-        self._expanded: set[str] = set()
+        # what the user opened or closed by hand survives the rebuilds; the rest opens 2 levels deep
+        self._opened: set[str] = set()
+        self._closed: set[str] = set()
+        self.table.itemExpanded.connect(self._on_item_expanded)
+        self.table.itemCollapsed.connect(self._on_item_collapsed)
         tree.changed.connect(self._on_tree_changed)
         self._update_view()
 
@@ -71,7 +75,8 @@ class QtLayerView(QWidget):
         self.tree_model.changed.disconnect(self._on_tree_changed)
         self.tree_model = tree
         tree.changed.connect(self._on_tree_changed)
-        self._expanded.clear()
+        self._opened.clear()
+        self._closed.clear()
         self._update_view()
 
     def set_theme(self, theme: str) -> None:
@@ -83,39 +88,39 @@ class QtLayerView(QWidget):
     def _update_view(self) -> None:
         tree = self.tree_model
         self.caption.setText(tree.describe())
-        # remember what the user expanded, rebuild, restore
-        for i in range(self.table.topLevelItemCount()):
-            self._collect_expanded(self.table.topLevelItem(i))
+        self.table.blockSignals(True)
         self.table.setSortingEnabled(False)
         self.table.clear()
-        first = not self._expanded
         for node in tree.roots():
             item = self._item(node)
             self.table.addTopLevelItem(item)
-            self._expand(item, first, 0)
+            self._expand(item, 0)
         self.table.setSortingEnabled(True)
+        self.table.blockSignals(False)
         self.table.sortByColumn(1 if tree.energy_known else 5, Qt.DescendingOrder)
-        unit = "energy" if tree.energy_known else "CPU-side time"
-        self.bars.set_bars(tree.bars(12), f"Where the {unit} goes (self {unit} per module, top 12)")
+        what = "energy" if tree.energy_known else "time"
+        self.bars.set_bars(tree.bars(12), f"Where the {what} goes: self {what} per module, top 12")
 
-    def _collect_expanded(self, item: QTreeWidgetItem) -> None:
-        path = item.data(0, Qt.UserRole)
-        if item.isExpanded():
-            self._expanded.add(path)
-        else:
-            self._expanded.discard(path)
-        for i in range(item.childCount()):
-            self._collect_expanded(item.child(i))
+    def _on_item_expanded(self, item: QTreeWidgetItem) -> None:
+        key = item.data(0, Qt.UserRole)
+        self._opened.add(key)
+        self._closed.discard(key)
 
-    def _expand(self, item: QTreeWidgetItem, first: bool, depth: int) -> None:
-        item.setExpanded(depth < 2 if first else item.data(0, Qt.UserRole) in self._expanded)
+    def _on_item_collapsed(self, item: QTreeWidgetItem) -> None:
+        key = item.data(0, Qt.UserRole)
+        self._closed.add(key)
+        self._opened.discard(key)
+
+    def _expand(self, item: QTreeWidgetItem, depth: int) -> None:
+        key = item.data(0, Qt.UserRole)
+        item.setExpanded(key not in self._closed and (depth < 2 or key in self._opened))
         for i in range(item.childCount()):
-            self._expand(item.child(i), first, depth + 1)
+            self._expand(item.child(i), depth + 1)
 
     def _item(self, node: LayerNode) -> QTreeWidgetItem:
         it = _Item([node.name, _share(node.energy_share), si(node.energy_j, "J"), si(node.self_energy_j, "J"),
                     si(node.time_s, "s"), _share(node.time_share)])
-        it.setData(0, Qt.UserRole, node.path)
+        it.setData(0, Qt.UserRole, f"{node.granularity}:{node.phase}:{node.path}")
         it.setData(0, _SORT_ROLE, node.name)
         for col, value in ((1, node.energy_share), (2, node.energy_j), (3, node.self_energy_j),
                            (4, node.time_s), (5, node.time_share)):

@@ -25,7 +25,6 @@ from PySide6.QtWidgets import (
 from wattlens.app.gui.models.format import clock
 from wattlens.app.gui.models.live_model import LiveModel
 from wattlens.app.gui.qt_bridge import QtSessionBridge
-from wattlens.app.gui.qt_session_panel import QtSessionPanel
 
 WINDOWS = (("Last minute", 60.0), ("Last 10 minutes", 600.0), ("Whole session", None))
 FRAME_MS = 66  # ≈ 15 Hz
@@ -88,14 +87,14 @@ class QtLiveView(QWidget):
         controls.addWidget(self.pause_button)
         controls.addWidget(self.end_program)
         controls.addWidget(self.stop_button)
-        self.panel = QtSessionPanel(self)
+        self._panel = None  # built on first use: it is what imports pyqtgraph (see ``panel``)
+        self.theme = "light"
         running = QWidget(self)
-        rl = QVBoxLayout(running)
+        self._running_layout = rl = QVBoxLayout(running)
         rl.setContentsMargins(0, 0, 0, 0)
         rl.addLayout(top)
         rl.addLayout(controls)
         rl.addWidget(self.log_label)
-        rl.addWidget(self.panel, 1)
         self.stack = QStackedWidget(self)
         self.stack.addWidget(self.idle)
         self.stack.addWidget(running)
@@ -106,6 +105,18 @@ class QtLiveView(QWidget):
         self.timer = QTimer(self)
         self.timer.setInterval(FRAME_MS)
         self.timer.timeout.connect(self._on_timer)
+
+    @property
+    def panel(self):
+        """The figures, plots and layers; created on first use so that the window can paint
+        before pyqtgraph is imported (cold start)."""
+        if self._panel is None:
+            from wattlens.app.gui.qt_session_panel import QtSessionPanel
+
+            self._panel = QtSessionPanel(self)
+            self._panel.set_theme(self.theme)
+            self._running_layout.addWidget(self._panel, 1)
+        return self._panel
 
     # ---- model ---------------------------------------------------------------------------------
     def set_model(self, model: LiveModel | None) -> None:
@@ -206,9 +217,12 @@ class QtLiveView(QWidget):
             self.state.setText(f"● Recording session {m.session.session_id}")
 
     def set_theme(self, theme: str) -> None:
-        self.panel.set_theme(theme)
-        self.panel.power_plot.clear()
-        self.panel.util_plot.clear()
+        self.theme = theme
+        if self._panel is None:
+            return
+        self._panel.set_theme(theme)
+        self._panel.power_plot.clear()
+        self._panel.util_plot.clear()
         self.redraw()
 
     def shutdown(self) -> None:

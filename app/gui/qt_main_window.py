@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QEvent, Qt, QTimer
 from PySide6.QtWidgets import QLabel, QMainWindow, QTabWidget, QVBoxLayout, QWidget
 
 from wattlens.app.gui.models.errors import error_text
@@ -38,6 +38,12 @@ def _open_store(db):
     from wattlens.profiler.store import Store
 
     return Store(db)
+
+
+def _preload_plotting() -> None:
+    """Import pyqtgraph and the plot views off the GUI thread (module code only, no widgets), so
+    the first plot does not freeze the window; the import is about a second of CPU."""
+    import wattlens.app.gui.qt_session_panel  # noqa: F401
 
 
 def _discover(tdp_w):
@@ -110,10 +116,32 @@ class QtMainWindow(QMainWindow):
         self.resize(1280, 860)
         self._apply_theme(self.settings.values.theme)
         self._update_status()
+        # the slow start-up work waits for the first paint: the window appears first
+        self._background_started = False
+        self.installEventFilter(self)
+
+    # ---- start-up ---------------------------------------------------------------------------------
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if obj is self and event.type() == QEvent.Paint and not self._background_started:
+            self.removeEventFilter(self)
+            QTimer.singleShot(0, self.start_background)
+        return False
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        QTimer.singleShot(1000, self.start_background)  # in case no paint event comes
+
+    def start_background(self) -> None:
+        """Open the database, discover sources, list processes, and import the plotting code —
+        all in workers. Runs once, after the first paint (or call it for a window never shown)."""
+        if self._background_started or self._closed:
+            return
+        self._background_started = True
         self.open_database()
         self.pool.submit(_discover, self.settings.values.effective_tdp_w(),
                          on_done=self._on_discovered, on_error=lambda e: None)
         self.attach_view.refresh()
+        self.pool.submit(_preload_plotting, on_error=lambda e: None)
 
     # ---- database ---------------------------------------------------------------------------------
     def db(self) -> str | None:
@@ -198,7 +226,8 @@ class QtMainWindow(QMainWindow):
         self._pending_run = None
         self.run = run
         self.live_model = LiveModel(run.session, grid_g_per_kwh=self.settings.values.grid_g_per_kwh,
-                                    launched_log=run.log_path)
+                                    launched_log=run.log_path,
+                                    command=run.runner.command if run.runner is not None else None)
         self.live_view.set_model(self.live_model)
         self.tabs.setCurrentWidget(self.live_view)
         notes = "; ".join(run.session.notes)

@@ -24,6 +24,8 @@ class QtSessionPanel(QWidget):
         self.power_plot = QtTimePlot("power", "W", self)
         self.util_plot = QtTimePlot("utilisation", "%", self, y_floor_max=100.0)
         self.util_plot.item.getAxis("left").enableAutoSIPrefix(False)
+        self.power_plot.setMinimumHeight(200)
+        self.util_plot.setMinimumHeight(170)
         self.layers = QtLayerView(LayerTree(), self)
         plots = QSplitter(Qt.Vertical, self)
         plots.addWidget(self.power_plot)
@@ -57,11 +59,9 @@ class QtSessionPanel(QWidget):
         palette = PLOT[self.theme].series
         for plot, specs in ((self.power_plot, power_curves(series)), (self.util_plot, util_curves(series))):
             y_max = 0.0
+            max_points = 2 * max(200, plot.plot.width())
             for c in specs:
-                t, v = series.get(c.key)
-                if window_s and len(t):
-                    i = int(np.searchsorted(t, x0, side="left"))
-                    t, v = t[i:], v[i:]
+                t, v = series.data[c.key].display(x0 if window_s else None, None, max_points)
                 plot.set_curve(c.key, c.label, t, v, color=palette[c.color_index % len(palette)],
                                width=c.width, dash=c.dash)
                 if len(v):

@@ -34,8 +34,6 @@ from wattlens.app.gui.models.sessions_model import (
     load_stored_session,
     session_rows,
 )
-from wattlens.app.gui.qt_plots import QtTimePlot
-from wattlens.app.gui.qt_session_panel import QtSessionPanel
 from wattlens.app.gui.theme import PLOT
 
 COLUMNS = ("ID", "Name", "Target", "Started", "Duration", "Energy, target", "Energy, machine", "Status")
@@ -71,6 +69,8 @@ class QtSessionDetail(QWidget):
         self.headline.setFont(f)
         self.notes = QLabel(self)
         self.notes.setWordWrap(True)
+        from wattlens.app.gui.qt_session_panel import QtSessionPanel
+
         self.panel = QtSessionPanel(self)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -104,6 +104,8 @@ class QtCompareView(QWidget):
         f = self.title.font()
         f.setBold(True)
         self.title.setFont(f)
+        from wattlens.app.gui.qt_plots import QtTimePlot
+
         self.plot = QtTimePlot("power", "W", self)
         self.table = QTableWidget(0, 5, self)
         self.table.setHorizontalHeaderLabels(["Figure", "First", "Second", "Δ (first − second)", "Δ %"])
@@ -138,6 +140,8 @@ class QtCompareView(QWidget):
             if len(v):
                 y_max, x_max = max(y_max, float(np.nanmax(v))), max(x_max, float(t[-1]))
         self.plot.set_ranges(0.0, x_max, y_max)
+        self.table.setHorizontalHeaderLabels(["Figure", f"Session {c.a.id}", f"Session {c.b.id}",
+                                              f"Δ ({c.a.id} − {c.b.id})", "Δ %"])
         self.table.setRowCount(len(c.rows))
         for r, row in enumerate(c.rows):
             for col, text in enumerate((row.figure, row.this, row.other, row.delta, row.delta_pct)):
@@ -205,11 +209,11 @@ class QtSessionsView(QWidget):
                            "or select two (Ctrl+click) and press <b>Compare</b>.", self)
         self.hint.setAlignment(Qt.AlignCenter)
         self.hint.setWordWrap(True)
-        self.detail = QtSessionDetail(self)
-        self.compare = QtCompareView(self)
+        self._detail: QtSessionDetail | None = None  # built on first use (pyqtgraph, cold start)
+        self._compare: QtCompareView | None = None
+        self.theme = "light"
         self.stack = QStackedWidget(self)
-        for w in (self.hint, self.detail, self.compare):
-            self.stack.addWidget(w)
+        self.stack.addWidget(self.hint)
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.filter, 1)
@@ -228,11 +232,28 @@ class QtSessionsView(QWidget):
         split.addWidget(top)
         split.addWidget(self.stack)
         split.setStretchFactor(0, 1)
-        split.setStretchFactor(1, 3)
+        split.setStretchFactor(1, 4)
+        split.setSizes([180, 720])
         lay = QVBoxLayout(self)
         lay.addWidget(split)
         model.changed.connect(self._on_model_changed)
         self._on_model_changed()
+
+    @property
+    def detail(self) -> QtSessionDetail:
+        if self._detail is None:
+            self._detail = QtSessionDetail(self)
+            self._detail.set_theme(self.theme)
+            self.stack.addWidget(self._detail)
+        return self._detail
+
+    @property
+    def compare(self) -> QtCompareView:
+        if self._compare is None:
+            self._compare = QtCompareView(self)
+            self._compare.set_theme(self.theme)
+            self.stack.addWidget(self._compare)
+        return self._compare
 
     # ---- loading ---------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -271,7 +292,7 @@ class QtSessionsView(QWidget):
                          on_done=self._on_loaded, on_error=self._on_failed, on_progress=self._on_progress)
 
     def compare_selected(self) -> None:
-        ids = self.selected_ids()
+        ids = sorted(self.selected_ids(), reverse=True)  # newer − older
         if len(ids) == 2:
             self.compare_sessions(ids[0], ids[1])
 
@@ -317,8 +338,10 @@ class QtSessionsView(QWidget):
             for i in ids:
                 store.delete_session(i)
 
-        shown = self.detail.stored.id if self.detail.stored is not None else None
-        if shown in ids or (self.compare.comparison and {self.compare.comparison.a.id, self.compare.comparison.b.id} & set(ids)):
+        shown = {self._detail.stored.id} if self._detail is not None and self._detail.stored is not None else set()
+        if self._compare is not None and self._compare.comparison is not None:
+            shown |= {self._compare.comparison.a.id, self._compare.comparison.b.id}
+        if shown & set(ids):
             self.stack.setCurrentWidget(self.hint)
         self.pool.submit(work, on_done=lambda _r: self._changed(), on_error=self._on_failed)
 
@@ -400,7 +423,10 @@ class QtSessionsView(QWidget):
         self.delete_button.setEnabled(n >= 1)
 
     def set_theme(self, theme: str) -> None:
-        self.detail.set_theme(theme)
-        self.compare.set_theme(theme)
-        if self.detail.stored is not None:
-            self.detail.show_session(self.detail.stored, self.get_grid())
+        self.theme = theme
+        if self._compare is not None:
+            self._compare.set_theme(theme)
+        if self._detail is not None:
+            self._detail.set_theme(theme)
+            if self._detail.stored is not None:
+                self._detail.show_session(self._detail.stored, self.get_grid())

@@ -55,7 +55,7 @@ class QtSettingsView(QWidget):
         self.interval.setDecimals(2)
         self.interval.setSingleStep(0.05)
         self.interval.setSuffix(" s")
-        self.stacks = QCheckBox("sample Python stacks (layer figures; needs py-spy)", self)
+        self.stacks = QCheckBox("sample Python stacks in attach mode (layer figures; needs py-spy)", self)
         self.stack_rate = QSpinBox(self)
         self.stack_rate.setRange(1, 1000)
         self.stack_rate.setSuffix(" Hz")
@@ -78,6 +78,8 @@ class QtSettingsView(QWidget):
         self.theme = QComboBox(self)
         for t in THEMES:
             self.theme.addItem(t.capitalize(), t)
+        for w in (self.interval, self.stack_rate, self.grid, self.theme):
+            w.setMaximumWidth(220)
         self.apply_button = QPushButton("Apply", self)
         self.apply_button.clicked.connect(self.apply)
         self.revert_button = QPushButton("Revert", self)

@@ -117,6 +117,7 @@ class QtCards(QWidget):
         vf.setBold(True)
         value.setFont(vf)
         value.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        value.setWordWrap(True)
         detail.setWordWrap(True)
         df = detail.font()
         df.setPointSizeF(df.pointSizeF() * 0.85)
@@ -156,7 +157,7 @@ class QtBarChart(QWidget):
     def _layout(self) -> tuple[float, float, float]:
         fm = QFontMetrics(self.font())
         label_w = min(max((fm.horizontalAdvance(b.label) for b in self.bars), default=60) + 12,
-                      self.width() * 0.45)
+                      self.width() * 0.5)
         value_w = fm.horizontalAdvance("999 mJ (100.0 %)") + 10
         return label_w, value_w, fm.height()
 
@@ -167,7 +168,8 @@ class QtBarChart(QWidget):
         text_color = pal.color(QPalette.WindowText)
         fm = QFontMetrics(self.font())
         p.setPen(text_color)
-        p.drawText(QRectF(4, 2, self.width() - 8, 20), Qt.AlignLeft | Qt.AlignVCenter, self.title)
+        p.drawText(QRectF(4, 2, self.width() - 8, 20), Qt.AlignLeft | Qt.AlignVCenter,
+                   fm.elidedText(self.title, Qt.ElideRight, self.width() - 8))
         if not self.bars:
             p.drawText(QRectF(4, 26, self.width() - 8, 20), Qt.AlignLeft | Qt.AlignVCenter,
                        "no layer figures yet")
@@ -180,7 +182,7 @@ class QtBarChart(QWidget):
         bar_color = QColor(colors.series[0])
         for i, b in enumerate(self.bars):
             y = 26 + i * self.ROW_H
-            label = fm.elidedText(b.label, Qt.ElideMiddle, int(label_w - 8))
+            label = fm.elidedText(b.label, Qt.ElideLeft, int(label_w - 8))  # keep the class name
             p.setPen(text_color)
             p.drawText(QRectF(4, y, label_w - 8, self.ROW_H), Qt.AlignRight | Qt.AlignVCenter, label)
             w = bar_w * b.value / vmax

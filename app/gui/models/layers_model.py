@@ -9,8 +9,8 @@ energy shares use only windows with energy, and time shares use all windows; bot
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 
 from wattlens.app.gui.models.signal import Signal
 from wattlens.profiler.records import LayerCost
@@ -19,6 +19,41 @@ METHOD_TEXT = {
     "stack-sampling": "stack sampling (py-spy): CPU-side time share by module class × target energy",
     "agent-timing": "in-process agent: per-module timing × target energy",
 }
+
+
+ROOT_NAME = "(model root)"
+
+
+def parent_path(path: str, granularity: str) -> str | None:
+    """The parent node's path, or None for a top-level node. Class paths (stack sampling) are
+    ``A/B/C``; instance paths (the agent) are ``named_modules()`` names, ``""`` being the model's
+    root and ``@Class`` another root-level module."""
+    if granularity == "bucket":
+        return None
+    if granularity == "class":
+        return path.rsplit("/", 1)[0] if "/" in path else None
+    if path == "":
+        return None
+    if "." in path:
+        return path.rsplit(".", 1)[0]
+    return None if path.startswith("@") else ""
+
+
+def short_name(path: str, granularity: str, parts: int = 1) -> str:
+    """The last ``parts`` components (``"h.0.mlp.act"`` for 3 of ``transformer.h.0.mlp.act``)."""
+    if granularity != "bucket" and path == "":
+        return ROOT_NAME
+    sep = "/" if granularity == "class" else "."
+    comps = path.split(sep)
+    if granularity == "instance" and len(comps) > parts and comps[-parts].isdigit():
+        parts += 1  # "h.0.mlp" rather than "0.mlp": keep the container's name with an index
+    return sep.join(comps[-parts:])
+
+
+def _self_time(lc: LayerCost) -> float:
+    if lc.self_time_s is not None:
+        return lc.self_time_s
+    return lc.time_s if lc.granularity == "bucket" else 0.0
 
 
 @dataclass
@@ -60,40 +95,90 @@ class LayerTree:
         self.total_energy_j = 0.0
         self.total_time_s = 0.0
         self.energy_known = False
+        # windows whose energy was not known when they arrived (the stack sampler asks at the
+        # window's end, before the power sampler has passed it): filled in by ``resolve``
+        self.pending: dict[tuple[int, int], list[LayerCost]] = {}
+        self.resolved_windows = 0
         self.changed = Signal()
 
     def __len__(self) -> int:
         return len(self._agg)
 
-    def clear(self) -> None:
-        self.__init__()  # type: ignore[misc]
-
-    def add(self, rows: Iterable[LayerCost]) -> None:
+    def add(self, rows: Iterable[LayerCost],
+            energy_between: Callable[[int, int], float | None] | None = None) -> None:
+        """Add LayerCost rows (one or more windows). Rows without energy count by time now, and
+        by energy once ``energy_between(window_start_ns, window_end_ns)`` knows the window's
+        energy (now, or at a later ``resolve``)."""
         rows = list(rows)
         if not rows:
             return
+        windows: dict[tuple[int, int], list[LayerCost]] = {}
         for lc in rows:
-            key = (lc.path, lc.granularity, lc.phase if lc.granularity != "bucket" else "")
-            a = self._agg.setdefault(key, {"time_s": 0.0, "self_time_s": 0.0, "energy_j": None,
-                                           "self_energy_j": None})
+            windows.setdefault((lc.window_start_ns, lc.window_end_ns), []).append(lc)
+        for win, wrows in windows.items():
+            self._add_time(wrows)
+            if any(r.self_energy_j is not None for r in wrows):
+                self._add_energy(wrows)
+            else:
+                self.pending[win] = wrows
+        if self.pending and energy_between is not None:
+            self._resolve(energy_between)
+        self.changed.emit()
+
+    def resolve(self, energy_between: Callable[[int, int], float | None]) -> int:
+        """Give pending windows their energy where it is known now; returns how many."""
+        n = self._resolve(energy_between)
+        if n:
+            self.changed.emit()
+        return n
+
+    def _resolve(self, energy_between) -> int:
+        done = []
+        for (t0, t1), wrows in self.pending.items():
+            energy_j = energy_between(t0, t1)
+            if energy_j is None:
+                continue
+            self_times = [_self_time(r) for r in wrows]
+            total = sum(self_times)
+            self._add_energy([
+                replace(r, energy_j=energy_j * r.share,
+                        self_energy_j=energy_j * st / total if total > 0 else None)
+                for r, st in zip(wrows, self_times, strict=True)])
+            done.append((t0, t1))
+        for win in done:
+            del self.pending[win]
+        self.resolved_windows += len(done)
+        return len(done)
+
+    def _add_time(self, rows: list[LayerCost]) -> None:
+        for lc in rows:
+            a = self._entry(lc)
             a["time_s"] += lc.time_s
-            self_t = lc.self_time_s if lc.self_time_s is not None else (lc.time_s if lc.granularity == "bucket" else 0.0)
+            self_t = _self_time(lc)
             a["self_time_s"] += self_t
             self.total_time_s += self_t
+            self.methods.add(lc.method)
+            self.windows.add((lc.window_start_ns, lc.window_end_ns))
+
+    def _add_energy(self, rows: list[LayerCost]) -> None:
+        for lc in rows:
+            a = self._entry(lc)
             if lc.energy_j is not None:
                 a["energy_j"] = (a["energy_j"] or 0.0) + lc.energy_j
             if lc.self_energy_j is not None:
                 a["self_energy_j"] = (a["self_energy_j"] or 0.0) + lc.self_energy_j
                 self.total_energy_j += lc.self_energy_j
                 self.energy_known = True
-            self.methods.add(lc.method)
-            self.windows.add((lc.window_start_ns, lc.window_end_ns))
-        self.changed.emit()
+
+    def _entry(self, lc: LayerCost) -> dict:
+        key = (lc.path, lc.granularity, lc.phase if lc.granularity != "bucket" else "")
+        return self._agg.setdefault(key, {"time_s": 0.0, "self_time_s": 0.0, "energy_j": None,
+                                          "self_energy_j": None})
 
     # ---- views of the data ------------------------------------------------------------------------
     def _node(self, key: tuple[str, str, str], a: dict) -> LayerNode:
         path, gran, phase = key
-        name = path.rsplit("/", 1)[-1]
+        name = short_name(path, gran)
         if phase and phase != "forward":
             name += f" ({phase})"
         e_tot = self.total_energy_j if self.energy_known and self.total_energy_j > 0 else None
@@ -113,8 +198,17 @@ class LayerTree:
         roots: list[LayerNode] = []
         for (path, gran, phase), node in nodes.items():
             parent = None
-            if gran != "bucket" and "/" in path:
-                parent = nodes.get((path.rsplit("/", 1)[0], gran, phase))
+            up = parent_path(path, gran)
+            while up is not None and parent is None:  # the nearest ancestor that has a row
+                # (containers such as ModuleList run no forward of their own and have none)
+                parent = nodes.get((up, gran, phase))
+                if parent is None and phase == "backward":  # no backward row there: the forward one
+                    parent = nodes.get((up, gran, "forward"))
+                if parent is None:
+                    up = parent_path(up, gran)
+            if parent is not None and gran == "instance":
+                rel = path[len(up) + 1:] if up else path  # "h.1" under "transformer"
+                node.name = rel + (f" ({phase})" if phase and phase != "forward" else "")
             (parent.children if parent is not None else roots).append(node)
 
         def order(ns: list[LayerNode]) -> None:
@@ -137,8 +231,7 @@ class LayerTree:
             value = a["self_energy_j"] if use_energy else a["self_time_s"]
             if not value:
                 continue
-            parts = path.split("/")
-            label = "/".join(parts[-2:]) if len(parts) > 1 else parts[0]
+            label = short_name(path, gran, parts=2 if gran == "class" else 3)
             if gran == "bucket":
                 label = f"[{label}]"
             elif phase and phase != "forward":
@@ -154,4 +247,7 @@ class LayerTree:
         method = "; ".join(METHOD_TEXT.get(m, m) for m in sorted(self.methods))
         span_s = sum(e - s for s, e in self.windows) / 1e9
         basis = "energy" if self.energy_known else "time (energy not known yet)"
-        return f"{method} — {len(self.windows)} window(s), {span_s:.1f} s sampled; shares by {basis}"
+        text = f"{method} — {len(self.windows)} window(s), {span_s:.1f} s sampled; shares by {basis}"
+        if self.pending and self.energy_known:
+            text += f" ({len(self.pending)} window(s) still waiting for their energy)"
+        return text

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wattlens.app.gui.models.format import energy_pair, pct, si
+from wattlens.app.gui.models.format import energy_pair, one_line, pct, si
 from wattlens.app.gui.models.layers_model import LayerTree
 from wattlens.app.gui.models.series_model import (
     LiveFeed,
@@ -65,17 +65,12 @@ def fill_step_energy(steps: Sequence[StepRecord], series: SeriesSet) -> list[Ste
     energy between the step's ends (None while the sampler has not passed the step's end). A step
     that began before the first sample gets the energy since the baseline, as in
     ``ProfilingSession.attributed_energy_between``."""
-    cum = series.data.get("target/energy_j")
     out = []
     for s in steps:
-        if s.energy_j is None and cum is not None:
-            t0 = (s.t_start_ns - series.start_ns) / 1e9
-            t1 = (s.t_end_ns - series.start_ns) / 1e9
-            e0, e1 = cum.value_at(t0), cum.value_at(t1)
-            if e0 is None and e1 is not None and cum.n and t0 < cum.view()[0][0] <= t1:
-                e0 = 0.0
-            if e0 is not None and e1 is not None:
-                s = StepRecord(s.step, s.t_start_ns, s.t_end_ns, s.samples, s.tokens, e1 - e0)
+        if s.energy_j is None:
+            e = series.energy_between_ns(s.t_start_ns, s.t_end_ns)
+            if e is not None:
+                s = StepRecord(s.step, s.t_start_ns, s.t_end_ns, s.samples, s.tokens, e)
         out.append(s)
     return out
 
@@ -155,8 +150,10 @@ def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[M
 class LiveModel:
     """One running ProfilingSession, as the live view sees it (GUI thread only)."""
 
-    def __init__(self, session, *, grid_g_per_kwh: float | None, launched_log: str | None = None):
+    def __init__(self, session, *, grid_g_per_kwh: float | None, launched_log: str | None = None,
+                 command: list[str] | None = None):
         self.session = session
+        self.command = command  # what was launched (run mode): the title even before /proc shows it
         self.sources = [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label}
                         for s in session.discovery.usable]
         self.unavailable = unavailable_dicts(session.discovery.unavailable)
@@ -180,7 +177,8 @@ class LiveModel:
         t = self.session.target
         if t is None:
             return self.session.name
-        cmd = " ".join(t.cmdline)[:120] if t.cmdline else t.name
+        argv = self.command or t.cmdline
+        cmd = one_line(" ".join(argv), 140) if argv else t.name
         return f"PID {t.pid} — {cmd}"
 
     def elapsed_s(self) -> float:
@@ -190,10 +188,13 @@ class LiveModel:
 
     def pull(self) -> int:
         """New points since the last pull (called by the view's timer, 10–20 Hz)."""
-        return self.feed.pull()
+        n = self.feed.pull()
+        if n and self.layers.pending:
+            self.layers.resolve(self.series.energy_between_ns)
+        return n
 
     def add_layers(self, rows: list[LayerCost]) -> None:
-        self.layers.add(rows)
+        self.layers.add(rows, energy_between=self.series.energy_between_ns)
 
     def add_step(self, step: StepRecord) -> None:
         self.steps.append(step)

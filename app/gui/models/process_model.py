@@ -69,7 +69,7 @@ def scan_processes(exclude: set[int] | None = None) -> list[ProcessInfo]:
         name = info.get("name") or "?"
         mem = info.get("memory_info")
         out.append(ProcessInfo(
-            pid=pid, name=name, cmdline=" ".join(cmd) if cmd else f"[{name}]",
+            pid=pid, name=name, cmdline=" ".join(" ⏎ ".join(c.splitlines()) for c in cmd) if cmd else f"[{name}]",
             user=info.get("username"), is_python=is_python(name, cmd, info.get("exe")),
             rss_bytes=mem.rss if mem else None, create_time=info.get("create_time") or 0.0))
     return out
@@ -101,9 +101,9 @@ def gpu_processes() -> GpuState:
         nvml.init()
         n = nvml.device_count()
     except NvmlError as exc:
-        return GpuState(None, f"GPU use unknown: {exc.message}")
+        return GpuState(None, f"GPU use unknown — {exc.message}")
     if n == 0:
-        return GpuState(None, "GPU use unknown: NVML found no GPU")
+        return GpuState(None, "GPU use unknown — NVML found no GPU")
     merged: dict[int, int | None] = {}
     reasons = []
     for i in range(n):
@@ -118,7 +118,7 @@ def gpu_processes() -> GpuState:
             prev = merged.get(pid)
             merged[pid] = mem if prev is None else prev + (mem or 0)
     if reasons and not merged:
-        return GpuState(None, "GPU use unknown: " + "; ".join(reasons))
+        return GpuState(None, "GPU use unknown — " + "; ".join(reasons))
     return GpuState(merged, "; ".join(reasons) or None)
 
 
@@ -202,4 +202,4 @@ class ProcessListModel:
             return self.gpu.reason or "GPU use unknown"
         n = sum(1 for p in self._rows.values() if p.on_gpu)
         extra = f" ({self.gpu.reason})" if self.gpu.reason else ""
-        return f"{n} process(es) on a GPU{extra}"
+        return f"GPU: {n} process(es) on a GPU{extra}"

@@ -1,5 +1,7 @@
-"""Starting and ending what the live view shows: attach to a PID, or launch a command and attach
-to it. Plain Python; the Qt view runs :meth:`LiveRun.start` and :meth:`LiveRun.stop` in workers
+"""Starting and ending what the live view shows: attach to a PID, or launch a command in run
+mode (``wattlens.profiler.runmode.RunSession``: launcher + in-process agent + session).
+
+Plain Python; the Qt view runs :meth:`LiveRun.start` and :meth:`LiveRun.stop` in workers
 (``session.start`` may wait seconds for py-spy to attach; ``stop`` joins threads and writes).
 
 The target is never killed, except a program the user launched from the app *and* chose to end.
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wattlens.app.gui.models.settings_model import GuiSettings
-from wattlens.profiler.errors import BadInputError, TargetNotFoundError, WattlensError
+from wattlens.profiler.errors import BadInputError
 
 
 @dataclass(frozen=True)
@@ -55,42 +57,27 @@ class LaunchRequest:
         return cls(command, cwd, env)
 
 
-def launch_process(req: LaunchRequest) -> tuple[subprocess.Popen, str]:
-    """Start the command; its output goes to a log file (returned) so nothing is lost when the
-    app has no terminal.
-
-    TODO(run mode): use ``wattlens.profiler.launch.launch(command, cwd=, env=,
-    server=AgentServer(...))`` once it exists, so launched programs get the in-process agent
-    (per-layer timing and steps); until then a launched program is measured like an attached one.
-    """
-    log = tempfile.NamedTemporaryFile(prefix="wattlens-run-", suffix=".log", delete=False)
-    try:
-        proc = subprocess.Popen(req.command, cwd=req.cwd, env={**os.environ, **req.env},
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    except FileNotFoundError:
-        log.close()
-        os.unlink(log.name)
-        raise BadInputError(f"command not found: {req.command[0]}",
-                            hint="give the full path or check PATH (e.g. python3 train.py)") from None
-    except PermissionError:
-        log.close()
-        os.unlink(log.name)
-        raise BadInputError(f"not allowed to run {req.command[0]}", hint="check that it is executable") from None
-    except OSError as exc:
-        log.close()
-        os.unlink(log.name)
-        raise WattlensError(f"cannot start {req.command[0]}: {exc.strerror or exc}") from None
-    log.close()
-    return proc, log.name
+def _log_file():
+    """Where a launched program's output goes, so nothing is lost when the app has no terminal."""
+    return tempfile.NamedTemporaryFile(prefix="wattlens-run-", suffix=".log", delete=False)
 
 
 class LiveRun:
-    """One profiling run owned by the GUI: the session, and the process if we launched it."""
+    """One profiling run owned by the GUI: an attach session, or a run-mode ``RunSession``
+    (launcher + in-process agent + session) for a program launched from the app."""
 
-    def __init__(self, session, *, launched: subprocess.Popen | None = None, log_path: str | None = None):
-        self.session = session
-        self.launched = launched
+    def __init__(self, session=None, *, runner=None, log_path: str | None = None):
+        self._session = session
+        self.runner = runner  # wattlens.profiler.runmode.RunSession in run mode
         self.log_path = log_path
+
+    @property
+    def session(self):
+        return self.runner.session if self.runner is not None else self._session
+
+    @property
+    def launched(self) -> subprocess.Popen | None:
+        return self.runner.proc if self.runner is not None else None
 
     @classmethod
     def attach(cls, store, settings: GuiSettings, pid: int, *, name: str | None = None,
@@ -98,51 +85,50 @@ class LiveRun:
         """Build (not start) a session on a running PID. Raises TargetNotFoundError /
         TargetAccessError with the one-line fix."""
         from wattlens.profiler.process import Target
+        from wattlens.profiler.session import ProfilingSession
 
         target = Target(pid)
-        return cls(cls._session(store, settings, target, "attach", name, discovery))
+        return cls(ProfilingSession(
+            store, target=target, kind="attach", name=name, interval_s=settings.interval_s,
+            discovery=discovery or _discover(settings), stacks=settings.stacks,
+            stack_rate_hz=settings.stack_rate_hz, grid_g_per_kwh=settings.grid_g_per_kwh,
+            settings={"gui": True, "cpu_tdp_w": settings.cpu_tdp_w}))
 
     @classmethod
     def launch(cls, store, settings: GuiSettings, req: LaunchRequest, *, name: str | None = None,
                discovery=None) -> LiveRun:
-        from wattlens.profiler.process import Target
+        """Build a run-mode session; ``start`` launches the program with the in-process agent
+        (steps and per-module timing arrive through the agent link)."""
+        from wattlens.profiler.runmode import RunSession
 
-        proc, log_path = launch_process(req)
-        try:
-            target = Target(proc.pid)
-        except TargetNotFoundError:
-            code = proc.wait()
-            raise WattlensError(f"{req.command[0]} exited at once with exit code {code}",
-                                hint=f"see its output in {log_path}") from None
-        session_name = name or f"{os.path.basename(req.command[0])} {' '.join(req.command[1:])}"[:120]
-        return cls(cls._session(store, settings, target, "run", session_name, discovery),
-                   launched=proc, log_path=log_path)
-
-    @staticmethod
-    def _session(store, settings: GuiSettings, target, kind: str, name: str | None, discovery):
-        from wattlens.profiler.session import ProfilingSession
-
-        if discovery is None:
-            from wattlens.profiler.sources import discover
-
-            discovery = discover(cpu_tdp_w=settings.effective_tdp_w())
-        return ProfilingSession(
-            store, target=target, kind=kind, name=name, interval_s=settings.interval_s,
-            discovery=discovery, stacks=settings.stacks, stack_rate_hz=settings.stack_rate_hz,
-            grid_g_per_kwh=settings.grid_g_per_kwh,
-            settings={"gui": True, "cpu_tdp_w": settings.cpu_tdp_w})
+        log = _log_file()
+        runner = RunSession(store, req.command, cwd=req.cwd, env={**os.environ, **req.env},
+                            name=name or " ".join(req.command)[:120], interval_s=settings.interval_s,
+                            discovery=discovery or _discover(settings), stdout=log,
+                            stderr=subprocess.STDOUT, grid_g_per_kwh=settings.grid_g_per_kwh)
+        run = cls(runner=runner, log_path=log.name)
+        run._log = log
+        return run
 
     # ---- lifecycle (workers) -------------------------------------------------------------------
     def start(self) -> int:
-        return self.session.start()
+        try:
+            return self.runner.start() if self.runner is not None else self._session.start()
+        finally:
+            log = getattr(self, "_log", None)
+            if log is not None:  # the child holds its own copy of the file
+                log.close()
 
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user",
              end_program: bool = False) -> dict:
         """Finalise the session; end the launched program only when asked (never an attached one)."""
         try:
-            if self.session.status != "running":
-                return self.session.summary or {}
-            return self.session.stop(status, reason)
+            session = self.session
+            if session is None or session.status != "running":
+                return (session.summary or {}) if session is not None else {}
+            if self.runner is not None:
+                return self.runner.stop(status, reason)
+            return session.stop(status, reason)
         finally:
             if end_program:
                 self.end_launched()
@@ -160,4 +146,10 @@ class LiveRun:
 
     @property
     def is_launched(self) -> bool:
-        return self.launched is not None
+        return self.runner is not None
+
+
+def _discover(settings: GuiSettings):
+    from wattlens.profiler.sources import discover
+
+    return discover(cpu_tdp_w=settings.effective_tdp_w())

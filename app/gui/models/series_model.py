@@ -67,15 +67,82 @@ def legend_label(info: SeriesInfo) -> str:
     return info.label or info.key
 
 
+class _Growing:
+    """An append-only float64 array with amortised doubling."""
+
+    __slots__ = ("a", "n")
+
+    def __init__(self, capacity: int = 256):
+        self.a = np.empty(capacity, dtype=np.float64)
+        self.n = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        need = self.n + len(values)
+        if need > len(self.a):
+            self.a = np.resize(self.a, max(need, 2 * len(self.a)))
+        self.a[self.n:need] = values
+        self.n = need
+
+    def view(self) -> np.ndarray:
+        return self.a[: self.n]
+
+
+class _MinMaxLevel:
+    """Min and max of consecutive blocks of ``factor`` samples, extended as samples arrive, so a
+    long series is drawn from ~2 points per block instead of every sample (what pyqtgraph's
+    'peak' downsampling computes, done once instead of every frame)."""
+
+    __slots__ = ("factor", "t", "vmin", "vmax")
+
+    def __init__(self, factor: int):
+        self.factor = factor
+        self.t, self.vmin, self.vmax = _Growing(), _Growing(), _Growing()
+
+    def update(self, t: np.ndarray, v: np.ndarray) -> None:
+        f = self.factor
+        done, complete = self.t.n, len(t) // f
+        if complete > done:
+            tv = t[done * f: complete * f].reshape(-1, f)
+            vv = v[done * f: complete * f].reshape(-1, f)
+            self.t.extend(tv[:, 0])
+            self.vmin.extend(vv.min(axis=1))
+            self.vmax.extend(vv.max(axis=1))
+
+
 class GrowingSeries:
     """Append-only (t_s, value) arrays with amortised doubling; ``view()`` returns no copies."""
 
-    __slots__ = ("_t", "_v", "n")
+    __slots__ = ("_t", "_v", "n", "_levels")
+    LEVELS = (8, 64, 512, 4096)
 
     def __init__(self, capacity: int = 1024):
         self._t = np.empty(capacity, dtype=np.float64)
         self._v = np.empty(capacity, dtype=np.float64)
         self.n = 0
+        self._levels: list[_MinMaxLevel] | None = None
+
+    def display(self, t0: float | None, t1: float | None, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+        """The samples in [t0, t1] for drawing: all of them when there are at most
+        ``max_points``, else per-block (min, max) pairs of the finest level that fits, plus the
+        last samples not yet in a complete block. Peaks are kept; nothing is averaged away."""
+        t, v = self.view()
+        i0 = 0 if t0 is None else int(np.searchsorted(t, t0, side="left"))
+        i1 = self.n if t1 is None else int(np.searchsorted(t, t1, side="right"))
+        if i1 - i0 <= max_points:
+            return t[i0:i1], v[i0:i1]
+        if self._levels is None:
+            self._levels = [_MinMaxLevel(f) for f in self.LEVELS]
+        level = next((lv for lv in self._levels if 2 * (i1 - i0) // lv.factor <= max_points), self._levels[-1])
+        level.update(t, v)
+        f = level.factor
+        b0, b1 = i0 // f, min(level.t.n, i1 // f)
+        tail0 = max(b1 * f, i0)
+        bt = level.t.view()[b0:b1]
+        x = np.concatenate([np.repeat(bt, 2), t[tail0:i1]])
+        y = np.empty(2 * (b1 - b0))
+        y[0::2] = level.vmin.view()[b0:b1]
+        y[1::2] = level.vmax.view()[b0:b1]
+        return x, np.concatenate([y, v[tail0:i1]])
 
     def extend(self, t_s: np.ndarray, v: np.ndarray) -> None:
         k = len(t_s)
@@ -129,6 +196,25 @@ class SeriesSet:
         s = self.data.get(key)
         point = s.last() if s is not None else None
         return point[1] if point else None
+
+    def energy_between_ns(self, t0_ns: int, t1_ns: int, key: str = "target/energy_j") -> float | None:
+        """Energy of a cumulative series between two monotonic times; None while not covered.
+        A span that began before the first sample gets the energy since the baseline (the
+        cumulative series starts at 0), as ``ProfilingSession.attributed_energy_between`` does."""
+        s = self.data.get(key)
+        if s is None or s.n == 0:
+            return None
+        t0, t1 = (t0_ns - self.start_ns) / 1e9, (t1_ns - self.start_ns) / 1e9
+        e1 = s.value_at(t1)
+        if e1 is None:
+            return None
+        e0 = s.value_at(t0)
+        if e0 is None:
+            if t0 < s.view()[0][0] <= t1:
+                e0 = 0.0
+            else:
+                return None
+        return e1 - e0
 
     def end_s(self) -> float:
         ends = [s.last()[0] for s in self.data.values() if s.n]

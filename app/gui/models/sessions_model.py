@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wattlens.app.gui.models.format import duration, si
+from wattlens.app.gui.models.format import duration, one_line, si
 from wattlens.app.gui.models.layers_model import LayerTree
 from wattlens.app.gui.models.live_model import Card, cards, unavailable_dicts
 from wattlens.app.gui.models.series_model import SeriesSet, infos_from_specs
@@ -50,8 +50,9 @@ class SessionRow:
 def _target_text(s: dict) -> str:
     if s.get("target_pid") is None:
         return "whole machine"
-    cmd = " ".join(s.get("target_cmdline") or [])
-    return f"PID {s['target_pid']}" + (f" — {cmd[:80]}" if cmd else "")
+    argv = s.get("target_cmdline") or (s.get("settings") or {}).get("command") or []  # run mode keeps it
+    cmd = one_line(" ".join(argv), 100)
+    return f"PID {s['target_pid']}" + (f" — {cmd}" if cmd else "")
 
 
 def session_rows(store) -> list[SessionRow]:
@@ -138,7 +139,7 @@ def load_stored_session(store, session_id: int, *, grid_g_per_kwh: float | None 
                for s in session["sources"]]
     series = SeriesSet.from_arrays(session["start_ns"], infos_from_specs(session["series"], sources), data)
     layers = LayerTree()
-    layers.add(layer_rows)
+    layers.add(layer_rows, energy_between=series.energy_between_ns)
     summary = summarize(session, data, steps, layer_rows, grid_g_per_kwh=grid_g_per_kwh)
     summary["notes"] = (session.get("summary") or {}).get("notes", [])
     unavailable = unavailable_dicts((session.get("settings") or {}).get("unavailable", []))
@@ -175,10 +176,11 @@ class Comparison:
 
     def title(self) -> str:
         return (f"Session {self.a.id} ({self.a.session['name']}) compared with "
-                f"session {self.b.id} ({self.b.session['name']}); Δ = first − second")
+                f"session {self.b.id} ({self.b.session['name']}); Δ = {self.a.id} − {self.b.id}")
 
 
 def compare_sessions(a: StoredSession, b: StoredSession) -> Comparison:
+    """Deltas a − b. Callers pass the newer session as ``a`` (Δ = what changed since ``b``)."""
     deltas = compare_summaries(a.summary, b.summary, b.session)
     rows = []
     for key, (label, unit) in _FIGURES.items():

@@ -1,0 +1,57 @@
+"""The GUI process never imports torch or transformers: checked in a fresh interpreter after
+building the main window, running a live session (with stack sampling) on a child, stopping it,
+and opening it from the database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, time, subprocess
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    from wattlens.app.gui.main import build_main_window, ensure_app
+    from wattlens.app.gui.models.settings_model import MemorySettings
+
+    app = ensure_app()
+    w = build_main_window(db=sys.argv[1], settings_backend=MemorySettings())
+    w.show()
+
+    def spin_until(cond, timeout_s=30.0):
+        end = time.monotonic() + timeout_s
+        while not cond():
+            if time.monotonic() > end:
+                raise SystemExit("timed out: " + w.messages.text)
+            app.processEvents()
+            time.sleep(0.01)
+
+    spin_until(lambda: w.store is not None)
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time\\nt = time.monotonic()\\nwhile time.monotonic() - t < 30: sum(range(5000))"])
+    w.attach(child.pid)
+    spin_until(lambda: w.run is not None)
+    spin_until(lambda: len(w.live_model.series.keys()) > 0)
+    time.sleep(0.5)
+    w.stop_session()
+    spin_until(lambda: w.run is None)
+    w.tabs.setCurrentWidget(w.sessions_view)
+    spin_until(lambda: w.sessions_view.table.rowCount() == 1)
+    w.sessions_view.open_session(1)
+    spin_until(lambda: w.sessions_view.stack.currentWidget() is w.sessions_view.detail)
+    w.close()
+    child.kill()
+    child.wait()
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+    print("HEAVY=" + ",".join(heavy))
+""")
+
+
+def test_gui_process_never_imports_torch(tmp_path):
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QT_LOGGING_RULES": "qt.qpa.*=false"}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "gui.db")], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("HEAVY="))
+    assert line == "HEAVY=", f"the GUI imported: {line[6:]}"
