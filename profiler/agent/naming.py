@@ -47,6 +47,19 @@ def _dead() -> None:
     return None
 
 
+def _track(infos: dict[int, ModInfo], module: Any, info: ModInfo) -> None:
+    """Index ``info`` by the module's id; the entry goes away when the module is collected,
+    so the hooks can trust an id they find (ids are reused after an object dies)."""
+    key = id(module)
+
+    def forget(_ref: Any, infos: dict[int, ModInfo] = infos, key: int = key) -> None:
+        if infos.get(key) is info:
+            del infos[key]
+
+    info.ref = weakref.ref(module, forget)
+    infos[key] = info
+
+
 def join(prefix: str, name: str) -> str:
     if not prefix:
         return name
@@ -87,7 +100,7 @@ def register_tree(root_module: Any, prefix: str, infos: dict[int, ModInfo], *,
                 root_info = ModInfo(path, type(mod).__name__, mod, None, None, params, nbytes)
                 table.append({"path": path, "class": root_info.cls, "params": params,
                               "bytes": nbytes})
-            infos[id(mod)] = root_info
+            _track(infos, mod, root_info)
             by_path[path] = root_info
             continue
         known = infos.get(id(mod))
@@ -100,7 +113,7 @@ def register_tree(root_module: Any, prefix: str, infos: dict[int, ModInfo], *,
         parent = by_path.get(join(prefix, name.rpartition(".")[0]), root_info)
         params, nbytes = sizes(mod)
         info = ModInfo(path, type(mod).__name__, mod, parent, root_info, params, nbytes)
-        infos[id(mod)] = info
+        _track(infos, mod, info)
         by_path[path] = info
         table.append({"path": path, "class": info.cls, "params": params, "bytes": nbytes})
     assert root_info is not None

@@ -77,6 +77,7 @@ class Tracker:
         self._handles: list[Any] = []
         self._tls = threading.local()
         self._is_compiling = _compiling_probe(torch)
+        self._dynamo_loaded = "torch._dynamo" in sys.modules
         self._seq = getattr(getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
 
         # naming
@@ -170,16 +171,21 @@ class Tracker:
 
     # ------------------------------------------------------------------ the two hot hooks
     def _pre(self, module: Any, args: Any) -> None:
-        if not self._on or self._is_compiling():
+        if not self._on:
             return None
+        if self._dynamo_loaded and self._is_compiling():
+            return None  # being traced by torch.compile: stay out of its graph
         try:
-            tls = self._tls
             try:
-                stack = tls.stack
+                stack = self._tls.stack
             except AttributeError:
-                stack = tls.stack = []
+                stack = self._tls.stack = []
+            # Entries leave _infos when their module is collected (weakref callback), so an
+            # id found here is this module.
             info = self._infos.get(id(module))
-            if info is None or info.ref() is not module:
+            if info is None:
+                if not stack:
+                    self._dynamo_loaded = "torch._dynamo" in sys.modules
                 info = self._resolve(module, stack)
             if info is self._main and not self._main_active:
                 self._main_start(module, args)
@@ -198,18 +204,22 @@ class Tracker:
                 calls.append(None)
                 ev.record()
             else:
-                stack.append([info, 0, 0, module, 0, None])
-                stack[-1][1] = _perf_ns()
+                frame = [info, 0, 0, module]
+                stack.append(frame)
+                frame[1] = _perf_ns()
         except Exception as exc:
             self._fail(exc)
         return None
 
     def _post(self, module: Any, args: Any, output: Any) -> None:
+        t1 = _perf_ns()
         if not self._on:
             return None
-        t1 = _perf_ns()
         try:
-            stack = self._tls.__dict__.get("stack")
+            try:
+                stack = self._tls.stack
+            except AttributeError:
+                return None
             if not stack:
                 return None
             frame = stack.pop()
@@ -219,20 +229,17 @@ class Tracker:
                     return None  # a call whose pre-hook we skipped (compiling, switched on late)
                 frame = stack.pop()
             info = frame[0]
+            if info.win != self._win:
+                self._touch(info)
+            info.fw_calls += 1
             if self._cuda:
                 ev1 = self._pool.pop() if self._pool else self._new_event()
                 ev1.record()
                 frame[5][frame[4]] = (info, frame[1], ev1, frame[2])
-                if info.win != self._win:
-                    self._touch(info)
-                info.fw_calls += 1
             else:
                 incl = t1 - frame[1]
-                if info.win != self._win:
-                    self._touch(info)
                 info.fw_incl += incl
                 info.fw_self += incl - frame[2]
-                info.fw_calls += 1
                 if stack:
                     stack[-1][2] += incl
             if self._seg_on:
@@ -375,8 +382,9 @@ class Tracker:
                 self._segs = []
                 self._seg_lo = self._seq()
                 self._seg_on = True
+        self._dynamo_loaded = "torch._dynamo" in sys.modules
         if self._flops_pending:
-            if self._flops_policy == "force" or "torch._dynamo" in sys.modules:
+            if self._flops_policy == "force" or self._dynamo_loaded:
                 self._start_flops(module)
             elif not self._flops_note_sent:
                 self._flops_note_sent = True

@@ -1,0 +1,325 @@
+"""Agent benchmarks (issue 3, run mode): what the in-process agent costs, and whether its
+per-instance times agree with torch.profiler.
+
+1. CPU per forward of GPT-2-style CPU inference with the agent's whole chain on vs off, in one
+   process, alternated (the robust measure on a shared machine).
+2. End to end: throughput and CPU of a plain child vs a child launched exactly as ``wattlens
+   run`` does (AgentServer receiving and converting everything), interleaved rounds.
+3. Per-instance forward time per call from the agent's Tracker vs torch.profiler
+   ``record_function`` ranges wrapped around each module's forward (a different clock and event
+   path), on the same model and input, interleaved.
+
+    python benchmarks/bench_agent_overhead.py   → benchmarks/results/agent.md
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_section  # noqa: E402
+
+MODELS = {
+    # name: (n_layer, n_embd, n_head, batch, seq, vocab), forwards per in-process round
+    "GPT-2 small (124M: 12 layers, d=768, 1 x 64 tokens)": ((12, 768, 12, 1, 64, 50257), 3),
+    "mini GPT-2 (4 layers, d=128, 4 x 64 tokens)": ((4, 128, 4, 4, 64, 2048), 40),
+    "tiny GPT-2 (2 layers, d=64, 4 x 32 tokens), worst case": ((2, 64, 2, 4, 32, 2048), 150),
+}
+BUDGET_MODEL = "GPT-2 small (124M: 12 layers, d=768, 1 x 64 tokens)"
+
+WORKLOAD = """
+import sys, time, torch
+torch.set_num_threads(1)
+from transformers import GPT2Config, GPT2LMHeadModel
+torch.manual_seed(0)
+L, E, H, B, T, V = (int(v) for v in sys.argv[1:7])
+model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
+                                   n_positions=128)).eval()
+x = torch.randint(0, V, (B, T))
+with torch.no_grad():
+    for _ in range(5):
+        model(x)
+    print("ready", flush=True)
+    for line in sys.stdin:  # each line: run N seconds; print forwards/s, CPU s per forward
+        end = time.perf_counter() + float(line)
+        n = 0
+        t0, c0 = time.perf_counter(), time.process_time()  # process CPU: agent threads too
+        while time.perf_counter() < end:
+            model(x)
+            n += 1
+        print(n / (time.perf_counter() - t0), (time.process_time() - c0) / n, flush=True)
+"""
+
+
+def _child(script: Path, dims: tuple[int, ...], env: dict | None, cmd_prefix=None):
+    cmd = [sys.executable, str(script), *map(str, dims)]
+    env = dict(os.environ if env is None else env, OMP_NUM_THREADS="1")
+    if cmd_prefix is not None:
+        return cmd_prefix(cmd, env)
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+
+def _ask(proc: subprocess.Popen, seconds: float) -> tuple[float, float, float]:
+    """(forwards/s, target CPU s per forward, this process's CPU s during the round)."""
+    c0 = time.process_time()
+    proc.stdin.write(f"{seconds}\n")
+    proc.stdin.flush()
+    rate, cpu = (float(v) for v in proc.stdout.readline().split())
+    return rate, cpu, time.process_time() - c0
+
+
+def bench_throughput(dims, seconds: float, rounds: int = 6) -> dict:
+    from wattlens.profiler.agentlink import AgentServer
+    from wattlens.profiler.launch import launch
+
+    counts = {"steps": 0, "windows": 0, "rows": 0}
+
+    def on_step(_):
+        counts["steps"] += 1
+
+    def on_layers(rows):
+        counts["windows"] += 1
+        counts["rows"] += len(rows)
+
+    script = _write_workload()
+    server = AgentServer(on_step=on_step, on_layer_costs=on_layers,
+                         energy_between=lambda a, b: (b - a) * 1e-9 * 30.0, energy_wait_s=0.5)
+    plain = _child(script, dims, None)
+    agent = _child(script, dims, None, cmd_prefix=lambda cmd, env: launch(
+        cmd, server=server, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    try:
+        for p in (plain, agent):
+            assert p.stdout.readline().strip() == "ready"
+        without, with_agent = [], []
+        for r in range(rounds):
+            order = [(plain, without), (agent, with_agent)]
+            if r % 2:
+                order.reverse()
+            for proc, out in order:
+                out.append(_ask(proc, seconds))
+    finally:
+        for p in (plain, agent):
+            p.stdin.close()
+            p.wait(30)
+        server.stop()
+    wall = [a[0] / b[0] for a, b in zip(with_agent, without, strict=True)]
+    # CPU per forward, the host's listener thread included (its CPU beyond the plain rounds'
+    # idle waiting, spread over the forwards of that round)
+    idle_host = statistics.median(h for _, _, h in without)
+    cpu = []
+    for (rate_a, cpu_a, host_a), (_, cpu_b, _) in zip(with_agent, without, strict=True):
+        forwards = rate_a * seconds
+        cpu.append((cpu_a + max(0.0, host_a - idle_host) / forwards) / cpu_b)
+    return {"without": without, "with": with_agent, "wall": wall, "cpu": cpu,
+            "wall_ratio": statistics.median(wall), "cpu_ratio": statistics.median(cpu), **counts}
+
+
+def bench_inprocess(dims, forwards: int, rounds: int) -> dict:
+    """The agent's whole CPU chain, alternated on/off in this process, model thread CPU time.
+
+    "On" = the agent's Tracker with its hooks installed, every message it emits encoded to JSON
+    (the agent writer thread's job) and then decoded, validated and turned into records
+    (the AgentServer's job), all inline, so this thread's CPU time holds the full cost except
+    socket system calls. Thread CPU time is what holds up on a shared machine: other jobs
+    change wall-clock rounds by tens of percent, but hardly the CPU a fixed piece of work takes.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from wattlens.profiler.agent.protocol import AGENT_MESSAGES, decode, encode, validate
+    from wattlens.profiler.agent.tracker import Tracker
+    from wattlens.profiler.agentlink import layer_costs
+    from wattlens.profiler.records import StepRecord
+
+    torch.set_num_threads(1)
+    L, E, H, B, T, V = dims
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
+                                       n_positions=128)).eval()
+    x = torch.randint(0, V, (B, T))
+    counts = {"windows": 0, "rows": 0}
+
+    def emit(msg: dict) -> None:  # agent writer thread + AgentServer, inline
+        m = decode(encode(msg)[:-1])
+        assert validate(m, AGENT_MESSAGES) is None
+        if m["type"] == "layers":
+            rows = layer_costs(m, (m["t_end_ns"] - m["t_start_ns"]) * 30e-9)
+            counts["windows"] += 1
+            counts["rows"] += len(rows)
+        elif m["type"] == "steps":
+            [StepRecord(**s) for s in m["steps"]]
+
+    tracker = Tracker(torch, emit, _raise, count_flops="off")
+
+    def phase() -> float:
+        c0 = time.thread_time()
+        for _ in range(forwards):
+            model(x)
+        return (time.thread_time() - c0) / forwards
+
+    on, off = [], []
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+        for r in range(rounds):
+            for state in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                if state == "on":
+                    tracker.install()
+                    on.append(phase())
+                    tracker.uninstall()
+                else:
+                    off.append(phase())
+    ratios = [a / b for a, b in zip(on, off, strict=True)]
+    return {"ratios": ratios, "ratio": statistics.median(ratios),
+            "cpu_ms_off": statistics.median(off) * 1e3, **counts}
+
+
+def _write_workload() -> Path:
+    path = Path(tempfile.gettempdir()) / "wattlens_bench_agent_workload.py"
+    path.write_text(textwrap.dedent(WORKLOAD))
+    return path
+
+
+def bench_agreement(dims, rounds: int = 4, iters: int = 10) -> list[tuple[str, float, float]]:
+    """Mean forward time per call (ms) by module path: agent Tracker vs torch.profiler."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from wattlens.profiler.agent.tracker import Tracker
+
+    torch.set_num_threads(1)
+    L, E, H, B, T, V = dims
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
+                                       n_positions=128)).eval()
+    x = torch.randint(0, V, (B, T))
+    paths = {m: p for p, m in model.named_modules()}
+
+    def wrap(mod, path):
+        fwd = mod.forward
+
+        def forward(*a, **k):
+            with record_function("wl:" + path):
+                return fwd(*a, **k)
+        return forward
+
+    agent_ns: dict[str, list[float]] = {}
+    prof_us: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+        for _ in range(rounds):
+            msgs: list[dict] = []
+            tracker = Tracker(torch, msgs.append, _raise, window_ns=0, count_flops="off")
+            tracker.install()  # window_ns=0: one window per forward, so one row per call
+            for _ in range(iters):
+                model(x)
+            tracker.finish()
+            tracker.uninstall()
+            for m in msgs:
+                if m["type"] == "layers":
+                    for row in m["rows"]:
+                        if row["phase"] == "forward":
+                            agent_ns.setdefault(row["path"], []).append(row["time_ns"] / row["calls"])
+            for mod, path in paths.items():
+                mod.forward = wrap(mod, path)
+            try:
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    for _ in range(iters):
+                        model(x)
+            finally:
+                for mod in paths:
+                    del mod.forward  # back to the class's forward
+            for ev in prof.events():
+                if ev.name.startswith("wl:"):
+                    prof_us.setdefault(ev.name[3:], []).append(ev.cpu_time_total)
+    out = []
+    for path in paths.values():
+        if path in agent_ns and path in prof_us:
+            out.append((path, statistics.median(agent_ns[path]) / 1e6,
+                        statistics.median(prof_us[path]) / 1e3))
+    return out
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def main() -> None:
+    sections = []
+    load_before = os.getloadavg()[0]
+    inproc = {name: bench_inprocess(dims, n, rounds=16) for name, (dims, n) in MODELS.items()}
+    small = BUDGET_MODEL
+    two = bench_throughput(MODELS[small][0], seconds=3.0)
+    mini = "mini GPT-2 (4 layers, d=128, 4 x 64 tokens)"
+    agree = bench_agreement(MODELS[mini][0])
+
+    lines = ["| Workload | CPU per forward, agent on / off (median of 16 alternated rounds) "
+             "| Goal |", "|---|---|---|"]
+    for name, r in inproc.items():
+        lines.append(f"| {name}, {r['cpu_ms_off']:.1f} ms CPU per forward | {r['ratio']:.3f} "
+                     f"(= {100 * (r['ratio'] - 1):+.1f} %) | "
+                     f"{'≤ +5 %' if name == small else 'none (shows the per-call floor)'} |")
+    lines.append(f"| {small}, end to end: a plain child vs a child under `launch()` | CPU "
+                 f"{two['cpu_ratio']:.3f} ({100 * (two['cpu_ratio'] - 1):+.1f} %), throughput "
+                 f"{two['wall_ratio']:.3f} (median of 6 rounds; see the spread below) | ≤ +5 % |")
+    sections.append("\n".join(lines))
+    for name, r in inproc.items():
+        sections.append(f"{name}: per-round ratios {', '.join(f'{v:.3f}' for v in r['ratios'])}"
+                        f" ({r['windows']} windows, {r['rows']} LayerCost rows made).")
+    sections.append(
+        f"End to end ({small}): forwards/s without: "
+        f"{', '.join(f'{v[0]:.2f}' for v in two['without'])}; with: "
+        f"{', '.join(f'{v[0]:.2f}' for v in two['with'])}; CPU ratios per round "
+        f"{', '.join(f'{v:.3f}' for v in two['cpu'])}. The host received {two['steps']} steps "
+        f"and {two['windows']} layer windows ({two['rows']} LayerCost rows).")
+    sections.append(
+        "Method. In-process rounds alternate the agent's Tracker installed / removed on the same "
+        "model in one process; 'on' also encodes every message to JSON and runs the host's "
+        "decode, validation and LayerCost conversion inline, so the thread's CPU time covers the "
+        "whole chain except socket system calls. The end-to-end row runs two children (one "
+        "plain, one under `launch()` with a live AgentServer in this process), 6 interleaved "
+        "rounds of 3 s; its CPU figure adds this process's CPU beyond idle waiting. This 2-core "
+        "machine is shared with other jobs (load average below): wall-clock rounds swing by tens "
+        "of percent either way, so the in-process CPU ratio is the number to trust. The cost is "
+        "a fixed few microseconds per module call (torch's hook dispatch plus the agent's "
+        "bookkeeping) and well under a millisecond per 50 ms window, so it shrinks as the work "
+        "per module grows; the mini and tiny models show the floor.")
+
+    rows = ["| Module (instance path) | Agent, ms per call | torch.profiler record_function, ms per call | Ratio |",
+            "|---|---|---|---|"]
+    ratios = []
+    for path, a_ms, p_ms in agree:
+        if path.count(".") > 4:
+            continue
+        ratio = a_ms / p_ms if p_ms else float("nan")
+        ratios.append(abs(ratio - 1))
+        rows.append(f"| `{path or '(root)'}` | {a_ms:.3f} | {p_ms:.3f} | {ratio:.2f} |")
+    sections.append(
+        f"Per-instance forward time, agent vs torch.profiler, on the {mini} "
+        f"(medians of single calls over 4 interleaved rounds of 10 forwards; median |ratio − 1| = "
+        f"{statistics.median(ratios):.3f}):\n\n" + "\n".join(rows))
+    sections.append(
+        "The reference wraps each module's forward in `record_function(path)` on the same model "
+        "and takes the median CPU time of its individual events; the agent's figure is the "
+        "median of its own inclusive time per call. "
+        "The reference includes the profiler's own per-op recording, so it runs a little high "
+        "on modules with many small ops.")
+    sections.append(f"Load average (1 min) at start / end: {load_before:.1f} / "
+                    f"{os.getloadavg()[0]:.1f} on 2 cores.")
+    path = write_section("agent", "In-process agent (issue 3, run mode)", "\n\n".join(sections))
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    main()
+    print(f"took {time.time() - t0:.0f} s", file=sys.stderr)
