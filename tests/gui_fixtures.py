@@ -152,3 +152,12 @@ def wait_for_run(qtbot, window, timeout_ms: int = 30000):
 def assert_one_line(text: str) -> None:
     assert text, "no message shown"
     assert "\n" not in text and "Traceback" not in text, text
+
+
+@pytest.fixture
+def gui():
+    """The helpers above, for test modules (they load this file as a plugin, not by import)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(wait_for_run=wait_for_run, assert_one_line=assert_one_line,
+                           start_busy_child=start_busy_child, TORCH_LOOP=TORCH_LOOP)

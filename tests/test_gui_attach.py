@@ -2,14 +2,13 @@
 /proc/PID/maps in a worker) and GPU use (NVML; faked only at the driver boundary), filters, and
 attaches on Attach or a double click."""
 
-# ruff: noqa: F811 - pytest fixtures imported from tests.gui_fixtures are parameters here
-
 from __future__ import annotations
 
 import os
 
 from tests.fake_nvml import FakeGpu, install
-from tests.gui_fixtures import make_window, settings_path, torch_loop, wait_for_run  # noqa: F401
+
+pytest_plugins = ["tests.gui_fixtures"]  # shared fixtures, registered once (session scope works)
 
 
 def _row(view, pid):
@@ -40,7 +39,7 @@ def test_picker_marks_torch_and_filters(make_window, qtbot, torch_loop):
     assert av.table_model.rowCount() == 0
 
 
-def test_attach_button_starts_a_session(make_window, qtbot, torch_loop):
+def test_attach_button_starts_a_session(gui, make_window, qtbot, torch_loop):
     w = make_window()
     w.settings.update(stacks=False)
     av = w.attach_view
@@ -48,7 +47,7 @@ def test_attach_button_starts_a_session(make_window, qtbot, torch_loop):
     av.filter.setText(str(torch_loop.pid))
     av.select_pid(torch_loop.pid)
     av.attach_button.click()
-    run = wait_for_run(qtbot, w)
+    run = gui.wait_for_run(qtbot, w)
     assert run.session.target.pid == torch_loop.pid
     w.attach(torch_loop.pid)
     assert "already running" in w.messages.text

@@ -2,8 +2,6 @@
 figures, layers (real py-spy windows through the bridge) and steps arrive; pause, window, stop,
 close. The child is never ended by the app."""
 
-# ruff: noqa: F811 - pytest fixtures imported from tests.gui_fixtures are parameters here
-
 from __future__ import annotations
 
 import sys
@@ -12,17 +10,12 @@ import threading
 import pytest
 from PySide6.QtWidgets import QDialogButtonBox
 
-from tests.gui_fixtures import (  # noqa: F401
-    TORCH_LOOP,
-    make_window,
-    settings_path,
-    torch_loop,
-    wait_for_run,
-)
 from wattlens.app.gui.models.run_model import LaunchRequest
 from wattlens.app.gui.qt_attach import QtLaunchDialog
 from wattlens.profiler.records import StepRecord
 from wattlens.profiler.store import Store
+
+pytest_plugins = ["tests.gui_fixtures"]  # shared fixtures, registered once (session scope works)
 
 
 def _drawn(view, key="target/power_w") -> int:
@@ -30,11 +23,11 @@ def _drawn(view, key="target/power_w") -> int:
     return 0 if curve is None or curve.xData is None else len(curve.xData)
 
 
-def test_attach_shows_live_samples_and_pause_never_stops_recording(make_window, qtbot, torch_loop, tmp_path):
+def test_attach_shows_live_samples_and_pause_never_stops_recording(gui, make_window, qtbot, torch_loop, tmp_path):
     w = make_window()
     w.settings.update(stacks=False)  # layers are the next test's subject
     w.attach(torch_loop.pid)
-    run = wait_for_run(qtbot, w)
+    run = gui.wait_for_run(qtbot, w)
     view = w.live_view
     assert w.tabs.currentWidget() is view
     qtbot.waitUntil(lambda: _drawn(view) >= 5, timeout=15000)
@@ -75,11 +68,11 @@ def test_attach_shows_live_samples_and_pause_never_stops_recording(make_window, 
     s.close()
 
 
-def test_layers_and_steps_arrive_from_other_threads(make_window, qtbot, torch_loop):
+def test_layers_and_steps_arrive_from_other_threads(gui, make_window, qtbot, torch_loop):
     w = make_window()
     w.settings.update(stack_rate_hz=100)
     w.attach(torch_loop.pid)
-    run = wait_for_run(qtbot, w)
+    run = gui.wait_for_run(qtbot, w)
     view = w.live_view
     assert run.session.stack_sampler is not None, f"py-spy did not attach: {run.session.notes}"
     # a step from the agent's thread (run mode sends these): it becomes a marker and per-step figures
@@ -106,11 +99,11 @@ def test_layers_and_steps_arrive_from_other_threads(make_window, qtbot, torch_lo
     assert any(r[0].startswith("Sequential") for r in layers.row_texts()), layers.row_texts()
 
 
-def test_closing_the_window_finalises_the_session(make_window, qtbot, torch_loop, tmp_path):
+def test_closing_the_window_finalises_the_session(gui, make_window, qtbot, torch_loop, tmp_path):
     w = make_window()
     w.settings.update(stacks=False)
     w.attach(torch_loop.pid)
-    run = wait_for_run(qtbot, w)
+    run = gui.wait_for_run(qtbot, w)
     qtbot.waitUntil(lambda: _drawn(w.live_view) >= 2, timeout=15000)
     w.close()
     assert run.session.status == "stopped"
@@ -135,12 +128,12 @@ def test_launch_dialog_validates(qtbot, tmp_path):
     assert dlg.request.command[:2] == ["python", "-c"] and dlg.request.env == {"WATTLENS_TEST": "1"}
 
 
-def test_run_mode_shows_steps_and_agent_layers_and_can_end_the_program(make_window, qtbot, tmp_path):
+def test_run_mode_shows_steps_and_agent_layers_and_can_end_the_program(gui, make_window, qtbot, tmp_path):
     """Launch… runs the program with the in-process agent: steps (from optimizer.step) and
     per-module timing arrive through the agent link; ending the program is the user's choice."""
     w = make_window()
-    w.launch(LaunchRequest([sys.executable, "-c", TORCH_LOOP, "120"], str(tmp_path)), "launched job")
-    run = wait_for_run(qtbot, w, timeout_ms=60000)
+    w.launch(LaunchRequest([sys.executable, "-c", gui.TORCH_LOOP, "120"], str(tmp_path)), "launched job")
+    run = gui.wait_for_run(qtbot, w, timeout_ms=60000)
     assert run.session.kind == "run" and run.session.name == "launched job"
     view = w.live_view
     assert view.end_program.isVisibleTo(view) and "Program output:" in view.log_label.text()

@@ -1,8 +1,6 @@
 """The GUI's plain-Python models, without Qt: settings, process picker, layer tree, live figures,
 stored sessions and comparisons, export formats, launch requests."""
 
-# ruff: noqa: F811 - pytest fixtures imported from tests.gui_fixtures are parameters here
-
 from __future__ import annotations
 
 import os
@@ -12,7 +10,6 @@ import time
 import numpy as np
 import pytest
 
-from tests.gui_fixtures import start_busy_child, stored_db, stored_db_template, torch_loop  # noqa: F401
 from wattlens.app.gui.models.export_model import available_formats, default_path, run_export
 from wattlens.app.gui.models.layers_model import LayerTree
 from wattlens.app.gui.models.live_model import LiveModel
@@ -34,6 +31,8 @@ from wattlens.app.gui.models.settings_model import GuiSettings, MemorySettings, 
 from wattlens.profiler.errors import BadInputError, TargetNotFoundError
 from wattlens.profiler.records import LayerCost, StepRecord
 from wattlens.profiler.store import Store
+
+pytest_plugins = ["tests.gui_fixtures"]  # shared fixtures, registered once (session scope works)
 
 # ---- settings -------------------------------------------------------------------------------------
 
@@ -65,9 +64,9 @@ def test_settings_ignore_broken_stored_values():
     assert v.stacks is False and v.cpu_tdp_w is None
 
 
-def test_cpu_tdp_override_reaches_the_power_model(tmp_path):
+def test_cpu_tdp_override_reaches_the_power_model(gui, tmp_path):
     settings = GuiSettings(cpu_tdp_w=77.0)
-    child = start_busy_child(5)
+    child = gui.start_busy_child(5)
     try:
         run = LiveRun.attach(Store(tmp_path / "x.db"), settings, child.pid)
         cpu = next(s for s in run.session.discovery.usable if s.id == "cpu-model")
@@ -101,8 +100,8 @@ def test_process_list_puts_python_and_torch_first(torch_loop):
     assert "unknown" in m.gpu_note
 
 
-def test_torch_detection_reads_maps_honestly(tmp_path):
-    child = start_busy_child(5)
+def test_torch_detection_reads_maps_honestly(gui, tmp_path):
+    child = gui.start_busy_child(5)
     try:
         assert torch_loaded(child.pid) == (False, "")
     finally:
@@ -196,6 +195,23 @@ def test_legend_labels_carry_the_method():
     info = SeriesInfo("target/nvml:0/power_w", "W", "attributed: sm share of dynamic power × counter",
                       source_id="nvml:0", source_label="NVIDIA H100 (GPU 0)")
     assert legend_label(info) == "target's share of NVIDIA H100 (GPU 0) — attributed (sm share of dynamic power) × counter"
+
+
+def test_long_series_are_drawn_from_min_max_blocks_that_keep_peaks():
+    from wattlens.app.gui.models.series_model import GrowingSeries
+
+    g = GrowingSeries()
+    t = np.arange(100_000) * 0.1
+    v = np.sin(t / 50.0)
+    v[54_321] = 7.0  # one spike among 100k samples
+    g.extend(t[:70_000], v[:70_000])
+    x, y = g.display(None, None, 2000)
+    assert len(x) <= 2000 + 64 and y.max() == 7.0 and x[0] == 0.0
+    g.extend(t[70_000:], v[70_000:])  # blocks are extended as samples arrive
+    x, y = g.display(None, None, 2000)
+    assert y.max() == 7.0 and x[-1] == t[-1] and np.all(np.diff(x) >= 0)
+    x, y = g.display(5000.0, 5010.0, 2000)  # a short window: the samples themselves
+    assert np.array_equal(x, t[50_000:50_101])
 
 
 def test_power_curves_with_two_sources_show_shares_dashed():
@@ -323,8 +339,8 @@ def test_launch_runs_the_command_and_ends_it_only_when_asked(tmp_path):
         store.close()
 
 
-def test_attach_to_a_dead_pid_is_one_clear_error(tmp_path):
-    child = start_busy_child(0)
+def test_attach_to_a_dead_pid_is_one_clear_error(gui, tmp_path):
+    child = gui.start_busy_child(0)
     child.wait()
     with pytest.raises(TargetNotFoundError, match=f"no process with PID {child.pid}"):
         LiveRun.attach(Store(tmp_path / "d.db"), GuiSettings(), child.pid)

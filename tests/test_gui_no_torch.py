@@ -1,6 +1,7 @@
-"""The GUI process never imports torch or transformers: checked in a fresh interpreter after
-building the main window, running a live session (with stack sampling) on a child, stopping it,
-and opening it from the database."""
+"""Process-level checks of the GUI, each in a fresh interpreter: it never imports torch or
+transformers (after building the main window, running a live session with stack sampling on a
+child, stopping it and opening it from the database), and it survives the installed Qt binding's
+reference-count bug (see app/gui/_qt_compat.py)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,32 @@ def test_gui_process_never_imports_torch(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("HEAVY="))
     assert line == "HEAVY=", f"the GUI imported: {line[6:]}"
+
+
+VOID_CALLS = textwrap.dedent("""
+    import os, sys
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    from wattlens.app.gui.main import ensure_app
+    app = ensure_app()
+    from PySide6.QtCore import QObject, Signal
+    from PySide6.QtWidgets import QLabel
+
+    class S(QObject):
+        ping = Signal()
+
+    s = S()
+    s.ping.connect(lambda: True)
+    label = QLabel()
+    for _ in range(100_000):  # each call drops a reference to None / True with PySide6 6.12 on 3.11
+        label.setText("x")
+        s.ping.emit()
+    from wattlens.app.gui._qt_compat import leaking_singletons, protect_singletons
+    print("PROTECTED=" + ",".join(protect_singletons()))
+""")
+
+
+def test_gui_survives_many_void_qt_calls():
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QT_LOGGING_RULES": "qt.qpa.*=false"}
+    out = subprocess.run([sys.executable, "-c", VOID_CALLS], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, f"the interpreter aborted: {out.stderr[-1500:]}"
+    assert "PROTECTED=" in out.stdout

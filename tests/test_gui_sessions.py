@@ -1,8 +1,6 @@
 """The Sessions and Export screens on a database of real sessions: list, open (plots, figures,
 layers from the database), compare, rename, delete with confirmation, export md/json/csv."""
 
-# ruff: noqa: F811 - pytest fixtures imported from tests.gui_fixtures are parameters here
-
 from __future__ import annotations
 
 import csv
@@ -10,14 +8,9 @@ import json
 
 from PySide6.QtWidgets import QInputDialog, QMessageBox
 
-from tests.gui_fixtures import (  # noqa: F401
-    make_window,
-    settings_path,
-    stored_db,
-    stored_db_template,
-    torch_loop,
-)
 from wattlens.profiler.store import Store
+
+pytest_plugins = ["tests.gui_fixtures"]  # shared fixtures, registered once (session scope works)
 
 
 def _sessions_ready(w, qtbot, n):

@@ -1,15 +1,14 @@
 """Settings persist (in a temporary QSettings file), the theme switches, Doctor shows what can be
 measured and the fix for the rest, and the status bar says what is measured and where."""
 
-# ruff: noqa: F811 - pytest fixtures imported from tests.gui_fixtures are parameters here
-
 from __future__ import annotations
 
 from PySide6.QtCore import QSettings
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QApplication
 
-from tests.gui_fixtures import make_window, settings_path  # noqa: F401
+pytest_plugins = ["tests.gui_fixtures"]  # shared fixtures, registered once (session scope works)
+
 
 
 def test_settings_persist_between_windows(make_window, qtbot, settings_path, tmp_path):
