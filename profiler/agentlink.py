@@ -14,9 +14,12 @@ bucket row "outside modules" for the rest, so the rows' ``self_energy_j`` add up
 energy (conservation). Records whose energy is not known yet wait in a small FIFO and are retried
 for ``energy_wait_s`` before they go out with ``energy_j=None``.
 
-All callbacks run on the listener thread, in arrival order. Several agents may connect (a target
-that starts Python subprocesses); each says hello with its pid. Their steps are passed on as they
-come, so with several model-running processes the step numbers interleave.
+All callbacks run on the listener thread, in arrival order. ``on_hello`` is called when an agent
+connects and again whenever it reports a model; each call carries that process's full picture.
+Several agents may connect (a target that starts Python subprocesses: spawn workers, torchrun);
+each says hello with its ``pid`` and ``depth`` (0 = the first Python process of the run, 1 = its
+children ...). Their steps are passed on as they come, so with several model-running processes
+the step numbers interleave.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 
 from wattlens.profiler.agent.protocol import (
     AGENT_MESSAGES,
+    ENV_DEPTH,
     ENV_SOCKET,
     ENV_TOKEN,
     MAX_LINE_BYTES,
@@ -151,6 +155,7 @@ class AgentServer:
         out = dict(os.environ if base is None else base)
         out[ENV_SOCKET] = self.socket_path
         out[ENV_TOKEN] = self.token
+        out.pop(ENV_DEPTH, None)  # a nested `wattlens run` starts counting again
         existing = out.get("PYTHONPATH")
         out["PYTHONPATH"] = str(BOOTSTRAP_DIR) + (os.pathsep + existing if existing else "")
         return out

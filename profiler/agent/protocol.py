@@ -19,6 +19,9 @@ PROTOCOL_VERSION = 1
 
 ENV_SOCKET = "WATTLENS_AGENT_SOCKET"
 ENV_TOKEN = "WATTLENS_AGENT_TOKEN"
+# Set by each agent for its own children: 0 in the first Python process of a run, 1 in the
+# Python processes it starts (DataLoader spawn workers, torchrun workers), and so on.
+ENV_DEPTH = "WATTLENS_AGENT_DEPTH"
 # Optional tuning, read by the agent.
 ENV_WINDOW_MS = "WATTLENS_AGENT_WINDOW_MS"  # minimum layer-cost window (default 50 ms)
 ENV_FLOPS = "WATTLENS_AGENT_FLOPS"  # "0" off, "force" count on the first forward, else auto
@@ -109,6 +112,7 @@ AGENT_MESSAGES: dict[str, Schema] = {
         "protocol": (_is_int, True),
         "pid": (_is_int, True),
         "ppid": (_opt(_is_int), False),
+        "depth": (_is_nonneg_int, False),
         "python": (_is_str, True),
         "executable": (_opt(_is_str), False),
         "argv": (_list_of(_is_str), False),

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .importwatch import TorchImportWatcher
-from .protocol import ENV_FLOPS, ENV_WINDOW_MS, PROTOCOL_VERSION, is_knob_value
+from .protocol import ENV_DEPTH, ENV_FLOPS, ENV_WINDOW_MS, PROTOCOL_VERSION, is_knob_value
 from .transport import Link
 
 _logged: set[str] = set()
@@ -76,9 +76,14 @@ class Agent:
         self.tracker: Any = None
         self._watch_requested: Any = None
         self._pid = os.getpid()
+        try:
+            depth = max(0, int(os.environ.get(ENV_DEPTH, "0")))
+        except ValueError:
+            depth = 0
+        os.environ[ENV_DEPTH] = str(depth + 1)  # what our child processes will report
         hello = {
             "type": "hello", "token": token, "protocol": PROTOCOL_VERSION, "pid": self._pid,
-            "ppid": os.getppid(), "python": sys.version.split()[0],
+            "ppid": os.getppid(), "depth": depth, "python": sys.version.split()[0],
             "executable": sys.executable or None,
             "argv": [str(a) for a in getattr(sys, "argv", [])],
             "torch": _torch_version(), "t_ns": self.t_activate_ns,
