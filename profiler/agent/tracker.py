@@ -96,6 +96,7 @@ class Tracker:
         self._calls: list[Any] = []  # CUDA forward calls of the current window
         self._bw_events: list[Any] = []  # CUDA backward nodes of the current window
         self._pending_cuda: list[dict[str, Any]] = []
+        self._unreadable_note_sent = False
 
         # the main forward in progress
         self._main_active = False
@@ -751,9 +752,15 @@ class Tracker:
         calls = w["calls"]
         incl = [0] * len(calls)
         child = [0] * len(calls)
+        unreadable = 0
         for i, c in enumerate(calls):
             if c is not None:
-                incl[i] = int(c[1].elapsed_time(c[2]) * 1e6)
+                ns = _elapsed_ns(c[1], c[2])
+                if ns is None:  # e.g. a call that started on one GPU and ended on another
+                    unreadable += 1
+                    calls[i] = c = None
+                else:
+                    incl[i] = ns
         for i, c in enumerate(calls):
             if c is not None and c[3] >= 0 and calls[c[3]] is not None:
                 child[c[3]] += incl[i]
@@ -767,12 +774,21 @@ class Tracker:
             acc[2] += 1
         bw: dict[ModInfo, list[int]] = {}
         for info, e0, e1 in w["bw"]:
+            ns = _elapsed_ns(e0, e1)
+            if ns is None:
+                unreadable += 1
+                continue
             acc = bw.setdefault(info, [0, 0])
-            acc[0] += int(e0.elapsed_time(e1) * 1e6)
+            acc[0] += ns
             acc[1] += 1
+        if unreadable and not self._unreadable_note_sent:
+            self._unreadable_note_sent = True
+            self._event("cuda-timing-partial", f"{unreadable} module calls or autograd nodes could "
+                        "not be timed with CUDA events (started and ended on different devices?) "
+                        "and are left out", {"count": unreadable})
         window = {k: w[k] for k in ("t_start_ns", "t_end_ns", "first_step", "last_step")}
         self._emit_layers(window, fw, bw, w["flops_ok"])
-        self._recycle(calls, w["bw"])
+        self._recycle([c for c in w["calls"] if c is not None], w["bw"])
 
     def _recycle(self, calls: list[Any], bw: list[Any]) -> None:
         pool = self._pool
@@ -865,6 +881,13 @@ def _compiling_probe(torch: Any) -> Callable[[], bool]:
     compiler = getattr(torch, "compiler", None)
     probe = getattr(compiler, "is_compiling", None)
     return probe if probe is not None else (lambda: False)
+
+
+def _elapsed_ns(start: Any, end: Any) -> int | None:
+    try:
+        return int(start.elapsed_time(end) * 1e6)  # CUDA reports milliseconds
+    except Exception:
+        return None
 
 
 def _last_event(w: dict[str, Any]) -> Any:
