@@ -25,6 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKLOAD = """
 import argparse, time, torch
 from transformers import GPT2Config, GPT2LMHeadModel
+import os, threading
+def _orphan_watch(ppid=os.getppid()):  # end with the process that started us, even if it crashed
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != ppid:
+            os._exit(0)
+threading.Thread(target=_orphan_watch, daemon=True).start()
 
 p = argparse.ArgumentParser()
 p.add_argument("--batch-size", type=int, default=8)

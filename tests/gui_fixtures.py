@@ -29,6 +29,13 @@ SESSION_THREADS = ("wattlens-sampler", "wattlens-store-writer", "wattlens-stacks
 TORCH_LOOP = """
 import sys, time
 import torch
+import os, threading
+def _orphan_watch(ppid=os.getppid()):  # end with the process that started us, even if it crashed
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != ppid:
+            os._exit(0)
+threading.Thread(target=_orphan_watch, daemon=True).start()
 torch.set_num_threads(1)
 model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
 opt = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -150,3 +150,15 @@ def test_run_mode_shows_steps_and_agent_layers_and_can_end_the_program(gui, make
     view.stop_button.click()
     qtbot.waitUntil(lambda: w.run is None, timeout=30000)
     assert run.launched.poll() is not None, "the user chose to end the program they launched"
+
+
+def test_launch_when_ready_starts_once_the_database_is_open(make_window, qtbot, tmp_path):
+    """What `run_gui(launch=...)` (and `wattlens demo`) does: launch as soon as the store is open."""
+    w = make_window(wait_ready=False)
+    w.settings.update(stacks=False)
+    w.launch_when_ready(LaunchRequest([sys.executable, "-c", "import time; time.sleep(60)"], str(tmp_path)), "demo")
+    qtbot.waitUntil(lambda: w.run is not None, timeout=60000)
+    assert w.run.session.name == "demo" and w.run.session.kind == "run"
+    w.live_view.end_program.setChecked(True)
+    w.live_view.stop_button.click()
+    qtbot.waitUntil(lambda: w.run is None, timeout=30000)

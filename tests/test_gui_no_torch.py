@@ -85,3 +85,13 @@ def test_gui_survives_many_void_qt_calls():
     out = subprocess.run([sys.executable, "-c", VOID_CALLS], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, f"the interpreter aborted: {out.stderr[-1500:]}"
     assert "PROTECTED=" in out.stdout
+
+
+def test_wattlens_gui_command_opens_the_window(tmp_path):
+    """`wattlens gui --db PATH` (the CLI entry) paints its window and exits 0 when asked to."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QT_LOGGING_RULES": "qt.qpa.*=false",
+           "WATTLENS_GUI_EXIT_AFTER_PAINT": "1", "WATTLENS_SETTINGS": str(tmp_path / "settings.ini")}
+    out = subprocess.run([sys.executable, "-m", "wattlens.app", "gui", "--db", str(tmp_path / "gui.db")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert "first-paint-monotonic=" in out.stderr

@@ -93,15 +93,24 @@ class _FirstPaint:
         from PySide6.QtWidgets import QApplication
 
         if self.quit_after:
-            print(f"first-paint-monotonic={time.monotonic():.6f}", file=sys.stderr, flush=True)
+            print(f"first-paint-monotonic={time.monotonic():.6f} cpu-s={time.process_time():.3f}",
+                  file=sys.stderr, flush=True)
             QTimer.singleShot(0, QApplication.instance().quit)
 
 
-def run_gui(db: str | None = None, *, settings_path: str | None = None) -> int:
-    """Open the window and run until it is closed. Returns the exit code."""
+def run_gui(db: str | None = None, *, settings_path: str | None = None, launch: list[str] | None = None,
+            launch_name: str | None = None, cwd: str | None = None) -> int:
+    """Open the window and run until it is closed. Returns the exit code.
+
+    ``launch``: a command to start in run mode as soon as the database is open (what
+    ``wattlens demo`` uses to open the app on its bundled workload)."""
     _import_qt()
     app = ensure_app()
     window = build_main_window(db=db, settings_path=settings_path)
+    if launch:
+        from wattlens.app.gui.models.run_model import LaunchRequest
+
+        window.launch_when_ready(LaunchRequest(list(launch), cwd), launch_name or "")
     quit_after = bool(os.environ.get("WATTLENS_GUI_EXIT_AFTER_PAINT"))
     _paint = _FirstPaint(window, quit_after)  # noqa: F841 - kept alive for the event filter
 

@@ -37,7 +37,7 @@ from wattlens.app.gui.models.process_model import (
 from wattlens.app.gui.models.run_model import LaunchRequest
 from wattlens.profiler.errors import BadInputError
 
-COLUMNS = ("PID", "Name", "Python", "torch", "GPU memory", "Memory", "User", "Command")
+COLUMNS = ("PID", "Name", "Python", "torch", "GPU memory", "Memory (RSS)", "User", "Command")
 TORCH_BATCH = 16
 
 

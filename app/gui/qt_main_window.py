@@ -74,6 +74,7 @@ class QtMainWindow(QMainWindow):
         self._shown_writer_error: str | None = None
         self._closed = False
         self._pending_run: LiveRun | None = None  # built by a start worker, not yet delivered
+        self._launch_when_ready: tuple[LaunchRequest, str] | None = None
 
         self.processes = ProcessListModel()
         self.sessions_model = SessionsModel()
@@ -157,6 +158,10 @@ class QtMainWindow(QMainWindow):
             old.close()
         self._update_status()
         self.sessions_view.refresh()
+        if self._launch_when_ready is not None:
+            req, name = self._launch_when_ready
+            self._launch_when_ready = None
+            self.launch(req, name)
 
     def _on_store_failed(self, exc: BaseException) -> None:
         self.store = None
@@ -193,6 +198,13 @@ class QtMainWindow(QMainWindow):
         store, settings = self.store, self.settings.values
         self.messages.show_info(f"launching {' '.join(req.command)[:200]}…")
         self._begin_start(lambda: LiveRun.launch(store, settings, req, name=name or None))
+
+    def launch_when_ready(self, req: LaunchRequest, name: str = "") -> None:
+        """Launch as soon as the database is open (``run_gui(launch=...)``, ``wattlens demo``)."""
+        if self.store is not None:
+            self.launch(req, name)
+        else:
+            self._launch_when_ready = (req, name)
 
     def _may_start(self) -> bool:
         if self.run is not None or self._starting:

@@ -66,10 +66,11 @@ class LiveRun:
     """One profiling run owned by the GUI: an attach session, or a run-mode ``RunSession``
     (launcher + in-process agent + session) for a program launched from the app."""
 
-    def __init__(self, session=None, *, runner=None, log_path: str | None = None):
+    def __init__(self, session=None, *, runner=None, log_file=None):
         self._session = session
         self.runner = runner  # wattlens.profiler.runmode.RunSession in run mode
-        self.log_path = log_path
+        self._log = log_file  # the launched program's output file (closed once it has started)
+        self.log_path: str | None = log_file.name if log_file is not None else None
 
     @property
     def session(self):
@@ -106,18 +107,15 @@ class LiveRun:
                             name=name or " ".join(req.command)[:120], interval_s=settings.interval_s,
                             discovery=discovery or _discover(settings), stdout=log,
                             stderr=subprocess.STDOUT, grid_g_per_kwh=settings.grid_g_per_kwh)
-        run = cls(runner=runner, log_path=log.name)
-        run._log = log
-        return run
+        return cls(runner=runner, log_file=log)
 
     # ---- lifecycle (workers) -------------------------------------------------------------------
     def start(self) -> int:
         try:
             return self.runner.start() if self.runner is not None else self._session.start()
         finally:
-            log = getattr(self, "_log", None)
-            if log is not None:  # the child holds its own copy of the file
-                log.close()
+            if self._log is not None:  # the child holds its own copy of the file
+                self._log.close()
 
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user",
              end_program: bool = False) -> dict:
