@@ -30,7 +30,8 @@ def demo_command(args) -> int:
     if not args.headless and _has_display():
         from wattlens.app.gui.main import run_gui
 
-        return run_gui(db=args.db, demo_command=workload_command(args.duration))
+        return run_gui(db=args.db, launch=workload_command(args.duration),
+                       launch_name="demo: GPT-2-style workload")
     if not args.headless:
         print("wattlens: no display found — running the demo headless (it ends with a report file)",
               file=sys.stderr, flush=True)
