@@ -225,7 +225,11 @@ def bench_agreement(dims, rounds: int = 4, iters: int = 10) -> list[tuple[str, .
             for mod, path in paths.items():
                 mod.forward = wrap(mod, path)
         try:
-            with profile(activities=[ProfilerActivity.CPU], enabled=prof) as p:
+            if prof:
+                with profile(activities=[ProfilerActivity.CPU]) as p:
+                    for _ in range(iters):
+                        model(x)
+            else:
                 for _ in range(iters):
                     model(x)
         finally:
