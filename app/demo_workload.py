@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    try:  # the explicit agent API: one step per iteration, inference or training alike
+        from wattlens.profiler import agent
+    except ImportError:
+        agent = None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(1)  # leave a core for the profiler and the app
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 model(ids)
         n += 1
+        if agent is not None:
+            agent.step(samples=args.batch_size, tokens=args.batch_size * args.seq_len)
     print(f"demo workload: {n} steps done", flush=True)
     return 0
 
