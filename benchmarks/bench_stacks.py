@@ -27,6 +27,7 @@ to a PID, as ``wattlens attach`` does).
 
 Run:  .venv/bin/python benchmarks/bench_stacks.py            (about 8 minutes)
       .venv/bin/python benchmarks/bench_stacks.py --quick    (about 3 minutes, noisier)
+      --acc-configs / --overhead-configs compare other settings, e.g. "20" (20 Hz, blocking).
 Writes benchmarks/results/stacks.md.
 """
 
@@ -278,6 +279,8 @@ class LoopChild:
 
 
 def _label(config: str) -> str:
+    if config == "none":
+        return "nothing attached (A/A control)"
     rate, _, mode = config.partition(":")
     return f"{int(float(rate))} Hz" + (" --nonblocking" if mode == "nb" else "")
 
@@ -313,14 +316,29 @@ def measure_accuracy(configs: list[str], seconds: float, window_s: float) -> dic
             hook = child.reports.get(timeout=60)
             inclusive: Counter = Counter()
             total = 0
+            per_window: list[dict[str, float]] = []
             for rows in windows:
+                w_total = sum(
+                    r.n_samples for r in rows if r.granularity == "bucket" or "/" not in r.path
+                )  # top-level nodes and buckets partition the samples
+                total += w_total
+                per_window.append({r.path: r.n_samples / w_total for r in rows})
                 for row in rows:
-                    if row.granularity == "bucket" or "/" not in row.path:
-                        total += row.n_samples  # top-level nodes and buckets partition samples
                     if row.granularity == "class":
                         inclusive[row.path] += row.n_samples
+            # standard error of the span's share, from the spread between windows
+            stderr = (
+                {
+                    path: statistics.stdev([w.get(path, 0.0) for w in per_window])
+                    / len(per_window) ** 0.5
+                    for path in inclusive
+                }
+                if len(per_window) > 1
+                else {}
+            )
             results[config] = {
                 "sampled": {path: n / total for path, n in inclusive.items()},
+                "stderr": stderr,
                 "hook": {p: t / hook["wall_s"] for p, t in hook["inclusive_s"].items()},
                 "samples": total,
                 "windows": len(windows),
@@ -341,7 +359,8 @@ def measure_accuracy(configs: list[str], seconds: float, window_s: float) -> dic
 
 
 def measure_overhead(rounds: int, phase_s: float, configs: list[str], window_s: float) -> dict:
-    """``configs``: "50" (50 Hz, blocking) or "100:nb" (100 Hz, --nonblocking)."""
+    """``configs``: "50" (50 Hz, blocking), "100:nb" (100 Hz, --nonblocking), or "none" (a second
+    no-profiler condition: the A/A control that shows the method's own bias and noise)."""
     conditions = ["off"] + configs
     child = LoopChild(rounds * len(conditions) * (phase_s + 5) + 120)
     per_round: list[dict] = []
@@ -353,7 +372,7 @@ def measure_overhead(rounds: int, phase_s: float, configs: list[str], window_s: 
             for cond in order:
                 sampler = None
                 ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                if cond != "off":
+                if cond not in ("off", "none"):
                     sampler = _sampler(child.pid, cond, window_s, lambda rows: None)
                     sampler.start()
                     if not sampler.available:
@@ -438,7 +457,7 @@ def accuracy_markdown(acc: dict, args: argparse.Namespace) -> tuple[list[str], d
             f"{res['pyspy_errors']} ({_pct(err_rate)} of attempts, those samples are lost).",
             "",
             "| class path | hook timer (same run) | torch.profiler (separate run) | StackSampler "
-            "| sampler − hook (pp) |",
+            "(± standard error from the spread between windows) | sampler − hook (pp) |",
             "| --- | ---: | ---: | ---: | ---: |",
         ]
         for p in rows:
@@ -446,8 +465,10 @@ def accuracy_markdown(acc: dict, args: argparse.Namespace) -> tuple[list[str], d
             if max(h, s) < 0.005:
                 continue
             mark = " **(top 5)**" if p in top5 else ""
+            se = res["stderr"].get(p)
+            s_text = _pct(s) + (f" ± {100 * se:.1f}" if se is not None else "")
             lines.append(
-                f"| `{p}`{mark} | {_pct(h)} | {_pct(t)} | {_pct(s)} | {100 * (s - h):+.1f} |"
+                f"| `{p}`{mark} | {_pct(h)} | {_pct(t)} | {s_text} | {100 * (s - h):+.1f} |"
             )
         lines += [
             "",
@@ -458,6 +479,36 @@ def accuracy_markdown(acc: dict, args: argparse.Namespace) -> tuple[list[str], d
             "",
         ]
     return lines, verdicts
+
+
+def summary_markdown(verdicts: dict, ovh: dict, args: argparse.Namespace) -> list[str]:
+    """The few numbers a reader needs, for the first accuracy config (the defaults, unless
+    told otherwise)."""
+    config = args.acc_configs.split(",")[0]
+    label = _label(config)
+    worst, _ = verdicts[config]
+    lines = ["### Summary", ""]
+    lines.append(
+        f"- Accuracy, StackSampler {label}: the five largest classes below the model wrappers are "
+        f"within {100 * worst:.1f} pp of the in-process hook timer (goal 3 pp: "
+        f"{'met' if worst <= 0.03 else 'NOT met'})."
+    )
+    kinds = ovh["ratios"].get(label)
+    if kinds and kinds["own_core_iter_s"]:
+        own = statistics.median(kinds["own_core_iter_s"])
+        paused = statistics.median(kinds["stopped_share"])
+        cpu = ovh["pyspy_core_share"].get(label, [])
+        aa = ovh["ratios"].get(_label("none"), {}).get("own_core_iter_s", [])
+        aa_text = f"; the A/A control read {statistics.median(aa):.3f}" if aa else ""
+        lines.append(
+            f"- Overhead, StackSampler {label}: target paused {_pct(paused)} of the time; "
+            f"throughput with a core of its own {own:.3f} of baseline "
+            f"({_pct(1 - own)} slower{aa_text}, which is this method's noise); py-spy used "
+            f"{_pct(statistics.median(cpu)) if cpu else 'n/a'} of one core (goal: target "
+            f"≤ 2 % slower: {'met' if 1 - own <= 0.02 else 'NOT met'} within that noise)."
+        )
+    lines.append("")
+    return lines
 
 
 def write_markdown(acc: dict, ovh: dict, tp: dict, args: argparse.Namespace) -> str:
@@ -478,7 +529,8 @@ def write_markdown(acc: dict, ovh: dict, tp: dict, args: argparse.Namespace) -> 
         "the hook timer is the reference the goal is judged against.",
         "",
     ]
-    acc_lines, _ = accuracy_markdown(acc, args)
+    acc_lines, verdicts = accuracy_markdown(acc, args)
+    lines += summary_markdown(verdicts, ovh, args)
     lines += acc_lines
     off_share = statistics.median(ovh["off_cpu_share"]) if ovh["off_cpu_share"] else float("nan")
     off_stopped = statistics.median(ovh["off_stopped_share"]) if ovh["off_stopped_share"] else 0
@@ -505,8 +557,9 @@ def write_markdown(acc: dict, ovh: dict, tp: dict, args: argparse.Namespace) -> 
         spread = f" ({min(wall):.3f} … {max(wall):.3f})" if wall else ""
         paused = _pct(statistics.median(kinds["stopped_share"])) if kinds["stopped_share"] else ""
         cpu = ovh["pyspy_core_share"].get(cond, [])
+        name = f"StackSampler {cond}, {args.window:g} s windows" if "Hz" in cond else cond
         lines.append(
-            f"| StackSampler {cond}, {args.window:g} s windows | {paused} | "
+            f"| {name} | {paused} | "
             f"{_med(kinds['own_core_iter_s'])} | {_med(kinds['cpu_iter_s'])} | "
             f"{_med(wall)}{spread} | {_pct(statistics.median(cpu)) if cpu else 'n/a'} |"
         )
@@ -530,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", choices=["loop", "reference", "torchprof"])
     ap.add_argument("--hooks", action="store_true")
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=14)
     ap.add_argument("--block", type=int, default=10)
     from wattlens.profiler.stacks.sampler import (
         DEFAULT_NONBLOCKING,
@@ -541,13 +594,18 @@ def main(argv: list[str] | None = None) -> int:
     default_config = f"{int(DEFAULT_RATE_HZ)}" + (":nb" if DEFAULT_NONBLOCKING else "")
     ap.add_argument("--window", type=float, default=DEFAULT_WINDOW_S)
     ap.add_argument(
-        "--configs",
+        "--acc-configs",
         default=default_config,
         help='comma-separated rates, ":nb" for --nonblocking (e.g. "20,100:nb"); default: '
         "the StackSampler defaults",
     )
+    ap.add_argument(
+        "--overhead-configs",
+        default=f"none,{default_config}",
+        help='as --acc-configs, plus "none" (A/A control); default: "none," + the defaults',
+    )
     ap.add_argument("--acc-seconds", type=float, default=40.0)
-    ap.add_argument("--phase-seconds", type=float, default=10.0)
+    ap.add_argument("--phase-seconds", type=float, default=4.0)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -564,12 +622,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.quick:
-        args.rounds, args.acc_seconds, args.phase_seconds = 3, 15.0, 6.0
-    configs = args.configs.split(",")
+        args.rounds, args.acc_seconds, args.phase_seconds = 4, 15.0, 4.0
     print("accuracy ...", file=sys.stderr)
-    acc = measure_accuracy(configs, args.acc_seconds, args.window)
+    acc = measure_accuracy(args.acc_configs.split(","), args.acc_seconds, args.window)
     print("overhead (StackSampler) ...", file=sys.stderr)
-    ovh = measure_overhead(args.rounds, args.phase_seconds, configs, args.window)
+    ovh = measure_overhead(
+        args.rounds, args.phase_seconds, args.overhead_configs.split(","), args.window
+    )
     print("overhead (torch.profiler) ...", file=sys.stderr)
     tp = measure_torch_profiler(args.rounds, args.block)
     md = write_markdown(acc, ovh, tp, args)

@@ -451,4 +451,7 @@ class StackSampler:
         )
         if rows:
             self.windows += 1
-            self._on_window(rows)
+            try:
+                self._on_window(rows)
+            except Exception:  # the consumer's fault: keep sampling, say so once per window
+                log.exception("on_window failed for the window ending %d", t_end_ns)
