@@ -84,7 +84,7 @@ def test_layers_and_steps_arrive_from_other_threads(gui, make_window, qtbot, tor
     th.join()
     qtbot.waitUntil(lambda: len(view.model.steps) == 1, timeout=5000)
     view.redraw()
-    assert len(view.panel.power_plot.markers.xvals) == 1
+    assert len(view.panel.power_plot.markers.xvals) == 1 and "step ends" in view.panel.power_plot.note
     view.frame(force_cards=True)
     per_step = dict((t, v) for t, v, _ in view.panel.cards.texts())["Energy per step"]
     assert "J/step" in per_step and "J/sample" in per_step
@@ -141,7 +141,8 @@ def test_run_mode_shows_steps_and_agent_layers_and_can_end_the_program(gui, make
     view.frame(force_cards=True)
     per_step = dict((t, v) for t, v, _ in view.panel.cards.texts())["Energy per step"]
     assert "J/step" in per_step and "J/sample" in per_step, per_step
-    assert len(view.panel.power_plot.markers.xvals) >= 1
+    plot = view.panel.power_plot
+    assert len(plot.markers.xvals) >= 1 or "too dense to mark" in plot.note  # hundreds of steps a second
     assert "in-process agent" in view.panel.layers.caption.text()
     rows = view.panel.layers.row_texts()
     assert "(model root)" in {r[0] for r in rows} and "outside modules" in {r[0] for r in rows}, rows

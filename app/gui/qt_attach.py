@@ -286,6 +286,9 @@ class QtAttachView(QWidget):
         self.model.set_filter(text)
 
     def _on_selection_changed(self, *_args) -> None:
+        self.update_buttons()
+
+    def update_buttons(self) -> None:
         self.attach_button.setEnabled(self.selected_pid() is not None)
 
     def _on_double_clicked(self, index) -> None:

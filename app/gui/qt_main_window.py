@@ -248,13 +248,13 @@ class QtMainWindow(QMainWindow):
         else:
             self.messages.hide()
         self.watch.start()
-        self.attach_view._on_selection_changed()
+        self.attach_view.update_buttons()
         self._update_status()
 
     def _on_start_failed(self, exc: BaseException) -> None:
         self._starting = False
         self._pending_run = None
-        self.attach_view._on_selection_changed()
+        self.attach_view.update_buttons()
         self.show_error(error_text(exc))
 
     def stop_session(self, end_program: bool = False, status: str = "stopped",
@@ -276,7 +276,7 @@ class QtMainWindow(QMainWindow):
         text = f"Session {sid} saved ({status}): {reason}."
         (self.messages.show_info if status != "failed" else self.show_error)(text)
         self.sessions_view.refresh()
-        self.attach_view._on_selection_changed()
+        self.attach_view.update_buttons()
         self._update_status()
 
     def _on_stop_failed(self, exc: BaseException) -> None:

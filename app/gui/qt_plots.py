@@ -48,6 +48,7 @@ class QtTimePlot(QWidget):
         self.legend = QLabel(self)
         self.legend.setWordWrap(True)
         self.legend.setTextFormat(Qt.RichText)
+        self.note = ""
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(2)
@@ -103,11 +104,19 @@ class QtTimePlot(QWidget):
             pen.setStyle(Qt.DashLine)
         return pen
 
+    def set_note(self, text: str) -> None:
+        """A last legend entry in grey (what the step ticks are, or why they are hidden)."""
+        if text != self.note:
+            self.note = text
+            self._update_legend()
+
     def _update_legend(self) -> None:
         parts = []
         for key, label in self.labels.items():
             color = self.colors.get(key, "#888")
             parts.append(f'<span style="color:{color}; font-weight:bold">━━</span>&nbsp;{html.escape(label)}')
+        if self.note:
+            parts.append(f'<span style="color:{PLOT[self.theme].markers}">┃ {html.escape(self.note)}</span>')
         self.legend.setText("&nbsp;&nbsp;&nbsp; ".join(parts))
 
     def legend_texts(self) -> list[str]:

@@ -70,7 +70,18 @@ class QtSessionPanel(QWidget):
             plot.set_ranges(x0, x1, y_max)
         if step_ends_s is not None:
             xs = step_ends_s[step_ends_s >= x0] if len(step_ends_s) else step_ends_s
-            self.power_plot.set_markers(xs[-2000:])
+            # a tick per step end, while they stay apart; denser ones would merge into a bar
+            room_px = max(1.0, self.power_plot.plot.width() * (xs[-1] - x0) / max(x1 - x0, 1e-9)) if len(xs) else 1.0
+            dense = len(xs) > room_px / 4
+            self.power_plot.set_markers(np.empty(0) if dense else xs)
+            if not len(xs):
+                self.power_plot.set_note("")
+            elif dense:
+                span_s = max(float(xs[-1] - xs[0]), 1e-9)
+                self.power_plot.set_note(f"{len(xs)} steps in view, {len(xs) / span_s:.0f} per second: "
+                                         "too dense to mark")
+            else:
+                self.power_plot.set_note("ticks on the time axis: step ends")
 
     def set_theme(self, theme: str) -> None:
         self.theme = theme
