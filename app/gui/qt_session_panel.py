@@ -71,8 +71,8 @@ class QtSessionPanel(QWidget):
         if step_ends_s is not None:
             xs = step_ends_s[step_ends_s >= x0] if len(step_ends_s) else step_ends_s
             # a tick per step end, while they stay apart; denser ones would merge into a bar
-            room_px = max(1.0, self.power_plot.plot.width() * (xs[-1] - x0) / max(x1 - x0, 1e-9)) if len(xs) else 1.0
-            dense = len(xs) > room_px / 4
+            px_per_s = self.power_plot.plot.width() / max(x1 - x0, 1e-9)
+            dense = len(xs) > 1 and (xs[-1] - xs[0]) / (len(xs) - 1) * px_per_s < 4  # mean gap < 4 px
             self.power_plot.set_markers(np.empty(0) if dense else xs)
             if not len(xs):
                 self.power_plot.set_note("")
