@@ -353,10 +353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args.command = "gui"
         args.db = None
-    if os.environ.get("WATTLENS_DEBUG"):
-        import logging
+    import logging
 
-        logging.basicConfig(level=logging.DEBUG)
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("WATTLENS_DEBUG") else logging.WARNING,
+                        format="wattlens: %(message)s", stream=sys.stderr)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

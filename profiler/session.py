@@ -154,6 +154,10 @@ class ProfilingSession:
         buf = self.rings.get("target/energy_j")
         if buf is None:
             return None
+        last = buf.last()
+        if (last is not None and last[0] < t1_ns <= time.monotonic_ns() and self.sampler is not None
+                and self.sampler.running):
+            self.sampler.tick()  # a window that ended after the last tick: read now, do not guess
         e0, e1 = buf.value_at(t0_ns), buf.value_at(t1_ns)
         if e0 is None or e1 is None:
             first = buf.snapshot()[0]
