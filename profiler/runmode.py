@@ -21,7 +21,7 @@ from wattlens.profiler.agentlink import AgentServer
 from wattlens.profiler.launch import launch
 from wattlens.profiler.process import Target
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
-from wattlens.profiler.session import ProfilingSession
+from wattlens.profiler.session import ProfilingSession, run_until_end
 from wattlens.profiler.sources import Discovery
 
 
@@ -118,13 +118,4 @@ class RunSession:
 
     def run(self, poll_s: float = 0.1, on_tick: Callable[[RunSession], None] | None = None) -> dict:
         """Block until the command exits or the duration passes (Ctrl-C stops measuring)."""
-        try:
-            while True:
-                cond = self.end_condition()
-                if cond:
-                    return self.stop(*cond)
-                if on_tick:
-                    on_tick(self)
-                time.sleep(poll_s)
-        except KeyboardInterrupt:
-            return self.stop("stopped", "stopped by the user (Ctrl-C)")
+        return run_until_end(self, poll_s, on_tick)

@@ -182,16 +182,7 @@ class ProfilingSession:
 
     def run(self, poll_s: float = 0.1, on_tick: Callable[[ProfilingSession], None] | None = None) -> dict:
         """Block until the session ends (duration, target exit, Ctrl-C); returns the summary."""
-        try:
-            while True:
-                cond = self.end_condition()
-                if cond:
-                    return self.stop(*cond)
-                if on_tick:
-                    on_tick(self)
-                time.sleep(poll_s)
-        except KeyboardInterrupt:
-            return self.stop("stopped", "stopped by the user (Ctrl-C)")
+        return run_until_end(self, poll_s, on_tick)
 
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user") -> dict:
         if self.status in END_STATUSES:
@@ -237,3 +228,17 @@ class ProfilingSession:
             raise write_error
         return self.summary
 
+
+def run_until_end(run, poll_s: float = 0.1, on_tick=None) -> dict:
+    """The blocking loop of the CLI for anything with ``end_condition()`` and ``stop()``
+    (a ProfilingSession or a RunSession): stop on its own condition, or on Ctrl-C."""
+    try:
+        while True:
+            cond = run.end_condition()
+            if cond:
+                return run.stop(*cond)
+            if on_tick:
+                on_tick(run)
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        return run.stop("stopped", "stopped by the user (Ctrl-C)")
