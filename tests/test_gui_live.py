@@ -52,11 +52,13 @@ def test_attach_shows_live_samples_and_pause_never_stops_recording(gui, make_win
     view.pause_button.click()
     assert _drawn(view) > drawn
 
-    # time window: the last minute shows 60 s; the whole session ends where the data ends
+    # time window: the last minute shows 60 s; the whole session shows all data with some
+    # head-room on the right (live, the axis moves in steps, not every frame)
     assert view.panel.power_plot.item.viewRange()[0][1] >= 60
     view.window_box.setCurrentIndex(2)
     end_s = view.model.series.end_s()
-    assert view.panel.power_plot.item.viewRange()[0][1] == pytest.approx(end_s, abs=0.5)
+    x0, x1 = view.panel.power_plot.item.viewRange()[0]
+    assert x0 == pytest.approx(0.0, abs=0.01) and end_s <= x1 <= max(10.0, 1.3 * end_s + 1)
 
     view.stop_button.click()
     qtbot.waitUntil(lambda: w.run is None, timeout=30000)

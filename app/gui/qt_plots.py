@@ -39,6 +39,8 @@ class QtTimePlot(QWidget):
         self.item.setLabel("left", y_label, units=y_unit)
         self.item.getAxis("left").setWidth(64)
         self.item.getViewBox().disableAutoRange()
+        self._x: tuple[float, float] | None = None  # the ranges last set (see set_ranges)
+        self._y1: float | None = None
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.labels: dict[str, str] = {}
         self.colors: dict[str, str] = {}
@@ -84,17 +86,32 @@ class QtTimePlot(QWidget):
     def clear(self) -> None:
         self.remove_missing(set())
         self.set_markers(np.empty(0))
+        self._x = self._y1 = None
 
     def set_markers(self, xs: np.ndarray) -> None:
         self.markers.setXVals(list(map(float, xs)))
 
-    def set_ranges(self, x0: float, x1: float, y_max: float | None) -> None:
-        """x in seconds; y from 0 to a little above ``y_max`` (or the floor)."""
+    def set_ranges(self, x0: float, x1: float, y_max: float | None, *, sticky: bool = False) -> None:
+        """x in seconds; y from 0 to a little above ``y_max`` (or the floor).
+
+        ``sticky`` (live views): the y range only grows, or shrinks when the data fall below 60 %
+        of it, so the axes are not regenerated every frame. A range that did not change is not
+        set again (setting it re-renders the axes, grid and every curve)."""
         top = max(y_max or 0.0, self.y_floor_max or 0.0)
         if top <= 0:
             top = 1.0
-        self.item.setXRange(x0, max(x1, x0 + 1e-3), padding=0)
-        self.item.setYRange(0, top * 1.08, padding=0)
+        y1 = top * 1.08
+        if sticky and self._y1 is not None and top <= self._y1 and top >= 0.6 * self._y1:
+            y1 = self._y1
+        elif sticky:
+            y1 = top * 1.25  # head-room, so a slowly rising curve does not move the axis each frame
+        x1 = max(x1, x0 + 1e-3)
+        if (x0, x1) != self._x:
+            self.item.setXRange(x0, x1, padding=0)
+            self._x = (x0, x1)
+        if y1 != self._y1:
+            self.item.setYRange(0, y1, padding=0)
+            self._y1 = y1
 
     # ---- looks ------------------------------------------------------------------------------------
     @staticmethod

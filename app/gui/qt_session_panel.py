@@ -32,6 +32,7 @@ class QtSessionPanel(QWidget):
         plots.addWidget(self.util_plot)
         plots.setStretchFactor(0, 3)
         plots.setStretchFactor(1, 2)
+        self._live_x: tuple[float, float, float | None] | None = None
         self.tabs = QTabWidget(self)
         self.tabs.addTab(plots, "Power and utilisation")
         self.tabs.addTab(self.layers, "Layers")
@@ -47,15 +48,21 @@ class QtSessionPanel(QWidget):
         self.cards.set_cards(cards)
 
     def clear(self) -> None:
+        self._live_x = None
         self.power_plot.clear()
         self.util_plot.clear()
         self.cards.set_cards([])
 
-    def draw(self, series: SeriesSet, window_s: float | None, step_ends_s: np.ndarray | None = None) -> None:
-        """Draw the last ``window_s`` seconds (None: everything)."""
+    def draw(self, series: SeriesSet, window_s: float | None, step_ends_s: np.ndarray | None = None,
+             *, live: bool = False) -> None:
+        """Draw the last ``window_s`` seconds (None: everything).
+
+        Live, the time axis moves in steps of a tenth of the window (the data run into head-room on
+        the right, then the view jumps) instead of sliding every frame: a moving axis means the
+        axes, grid and every curve are rendered anew, which costs several times a frame's drawing.
+        """
         t_end = series.end_s()
-        x0 = max(0.0, t_end - window_s) if window_s else 0.0
-        x1 = max(t_end, window_s) if window_s else t_end
+        x0, x1 = self._x_range(t_end, window_s, live)
         palette = PLOT[self.theme].series
         for plot, specs in ((self.power_plot, power_curves(series)), (self.util_plot, util_curves(series))):
             y_max = 0.0
@@ -67,7 +74,7 @@ class QtSessionPanel(QWidget):
                 if len(v):
                     y_max = max(y_max, float(np.nanmax(v)))
             plot.remove_missing({c.key for c in specs})
-            plot.set_ranges(x0, x1, y_max)
+            plot.set_ranges(x0, x1, y_max, sticky=live)
         if step_ends_s is not None:
             xs = step_ends_s[step_ends_s >= x0] if len(step_ends_s) else step_ends_s
             # a tick per step end, while they stay apart; denser ones would merge into a bar
@@ -82,6 +89,22 @@ class QtSessionPanel(QWidget):
                                          "too dense to mark")
             else:
                 self.power_plot.set_note("ticks on the time axis: step ends")
+
+    def _x_range(self, t_end: float, window_s: float | None, live: bool) -> tuple[float, float]:
+        if not live:
+            return (max(0.0, t_end - window_s), max(t_end, window_s)) if window_s else (0.0, t_end)
+        prev = self._live_x
+        span = window_s or max(t_end, 10.0)
+        step = span / 10.0
+        if prev is not None and prev[2] == window_s and prev[0] <= t_end <= prev[1]:
+            return prev[0], prev[1]
+        if window_s:
+            x1 = max(window_s, (np.floor(t_end / step) + 2) * step)
+            x0 = max(0.0, x1 - window_s)
+        else:
+            x0, x1 = 0.0, max(10.0, (np.floor(t_end * 1.1 / step) + 1) * step)
+        self._live_x = (x0, x1, window_s)
+        return x0, x1
 
     def set_theme(self, theme: str) -> None:
         self.theme = theme
