@@ -4,7 +4,7 @@ target, and hands batches of SamplePoints to its sinks (the StoreWriter's queue,
 Series keys (units in names):
   ``<source>/power_w``, ``<source>/energy_j`` (cumulative), ``<source>/util_pct``,
   ``<source>/mem_used_bytes``; with a target: ``target/<source>/power_w``,
-  ``target/<source>/energy_j`` (cumulative), ``target/energy_j`` (all sources),
+  ``target/<source>/energy_j`` (cumulative), ``target/<gpu>/mem_used_bytes``, ``target/energy_j`` (all sources),
   ``target/power_w`` and ``target/cpu_pct`` (percent of one core).
 Idle GPU power (lowest power seen in the session) is ``<source>/idle_power_w``.
 """
@@ -40,7 +40,7 @@ class Sampler:
         self._target_energy_j: dict[str, float] = {s.id: 0.0 for s in self.sources}
         self._idle_power_w: dict[str, float] = {}
         self._prev_cpu: tuple[float, float] | None = None
-        self._gpu_since_us: int = 0
+        self._gpu_since_us: dict[str, int] = {}  # per GPU: NVML's last-seen sample time (µs)
         self.reasons: dict[str, str] = {}  # series key → why it is missing
         self.ticks = 0
         self.last_tick_ns = 0
@@ -70,6 +70,9 @@ class Sampler:
                     SeriesSpec(f"target/{s.id}/energy_j", "J", f"attributed: {method} × {s.method}",
                                s.id, f"target's energy from {s.label}"),
                 ]
+                if s.kind == "gpu":
+                    specs.append(SeriesSpec(f"target/{s.id}/mem_used_bytes", "B", "polled", s.id,
+                                            f"target's memory on {s.label}"))
         if self.target is not None:
             methods = "+".join(sorted({s.method for s in self.sources}))
             specs += [
@@ -169,7 +172,9 @@ class Sampler:
             d_e = None if (r.energy_j is None or prev_e is None) else r.energy_j - prev_e
             dt_s = (t_ns - prev_t) / 1e9
             if src.kind == "gpu":
-                att = self._attribute_gpu(src, d_e, dt_s)
+                att, target_mem = self._attribute_gpu(src, d_e, dt_s)
+                if target_mem is not None:
+                    add(SamplePoint(f"target/{sid}/mem_used_bytes", t_ns, target_mem))
             else:
                 att = attribution.attribute_cpu(d_e, target_share_cpu)
             if att.energy_j is None:
@@ -195,22 +200,28 @@ class Sampler:
             sink(points)
         return points
 
-    def _attribute_gpu(self, src, d_e: float | None, dt_s: float) -> attribution.Attributed:
+    def _attribute_gpu(self, src, d_e: float | None, dt_s: float) -> tuple[attribution.Attributed, float | None]:
+        """The target's GPU energy for this interval, and its GPU memory (bytes) when the driver says."""
         dev = src.device
         pids = self.target.pids()
-        util, reason = dev.process_sm_util(self._gpu_since_us)
-        self._gpu_since_us = int(time.time() * 1e6) - int(2 * self.interval_s * 1e6)
-        idle_w = self._idle_power_w.get(src.id)
-        if util is not None and util:
-            share = attribution.gpu_share(sum(v for p, v in util.items() if p in pids), sum(util.values()))
-            return attribution.attribute_gpu(d_e, dt_s, idle_w, share)
+        since_us = self._gpu_since_us.get(src.id, 0)
+        util, reason = dev.process_sm_util(since_us)
+        self._gpu_since_us[src.id] = int(time.time() * 1e6) - int(2 * self.interval_s * 1e6)
         procs, preason = dev.running_processes()
+        mem = None
+        if procs is not None:
+            known = [procs[p] for p in procs if p in pids and procs[p] is not None]
+            mem = float(sum(known)) if known or not any(p in pids for p in procs) else None
+        idle_w = self._idle_power_w.get(src.id)
+        if util:
+            share = attribution.gpu_share(sum(v for p, v in util.items() if p in pids), sum(util.values()))
+            return attribution.attribute_gpu(d_e, dt_s, idle_w, share), mem
         if procs is not None:
             ours = [p for p in procs if p in pids]
             if not ours:
-                return attribution.attribute_gpu(d_e, dt_s, idle_w, 0.0)
+                return attribution.attribute_gpu(d_e, dt_s, idle_w, 0.0), mem
             if len(ours) == len(procs):
-                return attribution.attribute_gpu(d_e, dt_s, idle_w, 1.0, sole=True)
+                return attribution.attribute_gpu(d_e, dt_s, idle_w, 1.0, sole=True), mem
         if util is not None:  # no kernel ran since the last tick
-            return attribution.attribute_gpu(d_e, dt_s, idle_w, 0.0)
-        return attribution.attribute_gpu(d_e, dt_s, idle_w, None, reason=reason or preason)
+            return attribution.attribute_gpu(d_e, dt_s, idle_w, 0.0), mem
+        return attribution.attribute_gpu(d_e, dt_s, idle_w, None, reason=reason or preason), mem

@@ -99,6 +99,7 @@ def test_gpu_attribution_is_sm_share_of_dynamic_power(monkeypatch):
     assert target_j == pytest.approx(0.75 * dynamic_j, rel=0.05)
     assert target_j <= gpu_j
     assert rings.get("nvml:0/idle_power_w").last()[1] == 100.0
+    assert rings.get("target/nvml:0/mem_used_bytes").last()[1] == 2**30  # only our process's memory
 
 
 def test_sole_process_gets_the_dynamic_power_when_util_is_unsupported(monkeypatch):
