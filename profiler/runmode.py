@@ -83,6 +83,8 @@ class RunSession:
             self.proc = launch(self.command, cwd=self.cwd, env=self.env, server=self.server,
                                stdout=self.stdout, stderr=self.stderr)
             target = Target(self.proc.pid)
+            if not target.cmdline:  # read straight after exec: /proc may not have it yet
+                target.cmdline = list(self.command)
             self.session = ProfilingSession(
                 self.store, target=target, kind="run", name=self.name, interval_s=self.interval_s,
                 duration_s=self.duration_s, discovery=self.discovery, stacks=False,
