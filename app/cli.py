@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", type=float, metavar="S", help="stop measuring after S seconds "
                    "(the command keeps running)")
     r.add_argument("--no-gpu", action="store_true")
+    r.add_argument("--apply", metavar="ACTION", help="apply ACTION live to the running model "
+                   "(quantize-int8, prune-unstructured:F, bf16 on CUDA) and report energy per "
+                   "sample before/after")
+    r.add_argument("--after-steps", type=int, default=10, metavar="N",
+                   help="apply once N steps have been reported (default 10)")
+    r.add_argument("--revert-after-steps", type=int, metavar="M",
+                   help="revert the applied action once M steps have been reported")
     _add_db(r)
     _add_json(r)
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
@@ -204,6 +211,19 @@ def cmd_run(args) -> int:
         raise _usage("no command given: use `wattlens run -- python train.py ...`")
     if args.interval <= 0 or (args.duration is not None and args.duration <= 0):
         raise _usage("--interval and --duration must be positive numbers of seconds")
+    if args.apply is not None:
+        from wattlens.profiler.agent.live import LIVE_ACTIONS, Refused, parse_action
+
+        try:
+            parse_action(args.apply)
+        except Refused:
+            raise _usage(f"--apply {args.apply}: not a live action; live actions are: "
+                         f"{', '.join(LIVE_ACTIONS)}") from None
+        if args.after_steps < 0 or (args.revert_after_steps is not None
+                                    and args.revert_after_steps <= args.after_steps):
+            raise _usage("--after-steps must be >= 0 and --revert-after-steps larger than it")
+    elif args.revert_after_steps is not None:
+        raise _usage("--revert-after-steps needs --apply ACTION")
     store = _open_store(args)
     # under --json, stdout carries only our JSON: the command's output goes to stderr
     run = RunSession(store, cmd, name=args.name, interval_s=args.interval, duration_s=args.duration,
@@ -211,10 +231,29 @@ def cmd_run(args) -> int:
     sid = run.start()
     _info(args, f"wattlens: running `{' '.join(cmd)}` (PID {run.proc.pid}) as session {sid} into "
                 f"{store.display_name} — Ctrl-C stops it")
-    summary = run.run()
+    live: dict = {}
+
+    def on_tick(r) -> None:  # the live change, once enough steps were reported
+        if args.apply is None:
+            return
+        if "id" not in live and r.steps_seen >= args.after_steps:
+            live["id"] = r.apply(args.apply)
+            _info(args, f"wattlens: applying {args.apply} live after {r.steps_seen} steps")
+        elif ("id" in live and "reverted" not in live and args.revert_after_steps is not None
+              and r.steps_seen >= args.revert_after_steps
+              and r.actions[live["id"]]["status"] == "applied"):
+            live["reverted"] = r.revert(live["id"])
+            _info(args, f"wattlens: reverting {args.apply} after {r.steps_seen} steps")
+
+    summary = run.run(on_tick=on_tick)
     if run.proc.poll() is None and args.duration is not None:
         _info(args, f"wattlens: stopped measuring after {args.duration:g} s; PID {run.proc.pid} keeps running")
-    return _finish(args, summary)
+    code = _finish(args, summary)
+    if not args.json:
+        for a in summary.get("actions", []):
+            print(f"  live {a['action']}: {a['status']}"
+                  + (f" ({a['reason']})" if a.get("reason") else "") + f" — {a['measured_text']}")
+    return code
 
 
 def cmd_sessions(args) -> int:

@@ -139,6 +139,7 @@ class AgentServer:
         self._outbox: collections.deque[tuple[_Client, bytes, str]] = collections.deque()
         self._knob_requests: dict[str, Any] = {}
         self._knobs: dict[str, Any] = {}
+        self._model_commands: list[dict[str, Any]] = []  # apply/revert waiting for a main model
         self._energy_error_logged = False
         self._hello_event = threading.Event()
         self._stopping = False
@@ -174,6 +175,44 @@ class AgentServer:
         with self._lock:
             self._knob_requests[name] = value
             clients = [c for c in self._clients.values() if c.hello is not None]
+        for client in clients:
+            self._send(client, msg)
+
+    def apply(self, action: str, id: str | None = None) -> str:
+        """Ask the target to apply ``action`` live to its main model at its next step boundary.
+
+        Returns the action's id (``id`` or a new one); the agent answers with an ``applied`` or
+        ``apply-refused`` message, passed on as an "action-applied" / "action-refused" event.
+        Sent to every agent that has reported a main model, or to the first one that does.
+        """
+        from wattlens.profiler.agent.live import LIVE_ACTIONS, Refused, parse_action
+
+        if not isinstance(action, str):
+            raise BadInputError(f"bad action {action!r}",
+                                hint=f"live actions are: {', '.join(LIVE_ACTIONS)}")
+        try:
+            parse_action(action)
+        except Refused as exc:
+            raise BadInputError(f"{exc}".split("; live actions")[0] + " cannot be applied live",
+                                hint=f"live actions are: {', '.join(LIVE_ACTIONS)}") from None
+        action_id = id if id is not None else secrets.token_hex(4)
+        if not isinstance(action_id, str) or not action_id:
+            raise BadInputError(f"bad action id {id!r}", hint="give the id as a non-empty string")
+        self._send_to_model_clients({"type": "apply", "action": action, "id": action_id})
+        return action_id
+
+    def revert(self, id: str) -> None:
+        """Ask the target to undo the live action ``id`` at its next step boundary."""
+        if not isinstance(id, str) or not id:
+            raise BadInputError(f"bad action id {id!r}", hint="give the id AgentServer.apply returned")
+        self._send_to_model_clients({"type": "revert", "id": id})
+
+    def _send_to_model_clients(self, msg: dict[str, Any]) -> None:
+        with self._lock:
+            clients = [c for c in self._clients.values()
+                       if c.hello is not None and any(m["main"] for m in c.models.values())]
+            if not clients:
+                self._model_commands.append(msg)
         for client in clients:
             self._send(client, msg)
 
@@ -313,7 +352,7 @@ class AgentServer:
         if reason is not None:
             self._dropped(client, reason)
             return True
-        handler = getattr(self, "_msg_" + msg["type"])
+        handler = getattr(self, "_msg_" + msg["type"].replace("-", "_"))
         handler(client, msg)
         return True
 
@@ -349,6 +388,11 @@ class AgentServer:
             by_path.update({m["path"]: m for m in msg["modules"]})
             msg = dict(msg, modules=list(by_path.values()))
         client.models[msg["prefix"]] = {k: v for k, v in msg.items() if k != "type"}
+        if msg["main"]:
+            with self._lock:
+                waiting, self._model_commands = self._model_commands, []
+            for command in waiting:
+                self._send(client, command)
         if msg.get("torch") and client.hello is not None:
             client.hello["torch"] = msg["torch"]
         self._call(self._on_hello, self._hello_info(client))
@@ -391,6 +435,24 @@ class AgentServer:
             msg["t_ns"], "command-refused",
             f"the target refused {msg['command']}: {msg['reason']}",
             {"command": msg["command"], "reason": msg["reason"], "pid": client.pid}))
+
+    def _msg_applied(self, client: _Client, msg: dict[str, Any]) -> None:
+        self._action_event(client, msg, "action-applied",
+                           f"applied {msg['action']} live from step {msg['step']}")
+
+    def _msg_reverted(self, client: _Client, msg: dict[str, Any]) -> None:
+        self._action_event(client, msg, "action-reverted",
+                           f"reverted {msg['action']} from step {msg['step']}")
+
+    def _msg_apply_refused(self, client: _Client, msg: dict[str, Any]) -> None:
+        log.warning("agent (pid %s) refused %s: %s", client.pid, msg["action"], msg["reason"])
+        self._action_event(client, msg, "action-refused",
+                           f"the target refused {msg['action']}: {msg['reason']}")
+
+    def _action_event(self, client: _Client, msg: dict[str, Any], kind: str, message: str) -> None:
+        data = {k: msg[k] for k in ("id", "action", "step", "t_ns", "reason") if k in msg}
+        data["pid"] = client.pid
+        self._call(self._on_event, EventRecord(msg["t_ns"], kind, message, data))
 
     def _msg_bye(self, client: _Client, msg: dict[str, Any]) -> None:
         client.said_bye = True

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from wattlens.profiler.agentlink import AgentServer
+from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.launch import launch
 from wattlens.profiler.process import Target
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
@@ -43,15 +44,37 @@ class RunSession:
         self.proc: subprocess.Popen | None = None
         self.agent_info: dict[str, Any] = {}
         self._early: list[Any] = []  # records that arrive before the session exists
+        self.steps_seen = 0  # steps reported by the agent so far (all processes)
+        # live changes (apply / revert / batch_size): id -> what we know, filled from the agent's
+        # answers on the listener thread; store rows are written from the caller's thread only
+        self.actions: dict[str, dict[str, Any]] = {}
 
     # ---- agent callbacks (listener thread) ----------------------------------------------------
     def _on_step(self, step: StepRecord) -> None:
+        self.steps_seen += 1
         self._deliver(step)
 
     def _on_layers(self, rows: list[LayerCost]) -> None:
         self._deliver(rows)
 
     def _on_event(self, ev: EventRecord) -> None:
+        a = self.actions.get(str(ev.data.get("id"))) if ev.kind.startswith("action-") else None
+        if a is not None:
+            if ev.kind == "action-applied":
+                a.update(status="applied", t_applied_ns=ev.t_ns, step_applied=ev.data.get("step"))
+            elif ev.kind == "action-reverted":
+                a.update(status="reverted", t_reverted_ns=ev.t_ns, step_reverted=ev.data.get("step"))
+            elif ev.kind == "action-refused":
+                if ev.data.get("action") == "revert":
+                    a["revert_refused"] = ev.data.get("reason")
+                else:
+                    a.update(status="refused", reason=ev.data.get("reason"))
+        if ev.kind == "knob-set":
+            for a in self.actions.values():  # the target's own time for a batch_size change
+                if (a.get("knob") == ev.data.get("name") and a.get("value") == ev.data.get("value")
+                        and a.get("t_applied_ns") is None):
+                    a.update(status="applied", t_applied_ns=ev.t_ns)
+                    break
         self._deliver(ev)
 
     def _on_hello(self, info: dict[str, Any]) -> None:
@@ -105,13 +128,104 @@ class RunSession:
         return self.session.end_condition() if self.session else None
 
     def set_knob(self, name: str, value) -> None:
+        previous = self.server.knobs.get(name)
         self.server.set_knob(name, value)
         self.session.event("knob", f"set {name} = {value!r}", name=name, value=value)
+        if name == "batch_size":  # a live change whose before/after is worth recording
+            kind = f"knob:{name}={value}"
+            row = self.store.add_action(session_id=self.session.session_id, kind=kind,
+                                        status="requested", result={},
+                                        params={"name": name, "value": value, "previous": previous})
+            self.actions[f"knob-{row}"] = {"row": row, "action": kind, "knob": name, "value": value,
+                                           "status": "requested", "t_requested_ns": time.monotonic_ns()}
+
+    # ---- live apply / revert (issue 5) -----------------------------------------------------------
+    def apply(self, action: str) -> str:
+        """Apply ``action`` to the running model at its next step boundary; returns the action id.
+
+        An action the agent cannot run live is recorded as refused and raises BadInputError.
+        The agent's answer ("action-applied" / "action-refused") arrives as an event; the
+        before/after energy per sample is computed at :meth:`stop`.
+        """
+        try:
+            action_id = self.server.apply(action)
+        except BadInputError as exc:
+            self.session.event("action-refused", f"refused {action!r}: {exc}", action=action,
+                               reason=str(exc), step=None, t_ns=time.monotonic_ns())
+            self.store.add_action(session_id=self.session.session_id, kind=str(action),
+                                  status="refused", params={"action": action, "live": True},
+                                  result={"reason": str(exc)})
+            raise
+        row = self.store.add_action(session_id=self.session.session_id, kind=action, status="requested",
+                                    params={"action": action, "id": action_id, "live": True}, result={})
+        self.actions[action_id] = {"row": row, "action": action, "status": "requested",
+                                   "t_requested_ns": time.monotonic_ns()}
+        self.session.event("action-requested", f"asked the target to apply {action} live",
+                           id=action_id, action=action, t_ns=time.monotonic_ns())
+        return action_id
+
+    def revert(self, action_id: str | None = None) -> str:
+        """Undo a live action (default: the latest applied one) at the next step boundary."""
+        if action_id is None:
+            live = [k for k, a in self.actions.items() if "knob" not in a and a["status"] == "applied"]
+            if not live:
+                raise BadInputError("nothing applied to revert", hint="apply an action first")
+            action_id = live[-1]
+        if action_id not in self.actions:
+            raise BadInputError(f"no live action with id {action_id!r}",
+                                hint="use the id RunSession.apply returned")
+        self.server.revert(action_id)
+        self.session.event("action-revert-requested", f"asked the target to revert {action_id}",
+                           id=action_id, t_ns=time.monotonic_ns())
+        return action_id
+
+    def _action_results(self, sid: int) -> list[dict[str, Any]]:
+        """Before/after energy per sample for each live change, from the stored steps."""
+        if not self.actions:
+            return []
+        steps = self.store.steps(sid)
+        changes = sorted(t for a in self.actions.values()
+                         for t in (a.get("t_applied_ns"), a.get("t_reverted_ns")) if t is not None)
+        out = []
+        for action_id, a in self.actions.items():
+            t_on = a.get("t_applied_ns")
+            status = a["status"] if a["status"] != "requested" else "not-applied"
+            result: dict[str, Any] = {"id": action_id, "action": a["action"], "status": status,
+                                      "step_applied": a.get("step_applied"),
+                                      "step_reverted": a.get("step_reverted"),
+                                      "predicted_text": "no prediction (live apply)"}
+            if a.get("reason"):
+                result["reason"] = a["reason"]
+            if a.get("revert_refused"):
+                result["revert_refused"] = a["revert_refused"]
+            if t_on is None:
+                result.update(before_j_per_sample=None, after_j_per_sample=None,
+                              measured_text=("not measured: the target refused it"
+                                             if status == "refused" else
+                                             "not measured: the target never applied it (it ended first)"))
+            else:
+                t_prev = max((t for t in changes if t < t_on), default=None)
+                t_next = a.get("t_reverted_ns") or min((t for t in changes if t > t_on), default=None)
+                before = [s for s in steps if s.t_end_ns <= t_on and (t_prev is None or s.t_start_ns >= t_prev)]
+                # the step during which the change was made is in neither set
+                after = [s for s in steps if s.t_start_ns >= t_on and (t_next is None or s.t_end_ns <= t_next)]
+                b, nb = _j_per_sample(before)
+                f, nf = _j_per_sample(after)
+                result.update(before_j_per_sample=b, after_j_per_sample=f, before_steps=nb, after_steps=nf,
+                              measured_text=_measured_text(b, nb, f, nf))
+            self.store.update_action(a["row"], status=status, result=result)
+            out.append(result)
+        return out
+
+    def _stop_actions(self, summary: dict) -> None:
+        if self.session is not None and self.session.session_id is not None and self.actions:
+            summary["actions"] = self._action_results(self.session.session_id)
 
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user") -> dict:
         if self.server is not None:
             self.server.stop()
         summary = self.session.stop(status, reason) if self.session else {}
+        self._stop_actions(summary)
         if self.proc is not None:
             # Target.exit_code() may have reaped the child already (then Popen reports 0): prefer it
             code = self.session.exit_code if self.session and self.session.exit_code is not None else self.proc.poll()
@@ -121,3 +235,20 @@ class RunSession:
     def run(self, poll_s: float = 0.1, on_tick: Callable[[RunSession], None] | None = None) -> dict:
         """Block until the command exits or the duration passes (Ctrl-C stops measuring)."""
         return run_until_end(self, poll_s, on_tick)
+
+
+def _j_per_sample(steps: Sequence[StepRecord]) -> tuple[float | None, int]:
+    """Energy per sample over the steps that have both energy and a sample count."""
+    usable = [s for s in steps if s.energy_j is not None and s.samples]
+    samples = sum(s.samples or 0 for s in usable)
+    return (sum(s.energy_j or 0.0 for s in usable) / samples if samples else None), len(usable)
+
+
+def _measured_text(before: float | None, n_before: int, after: float | None, n_after: int) -> str:
+    if before is None or after is None:
+        missing = "before" if before is None else "after"
+        return (f"not measured: no {missing} steps with energy and a sample count "
+                f"({n_before} before, {n_after} after)")
+    change = (after - before) / before * 100 if before else float("nan")
+    return (f"{before:.4g} J/sample over {n_before} steps before -> {after:.4g} J/sample over "
+            f"{n_after} steps after ({change:+.1f}%, measured)")

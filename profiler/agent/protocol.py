@@ -161,12 +161,34 @@ AGENT_MESSAGES: dict[str, Schema] = {
         "reason": (_is_str, True),
     },
     "bye": {"t_ns": (_is_nonneg_int, True), "steps": (_is_nonneg_int, False)},
+    # live apply / revert (issue 5): "step" is the first step that ran with the change (applied)
+    # or without it (reverted); steps before it ran as before.
+    "applied": {
+        "t_ns": (_is_nonneg_int, True),
+        "id": (_is_str, True),
+        "action": (_is_str, True),
+        "step": (_is_nonneg_int, True),
+    },
+    "reverted": {
+        "t_ns": (_is_nonneg_int, True),
+        "id": (_is_str, True),
+        "action": (_is_str, True),
+        "step": (_is_nonneg_int, True),
+    },
+    "apply-refused": {
+        "t_ns": (_is_nonneg_int, True),
+        "id": (_is_str, True),
+        "action": (_is_str, True),  # "revert" for a refused revert
+        "step": (_opt(_is_nonneg_int), False),
+        "reason": (_is_str, True),
+    },
 }
 
-# Commands the host may send. Issue 5 adds "apply"/"revert" here (and a handler in the agent's
-# dispatch table, flagged to run at a step boundary).
+# Commands the host may send. "apply"/"revert" run in the agent at the next step boundary.
 HOST_COMMANDS: dict[str, Schema] = {
     "set_knob": {"name": (_is_str, True), "value": (_is_scalar, True)},
+    "apply": {"action": (_is_str, True), "id": (_is_str, True)},
+    "revert": {"id": (_is_str, True)},
 }
 
 

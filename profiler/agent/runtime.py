@@ -60,7 +60,8 @@ def _knob_kind_ok(default: Any, value: Any) -> bool:
 class Agent:
     COMMANDS: dict[str, tuple[str, bool]] = {
         "set_knob": ("_cmd_set_knob", False),
-        # issue 5: "apply": ("_cmd_apply", True), "revert": ("_cmd_revert", True),
+        "apply": ("_cmd_apply", True),
+        "revert": ("_cmd_revert", True),
     }
 
     def __init__(self, socket_path: str, token: str,
@@ -73,6 +74,7 @@ class Agent:
         self._knobs: dict[str, Any] = {}
         self._pending_knobs: dict[str, Any] = {}
         self._boundary_cmds: collections.deque[dict[str, Any]] = collections.deque()
+        self._applied: list[Any] = []  # live.Applied records, oldest first (revert goes LIFO)
         self.tracker: Any = None
         self._watch_requested: Any = None
         self._pid = os.getpid()
@@ -237,6 +239,63 @@ class Agent:
                 getattr(self, handler_name)(msg)
             except Exception as exc:
                 self._refuse(msg["type"], f"failed: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ live apply / revert
+    def _main_model(self) -> Any:
+        tracker = self.tracker
+        main = getattr(tracker, "_main", None) if tracker is not None else None
+        return main.ref() if main is not None else None
+
+    def _step_now(self) -> int:
+        return self.tracker.steps_done if self.tracker is not None else 0
+
+    def _apply_refused(self, msg: dict[str, Any], reason: str) -> None:
+        log_once(f"apply-refused-{msg.get('id')}", f"refused {msg['type']} "
+                                                  f"{msg.get('action', '')!s}: {reason}")
+        self.send({"type": "apply-refused", "t_ns": time.monotonic_ns(), "id": msg["id"],
+                   "action": msg.get("action", "revert"), "step": self._step_now(),
+                   "reason": reason})
+
+    def _cmd_apply(self, msg: dict[str, Any]) -> None:
+        """At a step boundary: change the main model live (see live.py), or refuse with why."""
+        from . import live
+
+        if any(a.id == msg["id"] for a in self._applied):
+            self._apply_refused(msg, f"an action with id {msg['id']!r} is already applied")
+            return
+        model = self._main_model()
+        if model is None:
+            self._apply_refused(msg, "no main model has run yet in this process")
+            return
+        torch = self.tracker.torch
+        rec = live.Applied(id=msg["id"], action=msg["action"], step=self._step_now())
+        try:
+            live.apply(torch, model, rec)
+        except live.Refused as exc:
+            self._apply_refused(msg, str(exc))
+            return
+        except Exception as exc:
+            self._apply_refused(msg, f"failed and was undone: {type(exc).__name__}: {exc}")
+            return
+        self._applied.append(rec)
+        self.send({"type": "applied", "t_ns": time.monotonic_ns(), "id": rec.id,
+                   "action": rec.action, "step": rec.step})
+
+    def _cmd_revert(self, msg: dict[str, Any]) -> None:
+        from . import live
+
+        ids = [a.id for a in self._applied]
+        if msg["id"] not in ids:
+            self._apply_refused(msg, f"nothing applied with id {msg['id']!r}")
+            return
+        later = ids[ids.index(msg["id"]) + 1:]
+        if later:
+            self._apply_refused(msg, f"revert the later action(s) first: {', '.join(later)}")
+            return
+        rec = self._applied.pop()
+        live.revert(self.tracker.torch, rec)
+        self.send({"type": "reverted", "t_ns": time.monotonic_ns(), "id": rec.id,
+                   "action": rec.action, "step": self._step_now()})
 
     def _refuse(self, command: str, reason: str) -> None:
         log_once(f"refused-{command}-{reason}", f"refused command {command!r}: {reason}")
