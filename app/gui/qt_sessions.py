@@ -244,6 +244,10 @@ class QtSessionsView(QWidget):
         if self._detail is None:
             self._detail = QtSessionDetail(self)
             self._detail.set_theme(self.theme)
+            from wattlens.app.gui.qt_advisor import QtAdvisorPanel
+
+            self._detail.advisor = QtAdvisorPanel(self.pool, self.get_store, self._detail)
+            self._detail.panel.tabs.addTab(self._detail.advisor, "Advisor")
             self.stack.addWidget(self._detail)
         return self._detail
 
@@ -368,6 +372,7 @@ class QtSessionsView(QWidget):
         self.progress.hide()
         self.status.setText(f"session {stored.id} opened")
         self.detail.show_session(stored, self.get_grid())
+        self.detail.advisor.show_session(stored.id)
         self.stack.setCurrentWidget(self.detail)
 
     def _on_compared(self, c: Comparison) -> None:

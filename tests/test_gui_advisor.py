@@ -1,0 +1,148 @@
+"""The Advisor tab of a stored session, on real sessions: stored advice on open, Analyse in a
+worker (no torch in the GUI process), and Apply running a real `wattlens optimize` child on a
+tiny saved GPT-2, with measured and predicted saving side by side."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from wattlens.profiler.stacks.parse import Attribution, aggregate
+from wattlens.profiler.store import Store
+
+pytest_plugins = ["tests.gui_fixtures"]
+
+GPT2 = "GPT2LMHeadModel/GPT2Model/GPT2Block"
+# Sample counts per leaf path, as the stack sampler counts them: an MLP-dominated GPT-2.
+MLP_HEAVY = {
+    f"{GPT2}/GPT2MLP/Conv1D": 120, f"{GPT2}/GPT2MLP/NewGELUActivation": 10,
+    f"{GPT2}/GPT2Attention/Conv1D": 30, f"{GPT2}/GPT2Attention": 10,
+    "GPT2LMHeadModel/Linear": 20, f"{GPT2}/LayerNorm": 5,
+}
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshots" / "advisor.png"
+
+SAVE_TINY_GPT2 = """
+import sys
+from transformers import GPT2Config, GPT2LMHeadModel
+cfg = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=128, n_positions=32, bos_token_id=0, eos_token_id=0)
+GPT2LMHeadModel(cfg).save_pretrained(sys.argv[1])
+"""
+
+
+def _add_mlp_layers(db: Path, session_id: int) -> None:
+    """Layer rows over the session's own window, aggregated by the stack sampler's code; the
+    window energy is left unknown (None), so no energy figure is invented."""
+    store = Store(db)
+    try:
+        s = store.session(session_id)
+        start_ns = s["start_ns"]
+        end_ns = s.get("end_ns") or start_ns + 1_000_000_000
+        counts = Counter({Attribution(tuple(k.split("/"))): n for k, n in MLP_HEAVY.items()})
+        rows = aggregate(counts, window_start_ns=start_ns, window_end_ns=end_ns, rate_hz=100.0,
+                         window_energy_j=None)
+        store.write_batch(session_id, [], layer_costs=rows)
+    finally:
+        store.close()
+
+
+def _open(w, qtbot, session_id: int):
+    sv = w.sessions_view
+    w.tabs.setCurrentWidget(sv)
+    qtbot.waitUntil(lambda: sv.table.rowCount() == 2, timeout=10000)
+    sv.open_session(session_id)
+    qtbot.waitUntil(lambda: sv.stack.currentWidget() is sv._detail and sv.detail.stored is not None
+                    and sv.detail.stored.id == session_id, timeout=15000)
+    sv.detail.panel.tabs.setCurrentWidget(sv.detail.advisor)
+    return sv.detail.advisor
+
+
+@pytest.fixture
+def advised_db(stored_db) -> Path:
+    _add_mlp_layers(stored_db, 2)
+    return stored_db
+
+
+def test_analyse_lists_recommendations_and_stores_them(make_window, qtbot, advised_db, gui):
+    w = make_window(advised_db)
+    panel = _open(w, qtbot, 2)
+    qtbot.waitUntil(lambda: "press Analyse" in panel.status.text(), timeout=5000)
+    assert panel.cards == [] and panel.analyse_button.isEnabled()
+    torch_before = "torch" in sys.modules
+    panel.analyse_button.click()
+    qtbot.waitUntil(lambda: panel.model.analysed or bool(panel.model.error), timeout=30000)
+    assert not panel.model.error, panel.model.error
+    if not torch_before:  # advise → features → rules must not pull torch into the GUI process
+        assert "torch" not in sys.modules and "transformers" not in sys.modules
+    by_rule = {c.rec.rule: c for c in panel.cards}
+    assert "prune-mlp" in by_rule, list(by_rule)
+    card = by_rule["prune-mlp"]
+    assert card.title.text() and card.rationale.text()
+    assert card.saving.text().startswith("predicted saving: ") and "interval" in card.saving.text()
+    assert card.method.text().startswith("method: rule of thumb")
+    assert card.levels.text().startswith("confidence: low")
+    assert "GPT2MLP" in card.evidence.text()
+    assert card.apply_button is not None and card.apply_button.text() == "Apply to a model copy…"
+    for c in panel.cards:  # measure-first advice names its measurement instead of a number
+        if c.rec.saving_text.startswith("measure first"):
+            assert "wattlens" in c.saving.text()
+    assert panel.silent.isVisible() and "needs" in panel.silent.text()
+
+
+    # the advice is stored: opening the session again shows it before any Analyse
+    _open(w, qtbot, 1)
+    qtbot.waitUntil(lambda: "press Analyse" in panel.status.text(), timeout=5000)
+    panel2 = _open(w, qtbot, 2)
+    qtbot.waitUntil(lambda: len(panel2.cards) == len(by_rule), timeout=5000)
+    assert "stored recommendation" in panel2.status.text()
+    assert {c.rec.rule for c in panel2.cards} == set(by_rule)
+
+
+def test_analyse_error_is_one_line(make_window, qtbot, advised_db, gui):
+    w = make_window(advised_db)
+    panel = _open(w, qtbot, 2)
+    store = w.store
+    store.delete_session(2)  # gone under the panel's feet
+    panel.analyse_button.click()
+    qtbot.waitUntil(lambda: bool(panel.model.error), timeout=20000)
+    gui.assert_one_line(panel.error.text())
+    assert panel.error.isVisible() and "no session 2" in panel.error.text()
+    assert panel.analyse_button.isEnabled()
+
+
+@pytest.mark.slow
+def test_apply_to_a_model_copy_shows_measured_and_predicted(make_window, qtbot, advised_db, tmp_path):
+    model_dir = tmp_path / "tiny-gpt2"
+    subprocess.run([sys.executable, "-c", SAVE_TINY_GPT2, str(model_dir)], check=True, timeout=120)
+    w = make_window(advised_db)
+    panel = _open(w, qtbot, 2)
+    panel.analyse_button.click()
+    qtbot.waitUntil(lambda: panel.model.analysed, timeout=30000)
+    card = next(c for c in panel.cards if c.rec.rule == "prune-mlp")
+    action = card.rec.action
+    panel.apply_rounds = 1
+    lines: list[str] = []
+    panel.model.changed.connect(lambda: lines.extend(panel.model.applies[action].lines[len(lines):])
+                                if action in panel.model.applies else None)
+    panel.apply(action, model_dir, tmp_path / "tiny-gpt2-pruned")
+    qtbot.waitUntil(lambda: not panel.model.applies[action].running, timeout=240000)
+    st = panel.model.applies[action]
+    assert st.error is None, st.error
+    assert any(line.startswith("wattlens:") for line in lines), "progress lines from the child"
+    assert st.status in ("verified", "refused")
+    card = next(c for c in panel.cards if c.rec.rule == "prune-mlp")
+    assert card.result is not None
+    assert card.measured.text() == st.measured_text and "energy per sample" in st.measured_text
+    assert card.predicted.text() == st.predicted_text and st.predicted_text
+    assert (tmp_path / "tiny-gpt2-pruned").exists()
+    assert (model_dir / "config.json").exists()  # the original is untouched
+
+    w.resize(1100, 1500)
+    qtbot.wait(50)
+    panel.scroll.ensureWidgetVisible(card.result)
+    qtbot.wait(50)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert panel.grab().save(str(SCREENSHOT))
