@@ -146,3 +146,45 @@ def test_apply_to_a_model_copy_shows_measured_and_predicted(make_window, qtbot, 
     qtbot.wait(50)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     assert panel.grab().save(str(SCREENSHOT))
+
+
+NO_TORCH = """
+import sys
+from wattlens.app.gui.qt_advisor import _analyse
+from wattlens.profiler.store import Store
+store = Store(sys.argv[1])
+doc = _analyse(store, 2)
+store.close()
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print("RECS=%d HEAVY=%s" % (len(doc["recommendations"]), ",".join(heavy)))
+"""
+
+
+def test_analyse_never_imports_torch(advised_db):
+    """What the Analyse worker runs, in a fresh interpreter: the GUI process stays torch-free."""
+    out = subprocess.run([sys.executable, "-c", NO_TORCH, str(advised_db)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RECS="))
+    assert not line.startswith("RECS=0 ") and line.endswith("HEAVY="), line
+
+
+@pytest.mark.slow
+def test_closing_the_window_stops_a_running_apply(make_window, qtbot, advised_db, tmp_path):
+    model_dir = tmp_path / "tiny-gpt2"
+    subprocess.run([sys.executable, "-c", SAVE_TINY_GPT2, str(model_dir)], check=True, timeout=120)
+    w = make_window(advised_db)
+    panel = _open(w, qtbot, 2)
+    panel.analyse_button.click()
+    qtbot.waitUntil(lambda: panel.model.analysed, timeout=30000)
+    action = next(c.rec.action for c in panel.cards if c.rec.rule == "prune-mlp")
+    panel.apply(action, model_dir, tmp_path / "copy")
+    qtbot.waitUntil(lambda: bool(panel.model.applies[action].lines), timeout=60000)
+    w.close()  # shutdown waits for workers: the child must be killed, not awaited
+    assert w.pool.pool.activeThreadCount() == 0
+    assert not (tmp_path / "copy" / "config.json").exists()
+    store = Store(advised_db, recover=False)
+    try:  # the child was interrupted (Ctrl-C), so it closed its own session
+        assert store.session(3)["status"] == "failed"
+    finally:
+        store.close()

@@ -10,6 +10,7 @@ here. No Qt in this module (the view is ``qt_advisor.py``).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -206,9 +207,13 @@ def run_optimize(argv: list[str], *, on_line: Callable[[str], None] | None = Non
         reader.start()
         stopped = False
         while proc.poll() is None:
-            if should_stop is not None and should_stop():
-                proc.kill()
+            if should_stop is not None and should_stop() and not stopped:
                 stopped = True
+                proc.send_signal(signal.SIGINT)  # Ctrl-C: the child closes its session as failed
+                try:
+                    proc.wait(timeout=3.0)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             time.sleep(poll_s)
         reader.join(timeout=5)
         proc.stderr.close()
