@@ -1,4 +1,6 @@
-"""Inference loop for live apply tests: `python live_apply_loop.py gpt2|linear STEPS SLEEP_S`.
+"""Inference loop for live apply tests: `python live_apply_loop.py gpt2|linear|knob STEPS SLEEP_S`.
+
+``knob`` runs the linear model with a batch size read each step from ``agent.knob("batch_size", 4)``.
 
 Runs the same fixed input every step and prints `STEP SHA1` of the output bytes, so a test can
 see exactly when the live model changed and that a revert gives bit-identical outputs again.
@@ -24,6 +26,10 @@ else:
     x = torch.randn(4, 64)
 with torch.no_grad():
     for i in range(steps):
+        if kind == "knob":
+            from wattlens.profiler import agent
+
+            x = torch.randn(agent.knob("batch_size", 4), 64)
         out = model(x)
         t = out.logits if hasattr(out, "logits") else out
         print(i, hashlib.sha1(t.float().contiguous().numpy().tobytes()).hexdigest(), flush=True)
