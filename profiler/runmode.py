@@ -179,7 +179,7 @@ class RunSession:
                            id=action_id, t_ns=time.monotonic_ns())
         return action_id
 
-    def _action_results(self, sid: int) -> list[dict[str, Any]]:
+    def _action_results(self, sid: int, energy_method: str | None = None) -> list[dict[str, Any]]:
         """Before/after energy per sample for each live change, from the stored steps."""
         if not self.actions:
             return []
@@ -212,14 +212,16 @@ class RunSession:
                 b, nb = _j_per_sample(before)
                 f, nf = _j_per_sample(after)
                 result.update(before_j_per_sample=b, after_j_per_sample=f, before_steps=nb, after_steps=nf,
-                              measured_text=_measured_text(b, nb, f, nf))
+                              energy_method=energy_method,
+                              measured_text=_measured_text(b, nb, f, nf, energy_method))
             self.store.update_action(a["row"], status=status, result=result)
             out.append(result)
         return out
 
     def _stop_actions(self, summary: dict) -> None:
         if self.session is not None and self.session.session_id is not None and self.actions:
-            summary["actions"] = self._action_results(self.session.session_id)
+            method = (summary.get("target") or {}).get("method") or summary.get("energy_method")
+            summary["actions"] = self._action_results(self.session.session_id, method)
 
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user") -> dict:
         if self.server is not None:
@@ -244,11 +246,12 @@ def _j_per_sample(steps: Sequence[StepRecord]) -> tuple[float | None, int]:
     return (sum(s.energy_j or 0.0 for s in usable) / samples if samples else None), len(usable)
 
 
-def _measured_text(before: float | None, n_before: int, after: float | None, n_after: int) -> str:
+def _measured_text(before: float | None, n_before: int, after: float | None, n_after: int,
+                   energy_method: str | None = None) -> str:
     if before is None or after is None:
         missing = "before" if before is None else "after"
         return (f"not measured: no {missing} steps with energy and a sample count "
                 f"({n_before} before, {n_after} after)")
     change = (after - before) / before * 100 if before else float("nan")
     return (f"{before:.4g} J/sample over {n_before} steps before -> {after:.4g} J/sample over "
-            f"{n_after} steps after ({change:+.1f}%, measured)")
+            f"{n_after} steps after ({change:+.1f}%; step energy {energy_method or 'of unknown method'})")

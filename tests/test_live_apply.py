@@ -73,7 +73,7 @@ def test_unknown_actions_and_bf16_on_cpu_are_refused_without_touching_the_model(
 
     torch, model, _ = _gpt2()
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    for action, why in (("frobnicate", "unknown live action"), ("bf16", "only on CUDA"),
+    for action, why in (("frobnicate", "unknown live action"), ("bf16", "only where the model runs on CUDA"),
                         ("prune-unstructured:2", "between 0 and 1")):
         with pytest.raises(live.Refused, match=why):
             live.apply(torch, model, live.Applied(id="x", action=action, step=0))
@@ -165,7 +165,7 @@ def test_refusals_are_events_and_rows_and_a_live_prune_reverts_exactly(run_sessi
     reverted_at = run.steps_seen
     _wait(lambda: run.steps_seen >= reverted_at + 10)
     summary = run.stop()
-    assert run.actions[bf16]["status"] == "refused" and "only on CUDA" in run.actions[bf16]["reason"]
+    assert run.actions[bf16]["status"] == "refused" and "only where the model runs on CUDA" in run.actions[bf16]["reason"]
     by_action = {a["action"]: a for a in summary["actions"]}
     assert by_action["bf16"]["before_j_per_sample"] is None and "refused" in by_action["bf16"]["measured_text"]
     assert by_action["prune-unstructured:0.5"]["status"] == "reverted"

@@ -143,8 +143,7 @@ def _prune(torch: Any, model: Any, rec: Applied, amount: float) -> None:
 def _bf16(torch: Any, model: Any, rec: Applied) -> None:
     device = _device(model)
     if not device.startswith("cuda"):
-        raise Refused(f"bf16 is applied live only on CUDA; the model runs on {device}, where "
-                      "bfloat16 matmuls are usually slower")
+        raise Refused(f"bf16 is applied live only where the model runs on CUDA; it runs on {device}")
     for module in model.modules():
         for name, p in module._parameters.items():
             if p is not None and p.is_floating_point():
