@@ -7,7 +7,6 @@ HTML report and print its path. With a display: open the app and launch the same
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -16,18 +15,14 @@ def workload_command(seconds: float) -> list[str]:
     return [sys.executable, "-m", "wattlens.app.demo_workload", "--seconds", f"{seconds:g}"]
 
 
-def _has_display() -> bool:
-    if os.environ.get("QT_QPA_PLATFORM", "").startswith("offscreen"):
-        return True  # an explicit offscreen run (tests, screenshots)
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
-
-
 def demo_command(args) -> int:
     if args.duration <= 0:
         from wattlens.profiler.errors import BadInputError
 
         raise BadInputError("--duration must be a positive number of seconds")
-    if not args.headless and _has_display():
+    from wattlens.app.gui.main import has_display
+
+    if not args.headless and has_display():
         from wattlens.app.gui.main import run_gui
 
         return run_gui(db=args.db, launch=workload_command(args.duration),

@@ -28,9 +28,19 @@ def test_headless_demo_ends_with_a_report_that_matches_show(tmp_path):
 def test_plain_demo_without_a_display_falls_back_to_headless(tmp_path, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
     r = run_cli("demo", "--duration", "2", "--db", str(tmp_path / "w.db"), "-o", str(tmp_path / "d.html"),
                 timeout=600)
     assert r.returncode == 0, r.stderr
     assert "no display found" in r.stderr and "report:" in r.stdout
     assert (tmp_path / "d.html").is_file()
+
+
+def test_gui_without_a_display_is_one_line_not_a_qt_abort(tmp_path, monkeypatch):
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    r = run_cli("gui", "--db", str(tmp_path / "w.db"), timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "wattlens: error: no display to open the app on (DISPLAY and WAYLAND_DISPLAY are unset) — run it in a "
+        "desktop session, or use the CLI: `wattlens attach PID`, `wattlens demo --headless`"]

@@ -39,6 +39,13 @@ def _import_qt():
         raise WattlensError(f"the GUI needs pyqtgraph ({exc})", hint="pip install 'pyqtgraph>=0.13.7'") from None
 
 
+def has_display() -> bool:
+    """Whether Qt can open a window here (or was told to draw offscreen)."""
+    if os.environ.get("QT_QPA_PLATFORM"):
+        return True  # an explicit platform (offscreen, wayland, vnc ...): Qt was told what to use
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
+
+
 def make_settings_backend(path: str | None = None):
     """QSettings in INI format: ``path`` / WATTLENS_SETTINGS, else the user's config folder."""
     from PySide6.QtCore import QSettings
@@ -105,6 +112,12 @@ def run_gui(db: str | None = None, *, settings_path: str | None = None, launch: 
     ``launch``: a command to start in run mode as soon as the database is open (what
     ``wattlens demo`` uses to open the app on its bundled workload)."""
     _import_qt()
+    if not has_display():  # Qt would abort the process with a page of plugin messages
+        from wattlens.profiler.errors import BadInputError
+
+        raise BadInputError("no display to open the app on (DISPLAY and WAYLAND_DISPLAY are unset)",
+                            hint="run it in a desktop session, or use the CLI: `wattlens attach PID`, "
+                                 "`wattlens demo --headless`")
     app = ensure_app()
     window = build_main_window(db=db, settings_path=settings_path)
     if launch:
