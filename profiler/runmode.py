@@ -12,6 +12,7 @@ drains everything into the store.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -70,7 +71,7 @@ class RunSession:
                 else:
                     a.update(status="refused", reason=ev.data.get("reason"))
         if ev.kind == "knob-set":
-            for a in self.actions.values():  # the target's own time for a batch_size change
+            for a in list(self.actions.values()):  # the target's own time for a batch_size change (listener thread)
                 if (a.get("knob") == ev.data.get("name") and a.get("value") == ev.data.get("value")
                         and a.get("t_applied_ns") is None):
                     a.update(status="applied", t_applied_ns=ev.t_ns)
@@ -129,15 +130,18 @@ class RunSession:
 
     def set_knob(self, name: str, value) -> None:
         previous = self.server.knobs.get(name)
+        entry = None
+        if name == "batch_size":  # a live change whose before/after is worth recording
+            # registered before the command goes out: the target may answer before we return
+            entry = {"row": None, "action": f"knob:{name}={value}", "knob": name, "value": value,
+                     "status": "requested", "t_requested_ns": time.monotonic_ns()}
+            self.actions[f"knob-{len(self.actions)}-{time.monotonic_ns()}"] = entry
         self.server.set_knob(name, value)
         self.session.event("knob", f"set {name} = {value!r}", name=name, value=value)
-        if name == "batch_size":  # a live change whose before/after is worth recording
-            kind = f"knob:{name}={value}"
-            row = self.store.add_action(session_id=self.session.session_id, kind=kind,
-                                        status="requested", result={},
-                                        params={"name": name, "value": value, "previous": previous})
-            self.actions[f"knob-{row}"] = {"row": row, "action": kind, "knob": name, "value": value,
-                                           "status": "requested", "t_requested_ns": time.monotonic_ns()}
+        if entry is not None:
+            entry["row"] = self.store.add_action(session_id=self.session.session_id, kind=entry["action"],
+                                                 status="requested", result={},
+                                                 params={"name": name, "value": value, "previous": previous})
 
     # ---- live apply / revert (issue 5) -----------------------------------------------------------
     def apply(self, action: str) -> str:
@@ -147,19 +151,22 @@ class RunSession:
         The agent's answer ("action-applied" / "action-refused") arrives as an event; the
         before/after energy per sample is computed at :meth:`stop`.
         """
+        action_id = secrets.token_hex(8)
+        # registered before the command goes out: the target may answer before we return
+        entry = {"row": None, "action": action, "status": "requested", "t_requested_ns": time.monotonic_ns()}
+        self.actions[action_id] = entry
         try:
-            action_id = self.server.apply(action)
+            self.server.apply(action, id=action_id)
         except BadInputError as exc:
+            del self.actions[action_id]
             self.session.event("action-refused", f"refused {action!r}: {exc}", action=action,
                                reason=str(exc), step=None, t_ns=time.monotonic_ns())
             self.store.add_action(session_id=self.session.session_id, kind=str(action),
                                   status="refused", params={"action": action, "live": True},
                                   result={"reason": str(exc)})
             raise
-        row = self.store.add_action(session_id=self.session.session_id, kind=action, status="requested",
-                                    params={"action": action, "id": action_id, "live": True}, result={})
-        self.actions[action_id] = {"row": row, "action": action, "status": "requested",
-                                   "t_requested_ns": time.monotonic_ns()}
+        entry["row"] = self.store.add_action(session_id=self.session.session_id, kind=action, status="requested",
+                                             params={"action": action, "id": action_id, "live": True}, result={})
         self.session.event("action-requested", f"asked the target to apply {action} live",
                            id=action_id, action=action, t_ns=time.monotonic_ns())
         return action_id
