@@ -39,7 +39,7 @@ class Sampler:
         self._prev: dict[str, tuple[int, float | None]] = {}
         self._target_energy_j: dict[str, float] = {s.id: 0.0 for s in self.sources}
         self._idle_power_w: dict[str, float] = {}
-        self._prev_cpu: tuple[float, float] | None = None
+        self._prev_cpu: tuple[float, float, int] | None = None  # (target s, busy s, read at ns)
         self._gpu_since_us: dict[str, int] = {}  # per GPU: NVML's last-seen sample time (µs)
         self.reasons: dict[str, str] = {}  # series key → why it is missing
         self.ticks = 0
@@ -131,20 +131,22 @@ class Sampler:
         target_share_cpu: float | None = None
         target_cpu_pct: float | None = None
         if self.target is not None:
-            busy_s, _total = system_cpu_s()
             try:
+                self.target.pids()  # the (at most once a second) child rescan, before the timed reads
+                busy_s, _total = system_cpu_s()
                 tgt_s = self.target.cpu_time_s()
             except Exception:  # noqa: BLE001 - the target vanished between checks
+                busy_s, _total = system_cpu_s()
                 tgt_s = self._prev_cpu[0] if self._prev_cpu else 0.0
+            t_cpu_ns = time.monotonic_ns()  # when the CPU times were read: the rate's own clock
             if self._prev_cpu is not None:
                 d_tgt = tgt_s - self._prev_cpu[0]
                 d_busy = busy_s - self._prev_cpu[1]
                 target_share_cpu = attribution.cpu_share(d_tgt, d_busy)
-                prev_t = self._prev.get("__cpu__", (t_ns, None))[0]
-                if t_ns > prev_t:
-                    target_cpu_pct = 100.0 * d_tgt / ((t_ns - prev_t) / 1e9)
-            self._prev_cpu = (tgt_s, busy_s)
-            self._prev["__cpu__"] = (t_ns, None)
+                prev_t = self._prev_cpu[2]
+                if t_cpu_ns > prev_t:
+                    target_cpu_pct = 100.0 * d_tgt / ((t_cpu_ns - prev_t) / 1e9)
+            self._prev_cpu = (tgt_s, busy_s, t_cpu_ns)
         first = self.ticks == 0
         target_power_w = 0.0
         target_power_known = False
