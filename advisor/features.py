@@ -462,7 +462,7 @@ def _sweep_points(rows: Iterable[dict]) -> tuple[SweepPoint, ...]:
     return tuple(sorted(out, key=lambda p: p.batch_size))
 
 
-def _ab_points(rows: Iterable[dict]) -> tuple[AbPoint, ...]:
+def ab_points(rows: Iterable[dict]) -> tuple[AbPoint, ...]:
     return tuple(AbPoint(r["action"], float(r["saving_fraction"]), r.get("params"), r.get("flops"),
                          r.get("model_key") or "")
                  for r in rows if r.get("action") and r.get("saving_fraction") is not None
@@ -536,7 +536,7 @@ def extract_features(store, session_id: int) -> SessionFeatures:
     if not sweep:
         reasons["batch_sweep"] = "no batch-size sweep of this session's model is stored"
     slope, trend = _trend(sweep)
-    ab = _ab_points(store.measurements("ab"))
+    ab = ab_points(store.measurements("ab"))
     if not ab:
         reasons["ab_history"] = "no A/B results are stored yet (run `wattlens optimize`)"
 

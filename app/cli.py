@@ -137,7 +137,7 @@ def _open_store(args):
     return Store(getattr(args, "db", None))
 
 
-def _print_summary(summary: dict) -> None:
+def print_summary(summary: dict) -> None:
     print(f"session {summary['session_id']} — {summary.get('name')}: {summary['status']}, "
           f"{_fmt(summary.get('duration_s'), 's')}")
     for s in summary["sources"]:
@@ -196,7 +196,7 @@ def _finish(args, summary: dict) -> int:
     if args.json:
         _emit_json(summary)
     else:
-        _print_summary(summary)
+        print_summary(summary)
     return EXIT_OK
 
 
@@ -290,7 +290,7 @@ def cmd_show(args) -> int:
     s = report["session"]
     summary = report["summary"]
     summary["status"] = s["status"]
-    _print_summary(summary)
+    print_summary(summary)
     if s.get("end_reason"):
         print(f"  ended: {s['end_reason']}")
     return EXIT_OK

@@ -54,9 +54,9 @@ def run_headless(args) -> int:
         print(json.dumps({"session_id": sid, "report": str(path.resolve()), "summary": summary,
                           "recommendations": advice.get("recommendations", [])}, indent=2, default=str))
     else:
-        from wattlens.app.cli import _print_summary
+        from wattlens.app.cli import print_summary
 
-        _print_summary(summary)
+        print_summary(summary)
         n = len(advice.get("recommendations", []))
         say(f"advisor: {n} recommendation{'s' if n != 1 else ''} — see `wattlens advise {sid}`")
         print(f"report: {path.resolve()}")

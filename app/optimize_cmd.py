@@ -97,11 +97,11 @@ def optimize_command(args) -> int:
 
 
 def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
-    from wattlens.advisor.features import _ab_points
+    from wattlens.advisor.features import ab_points
     from wattlens.advisor.optimize import QualityLossError, optimize
     from wattlens.advisor.regression import predict_action_saving
 
-    history = _ab_points(store.measurements("ab"))  # before this run: a prediction, not hindsight
+    history = ab_points(store.measurements("ab"))  # before this run: a prediction, not hindsight
     status, error = "verified", None
     try:
         result = optimize(args.model, args.action, args.out, max_quality_loss=args.max_quality_loss,

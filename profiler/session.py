@@ -207,7 +207,7 @@ class ProfilingSession:
                    "target_pid": self.target.pid if self.target else None,
                    "sources": [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label}
                                for s in self.discovery.usable]}
-        live = {k: self.rings.get(k).snapshot() for k in self.rings.keys()}
+        live = self.rings.snapshot()
         self.summary = summarize(session, live, reasons=self.sampler.reasons if self.sampler else None,
                                  grid_g_per_kwh=self.grid_g_per_kwh)
         try:

@@ -257,22 +257,16 @@ class Store:
     # ---- bulk writes (called by the StoreWriter thread) -----------------------------------------
     def insert_samples(self, rows: Sequence[tuple[int, int, float]]) -> None:
         """rows: (series_id, t_ns, value). One executemany in one transaction."""
-        if not rows:
-            return
-        with self._begin() as c:
-            c.exec_driver_sql("INSERT INTO samples (series_id, t_ns, value) VALUES (?, ?, ?)"
-                              if self.is_sqlite else
-                              "INSERT INTO samples (series_id, t_ns, value) VALUES (%s, %s, %s)", list(rows))
+        self.write_batch(None, rows)
 
-    def write_batch(self, session_id: int, samples: Sequence[tuple[int, int, float]],
+    def write_batch(self, session_id: int | None, samples: Sequence[tuple[int, int, float]],
                     layer_costs: Sequence[LayerCost] = (), steps: Sequence[StepRecord] = (),
                     events: Sequence[EventRecord] = ()) -> None:
         """Everything the writer gathered in one transaction (one commit)."""
         with self._begin() as c:
-            if samples:
-                c.exec_driver_sql("INSERT INTO samples (series_id, t_ns, value) VALUES (?, ?, ?)"
-                                  if self.is_sqlite else
-                                  "INSERT INTO samples (series_id, t_ns, value) VALUES (%s, %s, %s)", list(samples))
+            if samples:  # Core executemany with the driver's own paramstyle: the fast path
+                c.exec_driver_sql(self._sql("INSERT INTO samples (series_id, t_ns, value) VALUES (?, ?, ?)"),
+                                  list(samples))
             if layer_costs:
                 c.execute(insert(m.LayerCostRow), [_layer_dict(session_id, lc) for lc in layer_costs])
             if steps:
@@ -297,9 +291,8 @@ class Store:
             ids = dict(c.execute(q).all())
             out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for series_id, key in ids.items():
-                rows = c.exec_driver_sql(
-                    "SELECT t_ns, value FROM samples WHERE series_id = ? ORDER BY t_ns" if self.is_sqlite else
-                    "SELECT t_ns, value FROM samples WHERE series_id = %s ORDER BY t_ns", (series_id,)).all()
+                rows = c.exec_driver_sql(self._sql("SELECT t_ns, value FROM samples WHERE series_id = ? ORDER BY t_ns"),
+                                         (series_id,)).all()
                 arr = np.array(rows, dtype=np.float64).reshape(-1, 2)
                 out[key] = (arr[:, 0].astype(np.int64), arr[:, 1])
         return out
@@ -392,6 +385,10 @@ class Store:
         return out
 
     # ---- helpers ---------------------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        """Raw SQL written with ``?`` placeholders, in the driver's paramstyle (qmark or format)."""
+        return text if self.engine.dialect.paramstyle == "qmark" else text.replace("?", "%s")
+
     def _begin(self):
         return _Tx(self)
 
