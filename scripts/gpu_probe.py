@@ -133,7 +133,7 @@ def process_samples(dev, be, load_start_s: float, seconds: float) -> dict:
         if samples:
             last_seen = max(ts for _, _, ts in samples)
         be.sleep(0.02)
-    gaps = [(b - a) / 1e6 for a, b in zip(seen_ts, seen_ts[1:])]
+    gaps = [(b - a) / 1e6 for a, b in zip(seen_ts, seen_ts[1:], strict=False)]
     return {"sample_period_s": statistics.median(gaps) if gaps else None, "first_seen_delay_s": first_seen_s,
             "samples_seen": len(seen_ts)}
 
