@@ -222,3 +222,52 @@ def test_polled_power_says_which_reading_it_is(monkeypatch, arch, name, instant,
     else:
         assert "1-s average" in reading
         assert p == pytest.approx(170.0 if averaged else 270.0)  # half a second of load in the average
+
+
+def test_idle_is_remembered_per_gpu_across_sessions(monkeypatch, tmp_path):
+    """A session that sees the GPU with no process records its idle; a later one that attaches
+    to the busy GPU starts from it (and says so in the idle series)."""
+    import time
+
+    from wattlens.profiler.session import ProfilingSession
+    from wattlens.profiler.store import Store
+
+    gpu = fake_nvml.FakeGpu(idle_w=65.0)  # the machine's clock: the session runs its own thread
+    fake_nvml.install(monkeypatch, [gpu])
+    store = Store(tmp_path / "w.db")
+    s1 = ProfilingSession(store, target=Target(ME), interval_s=0.1, discovery=discover(gpu=True))
+    s1.start()
+    time.sleep(3.0)
+    s1.stop("completed", "test")
+    row = store.gpu_idle("GPU-fake-0")
+    assert row is not None and row["idle_power_w"] == pytest.approx(65.0, rel=0.05) and row["stretch_s"] >= 2.0
+
+    gpu.set_load({ME: 200.0})
+    s2 = ProfilingSession(store, target=Target(ME), interval_s=0.1, discovery=discover(gpu=True))
+    s2.start()
+    time.sleep(0.5)
+    summary = s2.stop("completed", "test")
+    gpu_row = next(s for s in summary["sources"] if s["id"] == "nvml:0")
+    assert gpu_row["idle_power_w"] == pytest.approx(row["idle_power_w"])
+    store.close()
+
+
+def test_a_version_1_database_gains_the_gpu_idle_table(tmp_path):
+    import sqlite3
+
+    from wattlens.profiler.store import Store
+
+    path = tmp_path / "old.db"
+    Store(path).close()
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE gpu_idle")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    store = Store(path)
+    assert store.gpu_idle("GPU-x") is None
+    store.record_gpu_idle("GPU-x", 61.0, 3.0)
+    store.record_gpu_idle("GPU-x", 62.0, 4.0)  # the newest measurement wins
+    assert store.gpu_idle("GPU-x")["idle_power_w"] == 62.0
+    store.close()
+    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
