@@ -11,7 +11,6 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-
 UNKNOWN_DEVICE = object()  # ModInfo.dev before the first CUDA-timed call
 
 
