@@ -237,7 +237,8 @@ class ProfilingSession:
             write_error = exc
         session = {"id": self.session_id, "name": self.name, "status": status, "duration_s": duration_s,
                    "target_pid": self.target.pid if self.target else None,
-                   "sources": [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label}
+                   "sources": [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label,
+                                "covers_cpu": bool(getattr(getattr(s, "device", None), "covers_cpu", False))}
                                for s in self.discovery.usable]}
         live = self.rings.snapshot()
         self.summary = summarize(session, live, reasons=self.sampler.reasons if self.sampler else None,

@@ -271,3 +271,23 @@ def test_a_version_1_database_gains_the_gpu_idle_table(tmp_path):
     assert store.gpu_idle("GPU-x")["idle_power_w"] == 62.0
     store.close()
     assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+
+
+def test_gh200_session_total_does_not_add_the_cpu_twice(monkeypatch, tmp_path):
+    import time
+
+    from wattlens.profiler.session import ProfilingSession
+    from wattlens.profiler.store import Store
+
+    gpu = fake_nvml.FakeGpu("NVIDIA GH200 480GB")
+    fake_nvml.install(monkeypatch, [gpu])
+    store = Store(tmp_path / "w.db")
+    s = ProfilingSession(store, target=Target(ME), interval_s=0.1, discovery=discover(gpu=True))
+    s.start()
+    time.sleep(0.6)
+    summary = s.stop("completed", "test")
+    gpu_row = next(r for r in summary["sources"] if r["id"] == "nvml:0")
+    cpu_rows = [r for r in summary["sources"] if r["kind"] != "gpu"]
+    assert cpu_rows and all("GH200" in r["note"] for r in cpu_rows)
+    assert summary["energy_j"] == pytest.approx(gpu_row["energy_j"])
+    store.close()
