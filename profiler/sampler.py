@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 Sink = Callable[[list[SamplePoint]], None]
 
 
+def _reading_note(src) -> str:
+    """For a polled GPU: which NVML reading its power is (power.draw may be a 1-s average)."""
+    reading = getattr(getattr(src, "device", None), "power_reading", None)
+    return f" — {reading}" if src.method == "polled" and isinstance(reading, str) else ""
+
+
 class Sampler:
     def __init__(self, sources: Sequence, *, interval_s: float = 0.1, target: Target | None = None,
                  sinks: Sequence[Sink] = (), known_idle_w: dict[str, float] | None = None,
@@ -63,7 +69,7 @@ class Sampler:
         specs: list[SeriesSpec] = []
         for s in self.sources:
             specs += [
-                SeriesSpec(f"{s.id}/power_w", "W", s.method, s.id, f"{s.label} power"),
+                SeriesSpec(f"{s.id}/power_w", "W", s.method, s.id, f"{s.label} power" + _reading_note(s)),
                 SeriesSpec(f"{s.id}/energy_j", "J", s.method, s.id, f"{s.label} energy"),
                 SeriesSpec(f"{s.id}/util_pct", "%", "polled", s.id, f"{s.label} utilisation"),
             ]

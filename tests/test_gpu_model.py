@@ -126,13 +126,15 @@ def test_container_without_host_pids_is_none_with_the_fix(monkeypatch, tmp_path)
 
 
 @pytest.mark.parametrize("binding", ["13", "12"])
-def test_driver_without_v3_symbol_falls_back_to_v2(monkeypatch, binding):
+def test_driver_without_v3_symbol_falls_back_to_v2(monkeypatch, caplog, binding):
     """Fault 2: 13.x raised NVMLLibraryMismatchError (not an NVMLError) on every tick: no data."""
     clock, gpu, sampler, rings = _setup(monkeypatch, known_idle_w=70.0, process_api="v2", binding=binding,
                                         process_util_supported=False)
     truth = _idle_then_load(clock, gpu, sampler, idle_s=1.0, other_w=0.0)
     assert sampler.error is None
     assert rings.get("nvml:0/energy_j").last()[1] > 0
+    fallbacks = [r for r in caplog.records if "nvmlDeviceGetComputeRunningProcesses_v2" in r.getMessage()]
+    assert len(fallbacks) == 1  # said once, not every tick
     assert _target_j(rings) == pytest.approx(truth, rel=0.05)  # sole process, from the _v2 list
     assert rings.get("target/nvml:0/mem_used_bytes").last()[1] == 2**30
 
@@ -217,6 +219,8 @@ def test_polled_power_says_which_reading_it_is(monkeypatch, arch, name, instant,
     clock.advance(0.5)
     p, _ = src.device.power_w()
     reading = src.describe()["power_reading"]
+    spec = next(s for s in Sampler([src]).series_specs() if s.key == "nvml:0/power_w")
+    assert reading in spec.label
     if instant:
         assert reading == nvml.POWER_INSTANT and p == pytest.approx(270.0)
     else:
@@ -291,3 +295,22 @@ def test_gh200_session_total_does_not_add_the_cpu_twice(monkeypatch, tmp_path):
     assert cpu_rows and all("GH200" in r["note"] for r in cpu_rows)
     assert summary["energy_j"] == pytest.approx(gpu_row["energy_j"])
     store.close()
+
+
+def test_the_query_helper_turns_the_mismatch_error_into_a_reason(monkeypatch):
+    from wattlens.profiler.sources import nvml
+
+    clock, gpu, sampler, rings = _setup(monkeypatch, process_api="v2")
+    value, reason = nvml.query("nvmlDeviceGetComputeRunningProcesses", gpu)
+    assert value is None and "newer than the driver" in reason
+
+
+def test_without_symbol_lookup_the_calls_are_tried_newest_first(monkeypatch):
+    from wattlens.profiler.sources import nvml
+
+    clock = fake_nvml.SimClock()
+    gpu = fake_nvml.FakeGpu(clock=clock, process_api="v2")
+    fake_nvml.install(monkeypatch, [gpu], missing=("_nvmlGetFunctionPointer",))
+    gpu.set_load({ME: 100.0})
+    assert nvml.has_symbol("nvmlDeviceGetComputeRunningProcesses_v3") is None
+    assert nvml.NvmlDevice(0).running_processes() == ({ME: 2**30}, None)

@@ -363,6 +363,10 @@ class NvmlDevice:
             if procs is not None:
                 if chosen != name:
                     _proc_calls[kind] = name
+                    if not name.endswith("_v3"):
+                        _log_once(f"process-call:{kind}", f"{kind} processes are listed with {name}: this "
+                                  "driver lacks the _v3 call, or writes 32-byte entries the binding reads "
+                                  f"as 24 — {MISMATCH_FIX} for the newest call")
                 return procs, None
             if not _is_missing(nv, reason):
                 return None, reason
