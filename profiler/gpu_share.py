@@ -9,9 +9,9 @@ What NVML gives and what this module does with it:
   and between samples carry the last shares forward. Before the first sample the interval's
   energy waits ("no sample yet", not "idle") and is shared out by the first sample.
 - Idle power is the mean power over a stretch of at least ``min_idle_stretch_s`` with no
-  process holding a context on the device (compute, graphics or MPS list empty), measured
-  between two counter changes so the counter's update granularity (0-W ticks) cannot pull it
-  down; or the value remembered for this GPU from an earlier session; or unknown — then the
+  process holding a context on the device (compute, graphics or MPS list empty), the slope of
+  energy against time over the whole stretch so the counter's update granularity (0-W ticks)
+  cannot pull it down; or the value remembered for this GPU from an earlier session; or unknown — then the
   target gets its share of the *total* energy and the method says so.
 - Energy above idle is kept per interval with a bounded carry: a tick where the counter did not
   move (ΔE < idle·Δt) lowers the next ticks instead of being clipped to 0 and lost.
@@ -34,28 +34,40 @@ NO_SAMPLE_REASON = "no per-process utilisation sample from the driver yet"
 
 @dataclass(slots=True)
 class IdleStretch:
-    """Counter-change-aligned energy over a run of ticks with no GPU process."""
+    """The mean power over a run of ticks with no GPU process: the least-squares slope of
+    cumulative energy against time. A counter that refreshes every 20-200 ms makes each reading
+    late by a varying amount (0-W ticks, then a catch-up); the slope over all the stretch's
+    points is not pulled down by them, and is steadier than the two end points alone."""
 
-    first_t_ns: int | None = None
-    first_e_j: float = 0.0
-    last_t_ns: int | None = None
-    last_e_j: float = 0.0
+    t0_ns: int | None = None
     e_j: float = 0.0  # cumulative energy inside the stretch
+    n: int = 0
+    st: float = 0.0
+    se: float = 0.0
+    stt: float = 0.0
+    ste: float = 0.0
+    span_s: float = 0.0
 
     def add(self, t_ns: int, d_e_j: float) -> None:
+        if self.t0_ns is None:
+            self.t0_ns = t_ns
         self.e_j += d_e_j
-        if d_e_j > 0:  # the counter moved: a usable edge
-            if self.first_t_ns is None:
-                self.first_t_ns, self.first_e_j = t_ns, self.e_j
-            self.last_t_ns, self.last_e_j = t_ns, self.e_j
+        t = (t_ns - self.t0_ns) / 1e9
+        self.n += 1
+        self.st += t
+        self.se += self.e_j
+        self.stt += t * t
+        self.ste += t * self.e_j
+        self.span_s = t
 
     def power_w(self, min_s: float) -> tuple[float, float] | None:
-        if self.first_t_ns is None or self.last_t_ns is None:
+        """(W, stretch s) once the stretch is at least ``min_s`` long, else None."""
+        if self.span_s < min_s or self.n < 3:
             return None
-        span_s = (self.last_t_ns - self.first_t_ns) / 1e9
-        if span_s < min_s:
+        den = self.n * self.stt - self.st * self.st
+        if den <= 0:
             return None
-        return (self.last_e_j - self.first_e_j) / span_s, span_s
+        return (self.n * self.ste - self.st * self.se) / den, self.span_s
 
 
 class GpuTracker:

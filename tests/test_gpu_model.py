@@ -43,11 +43,12 @@ def _idle_then_load(clock, gpu, sampler, *, idle_s=3.0, load_s=10.0, tick_s=0.1,
     return gpu.true_dynamic_j(ME, t0, clock.now())
 
 
+@pytest.mark.parametrize("tick_s", [0.05, 0.1, 0.25])
 @pytest.mark.parametrize("counter_period_s", [0.0, 0.02, 0.1, 0.2])
-def test_counter_update_granularity_does_not_pull_idle_down(monkeypatch, counter_period_s):
+def test_counter_update_granularity_does_not_pull_idle_down(monkeypatch, counter_period_s, tick_s):
     """Fault 3b: 0-W ticks from a 20-200 ms counter made idle 0 W and the target +9..43 %."""
     clock, gpu, sampler, rings = _setup(monkeypatch, counter_period_s=counter_period_s, counter_phase_s=0.037)
-    truth = _idle_then_load(clock, gpu, sampler)
+    truth = _idle_then_load(clock, gpu, sampler, tick_s=tick_s, jitter_s=tick_s / 5)
     assert _target_j(rings) == pytest.approx(truth, rel=0.05)
     assert rings.get("nvml:0/idle_power_w").last()[1] == pytest.approx(70.0, rel=0.05)
     assert sampler.measured_idle()["nvml:0"][0] == pytest.approx(70.0, rel=0.05)
