@@ -29,6 +29,7 @@ from wattlens.profiler.pidns import PidNamespace
 
 MIG_REASON = ("MIG mode is on: NVML has no per-process utilisation under MIG and the energy counter "
               "covers every GPU instance, so the target's share cannot be measured")
+SAMPLE_HORIZON_US = 1_000_000
 NO_SAMPLE_REASON = "no per-process utilisation sample from the driver yet"
 
 
@@ -126,10 +127,14 @@ class GpuTracker:
             self.util_supported = False
             return reason
         if samples:
-            self.last_seen_us = max(ts for _, _, ts in samples)
+            newest = max(ts for _, _, ts in samples)
+            self.last_seen_us = newest
             shares: dict[int, float] = {}
-            for pid, sm, _ in samples:
-                shares[pid] = shares.get(pid, 0.0) + sm
+            for pid, sm, ts in samples:
+                # the first call (timestamp 0) returns the driver's whole buffer: only the newest
+                # second of it describes now (1 s is the slowest driver cadence)
+                if ts > newest - SAMPLE_HORIZON_US:
+                    shares[pid] = shares.get(pid, 0.0) + sm
             self.shares = shares
         return None
 

@@ -315,3 +315,18 @@ def test_without_symbol_lookup_the_calls_are_tried_newest_first(monkeypatch):
     gpu.set_load({ME: 100.0})
     assert nvml.has_symbol("nvmlDeviceGetComputeRunningProcesses_v3") is None
     assert nvml.NvmlDevice(0).running_processes() == ({ME: 2**30}, None)
+
+
+def test_old_samples_in_the_drivers_buffer_do_not_dilute_the_first_share(monkeypatch):
+    """The first call (timestamp 0) returns the driver's whole buffer, including processes
+    that finished seconds before the attach."""
+    clock, gpu, sampler, rings = _setup(monkeypatch, known_idle_w=70.0, sample_period_s=1.0, sample_phase_s=0.3)
+    gpu.set_load({OTHER: 300.0})
+    clock.advance(6.0)
+    gpu.processes = {}
+    gpu.set_load({ME: 200.0})
+    clock.advance(2.0)
+    sampler.tick()
+    t0 = clock.now()
+    fake_nvml.run_ticks(sampler, clock, 1.5, 0.1)
+    assert _target_j(rings) == pytest.approx(gpu.true_dynamic_j(ME, t0, clock.now()), rel=0.05)

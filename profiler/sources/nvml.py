@@ -387,7 +387,6 @@ class NvmlSource:
         self.method = "counter" if energy is not None else "polled"
         self._counter = CounterDelta(range_j=None)  # 64-bit mJ counter: no wrap in practice
         self._integrator = TrapezoidIntegrator()
-        self._idle_power_w: float | None = None
 
     def read(self, t_ns: int) -> Reading:
         power_w, power_reason = self.device.power_w()
