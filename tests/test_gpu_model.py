@@ -330,3 +330,14 @@ def test_old_samples_in_the_drivers_buffer_do_not_dilute_the_first_share(monkeyp
     t0 = clock.now()
     fake_nvml.run_ticks(sampler, clock, 1.5, 0.1)
     assert _target_j(rings) == pytest.approx(gpu.true_dynamic_j(ME, t0, clock.now()), rel=0.05)
+
+
+def test_doctor_says_per_process_gpu_figures_need_pid_host(monkeypatch, tmp_path):
+    proc = fake_nvml.fake_proc(tmp_path / "proc", in_container=True, pids=[ME])
+    monkeypatch.delenv("WATTLENS_HOST_PROC", raising=False)
+    gpu = fake_nvml.FakeGpu(clock=fake_nvml.SimClock(), pid_offset=40_000)
+    fake_nvml.install(monkeypatch, [gpu], proc_root=proc)
+    found = discover()
+    assert any(s.id == "nvml:0" for s in found.usable)  # the GPU itself is measured
+    (u,) = [u for u in found.unavailable if u.source_id == "nvml:per-process"]
+    assert "PID namespace" in u.reason and "--pid=host" in u.fix

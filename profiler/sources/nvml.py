@@ -443,4 +443,13 @@ def discover_nvml() -> tuple[list[NvmlSource], list[tuple[str, str, str]]]:
                              "this GPU does not report power; nothing to do"))
             continue
         sources.append(src)
+    if sources:
+        from wattlens.profiler.pidns import NO_MAPPING_REASON, PidNamespace
+
+        ns = PidNamespace()
+        if not ns.in_host_namespace and ns.host_proc_root is None:
+            # the GPUs are measured; only the per-process split needs the host's PIDs
+            problems.append(("nvml:per-process", NO_MAPPING_REASON.split(" — ")[0],
+                             "run the container with --pid=host (or mount the host's /proc and set "
+                             "WATTLENS_HOST_PROC)"))
     return sources, problems
