@@ -60,7 +60,7 @@ class GpuFeatures:
     util_p90_pct: float | None
     target_energy_j: float | None  # energy attributed to the target on this GPU
     mean_power_w: float | None = None  # whole-GPU energy / span
-    idle_power_w: float | None = None  # lowest power seen in the session
+    idle_power_w: float | None = None  # measured with no GPU process, or remembered for this GPU (never a guess)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 CPU and DRAM: the target tree's share of the machine's busy CPU time over the interval, applied
 to the interval's energy ("cpu-time share"). GPU: the target's share of SM utilisation among all
-processes on the device (nvmlDeviceGetProcessUtilization), applied to the energy above idle
-("sm share × dynamic"); idle power is reported apart. Every result is ≤ what was measured.
+processes on the device (nvmlDeviceGetProcessUtilization), applied to the energy above a
+*measured* idle power ("sm share × dynamic"), or to the whole energy, labelled so, while idle
+power is unknown. Every result is ≤ what was measured. The per-GPU state (driver samples,
+idle stretches) lives in :mod:`wattlens.profiler.gpu_share`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 CPU_METHOD = "cpu-time share"
 GPU_METHOD = "sm share × dynamic (above idle)"
 GPU_SOLE_METHOD = "sole GPU process × dynamic (above idle)"
+GPU_TOTAL_METHOD = "sm share × total (idle power unknown)"
+GPU_SOLE_TOTAL_METHOD = "sole GPU process × total (idle power unknown)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +55,19 @@ def gpu_share(target_sm_pct: float, all_sm_pct: float) -> float:
     return _clip01(target_sm_pct / all_sm_pct)
 
 
-def attribute_gpu(energy_delta_j: float | None, duration_s: float, idle_power_w: float | None,
-                  share: float | None, *, sole: bool = False, reason: str | None = None) -> Attributed:
-    """share × (energy above idle). ``share`` None → not attributable (reason says why)."""
-    method = GPU_SOLE_METHOD if sole else GPU_METHOD
-    if energy_delta_j is None:
-        return Attributed(None, share, method, "no energy measured for this interval")
+def gpu_method(*, sole: bool, idle_known: bool) -> str:
+    if idle_known:
+        return GPU_SOLE_METHOD if sole else GPU_METHOD
+    return GPU_SOLE_TOTAL_METHOD if sole else GPU_TOTAL_METHOD
+
+
+def attribute_gpu(dynamic_j: float | None, share: float | None, *, sole: bool = False,
+                  idle_known: bool = True, reason: str | None = None) -> Attributed:
+    """share × ``dynamic_j`` (the interval's energy above idle, or its whole energy when idle
+    power is unknown: the method says which). ``share`` None → not attributable (reason why)."""
+    method = gpu_method(sole=sole, idle_known=idle_known)
+    if dynamic_j is None:
+        return Attributed(None, share, method, reason or "no energy measured for this interval")
     if share is None:
         return Attributed(None, None, method, reason or "per-process GPU utilisation unavailable")
-    idle_j = (idle_power_w or 0.0) * duration_s
-    dynamic_j = max(energy_delta_j - idle_j, 0.0)
     return Attributed(dynamic_j * share, share, method)

@@ -37,7 +37,8 @@ class Measurement:
 
 
 class EnergyMeter:
-    def __init__(self, sources=None, *, pid: int | None = None, interval_s: float = 0.05):
+    def __init__(self, sources=None, *, pid: int | None = None, interval_s: float = 0.05,
+                 known_idle_w: dict[str, float] | None = None):
         if sources is None:
             from wattlens.profiler.sources import discover
 
@@ -45,6 +46,7 @@ class EnergyMeter:
         self.sources = list(sources)
         self.pid = pid if pid is not None else os.getpid()
         self.interval_s = interval_s
+        self.known_idle_w = known_idle_w  # GPU source id → idle W remembered (Store.gpu_idle)
         self._open: dict[str, int] = {}
         self._lock = threading.Lock()
         self._rings: RingBuffers | None = None
@@ -57,7 +59,8 @@ class EnergyMeter:
             if self._sampler is None:
                 self._rings = RingBuffers()
                 self._sampler = Sampler(self.sources, interval_s=self.interval_s,
-                                        target=Target(self.pid), sinks=[self._rings])
+                                        target=Target(self.pid), sinks=[self._rings],
+                                        known_idle_w=self.known_idle_w)
                 self._sampler.start()
             self._open[key] = _tick_time(self._sampler)
 

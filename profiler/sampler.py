@@ -6,7 +6,10 @@ Series keys (units in names):
   ``<source>/mem_used_bytes``; with a target: ``target/<source>/power_w``,
   ``target/<source>/energy_j`` (cumulative), ``target/<gpu>/mem_used_bytes``, ``target/energy_j`` (all sources),
   ``target/power_w`` and ``target/cpu_pct`` (percent of one core).
-Idle GPU power (lowest power seen in the session) is ``<source>/idle_power_w``.
+Idle GPU power is ``<source>/idle_power_w``: measured over a stretch with no GPU process, or the
+value remembered for that GPU from an earlier session (``known_idle_w``), never the session
+minimum (see :mod:`wattlens.profiler.gpu_share`). Where a GPU's energy covers the CPU too
+(GH200), CPU sources are left out of ``target/energy_j`` so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from wattlens.profiler import attribution
+from wattlens.profiler.gpu_share import GpuTracker
+from wattlens.profiler.pidns import PidNamespace
 from wattlens.profiler.process import Target, system_cpu_s
 from wattlens.profiler.records import SamplePoint, SeriesSpec
 
@@ -25,9 +30,16 @@ log = logging.getLogger(__name__)
 Sink = Callable[[list[SamplePoint]], None]
 
 
+def _reading_note(src) -> str:
+    """For a polled GPU: which NVML reading its power is (power.draw may be a 1-s average)."""
+    reading = getattr(getattr(src, "device", None), "power_reading", None)
+    return f" — {reading}" if src.method == "polled" and isinstance(reading, str) else ""
+
+
 class Sampler:
     def __init__(self, sources: Sequence, *, interval_s: float = 0.1, target: Target | None = None,
-                 sinks: Sequence[Sink] = ()):
+                 sinks: Sequence[Sink] = (), known_idle_w: dict[str, float] | None = None,
+                 pidns: PidNamespace | None = None, clock_ns: Callable[[], int] = time.monotonic_ns):
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
         self.sources = list(sources)
@@ -38,9 +50,14 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._prev: dict[str, tuple[int, float | None]] = {}
         self._target_energy_j: dict[str, float] = {s.id: 0.0 for s in self.sources}
-        self._idle_power_w: dict[str, float] = {}
+        self.clock_ns = clock_ns  # the hardware clock; a simulated one in tests
+        self._known_idle_w = dict(known_idle_w or {})
+        self._pidns = pidns
+        self._gpu: dict[str, GpuTracker] = {}
+        # a GPU whose energy covers the CPU too (GH200): CPU sources stay out of the target's total
+        self.cpu_in_gpu = [s.id for s in self.sources if s.kind == "gpu" and
+                           getattr(getattr(s, "device", None), "covers_cpu", False) is True]
         self._prev_cpu: tuple[float, float, int] | None = None  # (target s, busy s, read at ns)
-        self._gpu_since_us: dict[str, int] = {}  # per GPU: NVML's last-seen sample time (µs)
         self.reasons: dict[str, str] = {}  # series key → why it is missing
         self.ticks = 0
         self.last_tick_ns = 0
@@ -52,7 +69,7 @@ class Sampler:
         specs: list[SeriesSpec] = []
         for s in self.sources:
             specs += [
-                SeriesSpec(f"{s.id}/power_w", "W", s.method, s.id, f"{s.label} power"),
+                SeriesSpec(f"{s.id}/power_w", "W", s.method, s.id, f"{s.label} power" + _reading_note(s)),
                 SeriesSpec(f"{s.id}/energy_j", "J", s.method, s.id, f"{s.label} energy"),
                 SeriesSpec(f"{s.id}/util_pct", "%", "polled", s.id, f"{s.label} utilisation"),
             ]
@@ -60,10 +77,14 @@ class Sampler:
                 specs += [
                     SeriesSpec(f"{s.id}/mem_used_bytes", "B", "polled", s.id, f"{s.label} memory"),
                     SeriesSpec(f"{s.id}/idle_power_w", "W", "derived", s.id,
-                               f"{s.label} idle power (lowest seen this session)"),
+                               f"{s.label} idle power (measured with no GPU process, or remembered "
+                               "for this GPU)"),
                 ]
             if self.target is not None:
-                method = attribution.GPU_METHOD if s.kind == "gpu" else attribution.CPU_METHOD
+                method = (attribution.gpu_method(sole=False, idle_known=s.id in self._known_idle_w)
+                          if s.kind == "gpu" else attribution.CPU_METHOD)
+                if s.kind == "gpu" and s.id not in self._known_idle_w:
+                    method += " until idle is measured, then sm share × dynamic (above idle)"
                 specs += [
                     SeriesSpec(f"target/{s.id}/power_w", "W", f"attributed: {method} × {s.method}",
                                s.id, f"target's share of {s.label}"),
@@ -125,7 +146,7 @@ class Sampler:
             return self._tick()
 
     def _tick(self) -> list[SamplePoint]:
-        t_ns = time.monotonic_ns()
+        t_ns = self.clock_ns()
         points: list[SamplePoint] = []
         add = points.append
         target_share_cpu: float | None = None
@@ -138,7 +159,7 @@ class Sampler:
             except Exception:  # noqa: BLE001 - the target vanished between checks
                 busy_s, _total = system_cpu_s()
                 tgt_s = self._prev_cpu[0] if self._prev_cpu else 0.0
-            t_cpu_ns = time.monotonic_ns()  # when the CPU times were read: the rate's own clock
+            t_cpu_ns = self.clock_ns()  # when the CPU times were read: the rate's own clock
             if self._prev_cpu is not None:
                 d_tgt = tgt_s - self._prev_cpu[0]
                 d_busy = busy_s - self._prev_cpu[1]
@@ -162,11 +183,8 @@ class Sampler:
             for name, value in r.extra.items():
                 if value is not None:
                     add(SamplePoint(f"{sid}/{name}", t_ns, value))
-            if src.kind == "gpu" and r.power_w is not None:
-                idle = self._idle_power_w.get(sid)
-                if idle is None or r.power_w < idle:
-                    self._idle_power_w[sid] = r.power_w
-                    add(SamplePoint(f"{sid}/idle_power_w", t_ns, r.power_w))
+            if first and src.kind == "gpu" and sid in self._known_idle_w:
+                add(SamplePoint(f"{sid}/idle_power_w", t_ns, self._known_idle_w[sid]))
             prev_t, prev_e = self._prev.get(sid, (t_ns, None))
             self._prev[sid] = (t_ns, r.energy_j)
             if self.target is None or first:
@@ -174,9 +192,11 @@ class Sampler:
             d_e = None if (r.energy_j is None or prev_e is None) else r.energy_j - prev_e
             dt_s = (t_ns - prev_t) / 1e9
             if src.kind == "gpu":
-                att, target_mem = self._attribute_gpu(src, d_e, dt_s)
+                att, target_mem, new_idle_w = self._attribute_gpu(src, t_ns, d_e, dt_s)
                 if target_mem is not None:
                     add(SamplePoint(f"target/{sid}/mem_used_bytes", t_ns, target_mem))
+                if new_idle_w is not None:
+                    add(SamplePoint(f"{sid}/idle_power_w", t_ns, new_idle_w))
             else:
                 att = attribution.attribute_cpu(d_e, target_share_cpu)
             if att.energy_j is None:
@@ -188,10 +208,11 @@ class Sampler:
             if dt_s > 0:
                 p_w = att.energy_j / dt_s
                 add(SamplePoint(f"target/{sid}/power_w", t_ns, p_w))
-                target_power_w += p_w
-                target_power_known = True
+                if not (self.cpu_in_gpu and src.kind != "gpu"):
+                    target_power_w += p_w
+                    target_power_known = True
         if self.target is not None:
-            add(SamplePoint("target/energy_j", t_ns, sum(self._target_energy_j.values())))
+            add(SamplePoint("target/energy_j", t_ns, self._target_total_j()))
             if target_power_known:
                 add(SamplePoint("target/power_w", t_ns, target_power_w))
             if target_cpu_pct is not None:
@@ -202,28 +223,39 @@ class Sampler:
             sink(points)
         return points
 
-    def _attribute_gpu(self, src, d_e: float | None, dt_s: float) -> tuple[attribution.Attributed, float | None]:
-        """The target's GPU energy for this interval, and its GPU memory (bytes) when the driver says."""
-        dev = src.device
-        pids = self.target.pids()
-        since_us = self._gpu_since_us.get(src.id, 0)
-        util, reason = dev.process_sm_util(since_us)
-        self._gpu_since_us[src.id] = int(time.time() * 1e6) - int(2 * self.interval_s * 1e6)
-        procs, preason = dev.running_processes()
-        mem = None
-        if procs is not None:
-            known = [procs[p] for p in procs if p in pids and procs[p] is not None]
-            mem = float(sum(known)) if known or not any(p in pids for p in procs) else None
-        idle_w = self._idle_power_w.get(src.id)
-        if util:
-            share = attribution.gpu_share(sum(v for p, v in util.items() if p in pids), sum(util.values()))
-            return attribution.attribute_gpu(d_e, dt_s, idle_w, share), mem
-        if procs is not None:
-            ours = [p for p in procs if p in pids]
-            if not ours:
-                return attribution.attribute_gpu(d_e, dt_s, idle_w, 0.0), mem
-            if len(ours) == len(procs):
-                return attribution.attribute_gpu(d_e, dt_s, idle_w, 1.0, sole=True), mem
-        if util is not None:  # no kernel ran since the last tick
-            return attribution.attribute_gpu(d_e, dt_s, idle_w, 0.0), mem
-        return attribution.attribute_gpu(d_e, dt_s, idle_w, None, reason=reason or preason), mem
+    def _target_total_j(self) -> float:
+        """The target's energy over all sources; a GPU whose counter covers the CPU (GH200)
+        already holds the CPU's share, so CPU sources are left out then."""
+        if not self.cpu_in_gpu:
+            return sum(self._target_energy_j.values())
+        return sum(self._target_energy_j[s.id] for s in self.sources if s.kind == "gpu")
+
+    def gpu_tracker(self, src) -> GpuTracker:
+        tr = self._gpu.get(src.id)
+        if tr is None:
+            if self._pidns is None:
+                self._pidns = PidNamespace()
+            tr = self._gpu[src.id] = GpuTracker(src.device, pidns=self._pidns,
+                                                known_idle_w=self._known_idle_w.get(src.id))
+        return tr
+
+    def measured_idle(self) -> dict[str, tuple[float, float]]:
+        """GPU source id → (idle power W, length s of the stretch it was measured over), for the
+        GPUs that showed a stretch with no process this session (to remember across sessions)."""
+        return {sid: tr.measured_idle for sid, tr in self._gpu.items() if tr.measured_idle is not None}
+
+    def _attribute_gpu(self, src, t_ns: int, d_e: float | None,
+                       dt_s: float) -> tuple[attribution.Attributed, float | None, float | None]:
+        """The target's GPU energy for this interval, its GPU memory (bytes) when known, and a
+        newly measured idle power (W) when this tick completed one."""
+        tr = self.gpu_tracker(src)
+        att, mem, new_idle, mem_reason = tr.step(t_ns, d_e, dt_s, self.target.pids())
+        if mem is None and mem_reason:
+            self.reasons[f"target/{src.id}/mem_used_bytes"] = mem_reason
+        for key, note in tr.notes.items():
+            self.reasons[f"{src.id}/{key}"] = note
+        if self.cpu_in_gpu:
+            self.reasons["target/energy_j"] = (
+                f"{', '.join(self.cpu_in_gpu)}: the GPU module's energy counter covers its CPU too "
+                "(GH200), so CPU sources are not added to the target's total")
+        return att, mem, (tr.idle_w if new_idle else None)

@@ -81,7 +81,8 @@ class ProfilingSession:
     def start(self) -> int:
         if not self.discovery.usable:
             raise StoreError("no power source is usable here", hint="run `wattlens doctor` for the fixes")
-        self.sampler = Sampler(self.discovery.usable, interval_s=self.interval_s, target=self.target)
+        self.sampler = Sampler(self.discovery.usable, interval_s=self.interval_s, target=self.target,
+                               known_idle_w=self._stored_gpu_idle())
         self.started_at = time.time()
         self.start_ns = time.monotonic_ns()
         sources = [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label, "details": s.describe()}
@@ -122,6 +123,36 @@ class ProfilingSession:
             self.stack_sampler = None
             return
         self.stack_sampler.start()
+
+    def _gpu_keys(self) -> dict[str, str]:
+        """GPU source id → the key its idle power is remembered under (NVML UUID, else name+id)."""
+        out = {}
+        for s in self.discovery.usable:
+            if s.kind == "gpu":
+                dev = getattr(s, "device", None)
+                out[s.id] = getattr(dev, "uuid", None) or f"{s.label}#{s.id}"
+        return out
+
+    def _stored_gpu_idle(self) -> dict[str, float]:
+        out = {}
+        for sid, key in self._gpu_keys().items():
+            try:
+                row = self.store.gpu_idle(key)
+            except StoreError:
+                row = None
+            if row is not None:
+                out[sid] = row["idle_power_w"]
+        return out
+
+    def _remember_gpu_idle(self) -> None:
+        if self.sampler is None:
+            return
+        keys = self._gpu_keys()
+        for sid, (power_w, stretch_s) in self.sampler.measured_idle().items():
+            try:
+                self.store.record_gpu_idle(keys[sid], power_w, stretch_s)
+            except StoreError as exc:
+                log.warning("could not remember %s's idle power: %s", sid, exc.message)
 
     def note(self, message: str) -> None:
         self.notes.append(message)
@@ -194,6 +225,7 @@ class ProfilingSession:
                 log.exception("stack sampler did not stop cleanly")
         if self.sampler is not None:
             self.sampler.stop()
+            self._remember_gpu_idle()
         ended_at = time.time()
         duration_s = (time.monotonic_ns() - self.start_ns) / 1e9
         self.status, self.end_reason = status, reason
@@ -205,7 +237,8 @@ class ProfilingSession:
             write_error = exc
         session = {"id": self.session_id, "name": self.name, "status": status, "duration_s": duration_s,
                    "target_pid": self.target.pid if self.target else None,
-                   "sources": [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label}
+                   "sources": [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label,
+                                "covers_cpu": bool(getattr(getattr(s, "device", None), "covers_cpu", False))}
                                for s in self.discovery.usable]}
         live = self.rings.snapshot()
         self.summary = summarize(session, live, reasons=self.sampler.reasons if self.sampler else None,

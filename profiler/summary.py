@@ -49,6 +49,9 @@ def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
     total_j = 0.0
     any_energy = False
     methods = set()
+    # a GPU module whose counter covers its CPU (GH200): CPU sources are already inside it
+    cpu_in_gpu = any(src.get("covers_cpu") or (src.get("details") or {}).get("covers_cpu")
+                     for src in session.get("sources", []))
     for src in session.get("sources", []):
         sid = src["id"]
         energy_j = _last(series, f"{sid}/energy_j")
@@ -66,6 +69,8 @@ def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
         }
         if energy_j is None:
             row["reason"] = reasons.get(f"{sid}/energy_j", "no energy samples were recorded")
+        elif cpu_in_gpu and src["kind"] != "gpu":
+            row["note"] = "inside the GPU module's energy counter (GH200): not added to the total"
         else:
             total_j += energy_j
             any_energy = True
@@ -93,8 +98,10 @@ def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
         rules = []
         if any(s["kind"] in ("cpu", "dram") for s in attributed):
             rules.append("cpu-time share (CPU/DRAM)")
-        if any(s["kind"] == "gpu" for s in attributed):
+        if any(s["kind"] == "gpu" and s["idle_power_w"] is not None for s in attributed):
             rules.append("sm share × dynamic power (GPU)")
+        if any(s["kind"] == "gpu" and s["idle_power_w"] is None for s in attributed):
+            rules.append("sm share × total power, idle unknown (GPU)")
         out["target"] = {
             "pid": session["target_pid"],
             "energy_j": target_j,

@@ -285,10 +285,10 @@ class FakeCudaEvent:
     done = False
     synchronized = 0
 
-    def __init__(self) -> None:
+    def __init__(self, device=None) -> None:
         self.t_ns = None
 
-    def record(self) -> None:
+    def record(self, stream=None) -> None:
         self.t_ns = time.perf_counter_ns()
 
     def query(self) -> bool:
@@ -326,7 +326,7 @@ def test_cuda_event_timing_is_read_later_without_per_layer_sync(make_tracker):
         assert by[("", "forward")]["time_ns"] >= by[("blocks.0", "forward")]["time_ns"] > 0
         assert by[("blocks.0", "forward")]["self_time_ns"] <= by[("blocks.0", "forward")]["time_ns"]
     assert any(r["self_time_ns"] > 0 for r in sink.rows("blocks.0.fc", "backward"))
-    pooled = len(tracker._pool)
+    pooled = sum(len(p) for p in tracker._pools.values())
     assert pooled > 0  # events are reused, not created per call forever
     tracker.finish()
 
@@ -342,3 +342,82 @@ def test_cuda_backlog_waits_once_per_window(make_tracker):
     assert FakeCudaEvent.synchronized == 1  # the backlog limit forced one wait, not one per layer
     tracker.finish()
     assert len(sink.of("layers")) == 12  # every window, the last ones flushed at finish
+
+
+class DeviceCudaEvent:
+    """torch.cuda.Event as far as devices go: bound to the device of the stream it is first
+    recorded on (no stream: the *current* device's), refusing another device's stream or an end
+    event of another device — what torch raises ("Event device … does not match …")."""
+
+    current_device = 0
+    recorded_on: list[tuple[int, int]] = []  # (event's device, stream's device)
+
+    def __init__(self, device=None) -> None:
+        self.device = None
+        self.t_ns = None
+
+    def record(self, stream=None) -> None:
+        dev = stream.device if stream is not None else DeviceCudaEvent.current_device
+        if self.device is not None and self.device != dev:
+            raise RuntimeError(f"Event device {self.device} does not match recording stream's device {dev}")
+        self.device = dev
+        self.t_ns = time.perf_counter_ns()
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, end: DeviceCudaEvent) -> float:
+        if end.device != self.device:
+            raise RuntimeError(f"Event device {end.device} does not match event device {self.device}")
+        return (end.t_ns - self.t_ns) / 1e6
+
+
+class _Stream:
+    def __init__(self, device: int) -> None:
+        self.device = device
+
+
+def test_cuda_events_follow_the_module_device_and_pool_per_device(make_tracker):
+    """Issue 16: a model on cuda:1 without set_device was timed on device 0's stream, and pooled
+    events recorded on one device were reused on another ("Event device … does not match")."""
+    net0, net1 = Net(), Net()
+    device = {id(m): 0 for m in net0.modules()} | {id(m): 1 for m in net1.modules()}
+    streams: list[int] = []
+
+    def stream_of(dev):
+        streams.append(dev)
+        return _Stream(dev)
+
+    tracker, sink = make_tracker(event_factory=DeviceCudaEvent, stream_of=stream_of,
+                                 device_of=lambda m: device.get(id(m)))
+    DeviceCudaEvent.current_device = 0  # the program never called torch.cuda.set_device(1)
+    with torch.no_grad():
+        for _ in range(6):  # alternate: events return to the pool and are reused
+            net0(torch.randn(2, 16))
+            net1(torch.randn(2, 16))
+    tracker.finish()
+    assert set(streams) == {0, 1}
+    assert set(tracker._pools) == {0, 1}
+    assert all(e.device == d for d, pool in tracker._pools.items() for e in pool)
+    assert not [e for e in sink.of("event") if e.get("kind") == "cuda-timing-partial"]
+    rows = [r for m in sink.of("layers") for r in m["rows"] if r["phase"] == "forward"]
+    assert rows and all(r["time_ns"] > 0 for r in rows if r["path"] == "blocks.0")
+
+
+def test_cuda_backward_events_are_recorded_on_the_owner_device(make_tracker):
+    net = Net()
+    streams: list[int] = []
+    tracker, sink = make_tracker(event_factory=DeviceCudaEvent,
+                                 stream_of=lambda d: streams.append(d) or _Stream(d),
+                                 device_of=lambda m: 1)
+    DeviceCudaEvent.current_device = 0
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for _ in range(3):
+        net(torch.randn(4, 16)).sum().backward()
+        opt.step()
+    tracker.finish()
+    assert set(streams) == {1}
+    assert any(r["self_time_ns"] > 0 for r in sink.rows("blocks.0.fc", "backward"))

@@ -83,10 +83,11 @@ def test_one_busy_process_gets_at_least_90_percent_of_dynamic_energy(gpu_load):
     time.sleep(12)
     sampler.stop()
     t, e = rings.get(f"{gpu.id}/energy_j").snapshot()
-    idle_w = rings.get(f"{gpu.id}/idle_power_w").last()[1]
-    dynamic_j = e[-1] - idle_w * (t[-1] - t[0]) / 1e9
+    idle = rings.get(f"{gpu.id}/idle_power_w")  # measured or remembered; absent: attributed by total
+    idle_w = idle.last()[1] if idle is not None else 0.0
+    basis_j = e[-1] - idle_w * (t[-1] - t[0]) / 1e9
     target_j = rings.get(f"target/{gpu.id}/energy_j").last()[1]
-    assert target_j >= 0.9 * dynamic_j * 0.95, (target_j, dynamic_j)  # 5 % slack for the idle estimate
+    assert target_j >= 0.9 * basis_j * 0.95, (target_j, basis_j, idle_w)  # 5 % slack for the idle figure
     assert target_j <= e[-1]
 
 

@@ -102,6 +102,8 @@ def recorded(tmp_path_factory):
         }
         from wattlens.profiler.sources import nvml
 
+        # the GPU's idle power as an earlier session measured it (the fake GPU is always busy here)
+        store.record_gpu_idle("GPU-fake-0", 60.0, 5.0)
         for label, gpu_name in (("h100", "NVIDIA H100 80GB HBM3"), ("t4", "Tesla T4")):
             mp = pytest.MonkeyPatch()
             try:
@@ -205,6 +207,7 @@ def test_h100_with_low_utilisation(recorded):
     f, recs, silent = _by_rule(store, ids["h100"])
     assert f.gpu_names == ("NVIDIA H100 80GB HBM3",)
     assert f.gpu_util_mean_pct == pytest.approx(20.0)
+    assert f.gpus[0].idle_power_w == 60.0  # the remembered idle, not this busy session's minimum
     assert f.gpu_memory_headroom_fraction == pytest.approx(0.9)
     assert f.gpu_used_by_target is True and f.cpu_inference is False
     bf = recs["bf16"]

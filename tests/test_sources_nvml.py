@@ -13,18 +13,19 @@ from wattlens.profiler.sources import nvml as wnvml
 
 
 def test_counter_source_reports_energy_in_joules_and_mean_power(monkeypatch):
-    gpu = fake_nvml.FakeGpu(power_w=250.0)
+    clock = fake_nvml.SimClock()
+    gpu = fake_nvml.FakeGpu("NVIDIA Fake H100", power_w=250.0, clock=clock)
     fake_nvml.install(monkeypatch, [gpu])
     found = discover()
     src = next(s for s in found.usable if s.id == "nvml:0")
     assert src.method == "counter" and src.kind == "gpu"
     assert "Fake H100" in src.label
-    r0 = src.read(time.monotonic_ns())
+    r0 = src.read(clock.monotonic_ns())
     assert r0.energy_j == 0.0
-    time.sleep(0.2)
-    r1 = src.read(time.monotonic_ns())
-    assert r1.energy_j == pytest.approx(250.0 * 0.2, rel=0.25)
-    assert r1.power_w == pytest.approx(250.0, rel=0.25)
+    clock.advance(0.2)
+    r1 = src.read(clock.monotonic_ns())
+    assert r1.energy_j == pytest.approx(250.0 * 0.2, abs=0.002)  # the counter is in mJ
+    assert r1.power_w == pytest.approx(250.0, rel=0.01)
     assert src.describe()["power_limit_w"] == 700.0
 
 
@@ -67,11 +68,17 @@ def test_missing_function_is_none_with_reason_and_logged_once(monkeypatch, caplo
     assert len([r for r in caplog.records if "nvmlDeviceGetEnforcedPowerLimit" in r.getMessage()]) == 1
 
 
-def test_process_utilisation_not_found_means_no_kernels(monkeypatch):
-    gpu = fake_nvml.FakeGpu()
+def test_process_utilisation_not_found_means_nothing_newer(monkeypatch):
+    clock = fake_nvml.SimClock()
+    gpu = fake_nvml.FakeGpu(clock=clock, sample_period_s=1.0)
     fake_nvml.install(monkeypatch, [gpu])
-    util, reason = wnvml.NvmlDevice(0).process_sm_util(0)
-    assert util == {} and reason is None
+    dev = wnvml.NvmlDevice(0)
+    assert dev.process_samples(0) == ([], None)  # nothing ran: NOT_FOUND
+    gpu.set_load({os.getpid(): 100.0})
+    clock.advance(1.5)
+    samples, _ = dev.process_samples(0)
+    assert [(p, round(u)) for p, u, _ in samples] == [(os.getpid(), 16)]
+    assert dev.process_samples(samples[-1][2]) == ([], None)  # no sample newer than the last seen
 
 
 def _gpu_sampler(monkeypatch, gpu, pid):
@@ -83,22 +90,24 @@ def _gpu_sampler(monkeypatch, gpu, pid):
 
 def test_gpu_attribution_is_sm_share_of_dynamic_power(monkeypatch):
     me = os.getpid()
-    gpu = fake_nvml.FakeGpu(power_w=100.0)  # first reading sets the idle power at 100 W
+    clock = fake_nvml.SimClock()
+    gpu = fake_nvml.FakeGpu(power_w=100.0, idle_w=100.0, clock=clock)
+    fake_nvml.install(monkeypatch, [gpu])
+    src = next(s for s in discover().usable if s.id == "nvml:0")
+    rings = RingBuffers()
+    sampler = Sampler([src], interval_s=0.1, target=Target(me), sinks=[rings], clock_ns=clock.monotonic_ns)
+    sampler.tick()
+    fake_nvml.run_ticks(sampler, clock, 3.0, 0.1)  # no GPU process: idle measured (100 W)
+    t0 = clock.now()
     gpu.sm_util = {me: 60, 999999: 20}
     gpu.processes = {me: 2**30, 999999: 2**30}
-    sampler, rings = _gpu_sampler(monkeypatch, gpu, me)
-    sampler.tick()
     gpu.power_w = 300.0
-    for _ in range(6):
-        time.sleep(0.05)
-        sampler.tick()
-    gpu_j = rings.get("nvml:0/energy_j").last()[1]
+    fake_nvml.run_ticks(sampler, clock, 3.0, 0.1)
+    dynamic_j = 200.0 * (clock.now() - t0)
     target_j = rings.get("target/nvml:0/energy_j").last()[1]
-    duration_s = (rings.get("nvml:0/energy_j").last()[0] - rings.get("nvml:0/energy_j").snapshot()[0][0]) / 1e9
-    dynamic_j = gpu_j - 100.0 * duration_s
     assert target_j == pytest.approx(0.75 * dynamic_j, rel=0.05)
-    assert target_j <= gpu_j
-    assert rings.get("nvml:0/idle_power_w").last()[1] == 100.0
+    assert target_j <= rings.get("nvml:0/energy_j").last()[1]
+    assert rings.get("nvml:0/idle_power_w").last()[1] == pytest.approx(100.0)
     assert rings.get("target/nvml:0/mem_used_bytes").last()[1] == 2**30  # only our process's memory
 
 

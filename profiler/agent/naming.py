@@ -11,6 +11,8 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+UNKNOWN_DEVICE = object()  # ModInfo.dev before the first CUDA-timed call
+
 
 class ModInfo:
     """One module instance: its name, sizes, and this window's accumulators.
@@ -21,7 +23,7 @@ class ModInfo:
 
     __slots__ = (
         "path", "cls", "ref", "parent", "root", "params", "bytes", "win",
-        "fw_incl", "fw_self", "fw_calls", "bw_self", "bw_calls", "flops_pc", "is_root",
+        "fw_incl", "fw_self", "fw_calls", "bw_self", "bw_calls", "flops_pc", "is_root", "dev",
     )
 
     def __init__(self, path: str, cls: str, module: Any, parent: ModInfo | None,
@@ -41,6 +43,7 @@ class ModInfo:
         self.bw_self = 0
         self.bw_calls = 0
         self.flops_pc: int | None = None  # forward FLOPs per call, inclusive
+        self.dev: Any = UNKNOWN_DEVICE  # the CUDA device its events are recorded on (agent/tracker.py)
 
 
 def _dead() -> None:

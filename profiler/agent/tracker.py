@@ -38,7 +38,7 @@ from functools import partial
 from typing import Any
 
 from . import flops as _flops
-from .naming import ModInfo, join, purge_dead, register_tree
+from .naming import UNKNOWN_DEVICE, ModInfo, join, purge_dead, register_tree
 
 TRAIN_FORWARDS_BEFORE_FALLBACK = 16  # training forwards with no optimizer step before we give up
 MAX_PENDING_CUDA_WINDOWS = 8  # beyond this, wait for the oldest window's events (rare)
@@ -58,7 +58,9 @@ class Tracker:
         window_ns: int = 50_000_000,
         count_flops: str = "auto",
         on_boundary: Callable[[], None] | None = None,
-        event_factory: Callable[[], Any] | None = None,
+        event_factory: Callable[[Any], Any] | None = None,
+        stream_of: Callable[[Any], Any] | None = None,
+        device_of: Callable[[Any], Any] | None = None,
         t_origin_ns: int | None = None,
     ) -> None:
         self.torch = torch
@@ -71,7 +73,14 @@ class Tracker:
         self._flops_policy = count_flops
         self._flops_pending = count_flops in ("auto", "force")
         self._flops_note_sent = False
+        # CUDA timing: events are made per device (``event_factory(device)``), recorded on that
+        # device's current stream (``stream_of(device)``; a model on cuda:1 without set_device is
+        # timed on cuda:1, not on the current device) and pooled per device (torch refuses an
+        # event recorded on another device's stream). ``device_of(module)``: the CUDA device of a
+        # module's parameters, or None.
         self._event_factory = event_factory
+        self._stream_of = stream_of if stream_of is not None else (lambda device: None)
+        self._device_of = device_of if device_of is not None else _module_device
         self._t_origin = t_origin_ns if t_origin_ns is not None else _monotonic_ns()
         self._on = False
         self._handles: list[Any] = []
@@ -92,7 +101,7 @@ class Tracker:
         # timing
         self._cuda = False
         self._timing = "perf-counter"
-        self._pool: list[Any] = []
+        self._pools: dict[Any, list[Any]] = {}  # device -> recorded-and-read events to reuse
         self._calls: list[Any] = []  # CUDA forward calls of the current window
         self._bw_events: list[Any] = []  # CUDA backward nodes of the current window
         self._pending_cuda: list[dict[str, Any]] = []
@@ -200,10 +209,15 @@ class Tracker:
                 calls = self._calls
                 top = stack[-1] if stack else None
                 parent_idx = top[4] if top is not None and top[5] is calls else -1
-                ev = self._pool.pop() if self._pool else self._new_event()
-                stack.append([info, ev, parent_idx, module, len(calls), calls])
+                dev = info.dev
+                if dev is UNKNOWN_DEVICE:
+                    dev = info.dev = self._device_of(module)
+                    if dev is None and top is not None and len(top) > 6:
+                        dev = info.dev = top[6]  # no parameters of its own: its parent's device
+                ev = self._take_event(dev)
+                stack.append([info, ev, parent_idx, module, len(calls), calls, dev])
                 calls.append(None)
-                ev.record()
+                ev.record(self._stream_of(dev))
             else:
                 frame = [info, 0, 0, module]
                 stack.append(frame)
@@ -234,9 +248,10 @@ class Tracker:
                 self._touch(info)
             info.fw_calls += 1
             if self._cuda:
-                ev1 = self._pool.pop() if self._pool else self._new_event()
-                ev1.record()
-                frame[5][frame[4]] = (info, frame[1], ev1, frame[2])
+                dev = frame[6]
+                ev1 = self._take_event(dev)
+                ev1.record(self._stream_of(dev))
+                frame[5][frame[4]] = (info, frame[1], ev1, frame[2], dev)
             else:
                 incl = t1 - frame[1]
                 info.fw_incl += incl
@@ -349,14 +364,18 @@ class Tracker:
         if use_cuda and not self._cuda:
             if self._event_factory is None:
                 cuda = self.torch.cuda
-                self._event_factory = lambda: cuda.Event(enable_timing=True)
+                self._event_factory = lambda device: cuda.Event(enable_timing=True)
+                self._stream_of = lambda device: cuda.current_stream(device) if device is not None else None
             self._cuda = True
             self._timing = "cuda-events"
             self._calls = []
 
-    def _new_event(self) -> Any:
+    def _take_event(self, device: Any) -> Any:
+        pool = self._pools.get(device)
+        if pool:
+            return pool.pop()
         assert self._event_factory is not None
-        return self._event_factory()
+        return self._event_factory(device)
 
     # ------------------------------------------------------------------ the main forward
     def _main_start(self, module: Any, args: Any) -> None:
@@ -465,7 +484,7 @@ class Tracker:
                 continue  # made before this forward, or an AccumulateGrad leaf
             owner = owners[bisect.bisect_right(keys, seq) - 1]
             if owner is not None:
-                cell: list[Any] = [0]
+                cell: list[Any] = [0, owner, None]  # start (time or event), owner, CUDA device
                 node.register_prehook(partial(pre, cell))
                 node.register_hook(partial(post, cell, owner))
             for nxt, _ in node.next_functions:
@@ -493,9 +512,12 @@ class Tracker:
         if not self._on:
             return None
         try:
-            ev = self._pool.pop() if self._pool else self._new_event()
-            ev.record()
+            dev = cell[1].dev
+            dev = None if dev is UNKNOWN_DEVICE else dev
+            ev = self._take_event(dev)
+            ev.record(self._stream_of(dev))
             cell[0] = ev
+            cell[2] = dev
         except Exception as exc:
             self._fail(exc)
         return None
@@ -504,9 +526,10 @@ class Tracker:
         if not self._on or not cell[0]:
             return None
         try:
-            ev = self._pool.pop() if self._pool else self._new_event()
-            ev.record()
-            self._bw_events.append((info, cell[0], ev))
+            dev = cell[2]
+            ev = self._take_event(dev)
+            ev.record(self._stream_of(dev))
+            self._bw_events.append((info, cell[0], ev, dev))
         except Exception as exc:
             self._fail(exc)
         return None
@@ -773,7 +796,7 @@ class Tracker:
             acc[1] += max(0, incl[i] - child[i])
             acc[2] += 1
         bw: dict[ModInfo, list[int]] = {}
-        for info, e0, e1 in w["bw"]:
+        for info, e0, e1, _dev in w["bw"]:
             ns = _elapsed_ns(e0, e1)
             if ns is None:
                 unreadable += 1
@@ -791,14 +814,12 @@ class Tracker:
         self._recycle([c for c in w["calls"] if c is not None], w["bw"])
 
     def _recycle(self, calls: list[Any], bw: list[Any]) -> None:
-        pool = self._pool
+        pools = self._pools
         for c in calls:
             if c is not None:
-                pool.append(c[1])
-                pool.append(c[2])
-        for _, e0, e1 in bw:
-            pool.append(e0)
-            pool.append(e1)
+                pools.setdefault(c[4], []).extend((c[1], c[2]))
+        for _, e0, e1, dev in bw:
+            pools.setdefault(dev, []).extend((e0, e1))
 
     # ------------------------------------------------------------------ end of run
     def finish(self) -> None:
@@ -863,6 +884,15 @@ def _grad_fns(obj: Any, out: list[Any], tensor_type: Any, depth: int) -> None:
             _grad_fns(x, out, tensor_type, depth + 1)
 
 
+def _module_device(module: Any) -> Any:
+    """The CUDA device (torch.device) of the module's first parameter or buffer, else None."""
+    for t in module.parameters():
+        return t.device if t.device.type == "cuda" else None
+    for t in module.buffers():
+        return t.device if t.device.type == "cuda" else None
+    return None
+
+
 def _device_dtype(module: Any) -> tuple[str | None, str | None]:
     for p in module.parameters():
         return str(p.device), str(p.dtype)
@@ -908,7 +938,7 @@ def _all_events(w: dict[str, Any]) -> list[Any]:
         if c is not None:
             evs.append(c[1])
             evs.append(c[2])
-    for _, e0, e1 in w["bw"]:
+    for _, e0, e1, _dev in w["bw"]:
         evs.append(e0)
         evs.append(e1)
     return evs

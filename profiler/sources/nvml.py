@@ -102,6 +102,7 @@ def shutdown() -> None:
         _nvml = None
         _init_error = None
         _logged_missing.clear()
+        _proc_calls.clear()
 
 
 def query(fn_name: str, *args: Any) -> tuple[Any, str | None]:
@@ -119,10 +120,90 @@ def query(fn_name: str, *args: Any) -> tuple[Any, str | None]:
     except nv.NVMLError as exc:
         code = getattr(exc, "value", None)
         reason, fix = _error_hint(nv, code)
-        if code in (getattr(nv, "NVML_ERROR_FUNCTION_NOT_FOUND", 13),) and fn_name not in _logged_missing:
-            _logged_missing.add(fn_name)
-            log.warning("%s: %s — %s", fn_name, reason, fix)
+        if code == getattr(nv, "NVML_ERROR_FUNCTION_NOT_FOUND", 13):
+            _log_once(fn_name, f"{fn_name}: {reason} — {fix}")
         return None, f"{fn_name}: {reason}"
+    except _mismatch_error(nv) as exc:  # 13.x: an unversioned call whose _v3 symbol the driver lacks
+        reason = f"{fn_name}: the driver lacks the symbol this nvidia-ml-py calls ({exc})"
+        _log_once(fn_name, f"{reason} — {MISMATCH_FIX}")
+        return None, f"{fn_name}: this nvidia-ml-py is newer than the driver ({MISMATCH_FIX})"
+
+
+MISMATCH_FIX = "upgrade the NVIDIA driver, or pin an nvidia-ml-py that matches it"
+
+
+class _NoSuchError(Exception):
+    """Stands in for an exception class the installed binding does not define."""
+
+
+def _mismatch_error(nv: Any) -> type[BaseException]:
+    """``pynvml.NVMLLibraryMismatchError`` (13.x; *not* an ``NVMLError`` subclass), or a class
+    nothing raises when the binding predates it."""
+    cls = getattr(nv, "NVMLLibraryMismatchError", None)
+    return cls if isinstance(cls, type) and issubclass(cls, BaseException) else _NoSuchError
+
+
+def _log_once(key: str, message: str) -> None:
+    if key not in _logged_missing:
+        _logged_missing.add(key)
+        log.warning("%s", message)
+
+
+def _is_missing(nv: Any, reason: str | None) -> bool:
+    """Whether a (None, reason) from :func:`query` means "this binding call cannot work with this
+    driver" (missing function, missing symbol, library mismatch): the cue to try an older call."""
+    if reason is None:
+        return False
+    return "missing from this nvidia-ml-py" in reason or "lacks the NVML function" in reason or \
+        "newer than the driver" in reason
+
+
+def has_symbol(name: str) -> bool | None:
+    """Whether the driver's libnvidia-ml exports ``name`` (True/False), None when the binding
+    cannot tell (no ``_nvmlGetFunctionPointer``)."""
+    nv = init()
+    lookup = getattr(nv, "_nvmlGetFunctionPointer", None)
+    if lookup is None:
+        return None
+    try:
+        lookup(name)
+        return True
+    except nv.NVMLError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else: cannot tell
+        return None
+
+
+_PROC_KINDS = ("Compute", "Graphics", "MPSCompute")
+_proc_calls: dict[str, str | None] = {}  # kind -> the binding call that works with this driver
+
+
+def _process_calls(kind: str) -> list[str]:
+    """The binding calls that list ``kind`` processes, newest first, leaving out ``_v3`` where the
+    driver writes the 32-byte ``nvmlProcessInfo_v3_t`` (usedGpuCcProtectedMemory) while
+    nvidia-ml-py reads 24-byte entries: every PID after the first would be garbled. Such drivers
+    (R535-R545 era) export nvmlDeviceGetConfComputeMemSizeInfo but not
+    nvmlDeviceGetRunningProcessDetailList (the rule nvitop uses); their ``_v2`` symbol still
+    writes 24 bytes."""
+    base = f"nvmlDeviceGet{kind}RunningProcesses"
+    v3 = has_symbol(f"{base}_v3")
+    wide = v3 and has_symbol("nvmlDeviceGetConfComputeMemSizeInfo") and \
+        has_symbol("nvmlDeviceGetRunningProcessDetailList") is False
+    calls = [] if (wide or v3 is False) else [f"{base}_v3"]
+    return calls + [f"{base}_v2", base]
+
+
+def process_struct_layout() -> str:
+    """What the probe reports: which running-processes call and struct this driver gets."""
+    base = "nvmlDeviceGetComputeRunningProcesses"
+    v3 = has_symbol(f"{base}_v3")
+    if v3 is None:
+        return "unknown (binding has no symbol lookup)"
+    if not v3:
+        return "no _v3 symbol (driver older than the binding): _v2 / v1 calls"
+    if has_symbol("nvmlDeviceGetConfComputeMemSizeInfo") and has_symbol("nvmlDeviceGetRunningProcessDetailList") is False:
+        return "_v3 writes 32-byte entries (binding reads 24): _v2 call used"
+    return "_v3 with 24-byte entries"
 
 
 def device_count() -> int:
@@ -134,11 +215,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+POWER_INSTANT = "instant (NVML_FI_DEV_POWER_INSTANT)"
+POWER_USAGE = ("power.draw (nvmlDeviceGetPowerUsage): a 1-s average on Ampere and newer except "
+               "GA100, instantaneous on older GPUs")
+
+
 class NvmlDevice:
     """Getters for one GPU; each returns (value, reason)."""
 
     def __init__(self, index: int):
         self.index = index
+        self.power_reading: str | None = None
         handle, reason = query("nvmlDeviceGetHandleByIndex", index)
         if handle is None:
             raise NvmlError(f"GPU {index}: {reason}", hint="check nvidia-smi")
@@ -153,17 +240,53 @@ class NvmlDevice:
         mj, reason = query("nvmlDeviceGetTotalEnergyConsumption", self.handle)
         return (mj / 1000.0, None) if mj is not None else (None, reason)
 
+    @property
+    def covers_cpu(self) -> bool:
+        """GH200 / GB200 superchips: the module's power and energy counter include the Grace CPU
+        (and its memory), so adding a CPU source on top counts the CPU twice."""
+        name = self.name.upper()
+        return "GH200" in name or "GB200" in name or "GRACE" in name
+
     def power_w(self) -> tuple[float | None, str | None]:
         """Instant power where the driver has the field (NVML_FI_DEV_POWER_INSTANT), else
-        ``nvmlDeviceGetPowerUsage`` (``nvidia-smi --query-gpu=power.draw``), in W."""
+        ``nvmlDeviceGetPowerUsage`` (``nvidia-smi --query-gpu=power.draw``), in W.
+        ``self.power_reading`` says which one the last value was: on Ampere and newer (except
+        GA100) power.draw is a 1-s average, elsewhere instantaneous."""
+        value, reason = self.instant_power_w()
+        if value is not None:
+            self.power_reading = POWER_INSTANT
+            return value, None
+        mw, reason = query("nvmlDeviceGetPowerUsage", self.handle)
+        self.power_reading = POWER_USAGE
+        return (mw / 1000.0, None) if mw is not None else (None, reason)
+
+    def instant_power_w(self) -> tuple[float | None, str | None]:
+        """NVML_FI_DEV_POWER_INSTANT, W; None where the driver or GPU lacks the field."""
         nv = init()
         field_id = getattr(nv, "NVML_FI_DEV_POWER_INSTANT", None)
-        if field_id is not None:
-            values, _ = query("nvmlDeviceGetFieldValues", self.handle, [field_id])
-            if values is not None and len(values) and values[0].nvmlReturn == 0:
-                return values[0].value.uiVal / 1000.0, None
+        if field_id is None:
+            return None, "this nvidia-ml-py has no NVML_FI_DEV_POWER_INSTANT"
+        values, reason = query("nvmlDeviceGetFieldValues", self.handle, [field_id])
+        if values is None:
+            return None, reason
+        if not len(values) or values[0].nvmlReturn != 0:
+            code = values[0].nvmlReturn if len(values) else None
+            return None, f"NVML_FI_DEV_POWER_INSTANT: {_error_hint(nv, code)[0]}"
+        return values[0].value.uiVal / 1000.0, None
+
+    def usage_power_w(self) -> tuple[float | None, str | None]:
+        """``nvmlDeviceGetPowerUsage`` (power.draw), W: a 1-s average on Ampere+ except GA100."""
         mw, reason = query("nvmlDeviceGetPowerUsage", self.handle)
         return (mw / 1000.0, None) if mw is not None else (None, reason)
+
+    def mig_enabled(self) -> tuple[bool | None, str | None]:
+        """Whether MIG mode is on now (``nvmlDeviceGetMigMode`` current mode)."""
+        nv = init()
+        modes, reason = query("nvmlDeviceGetMigMode", self.handle)
+        if modes is None:
+            # GPUs without MIG answer NOT_SUPPORTED: MIG is off there
+            return (False, None) if reason and "not supported" in reason else (None, reason)
+        return modes[0] == getattr(nv, "NVML_DEVICE_MIG_ENABLE", 1), None
 
     def power_limit_w(self) -> tuple[float | None, str | None]:
         mw, reason = query("nvmlDeviceGetEnforcedPowerLimit", self.handle)
@@ -187,38 +310,67 @@ class NvmlDevice:
         mhz, reason = query("nvmlDeviceGetClockInfo", self.handle, getattr(nv, "NVML_CLOCK_SM", 1))
         return (float(mhz), None) if mhz is not None else (None, reason)
 
-    def process_sm_util(self, since_us: int) -> tuple[dict[int, float] | None, str | None]:
-        """Per-PID SM utilisation (percent) from samples newer than ``since_us``.
-
-        NVML answers NOT_FOUND when no process ran a kernel since then: that is an empty dict,
-        not an error.
-        """
+    def process_samples(self, last_seen_us: int) -> tuple[list[tuple[int, float, int]] | None, str | None]:
+        """Per-process utilisation samples newer than ``last_seen_us`` (NVML's own µs clock):
+        a list of (host PID, SM %, timestamp µs). ``[]`` when NVML answers NOT_FOUND: no sample
+        newer than the timestamp yet (the driver samples every 1/6 s to 1 s) — that is "nothing
+        new", not "no kernel ran". None with the reason when unsupported (MIG, old GPUs)."""
         nv = init()
         try:
-            samples = nv.nvmlDeviceGetProcessUtilization(self.handle, since_us)
+            samples = nv.nvmlDeviceGetProcessUtilization(self.handle, last_seen_us)
         except nv.NVMLError as exc:
-            if getattr(exc, "value", None) == getattr(nv, "NVML_ERROR_NOT_FOUND", 6):
-                return {}, None
-            reason, _ = _error_hint(nv, getattr(exc, "value", None))
+            code = getattr(exc, "value", None)
+            if code in (getattr(nv, "NVML_ERROR_NOT_FOUND", 6), 0):  # 0: a binding that raises on SUCCESS
+                return [], None
+            reason, _ = _error_hint(nv, code)
             return None, f"nvmlDeviceGetProcessUtilization: {reason}"
         except AttributeError:
             return None, "nvmlDeviceGetProcessUtilization is missing from this nvidia-ml-py"
-        out: dict[int, float] = {}
-        for s in samples:
-            if s.timeStamp > since_us:
-                out[int(s.pid)] = out.get(int(s.pid), 0.0) + float(s.smUtil)
-        return out, None
+        return [(int(s.pid), float(s.smUtil), int(s.timeStamp)) for s in samples
+                if int(s.timeStamp) > last_seen_us], None
 
     def running_processes(self) -> tuple[dict[int, int | None] | None, str | None]:
-        """PID → used GPU memory in bytes (None where the driver hides it)."""
-        procs, reason = query("nvmlDeviceGetComputeRunningProcesses", self.handle)
-        if procs is None:
-            return None, reason
+        """Host PID → used GPU memory in bytes (None where the driver hides it), over compute,
+        graphics and MPS processes (a PID in several lists is counted once, largest figure).
+        Each list uses the newest binding call that works with this driver (see
+        :func:`_process_calls`); a list no call can get is left out, with its reason."""
         out: dict[int, int | None] = {}
-        for p in procs:
-            used = getattr(p, "usedGpuMemory", None)
-            out[int(p.pid)] = int(used) if isinstance(used, int) else None
+        reasons = []
+        got_any = False
+        for kind in _PROC_KINDS:
+            procs, reason = self._process_list(kind)
+            if procs is None:
+                reasons.append(reason)
+                continue
+            got_any = True
+            for p in procs:
+                used = getattr(p, "usedGpuMemory", None)
+                used = int(used) if isinstance(used, int) else None
+                pid = int(p.pid)
+                prev = out.get(pid)
+                out[pid] = used if prev is None else max(prev, used or 0)
+        if not got_any:
+            return None, "; ".join(r for r in reasons if r) or "no process list"
         return out, None
+
+    def _process_list(self, kind: str) -> tuple[list | None, str | None]:
+        nv = init()
+        chosen = _proc_calls.get(kind, "")
+        calls = [chosen] if chosen else _process_calls(kind)
+        reason = None
+        for name in calls:
+            procs, reason = query(name, self.handle)
+            if procs is not None:
+                if chosen != name:
+                    _proc_calls[kind] = name
+                    if not name.endswith("_v3"):
+                        _log_once(f"process-call:{kind}", f"{kind} processes are listed with {name}: this "
+                                  "driver lacks the _v3 call, or writes 32-byte entries the binding reads "
+                                  f"as 24 — {MISMATCH_FIX} for the newest call")
+                return procs, None
+            if not _is_missing(nv, reason):
+                return None, reason
+        return None, reason
 
 
 class NvmlSource:
@@ -235,7 +387,6 @@ class NvmlSource:
         self.method = "counter" if energy is not None else "polled"
         self._counter = CounterDelta(range_j=None)  # 64-bit mJ counter: no wrap in practice
         self._integrator = TrapezoidIntegrator()
-        self._idle_power_w: float | None = None
 
     def read(self, t_ns: int) -> Reading:
         power_w, power_reason = self.device.power_w()
@@ -261,6 +412,8 @@ class NvmlSource:
             "uuid": self.device.uuid,
             "power_limit_w": limit_w,
             "memory_total_bytes": total_mem,
+            "power_reading": self.device.power_reading,
+            "covers_cpu": self.device.covers_cpu,
         }
 
     def close(self) -> None:
@@ -290,4 +443,13 @@ def discover_nvml() -> tuple[list[NvmlSource], list[tuple[str, str, str]]]:
                              "this GPU does not report power; nothing to do"))
             continue
         sources.append(src)
+    if sources:
+        from wattlens.profiler.pidns import NO_MAPPING_REASON, PidNamespace
+
+        ns = PidNamespace()
+        if not ns.in_host_namespace and ns.host_proc_root is None:
+            # the GPUs are measured; only the per-process split needs the host's PIDs
+            problems.append(("nvml:per-process", NO_MAPPING_REASON.split(" — ")[0],
+                             "run the container with --pid=host (or mount the host's /proc and set "
+                             "WATTLENS_HOST_PROC)"))
     return sources, problems

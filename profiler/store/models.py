@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: gpu_idle (opening a version-1 file adds the table)
 APP_ID = "wattlens"
 
 
@@ -155,3 +155,14 @@ class MeasurementRow(Base):
     params: Mapped[int | None] = mapped_column(Integer, nullable=True)
     flops: Mapped[int | None] = mapped_column(Integer, nullable=True)
     payload_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class GpuIdleRow(Base):
+    """A GPU's idle power, measured over a stretch with no GPU process, remembered across sessions
+    so a session that attaches to an already busy GPU still has a measured idle figure."""
+
+    __tablename__ = "gpu_idle"
+    gpu_key: Mapped[str] = mapped_column(String(200), primary_key=True)  # NVML UUID (or name + index)
+    idle_power_w: Mapped[float] = mapped_column(Float)
+    stretch_s: Mapped[float] = mapped_column(Float)  # length of the stretch it was measured over
+    measured_at: Mapped[float] = mapped_column(Float)  # wall clock (s since the epoch)

@@ -140,6 +140,9 @@ class Store:
                 f"{self.display_name} was written by a newer wattlens (schema {version}, this one reads "
                 f"{m.SCHEMA_VERSION})", hint="upgrade wattlens, or use another file with --db")
         m.Base.metadata.create_all(self.engine)  # tables added since (same version) appear here
+        if version < m.SCHEMA_VERSION:  # additive changes only so far: the new tables now exist
+            with self.engine.begin() as c:
+                c.execute(update(m.Meta).where(m.Meta.key == "schema_version").values(value=str(m.SCHEMA_VERSION)))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -383,6 +386,20 @@ class Store:
             d["payload"] = json.loads(d.pop("payload_json") or "{}")
             out.append(d)
         return out
+
+    def record_gpu_idle(self, gpu_key: str, idle_power_w: float, stretch_s: float) -> None:
+        """Remember a GPU's measured idle power (the newest measurement wins)."""
+        with self._begin() as c:
+            c.execute(delete(m.GpuIdleRow).where(m.GpuIdleRow.gpu_key == gpu_key))
+            c.execute(insert(m.GpuIdleRow), [{"gpu_key": gpu_key, "idle_power_w": float(idle_power_w),
+                                               "stretch_s": float(stretch_s), "measured_at": time.time()}])
+
+    def gpu_idle(self, gpu_key: str) -> dict | None:
+        """``{"idle_power_w", "stretch_s", "measured_at"}`` last recorded for this GPU, or None."""
+        with self.engine.connect() as c:
+            r = c.execute(select(m.GpuIdleRow.idle_power_w, m.GpuIdleRow.stretch_s, m.GpuIdleRow.measured_at)
+                          .where(m.GpuIdleRow.gpu_key == gpu_key)).mappings().first()
+        return dict(r) if r is not None else None
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _sql(self, text: str) -> str:

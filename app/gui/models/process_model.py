@@ -95,6 +95,7 @@ def torch_loaded(pid: int, proc_root: str = "/proc") -> tuple[bool | None, str]:
 def gpu_processes() -> GpuState:
     """Which PIDs run on an NVIDIA GPU (all devices), through the one NVML wrapper."""
     from wattlens.profiler.errors import NvmlError
+    from wattlens.profiler.pidns import PidNamespace
     from wattlens.profiler.sources import nvml
 
     try:
@@ -119,6 +120,10 @@ def gpu_processes() -> GpuState:
             merged[pid] = mem if prev is None else prev + (mem or 0)
     if reasons and not merged:
         return GpuState(None, "GPU use unknown — " + "; ".join(reasons))
+    ours, ns_reason = PidNamespace().to_ours(set(merged))  # NVML reports host PIDs
+    if ours is None:
+        return GpuState(None, f"GPU use unknown — {ns_reason}")
+    merged = {ours[h]: mem for h, mem in merged.items() if h in ours}
     return GpuState(merged, "; ".join(reasons) or None)
 
 

@@ -63,7 +63,7 @@ def legend_label(info: SeriesInfo) -> str:
     if info.quantity == "util_pct":
         return f"{src} utilisation"
     if info.quantity == "idle_power_w":
-        return f"{src} idle (lowest seen)"
+        return f"{src} idle (measured with no GPU process)"
     return info.label or info.key
 
 
