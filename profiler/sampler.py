@@ -28,8 +28,8 @@ Sink = Callable[[list[SamplePoint]], None]
 class Sampler:
     def __init__(self, sources: Sequence, *, interval_s: float = 0.1, target: Target | None = None,
                  sinks: Sequence[Sink] = ()):
-        if interval_s <= 0:
-            raise ValueError("interval_s must be > 0")
+        if not (0 < interval_s < float("inf")):  # also refuses NaN
+            raise ValueError(f"interval_s must be a finite number > 0, got {interval_s!r}")
         self.sources = list(sources)
         self.interval_s = interval_s
         self.target = target
@@ -45,7 +45,10 @@ class Sampler:
         self.ticks = 0
         self.last_tick_ns = 0
         self._tick_lock = threading.Lock()  # tick() may be called from the thread and by callers
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # the last failure (of a tick or of the thread)
+        # why the sampling thread ended before stop() was asked: the session must not be stored
+        # as completed when it stopped measuring early (issue 9)
+        self.failure: str | None = None
 
     # ---- what the sampler produces -------------------------------------------------------
     def series_specs(self) -> list[SeriesSpec]:
@@ -103,6 +106,14 @@ class Sampler:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - recorded; the session ends as failed
+            self.error = exc
+            self.failure = f"the sampler stopped ({type(exc).__name__}: {exc})"
+            log.error("%s; the samples taken before are kept", self.failure)
+
+    def _loop(self) -> None:
         interval_ns = int(self.interval_s * 1e9)
         next_ns = time.monotonic_ns() + interval_ns
         while not self._stop.is_set():
