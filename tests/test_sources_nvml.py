@@ -1,5 +1,6 @@
 import os
 import time
+import types
 
 import pynvml
 import pytest
@@ -13,18 +14,22 @@ from wattlens.profiler.sources import nvml as wnvml
 
 
 def test_counter_source_reports_energy_in_joules_and_mean_power(monkeypatch):
+    # the fake GPU's counter runs on a clock of the test's own: exact at any machine load
+    clock = [1000.0]
+    monkeypatch.setattr(fake_nvml, "time", types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
     gpu = fake_nvml.FakeGpu(power_w=250.0)
     fake_nvml.install(monkeypatch, [gpu])
     found = discover()
     src = next(s for s in found.usable if s.id == "nvml:0")
     assert src.method == "counter" and src.kind == "gpu"
     assert "Fake H100" in src.label
-    r0 = src.read(time.monotonic_ns())
+    t0_ns = time.monotonic_ns()
+    r0 = src.read(t0_ns)
     assert r0.energy_j == 0.0
-    time.sleep(0.2)
-    r1 = src.read(time.monotonic_ns())
-    assert r1.energy_j == pytest.approx(250.0 * 0.2, rel=0.25)
-    assert r1.power_w == pytest.approx(250.0, rel=0.25)
+    clock[0] += 0.2
+    r1 = src.read(t0_ns + 200_000_000)
+    assert r1.energy_j == pytest.approx(250.0 * 0.2, rel=1e-3)  # mJ -> J (the counter is whole mJ)
+    assert r1.power_w == pytest.approx(250.0, rel=1e-3)
     assert src.describe()["power_limit_w"] == 700.0
 
 
