@@ -3,7 +3,10 @@ subcommand needs them, so `wattlens --help` starts fast.
 
 Contract (docs/architecture.md): `--json` prints one JSON document on stdout and nothing else
 there; human text goes to stderr (progress) or stdout (results) without --json. Exit codes:
-0 ok, 1 the work failed, 2 bad usage or bad input — always with one line that says what to do.
+0 ok, 1 the work failed, 2 bad usage or bad input — always with one line that says what to do;
+`run` exits with its command's code when that failed (128+N for signal N). Numeric arguments are
+checked (finite, in range) at parse time. Ctrl-C, SIGTERM and SIGHUP stop a measuring command
+cleanly (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -70,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gui", help="open the desktop app (the default)")
     _add_db(g)
 
-    a = sub.add_parser("attach", help="measure a running process (and its children) by PID")
+    a = sub.add_parser("attach", help="measure a running process (and its children) by PID",
+                       description="Measure a running process by PID until --duration, its exit, Ctrl-C, "
+                       "SIGTERM or SIGHUP; each stops cleanly with the summary saved (exit 0).")
     a.add_argument("pid", type=PID, metavar="PID")
     a.add_argument("--duration", type=SECONDS, metavar="S", help="stop after S seconds (default: until "
                    "Ctrl-C or the target exits)")
