@@ -198,8 +198,8 @@ class ProfilingSession:
             except Exception:  # noqa: BLE001
                 log.exception("stack sampler did not stop cleanly")
             if not self.stack_sampler.available:  # it gave up after start (e.g. not a Python process)
-                self.note(f"no layer figures after {self.stack_sampler.windows} window(s): "
-                          f"{self.stack_sampler.reason}")
+                n = self.stack_sampler.windows
+                self.note(f"no layer figures{f' after {n} window(s)' if n else ''}: {self.stack_sampler.reason}")
         if self.sampler is not None:
             self.sampler.stop()
         ended_at = time.time()

@@ -112,3 +112,22 @@ def test_non_python_command_gets_a_note_why_there_are_no_layers(db_path, tmp_pat
     out = tmp_path / "r.md"
     assert run_cli("report", str(sid), "--format", "md", "-o", str(out), "--db", str(db_path)).returncode == 0
     assert "no layer figures" in out.read_text()  # and the report
+
+
+def test_attach_to_a_non_python_process_says_why_there_are_no_layers(db_path):
+    from wattlens.profiler.stacks.sampler import find_pyspy
+
+    if find_pyspy() is None:
+        pytest.skip("py-spy is not installed")
+    import subprocess
+
+    target = subprocess.Popen(["sleep", "300"])
+    try:
+        r = run_cli("attach", str(target.pid), "--duration", "1", "--db", str(db_path))
+    finally:
+        target.kill()
+        target.wait()
+    assert r.returncode == 0, r.stderr
+    assert "no layer figures" in r.stdout and "does not look like a Python program" in r.stdout
+    sid = Store(db_path).sessions()[0]["id"]
+    assert any(e.kind == "note" and "no layer figures" in e.message for e in Store(db_path).events(sid))
