@@ -3,7 +3,10 @@ subcommand needs them, so `wattlens --help` starts fast.
 
 Contract (docs/architecture.md): `--json` prints one JSON document on stdout and nothing else
 there; human text goes to stderr (progress) or stdout (results) without --json. Exit codes:
-0 ok, 1 the work failed, 2 bad usage or bad input — always with one line that says what to do.
+0 ok, 1 the work failed, 2 bad usage or bad input — always with one line that says what to do;
+`run` exits with its command's code when that failed (128+N for signal N). Numeric arguments are
+checked (finite, in range) at parse time. Ctrl-C, SIGTERM and SIGHUP stop a measuring command
+cleanly (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -20,6 +23,37 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line + what to do, exit 2
         self.exit(EXIT_USAGE, f"wattlens: error: {message} — see `{self.prog} --help`\n")
+
+
+def _number(kind, *, low: float, high: float, low_open: bool = False, what: str = ""):
+    """An argparse type: a finite ``kind`` (int or float) in [low, high] ((low, high] when
+    ``low_open``); anything else is a one-line usage error (exit 2) at parse time (issue 9)."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+            bound = f"{'more than' if low_open else 'at least'} {low:g} and at most {high:g}"
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: {what or 'it'} must be {bound}")
+        return value
+
+    parse.__name__ = "integer" if kind is int else "number"
+    return parse
+
+
+_DAY_S = 86400.0
+SECONDS = _number(float, low=0.0, high=365 * _DAY_S, low_open=True, what="a duration in seconds")
+INTERVAL = _number(float, low=0.001, high=3600.0, what="the interval in seconds")
+STACK_RATE = _number(float, low=0.0, high=1000.0, low_open=True, what="the rate in samples per second")
+GRID = _number(float, low=0.0, high=10000.0, what="the grid intensity in g CO2 per kWh")
+FRACTION = _number(float, low=0.0, high=1.0, what="the fraction")
+ID = _number(int, low=1, high=2**63 - 1, what="the id")
+PID = _number(int, low=1, high=2**31 - 1, what="the PID")
+STEPS = _number(int, low=0, high=10**12, what="the number of steps")
+ROUNDS = _number(int, low=1, high=1000, what="the number of rounds")
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
@@ -39,30 +73,36 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gui", help="open the desktop app (the default)")
     _add_db(g)
 
-    a = sub.add_parser("attach", help="measure a running process (and its children) by PID")
-    a.add_argument("pid", type=int, metavar="PID")
-    a.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until "
+    a = sub.add_parser("attach", help="measure a running process (and its children) by PID",
+                       description="Measure a running process by PID until --duration, its exit, Ctrl-C, "
+                       "SIGTERM or SIGHUP; each stops cleanly with the summary saved (exit 0).")
+    a.add_argument("pid", type=PID, metavar="PID")
+    a.add_argument("--duration", type=SECONDS, metavar="S", help="stop after S seconds (default: until "
                    "Ctrl-C or the target exits)")
-    a.add_argument("--interval", type=float, default=0.1, metavar="S", help="sampling interval (default 0.1 s)")
+    a.add_argument("--interval", type=INTERVAL, default=0.1, metavar="S", help="sampling interval (default 0.1 s)")
     a.add_argument("--no-stacks", action="store_true", help="do not sample Python stacks (no layer figures)")
-    a.add_argument("--stack-rate", type=float, metavar="HZ", help="stack samples per second")
+    a.add_argument("--stack-rate", type=STACK_RATE, metavar="HZ", help="stack samples per second")
     a.add_argument("--name", metavar="N", help="session name")
     a.add_argument("--no-gpu", action="store_true", help="do not query NVIDIA GPUs")
     _add_db(a)
     _add_json(a)
 
-    r = sub.add_parser("run", help="launch a command under wattlens with the in-process agent")
+    r = sub.add_parser("run", help="launch a command under wattlens with the in-process agent",
+                       description="Launch COMMAND with the in-process agent and store the session. Exit "
+                       "status: the command's own when it fails (128+N when signal N killed it), else 0; "
+                       "1 or 2 for wattlens's own errors. SIGTERM/SIGHUP stop measuring cleanly and are "
+                       "passed on to the command.")
     r.add_argument("--name", metavar="N")
-    r.add_argument("--interval", type=float, default=0.1, metavar="S")
-    r.add_argument("--duration", type=float, metavar="S", help="stop measuring after S seconds "
+    r.add_argument("--interval", type=INTERVAL, default=0.1, metavar="S")
+    r.add_argument("--duration", type=SECONDS, metavar="S", help="stop measuring after S seconds "
                    "(the command keeps running)")
     r.add_argument("--no-gpu", action="store_true")
     r.add_argument("--apply", metavar="ACTION", help="apply ACTION live to the running model "
                    "(quantize-int8, prune-unstructured:F, bf16 on CUDA) and report energy per "
                    "sample before/after")
-    r.add_argument("--after-steps", type=int, default=10, metavar="N",
+    r.add_argument("--after-steps", type=STEPS, default=10, metavar="N",
                    help="apply once N steps have been reported (default 10)")
-    r.add_argument("--revert-after-steps", type=int, metavar="M",
+    r.add_argument("--revert-after-steps", type=STEPS, metavar="M",
                    help="revert the applied action once M steps have been reported")
     _add_db(r)
     _add_json(r)
@@ -73,20 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(s)
 
     sh = sub.add_parser("show", help="show one stored session")
-    sh.add_argument("id", type=int, metavar="ID")
+    sh.add_argument("id", type=ID, metavar="ID")
     _add_db(sh)
     _add_json(sh)
 
     rp = sub.add_parser("report", help="export a session as html, pdf, md, json or csv")
-    rp.add_argument("id", type=int, metavar="ID")
+    rp.add_argument("id", type=ID, metavar="ID")
     rp.add_argument("--format", required=True, choices=["html", "pdf", "md", "json", "csv"])
     rp.add_argument("-o", "--output", required=True, metavar="PATH")
-    rp.add_argument("--compare", type=int, metavar="ID", help="compare with another session")
-    rp.add_argument("--grid", type=float, metavar="G_PER_KWH", help="grid carbon intensity for CO2")
+    rp.add_argument("--compare", type=ID, metavar="ID", help="compare with another session")
+    rp.add_argument("--grid", type=GRID, metavar="G_PER_KWH", help="grid carbon intensity for CO2")
     _add_db(rp)
 
     ad = sub.add_parser("advise", help="recommendations for a stored session")
-    ad.add_argument("id", type=int, metavar="ID")
+    ad.add_argument("id", type=ID, metavar="ID")
     _add_db(ad)
     _add_json(ad)
 
@@ -95,16 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--action", metavar="ACTION[,ACTION]", help="e.g. quantize-int8, bf16, prune-heads:0.25")
     op.add_argument("--batch-sizes", metavar="1,2,4", help="measure energy per sample for these batch sizes")
     op.add_argument("--out", metavar="DIR", help="where the optimized copy is written")
-    op.add_argument("--max-quality-loss", type=float, metavar="X",
+    op.add_argument("--max-quality-loss", type=FRACTION, metavar="X",
                     help="refuse a result whose top-1 disagreement (LMs) or 1 - cosine (encoders) exceeds X")
     op.add_argument("--eval-text", metavar="FILE", help="text for a perplexity check")
-    op.add_argument("--rounds", type=int, default=6, metavar="N", help="A/B rounds (default 6)")
+    op.add_argument("--rounds", type=ROUNDS, default=6, metavar="N", help="A/B rounds (default 6)")
     _add_db(op)
     _add_json(op)
 
     d = sub.add_parser("demo", help="profile a bundled GPT-2-style workload")
     d.add_argument("--headless", action="store_true", help="no window; write a report and print its path")
-    d.add_argument("--duration", type=float, default=20.0, metavar="S")
+    d.add_argument("--duration", type=SECONDS, default=20.0, metavar="S")
     d.add_argument("-o", "--output", metavar="PATH", help="report path (headless; default: demo-report-ID.html)")
     _add_db(d)
     _add_json(d)
@@ -175,29 +215,51 @@ def cmd_attach(args) -> int:
     from wattlens.profiler.session import ProfilingSession
     from wattlens.profiler.sources import discover
 
-    if args.interval <= 0 or (args.duration is not None and args.duration <= 0):
-        raise _usage("--interval and --duration must be positive numbers of seconds")
     target = Target(args.pid)
     store = _open_store(args)
     session = ProfilingSession(store, target=target, kind="attach", name=args.name,
                                interval_s=args.interval, duration_s=args.duration,
                                discovery=discover(gpu=not args.no_gpu), stacks=not args.no_stacks,
                                stack_rate_hz=args.stack_rate)
-    sid = session.start()
-    _info(args, f"wattlens: measuring PID {target.pid} ({target.name}) as session {sid} into "
-                f"{store.display_name} every {args.interval:g} s — Ctrl-C to stop")
-    for n in session.notes:
-        _info(args, f"wattlens: {n}")
-    summary = session.run()
-    return _finish(args, summary)
+    with stop_signals() as signals:  # from before the start: no signal is lost
+        sid = session.start()
+        _info(args, f"wattlens: measuring PID {target.pid} ({target.name}) as session {sid} into "
+                    f"{store.display_name} every {args.interval:g} s — Ctrl-C to stop")
+        for n in session.notes:
+            _info(args, f"wattlens: {n}")
+        summary = session.run(signals=signals)
+    return _finish(args, summary, session.end_reason)
 
 
-def _finish(args, summary: dict) -> int:
+def stop_signals():
+    """Ctrl-C, SIGTERM and SIGHUP stop a measuring command cleanly (summary saved, temp folders
+    removed) and it exits 0, as on Ctrl-C; `run` passes SIGTERM/SIGHUP on to its command and
+    exits with the command's code when that failed (128+15 when SIGTERM ended it)."""
+    import signal
+
+    from wattlens.profiler.session import STOP_SIGNALS, StopSignals
+
+    return StopSignals((*STOP_SIGNALS, signal.SIGINT))
+
+
+def _finish(args, summary: dict, reason: str | None = None) -> int:
     if args.json:
         _emit_json(summary)
     else:
         print_summary(summary)
+    if summary.get("status") == "failed":  # e.g. the sampler stopped early: not a success
+        print(f"wattlens: error: session {summary.get('session_id')} failed: {reason} — "
+              "what was measured is stored; see `wattlens show ID`", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
+
+
+def command_exit_code(code: int | None) -> int:
+    """The shell's convention for a launched command's exit status: its own code, or 128 + N when
+    signal N ended it (Popen reports -N)."""
+    if code is None:
+        return EXIT_OK
+    return 128 - code if code < 0 else min(code, 255)
 
 
 def cmd_run(args) -> int:
@@ -209,8 +271,6 @@ def cmd_run(args) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise _usage("no command given: use `wattlens run -- python train.py ...`")
-    if args.interval <= 0 or (args.duration is not None and args.duration <= 0):
-        raise _usage("--interval and --duration must be positive numbers of seconds")
     if args.apply is not None:
         from wattlens.profiler.agent.live import LIVE_ACTIONS, Refused, parse_action
 
@@ -228,9 +288,27 @@ def cmd_run(args) -> int:
     # under --json, stdout carries only our JSON: the command's output goes to stderr
     run = RunSession(store, cmd, name=args.name, interval_s=args.interval, duration_s=args.duration,
                      discovery=discover(gpu=not args.no_gpu), stdout=sys.stderr if args.json else None)
-    sid = run.start()
-    _info(args, f"wattlens: running `{' '.join(cmd)}` (PID {run.proc.pid}) as session {sid} into "
-                f"{store.display_name} — Ctrl-C stops it")
+    with stop_signals() as signals:
+        sid = run.start()
+        _info(args, f"wattlens: running `{' '.join(cmd)}` (PID {run.proc.pid}) as session {sid} into "
+                    f"{store.display_name} — Ctrl-C stops it")
+        summary = _run_loop(args, run, signals)
+    if run.proc.poll() is None and args.duration is not None:
+        _info(args, f"wattlens: stopped measuring after {args.duration:g} s; PID {run.proc.pid} keeps running")
+    code = _finish(args, summary, run.session.end_reason if run.session else None)
+    if not args.json:
+        for a in summary.get("actions", []):
+            print(f"  live {a['action']}: {a['status']}"
+                  + (f" ({a['reason']})" if a.get("reason") else "") + f" — {a['measured_text']}")
+    child = command_exit_code(summary.get("exit_code"))
+    if code == EXIT_OK and child != EXIT_OK:  # scripts see the command's own failure
+        _info(args, f"wattlens: the command exited with code {summary.get('exit_code')}; wattlens exits with "
+                    f"{child} (its session {summary.get('session_id')} is stored)")
+        return child
+    return code
+
+
+def _run_loop(args, run, signals) -> dict:
     live: dict = {}
 
     def on_tick(r) -> None:  # the live change, once enough steps were reported
@@ -245,15 +323,7 @@ def cmd_run(args) -> int:
             live["reverted"] = r.revert(live["id"])
             _info(args, f"wattlens: reverting {args.apply} after {r.steps_seen} steps")
 
-    summary = run.run(on_tick=on_tick)
-    if run.proc.poll() is None and args.duration is not None:
-        _info(args, f"wattlens: stopped measuring after {args.duration:g} s; PID {run.proc.pid} keeps running")
-    code = _finish(args, summary)
-    if not args.json:
-        for a in summary.get("actions", []):
-            print(f"  live {a['action']}: {a['status']}"
-                  + (f" ({a['reason']})" if a.get("reason") else "") + f" — {a['measured_text']}")
-    return code
+    return run.run(on_tick=on_tick, signals=signals)
 
 
 def cmd_sessions(args) -> int:

@@ -43,10 +43,13 @@ def run_headless(args) -> int:
     say = (lambda t: print(t, file=sys.stderr, flush=True)) if args.json else (lambda t: print(t, flush=True))
     run = RunSession(store, workload_command(args.duration), name="demo: GPT-2-style workload",
                      stdout=sys.stderr if args.json else None)
-    sid = run.start()
-    say(f"wattlens demo: measuring a GPT-2-style workload (PID {run.proc.pid}) for {args.duration:g} s "
-        f"as session {sid} in {store.display_name}")
-    summary = run.run()
+    from wattlens.app.cli import stop_signals
+
+    with stop_signals() as signals:  # Ctrl-C / SIGTERM: a clean stop, the report is still written
+        sid = run.start()
+        say(f"wattlens demo: measuring a GPT-2-style workload (PID {run.proc.pid}) for {args.duration:g} s "
+            f"as session {sid} in {store.display_name}")
+        summary = run.run(signals=signals)
     advice = advise(store, sid)
     out = Path(args.output) if args.output else Path.cwd() / f"wattlens-demo-{sid}.html"
     path = write_report(store, sid, "html", out)

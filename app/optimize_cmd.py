@@ -39,6 +39,18 @@ def _parse_sizes(text: str | None) -> list[int] | None:
     return sizes
 
 
+def _check_arguments(args) -> None:
+    """Every argument that can be checked without loading the model (raises BadInputError)."""
+    if args.action:
+        from wattlens.advisor.actions import parse_actions
+        from wattlens.advisor.modelio import check_out_dir
+
+        parse_actions(args.action)
+        check_out_dir(args.out, args.model)
+    if args.eval_text is not None and not Path(args.eval_text).is_file():
+        raise BadInputError(f"--eval-text {args.eval_text}: no such file", hint="give a UTF-8 text file")
+
+
 def _model_key(path: str, params: int | None) -> str:
     return f"{Path(path).resolve().name}:{params or '?'}"
 
@@ -64,6 +76,7 @@ def optimize_command(args) -> int:
     if not Path(args.model).exists():
         raise BadInputError(f"no such file or folder: {args.model}",
                             hint="give a Hugging Face model folder (config.json + weights) or a saved torch module")
+    _check_arguments(args)  # before a session is recorded: bad input records no "failed" session
     store = Store(args.db)
 
     def say(text: str) -> None:
@@ -87,6 +100,12 @@ def optimize_command(args) -> int:
             code = _run_actions(args, store, session, sizes, progress, doc, say)
         else:
             code = _run_sweep(args, store, session, sizes, progress, doc, say)
+    except BadInputError:
+        # the input turned out unusable once opened (not a model, a pickle refused...): nothing
+        # was measured worth keeping, so no "failed" session stays behind (issue 9)
+        session.stop("failed", "bad input")
+        store.delete_session(sid)
+        raise
     except BaseException as exc:
         session.stop("failed", f"optimize failed: {exc}")
         raise

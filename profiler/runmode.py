@@ -7,12 +7,19 @@ Launch dialog and ``wattlens demo``.
 Order on the way out matters: the agent link is stopped first, so steps still waiting for their
 energy get it from the sampler that is still running; then the session stops and the writer
 drains everything into the store.
+
+Signals (``run_until_end``): SIGTERM or SIGHUP sent to wattlens is passed on to the command
+(:meth:`RunSession.forward_signal`), which gets up to ``signal_grace_s`` to exit while it is
+still measured; then the session stops cleanly with its summary. Ctrl-C (SIGINT) is not passed
+on — a terminal already sends it to the command too — but the command gets the same grace to
+end. A command that outlives the grace keeps running (the end reason says so, with its PID).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +30,7 @@ from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.launch import launch
 from wattlens.profiler.process import Target
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
-from wattlens.profiler.session import ProfilingSession, run_until_end
+from wattlens.profiler.session import ProfilingSession, StopSignals, run_until_end
 from wattlens.profiler.sources import Discovery
 
 
@@ -31,7 +38,7 @@ class RunSession:
     def __init__(self, store, command: Sequence[str], *, cwd: str | os.PathLike | None = None,
                  env: Mapping[str, str] | None = None, name: str | None = None, interval_s: float = 0.1,
                  duration_s: float | None = None, discovery: Discovery | None = None,
-                 stdout=None, stderr=None, grid_g_per_kwh: float | None = None):
+                 stdout=None, stderr=None, grid_g_per_kwh: float | None = None, signal_grace_s: float = 5.0):
         self.store = store
         self.command = [str(c) for c in command]
         self.cwd, self.env = cwd, env
@@ -40,6 +47,7 @@ class RunSession:
         self.discovery = discovery
         self.stdout, self.stderr = stdout, stderr
         self.grid_g_per_kwh = grid_g_per_kwh
+        self.signal_grace_s = signal_grace_s
         self.session: ProfilingSession | None = None
         self.server: AgentServer | None = None
         self.proc: subprocess.Popen | None = None
@@ -230,9 +238,36 @@ class RunSession:
             method = (summary.get("target") or {}).get("method") or summary.get("energy_method")
             summary["actions"] = self._action_results(self.session.session_id, method)
 
+    def forward_signal(self, signum: int) -> str | None:
+        """Pass SIGTERM/SIGHUP on to the command (not SIGINT: see the module doc) and give it
+        ``signal_grace_s`` to exit (still measured); returns what happened, for the end reason."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        name = signal.Signals(signum).name
+        if signum != signal.SIGINT:
+            try:
+                self.proc.send_signal(signum)
+            except ProcessLookupError:
+                return None
+        deadline = time.monotonic() + self.signal_grace_s
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.05)
+        code = self.proc.poll()
+        if code is None:
+            return f"the command was still running {self.signal_grace_s:g} s after {name} (PID {self.proc.pid})"
+        if self.session is not None and self.session.exit_code is None:
+            self.session.exit_code = code
+        return f"the command ended after {name} with exit code {code}"
+
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user") -> dict:
         if self.server is not None:
             self.server.stop()
+        if self.session is not None and not self.agent_info and self.session.status == "running":
+            # the README promises a line saying why a session has no layer figures
+            self.session.note("no layer figures: no wattlens agent reported from the command — it is "
+                              "not a Python program, or it ended before Python started; power and "
+                              "energy are measured as usual (`wattlens attach` samples stacks of a "
+                              "Python process started another way)")
         summary = self.session.stop(status, reason) if self.session else {}
         self._stop_actions(summary)
         if self.proc is not None:
@@ -241,9 +276,10 @@ class RunSession:
             summary.setdefault("exit_code", code)
         return summary
 
-    def run(self, poll_s: float = 0.1, on_tick: Callable[[RunSession], None] | None = None) -> dict:
-        """Block until the command exits or the duration passes (Ctrl-C stops measuring)."""
-        return run_until_end(self, poll_s, on_tick)
+    def run(self, poll_s: float = 0.1, on_tick: Callable[[RunSession], None] | None = None,
+            signals: StopSignals | None = None) -> dict:
+        """Block until the command exits or the duration passes (Ctrl-C or SIGTERM stop measuring)."""
+        return run_until_end(self, poll_s, on_tick, signals)
 
 
 def _j_per_sample(steps: Sequence[StepRecord]) -> tuple[float | None, int]:

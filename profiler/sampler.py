@@ -40,8 +40,8 @@ class Sampler:
     def __init__(self, sources: Sequence, *, interval_s: float = 0.1, target: Target | None = None,
                  sinks: Sequence[Sink] = (), known_idle_w: dict[str, float] | None = None,
                  pidns: PidNamespace | None = None, clock_ns: Callable[[], int] = time.monotonic_ns):
-        if interval_s <= 0:
-            raise ValueError("interval_s must be > 0")
+        if not (0 < interval_s < float("inf")):  # also refuses NaN
+            raise ValueError(f"interval_s must be a finite number > 0, got {interval_s!r}")
         self.sources = list(sources)
         self.interval_s = interval_s
         self.target = target
@@ -62,7 +62,10 @@ class Sampler:
         self.ticks = 0
         self.last_tick_ns = 0
         self._tick_lock = threading.Lock()  # tick() may be called from the thread and by callers
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # the last failure (of a tick or of the thread)
+        # why the sampling thread ended before stop() was asked: the session must not be stored
+        # as completed when it stopped measuring early (issue 9)
+        self.failure: str | None = None
 
     # ---- what the sampler produces -------------------------------------------------------
     def series_specs(self) -> list[SeriesSpec]:
@@ -124,6 +127,14 @@ class Sampler:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - recorded; the session ends as failed
+            self.error = exc
+            self.failure = f"the sampler stopped ({type(exc).__name__}: {exc})"
+            log.error("%s; the samples taken before are kept", self.failure)
+
+    def _loop(self) -> None:
         interval_ns = int(self.interval_s * 1e9)
         next_ns = time.monotonic_ns() + interval_ns
         while not self._stop.is_set():

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -202,6 +204,8 @@ class ProfilingSession:
 
     def end_condition(self) -> tuple[str, str] | None:
         """(status, reason) when the session should end by itself, else None."""
+        if self.sampler is not None and self.sampler.failure:
+            return "failed", f"{self.sampler.failure}; the samples taken before are kept"
         if self.target is not None and not self.target.is_alive():
             code = self.target.exit_code()
             self.exit_code = code
@@ -211,9 +215,10 @@ class ProfilingSession:
             return "completed", f"duration of {self.duration_s:g} s reached"
         return None
 
-    def run(self, poll_s: float = 0.1, on_tick: Callable[[ProfilingSession], None] | None = None) -> dict:
-        """Block until the session ends (duration, target exit, Ctrl-C); returns the summary."""
-        return run_until_end(self, poll_s, on_tick)
+    def run(self, poll_s: float = 0.1, on_tick: Callable[[ProfilingSession], None] | None = None,
+            signals: StopSignals | None = None) -> dict:
+        """Block until the session ends (duration, target exit, Ctrl-C, SIGTERM); returns the summary."""
+        return run_until_end(self, poll_s, on_tick, signals)
 
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user") -> dict:
         if self.status in END_STATUSES:
@@ -223,11 +228,17 @@ class ProfilingSession:
                 self.stack_sampler.stop()
             except Exception:  # noqa: BLE001
                 log.exception("stack sampler did not stop cleanly")
+            if not self.stack_sampler.available:  # it gave up after start (e.g. not a Python process)
+                n = self.stack_sampler.windows
+                self.note(f"no layer figures{f' after {n} window(s)' if n else ''}: {self.stack_sampler.reason}")
         if self.sampler is not None:
             self.sampler.stop()
             self._remember_gpu_idle()
         ended_at = time.time()
         duration_s = (time.monotonic_ns() - self.start_ns) / 1e9
+        failure = self.sampler.failure if self.sampler is not None else None
+        if failure and status != "failed":  # it stopped measuring early: never "completed"
+            status, reason = "failed", f"{reason}; but {failure}, the samples taken before are kept"
         self.status, self.end_reason = status, reason
         write_error: StoreError | None = None
         try:
@@ -262,16 +273,63 @@ class ProfilingSession:
         return self.summary
 
 
-def run_until_end(run, poll_s: float = 0.1, on_tick=None) -> dict:
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class StopSignals:
+    """While active (main thread only), SIGTERM and SIGHUP (and SIGINT when listed) ask for the
+    same clean stop as Ctrl-C instead of killing the process: the handler only records the
+    signal, and the loop that polls :attr:`received` stops the session, so a signal can never cut
+    a stop short (issue 9). Entered before a session starts, a signal that arrives during the
+    start is not lost either. A second SIGINT raises KeyboardInterrupt (Ctrl-C twice forces)."""
+
+    def __init__(self, signums: tuple[int, ...] = STOP_SIGNALS):
+        self.signums = signums
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+        self._depth = 0
+
+    def _handler(self, signum: int, _frame) -> None:
+        if self.received is None:
+            self.received = signum
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> StopSignals:  # re-entrant: the handlers go in at the outermost level
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
+            for signum in self.signums:
+                self._previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous.clear()
+
+
+def run_until_end(run, poll_s: float = 0.1, on_tick=None, signals: StopSignals | None = None) -> dict:
     """The blocking loop of the CLI for anything with ``end_condition()`` and ``stop()``
-    (a ProfilingSession or a RunSession): stop on its own condition, or on Ctrl-C."""
-    try:
-        while True:
-            cond = run.end_condition()
-            if cond:
-                return run.stop(*cond)
-            if on_tick:
-                on_tick(run)
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        return run.stop("stopped", "stopped by the user (Ctrl-C)")
+    (a ProfilingSession or a RunSession): stop on its own condition, on Ctrl-C, or on SIGTERM /
+    SIGHUP (a clean stop, as Ctrl-C; ``run.forward_signal(signum)`` is called first when ``run``
+    has it, and returns a sentence for the end reason). ``signals``: the caller's active
+    StopSignals (entered before the session started), else one is entered here."""
+    with (signals if signals is not None else StopSignals()) as signals:
+        try:
+            while True:
+                if signals.received is not None:
+                    signum = signals.received
+                    forward = getattr(run, "forward_signal", None)
+                    said = forward(signum) if forward is not None else None
+                    how = ("the user (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name)
+                    return run.stop("stopped", f"stopped by {how}" + (f"; {said}" if said else ""))
+                cond = run.end_condition()
+                if cond:
+                    return run.stop(*cond)
+                if on_tick:
+                    on_tick(run)
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            return run.stop("stopped", "stopped by the user (Ctrl-C)")

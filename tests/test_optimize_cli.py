@@ -70,6 +70,15 @@ def test_bad_input_is_one_line_exit_2(model_dir, tmp_path):
     r = run_cli("optimize", str(tmp_path / "junk"), "--action", "bf16", "--out", str(tmp_path / "o2"),
                 "--db", str(tmp_path / "w.db"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("optimize", str(model_dir), "--action", "bf16", "--out", str(tmp_path / "o3"),
+                "--eval-text", str(tmp_path / "missing.txt"), "--db", str(tmp_path / "w.db"))
+    assert r.returncode == 2 and "--eval-text" in r.stderr
+    for bad in (["--rounds", "0"], ["--max-quality-loss", "nan"]):
+        r = run_cli("optimize", str(model_dir), "--action", "bf16", "--out", str(tmp_path / "o4"), *bad,
+                    "--db", str(tmp_path / "w.db"))
+        assert r.returncode == 2 and bad[0] in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # issue 9: bad input never leaves a "failed" session behind (nothing was measured)
+    assert not (tmp_path / "w.db").exists() or Store(tmp_path / "w.db").sessions() == []
 
 
 def test_batch_sweep_is_stored_for_the_regression(model_dir, tmp_path):

@@ -13,9 +13,13 @@ def test_markdown_escapes_user_text_and_reports_are_shareable(db_path, tmp_path)
     sid = s.start()
     time.sleep(0.4)
     s.stop("completed", "done")
-    out = write_report(store, sid, "md", tmp_path / "r.md")
+    old = os.umask(0o022)
+    try:
+        out = write_report(store, sid, "md", tmp_path / "r.md")
+    finally:
+        os.umask(old)
     text = out.read_text()
     assert "<script>" not in text and "&lt;script&gt;" in text and "\\|" in text
     assert "| estimated |" in text  # the method stands next to the number
-    assert stat.S_IMODE(os.stat(out).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o644  # 0o666 minus the umask
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r.md")]  # no temp file left

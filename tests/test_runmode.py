@@ -68,7 +68,7 @@ def test_a_script_that_crashes_ends_target_exited_with_its_data(tmp_path):
     db = tmp_path / "w.db"
     r = run_cli("run", "--db", str(db), "--json", "--", sys.executable, str(WORKLOADS / "gpt2_infer.py"), "200",
                 "--crash-at", "30", timeout=300)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the script's own exit code is passed on (issue 9)
     doc = json.loads(r.stdout)
     assert doc["status"] == "target-exited" and doc["exit_code"] == 1
     assert "simulated crash" in r.stderr

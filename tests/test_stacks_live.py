@@ -3,6 +3,11 @@
 Each test starts a child (tests/fixtures/pyspy/workload.py), waits for its "ready" line, attaches,
 samples a few seconds in short windows and checks the rows. Energy comes from a stand-in for the
 power side (the hardware boundary): a constant 40 W over each window's own time span.
+
+Nothing here depends on the machine's load (issue 9): on a busy machine py-spy reads fewer
+stacks (it skips those that change under it) and attaches later, so each test samples until the
+evidence it needs is there (``until``, bounded by ``MAX_SAMPLE_S``) and asserts shares over all the
+samples that were read, never over one short window; the samples lost are in the messages.
 """
 
 from __future__ import annotations
@@ -24,11 +29,24 @@ from wattlens.profiler.stacks.sampler import StackSampler, find_pyspy
 
 WORKLOAD = Path(__file__).parent / "fixtures" / "pyspy" / "workload.py"
 POWER_W = 40.0
+MAX_SAMPLE_S = 90.0  # a bound against a hang, not a speed requirement
 
 pytestmark = pytest.mark.skipif(find_pyspy() is None, reason="py-spy is not installed")
 
 
-def sample_child(mode: str, sample_s: float, *, window_s: float = 1.0, rate_hz: float = 100):
+def top_counts(windows) -> dict[str, int]:
+    """Read samples per top-level entry (a model's root class or a bucket), over all windows."""
+    totals: dict[str, int] = {}
+    for rows in windows:
+        for r in rows:
+            if r.granularity == "bucket" or "/" not in r.path:
+                totals[r.path] = totals.get(r.path, 0) + r.n_samples
+    return totals
+
+
+def sample_child(mode: str, sample_s: float, *, window_s: float = 1.0, rate_hz: float = 100,
+                 until=None):
+    """Sample for ``sample_s``, then on until ``until(windows)`` holds (at most MAX_SAMPLE_S)."""
     child = subprocess.Popen(
         [sys.executable, str(WORKLOAD), mode, "120"],
         stdout=subprocess.PIPE,
@@ -55,6 +73,9 @@ def sample_child(mode: str, sample_s: float, *, window_s: float = 1.0, rate_hz: 
         sampler.start()
         assert sampler.available, sampler.reason
         time.sleep(sample_s)
+        deadline = time.monotonic() + MAX_SAMPLE_S
+        while until is not None and not until(list(windows)) and time.monotonic() < deadline:
+            time.sleep(0.25)
         sampler.stop()
     finally:
         child.kill()
@@ -67,16 +88,28 @@ def paths_of(windows) -> set[str]:
     return {r.path for rows in windows for r in rows}
 
 
-def test_transformers_models_windows_paths_and_energy_conservation():
-    windows, asked, sampler = sample_child("hf", 3.2, window_s=1.0)  # GPT-2 and BERT in turn
-    assert len(windows) >= 2
+BLOCK = "GPT2LMHeadModel/GPT2Model/GPT2Block"
+LAYER = "BertModel/BertEncoder/BertLayer"
+MIN_READ_SAMPLES = 60  # enough read samples that a share is a share, whatever the load
+
+
+def _hf_evidence(windows) -> bool:
     paths = paths_of(windows)
-    block = "GPT2LMHeadModel/GPT2Model/GPT2Block"
-    assert {block, f"{block}/GPT2Attention", f"{block}/GPT2MLP"} <= paths
-    layer = "BertModel/BertEncoder/BertLayer"
-    assert f"{layer}/BertAttention" in paths
-    assert any(p.startswith(f"{layer}/BertIntermediate") for p in paths)
-    assert any(p.startswith("BertModel/BertEmbeddings") for p in paths)
+    return (len(windows) >= 2 and sum(top_counts(windows).values()) >= MIN_READ_SAMPLES
+            and {BLOCK, f"{BLOCK}/GPT2Attention", f"{BLOCK}/GPT2MLP", f"{LAYER}/BertAttention"} <= paths
+            and any(p.startswith(f"{LAYER}/BertIntermediate") for p in paths)
+            and any(p.startswith("BertModel/BertEmbeddings") for p in paths))
+
+
+def test_transformers_models_windows_paths_and_energy_conservation():
+    windows, asked, sampler = sample_child("hf", 3.2, window_s=1.0, until=_hf_evidence)  # GPT-2 and BERT in turn
+    lost = f"py-spy read {sampler.samples} stacks and could not read {sampler.errors}"
+    assert len(windows) >= 2, lost
+    paths = paths_of(windows)
+    assert {BLOCK, f"{BLOCK}/GPT2Attention", f"{BLOCK}/GPT2MLP"} <= paths, lost
+    assert f"{LAYER}/BertAttention" in paths, lost
+    assert any(p.startswith(f"{LAYER}/BertIntermediate") for p in paths), lost
+    assert any(p.startswith("BertModel/BertEmbeddings") for p in paths), lost
     assert sampler.available  # stopped by us, not by a failure
 
     assert len(asked) == len(windows)
@@ -94,33 +127,36 @@ def test_transformers_models_windows_paths_and_energy_conservation():
                 if p.startswith(r.path + "/") and p.count("/") == r.path.count("/") + 1
             ]  # fmt: skip
             assert r.n_samples >= sum(c.n_samples for c in kids)
-        models = sum(by_path[m].share for m in ("GPT2LMHeadModel", "BertModel") if m in by_path)
-        assert models > 0.5  # the child does forwards only
         assert all(r.method == "stack-sampling" for r in rows)
+    # the child does forwards only: over all the samples that were read (one short window may
+    # hold two samples: a share of one window is not evidence), the models hold most of them
+    totals = top_counts(windows)
+    read = sum(totals.values())
+    assert read >= MIN_READ_SAMPLES, lost
+    models = totals.get("GPT2LMHeadModel", 0) + totals.get("BertModel", 0)
+    assert models / read > 0.5, (totals, lost)
 
 
 def test_plain_module_paths_and_sleeping_main_thread():
-    windows, _, _ = sample_child("idle", 2.0)  # TinyNet forwards between 20 ms sleeps
+    def enough(windows) -> bool:
+        return ("TinyNet/Sequential/Block/Mlp/Linear" in paths_of(windows)
+                and top_counts(windows).get(BUCKET_IDLE, 0) >= 3)
+
+    windows, _, sampler = sample_child("idle", 2.0, until=enough)  # TinyNet forwards between 20 ms sleeps
     paths = paths_of(windows)
     assert "TinyNet/Sequential/Block/Mlp/Linear" in paths
     assert "gpu-wait" not in paths  # CPU target: loss.item() stays in TinyNet
-    idle = sum(r.n_samples for rows in windows for r in rows if r.path == BUCKET_IDLE)
-    total = sum(
-        r.n_samples
-        for rows in windows
-        for r in rows
-        if r.granularity == "bucket" or "/" not in r.path
-    )
-    assert idle / total > 0.3
+    # the sleeps are recognised as idle (how large their share is depends on how fast the
+    # forwards run, i.e. on the machine's load: not asserted)
+    totals = top_counts(windows)
+    assert totals.get(BUCKET_IDLE, 0) >= 3, (totals, sampler.samples, sampler.errors)
+    assert set(totals) <= {"TinyNet", BUCKET_IDLE, "python (other)"}, totals
 
 
 def test_training_loop_buckets():
-    windows, _, _ = sample_child("train", 2.5)
-    totals: dict[str, int] = {}
-    for rows in windows:
-        for r in rows:
-            if r.granularity == "bucket" or "/" not in r.path:
-                totals[r.path] = totals.get(r.path, 0) + r.n_samples
+    wanted = (BUCKET_DATA, BUCKET_OPTIMIZER, BUCKET_BACKWARD, "Sequential")
+    windows, _, _ = sample_child("train", 2.5, until=lambda w: all(top_counts(w).get(b, 0) > 0 for b in wanted))
+    totals = top_counts(windows)
     for bucket in (BUCKET_DATA, BUCKET_OPTIMIZER, BUCKET_BACKWARD):
         assert totals.get(bucket, 0) > 0, (bucket, totals)
     assert totals.get("Sequential", 0) > 0  # the forward itself

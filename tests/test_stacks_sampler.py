@@ -165,37 +165,42 @@ def test_stop_flushes_the_partial_window():
     windows: list = []
     try:
         sampler = make_sampler(child.pid, windows, window_s=30.0)
-        sampler.start()
+        sampler.start()  # returns once py-spy has attached: the window has begun
+        t_started_ns = time.monotonic_ns()
         assert sampler.available, sampler.reason
         time.sleep(1.0)
         t_stop_ns = time.monotonic_ns()
         sampler.stop()
+        t_stopped_ns = time.monotonic_ns()
     finally:
         child.kill()
         child.wait()
     assert len(windows) == 1
     rows = windows[0]
-    duration_s = (rows[0].window_end_ns - rows[0].window_start_ns) / 1e9
-    assert 0.5 < duration_s < 5.0
-    assert rows[0].window_end_ns >= t_stop_ns
-    assert any(r.n_samples > 10 for r in rows)
+    # the window is cut at the stop: bounded by our own clock readings, whatever the load
+    assert rows[0].window_start_ns <= t_started_ns
+    assert t_stop_ns <= rows[0].window_end_ns <= t_stopped_ns
+    assert any(r.n_samples > 0 for r in rows)
     assert sampler.available  # we stopped it; nothing failed
 
 
 @needs_pyspy
 def test_target_exit_ends_sampling_and_flushes():
-    child = python_child(1.5)
+    child = python_child(120)
     windows: list = []
     sampler = make_sampler(child.pid, windows, window_s=30.0)
-    sampler.start()
+    sampler.start()  # attached (a child that ended before py-spy attached would test nothing)
+    assert sampler.available, sampler.reason
+    time.sleep(1.0)
+    child.terminate()  # the target exits mid-window
     child.wait()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 120  # a bound against a hang, not a speed requirement
     while sampler.available and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not sampler.available
     assert "exited" in assert_one_line(sampler.reason)
     sampler.stop()
-    assert len(windows) == 1 and sum(r.n_samples for r in windows[0]) > 10
+    assert len(windows) == 1 and sum(r.n_samples for r in windows[0]) > 0
 
 
 def test_unknown_py_spy_failure_is_retried_then_reported(tmp_path):

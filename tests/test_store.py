@@ -117,10 +117,24 @@ CRASHER = textwrap.dedent("""
 """)
 
 
+def _stored_points(db_path, key: str) -> int:
+    """Committed samples of one series, read-only with plain sqlite3 (no Store opened here)."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    try:
+        return con.execute("SELECT count(*) FROM samples JOIN series ON samples.series_id = series.id "
+                           "WHERE series.key = ?", (key,)).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0  # not created yet
+    finally:
+        con.close()
+
+
 def test_killed_profiler_session_reopens_interrupted_losing_at_most_a_second(db_path):
     proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(db_path)], stdout=subprocess.PIPE, text=True)
     sid = int(proc.stdout.readline())
-    time.sleep(2.5)
+    deadline = time.monotonic() + 120  # until 21 power samples are stored, however busy the machine is
+    while _stored_points(db_path, "cpu-model/power_w") <= 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
     kill_ns = time.monotonic_ns()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

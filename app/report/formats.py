@@ -6,11 +6,11 @@ import csv
 import html
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from wattlens.profiler.errors import BadInputError, WattlensError
+from wattlens.app.report.output import check_output_path, write_output
+from wattlens.profiler.errors import BadInputError
 
 FORMATS = ("html", "pdf", "md", "json", "csv")
 
@@ -116,29 +116,6 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write beside the destination, then rename: a failed export never leaves half a file."""
-    path = path.expanduser()
-    if path.is_dir():
-        raise BadInputError(f"{path} is a folder", hint="give a file path to -o, e.g. -o report.html")
-    if not path.parent.exists():
-        raise BadInputError(f"folder {path.parent} does not exist", hint="create it or choose another -o path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp_path, path)
-    except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
-        raise WattlensError(f"cannot write {path}: {exc.strerror or exc}",
-                            hint="check free space and permissions, or choose another -o path") from None
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
 def write_report(store, session_id: int, fmt_name: str, path: str | os.PathLike, *,
                  compare_id: int | None = None, grid_g_per_kwh: float | None = None,
                  progress: Callable[[str, float], None] | None = None) -> Path:
@@ -146,25 +123,25 @@ def write_report(store, session_id: int, fmt_name: str, path: str | os.PathLike,
 
     if fmt_name not in FORMATS:
         raise BadInputError(f"unknown report format '{fmt_name}'", hint=f"use one of: {', '.join(FORMATS)}")
-    path = Path(path)
+    path = check_output_path(path)  # refuse a device, FIFO, link... before any work
     if progress:
         progress("reading the session", 0.1)
     if fmt_name == "csv":
         store.session(session_id)
-        _atomic_write(path, lambda p: write_csv(store, session_id, p))
+        write_output(path, lambda p: write_csv(store, session_id, p))
         return path
     report = build_report(store, session_id, compare_id=compare_id, grid_g_per_kwh=grid_g_per_kwh)
     if progress:
         progress("rendering", 0.5)
     if fmt_name == "json":
-        _atomic_write(path, lambda p: p.write_text(render_json(report)))
+        write_output(path, lambda p: p.write_text(render_json(report)))
     elif fmt_name == "md":
-        _atomic_write(path, lambda p: p.write_text(render_markdown(report)))
+        write_output(path, lambda p: p.write_text(render_markdown(report)))
     else:
         from wattlens.app.report import rich  # HTML/PDF with embedded plots (issue 6)
 
         data = store.series_data(session_id)
-        _atomic_write(path, lambda p: rich.write(fmt_name, report, data, p))
+        write_output(path, lambda p: rich.write(fmt_name, report, data, p))
     if progress:
         progress("done", 1.0)
     return path

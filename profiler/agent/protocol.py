@@ -27,6 +27,10 @@ ENV_WINDOW_MS = "WATTLENS_AGENT_WINDOW_MS"  # minimum layer-cost window (default
 ENV_FLOPS = "WATTLENS_AGENT_FLOPS"  # "0" off, "force" count on the first forward, else auto
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
+# The deepest nesting a message may have. Ours are at most 4 deep (a layers message: object →
+# list → object → scalar); anything much deeper is refused before a validator walks it, and a
+# line nested deeper than the parser's recursion limit is refused, not raised (issue 9).
+MAX_DEPTH = 32
 
 # ---------------------------------------------------------------------------------------------
 # Field checkers: each takes a value and says whether it is acceptable.
@@ -204,15 +208,37 @@ def _reject_constant(name: str) -> Any:
 def decode(line: bytes) -> dict[str, Any]:
     """Parse one line into a message object; raise ValueError when it is not one.
 
-    NaN/Infinity are refused (they are not JSON) and the top level must be an object with a
-    string ``type``.
+    NaN/Infinity are refused (they are not JSON), so is nesting deeper than :data:`MAX_DEPTH`,
+    and the top level must be an object with a string ``type``.
     """
-    msg = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    try:
+        msg = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    if _depth_exceeds(msg, MAX_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     if not isinstance(msg, dict):
         raise ValueError("a message must be a JSON object")
     if not isinstance(msg.get("type"), str):
         raise ValueError("a message needs a string 'type'")
     return msg
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` deep (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def encode(msg: dict[str, Any]) -> bytes:

@@ -1,0 +1,133 @@
+"""Issue 9 items 8 and 11 (CLI side): numeric arguments are checked at parse time, a session
+whose sampler died is never "completed", `run` passes the command's failure on as its exit code,
+and a session without layer figures says why."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from tests.conftest import run_cli
+from wattlens.profiler.session import ProfilingSession
+from wattlens.profiler.store import Store
+
+
+def _one_line_usage(r) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["attach", "1", "--duration", "nan"], "--duration"),
+    (["attach", "1", "--duration", "inf"], "--duration"),
+    (["attach", "1", "--duration", "-3"], "--duration"),
+    (["attach", "1", "--interval", "inf"], "--interval"),
+    (["attach", "1", "--interval", "0"], "--interval"),
+    (["attach", "1", "--interval", "1e-9"], "--interval"),
+    (["attach", "1", "--stack-rate", "nan"], "--stack-rate"),
+    (["attach", "0"], "PID"),
+    (["run", "--interval", "nan", "--", "true"], "--interval"),
+    (["run", "--duration", "1e400", "--", "true"], "--duration"),
+    (["run", "--after-steps", "-1", "--apply", "quantize-int8", "--", "true"], "--after-steps"),
+    (["show", "-1"], "ID"),
+    (["report", "1", "--format", "md", "-o", "x.md", "--grid", "inf"], "--grid"),
+    (["optimize", "m", "--max-quality-loss", "nan"], "--max-quality-loss"),
+    (["optimize", "m", "--rounds", "0"], "--rounds"),
+    (["demo", "--headless", "--duration", "nan"], "--duration"),
+])
+def test_non_finite_or_out_of_range_numbers_are_refused_at_parse_time(argv, flag, db_path):
+    r = run_cli(*argv, "--db", str(db_path), timeout=60) if argv[0] != "run" else \
+        run_cli("run", "--db", str(db_path), *argv[1:], timeout=60)
+    line = _one_line_usage(r)
+    assert flag in line
+    assert not db_path.exists()  # refused before anything was opened or recorded
+
+
+def test_a_sampler_that_dies_ends_the_session_as_failed_not_completed(db_path, monkeypatch):
+    from wattlens.profiler import sampler as sampler_mod
+
+    def dying_loop(self):
+        raise OverflowError("cannot convert float infinity to integer")  # what --interval inf did
+
+    monkeypatch.setattr(sampler_mod.Sampler, "_loop", dying_loop)
+    store = Store(db_path)
+    s = ProfilingSession(store, name="dies", interval_s=0.05, duration_s=3600)
+    sid = s.start()
+    deadline = time.monotonic() + 60  # a bound against a hang only
+    while s.end_condition() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    cond = s.end_condition()
+    assert cond is not None and cond[0] == "failed" and "OverflowError" in cond[1]
+    s.stop("completed", "duration reached")  # whatever the caller asks, it did not complete
+    row = store.session(sid)
+    assert row["status"] == "failed"
+    assert "sampler stopped" in row["end_reason"] and "kept" in row["end_reason"]
+
+
+def test_sampler_refuses_a_non_finite_interval(db_path):
+    from wattlens.profiler.sampler import Sampler
+
+    for bad in (float("inf"), float("nan"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="finite"):
+            Sampler([], interval_s=bad)
+
+
+SCRIPT_EXIT_3 = "import sys, time; time.sleep(0.5); sys.exit(3)"
+
+
+def test_run_exits_with_the_commands_failure_code_and_keeps_its_data(db_path):
+    r = run_cli("run", "--db", str(db_path), "--json", "--", sys.executable, "-c", SCRIPT_EXIT_3)
+    assert r.returncode == 3, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["exit_code"] == 3 and doc["status"] == "target-exited"
+    stored = Store(db_path).session(doc["session_id"])
+    assert stored["status"] == "target-exited" and "exit code 3" in stored["end_reason"]
+    assert stored["summary"]["energy_j"] is not None  # the data measured is kept
+
+
+def test_run_of_a_successful_command_exits_0(db_path):
+    r = run_cli("run", "--db", str(db_path), "--json", "--", sys.executable, "-c", "pass")
+    assert r.returncode == 0, r.stderr
+
+
+def test_run_help_documents_the_exit_status():
+    r = run_cli("run", "--help")
+    assert "Exit" in r.stdout and "128+N" in r.stdout
+
+
+def test_non_python_command_gets_a_note_why_there_are_no_layers(db_path, tmp_path):
+    r = run_cli("run", "--db", str(db_path), "--", "sleep", "1")
+    assert r.returncode == 0, r.stderr
+    assert "note: no layer figures: no wattlens agent reported" in r.stdout  # the CLI summary
+    sid = Store(db_path).sessions()[0]["id"]
+    show = run_cli("show", str(sid), "--db", str(db_path))
+    assert "no layer figures" in show.stdout  # `show`
+    events = Store(db_path).events(sid)
+    assert any(e.kind == "note" and "no layer figures" in e.message for e in events)  # stored
+    out = tmp_path / "r.md"
+    assert run_cli("report", str(sid), "--format", "md", "-o", str(out), "--db", str(db_path)).returncode == 0
+    assert "no layer figures" in out.read_text()  # and the report
+
+
+def test_attach_to_a_non_python_process_says_why_there_are_no_layers(db_path):
+    from wattlens.profiler.stacks.sampler import find_pyspy
+
+    if find_pyspy() is None:
+        pytest.skip("py-spy is not installed")
+    import subprocess
+
+    target = subprocess.Popen(["sleep", "300"])
+    try:
+        r = run_cli("attach", str(target.pid), "--duration", "1", "--db", str(db_path))
+    finally:
+        target.kill()
+        target.wait()
+    assert r.returncode == 0, r.stderr
+    assert "no layer figures" in r.stdout and "does not look like a Python program" in r.stdout
+    sid = Store(db_path).sessions()[0]["id"]
+    assert any(e.kind == "note" and "no layer figures" in e.message for e in Store(db_path).events(sid))
