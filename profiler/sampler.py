@@ -7,6 +7,12 @@ Series keys (units in names):
   ``target/<source>/energy_j`` (cumulative), ``target/<gpu>/mem_used_bytes``, ``target/energy_j`` (all sources),
   ``target/power_w`` and ``target/cpu_pct`` (percent of one core).
 Idle GPU power (lowest power seen in the session) is ``<source>/idle_power_w``.
+
+CPU times advance in clock ticks (10 ms), and callers may ask for a tick at any moment (a step's
+end, a measurement window's edge), so two ticks can be a millisecond apart. The target's CPU rate
+and CPU share are therefore measured over spans of at least ``min_cpu_span_s`` (most of one
+interval): a shorter tick reuses the share of the last full span and stores no CPU percentage.
+Every tick passes the checks in ``invariants.py`` before anything is stored.
 """
 
 from __future__ import annotations
@@ -16,24 +22,33 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from wattlens.profiler import attribution
-from wattlens.profiler.process import Target, system_cpu_s
-from wattlens.profiler.records import SamplePoint, SeriesSpec
+from wattlens.profiler import attribution, invariants
+from wattlens.profiler.process import Target, logical_cpus, system_cpu_s
+from wattlens.profiler.records import EventRecord, SamplePoint, SeriesSpec
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[list[SamplePoint]], None]
+EventSink = Callable[[EventRecord], None]
 
 
 class Sampler:
     def __init__(self, sources: Sequence, *, interval_s: float = 0.1, target: Target | None = None,
-                 sinks: Sequence[Sink] = ()):
+                 sinks: Sequence[Sink] = (), on_event: EventSink | None = None,
+                 n_logical_cpus: int | None = None, min_cpu_span_s: float | None = None):
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
         self.sources = list(sources)
         self.interval_s = interval_s
         self.target = target
         self.sinks = list(sinks)
+        self.on_event = on_event  # impossible values found by the per-tick checks go here
+        self.n_logical_cpus = n_logical_cpus or logical_cpus()
+        span_s = 0.8 * interval_s if min_cpu_span_s is None else min_cpu_span_s
+        self._min_cpu_span_ns = int(span_s * 1e9)
+        self._full_share_cpu: float | None = None  # the share over the last full CPU span
+        self._last_stored: dict[str, float] = {}  # cumulative series: last value stored
+        self.violations: dict[str, int] = {}  # invariant check → how many ticks failed it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._prev: dict[str, tuple[int, float | None]] = {}
@@ -139,14 +154,21 @@ class Sampler:
                 busy_s, _total = system_cpu_s()
                 tgt_s = self._prev_cpu[0] if self._prev_cpu else 0.0
             t_cpu_ns = time.monotonic_ns()  # when the CPU times were read: the rate's own clock
-            if self._prev_cpu is not None:
+            if self._prev_cpu is None:
+                self._prev_cpu = (tgt_s, busy_s, t_cpu_ns)
+            else:
                 d_tgt = tgt_s - self._prev_cpu[0]
                 d_busy = busy_s - self._prev_cpu[1]
-                target_share_cpu = attribution.cpu_share(d_tgt, d_busy)
-                prev_t = self._prev_cpu[2]
-                if t_cpu_ns > prev_t:
-                    target_cpu_pct = 100.0 * d_tgt / ((t_cpu_ns - prev_t) / 1e9)
-            self._prev_cpu = (tgt_s, busy_s, t_cpu_ns)
+                span_ns = t_cpu_ns - self._prev_cpu[2]
+                if span_ns >= self._min_cpu_span_ns:
+                    target_share_cpu = attribution.cpu_share(d_tgt, d_busy)
+                    self._full_share_cpu = target_share_cpu
+                    target_cpu_pct = 100.0 * d_tgt / (span_ns / 1e9)
+                    self._prev_cpu = (tgt_s, busy_s, t_cpu_ns)
+                elif self._full_share_cpu is not None:
+                    target_share_cpu = self._full_share_cpu  # too short to measure: the last span's
+                else:  # no full span yet (a window edge right after start): the short one, bounded
+                    target_share_cpu = attribution.cpu_share(d_tgt, d_busy)
         first = self.ticks == 0
         target_power_w = 0.0
         target_power_known = False
@@ -155,8 +177,15 @@ class Sampler:
             sid = src.id
             if r.power_w is not None:
                 add(SamplePoint(f"{sid}/power_w", t_ns, r.power_w))
-            if r.energy_j is not None:
-                add(SamplePoint(f"{sid}/energy_j", t_ns, r.energy_j))
+            energy_j = r.energy_j
+            if energy_j is not None:
+                bad = invariants.check_monotonic(f"{sid}/energy_j", self._last_stored.get(sid), energy_j)
+                if bad:
+                    self._violation("energy-monotonic", bad, t_ns, sid)
+                    energy_j = None
+                else:
+                    self._last_stored[sid] = energy_j
+                    add(SamplePoint(f"{sid}/energy_j", t_ns, energy_j))
             elif r.reason:
                 self.reasons[f"{sid}/energy_j"] = r.reason
             for name, value in r.extra.items():
@@ -168,10 +197,11 @@ class Sampler:
                     self._idle_power_w[sid] = r.power_w
                     add(SamplePoint(f"{sid}/idle_power_w", t_ns, r.power_w))
             prev_t, prev_e = self._prev.get(sid, (t_ns, None))
-            self._prev[sid] = (t_ns, r.energy_j)
+            if energy_j is not None or r.energy_j is None:
+                self._prev[sid] = (t_ns, energy_j)
             if self.target is None or first:
                 continue
-            d_e = None if (r.energy_j is None or prev_e is None) else r.energy_j - prev_e
+            d_e = None if (energy_j is None or prev_e is None) else energy_j - prev_e
             dt_s = (t_ns - prev_t) / 1e9
             if src.kind == "gpu":
                 att, target_mem = self._attribute_gpu(src, d_e, dt_s)
@@ -182,6 +212,10 @@ class Sampler:
             if att.energy_j is None:
                 if att.reason:
                     self.reasons[f"target/{sid}/energy_j"] = att.reason
+                continue
+            bad = invariants.check_target_within(sid, att.energy_j, d_e if d_e is not None else 0.0)
+            if bad:
+                self._violation("target-within-source", bad, t_ns, sid)
                 continue
             self._target_energy_j[sid] += att.energy_j
             add(SamplePoint(f"target/{sid}/energy_j", t_ns, self._target_energy_j[sid]))
@@ -195,12 +229,27 @@ class Sampler:
             if target_power_known:
                 add(SamplePoint("target/power_w", t_ns, target_power_w))
             if target_cpu_pct is not None:
-                add(SamplePoint("target/cpu_pct", t_ns, target_cpu_pct))
+                bad = invariants.check_cpu_pct(target_cpu_pct, self.n_logical_cpus)
+                if bad:
+                    self._violation("cpu-pct-limit", bad, t_ns, "target/cpu_pct")
+                else:
+                    add(SamplePoint("target/cpu_pct", t_ns, target_cpu_pct))
         self.ticks += 1
         self.last_tick_ns = t_ns
         for sink in self.sinks:
             sink(points)
         return points
+
+    def _violation(self, check: str, message: str, t_ns: int, key: str) -> None:
+        """An impossible value was not stored: log it and record an event (the 1st, 10th, 100th...
+        failure of each check, so a persistent fault does not flood the timeline)."""
+        n = self.violations.get(check, 0) + 1
+        self.violations[check] = n
+        if str(n).rstrip("0") == "1":
+            log.warning("impossible value not stored (%s, %d so far): %s", check, n, message)
+            if self.on_event is not None:
+                self.on_event(EventRecord(t_ns, "invariant", f"not stored: {message}",
+                                          {"check": check, "key": key, "count": n}))
 
     def _attribute_gpu(self, src, d_e: float | None, dt_s: float) -> tuple[attribution.Attributed, float | None]:
         """The target's GPU energy for this interval, and its GPU memory (bytes) when the driver says."""

@@ -81,7 +81,8 @@ class ProfilingSession:
     def start(self) -> int:
         if not self.discovery.usable:
             raise StoreError("no power source is usable here", hint="run `wattlens doctor` for the fixes")
-        self.sampler = Sampler(self.discovery.usable, interval_s=self.interval_s, target=self.target)
+        self.sampler = Sampler(self.discovery.usable, interval_s=self.interval_s, target=self.target,
+                               on_event=self._record_event)
         self.started_at = time.time()
         self.start_ns = time.monotonic_ns()
         sources = [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label, "details": s.describe()}
@@ -128,8 +129,11 @@ class ProfilingSession:
         self.event("note", message)
 
     def event(self, kind: str, message: str, **data) -> None:
+        self._record_event(EventRecord(time.monotonic_ns(), kind, message, data))
+
+    def _record_event(self, record: EventRecord) -> None:
         if self.writer is not None:
-            self.writer.put(EventRecord(time.monotonic_ns(), kind, message, data))
+            self.writer.put(record)
 
     def add_layer_costs(self, rows: list[LayerCost]) -> None:
         if self.writer is not None:
@@ -194,6 +198,10 @@ class ProfilingSession:
                 log.exception("stack sampler did not stop cleanly")
         if self.sampler is not None:
             self.sampler.stop()
+        unseen_s = self.target.unobserved_cpu_s if self.target is not None else 0.0
+        if unseen_s > 0.0:
+            self.note(f"{unseen_s:.2f} CPU-s that child processes spent before wattlens found them "
+                      "(children are rescanned once a second) are not in the target's share")
         ended_at = time.time()
         duration_s = (time.monotonic_ns() - self.start_ns) / 1e9
         self.status, self.end_reason = status, reason
