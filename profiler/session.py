@@ -162,13 +162,7 @@ class ProfilingSession:
         if (last is not None and last[0] < t1_ns <= time.monotonic_ns() and self.sampler is not None
                 and self.sampler.running):
             self.sampler.tick()  # a window that ended after the last tick: read now, do not guess
-        e0, e1 = buf.value_at(t0_ns), buf.value_at(t1_ns)
-        if e0 is None or e1 is None:
-            first = buf.snapshot()[0]
-            if len(first) and t0_ns < first[0] <= t1_ns and e1 is not None:
-                return e1  # the window began before the first sample: energy since the baseline
-            return None
-        return e1 - e0
+        return buf.energy_between(t0_ns, t1_ns, since_baseline=True)
 
     def elapsed_s(self) -> float:
         return (time.monotonic_ns() - self.start_ns) / 1e9

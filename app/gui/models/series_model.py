@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wattlens.profiler import figures
+
 SHORT_SOURCE = {"cpu-model": "CPU (TDP model)"}
 
 
@@ -202,19 +204,11 @@ class SeriesSet:
         A span that began before the first sample gets the energy since the baseline (the
         cumulative series starts at 0), as ``ProfilingSession.attributed_energy_between`` does."""
         s = self.data.get(key)
-        if s is None or s.n == 0:
+        if s is None:
             return None
-        t0, t1 = (t0_ns - self.start_ns) / 1e9, (t1_ns - self.start_ns) / 1e9
-        e1 = s.value_at(t1)
-        if e1 is None:
-            return None
-        e0 = s.value_at(t0)
-        if e0 is None:
-            if t0 < s.view()[0][0] <= t1:
-                e0 = 0.0
-            else:
-                return None
-        return e1 - e0
+        t, v = s.view()
+        return figures.energy_between(t, v, (t0_ns - self.start_ns) / 1e9, (t1_ns - self.start_ns) / 1e9,
+                                      since_baseline=True)
 
     def end_s(self) -> float:
         ends = [s.last()[0] for s in self.data.values() if s.n]
