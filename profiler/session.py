@@ -22,7 +22,7 @@ from wattlens.profiler.process import Target
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
 from wattlens.profiler.ring import RingBuffers
 from wattlens.profiler.sampler import Sampler
-from wattlens.profiler.sources import Discovery, discover
+from wattlens.profiler.sources import Discovery, discover, source_dict
 from wattlens.profiler.store import Store
 from wattlens.profiler.store.writer import StoreWriter
 from wattlens.profiler.summary import summarize
@@ -85,8 +85,7 @@ class ProfilingSession:
                                on_event=self._record_event)
         self.started_at = time.time()
         self.start_ns = time.monotonic_ns()
-        sources = [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label, "details": s.describe()}
-                   for s in self.discovery.usable]
+        sources = [source_dict(s, details=s.describe()) for s in self.discovery.usable]
         settings = {**self.settings, "interval_s": self.interval_s, "duration_s": self.duration_s,
                     "stacks": self.want_stacks,
                     "unavailable": [dataclasses.asdict(u) for u in self.discovery.unavailable]}
@@ -207,8 +206,7 @@ class ProfilingSession:
             write_error = exc
         session = {"id": self.session_id, "name": self.name, "status": status, "duration_s": duration_s,
                    "target_pid": self.target.pid if self.target else None,
-                   "sources": [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label}
-                               for s in self.discovery.usable]}
+                   "sources": [source_dict(s) for s in self.discovery.usable]}
         live = self.rings.snapshot()
         self.summary = summarize(session, live, reasons=self.sampler.reasons if self.sampler else None,
                                  grid_g_per_kwh=self.grid_g_per_kwh)

@@ -256,3 +256,29 @@ def test_target_energy_within_the_source():
     assert invariants.check_target_within("rapl:0", 1.0, 1.0) is None
     assert "exceeds" in invariants.check_target_within("rapl:0", 1.5, 1.0)
     assert "negative" in invariants.check_target_within("rapl:0", -0.1, 1.0)
+
+
+def test_every_key_the_sampler_produces_is_declared_with_its_unit(monkeypatch):
+    # the store writer no longer guesses units from key suffixes: the sampler must declare them
+    import os
+    import time
+
+    from tests import fake_nvml
+    from wattlens.profiler.sources import discover
+
+    gpu = fake_nvml.FakeGpu(power_w=100.0)
+    gpu.sm_util = {os.getpid(): 50}
+    gpu.processes = {os.getpid(): 2**30}
+    fake_nvml.install(monkeypatch, [gpu])
+    sources = [s for s in discover().usable if s.id in ("nvml:0", "cpu-model")]
+    assert {s.id for s in sources} == {"nvml:0", "cpu-model"}
+    produced: set[str] = set()
+    sampler = Sampler(sources, interval_s=0.01, target=Target(os.getpid()),
+                      sinks=[lambda pts: produced.update(p.key for p in pts)])
+    for _ in range(4):
+        time.sleep(0.02)
+        gpu.power_w += 20.0
+        sampler.tick()
+    specs = {s.key: s for s in sampler.series_specs()}
+    assert produced and produced <= set(specs), sorted(produced - set(specs))
+    assert all(specs[k].unit for k in produced)

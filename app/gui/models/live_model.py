@@ -25,6 +25,7 @@ from wattlens.app.gui.models.series_model import (
 from wattlens.app.gui.models.signal import Signal
 from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost, StepRecord
+from wattlens.profiler.sources.base import source_dict
 from wattlens.profiler.summary import step_stats
 
 NO_STEPS_TEXT = ("no step boundaries reported: they come from the in-process agent "
@@ -165,8 +166,7 @@ class LiveModel:
                  command: list[str] | None = None):
         self.session = session
         self.command = command  # what was launched (run mode): the title even before /proc shows it
-        self.sources = [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label}
-                        for s in session.discovery.usable]
+        self.sources = [source_dict(s) for s in session.discovery.usable]
         self.unavailable = unavailable_dicts(session.discovery.unavailable)
         specs = session.sampler.series_specs() if session.sampler is not None else []
         self.series = SeriesSet(session.start_ns, infos_from_specs(specs, self.sources))
