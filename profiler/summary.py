@@ -142,8 +142,9 @@ def step_stats(steps: Sequence[StepRecord]) -> dict:
     return out
 
 
-def top_layers(layers: Sequence[LayerCost], n: int = 10) -> list[dict]:
-    """Aggregate windows per (path, granularity, phase): time and energy, costliest (self) first."""
+def top_layers(layers: Sequence[LayerCost], n: int | None = 10) -> list[dict]:
+    """Aggregate windows per (path, granularity, phase): time and energy, costliest (self) first;
+    the ``n`` costliest, or every row with ``n=None``."""
     agg: dict[tuple[str, str, str], dict] = {}
     total_t = 0.0
     for lc in layers:
@@ -163,4 +164,4 @@ def top_layers(layers: Sequence[LayerCost], n: int = 10) -> list[dict]:
     rows = sorted(agg.values(), key=lambda a: (a["self_energy_j"] or 0.0, a["self_time_s"]), reverse=True)
     for a in rows:
         a["self_share"] = a["self_time_s"] / total_t if total_t else None
-    return rows[:n]
+    return rows if n is None else rows[:n]

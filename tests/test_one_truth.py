@@ -61,3 +61,85 @@ def test_every_report_format_prints_the_numbers_of_show(session, tmp_path):
         text = write_report(store, sid, name, tmp_path / f"r.{name}").read_text()
         for value, unit in ((energy_j, "J"), (power_w, "W"), (step_j, "J")):
             assert fmt(value, unit) in text, f"{name} report lacks {fmt(value, unit)}"
+
+
+# ---- complete exports: every step and layer row, CSV of each, a Chrome trace -------------------
+def _layer_keys(store, sid) -> set[tuple[str, str, str]]:
+    return {(lc.path, lc.granularity, lc.phase) for lc in store.layer_costs(sid)}
+
+
+def test_json_holds_every_step_and_every_layer_row_and_follows_its_schema(session, tmp_path):
+    from tests.test_report_views import SCHEMA_PATH, validate
+
+    db, sid, shown = session
+    store = Store(db)
+    doc = json.loads(write_report(store, sid, "json", tmp_path / "r.json").read_text())
+    validate(doc, json.loads(SCHEMA_PATH.read_text()))
+    keys = _layer_keys(store, sid)
+    assert len(keys) > 10  # more than the top 10 the text views show
+    assert {(r["path"], r["granularity"], r["phase"]) for r in doc["layers"]} == keys
+    assert len(doc["steps"]) == 25 == shown["steps"]["count"]
+    with_e = [s["energy_j"] for s in doc["steps"] if s["energy_j"] is not None]
+    assert len(with_e) == shown["steps"]["with_energy"]
+    assert sum(with_e) / len(with_e) == pytest.approx(shown["steps"]["energy_per_step_j"], rel=1e-12)
+
+
+@pytest.mark.parametrize("what", ["samples", "steps", "layers"])
+def test_csv_exports_samples_steps_or_layers(session, tmp_path, what):
+    import csv
+
+    db, sid, _ = session
+    store = Store(db)
+    out = tmp_path / f"{what}.csv"
+    r = run_cli("report", str(sid), "--db", str(db), "--format", "csv", "--what", what, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(out.open()))
+    if what == "samples":
+        assert len(rows) == sum(len(t) for t, _ in store.series_data(sid).values())
+    elif what == "steps":
+        assert [int(r["step"]) for r in rows] == [s.step for s in store.steps(sid)]
+        assert all(float(r["energy_j"]) > 0 for r in rows if r["energy_j"])
+    else:
+        assert len(rows) == len(store.layer_costs(sid))
+        assert {(r["path"], r["granularity"], r["phase"]) for r in rows} == _layer_keys(store, sid)
+
+
+def test_what_without_csv_is_a_one_line_usage_error(session, tmp_path):
+    db, sid, _ = session
+    r = run_cli("report", str(sid), "--db", str(db), "--format", "md", "--what", "steps", "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--what" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_trace_has_steps_layer_tracks_power_counters_and_events(session, tmp_path):
+    from pathlib import Path
+
+    from tests.test_report_views import validate
+
+    db, sid, _ = session
+    store = Store(db)
+    out = tmp_path / "t.trace.json"
+    r = run_cli("report", str(sid), "--db", str(db), "--format", "trace", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    validate(doc, json.loads((Path(__file__).resolve().parents[1] / "docs" / "trace-schema.json").read_text()))
+    ev = doc["traceEvents"]
+    by_ph: dict[str, list] = {}
+    for e in ev:
+        by_ph.setdefault(e["ph"], []).append(e)
+    steps = [e for e in by_ph["X"] if e["cat"] == "step"]
+    assert len(steps) == 25
+    assert all(e["dur"] > 0 and e["args"]["energy_j"] is not None for e in steps[1:])
+    layer_tracks = {e["tid"] for e in by_ph["X"] if e["cat"].startswith("layer")}
+    assert len(layer_tracks) == len(_layer_keys(store, sid))
+    names = {e["tid"]: e["args"]["name"] for e in by_ph["M"] if e["name"] == "thread_name"}
+    assert layer_tracks <= set(names) and names[1] == "steps"
+    for e in by_ph["X"]:
+        if e["cat"].startswith("layer"):
+            assert e["args"]["window_start_us"] <= e["ts"] and e["ts"] + e["dur"] <= e["args"]["window_end_us"] + 1e-6
+    data = store.series_data(sid)
+    counters = [e for e in by_ph["C"] if e["name"] == "target/power_w (W)"]
+    assert len(counters) == len(data["target/power_w"][0])
+    assert [c["args"]["W"] for c in counters] == data["target/power_w"][1].tolist()
+    assert any(e["name"].endswith("/power_w (W)") and not e["name"].startswith("target/") for e in by_ph["C"])
+    assert len(by_ph.get("i", [])) == len(store.events(sid))
