@@ -328,6 +328,12 @@ def steps_table(report: dict) -> Table | None:
                  [row], [0.1, 0.11, 0.14, 0.14, 0.14, 0.14, 0.11, 0.12], set(range(8)))
 
 
+def costliest_layers(report: dict) -> list[dict]:
+    """The layer rows the HTML/PDF show: the summary's 10 costliest (the JSON's ``layers`` holds
+    every row; a 32-block model has hundreds)."""
+    return list((report.get("summary") or {}).get("top_layers") or [])
+
+
 def layer_bar_key(layers: Sequence[dict]) -> tuple[str, str, str]:
     """(key, unit, words) the layer bar chart shows: self energy when recorded (children excluded,
     so the bars add up to the target's energy and match the table's order), else inclusive
@@ -340,7 +346,7 @@ def layer_bar_key(layers: Sequence[dict]) -> tuple[str, str, str]:
 
 
 def layers_table(report: dict) -> Table | None:
-    layers = report.get("layers") or []
+    layers = costliest_layers(report)
     if not layers:
         return None
     est = estimate_flags(report)["derived"]
@@ -721,7 +727,7 @@ def plot_specs(report: dict, series_data) -> dict[str, PlotSpec]:
         specs["util"] = time_plot("util", "Utilisation", "utilisation (%)", 1.5)
     if any(s.get("energy_j") is not None for s in report.get("steps") or []):
         specs["steps"] = PlotSpec("steps", 1.25, 0.75, 0.5, lambda ax: _draw_steps(ax, report["steps"], flags["derived"]))
-    layers = report.get("layers") or []
+    layers = costliest_layers(report)
     if layers:
         specs["layers"] = PlotSpec("layers", 0.2 * len(layers) + 0.2, 2.6, 0.5,
                                    lambda ax: _draw_layers(ax, layers, flags["derived"]))
@@ -891,7 +897,7 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
     layers = layers_table(report)
     out.append('<section id="layers"><h2>Costliest layers</h2>')
     if layers:
-        methods = sorted({str(lr.get("method")) for lr in report.get("layers") or []})
+        methods = sorted({str(lr.get("method")) for lr in costliest_layers(report)})
         out.append("<p>" + "; ".join(f"<b>{_e(m)}</b>: {_e(METHOD_TEXT.get(m, m))}" for m in methods) + ".</p>")
         out.append(_table_html(layers))
         out.append(f"<figure>{_svg(specs['layers'])}<figcaption>{_e(INCLUSIVE_NOTE)}</figcaption></figure>")
@@ -1190,7 +1196,7 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
         doc.heading("Costliest layers", size=11)
         layers = layers_table(report)
         if layers:
-            for m in sorted({str(lr.get("method")) for lr in report.get("layers") or []}):
+            for m in sorted({str(lr.get("method")) for lr in costliest_layers(report)}):
                 doc.para(f"{m}: {METHOD_TEXT.get(m, m)}.", size=8.5)
             doc.plot(specs["layers"])
             doc.table(layers, size=7)
