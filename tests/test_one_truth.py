@@ -143,3 +143,10 @@ def test_trace_has_steps_layer_tracks_power_counters_and_events(session, tmp_pat
     assert [c["args"]["W"] for c in counters] == data["target/power_w"][1].tolist()
     assert any(e["name"].endswith("/power_w (W)") and not e["name"].startswith("target/") for e in by_ph["C"])
     assert len(by_ph.get("i", [])) == len(store.events(sid))
+
+
+def test_the_advisor_reads_the_same_energy_per_step(session):
+    from wattlens.advisor.features import extract_features
+
+    db, sid, shown = session
+    assert extract_features(Store(db), sid).energy_per_step_j == _truth(shown)[2]
