@@ -282,3 +282,87 @@ def test_every_key_the_sampler_produces_is_declared_with_its_unit(monkeypatch):
     specs = {s.key: s for s in sampler.series_specs()}
     assert produced and produced <= set(specs), sorted(produced - set(specs))
     assert all(specs[k].unit for k in produced)
+
+
+class _FakeTime:
+    """The sampler's clock (``time.monotonic_ns`` / ``time.time``), moved by the test."""
+
+    def __init__(self, clock: FakeClock):
+        self.clock = clock
+
+    def monotonic_ns(self) -> int:
+        return int(self.clock.now * 1e9)
+
+    def time(self) -> float:
+        return self.clock.now
+
+
+class _ModelCpuSource:
+    """A CPU energy counter at 10 W per busy core over the fake clock (the hardware boundary)."""
+
+    id, kind, method, label = "rapl:package-0", "cpu", "counter", "CPU package"
+
+    def __init__(self, busy_cores):
+        self.busy_cores = busy_cores
+        self.energy_j = 0.0
+        self.last: float | None = None
+
+    def read(self, t_ns: int) -> Reading:
+        t = t_ns / 1e9
+        if self.last is not None:
+            self.energy_j += 10.0 * self.busy_cores(self.last, t) + 5.0 * (t - self.last)
+        self.last = t
+        return Reading(t_ns, self.energy_j, None)
+
+    def describe(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(children=st.lists(_child, max_size=5),
+       gaps=st.lists(st.one_of(st.floats(0.0005, 0.004), st.floats(0.08, 0.3)), min_size=5, max_size=60))
+def test_sampler_over_appearing_and_vanishing_trees_stores_only_possible_ticks(children, gaps):
+    # regular ticks and ticks a few ms apart (step ends), a tree whose children appear, are found
+    # late and exit between ticks, on a 2-CPU machine the tree never oversubscribes
+    clock = FakeClock()
+    t0 = clock.now
+    n_cpus = 2
+    share = n_cpus / (len(children) + 1)
+    root = FakeProc(100, clock, t0, min(1.0, share))
+    for i, (created, life, cores, lag) in enumerate(children):
+        root.kids.append(FakeProc(200 + i, clock, t0 + created, min(cores, share), died_s=t0 + created + life,
+                                  visible_after_s=t0 + created + lag))
+    procs = [root, *root.kids]
+
+    def tree_cpu(a: float, b: float) -> float:
+        return sum(p.cpu_s_at(b) - p.cpu_s_at(a) for p in procs)
+
+    def busy_s() -> tuple[float, float]:  # /proc/stat: the tree plus a quarter core of others
+        b = tree_cpu(t0, clock.now) + 0.25 * (clock.now - t0) + 50.0
+        return b, b + 100.0
+
+    src = _ModelCpuSource(lambda a, b: tree_cpu(a, b) + 0.25 * (b - a))
+    rings, events = RingBuffers(), []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("wattlens.profiler.sampler.time", _FakeTime(clock))
+        mp.setattr("wattlens.profiler.sampler.system_cpu_s", busy_s)
+        sampler = Sampler([src], interval_s=0.1, sinks=[rings], on_event=events.append, n_logical_cpus=n_cpus,
+                          target=Target(100, rescan_s=0.0, process=root, wall_clock=clock))
+        sampler.tick()
+        for gap in gaps:
+            clock.now += gap
+            sampler.tick()
+    assert events == [], [e.message for e in events]
+    pct = rings.get("target/cpu_pct")
+    if pct is not None:
+        # (the fake clock is read in whole ns: rates carry ~1e-8 relative rounding)
+        assert pct.snapshot()[1].max(initial=0.0) <= 100.0 * n_cpus * (1 + 1e-6)
+    tt, te = rings.get("target/energy_j").snapshot()
+    mt, me = rings.get("rapl:package-0/energy_j").snapshot()
+    machine = dict(zip(mt.tolist(), me.tolist(), strict=True))
+    assert all(b >= a for a, b in zip(te, te[1:], strict=False))
+    for (ta, ea), (tb, eb) in zip(zip(tt, te, strict=True), list(zip(tt, te, strict=True))[1:], strict=False):
+        assert eb - ea <= machine[int(tb)] - machine[int(ta)] + 1e-9
