@@ -18,6 +18,7 @@ Every tick passes the checks in ``invariants.py`` before anything is stored.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,8 @@ from wattlens.profiler.process import Target, logical_cpus, system_cpu_s
 from wattlens.profiler.records import EventRecord, SamplePoint, SeriesSpec
 
 log = logging.getLogger(__name__)
+
+_CLOCK_TICK_S = 1.0 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)  # /proc CPU times' unit
 
 Sink = Callable[[list[SamplePoint]], None]
 EventSink = Callable[[EventRecord], None]
@@ -160,7 +163,10 @@ class Sampler:
                 d_tgt = tgt_s - self._prev_cpu[0]
                 d_busy = busy_s - self._prev_cpu[1]
                 span_ns = t_cpu_ns - self._prev_cpu[2]
-                if span_ns >= self._min_cpu_span_ns:
+                long_enough = span_ns >= self._min_cpu_span_ns
+                if long_enough and self._within_resolution_of_limit(d_tgt, span_ns):
+                    long_enough = False  # a saturated tree read a clock tick high: measure longer
+                if long_enough:
                     target_share_cpu = attribution.cpu_share(d_tgt, d_busy)
                     self._full_share_cpu = target_share_cpu
                     target_cpu_pct = 100.0 * d_tgt / (span_ns / 1e9)
@@ -239,6 +245,19 @@ class Sampler:
         for sink in self.sinks:
             sink(points)
         return points
+
+    def _within_resolution_of_limit(self, d_tgt_s: float, span_ns: int) -> bool:
+        """True when the tree's CPU rate over ``span_ns`` is above the machine's limit by no more
+        than the counters' resolution: each member's CPU time is read in whole clock ticks, so a
+        tree that kept every CPU busy can read up to one tick per member high. Such a span is
+        extended (up to 10 × the minimum) rather than stored or flagged; beyond that, or above the
+        resolution, the value goes to the invariant check."""
+        span_s = span_ns / 1e9
+        limit_s = invariants.cpu_pct_limit(self.n_logical_cpus) / 100.0 * span_s
+        if d_tgt_s <= limit_s or span_ns >= 10 * self._min_cpu_span_ns:
+            return False
+        members = len(self.target.pids()) if self.target is not None else 1
+        return d_tgt_s - limit_s <= members * _CLOCK_TICK_S
 
     def _violation(self, check: str, message: str, t_ns: int, key: str) -> None:
         """An impossible value was not stored: log it and record an event (the 1st, 10th, 100th...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import psutil
 import pytest
 from hypothesis import given, settings
@@ -366,3 +367,20 @@ def test_sampler_over_appearing_and_vanishing_trees_stores_only_possible_ticks(c
     assert all(b >= a for a, b in zip(te, te[1:], strict=False))
     for (ta, ea), (tb, eb) in zip(zip(tt, te, strict=True), list(zip(tt, te, strict=True))[1:], strict=False):
         assert eb - ea <= machine[int(tb)] - machine[int(ta)] + 1e-9
+
+
+def test_a_saturated_tree_read_a_clock_tick_high_is_measured_over_a_longer_span(busy, monkeypatch):
+    # 2 CPUs, a tree using both fully: CPU times read in 10 ms ticks can show 0.21 s over a 0.1 s
+    # span; that is the counters' resolution, not a fault: the span is extended, nothing flagged
+    clock = FakeClock()
+    monkeypatch.setattr("wattlens.profiler.sampler.time", _FakeTime(clock))
+    rings, events = RingBuffers(), []
+    sampler = Sampler([FakeCpuSource([0.0, 1.0, 2.0, 3.0])], interval_s=0.1, sinks=[rings], on_event=events.append,
+                      target=FakeTarget([0.0, 0.21, 0.40, 0.60]), n_logical_cpus=2)
+    for _ in range(4):
+        sampler.tick()
+        clock.now += 0.1
+    assert events == []
+    _, pct = rings.get("target/cpu_pct").snapshot()
+    assert list(np.round(pct, 6)) == [200.0, 200.0]  # 0.40 s over 0.2 s, then 0.20 s over 0.1 s
+    assert np.all(pct <= 200.0)
