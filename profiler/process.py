@@ -121,6 +121,9 @@ class Target:
             created = p.create_time()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             created = None
+        # psutil's create_time adds the start tick to /proc/stat's whole-second boot time, so it
+        # can read up to 1 s early: a child is only ever judged older than it is (counted less,
+        # never twice)
         if created is not None and created >= self._last_read_wall:
             return 0.0  # born in this interval: all its time is this interval's
         self.unobserved_cpu_s += cpu_s
