@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from wattlens.advisor.regression import AbPoint, SweepPoint
+from wattlens.profiler import figures
 from wattlens.profiler.records import EventRecord, LayerCost
-from wattlens.profiler.summary import step_stats
+from wattlens.profiler.summary import step_stats, target_energy_between
 
 #: Buckets of time spent outside the model's forward (names from profiler/stacks/parse.py and
 #: the agent's "outside modules").
@@ -179,7 +180,7 @@ def _mean_power(series: Mapping, energy_key: str) -> float | None:
     s = series.get(energy_key)
     if s is None or len(s[0]) < 2 or s[0][-1] <= s[0][0]:
         return None
-    return float(s[1][-1] - s[1][0]) / ((s[0][-1] - s[0][0]) / 1e9)
+    return figures.mean_power_w(float(s[1][-1] - s[1][0]), (s[0][-1] - s[0][0]) / 1e9)
 
 
 def read_cpuinfo(path: str | Path = "/proc/cpuinfo") -> tuple[str | None, set[str]]:
@@ -517,7 +518,9 @@ def extract_features(store, session_id: int) -> SessionFeatures:
     logical = cpu.logical_cores if cpu else None
     core_fraction = target_cpu / (100.0 * logical) if target_cpu is not None and logical else None
 
-    st = step_stats(steps) if steps else None
+    # the step figures of the summary (show, reports, app): steps without the agent's figure get
+    # the target's energy between their ends
+    st = step_stats(figures.fill_step_energy(steps, target_energy_between(series))) if steps else None
     if st is None:
         reasons["steps"] = "no training/inference steps were reported (the agent reports them under `wattlens run`)"
     elif st.get("reason"):

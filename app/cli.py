@@ -117,9 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(sh)
     _add_json(sh)
 
-    rp = sub.add_parser("report", help="export a session as html, pdf, md, json or csv")
+    from wattlens.app.report.formats import CSV_WHAT, FORMATS
+
+    rp = sub.add_parser("report", help=f"export a session as {', '.join(FORMATS)}")
     rp.add_argument("id", type=ID, metavar="ID")
-    rp.add_argument("--format", required=True, choices=["html", "pdf", "md", "json", "csv"])
+    rp.add_argument("--format", required=True, choices=list(FORMATS),
+                    help="; ".join(f"{f.name}: {f.text}" for f in FORMATS.values()))
+    rp.add_argument("--what", choices=CSV_WHAT, help="csv only: samples (default), steps or layers")
     rp.add_argument("-o", "--output", required=True, metavar="PATH")
     rp.add_argument("--compare", type=ID, metavar="ID", help="compare with another session")
     rp.add_argument("--grid", type=GRID, metavar="G_PER_KWH", help="grid carbon intensity for CO2")
@@ -369,9 +373,11 @@ def cmd_show(args) -> int:
 def cmd_report(args) -> int:
     from wattlens.app.report.formats import write_report
 
+    if args.what is not None and args.format != "csv":
+        raise _usage("--what goes with --format csv")
     store = _open_store(args)
     path = write_report(store, args.id, args.format, args.output, compare_id=args.compare,
-                        grid_g_per_kwh=args.grid)
+                        grid_g_per_kwh=args.grid, what=args.what or "samples")
     print(path)
     return EXIT_OK
 

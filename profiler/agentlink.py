@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wattlens.profiler import figures
 from wattlens.profiler.agent.protocol import (
     AGENT_MESSAGES,
     ENV_DEPTH,
@@ -597,26 +598,20 @@ class AgentServer:
 def layer_costs(msg: dict[str, Any], energy_j: float | None) -> list[LayerCost]:
     """Turn one ``layers`` message into LayerCost rows plus the "outside modules" bucket.
 
-    Energy is shared by self time: ``self_energy_j = E * self_time / base`` with ``base`` the
-    window length, or the sum of self times when they exceed it (overlapping threads / GPU
-    streams); the bucket takes the rest, so the rows' self energies sum to ``E``.
+    Energy is shared by self time (``figures.split_window_energy``): the base is the window
+    length, or the sum of self times when they exceed it (overlapping threads / GPU streams); the
+    bucket takes the rest, so the rows' self energies sum to ``E``.
     """
     t0, t1 = msg["t_start_ns"], msg["t_end_ns"]
     dur_ns = t1 - t0
     rows = msg["rows"]
     self_total_ns = sum(r["self_time_ns"] for r in rows)
-    base_ns = max(dur_ns, self_total_ns)
     bucket_ns = dur_ns - self_total_ns if self_total_ns < dur_ns else 0
-
-    def share_of(ns: int) -> float | None:
-        return None if energy_j is None else energy_j * ns / base_ns
-
     out = [
         LayerCost(
             window_start_ns=t0, window_end_ns=t1, path=r["path"], granularity="instance",
             method="agent-timing", time_s=r["time_ns"] / 1e9, share=r["time_ns"] / dur_ns,
-            energy_j=share_of(r["time_ns"]), self_time_s=r["self_time_ns"] / 1e9,
-            self_energy_j=share_of(r["self_time_ns"]), phase=r["phase"], flops=r.get("flops"),
+            self_time_s=r["self_time_ns"] / 1e9, phase=r["phase"], flops=r.get("flops"),
             params=r.get("params"),
         )
         for r in rows
@@ -624,10 +619,9 @@ def layer_costs(msg: dict[str, Any], energy_j: float | None) -> list[LayerCost]:
     out.append(LayerCost(
         window_start_ns=t0, window_end_ns=t1, path=OUTSIDE_MODULES, granularity="bucket",
         method="agent-timing", time_s=bucket_ns / 1e9, share=bucket_ns / dur_ns,
-        energy_j=share_of(bucket_ns), self_time_s=bucket_ns / 1e9,
-        self_energy_j=share_of(bucket_ns), phase="",
+        self_time_s=bucket_ns / 1e9, phase="",
     ))
-    return out
+    return figures.split_window_energy(out, energy_j)
 
 
 def _runtime_parent(explicit: str | os.PathLike[str] | None) -> str | None:

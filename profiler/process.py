@@ -2,12 +2,20 @@
 
 psutil is the only thing that reads /proc here. Children are rescanned at most once a second
 (``children(recursive=True)`` walks every PID on the host, too costly at 10 Hz).
+
+A child found by a rescan may have run for up to a second before it was found. Its CPU time from
+before the previous reading was spent in intervals already recorded (as other processes' time),
+so it is not added to the tree's total in one go — that made one tick read up to 750 % CPU and
+the whole machine's power. It is counted from its first reading on and the CPU seconds it spent
+unseen are kept in ``unobserved_cpu_s`` (the session reports them). A child created after the
+previous reading is counted whole: all its time falls in the current interval.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -18,11 +26,15 @@ class Target:
     """A process tree rooted at ``pid``. ``cpu_time_s()`` is the tree's user+system CPU time,
     counting exited children through the last value seen for them."""
 
-    def __init__(self, pid: int, *, rescan_s: float = 1.0):
+    def __init__(self, pid: int, *, rescan_s: float = 1.0, process: psutil.Process | None = None,
+                 wall_clock: Callable[[], float] = time.time):
+        """``process`` (a ``psutil.Process`` or anything with its ``children``, ``cpu_times``,
+        ``create_time``, ``cmdline``, ``name``, ``is_running`` and ``status``) replaces the OS
+        lookup of ``pid``; ``wall_clock`` is the clock ``create_time()`` is on. Tests fake both."""
         if pid <= 0:
             raise TargetNotFoundError(f"PID {pid} is not a valid process id — pass a positive PID (see `ps aux`)")
         try:
-            self.proc = psutil.Process(pid)
+            self.proc = process if process is not None else psutil.Process(pid)
             self.cmdline = self.proc.cmdline()
             self.name = self.proc.name()
             self._create_time = self.proc.create_time()
@@ -38,9 +50,15 @@ class Target:
         self.pid = pid
         self._rescan_ns = int(rescan_s * 1e9)
         self._last_scan_ns = 0
+        self._wall_clock = wall_clock
         self._members: dict[int, psutil.Process] = {pid: self.proc}
-        self._cpu_seen: dict[int, float] = {}
+        self._new: set[int] = set()  # members found but not yet read
+        self._gone: set[int] = set()  # members that exited: never re-added
+        self._cpu_seen: dict[int, float] = {}  # last CPU seconds read per member
+        self._cpu_base: dict[int, float] = {}  # CPU seconds a member had spent before it was seen
         self._cpu_dead_s = 0.0
+        self._last_read_wall: float | None = None  # wall time of the previous cpu_time_s()
+        self.unobserved_cpu_s = 0.0  # CPU seconds children spent before a rescan found them
 
     def is_alive(self) -> bool:
         try:
@@ -69,28 +87,65 @@ class Target:
         self._last_scan_ns = now
         try:
             for child in self.proc.children(recursive=True):
-                self._members.setdefault(child.pid, child)
+                if child.pid not in self._members and child.pid not in self._gone:
+                    self._members[child.pid] = child
+                    self._new.add(child.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
 
     def cpu_time_s(self) -> float:
-        """User+system CPU seconds of the tree so far (children that exited keep their share)."""
+        """User+system CPU seconds of the tree since it was first read, counting each member from
+        when it was seen (see the module docstring); members that exited keep their share."""
         self._refresh_members()
+        read_wall = self._wall_clock()
         total = 0.0
         for pid, p in list(self._members.items()):
             try:
                 t = p.cpu_times()
                 cpu_s = t.user + t.system
+                if pid in self._new:
+                    self._new.discard(pid)
+                    self._cpu_base[pid] = self._unseen_part(p, cpu_s)
                 self._cpu_seen[pid] = cpu_s
-                total += cpu_s
+                total += cpu_s - self._cpu_base.get(pid, 0.0)
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-                self._cpu_dead_s += self._cpu_seen.pop(pid, 0.0)
-                self._members.pop(pid, None)
+                self._forget(pid)
+        self._last_read_wall = read_wall
         return total + self._cpu_dead_s
+
+    def _unseen_part(self, p, cpu_s: float) -> float:
+        """The CPU seconds of a newly found member that belong to earlier, recorded intervals."""
+        if self._last_read_wall is None:
+            return 0.0  # found before the first reading: the sampler's baseline absorbs it
+        try:
+            created = p.create_time()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            created = None
+        # psutil's create_time adds the start tick to /proc/stat's whole-second boot time, so it
+        # can read up to 1 s early: a child is only ever judged older than it is (counted less,
+        # never twice)
+        if created is not None and created >= self._last_read_wall:
+            return 0.0  # born in this interval: all its time is this interval's
+        self.unobserved_cpu_s += cpu_s
+        return cpu_s
+
+    def _forget(self, pid: int) -> None:
+        """A member that exited (or became unreadable) keeps the share it had; it is never re-added
+        (a zombie still listed by ``children()`` would count its time twice)."""
+        if pid in self._cpu_seen:
+            self._cpu_dead_s += self._cpu_seen.pop(pid) - self._cpu_base.pop(pid, 0.0)
+        self._members.pop(pid, None)
+        self._new.discard(pid)
+        self._gone.add(pid)
 
     def describe(self) -> dict:
         return {"pid": self.pid, "name": self.name, "cmdline": self.cmdline,
                 "create_time": self._create_time}
+
+
+def logical_cpus() -> int:
+    """Logical CPUs of the machine (the CPU-percentage limit is 100 × this)."""
+    return psutil.cpu_count(logical=True) or 1
 
 
 def system_cpu_s() -> tuple[float, float]:

@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 
+from wattlens.profiler import figures
 from wattlens.profiler.records import SamplePoint
 
 
@@ -55,6 +56,12 @@ class SeriesBuffer:
             if self._n == 0:
                 return None
             return int(self._t[self._n - 1]), float(self._v[self._n - 1])
+
+    def energy_between(self, t0_ns: int, t1_ns: int, *, since_baseline: bool = False) -> float | None:
+        """``figures.energy_between`` over this (cumulative) buffer, without copying it."""
+        with self._lock:
+            return figures.energy_between(self._t[: self._n], self._v[: self._n], t0_ns, t1_ns,
+                                          since_baseline=since_baseline)
 
     def value_at(self, t_ns: int) -> float | None:
         """Linear interpolation inside the recorded span; None outside it (not known yet)."""

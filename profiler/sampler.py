@@ -10,24 +10,34 @@ Idle GPU power is ``<source>/idle_power_w``: measured over a stretch with no GPU
 value remembered for that GPU from an earlier session (``known_idle_w``), never the session
 minimum (see :mod:`wattlens.profiler.gpu_share`). Where a GPU's energy covers the CPU too
 (GH200), CPU sources are left out of ``target/energy_j`` so nothing is counted twice.
+
+CPU times advance in clock ticks (10 ms), and callers may ask for a tick at any moment (a step's
+end, a measurement window's edge), so two ticks can be a millisecond apart. The target's CPU rate
+and CPU share are therefore measured over spans of at least ``min_cpu_span_s`` (most of one
+interval): a shorter tick reuses the share of the last full span and stores no CPU percentage.
+Every tick passes the checks in ``invariants.py`` before anything is stored.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-from wattlens.profiler import attribution
+from wattlens.profiler import attribution, invariants
 from wattlens.profiler.gpu_share import GpuTracker
 from wattlens.profiler.pidns import PidNamespace
-from wattlens.profiler.process import Target, system_cpu_s
-from wattlens.profiler.records import SamplePoint, SeriesSpec
+from wattlens.profiler.process import Target, logical_cpus, system_cpu_s
+from wattlens.profiler.records import EventRecord, SamplePoint, SeriesSpec
 
 log = logging.getLogger(__name__)
 
+_CLOCK_TICK_S = 1.0 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)  # /proc CPU times' unit
+
 Sink = Callable[[list[SamplePoint]], None]
+EventSink = Callable[[EventRecord], None]
 
 
 def _reading_note(src) -> str:
@@ -39,13 +49,22 @@ def _reading_note(src) -> str:
 class Sampler:
     def __init__(self, sources: Sequence, *, interval_s: float = 0.1, target: Target | None = None,
                  sinks: Sequence[Sink] = (), known_idle_w: dict[str, float] | None = None,
-                 pidns: PidNamespace | None = None, clock_ns: Callable[[], int] = time.monotonic_ns):
+                 pidns: PidNamespace | None = None, clock_ns: Callable[[], int] = time.monotonic_ns,
+                 on_event: EventSink | None = None, n_logical_cpus: int | None = None,
+                 min_cpu_span_s: float | None = None):
         if not (0 < interval_s < float("inf")):  # also refuses NaN
             raise ValueError(f"interval_s must be a finite number > 0, got {interval_s!r}")
         self.sources = list(sources)
         self.interval_s = interval_s
         self.target = target
         self.sinks = list(sinks)
+        self.on_event = on_event  # impossible values found by the per-tick checks go here
+        self.n_logical_cpus = n_logical_cpus or logical_cpus()
+        span_s = 0.8 * interval_s if min_cpu_span_s is None else min_cpu_span_s
+        self._min_cpu_span_ns = int(span_s * 1e9)
+        self._full_share_cpu: float | None = None  # the share over the last full CPU span
+        self._last_stored: dict[str, float] = {}  # cumulative series: last value stored
+        self.violations: dict[str, int] = {}  # invariant check → how many ticks failed it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._prev: dict[str, tuple[int, float | None]] = {}
@@ -171,14 +190,24 @@ class Sampler:
                 busy_s, _total = system_cpu_s()
                 tgt_s = self._prev_cpu[0] if self._prev_cpu else 0.0
             t_cpu_ns = self.clock_ns()  # when the CPU times were read: the rate's own clock
-            if self._prev_cpu is not None:
+            if self._prev_cpu is None:
+                self._prev_cpu = (tgt_s, busy_s, t_cpu_ns)
+            else:
                 d_tgt = tgt_s - self._prev_cpu[0]
                 d_busy = busy_s - self._prev_cpu[1]
-                target_share_cpu = attribution.cpu_share(d_tgt, d_busy)
-                prev_t = self._prev_cpu[2]
-                if t_cpu_ns > prev_t:
-                    target_cpu_pct = 100.0 * d_tgt / ((t_cpu_ns - prev_t) / 1e9)
-            self._prev_cpu = (tgt_s, busy_s, t_cpu_ns)
+                span_ns = t_cpu_ns - self._prev_cpu[2]
+                long_enough = span_ns >= self._min_cpu_span_ns
+                if long_enough and self._within_resolution_of_limit(d_tgt, span_ns):
+                    long_enough = False  # a saturated tree read a clock tick high: measure longer
+                if long_enough:
+                    target_share_cpu = attribution.cpu_share(d_tgt, d_busy)
+                    self._full_share_cpu = target_share_cpu
+                    target_cpu_pct = 100.0 * d_tgt / (span_ns / 1e9)
+                    self._prev_cpu = (tgt_s, busy_s, t_cpu_ns)
+                elif self._full_share_cpu is not None:
+                    target_share_cpu = self._full_share_cpu  # too short to measure: the last span's
+                else:  # no full span yet (a window edge right after start): the short one, bounded
+                    target_share_cpu = attribution.cpu_share(d_tgt, d_busy)
         first = self.ticks == 0
         target_power_w = 0.0
         target_power_known = False
@@ -187,8 +216,15 @@ class Sampler:
             sid = src.id
             if r.power_w is not None:
                 add(SamplePoint(f"{sid}/power_w", t_ns, r.power_w))
-            if r.energy_j is not None:
-                add(SamplePoint(f"{sid}/energy_j", t_ns, r.energy_j))
+            energy_j = r.energy_j
+            if energy_j is not None:
+                bad = invariants.check_monotonic(f"{sid}/energy_j", self._last_stored.get(sid), energy_j)
+                if bad:
+                    self._violation("energy-monotonic", bad, t_ns, sid)
+                    energy_j = None
+                else:
+                    self._last_stored[sid] = energy_j
+                    add(SamplePoint(f"{sid}/energy_j", t_ns, energy_j))
             elif r.reason:
                 self.reasons[f"{sid}/energy_j"] = r.reason
             for name, value in r.extra.items():
@@ -197,10 +233,11 @@ class Sampler:
             if first and src.kind == "gpu" and sid in self._known_idle_w:
                 add(SamplePoint(f"{sid}/idle_power_w", t_ns, self._known_idle_w[sid]))
             prev_t, prev_e = self._prev.get(sid, (t_ns, None))
-            self._prev[sid] = (t_ns, r.energy_j)
+            if energy_j is not None or r.energy_j is None:
+                self._prev[sid] = (t_ns, energy_j)
             if self.target is None or first:
                 continue
-            d_e = None if (r.energy_j is None or prev_e is None) else r.energy_j - prev_e
+            d_e = None if (energy_j is None or prev_e is None) else energy_j - prev_e
             dt_s = (t_ns - prev_t) / 1e9
             if src.kind == "gpu":
                 att, target_mem, new_idle_w = self._attribute_gpu(src, t_ns, d_e, dt_s)
@@ -213,6 +250,10 @@ class Sampler:
             if att.energy_j is None:
                 if att.reason:
                     self.reasons[f"target/{sid}/energy_j"] = att.reason
+                continue
+            bad = invariants.check_target_within(sid, att.energy_j, d_e if d_e is not None else 0.0)
+            if bad:
+                self._violation("target-within-source", bad, t_ns, sid)
                 continue
             self._target_energy_j[sid] += att.energy_j
             add(SamplePoint(f"target/{sid}/energy_j", t_ns, self._target_energy_j[sid]))
@@ -227,7 +268,11 @@ class Sampler:
             if target_power_known:
                 add(SamplePoint("target/power_w", t_ns, target_power_w))
             if target_cpu_pct is not None:
-                add(SamplePoint("target/cpu_pct", t_ns, target_cpu_pct))
+                bad = invariants.check_cpu_pct(target_cpu_pct, self.n_logical_cpus)
+                if bad:
+                    self._violation("cpu-pct-limit", bad, t_ns, "target/cpu_pct")
+                else:
+                    add(SamplePoint("target/cpu_pct", t_ns, target_cpu_pct))
         self.ticks += 1
         self.last_tick_ns = t_ns
         for sink in self.sinks:
@@ -270,3 +315,27 @@ class Sampler:
                 f"{', '.join(self.cpu_in_gpu)}: the GPU module's energy counter covers its CPU too "
                 "(GH200), so CPU sources are not added to the target's total")
         return att, mem, (tr.idle_w if new_idle else None)
+
+    def _within_resolution_of_limit(self, d_tgt_s: float, span_ns: int) -> bool:
+        """True when the tree's CPU rate over ``span_ns`` is above the machine's limit by no more
+        than the counters' resolution: each member's CPU time is read in whole clock ticks, so a
+        tree that kept every CPU busy can read up to one tick per member high. Such a span is
+        extended (up to 10 × the minimum) rather than stored or flagged; beyond that, or above the
+        resolution, the value goes to the invariant check."""
+        span_s = span_ns / 1e9
+        limit_s = invariants.cpu_pct_limit(self.n_logical_cpus) / 100.0 * span_s
+        if d_tgt_s <= limit_s or span_ns >= 10 * self._min_cpu_span_ns:
+            return False
+        members = len(self.target.pids()) if self.target is not None else 1
+        return d_tgt_s - limit_s <= members * _CLOCK_TICK_S
+
+    def _violation(self, check: str, message: str, t_ns: int, key: str) -> None:
+        """An impossible value was not stored: log it and record an event (the 1st, 10th, 100th...
+        failure of each check, so a persistent fault does not flood the timeline)."""
+        n = self.violations.get(check, 0) + 1
+        self.violations[check] = n
+        if str(n).rstrip("0") == "1":
+            log.warning("impossible value not stored (%s, %d so far): %s", check, n, message)
+            if self.on_event is not None:
+                self.on_event(EventRecord(t_ns, "invariant", f"not stored: {message}",
+                                          {"check": check, "key": key, "count": n}))

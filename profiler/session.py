@@ -24,7 +24,7 @@ from wattlens.profiler.process import Target
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
 from wattlens.profiler.ring import RingBuffers
 from wattlens.profiler.sampler import Sampler
-from wattlens.profiler.sources import Discovery, discover
+from wattlens.profiler.sources import Discovery, discover, source_dict
 from wattlens.profiler.store import Store
 from wattlens.profiler.store.writer import StoreWriter
 from wattlens.profiler.summary import summarize
@@ -84,11 +84,10 @@ class ProfilingSession:
         if not self.discovery.usable:
             raise StoreError("no power source is usable here", hint="run `wattlens doctor` for the fixes")
         self.sampler = Sampler(self.discovery.usable, interval_s=self.interval_s, target=self.target,
-                               known_idle_w=self._stored_gpu_idle())
+                               known_idle_w=self._stored_gpu_idle(), on_event=self._record_event)
         self.started_at = time.time()
         self.start_ns = time.monotonic_ns()
-        sources = [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label, "details": s.describe()}
-                   for s in self.discovery.usable]
+        sources = [source_dict(s, details=s.describe()) for s in self.discovery.usable]
         settings = {**self.settings, "interval_s": self.interval_s, "duration_s": self.duration_s,
                     "stacks": self.want_stacks,
                     "unavailable": [dataclasses.asdict(u) for u in self.discovery.unavailable]}
@@ -161,8 +160,11 @@ class ProfilingSession:
         self.event("note", message)
 
     def event(self, kind: str, message: str, **data) -> None:
+        self._record_event(EventRecord(time.monotonic_ns(), kind, message, data))
+
+    def _record_event(self, record: EventRecord) -> None:
         if self.writer is not None:
-            self.writer.put(EventRecord(time.monotonic_ns(), kind, message, data))
+            self.writer.put(record)
 
     def add_layer_costs(self, rows: list[LayerCost]) -> None:
         if self.writer is not None:
@@ -191,13 +193,7 @@ class ProfilingSession:
         if (last is not None and last[0] < t1_ns <= time.monotonic_ns() and self.sampler is not None
                 and self.sampler.running):
             self.sampler.tick()  # a window that ended after the last tick: read now, do not guess
-        e0, e1 = buf.value_at(t0_ns), buf.value_at(t1_ns)
-        if e0 is None or e1 is None:
-            first = buf.snapshot()[0]
-            if len(first) and t0_ns < first[0] <= t1_ns and e1 is not None:
-                return e1  # the window began before the first sample: energy since the baseline
-            return None
-        return e1 - e0
+        return buf.energy_between(t0_ns, t1_ns, since_baseline=True)
 
     def elapsed_s(self) -> float:
         return (time.monotonic_ns() - self.start_ns) / 1e9
@@ -234,6 +230,10 @@ class ProfilingSession:
         if self.sampler is not None:
             self.sampler.stop()
             self._remember_gpu_idle()
+        unseen_s = self.target.unobserved_cpu_s if self.target is not None else 0.0
+        if unseen_s > 0.0:
+            self.note(f"{unseen_s:.2f} CPU-s that child processes spent before wattlens found them "
+                      "(children are rescanned once a second) are not in the target's share")
         ended_at = time.time()
         duration_s = (time.monotonic_ns() - self.start_ns) / 1e9
         failure = self.sampler.failure if self.sampler is not None else None
@@ -248,8 +248,7 @@ class ProfilingSession:
             write_error = exc
         session = {"id": self.session_id, "name": self.name, "status": status, "duration_s": duration_s,
                    "target_pid": self.target.pid if self.target else None,
-                   "sources": [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label,
-                                "covers_cpu": bool(getattr(getattr(s, "device", None), "covers_cpu", False))}
+                   "sources": [source_dict(s, covers_cpu=bool(getattr(getattr(s, "device", None), "covers_cpu", False)))
                                for s in self.discovery.usable]}
         live = self.rings.snapshot()
         self.summary = summarize(session, live, reasons=self.sampler.reasons if self.sampler else None,

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from wattlens.profiler import figures
+from wattlens.profiler.figures import energy_between  # noqa: F401 - the name callers import
 from wattlens.profiler.records import LayerCost, StepRecord
 
 JOULES_PER_WH = 3600.0
@@ -34,11 +36,11 @@ def _mean(series: Mapping, key: str) -> float | None:
     return float(np.mean(s[1])) if s is not None and len(s[1]) else None
 
 
-def energy_between(t: np.ndarray, cumulative_j: np.ndarray, t0_ns: int, t1_ns: int) -> float | None:
-    """Energy in [t0, t1] by linear interpolation of a cumulative series; None outside its span."""
-    if len(t) < 2 or t0_ns < t[0] or t1_ns > t[-1] or t1_ns < t0_ns:
-        return None
-    return float(np.interp(t1_ns, t, cumulative_j) - np.interp(t0_ns, t, cumulative_j))
+def target_energy_between(series: Mapping) -> figures.EnergyBetween:
+    """The target's energy between two monotonic times, from a session's series (a window that
+    began before the first sample gets the energy since the baseline, as live)."""
+    t, cum = series.get("target/energy_j", (np.empty(0), np.empty(0)))
+    return lambda t0, t1: figures.energy_between(t, cum, t0, t1, since_baseline=True)
 
 
 def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -60,7 +62,7 @@ def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
         row = {
             "id": sid, "kind": src["kind"], "method": src["method"], "label": src.get("label", sid),
             "energy_j": energy_j,
-            "mean_power_w": (energy_j / span) if energy_j is not None and span else None,
+            "mean_power_w": figures.mean_power_w(energy_j, span),
             "max_power_w": (float(np.max(series[f"{sid}/power_w"][1]))
                             if f"{sid}/power_w" in series and len(series[f"{sid}/power_w"][1]) else None),
             "mean_util_pct": _mean(series, f"{sid}/util_pct"),
@@ -89,6 +91,8 @@ def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
         "energy_j": total_j if any_energy else None,
         "energy_wh": total_j / JOULES_PER_WH if any_energy else None,
         "energy_method": "+".join(sorted(methods)) if methods else None,
+        "mean_power_w": (sum(s["mean_power_w"] for s in sources_out)
+                         if sources_out and all(s["mean_power_w"] is not None for s in sources_out) else None),
         "target": None,
         "steps": None,
     }
@@ -106,7 +110,7 @@ def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
             "pid": session["target_pid"],
             "energy_j": target_j,
             "energy_wh": target_j / JOULES_PER_WH if target_j is not None else None,
-            "mean_power_w": (target_j / target_span) if target_j is not None and target_span else None,
+            "mean_power_w": figures.mean_power_w(target_j, target_span),
             "method": (f"attributed: {', '.join(rules)} of {'+'.join(att_methods)} energy"
                        if att_methods else None),
             "mean_cpu_pct": _mean(series, "target/cpu_pct"),
@@ -115,10 +119,10 @@ def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
             out["target"]["reason"] = "no attributed samples were recorded"
     if grid_g_per_kwh is not None and out["energy_j"] is not None:
         basis_j = target_j if target_j is not None else total_j
-        out["co2_g"] = basis_j / 3.6e6 * grid_g_per_kwh
+        out["co2_g"] = figures.co2_g(basis_j, grid_g_per_kwh)
         out["co2_basis"] = f"{'target' if target_j is not None else 'all sources'} energy × {grid_g_per_kwh:g} gCO2/kWh"
     if steps:
-        out["steps"] = step_stats(steps)
+        out["steps"] = step_stats(figures.fill_step_energy(steps, target_energy_between(series)))
     if layers:
         out["top_layers"] = top_layers(layers, n=10)
     return out
@@ -145,8 +149,9 @@ def step_stats(steps: Sequence[StepRecord]) -> dict:
     return out
 
 
-def top_layers(layers: Sequence[LayerCost], n: int = 10) -> list[dict]:
-    """Aggregate windows per (path, granularity, phase): time and energy, costliest (self) first."""
+def top_layers(layers: Sequence[LayerCost], n: int | None = 10) -> list[dict]:
+    """Aggregate windows per (path, granularity, phase): time and energy, costliest (self) first;
+    the ``n`` costliest, or every row with ``n=None``."""
     agg: dict[tuple[str, str, str], dict] = {}
     total_t = 0.0
     for lc in layers:
@@ -166,4 +171,4 @@ def top_layers(layers: Sequence[LayerCost], n: int = 10) -> list[dict]:
     rows = sorted(agg.values(), key=lambda a: (a["self_energy_j"] or 0.0, a["self_time_s"]), reverse=True)
     for a in rows:
         a["self_share"] = a["self_time_s"] / total_t if total_t else None
-    return rows[:n]
+    return rows if n is None else rows[:n]

@@ -151,7 +151,7 @@ def make_window(qtbot, tmp_path, settings_path):
 
 
 def wait_for_run(qtbot, window, timeout_ms: int = 30000):
-    qtbot.waitUntil(lambda: window.run is not None or not window._starting, timeout=timeout_ms)
+    qtbot.waitUntil(lambda: window.run is not None or not window.live.starting, timeout=timeout_ms)
     assert window.run is not None, f"the session did not start: {window.messages.text}"
     return window.run
 

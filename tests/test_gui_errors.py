@@ -16,7 +16,7 @@ def test_dead_pid_is_one_line_in_the_window(gui, make_window, qtbot):
     child.wait()
     w = make_window()
     w.attach(child.pid)
-    qtbot.waitUntil(lambda: not w._starting, timeout=10000)
+    qtbot.waitUntil(lambda: not w.live.starting, timeout=10000)
     assert w.run is None and w.messages.level == "error" and w.messages.isVisible()
     assert f"no process with PID {child.pid}" in w.messages.text and "ps aux" in w.messages.text
     gui.assert_one_line(w.messages.text)
@@ -77,7 +77,7 @@ def test_target_exit_ends_the_session_with_a_notice(gui, make_window, qtbot, tmp
 def test_launching_a_missing_command(gui, make_window, qtbot):
     w = make_window()
     w.launch(LaunchRequest(["/no/such/program", "--flag"]))
-    qtbot.waitUntil(lambda: not w._starting, timeout=10000)
+    qtbot.waitUntil(lambda: not w.live.starting, timeout=10000)
     assert w.run is None
     assert "command not found: /no/such/program" in w.messages.text
     gui.assert_one_line(w.messages.text)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 from PySide6.QtWidgets import QInputDialog, QMessageBox
 
+from wattlens.app.report.formats import FORMATS
 from wattlens.profiler.store import Store
 
 pytest_plugins = ["tests.gui_fixtures"]  # shared fixtures, registered once (session scope works)
@@ -93,8 +95,8 @@ def test_export_markdown_json_csv(make_window, qtbot, stored_db, tmp_path):
     w.tabs.setCurrentWidget(ev)
     assert ev.session_box.count() == 2 and ev.compare_box.count() == 3
     formats = {ev.format_box.itemData(i) for i in range(ev.format_box.count())}
-    assert formats == {"html", "pdf", "md", "json", "csv"}
-    for fmt in ("md", "json", "csv"):
+    assert formats == set(FORMATS) >= {"html", "pdf", "md", "json", "csv", "trace"}  # one registry
+    for fmt in ("md", "json", "csv", "trace"):
         path = tmp_path / f"out.{fmt}"
         ev.choose(1, fmt, str(path), compare_id=2 if fmt == "md" else None)
         progress = []
@@ -112,6 +114,11 @@ def test_export_markdown_json_csv(make_window, qtbot, stored_db, tmp_path):
         rows = list(csv.DictReader(f))
     assert {r["series"] for r in rows} >= {"target/power_w", "cpu-model/power_w"}
     assert {r["method"] for r in rows if r["series"] == "cpu-model/power_w"} == {"estimated"}
+    trace = json.loads((tmp_path / "out.trace").read_text())
+    assert any(e["ph"] == "C" and e["name"] == "target/power_w (W)" for e in trace["traceEvents"])
+    if os.environ.get("WATTLENS_SHOW_EXPORT"):
+        ev.grab().save(str(tmp_path / "export.png"))
+        print(tmp_path / "export.png")
 
 
 def test_export_default_path_follows_the_choice(make_window, qtbot, stored_db, tmp_path):

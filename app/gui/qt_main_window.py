@@ -9,13 +9,12 @@ waits for the workers; a program the user launched is ended only if they chose s
 
 from __future__ import annotations
 
-import logging
-
 from PySide6.QtCore import QEvent, Qt, QTimer
 from PySide6.QtWidgets import QLabel, QMainWindow, QTabWidget, QVBoxLayout, QWidget
 
 from wattlens.app.gui.models.errors import error_text
 from wattlens.app.gui.models.live_model import LiveModel
+from wattlens.app.gui.models.live_session import LiveSession
 from wattlens.app.gui.models.process_model import ProcessListModel
 from wattlens.app.gui.models.run_model import LaunchRequest, LiveRun
 from wattlens.app.gui.models.series_model import short_source
@@ -28,9 +27,7 @@ from wattlens.app.gui.qt_sessions import QtSessionsView
 from wattlens.app.gui.qt_settings import QtDoctorView, QtSettingsView
 from wattlens.app.gui.qt_widgets import QtMessageBar
 from wattlens.app.gui.qt_workers import QtWorkerPool
-from wattlens.profiler.errors import WattlensError
 
-log = logging.getLogger("wattlens.gui")
 WATCH_MS = 500  # how often the window checks whether a session ended by itself
 
 
@@ -67,13 +64,8 @@ class QtMainWindow(QMainWindow):
         self.store = None
         self.store_error: str | None = None
         self.discovery = None
-        self.run: LiveRun | None = None
-        self.live_model: LiveModel | None = None
-        self._starting = False
-        self._stopping = False
-        self._shown_writer_error: str | None = None
+        self.live = LiveSession()  # the running session's state and start/stop/watch logic
         self._closed = False
-        self._pending_run: LiveRun | None = None  # built by a start worker, not yet delivered
         self._launch_when_ready: tuple[LaunchRequest, str] | None = None
 
         self.processes = ProcessListModel()
@@ -206,41 +198,26 @@ class QtMainWindow(QMainWindow):
         else:
             self._launch_when_ready = (req, name)
 
+    @property
+    def run(self) -> LiveRun | None:
+        return self.live.run
+
+    @property
+    def live_model(self) -> LiveModel | None:
+        return self.live.model
+
     def _may_start(self) -> bool:
-        if self.run is not None or self._starting:
-            self.show_error("a session is already running — stop it on the Live tab first")
-            return False
-        if self.store is None:
-            self.show_error(f"no database is open: {self.store_error or 'still opening'} — choose one in Settings")
-            return False
-        return True
+        why = self.live.refuse_start(self.store, self.store_error)
+        if why:
+            self.show_error(why)
+        return why is None
 
     def _begin_start(self, factory) -> None:
-        self._starting = True
         self.attach_view.attach_button.setEnabled(False)
-
-        def work() -> LiveRun:  # worker thread
-            run = factory()
-            self._pending_run = run  # finished by shutdown() if the window closes meanwhile
-            try:
-                run.start()
-            except WattlensError as exc:
-                if run.launched is not None and run.launched.poll() is None:
-                    raise WattlensError(f"{exc} (the launched program, PID {run.launched.pid}, keeps "
-                                        "running)") from None
-                raise
-            return run
-
-        self.pool.submit(work, on_done=self._on_started, on_error=self._on_start_failed)
+        self.pool.submit(self.live.start_work(factory), on_done=self._on_started, on_error=self._on_start_failed)
 
     def _on_started(self, run: LiveRun) -> None:
-        self._starting = False
-        self._pending_run = None
-        self.run = run
-        self.live_model = LiveModel(run.session, grid_g_per_kwh=self.settings.values.grid_g_per_kwh,
-                                    launched_log=run.log_path,
-                                    command=run.runner.command if run.runner is not None else None)
-        self.live_view.set_model(self.live_model)
+        self.live_view.set_model(self.live.started(run, self.settings.values.grid_g_per_kwh))
         self.tabs.setCurrentWidget(self.live_view)
         notes = "; ".join(run.session.notes)
         if notes:
@@ -252,54 +229,37 @@ class QtMainWindow(QMainWindow):
         self._update_status()
 
     def _on_start_failed(self, exc: BaseException) -> None:
-        self._starting = False
-        self._pending_run = None
+        text = self.live.start_failed(exc)
         self.attach_view.update_buttons()
-        self.show_error(error_text(exc))
+        self.show_error(text)
 
     def stop_session(self, end_program: bool = False, status: str = "stopped",
                      reason: str = "stopped by the user") -> None:
-        if self.run is None or self._stopping:
+        work = self.live.stop_work(end_program, status, reason)
+        if work is None:
             return
-        self._stopping = True
         self.watch.stop()
-        self.pool.submit(self.run.stop, status, reason, end_program,
-                         on_done=lambda summary, s=status, r=reason: self._on_stopped(s, r),
+        self.pool.submit(work, on_done=lambda summary, s=status, r=reason: self._on_stopped(s, r),
                          on_error=self._on_stop_failed)
 
     def _on_stopped(self, status: str, reason: str) -> None:
-        run, model = self.run, self.live_model
-        self.run, self._stopping = None, False
-        if model is not None:
-            model.mark_ended(status, reason)
-        sid = run.session.session_id if run else "?"
-        text = f"Session {sid} saved ({status}): {reason}."
-        (self.messages.show_info if status != "failed" else self.show_error)(text)
+        text, is_error = self.live.stopped(status, reason)
+        (self.show_error if is_error else self.messages.show_info)(text)
         self.sessions_view.refresh()
         self.attach_view.update_buttons()
         self._update_status()
 
     def _on_stop_failed(self, exc: BaseException) -> None:
-        model = self.live_model
-        self.run, self._stopping = None, False
-        if model is not None:
-            model.mark_ended("failed", error_text(exc))
-        self.show_error(error_text(exc))
+        self.show_error(self.live.stop_failed(exc))
         self.sessions_view.refresh()
         self._update_status()
 
     def _on_watch(self) -> None:
-        run = self.run
-        if run is None or self._stopping:
-            return
-        writer = run.session.writer
-        err = writer.last_error if writer is not None else None
-        if err is not None and str(err) != self._shown_writer_error:
-            self._shown_writer_error = str(err)
-            self.show_error(f"{error_text(err)} (measuring continues; {writer.pending} records wait to be written)")
-        cond = run.session.end_condition()
-        if cond is not None:
-            self.stop_session(False, *cond)
+        result = self.live.watch()
+        if result.writer_error:
+            self.show_error(result.writer_error)
+        if result.end is not None:
+            self.stop_session(False, *result.end)
 
     # ---- messages, status, settings ---------------------------------------------------------------------
     def show_error(self, text: str | BaseException) -> None:
@@ -329,8 +289,7 @@ class QtMainWindow(QMainWindow):
         if new.cpu_tdp_w != old.cpu_tdp_w:
             self.pool.submit(_discover, new.effective_tdp_w(), on_done=self._on_discovered,
                              on_error=lambda e: None)
-        if self.live_model is not None:
-            self.live_model.grid_g_per_kwh = new.grid_g_per_kwh
+        self.live.set_grid(new.grid_g_per_kwh)
 
     def _apply_theme(self, theme: str) -> None:
         from PySide6.QtWidgets import QApplication
@@ -365,13 +324,6 @@ class QtMainWindow(QMainWindow):
         self.watch.stop()
         self.live_view.shutdown()
         self.pool.shutdown()
-        runs = [r for r in (self.run, self._pending_run) if r is not None]
-        self._pending_run = None
-        for run in runs:
-            try:
-                run.stop("stopped", "the wattlens window was closed")
-            except WattlensError as exc:  # nothing left to show it in: log it
-                log.error("finishing the session failed: %s", exc)
-        self.run = None
+        self.live.shutdown()
         if self.store is not None:
             self.store.close()

@@ -66,9 +66,9 @@ class QtSessionPanel(QWidget):
         palette = PLOT[self.theme].series
         for plot, specs in ((self.power_plot, power_curves(series)), (self.util_plot, util_curves(series))):
             y_max = 0.0
-            max_points = 2 * max(200, plot.plot.width())
+            columns = max(200, plot.item.getViewBox().width() or plot.plot.width())
             for c in specs:
-                t, v = series.data[c.key].display(x0 if window_s else None, None, max_points)
+                t, v = series.data[c.key].display(x0 if window_s else None, None, int(columns))
                 plot.set_curve(c.key, c.label, t, v, color=palette[c.color_index % len(palette)],
                                width=c.width, dash=c.dash)
                 if len(v):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 
-from wattlens.profiler.summary import summarize
+from wattlens.profiler.figures import fill_step_energy
+from wattlens.profiler.summary import summarize, target_energy_between, top_layers
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -33,8 +34,8 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
         "series": [{**s, "points": int(len(series[s["key"]][0])) if s["key"] in series else 0}
                    for s in session["series"]],
         "summary": summary,
-        "steps": [_step_dict(s) for s in steps],
-        "layers": summary.get("top_layers", []),
+        "steps": [_step_dict(s) for s in fill_step_energy(steps, target_energy_between(series))],
+        "layers": top_layers(layers, n=None),
         "events": [{"t_s": (e.t_ns - session["start_ns"]) / 1e9, "kind": e.kind, "message": e.message}
                    for e in store.events(session_id)],
         "recommendations": store.recommendations(session_id),

@@ -1,4 +1,6 @@
-"""Render a report dict (see data.py) to a file. One function per format; `write_report` picks."""
+"""Report formats: each registered once in ``FORMATS`` (name, what the app's export list says, how
+it writes); the CLI's ``--format`` choices, its help and the app's labels are derived from it.
+``write_report`` picks the format and hands its writer to the one function that writes files."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ import html
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from wattlens.app.report.output import check_output_path, write_output
 from wattlens.profiler.errors import BadInputError
 
-FORMATS = ("html", "pdf", "md", "json", "csv")
+CSV_WHAT = ("samples", "steps", "layers")  # what `--format csv --what ...` exports
 
 
 def fmt(value, unit: str = "", digits: int = 3, missing: str = "n/a") -> str:
@@ -30,20 +33,55 @@ def render_json(report: dict) -> str:
     return json.dumps(report, indent=2, default=str)
 
 
-def write_csv(store, session_id: int, path: Path) -> None:
-    """Every stored sample, long format: series, unit, method, t_s (since start), value."""
+def write_csv(store, session_id: int, path: Path, what: str = "samples") -> None:
+    """CSV, times in seconds since the session start. ``samples``: every stored sample, long
+    format (series, unit, method, t_s, value); ``steps``: every step with its energy (as in the
+    summary); ``layers``: every stored layer row (class and instance, forward and backward, per
+    window)."""
+    from wattlens.profiler.figures import fill_step_energy
+    from wattlens.profiler.summary import target_energy_between
+
     session = store.session(session_id)
-    meta = {s["key"]: s for s in session["series"]}
-    data = store.series_data(session_id)
+    start = session["start_ns"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
+        if what == "steps":
+            w.writerow(["session_id", "step", "t_start_s", "t_end_s", "duration_s", "samples", "tokens",
+                        "energy_j"])
+            steps = fill_step_energy(store.steps(session_id),
+                                     target_energy_between(store.series_data(session_id, ["target/energy_j"])))
+            for s in steps:
+                w.writerow([session_id, s.step, f"{(s.t_start_ns - start) / 1e9:.6f}",
+                            f"{(s.t_end_ns - start) / 1e9:.6f}", f"{(s.t_end_ns - s.t_start_ns) / 1e9:.6f}",
+                            _cell(s.samples), _cell(s.tokens), _cell(s.energy_j)])
+            return
+        if what == "layers":
+            w.writerow(["session_id", "window_start_s", "window_end_s", "path", "granularity", "phase",
+                        "method", "time_s", "self_time_s", "share", "energy_j", "self_energy_j",
+                        "n_samples", "flops", "params"])
+            for lc in store.layer_costs(session_id):
+                w.writerow([session_id, f"{(lc.window_start_ns - start) / 1e9:.6f}",
+                            f"{(lc.window_end_ns - start) / 1e9:.6f}", lc.path, lc.granularity, lc.phase,
+                            lc.method, _cell(lc.time_s), _cell(lc.self_time_s), _cell(lc.share),
+                            _cell(lc.energy_j), _cell(lc.self_energy_j), _cell(lc.n_samples),
+                            _cell(lc.flops), _cell(lc.params)])
+            return
+        meta = {s["key"]: s for s in session["series"]}
+        data = store.series_data(session_id)
         w.writerow(["session_id", "series", "unit", "method", "t_s", "value"])
         for key in sorted(data):
             t, v = data[key]
             unit, method = meta.get(key, {}).get("unit", ""), meta.get(key, {}).get("method", "")
-            t_s = (t - session["start_ns"]) / 1e9
+            t_s = (t - start) / 1e9
             for ts, val in zip(t_s.tolist(), v.tolist(), strict=True):
                 w.writerow([session_id, key, unit, method, f"{ts:.4f}", repr(val)])
+
+
+def _cell(value) -> str:
+    """A CSV cell: empty for None (not available — never 0), repr for floats (no rounding)."""
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def md_text(value) -> str:
@@ -116,32 +154,97 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class ReportJob:
+    """What to export: a stored session (optionally compared with another)."""
+
+    store: object
+    session_id: int
+    compare_id: int | None = None
+    grid_g_per_kwh: float | None = None
+    what: str = "samples"  # csv only
+
+    def report(self) -> dict:
+        from wattlens.app.report.data import build_report
+
+        return build_report(self.store, self.session_id, compare_id=self.compare_id,
+                            grid_g_per_kwh=self.grid_g_per_kwh)
+
+
+Writer = Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class ReportFormat:
+    name: str  # --format NAME and the file extension
+    text: str  # what the app's export list and the CLI's help say
+    prepare: Callable[[ReportJob], Writer]  # reads the store, returns what writes the file
+    needs_rich: bool = False  # HTML/PDF: the rich renderer (matplotlib)
+
+
+def _prepare_json(job: ReportJob) -> Writer:
+    text = render_json(job.report())
+    return lambda p: p.write_text(text)
+
+
+def _prepare_md(job: ReportJob) -> Writer:
+    text = render_markdown(job.report())
+    return lambda p: p.write_text(text)
+
+
+def _prepare_rich(name: str) -> Callable[[ReportJob], Writer]:
+    def prepare(job: ReportJob) -> Writer:
+        from wattlens.app.report import rich
+
+        report = job.report()
+        data = job.store.series_data(job.session_id)
+        return lambda p: rich.write(name, report, data, p)
+    return prepare
+
+
+def _prepare_csv(job: ReportJob) -> Writer:
+    if job.what not in CSV_WHAT:
+        raise BadInputError(f"unknown CSV content '{job.what}'", hint=f"use --what {' or '.join(CSV_WHAT)}")
+    job.store.session(job.session_id)  # an unknown session fails before any file is made
+    return lambda p: write_csv(job.store, job.session_id, p, job.what)
+
+
+def _prepare_trace(job: ReportJob) -> Writer:
+    from wattlens.app.report.trace import render_trace
+    from wattlens.profiler.figures import fill_step_energy
+    from wattlens.profiler.summary import target_energy_between
+
+    st, sid = job.store, job.session_id
+    session, series = st.session(sid), st.series_data(sid)
+    steps = fill_step_energy(st.steps(sid), target_energy_between(series))
+    text = render_trace(session, series, steps, st.layer_costs(sid), st.events(sid))
+    return lambda p: p.write_text(text)
+
+
+FORMATS: dict[str, ReportFormat] = {f.name: f for f in (
+    ReportFormat("html", "HTML report (self-contained, plots embedded)", _prepare_rich("html"), needs_rich=True),
+    ReportFormat("pdf", "PDF report", _prepare_rich("pdf"), needs_rich=True),
+    ReportFormat("md", "Markdown summary", _prepare_md),
+    ReportFormat("json", "JSON (the full report document: every step and layer row)", _prepare_json),
+    ReportFormat("csv", "CSV (samples; --what steps or layers for those)", _prepare_csv),
+    ReportFormat("trace", "Chrome trace JSON (Perfetto, chrome://tracing): steps, layers, power",
+                 _prepare_trace),
+)}
+
+
 def write_report(store, session_id: int, fmt_name: str, path: str | os.PathLike, *,
                  compare_id: int | None = None, grid_g_per_kwh: float | None = None,
-                 progress: Callable[[str, float], None] | None = None) -> Path:
-    from wattlens.app.report.data import build_report
-
-    if fmt_name not in FORMATS:
+                 progress: Callable[[str, float], None] | None = None, what: str = "samples") -> Path:
+    spec = FORMATS.get(fmt_name)
+    if spec is None:
         raise BadInputError(f"unknown report format '{fmt_name}'", hint=f"use one of: {', '.join(FORMATS)}")
     path = check_output_path(path)  # refuse a device, FIFO, link... before any work
     if progress:
         progress("reading the session", 0.1)
-    if fmt_name == "csv":
-        store.session(session_id)
-        write_output(path, lambda p: write_csv(store, session_id, p))
-        return path
-    report = build_report(store, session_id, compare_id=compare_id, grid_g_per_kwh=grid_g_per_kwh)
+    writer = spec.prepare(ReportJob(store, session_id, compare_id, grid_g_per_kwh, what))
     if progress:
         progress("rendering", 0.5)
-    if fmt_name == "json":
-        write_output(path, lambda p: p.write_text(render_json(report)))
-    elif fmt_name == "md":
-        write_output(path, lambda p: p.write_text(render_markdown(report)))
-    else:
-        from wattlens.app.report import rich  # HTML/PDF with embedded plots (issue 6)
-
-        data = store.series_data(session_id)
-        write_output(path, lambda p: rich.write(fmt_name, report, data, p))
+    write_output(path, writer)
     if progress:
         progress("done", 1.0)
     return path

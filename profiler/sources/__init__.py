@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wattlens.profiler.sources.base import PowerSource, Reading, Unavailable
+from wattlens.profiler.sources.base import PowerSource, Reading, Unavailable, source_dict
 
-__all__ = ["Discovery", "PowerSource", "Reading", "Unavailable", "discover"]
+__all__ = ["Discovery", "PowerSource", "Reading", "Unavailable", "discover", "source_dict"]
 
 
 @dataclass
@@ -16,10 +16,7 @@ class Discovery:
 
     def to_dict(self) -> dict:
         return {
-            "usable": [
-                {"id": s.id, "kind": s.kind, "method": s.method, "label": s.label, **s.describe()}
-                for s in self.usable
-            ],
+            "usable": [source_dict(s, **s.describe()) for s in self.usable],
             "unavailable": [
                 {"id": u.source_id, "kind": u.kind, "reason": u.reason, "fix": u.fix}
                 for u in self.unavailable

@@ -47,6 +47,13 @@ class PowerSource(Protocol):
     def close(self) -> None: ...
 
 
+def source_dict(source, **more) -> dict:
+    """A source (a PowerSource, or a stored source dict) as ``{"id", "kind", "method", "label"}``
+    plus ``more``: the one spelling of a source in summaries, stores, views and reports."""
+    get = source.get if isinstance(source, dict) else (lambda k: getattr(source, k))
+    return {"id": get("id"), "kind": get("kind"), "method": get("method"), "label": get("label"), **more}
+
+
 class TrapezoidIntegrator:
     """Cumulative energy from power samples: E += (P0 + P1) / 2 · Δt. One place for this rule."""
 

@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost
 
 METHOD = "stack-sampling"
@@ -423,7 +424,7 @@ def aggregate(
     ``time_s`` = samples x (1 / rate): sampled thread time, CPU side. ``share`` = the node's
     samples / all counted samples of the window (inclusive for class nodes), so shares of the
     top-level nodes and buckets add up to 1. ``energy_j = window_energy_j x share`` and
-    ``self_energy_j`` from self samples; summing ``self_energy_j`` over all rows gives the window
+    ``self_energy_j`` from self samples (``figures.split_window_energy``); summing ``self_energy_j`` over all rows gives the window
     energy exactly (conservation). Unknown window energy gives ``None`` energies, never 0.
     """
     if rate_hz <= 0:
@@ -443,9 +444,6 @@ def aggregate(
             inclusive[att.path[:depth]] += n
     dt_s = 1.0 / rate_hz
 
-    def energy(n: int) -> float | None:
-        return None if window_energy_j is None else window_energy_j * n / total
-
     rows: list[LayerCost] = []
     for path, n in sorted(inclusive.items(), key=lambda kv: (-kv[1], kv[0])):
         n_self = self_counts.get(path, 0)
@@ -458,9 +456,7 @@ def aggregate(
                 method=METHOD,
                 time_s=n * dt_s,
                 share=n / total,
-                energy_j=energy(n),
                 self_time_s=n_self * dt_s,
-                self_energy_j=energy(n_self),
                 n_samples=n,
                 phase="forward",
             )
@@ -475,14 +471,12 @@ def aggregate(
                 method=METHOD,
                 time_s=n * dt_s,
                 share=n / total,
-                energy_j=energy(n),
                 self_time_s=n * dt_s,
-                self_energy_j=energy(n),
                 n_samples=n,
                 phase="backward" if name == BUCKET_BACKWARD else "",
             )
         )
-    return rows
+    return figures.split_window_energy(rows, window_energy_j)  # shared by self time, conserved
 
 
 def window_costs(

@@ -104,9 +104,11 @@ class StoreWriter:
             self.series_ids.update(self.store.add_series(self.session_id, [item]))
 
     def _register(self, key: str) -> int:
-        unit = key.rsplit("_", 1)[-1] if "_" in key else ""
-        unit = {"w": "W", "j": "J", "pct": "%", "bytes": "B"}.get(unit, unit)
-        self.series_ids.update(self.store.add_series(self.session_id, [SeriesSpec(key, unit, "polled")]))
+        """A point of a series nobody declared: units come only from the producer's SeriesSpec
+        (``Sampler.series_specs()``, or a SeriesSpec put here first), never from the key's
+        spelling. Its points are kept, under an empty unit and the method "undeclared"."""
+        log.error("series %s was not declared with its unit before its first point; stored as undeclared", key)
+        self.series_ids.update(self.store.add_series(self.session_id, [SeriesSpec(key, "", "undeclared")]))
         return self.series_ids[key]
 
     def _flush(self) -> None:

@@ -8,14 +8,6 @@ from pathlib import Path
 
 from wattlens.app.report.formats import FORMATS, write_report
 
-FORMAT_TEXT = {
-    "html": "HTML report (self-contained, plots embedded)",
-    "pdf": "PDF report",
-    "md": "Markdown summary",
-    "json": "JSON (the full report document)",
-    "csv": "CSV (every stored sample)",
-}
-
 
 @dataclass(frozen=True)
 class FormatChoice:
@@ -29,16 +21,16 @@ def available_formats() -> list[FormatChoice]:
     """HTML and PDF need the rich renderer (``wattlens.app.report.rich``); say so when it is absent."""
     rich = importlib.util.find_spec("wattlens.app.report.rich") is not None
     out = []
-    for f in FORMATS:
-        ok = rich or f not in ("html", "pdf")
-        out.append(FormatChoice(f, FORMAT_TEXT.get(f, f), ok,
+    for f in FORMATS.values():
+        ok = rich or not f.needs_rich
+        out.append(FormatChoice(f.name, f.text, ok,
                                 "" if ok else "the HTML/PDF renderer (wattlens.app.report.rich) is not in this build"))
     return out
 
 
 def default_path(folder: str | Path, session_id: int, fmt: str, compare_id: int | None = None) -> Path:
     stem = f"wattlens-session-{session_id}" + (f"-vs-{compare_id}" if compare_id is not None else "")
-    return Path(folder).expanduser() / f"{stem}.{fmt}"
+    return Path(folder).expanduser() / f"{stem}.{'trace.json' if fmt == 'trace' else fmt}"
 
 
 def run_export(store, session_id: int, fmt: str, path: str | Path, *, compare_id: int | None = None,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from wattlens.app.gui.models.signal import Signal
+from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost
 
 METHOD_TEXT = {
@@ -138,12 +139,8 @@ class LayerTree:
             energy_j = energy_between(t0, t1)
             if energy_j is None:
                 continue
-            self_times = [_self_time(r) for r in wrows]
-            total = sum(self_times)
-            self._add_energy([
-                replace(r, energy_j=energy_j * r.share,
-                        self_energy_j=energy_j * st / total if total > 0 else None)
-                for r, st in zip(wrows, self_times, strict=True)])
+            self._add_energy(figures.split_window_energy(
+                [replace(r, self_time_s=_self_time(r)) for r in wrows], energy_j))
             done.append((t0, t1))
         for win in done:
             del self.pending[win]

@@ -2,8 +2,8 @@
 layer windows and steps that arrive from other threads (via the Qt bridge), turned into the
 figures a person reads: energy (J and Wh), CO2, power, utilisation, energy per step/sample/token.
 
-The same card arithmetic serves stored sessions (``cards(..., live=False)``): a figure means the
-same thing live and afterwards.
+A finished session's cards read its summary (``cards(..., summary=...)``), the one place its
+totals are computed; live cards run the same ``profiler.figures`` functions on the ring data.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from wattlens.app.gui.models.series_model import (
     short_source,
 )
 from wattlens.app.gui.models.signal import Signal
+from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost, StepRecord
+from wattlens.profiler.sources.base import source_dict
 from wattlens.profiler.summary import step_stats
 
 NO_STEPS_TEXT = ("no step boundaries reported: they come from the in-process agent "
@@ -61,31 +63,24 @@ def _recent_mean(series: SeriesSet, key: str, span_s: float | None) -> float | N
 
 
 def fill_step_energy(steps: Sequence[StepRecord], series: SeriesSet) -> list[StepRecord]:
-    """Steps with their energy: the agent's figure when it sent one, else the target's attributed
-    energy between the step's ends (None while the sampler has not passed the step's end). A step
-    that began before the first sample gets the energy since the baseline, as in
-    ``ProfilingSession.attributed_energy_between``."""
-    out = []
-    for s in steps:
-        if s.energy_j is None:
-            e = series.energy_between_ns(s.t_start_ns, s.t_end_ns)
-            if e is not None:
-                s = StepRecord(s.step, s.t_start_ns, s.t_end_ns, s.samples, s.tokens, e)
-        out.append(s)
-    return out
+    """``figures.fill_step_energy`` over the view's series (what ``summarize`` does at the end)."""
+    return figures.fill_step_energy(steps, series.energy_between_ns)
 
 
 def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[Mapping],
           steps: Sequence[StepRecord], grid_g_per_kwh: float | None, *, has_target: bool,
-          live: bool = True) -> list[Card]:
-    """The figures of a session, each with its method; "n/a" plus a reason where unknown."""
+          live: bool = True, summary: Mapping | None = None) -> list[Card]:
+    """The figures of a session, each with its method; "n/a" plus a reason where unknown.
+
+    A finished session passes its ``summary`` (``profiler.summary.summarize``): energy, mean
+    power, CO₂ and per-step figures are read from it, so the cards, Compare, ``show`` and the
+    reports print the same numbers. Live, the same ``figures`` functions run on the ring data."""
     out: list[Card] = []
     by_id = {s["id"]: s for s in sources}
-    # energy of the whole machine, per measured source
+    fig = _figures(series, steps, has_target, summary)
+    machine_j, target_j = fig["machine_j"], fig["target_j"]
     src_keys = series.source_energy_keys()
-    machine_j = sum(series.last(k) or 0.0 for k in src_keys) if src_keys else None
     methods = sorted({by_id[k.split("/")[0]]["method"] for k in src_keys if k.split("/")[0] in by_id})
-    target_j = series.last("target/energy_j") if has_target else None
     target_methods = sorted({method_text(series.infos[k].method) for k in series.keys()
                              if k.startswith("target/") and k.endswith("/energy_j") and k != "target/energy_j"})
     if has_target:
@@ -98,22 +93,25 @@ def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[M
     if grid_g_per_kwh is None:
         out.append(Card("CO₂", "n/a", "set a grid carbon intensity in Settings"))
     else:
-        co2 = basis_j / 3.6e6 * grid_g_per_kwh if basis_j is not None else None
-        out.append(Card("CO₂", si(co2, "g"), f"{basis} energy × {grid_g_per_kwh:g} gCO₂/kWh (Settings)"))
+        out.append(Card("CO₂", si(figures.co2_g(basis_j, grid_g_per_kwh), "g"),
+                        f"{basis} energy × {grid_g_per_kwh:g} gCO₂/kWh (Settings)"))
     # power
-    span = 1.0 if live else None
-    machine_w = None
-    for s in sources:
-        p = _recent_mean(series, f"{s['id']}/power_w", span)
-        if p is not None:
-            machine_w = (machine_w or 0.0) + p
-    parts = []
-    if has_target:
-        parts.append(f"target {si(_recent_mean(series, 'target/power_w', span), 'W')}")
+    if live or summary is None:
+        span = 1.0 if live else None
+        machine_w = None
+        for s in sources:
+            p = _recent_mean(series, f"{s['id']}/power_w", span)
+            if p is not None:
+                machine_w = (machine_w or 0.0) + p
+        target_w = _recent_mean(series, "target/power_w", span)
+    else:
+        machine_w, target_w = fig["machine_w"], fig["target_w"]
+    parts = [f"target {si(target_w, 'W')}"] if has_target else []
     parts.append(f"machine {si(machine_w, 'W')}")
     out.append(Card("Power, last second" if live else "Mean power", " · ".join(parts),
-                    "mean over the last second" if live else "mean over the session"))
+                    "mean over the last second" if live else "energy ÷ duration of the session"))
     # CPU
+    span = 1.0 if live else None
     cpu = [s for s in sources if s.get("kind") == "cpu"]
     cpu_util = [u for u in (_recent_mean(series, f"{s['id']}/util_pct", span) for s in cpu) if u is not None]
     cpu_text = f"machine {pct(max(cpu_util) if cpu_util else None)}"
@@ -134,8 +132,8 @@ def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[M
         detail = f"{why['reason']} — {why['fix']}" if why else "no GPU source was found"
         out.append(Card("GPU", "not measured", detail))
     # per step
-    if steps:
-        st = step_stats(fill_step_energy(steps, series))
+    st = fig["steps"]
+    if st:
         per = [(st["energy_per_step_j"], "step"), (st["energy_per_sample_j"], "sample"),
                (st["energy_per_token_j"], "token")]
         value = " · ".join(f"{si(v, 'J')}/{what}" for v, what in per if v is not None) or "n/a"
@@ -147,6 +145,20 @@ def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[M
     return out
 
 
+def _figures(series: SeriesSet, steps: Sequence[StepRecord], has_target: bool,
+             summary: Mapping | None) -> dict:
+    """Energy, mean power and step figures: a finished session's summary, or the live series."""
+    if summary is not None:
+        tgt = summary.get("target") or {}
+        return {"machine_j": summary.get("energy_j"), "target_j": tgt.get("energy_j") if has_target else None,
+                "machine_w": summary.get("mean_power_w"), "target_w": tgt.get("mean_power_w"),
+                "steps": summary.get("steps")}
+    src_keys = series.source_energy_keys()
+    return {"machine_j": sum(series.last(k) or 0.0 for k in src_keys) if src_keys else None,
+            "target_j": series.last("target/energy_j") if has_target else None,
+            "steps": step_stats(fill_step_energy(steps, series)) if steps else None}
+
+
 class LiveModel:
     """One running ProfilingSession, as the live view sees it (GUI thread only)."""
 
@@ -154,8 +166,7 @@ class LiveModel:
                  command: list[str] | None = None):
         self.session = session
         self.command = command  # what was launched (run mode): the title even before /proc shows it
-        self.sources = [{"id": s.id, "kind": s.kind, "method": s.method, "label": s.label}
-                        for s in session.discovery.usable]
+        self.sources = [source_dict(s) for s in session.discovery.usable]
         self.unavailable = unavailable_dicts(session.discovery.unavailable)
         specs = session.sampler.series_specs() if session.sampler is not None else []
         self.series = SeriesSet(session.start_ns, infos_from_specs(specs, self.sources))
@@ -211,8 +222,10 @@ class LiveModel:
                 - self.series.start_ns) / 1e9
 
     def cards(self) -> list[Card]:
+        ended = self.ended is not None and bool(self.session.summary)
         return cards(self.series, self.sources, self.unavailable, self.steps, self.grid_g_per_kwh,
-                     has_target=self.has_target, live=self.ended is None)
+                     has_target=self.has_target, live=self.ended is None,
+                     summary=self.session.summary if ended else None)
 
     def measuring_text(self) -> str:
         """The status bar's line: what is measured, how often."""

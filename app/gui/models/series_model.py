@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wattlens.profiler import figures
+
 SHORT_SOURCE = {"cpu-model": "CPU (TDP model)"}
 
 
@@ -88,32 +90,45 @@ class _Growing:
 
 
 class _MinMaxLevel:
-    """Min and max of consecutive blocks of ``factor`` samples, extended as samples arrive, so a
-    long series is drawn from ~2 points per block instead of every sample (what pyqtgraph's
-    'peak' downsampling computes, done once instead of every frame)."""
+    """The min and max samples of consecutive blocks of ``factor`` samples, extended as samples
+    arrive, so a long series is drawn from 2 points per block instead of every sample.
 
-    __slots__ = ("factor", "t", "vmin", "vmax")
+    Each block's two extremes are kept as the real samples they are — at their own times, in
+    time order — so the drawn line only joins real samples. (Drawing min then max at the block's
+    first time, as pyqtgraph's 'peak' mode does, is fine below a pixel per block but draws a
+    regular sawtooth that is not in the data once a block spans several pixels.)"""
+
+    __slots__ = ("factor", "t", "v", "n")
 
     def __init__(self, factor: int):
         self.factor = factor
-        self.t, self.vmin, self.vmax = _Growing(), _Growing(), _Growing()
+        self.t, self.v = _Growing(), _Growing()  # 2 points per block, interleaved
+        self.n = 0  # complete blocks
 
     def update(self, t: np.ndarray, v: np.ndarray) -> None:
         f = self.factor
-        done, complete = self.t.n, len(t) // f
+        done, complete = self.n, len(t) // f
         if complete > done:
             tv = t[done * f: complete * f].reshape(-1, f)
             vv = v[done * f: complete * f].reshape(-1, f)
-            self.t.extend(tv[:, 0])
-            self.vmin.extend(vv.min(axis=1))
-            self.vmax.extend(vv.max(axis=1))
+            rows = np.arange(len(tv))
+            i_min, i_max = vv.argmin(axis=1), vv.argmax(axis=1)
+            first = np.minimum(i_min, i_max)
+            second = np.maximum(i_min, i_max)
+            pair_t = np.empty((len(tv), 2))
+            pair_v = np.empty((len(tv), 2))
+            pair_t[:, 0], pair_t[:, 1] = tv[rows, first], tv[rows, second]
+            pair_v[:, 0], pair_v[:, 1] = vv[rows, first], vv[rows, second]
+            self.t.extend(pair_t.ravel())
+            self.v.extend(pair_v.ravel())
+            self.n = complete
 
 
 class GrowingSeries:
     """Append-only (t_s, value) arrays with amortised doubling; ``view()`` returns no copies."""
 
     __slots__ = ("_t", "_v", "n", "_levels")
-    LEVELS = (8, 64, 512, 4096)
+    LEVELS = tuple(2**k for k in range(2, 13))  # blocks of 4 … 4096 samples
 
     def __init__(self, capacity: int = 1024):
         self._t = np.empty(capacity, dtype=np.float64)
@@ -121,28 +136,31 @@ class GrowingSeries:
         self.n = 0
         self._levels: list[_MinMaxLevel] | None = None
 
-    def display(self, t0: float | None, t1: float | None, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-        """The samples in [t0, t1] for drawing: all of them when there are at most
-        ``max_points``, else per-block (min, max) pairs of the finest level that fits, plus the
-        last samples not yet in a complete block. Peaks are kept; nothing is averaged away."""
+    def display(self, t0: float | None, t1: float | None, columns: int) -> tuple[np.ndarray, np.ndarray]:
+        """The samples in [t0, t1] for drawing on ``columns`` pixel columns: each block's min and
+        max samples (at their own times, in time order) of the coarsest level whose blocks are no
+        wider than a column, plus the samples before the first and after the last whole block —
+        or all samples when there are fewer than 4 per column. Every point drawn is a stored
+        sample, and each column's extremes are drawn (2 to 4 points per column, so pyqtgraph's
+        own downsampling has nothing left to do)."""
         t, v = self.view()
         i0 = 0 if t0 is None else int(np.searchsorted(t, t0, side="left"))
         i1 = self.n if t1 is None else int(np.searchsorted(t, t1, side="right"))
-        if i1 - i0 <= max_points:
+        per_column = (i1 - i0) / max(columns, 1)
+        if per_column < self.LEVELS[0]:
             return t[i0:i1], v[i0:i1]
         if self._levels is None:
             self._levels = [_MinMaxLevel(f) for f in self.LEVELS]
-        level = next((lv for lv in self._levels if 2 * (i1 - i0) // lv.factor <= max_points), self._levels[-1])
+        level = [lv for lv in self._levels if lv.factor <= per_column][-1]
         level.update(t, v)
         f = level.factor
-        b0, b1 = i0 // f, min(level.t.n, i1 // f)
-        tail0 = max(b1 * f, i0)
-        bt = level.t.view()[b0:b1]
-        x = np.concatenate([np.repeat(bt, 2), t[tail0:i1]])
-        y = np.empty(2 * (b1 - b0))
-        y[0::2] = level.vmin.view()[b0:b1]
-        y[1::2] = level.vmax.view()[b0:b1]
-        return x, np.concatenate([y, v[tail0:i1]])
+        b0, b1 = -(-i0 // f), min(level.n, i1 // f)  # whole blocks inside [i0, i1)
+        if b1 <= b0:
+            return t[i0:i1], v[i0:i1]
+        head1, tail0 = min(b0 * f, i1), max(b1 * f, i0)
+        x = np.concatenate([t[i0:head1], level.t.view()[2 * b0: 2 * b1], t[tail0:i1]])
+        y = np.concatenate([v[i0:head1], level.v.view()[2 * b0: 2 * b1], v[tail0:i1]])
+        return x, y
 
     def extend(self, t_s: np.ndarray, v: np.ndarray) -> None:
         k = len(t_s)
@@ -202,19 +220,11 @@ class SeriesSet:
         A span that began before the first sample gets the energy since the baseline (the
         cumulative series starts at 0), as ``ProfilingSession.attributed_energy_between`` does."""
         s = self.data.get(key)
-        if s is None or s.n == 0:
+        if s is None:
             return None
-        t0, t1 = (t0_ns - self.start_ns) / 1e9, (t1_ns - self.start_ns) / 1e9
-        e1 = s.value_at(t1)
-        if e1 is None:
-            return None
-        e0 = s.value_at(t0)
-        if e0 is None:
-            if t0 < s.view()[0][0] <= t1:
-                e0 = 0.0
-            else:
-                return None
-        return e1 - e0
+        t, v = s.view()
+        return figures.energy_between(t, v, (t0_ns - self.start_ns) / 1e9, (t1_ns - self.start_ns) / 1e9,
+                                      since_baseline=True)
 
     def end_s(self) -> float:
         ends = [s.last()[0] for s in self.data.values() if s.n]

@@ -14,6 +14,7 @@ from wattlens.app.gui.models.series_model import SeriesSet, infos_from_specs
 from wattlens.app.gui.models.signal import Signal
 from wattlens.app.report.data import compare_summaries
 from wattlens.profiler.records import EventRecord, StepRecord
+from wattlens.profiler.sources.base import source_dict
 from wattlens.profiler.summary import summarize
 
 Progress = Callable[[str, float], None]
@@ -102,7 +103,7 @@ class StoredSession:
 
     def cards(self, grid_g_per_kwh: float | None) -> list[Card]:
         return cards(self.series, self.sources, self.unavailable, self.steps, grid_g_per_kwh,
-                     has_target=self.has_target, live=False)
+                     has_target=self.has_target, live=False, summary=self.summary)
 
     def headline(self) -> str:
         s = self.session
@@ -135,8 +136,7 @@ def load_stored_session(store, session_id: int, *, grid_g_per_kwh: float | None 
     layer_rows = store.layer_costs(session_id)
     events = store.events(session_id)
     tick("summarising", 0.85)
-    sources = [{"id": s["id"], "kind": s["kind"], "method": s["method"], "label": s["label"]}
-               for s in session["sources"]]
+    sources = [source_dict(s) for s in session["sources"]]
     series = SeriesSet.from_arrays(session["start_ns"], infos_from_specs(session["series"], sources), data)
     layers = LayerTree()
     layers.add(layer_rows, energy_between=series.energy_between_ns)

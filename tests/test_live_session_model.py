@@ -1,0 +1,68 @@
+"""The live session's start / stop / watch logic without Qt: a real attach session on a real
+child process, driven the way QtMainWindow drives it (work functions run here inline)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from wattlens.app.gui.models.live_session import LiveSession
+from wattlens.app.gui.models.run_model import LiveRun
+from wattlens.app.gui.models.settings_model import GuiSettings
+from wattlens.profiler.errors import TargetNotFoundError
+from wattlens.profiler.store import Store
+
+
+@pytest.fixture
+def child():
+    code = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end: sum(range(5000))"
+    p = subprocess.Popen([sys.executable, "-c", code])
+    yield p
+    p.kill()
+    p.wait(timeout=10)
+
+
+def test_start_watch_stop_a_real_session(tmp_path, child):
+    store = Store(tmp_path / "w.db")
+    live, changes = LiveSession(), []
+    live.changed.connect(lambda *a: changes.append(1))
+    assert live.refuse_start(None, "disk full").startswith("no database is open: disk full")
+    assert live.refuse_start(store, None) is None
+    settings = GuiSettings(stacks=False)
+    work = live.start_work(lambda: LiveRun.attach(store, settings, child.pid))
+    assert live.busy and "already running" in live.refuse_start(store, None)
+    model = live.started(work(), 400.0)
+    assert live.run is not None and model.session.status == "running"
+    assert live.watch().end is None  # the child is alive, no duration: keep measuring
+    stop = live.stop_work(False, "stopped", "stopped by the user")
+    assert stop is not None and live.stop_work(False, "stopped", "twice") is None  # one stop at a time
+    stop()
+    text, is_error = live.stopped("stopped", "stopped by the user")
+    assert text.startswith(f"Session {model.session.session_id} saved (stopped)") and not is_error
+    assert live.run is None and not live.busy and model.ended == ("stopped", "stopped by the user")
+    assert store.session(model.session.session_id)["status"] == "stopped"
+    assert child.poll() is None  # an attached target is never ended
+    assert len(changes) >= 3
+
+
+def test_a_target_that_exits_is_seen_by_watch(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    store = Store(tmp_path / "w.db")
+    live = LiveSession()
+    live.started(live.start_work(lambda: LiveRun.attach(store, GuiSettings(stacks=False), p.pid))(), None)
+    p.wait(timeout=30)
+    end = live.watch().end
+    assert end is not None and end[0] == "target-exited"
+    live.shutdown()
+    assert live.run is None
+
+
+def test_a_failed_start_frees_the_slot_with_one_line(tmp_path):
+    live = LiveSession()
+    work = live.start_work(lambda: LiveRun.attach(Store(tmp_path / "w.db"), GuiSettings(), 2**22 + 12345))
+    with pytest.raises(TargetNotFoundError) as err:
+        work()
+    text = live.start_failed(err.value)
+    assert not live.busy and "\n" not in text and "PID" in text
