@@ -1,0 +1,214 @@
+"""Storage integrity: sessions are never lost, foreign files are never changed, and every store
+fault is one line (issue 9, storage half). Everything runs for real: real SQLite files, real
+processes, a real `wattlens optimize` child; the only injected fault is a disk-full error at the
+DBAPI boundary (plus a real full tmpfs where mounting is permitted)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, text
+
+from tests.conftest import run_cli
+from wattlens.profiler.errors import CorruptDatabaseError, StoreError
+from wattlens.profiler.records import SeriesSpec
+from wattlens.profiler.store import Store
+
+
+def _session(store, name="s"):
+    sid, _ = store.create_session(
+        name=name, kind="attach", started_at=time.time(), start_ns=time.monotonic_ns(),
+        sources=[{"id": "cpu-model", "kind": "cpu", "method": "estimated", "label": "CPU"}],
+        series=[SeriesSpec("cpu-model/power_w", "W", "estimated", "cpu-model")])
+    store.finish_session(sid, status="completed", end_reason="done", ended_at=time.time(), duration_s=0.1)
+    return sid
+
+
+def _listed_ids(db: Path) -> list[int]:
+    """The sessions a fresh process sees, through the real CLI."""
+    r = run_cli("sessions", "--json", "--db", str(db))
+    assert r.returncode == 0, r.stderr
+    return sorted(row["id"] for row in json.loads(r.stdout))
+
+
+def _deleted_fds(db: Path) -> list[str]:
+    """This process's descriptors on the database's files that were unlinked under it."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(db)) and target.endswith("(deleted)"):
+            out.append(target)
+    return out
+
+
+def _hash_folder(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+# ---- item 1: a second Store or another process never deletes the WAL we still use ---------------
+def test_a_second_store_and_a_child_process_never_delete_the_wal_this_process_uses(tmp_path):
+    db = tmp_path / "w.db"
+    a = Store(db)
+    first = _session(a, "before")
+    held = a.engine.connect()  # as the GUI does: a pooled connection stays open
+    held.execute(text("SELECT count(*) FROM sessions")).all()
+    Store(db).close()  # a second Store in this process, opened and closed
+    subprocess.run([sys.executable, "-c", "import sys; from wattlens.profiler.store import Store; "
+                    "Store(sys.argv[1]).close()", str(db)], check=True, timeout=120)
+    assert (tmp_path / "w.db-wal").exists() and (tmp_path / "w.db-shm").exists()
+    assert _deleted_fds(db) == []
+    later = [_session(a, f"after {i}") for i in range(3)]
+    assert _listed_ids(db) == sorted([first, *later])  # a fresh process sees every session now
+    held.close()
+    a.close()
+
+
+OPTIMIZE_CONCURRENT = textwrap.dedent("""
+    import json, subprocess, sys, time
+    from wattlens.profiler.session import ProfilingSession
+    from wattlens.profiler.sources import discover
+    from wattlens.profiler.store import Store
+    db, model, out = sys.argv[1:4]
+    store = Store(db)  # held for the whole run, as the desktop app holds it
+    discovery = discover(gpu=False)
+    ids = []
+    def record(name):
+        s = ProfilingSession(store, name=name, interval_s=0.05, duration_s=0.3, discovery=discovery)
+        ids.append(s.start())
+        s.run(poll_s=0.05)
+    record("before optimize")
+    child = subprocess.Popen([sys.executable, "-m", "wattlens.app", "optimize", model, "--action",
+                              "quantize-int8", "--out", out, "--rounds", "1", "--db", db, "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while child.poll() is None:
+        record(f"during optimize {len(ids)}")
+    stdout, stderr = child.communicate()
+    assert child.returncode == 0, stderr
+    ids.append(json.loads(stdout)["session_id"])
+    for i in range(2):
+        record(f"after optimize {i}")
+    print(json.dumps(ids), flush=True)
+    sys.stdin.readline()  # keep the store open while the test looks from a fresh process
+""")
+
+
+def test_sessions_recorded_while_optimize_runs_on_the_same_db_are_all_stored(tmp_path):
+    """The app-level scenario without Qt: a process holding a Store and recording sessions (as the
+    GUI does) runs the real `wattlens optimize` child on the same file ("Apply to a model copy…");
+    every session it reported is visible from a fresh process while it still holds the file."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = tmp_path / "gpt"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=128, n_positions=32,
+                               bos_token_id=0, eos_token_id=0)).save_pretrained(model)
+    db = tmp_path / "w.db"
+    app = subprocess.Popen([sys.executable, "-c", OPTIMIZE_CONCURRENT, str(db), str(model), str(tmp_path / "int8")],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = app.stdout.readline()
+        assert line, "the app-like process failed (see its stderr)"
+        reported = json.loads(line)
+        assert len(reported) >= 4
+        assert _listed_ids(db) == sorted(reported)
+        wal = Path(f"{db}-wal")
+        assert wal.exists()
+        deleted = [os.readlink(f"/proc/{app.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{app.pid}/fd")
+                   if os.readlink(f"/proc/{app.pid}/fd/{fd}").endswith("(deleted)")]
+        assert not [d for d in deleted if d.startswith(str(db))]
+    finally:
+        app.communicate("\n", timeout=120)
+    assert app.returncode == 0
+
+
+# ---- item 3: a foreign SQLite file is refused and left byte-identical ----------------------------
+@pytest.mark.parametrize("tables", [["CREATE TABLE invoices (id INTEGER, total REAL)"],
+                                    ["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+                                     "INSERT INTO meta VALUES ('app', 'someone-else')"],
+                                    ["CREATE TABLE meta (name TEXT)"]])
+def test_a_foreign_sqlite_file_is_refused_and_byte_identical(tmp_path, tables):
+    db = tmp_path / "theirs.sqlite"
+    con = sqlite3.connect(db)
+    for sql in tables:
+        con.execute(sql)
+    con.commit()
+    con.close()
+    before = _hash_folder(tmp_path)
+    with pytest.raises(CorruptDatabaseError, match="another program") as exc:
+        Store(db)
+    assert exc.value.exit_code == 2 and "untouched" in str(exc.value)
+    assert _hash_folder(tmp_path) == before  # same bytes, and no -wal/-shm/-journal left behind
+    r = run_cli("sessions", "--db", str(db))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert _hash_folder(tmp_path) == before
+
+
+# ---- item 6: first opens in parallel -------------------------------------------------------------
+OPEN_AT_GO = textwrap.dedent("""
+    import os, sys, time
+    from wattlens.profiler.store import Store
+    go = sys.argv[2]
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    Store(sys.argv[1]).close()
+""")
+
+
+def test_many_processes_creating_a_new_database_at_once_all_succeed(tmp_path):
+    db, go = tmp_path / "new.db", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_GO, str(db), str(go)],
+                              stderr=subprocess.PIPE, text=True) for _ in range(12)]
+    time.sleep(1.0)  # let them import (a start that is late only makes the race less likely)
+    go.touch()
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stderr.close()
+    assert [rc for rc, _ in results] == [0] * len(procs), [err for rc, err in results if rc]
+    con = sqlite3.connect(db)
+    assert sorted(con.execute("SELECT key FROM meta")) == [("app",), ("created_at",), ("schema_version",)]
+    con.close()
+
+
+# ---- three writers on one file -------------------------------------------------------------------
+WRITER = textwrap.dedent("""
+    import sys
+    from wattlens.profiler.session import ProfilingSession
+    from wattlens.profiler.sources import discover
+    from wattlens.profiler.store import Store
+    store = Store(sys.argv[1])
+    ids = []
+    for i in range(3):
+        s = ProfilingSession(store, name=f"{sys.argv[2]}-{i}", interval_s=0.01, duration_s=0.5,
+                             discovery=discover(gpu=False))
+        ids.append(s.start())
+        s.run(poll_s=0.05)
+    print(" ".join(map(str, ids)))
+""")
+
+
+def test_three_writer_processes_on_one_file_store_every_session(tmp_path):
+    db = tmp_path / "w.db"
+    Store(db).close()
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), f"w{i}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e for _, e in outs]
+    ids = sorted(int(x) for out, _ in outs for x in out.split())
+    assert len(ids) == 9 and _listed_ids(db) == ids
+    store = Store(db)
+    for sid in ids:
+        s = store.session(sid)
+        assert s["status"] == "completed"
+        t, _ = store.series_data(sid)["cpu-model/energy_j"]
+        assert len(t) >= 2  # samples of every session made it
