@@ -197,6 +197,10 @@ def _finish(args, summary: dict) -> int:
         _emit_json(summary)
     else:
         print_summary(summary)
+    if summary.get("status") == "partial":  # stored, but not all of it: say what was lost, exit 1
+        print(f"wattlens: error: session {summary.get('session_id')} is stored as partial: "
+              f"{(summary.get('notes') or ['some records could not be written'])[-1]}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

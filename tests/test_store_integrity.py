@@ -212,3 +212,147 @@ def test_three_writer_processes_on_one_file_store_every_session(tmp_path):
         assert s["status"] == "completed"
         t, _ = store.series_data(sid)["cpu-model/energy_j"]
         assert len(t) >= 2  # samples of every session made it
+
+
+# ---- item 5: disk full: the session is stored `partial`, with what was lost, figures from what was stored
+def _disk_full_after(store, ok_batches: int) -> dict:
+    """Sample inserts fail as SQLite fails on a full disk once ``ok_batches`` went through (the
+    fault is raised at the DBAPI boundary, below everything wattlens does)."""
+    calls = {"n": 0}
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO samples"):
+            calls["n"] += 1
+            if calls["n"] > ok_batches:
+                raise sqlite3.OperationalError("database or disk is full")
+
+    event.listen(store.engine, "before_cursor_execute", before)
+    return calls
+
+
+def _wait_for(cond, what: str, limit_s: float = 120.0) -> None:
+    deadline = time.monotonic() + limit_s  # a bound against hanging forever, not a speed claim
+    while not cond():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_disk_full_stores_a_partial_session_with_what_was_lost_and_figures_from_what_was_stored(tmp_path):
+    from wattlens.app.gui.models.sessions_model import session_rows
+    from wattlens.app.report.data import build_report
+    from wattlens.profiler.session import ProfilingSession
+    from wattlens.profiler.sources import discover
+
+    db = tmp_path / "w.db"
+    store = Store(db)
+    calls = _disk_full_after(store, ok_batches=2)
+    s = ProfilingSession(store, name="filling", interval_s=0.02, discovery=discover(gpu=False))
+    sid = s.start()
+    _wait_for(lambda: calls["n"] > 3, "two failed sample writes")
+    summary = s.stop("completed", "duration reached")
+
+    loss = summary["loss"]
+    assert summary["status"] == "partial" and loss["samples"] > 0 and loss["records"] >= loss["samples"]
+    assert 0 <= loss["from_s"] <= loss["to_s"] and "full" in loss["reason"]
+    stored = store.session(sid)
+    assert stored["status"] == "partial"
+    assert "could not be written" in stored["end_reason"] and "kept in memory" not in stored["end_reason"]
+    t, e = store.series_data(sid)["cpu-model/energy_j"]
+    assert len(t) >= 2 and summary["energy_j"] == pytest.approx(e[-1])  # from the stored samples
+    assert (t[-1] - stored["start_ns"]) / 1e9 <= loss["from_s"]  # what is stored ends where the loss begins
+
+    # the same figures everywhere: the CLI listing, `show`, the app's session list, the reports
+    listed = {r["id"]: r for r in json.loads(run_cli("sessions", "--json", "--db", str(db)).stdout)}[sid]
+    shown = run_cli("show", str(sid), "--json", "--db", str(db))
+    assert shown.returncode == 0, shown.stderr
+    shown_doc = json.loads(shown.stdout)
+    assert listed["status"] == shown_doc["session"]["status"] == "partial"
+    assert listed["energy_j"] == pytest.approx(shown_doc["summary"]["energy_j"]) == pytest.approx(summary["energy_j"])
+    assert shown_doc["summary"]["loss"] == pytest.approx(loss)
+    (row,) = [r for r in session_rows(store) if r.id == sid]
+    assert row.status == "partial" and row.energy_j == pytest.approx(summary["energy_j"])
+    assert build_report(store, sid)["summary"]["energy_j"] == pytest.approx(summary["energy_j"])
+    text = run_cli("show", str(sid), "--db", str(db)).stdout
+    assert "could not be written" in text and "partial" in text
+
+
+def test_disk_full_exit_message_says_what_was_lost(tmp_path, monkeypatch, capsys):
+    from wattlens.app import cli
+
+    db = tmp_path / "w.db"
+    store = Store(db)
+    _disk_full_after(store, ok_batches=1)
+    monkeypatch.setattr(cli, "_open_store", lambda args: store)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        rc = cli.main(["attach", str(sleeper.pid), "--duration", "2", "--interval", "0.02", "--no-stacks",
+                       "--no-gpu", "--db", str(db)])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    err = capsys.readouterr().err
+    assert rc == 1
+    last = err.strip().splitlines()[-1]
+    assert "stored as partial" in last and "could not be written" in last and "lost" in last
+    assert "kept in memory" not in err
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 512 KiB tmpfs, where mounting is permitted (root); skipped elsewhere."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or r.returncode})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+FILL_THE_DISK = textwrap.dedent("""
+    import sys, time
+    from wattlens.profiler.errors import StoreError
+    from wattlens.profiler.session import ProfilingSession
+    from wattlens.profiler.sources import discover
+    from wattlens.profiler.store import Store
+    db, filler = sys.argv[1:3]
+    s = ProfilingSession(Store(db), name="on a tiny disk", interval_s=0.01, discovery=discover(gpu=False))
+    sid = s.start()
+    while s.writer.rows_written == 0:
+        time.sleep(0.02)
+    try:
+        with open(filler, "wb") as f:  # fill what the session has not filled yet
+            while True:
+                f.write(bytes(4096))
+                f.flush()
+    except OSError:
+        pass
+    while s.writer.last_error is None:
+        time.sleep(0.02)
+    print(sid, flush=True)
+    print(s.writer.last_error, flush=True)
+    try:
+        summary = s.stop("completed", "done")
+        print(summary["status"], summary["notes"][-1], flush=True)
+    except StoreError as exc:  # the session itself could not be finished on the full disk
+        print("error", exc, flush=True)
+""")
+
+
+def test_a_really_full_disk_loses_no_session_silently(tiny_disk):
+    db, filler = tiny_disk / "w.db", tiny_disk / "filler"
+    r = subprocess.run([sys.executable, "-c", FILL_THE_DISK, str(db), str(filler)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    sid, error, outcome = r.stdout.strip().splitlines()
+    assert "full" in error
+    assert outcome.split()[0] in ("partial", "error")
+    assert "could not be written" in outcome and "lost" in outcome and "kept in memory" not in outcome
+    filler.unlink(missing_ok=True)
+    listed = {r["id"]: r for r in json.loads(run_cli("sessions", "--json", "--db", str(db)).stdout)}[int(sid)]
+    shown = json.loads(run_cli("show", sid, "--json", "--db", str(db)).stdout)
+    assert listed["status"] == shown["session"]["status"] in ("partial", "interrupted")
+    assert listed["energy_j"] == pytest.approx(shown["summary"]["energy_j"])

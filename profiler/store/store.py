@@ -30,6 +30,7 @@ from wattlens.profiler.errors import (BadInputError, CorruptDatabaseError, NoDat
                                       StoreError, WattlensError)
 from wattlens.profiler.records import EventRecord, LayerCost, SeriesSpec, StepRecord
 from wattlens.profiler.store import models as m
+from wattlens.profiler.summary import summarize
 
 DB_FIX = "choose another file with --db PATH (or WATTLENS_DB); the file was left untouched"
 NO_DB_HINT = "record one with `wattlens attach PID`, `wattlens run -- COMMAND` or `wattlens demo`"
@@ -344,8 +345,14 @@ class Store:
                     status="interrupted", ended_at=started_at + duration_s, duration_s=duration_s,
                     end_reason="the profiler stopped without finishing the session (killed or crashed); "
                                "data up to its last commit is kept"))
+            self.set_summary(sid, self.stored_summary(sid))  # the listing shows what `show` computes
             fixed.append(sid)
         return fixed
+
+    def stored_summary(self, session_id: int) -> dict:
+        """The session's figures recomputed from its stored rows (what `show` and reports show)."""
+        return summarize(self.session(session_id), self.series_data(session_id), self.steps(session_id),
+                         self.layer_costs(session_id))
 
     def sessions(self) -> list[dict]:
         with self.engine.connect() as c:
