@@ -131,10 +131,11 @@ def _fmt(value, unit="", digits=3):
     return fmt(value, unit, digits)
 
 
-def _open_store(args):
+def _open_store(args, create: bool = True):
+    """``create=False`` for commands that only read: a missing database is NoDatabaseError."""
     from wattlens.profiler.store import Store
 
-    return Store(getattr(args, "db", None))
+    return Store(getattr(args, "db", None), create=create)
 
 
 def print_summary(summary: dict) -> None:
@@ -261,7 +262,16 @@ def cmd_run(args) -> int:
 
 
 def cmd_sessions(args) -> int:
-    store = _open_store(args)
+    from wattlens.profiler.errors import NoDatabaseError
+
+    try:
+        store = _open_store(args, create=False)
+    except NoDatabaseError as exc:  # nothing recorded yet: an empty listing, and nothing created
+        if args.json:
+            _emit_json([])
+        else:
+            print(f"no sessions yet ({exc.message.split(': ', 1)[-1]}) — try `wattlens attach PID` or `wattlens demo`")
+        return EXIT_OK
     rows = store.sessions()
     if args.json:
         _emit_json([{k: r[k] for k in ("id", "name", "kind", "status", "target_pid", "started_at",
@@ -283,10 +293,20 @@ def cmd_sessions(args) -> int:
     return EXIT_OK
 
 
+def _open_store_with(args, session_id: int):
+    """The store of a command about one stored session; no database yet: no such session (exit 2)."""
+    from wattlens.profiler.errors import NoDatabaseError, SessionNotFoundError
+
+    try:
+        return _open_store(args, create=False)
+    except NoDatabaseError as exc:
+        raise SessionNotFoundError(f"no session {session_id}: {exc.message}", hint=exc.hint) from None
+
+
 def cmd_show(args) -> int:
     from wattlens.app.report.data import build_report
 
-    store = _open_store(args)
+    store = _open_store_with(args, args.id)
     report = build_report(store, args.id)
     if args.json:
         _emit_json(report)
@@ -303,7 +323,7 @@ def cmd_show(args) -> int:
 def cmd_report(args) -> int:
     from wattlens.app.report.formats import write_report
 
-    store = _open_store(args)
+    store = _open_store_with(args, args.id)
     path = write_report(store, args.id, args.format, args.output, compare_id=args.compare,
                         grid_g_per_kwh=args.grid)
     print(path)

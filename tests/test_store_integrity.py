@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import event, text
 
 from tests.conftest import run_cli
-from wattlens.profiler.errors import CorruptDatabaseError, StoreError
+from wattlens.profiler.errors import CorruptDatabaseError
 from wattlens.profiler.records import SeriesSpec
 from wattlens.profiler.store import Store
 
@@ -77,6 +77,7 @@ def test_a_second_store_and_a_child_process_never_delete_the_wal_this_process_us
 
 OPTIMIZE_CONCURRENT = textwrap.dedent("""
     import json, subprocess, sys, time
+    from wattlens.app.doctor import doctor
     from wattlens.profiler.session import ProfilingSession
     from wattlens.profiler.sources import discover
     from wattlens.profiler.store import Store
@@ -94,6 +95,7 @@ OPTIMIZE_CONCURRENT = textwrap.dedent("""
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while child.poll() is None:
         record(f"during optimize {len(ids)}")
+        doctor(db=db)  # as the app's Doctor tab does: a second Store in this process, opened and closed
     stdout, stderr = child.communicate()
     assert child.returncode == 0, stderr
     ids.append(json.loads(stdout)["session_id"])
@@ -106,8 +108,9 @@ OPTIMIZE_CONCURRENT = textwrap.dedent("""
 
 def test_sessions_recorded_while_optimize_runs_on_the_same_db_are_all_stored(tmp_path):
     """The app-level scenario without Qt: a process holding a Store and recording sessions (as the
-    GUI does) runs the real `wattlens optimize` child on the same file ("Apply to a model copy…");
-    every session it reported is visible from a fresh process while it still holds the file."""
+    GUI does), with its Doctor check opening a second Store, runs the real `wattlens optimize` child
+    on the same file ("Apply to a model copy…"); every session it reported is visible from a fresh
+    process while it still holds the file, and it writes into no deleted WAL."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = tmp_path / "gpt"
@@ -356,3 +359,116 @@ def test_a_really_full_disk_loses_no_session_silently(tiny_disk):
     shown = json.loads(run_cli("show", sid, "--json", "--db", str(db)).stdout)
     assert listed["status"] == shown["session"]["status"] in ("partial", "interrupted")
     assert listed["energy_j"] == pytest.approx(shown["summary"]["energy_j"])
+
+
+# ---- item 9: store faults are one line, exit 2, with the fix ------------------------------------
+def _one_line_exit_2(r: subprocess.CompletedProcess, *words: str) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "internal error" not in lines[0] and "—" in lines[0]  # the message, then what to do
+    for w in words:
+        assert w in lines[0]
+    return lines[0]
+
+
+def test_a_bogus_db_url_or_a_missing_driver_is_one_line(tmp_path):
+    _one_line_exit_2(run_cli("sessions", "--db", "foo://x"), "'foo'", "file path")
+    _one_line_exit_2(run_cli("sessions", "--db", "postgresql+psycopg://u@localhost/x"), "not installed", "pip install")
+
+
+def test_a_non_numeric_schema_version_is_one_line(db_path):
+    Store(db_path).close()
+    con = sqlite3.connect(db_path)
+    con.execute("UPDATE meta SET value='1.x' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    _one_line_exit_2(run_cli("sessions", "--db", str(db_path)), "schema version", "backup")
+
+
+def test_a_damaged_page_found_by_show_is_one_line(db_path):
+    store = Store(db_path)
+    sid, series = store.create_session(
+        name="s", kind="attach", started_at=time.time(), start_ns=0,
+        sources=[{"id": "cpu-model", "kind": "cpu", "method": "estimated", "label": "CPU"}],
+        series=[SeriesSpec("cpu-model/energy_j", "J", "estimated", "cpu-model")])
+    store.write_batch(sid, [(series["cpu-model/energy_j"], i, float(i)) for i in range(50_000)])
+    store.finish_session(sid, status="completed", end_reason="done", ended_at=time.time(), duration_s=1.0)
+    store.close()
+    raw = bytearray(db_path.read_bytes())
+    page = 4096
+    middle = (len(raw) // page // 2) * page  # a page of samples in the middle of the file
+    raw[middle:middle + page] = b"\xa5" * page
+    db_path.write_bytes(bytes(raw))
+    assert run_cli("sessions", "--db", str(db_path)).returncode == 0  # the listing does not read samples
+    _one_line_exit_2(run_cli("show", str(sid), "--db", str(db_path)), "damaged", "recover")
+
+
+# ---- item 11 (store): listing never creates, and what is created is private ----------------------
+def test_listing_commands_never_create_the_database_or_its_folders(tmp_path):
+    env = {"WATTLENS_DB": "", "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    r = run_cli("sessions", env=env)
+    assert r.returncode == 0 and "no sessions yet" in r.stdout
+    r = run_cli("sessions", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+    _one_line_exit_2(run_cli("show", "1", env=env), "no sessions yet", "wattlens attach")
+    _one_line_exit_2(run_cli("report", "1", "--format", "md", "-o", str(tmp_path / "r.md"), env=env), "no sessions yet")
+    _one_line_exit_2(run_cli("advise", "1", env=env), "no sessions yet")
+    r = run_cli("doctor", "--json", env=env)
+    assert r.returncode == 0 and "none yet" in json.dumps(json.loads(r.stdout)["checks"])
+    nested = tmp_path / "a" / "b" / "w.db"
+    assert run_cli("sessions", "--db", str(nested)).returncode == 0
+    assert not (tmp_path / "xdg").exists() and not (tmp_path / "a").exists() and not (tmp_path / "r.md").exists()
+
+
+def test_the_default_data_folder_is_private_and_a_users_own_file_keeps_its_mode(tmp_path, monkeypatch):
+    monkeypatch.delenv("WATTLENS_DB")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    store = Store()
+    _session(store)
+    folder = tmp_path / "xdg" / "wattlens"
+    assert store.path.parent == folder
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for p in (store.path, Path(f"{store.path}-wal"), Path(f"{store.path}-shm")):
+        assert p.stat().st_mode & 0o777 == 0o600, p
+    store.close()
+    mine = tmp_path / "shared.db"
+    Store(mine).close()
+    mine.chmod(0o644)  # the user chose to share it
+    Store(mine).close()
+    assert mine.stat().st_mode & 0o777 == 0o644
+
+
+# ---- a read-only database file -------------------------------------------------------------------
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any file: a read-only file cannot be made")
+def test_a_read_only_database_is_listed_and_refused_for_writing(db_path):
+    store = Store(db_path)
+    sid = _session(store)
+    store.close()
+    db_path.chmod(0o444)
+    before = db_path.read_bytes()
+    assert _listed_ids(db_path) == [sid]
+    _one_line_exit_2(run_cli("attach", str(os.getpid()), "--duration", "1", "--db", str(db_path)), "read-only")
+    assert db_path.read_bytes() == before
+
+
+def test_a_database_on_a_read_only_mount_is_refused_in_one_line_and_untouched(tmp_path):
+    """As root (who may write any file): a database on a read-only bind mount. SQLite cannot read a
+    WAL database there (it must create the -shm file), so even listing is refused, in one line."""
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    store = Store(src / "w.db")
+    sid = _session(store)
+    store.close()
+    r = subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(ro)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot make a read-only bind mount here ({r.stderr.strip() or r.returncode})")
+    try:
+        before = _hash_folder(src)
+        assert sid
+        _one_line_exit_2(run_cli("sessions", "--db", str(ro / "w.db")), "read-only", "writable folder")
+        _one_line_exit_2(run_cli("attach", str(os.getpid()), "--duration", "1", "--db", str(ro / "w.db")),
+                         "read-only")
+        assert _hash_folder(src) == before
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)

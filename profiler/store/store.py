@@ -23,11 +23,23 @@ import numpy as np
 import psutil
 from sqlalchemy import create_engine, delete, event, func, insert, inspect, select, update
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import (ArgumentError, DatabaseError, IntegrityError, NoSuchModuleError, OperationalError,
-                            ProgrammingError)
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 
-from wattlens.profiler.errors import (BadInputError, CorruptDatabaseError, NoDatabaseError, SessionNotFoundError,
-                                      StoreError, WattlensError)
+from wattlens.profiler.errors import (
+    BadInputError,
+    CorruptDatabaseError,
+    NoDatabaseError,
+    SessionNotFoundError,
+    StoreError,
+    WattlensError,
+)
 from wattlens.profiler.records import EventRecord, LayerCost, SeriesSpec, StepRecord
 from wattlens.profiler.store import models as m
 from wattlens.profiler.summary import summarize
@@ -66,9 +78,9 @@ def _probe_sqlite_file(path: Path, display: str) -> str:
         st = path.stat()
     except FileNotFoundError:
         return "missing"
-    except OSError as exc:
-        raise StoreError(f"cannot read database {display}: {exc.strerror or exc}",
-                         hint="fix its permissions or choose another file with --db") from None
+    except OSError as exc:  # a folder on the way is a file, or may not be searched
+        raise StoreError(f"cannot use database {display}: {exc.strerror or exc}",
+                         hint="fix the permissions or choose a writable location with --db PATH (or WATTLENS_DB)") from None
     if stat.S_ISDIR(st.st_mode):
         raise CorruptDatabaseError(f"{display} is a folder, not a database file", hint=DB_FIX)
     if not stat.S_ISREG(st.st_mode):
@@ -86,6 +98,13 @@ def _probe_sqlite_file(path: Path, display: str) -> str:
     try:
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.OperationalError as exc:  # cannot open: permissions, locks, a read-only folder
+            if not os.access(path.parent, os.W_OK):
+                raise StoreError(f"cannot read database {display}: its folder is read-only and SQLite must "
+                                 f"create {path.name}-shm beside it",
+                                 hint="copy the file to a writable folder and pass that with --db") from None
+            raise StoreError(f"cannot open database {display}: {exc}",
+                             hint="check its permissions and that nothing else holds it locked") from None
         except sqlite3.DatabaseError as exc:
             if "not a database" in str(exc):
                 raise CorruptDatabaseError(f"{display} is not a wattlens database (not an SQLite file)",
@@ -161,10 +180,13 @@ class Store:
         state = self._probe(create) if self.path is not None else None
         try:
             self.engine: Engine = create_engine(self.url, future=True)
-        except (NoSuchModuleError, ImportError) as exc:
-            raise BadInputError(f"cannot use database {self.display_name}: {exc}",
-                                hint=f"install the driver for '{url.drivername}', or pass a file path "
-                                     "or a sqlite:/// or postgresql+psycopg:// URL to --db") from None
+        except NoSuchModuleError:
+            raise BadInputError(f"--db {self.display_name}: '{url.drivername}' is not a kind of database wattlens "
+                                "can use", hint="pass a file path, sqlite:///PATH or postgresql+psycopg://…") from None
+        except ImportError as exc:
+            raise BadInputError(f"--db {self.display_name}: the driver for '{url.drivername}' is not installed "
+                                f"({exc})", hint="install it (for PostgreSQL: pip install 'psycopg[binary]'), "
+                                "or pass a file path to --db") from None
         event.listen(self.engine, "handle_error", self._on_db_error)
         if self.is_sqlite:  # the file is ours or new (probed above): WAL may be switched on now
             event.listen(self.engine, "connect", _sqlite_pragmas)
