@@ -91,7 +91,7 @@ def _probe_sqlite_file(path: Path, display: str) -> str:
         raise StoreError(f"cannot read database {display}: permission denied",
                          hint="fix its permissions or choose another file with --db")
     try:
-        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+        con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open database {display}: {exc}",
                          hint="fix its permissions or choose another file with --db") from None
@@ -176,7 +176,8 @@ class Store:
             raise CorruptDatabaseError(f"'{db}' is neither a file path nor a database URL",
                                        hint="pass a file path or a SQLAlchemy URL to --db") from None
         self.is_sqlite = url.get_backend_name() == "sqlite"
-        self.path: Path | None = Path(url.database) if self.is_sqlite and url.database else None
+        in_memory = not url.database or url.database == ":memory:"
+        self.path: Path | None = Path(url.database) if self.is_sqlite and not in_memory else None
         state = self._probe(create) if self.path is not None else None
         try:
             self.engine: Engine = create_engine(self.url, future=True)
