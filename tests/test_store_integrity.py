@@ -472,3 +472,24 @@ def test_a_database_on_a_read_only_mount_is_refused_in_one_line_and_untouched(tm
         assert _hash_folder(src) == before
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_a_writer_that_cannot_write_holds_at_most_max_pending_samples_and_counts_the_rest(db_path):
+    from wattlens.profiler.records import SamplePoint
+    from wattlens.profiler.store.writer import StoreWriter
+
+    store = Store(db_path)
+    sid, series = store.create_session(
+        name="s", kind="attach", started_at=time.time(), start_ns=0,
+        sources=[{"id": "cpu-model", "kind": "cpu", "method": "estimated", "label": "CPU"}],
+        series=[SeriesSpec("cpu-model/power_w", "W", "estimated", "cpu-model")])
+    _disk_full_after(store, ok_batches=0)
+    w = StoreWriter(store, sid, series, max_pending=100)
+    w([SamplePoint("cpu-model/power_w", t, 1.0) for t in range(250)])
+    w._drain()
+    w._flush()
+    assert w.pending == 100 and w.loss.samples == 150  # the oldest went first
+    assert (w.loss.t_first_ns, w.loss.t_last_ns) == (0, 149) and "full" in w.loss.reason
+    loss = w.stop()  # the last try fails too: everything still held is lost, and counted
+    assert loss.samples == loss.records == 250 and (loss.t_first_ns, loss.t_last_ns) == (0, 249)
+    assert w.pending == 0

@@ -270,11 +270,13 @@ class QtMainWindow(QMainWindow):
     def _on_stopped(self, status: str, reason: str) -> None:
         run, model = self.run, self.live_model
         self.run, self._stopping = None, False
+        if run is not None and run.session.status == "partial":  # stored, not all of it: say what was lost
+            status, reason = run.session.status, run.session.end_reason
         if model is not None:
             model.mark_ended(status, reason)
         sid = run.session.session_id if run else "?"
         text = f"Session {sid} saved ({status}): {reason}."
-        (self.messages.show_info if status != "failed" else self.show_error)(text)
+        (self.messages.show_info if status not in ("failed", "partial") else self.show_error)(text)
         self.sessions_view.refresh()
         self.attach_view.update_buttons()
         self._update_status()
