@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import event, text
 
 from tests.conftest import run_cli
+from tests.test_report_views import SCHEMA_PATH, validate
 from wattlens.profiler.errors import CorruptDatabaseError
 from wattlens.profiler.records import SeriesSpec
 from wattlens.profiler.store import Store
@@ -274,7 +275,9 @@ def test_disk_full_stores_a_partial_session_with_what_was_lost_and_figures_from_
     assert shown_doc["summary"]["loss"] == pytest.approx(loss)
     (row,) = [r for r in session_rows(store) if r.id == sid]
     assert row.status == "partial" and row.energy_j == pytest.approx(summary["energy_j"])
-    assert build_report(store, sid)["summary"]["energy_j"] == pytest.approx(summary["energy_j"])
+    report = build_report(store, sid)
+    assert report["summary"]["energy_j"] == pytest.approx(summary["energy_j"])
+    validate(json.loads(json.dumps(report, default=str)), json.loads(SCHEMA_PATH.read_text()))
     text = run_cli("show", str(sid), "--db", str(db)).stdout
     assert "could not be written" in text and "partial" in text
 
