@@ -287,7 +287,7 @@ def test_disk_full_exit_message_says_what_was_lost(tmp_path, monkeypatch, capsys
 
     db = tmp_path / "w.db"
     store = Store(db)
-    _disk_full_after(store, ok_batches=1)
+    _disk_full_after(store, ok_batches=0)  # no sample write succeeds: a loss at any machine load
     monkeypatch.setattr(cli, "_open_store", lambda args: store)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
@@ -496,3 +496,24 @@ def test_a_writer_that_cannot_write_holds_at_most_max_pending_samples_and_counts
     loss = w.stop()  # the last try fails too: everything still held is lost, and counted
     assert loss.samples == loss.records == 250 and (loss.t_first_ns, loss.t_last_ns) == (0, 249)
     assert w.pending == 0
+
+
+def test_a_killed_profilers_session_lists_the_figures_show_computes(db_path):
+    """SIGKILL mid-session: the session reopens `interrupted` and its summary is recomputed from
+    the stored rows, so the listing and `show` agree (test_store.py checks what is kept)."""
+    import signal
+
+    from tests.test_store import CRASHER
+
+    proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(db_path)], stdout=subprocess.PIPE, text=True)
+    sid = int(proc.stdout.readline())
+    peek = Store(db_path, recover=False)
+    _wait_for(lambda: len(peek.series_data(sid).get("cpu-model/energy_j", ((), ()))[0]) >= 2, "stored samples")
+    peek.close()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    listed = {r["id"]: r for r in json.loads(run_cli("sessions", "--json", "--db", str(db_path)).stdout)}[sid]
+    shown = json.loads(run_cli("show", str(sid), "--json", "--db", str(db_path)).stdout)
+    assert listed["status"] == shown["session"]["status"] == "interrupted"
+    assert listed["energy_j"] is not None and listed["energy_j"] == pytest.approx(shown["summary"]["energy_j"])
