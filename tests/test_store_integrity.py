@@ -24,6 +24,8 @@ from wattlens.profiler.errors import CorruptDatabaseError
 from wattlens.profiler.records import SeriesSpec
 from wattlens.profiler.store import Store
 
+pytest_plugins = ["tests.gui_fixtures"]  # the real app, offscreen, for the app-level WAL test
+
 
 def _session(store, name="s"):
     sid, _ = store.create_session(
@@ -134,6 +136,52 @@ def test_sessions_recorded_while_optimize_runs_on_the_same_db_are_all_stored(tmp
     finally:
         app.communicate("\n", timeout=120)
     assert app.returncode == 0
+
+
+@pytest.mark.slow
+def test_the_app_applying_a_model_copy_while_recording_loses_no_session(make_window, qtbot, stored_db, tmp_path,
+                                                                         torch_loop, gui):
+    """The issue's scenario in the real app (Qt offscreen): the window holds the database, its
+    Doctor tab opens a second Store, "Apply to a model copy…" runs `wattlens optimize` on the same
+    file, and the app records sessions during and after it; a fresh process lists every one."""
+    from tests.test_gui_advisor import SAVE_TINY_GPT2, _add_mlp_layers, _open
+
+    _add_mlp_layers(stored_db, 2)
+    model_dir = tmp_path / "tiny-gpt2"
+    subprocess.run([sys.executable, "-c", SAVE_TINY_GPT2, str(model_dir)], check=True, timeout=120)
+    w = make_window(stored_db)
+    w.settings.update(stacks=False)
+    panel = _open(w, qtbot, 2)
+    panel.analyse_button.click()
+    qtbot.waitUntil(lambda: panel.model.analysed, timeout=60000)
+    action = next(c.rec.action for c in panel.cards if c.rec.rule == "prune-mlp")
+    panel.apply_rounds = 1
+
+    def doctor_tab() -> None:  # a second Store in the app's process, opened and closed
+        w.doctor_view.rows = []
+        w.doctor_view.refresh()
+        qtbot.waitUntil(lambda: bool(w.doctor_view.rows), timeout=60000)
+
+    saved: list[int] = []
+
+    def record() -> None:
+        w.attach(torch_loop.pid)
+        run = gui.wait_for_run(qtbot, w)
+        qtbot.waitUntil(lambda: run.session.writer.rows_written > 0, timeout=30000)
+        w.stop_session()
+        qtbot.waitUntil(lambda: w.run is None, timeout=30000)
+        assert run.session.status == "stopped"
+        saved.append(run.session.session_id)
+
+    doctor_tab()
+    panel.apply(action, model_dir, tmp_path / "tiny-gpt2-pruned")
+    record()  # while the child works on the same file
+    qtbot.waitUntil(lambda: not panel.model.applies[action].running, timeout=300000)
+    assert panel.model.applies[action].error is None, panel.model.applies[action].error
+    doctor_tab()
+    record()  # after the child closed the database
+    assert _deleted_fds(stored_db) == []
+    assert set(saved) <= set(_listed_ids(stored_db))  # seen by a fresh process, the app still open
 
 
 # ---- item 3: a foreign SQLite file is refused and left byte-identical ----------------------------
