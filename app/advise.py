@@ -34,7 +34,7 @@ def advise(store, session_id: int) -> dict:
 def advise_command(args) -> int:
     from wattlens.profiler.store import Store
 
-    store = Store(args.db)
+    store = Store(args.db, create=False)
     try:
         doc = advise(store, args.id)
     finally:

@@ -175,10 +175,11 @@ def _fmt(value, unit="", digits=3):
     return fmt(value, unit, digits)
 
 
-def _open_store(args):
+def _open_store(args, create: bool = True):
+    """``create=False`` for commands that only read: a missing database is NoDatabaseError."""
     from wattlens.profiler.store import Store
 
-    return Store(getattr(args, "db", None))
+    return Store(getattr(args, "db", None), create=create)
 
 
 def print_summary(summary: dict) -> None:
@@ -254,6 +255,10 @@ def _finish(args, summary: dict, reason: str | None = None) -> int:
     if summary.get("status") == "failed":  # e.g. the sampler stopped early: not a success
         print(f"wattlens: error: session {summary.get('session_id')} failed: {reason} — "
               "what was measured is stored; see `wattlens show ID`", file=sys.stderr)
+        return EXIT_FAILED
+    if summary.get("status") == "partial":  # stored, but not all of it: say what was lost, exit 1
+        print(f"wattlens: error: session {summary.get('session_id')} is stored as partial: "
+              f"{(summary.get('notes') or ['some records could not be written'])[-1]}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -331,7 +336,16 @@ def _run_loop(args, run, signals) -> dict:
 
 
 def cmd_sessions(args) -> int:
-    store = _open_store(args)
+    from wattlens.profiler.errors import NoDatabaseError
+
+    try:
+        store = _open_store(args, create=False)
+    except NoDatabaseError as exc:  # nothing recorded yet: an empty listing, and nothing created
+        if args.json:
+            _emit_json([])
+        else:
+            print(f"no sessions yet ({exc.message.split(': ', 1)[-1]}) — try `wattlens attach PID` or `wattlens demo`")
+        return EXIT_OK
     rows = store.sessions()
     if args.json:
         _emit_json([{k: r[k] for k in ("id", "name", "kind", "status", "target_pid", "started_at",
@@ -353,10 +367,20 @@ def cmd_sessions(args) -> int:
     return EXIT_OK
 
 
+def _open_store_with(args, session_id: int):
+    """The store of a command about one stored session; no database yet: no such session (exit 2)."""
+    from wattlens.profiler.errors import NoDatabaseError, SessionNotFoundError
+
+    try:
+        return _open_store(args, create=False)
+    except NoDatabaseError as exc:
+        raise SessionNotFoundError(f"no session {session_id}: {exc.message}", hint=exc.hint) from None
+
+
 def cmd_show(args) -> int:
     from wattlens.app.report.data import build_report
 
-    store = _open_store(args)
+    store = _open_store_with(args, args.id)
     report = build_report(store, args.id)
     if args.json:
         _emit_json(report)
@@ -375,7 +399,7 @@ def cmd_report(args) -> int:
 
     if args.what is not None and args.format != "csv":
         raise _usage("--what goes with --format csv")
-    store = _open_store(args)
+    store = _open_store_with(args, args.id)
     path = write_report(store, args.id, args.format, args.output, compare_id=args.compare,
                         grid_g_per_kwh=args.grid, what=args.what or "samples")
     print(path)

@@ -29,14 +29,17 @@ def _pyspy_check() -> dict:
 
 
 def _db_check(db) -> dict:
-    from wattlens.profiler.errors import WattlensError
+    from wattlens.profiler.errors import NoDatabaseError, WattlensError
     from wattlens.profiler.store import Store, resolve_db
 
     try:
-        store = Store(db)
+        store = Store(db, create=False)  # looking never creates it
         n = len(store.sessions())
         store.close()
         return {"name": "database", "ok": True, "detail": f"{resolve_db(db)} ({n} sessions)"}
+    except NoDatabaseError:
+        return {"name": "database", "ok": True,
+                "detail": f"{resolve_db(db)} (none yet: the first session creates it)"}
     except WattlensError as exc:
         return {"name": "database", "ok": False, "detail": exc.message, "fix": exc.hint}
 

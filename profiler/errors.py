@@ -51,6 +51,12 @@ class CorruptDatabaseError(StoreError, BadInputError):
     exit_code = 2
 
 
+class NoDatabaseError(StoreError, BadInputError):
+    """A command that only reads found no database: nothing was created (exit code 2)."""
+
+    exit_code = 2
+
+
 class SessionNotFoundError(BadInputError):
     """No session with that id in the database."""
 

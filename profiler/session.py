@@ -26,12 +26,27 @@ from wattlens.profiler.ring import RingBuffers
 from wattlens.profiler.sampler import Sampler
 from wattlens.profiler.sources import Discovery, discover, source_dict
 from wattlens.profiler.store import Store
-from wattlens.profiler.store.writer import StoreWriter
+from wattlens.profiler.store.writer import StoreWriter, WriteLoss
 from wattlens.profiler.summary import summarize
 
 log = logging.getLogger(__name__)
 
-END_STATUSES = ("completed", "stopped", "target-exited", "interrupted", "failed")
+END_STATUSES = ("completed", "stopped", "target-exited", "interrupted", "failed", "partial")
+
+
+def loss_dict(loss: WriteLoss, start_ns: int) -> dict:
+    """What a partial session lost, in session seconds (stored in its summary as ``loss``)."""
+    return {"records": loss.records, "samples": loss.samples, "reason": loss.reason,
+            "from_s": (loss.t_first_ns - start_ns) / 1e9 if loss.t_first_ns is not None else None,
+            "to_s": (loss.t_last_ns - start_ns) / 1e9 if loss.t_last_ns is not None else None}
+
+
+def loss_text(loss: WriteLoss, start_ns: int) -> str:
+    d = loss_dict(loss, start_ns)
+    span = f" from {d['from_s']:.1f} s to {d['to_s']:.1f} s" if d["from_s"] is not None else ""
+    other = loss.records - loss.samples
+    return (f"{loss.samples} samples{span}" + (f" and {other} other records" if other else "")
+            + f" could not be written ({loss.reason}) and are lost; the figures cover what was stored")
 
 
 def hardware_info(discovery: Discovery) -> dict:
@@ -241,11 +256,11 @@ class ProfilingSession:
             status, reason = "failed", f"{reason}; but {failure}, the samples taken before are kept"
         self.status, self.end_reason = status, reason
         write_error: StoreError | None = None
-        try:
-            if self.writer is not None:
-                self.writer.stop()
-        except StoreError as exc:
-            write_error = exc
+        loss = self.writer.stop() if self.writer is not None else None
+        if loss is not None:  # some records could not be written: say so in the status and the reason
+            lost = loss_text(loss, self.start_ns)
+            status, reason = "partial", (f"{reason}; {lost}" if reason else lost)
+            self.status, self.end_reason = status, reason
         session = {"id": self.session_id, "name": self.name, "status": status, "duration_s": duration_s,
                    "target_pid": self.target.pid if self.target else None,
                    "sources": [source_dict(s, covers_cpu=bool(getattr(getattr(s, "device", None), "covers_cpu", False)))
@@ -254,17 +269,27 @@ class ProfilingSession:
         self.summary = summarize(session, live, reasons=self.sampler.reasons if self.sampler else None,
                                  grid_g_per_kwh=self.grid_g_per_kwh)
         try:
+            # a partial session's figures come from what was stored, as `show` and reports compute them
+            series = self.store.series_data(self.session_id) if loss is not None else live
             steps = self.store.steps(self.session_id)
             layers = self.store.layer_costs(self.session_id)
-            if steps or layers:
-                self.summary = summarize(session, live, steps, layers,
+            if steps or layers or loss is not None:
+                self.summary = summarize(session, series, steps, layers,
                                          reasons=self.sampler.reasons if self.sampler else None,
                                          grid_g_per_kwh=self.grid_g_per_kwh)
             self.summary["notes"] = list(self.notes)
+            if loss is not None:
+                self.summary["loss"] = loss_dict(loss, self.start_ns)
+                self.summary["notes"].append(lost)
             self.store.finish_session(self.session_id, status=status, end_reason=reason, ended_at=ended_at,
                                       duration_s=duration_s, summary=self.summary)
         except StoreError as exc:
-            write_error = write_error or exc
+            write_error = exc
+            if loss is not None:
+                write_error = StoreError(
+                    f"session {self.session_id}: {lost}, and the session could not "
+                    f"be finished ({exc.message})", hint="free some space; the session reopens as 'interrupted' "
+                    "with the data stored until then")
         for src in self.discovery.usable:
             src.close()
         if write_error is not None:

@@ -23,6 +23,8 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
     summary = summarize(session, series, steps, layers, grid_g_per_kwh=grid_g_per_kwh)
     stored = session.get("summary") or {}
     summary["notes"] = stored.get("notes", [])
+    if stored.get("loss"):  # a partial session: what could not be written (the figures cover the rest)
+        summary["loss"] = stored["loss"]
     report = {
         "schema": "wattlens-report",
         "schema_version": REPORT_SCHEMA_VERSION,

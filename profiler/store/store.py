@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -22,14 +23,31 @@ import numpy as np
 import psutil
 from sqlalchemy import create_engine, delete, event, func, insert, inspect, select, update
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 
-from wattlens.profiler.errors import CorruptDatabaseError, SessionNotFoundError, StoreError
+from wattlens.profiler.errors import (
+    BadInputError,
+    CorruptDatabaseError,
+    NoDatabaseError,
+    SessionNotFoundError,
+    StoreError,
+    WattlensError,
+)
 from wattlens.profiler.records import EventRecord, LayerCost, SeriesSpec, StepRecord
 from wattlens.profiler.store import models as m
+from wattlens.profiler.summary import summarize
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 DB_FIX = "choose another file with --db PATH (or WATTLENS_DB); the file was left untouched"
+NO_DB_HINT = "record one with `wattlens attach PID`, `wattlens run -- COMMAND` or `wattlens demo`"
+DAMAGED_HINT = ("restore it from a backup, or salvage it with `sqlite3 FILE .recover`, and use another "
+                "file with --db meanwhile")
 
 
 def default_db_path() -> Path:
@@ -47,30 +65,97 @@ def resolve_db(db: str | os.PathLike | None) -> str:
     return f"sqlite:///{Path(text).expanduser().absolute()}"
 
 
-def _check_sqlite_file(path: Path) -> None:
-    """Refuse a file that exists but is not SQLite; create the folder for a new one."""
-    if path.exists():
-        if path.is_dir():
-            raise CorruptDatabaseError(f"{path} is a folder, not a database file", hint=DB_FIX)
-        try:
-            with path.open("rb") as f:
-                header = f.read(16)
-        except PermissionError:
-            raise StoreError(f"cannot read database {path}: permission denied",
-                             hint="fix its permissions or choose another file with --db") from None
-        if header and header != SQLITE_HEADER:
-            raise CorruptDatabaseError(f"{path} is not a wattlens database (not an SQLite file)", hint=DB_FIX)
-        if not os.access(path, os.W_OK):
-            raise StoreError(f"database {path} is read-only",
-                             hint="fix its permissions or choose another file with --db")
-        return
+def _probe_sqlite_file(path: Path, display: str) -> str:
+    """What the file at ``path`` is: "missing", "empty" (0 bytes or no tables) or "ours"; raises a
+    one-line error for anything else.
+
+    Only SQLite ever opens the file, read-only and without any pragma: closing a descriptor that
+    Python opened on a database file would drop every POSIX lock this process holds on it (SQLite,
+    "How To Corrupt An SQLite Database File" §2.2) and let another process delete the WAL a live
+    connection here still writes to. SQLite tracks its own descriptors per inode and never does that.
+    """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:  # a folder on the way is a file, or may not be searched
+        raise StoreError(f"cannot use database {display}: {exc.strerror or exc}",
+                         hint="fix the permissions or choose a writable location with --db PATH (or WATTLENS_DB)") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CorruptDatabaseError(f"{display} is a folder, not a database file", hint=DB_FIX)
+    if not stat.S_ISREG(st.st_mode):
+        raise CorruptDatabaseError(f"{display} is not a regular file", hint=DB_FIX)
+    if st.st_size == 0:
+        return "empty"
+    if not os.access(path, os.R_OK):
+        raise StoreError(f"cannot read database {display}: permission denied",
+                         hint="fix its permissions or choose another file with --db")
+    try:
+        con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {display}: {exc}",
+                         hint="fix its permissions or choose another file with --db") from None
+    try:
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.OperationalError as exc:  # cannot open: permissions, locks, a read-only folder
+            if not os.access(path.parent, os.W_OK):
+                raise StoreError(f"cannot read database {display}: its folder is read-only and SQLite must "
+                                 f"create {path.name}-shm beside it",
+                                 hint="copy the file to a writable folder and pass that with --db") from None
+            raise StoreError(f"cannot open database {display}: {exc}",
+                             hint="check its permissions and that nothing else holds it locked") from None
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise CorruptDatabaseError(f"{display} is not a wattlens database (not an SQLite file)",
+                                           hint=DB_FIX) from None
+            raise _damaged(display, exc) from None
+        if not tables:
+            return "empty"
+        if "meta" not in tables:
+            raise CorruptDatabaseError(f"{display} is a database of another program "
+                                       f"(tables: {', '.join(sorted(tables)[:5])})", hint=DB_FIX)
+        try:
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            if "no such column" in str(exc):
+                raise CorruptDatabaseError(f"{display} is a database of another program", hint=DB_FIX) from None
+            raise _damaged(display, exc) from None
+    finally:
+        con.close()
+    check_meta(meta, display)
+    return "ours"
+
+
+def check_meta(meta: dict, display: str) -> None:
+    """Refuse another program's database, a newer schema, or a meta table that makes no sense."""
+    if meta.get("app") != m.APP_ID:
+        raise CorruptDatabaseError(f"{display} is a database of another program", hint=DB_FIX)
+    raw = meta.get("schema_version", "0")
+    try:
+        version = int(raw)
+    except (TypeError, ValueError):
+        raise CorruptDatabaseError(f"{display} has a damaged schema version ({str(raw)[:40]!r} is not a number)",
+                                   hint=DAMAGED_HINT) from None
+    if version > m.SCHEMA_VERSION:
+        raise CorruptDatabaseError(
+            f"{display} was written by a newer wattlens (schema {version}, this one reads "
+            f"{m.SCHEMA_VERSION})", hint="upgrade wattlens, or use another file with --db")
+
+
+def _damaged(display: str, exc: BaseException) -> CorruptDatabaseError:
+    return CorruptDatabaseError(f"{display} is damaged ({exc})", hint=DAMAGED_HINT)
+
+
+def _make_folder(folder: Path, display: str) -> None:
+    """Create the database's folder (private: 0700, sessions hold command lines and folders)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        raise StoreError(f"cannot create the folder for database {path}: {exc.strerror or exc}",
+        raise StoreError(f"cannot create the folder for database {display}: {exc.strerror or exc}",
                          hint="choose a writable location with --db PATH (or WATTLENS_DB)") from None
-    if not os.access(path.parent, os.W_OK):
-        raise StoreError(f"cannot create database {path}: folder {path.parent} is not writable",
+    if not os.access(folder, os.W_OK):
+        raise StoreError(f"cannot create database {display}: folder {folder} is not writable",
                          hint="choose a writable location with --db PATH (or WATTLENS_DB)")
 
 
@@ -79,7 +164,11 @@ def _json(value) -> str:
 
 
 class Store:
-    def __init__(self, db: str | os.PathLike | None = None, *, recover: bool = True):
+    """``create=False`` is for commands that only read (``sessions``, ``show``, ``report``,
+    ``advise``, ``doctor``): a missing database is then :class:`NoDatabaseError` and nothing is
+    created; a read-only file can be read."""
+
+    def __init__(self, db: str | os.PathLike | None = None, *, recover: bool = True, create: bool = True):
         self.url = resolve_db(db)
         try:
             url = make_url(self.url)
@@ -87,19 +176,23 @@ class Store:
             raise CorruptDatabaseError(f"'{db}' is neither a file path nor a database URL",
                                        hint="pass a file path or a SQLAlchemy URL to --db") from None
         self.is_sqlite = url.get_backend_name() == "sqlite"
-        self.path: Path | None = Path(url.database) if self.is_sqlite and url.database else None
-        if self.path is not None:
-            try:
-                _check_sqlite_file(self.path)
-            except StoreError as exc:
-                if not isinstance(exc, CorruptDatabaseError):
-                    exc.exit_code = 2
-                raise
-        self.engine: Engine = create_engine(self.url, future=True)
-        if self.is_sqlite:
+        in_memory = not url.database or url.database == ":memory:"
+        self.path: Path | None = Path(url.database) if self.is_sqlite and not in_memory else None
+        state = self._probe(create) if self.path is not None else None
+        try:
+            self.engine: Engine = create_engine(self.url, future=True)
+        except NoSuchModuleError:
+            raise BadInputError(f"--db {self.display_name}: '{url.drivername}' is not a kind of database wattlens "
+                                "can use", hint="pass a file path, sqlite:///PATH or postgresql+psycopg://…") from None
+        except ImportError as exc:
+            raise BadInputError(f"--db {self.display_name}: the driver for '{url.drivername}' is not installed "
+                                f"({exc})", hint="install it (for PostgreSQL: pip install 'psycopg[binary]'), "
+                                "or pass a file path to --db") from None
+        event.listen(self.engine, "handle_error", self._on_db_error)
+        if self.is_sqlite:  # the file is ours or new (probed above): WAL may be switched on now
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            self._open_schema()
+            self._open_schema(state)
         except (DatabaseError, sqlite3.DatabaseError) as exc:
             self.engine.dispose()
             text = str(getattr(exc, "orig", exc))
@@ -108,41 +201,90 @@ class Store:
                                            hint=DB_FIX) from None
             raise StoreError(f"cannot open database {self.display_name}: {text}",
                              hint="check the path/URL and that nothing else holds it locked") from None
+        except WattlensError:
+            self.engine.dispose()
+            raise
+        if state == "missing":
+            _make_private(self.path)
         if recover:
-            self.recover_interrupted()
+            try:
+                self.recover_interrupted()
+            except StoreError:
+                if create:
+                    raise  # a reader of a read-only file still reads; a writer must be told
+
+    def _probe(self, create: bool) -> str:
+        try:
+            state = _probe_sqlite_file(self.path, str(self.path))
+            if state == "missing":
+                if not create:
+                    raise NoDatabaseError(f"there are no sessions yet: {self.path} does not exist", hint=NO_DB_HINT)
+                _make_folder(self.path.parent, str(self.path))
+            elif create and not os.access(self.path, os.W_OK):
+                raise StoreError(f"database {self.path} is read-only",
+                                 hint="fix its permissions or choose another file with --db")
+        except StoreError as exc:
+            exc.exit_code = 2  # a path that cannot be used is bad input
+            raise
+        return state
 
     @property
     def display_name(self) -> str:
         return str(self.path) if self.path is not None else make_url(self.url).render_as_string(hide_password=True)
 
+    def _on_db_error(self, ctx) -> None:
+        """Every SQL error, reads included, becomes one line that says what to do."""
+        if isinstance(ctx.sqlalchemy_exception, OperationalError) or isinstance(
+                ctx.original_exception, sqlite3.OperationalError):
+            raise _map_operational(self, ctx.original_exception)
+        text = str(ctx.original_exception)
+        if "malformed" in text or "not a database" in text or "corrupt" in text:
+            raise _damaged(self.display_name, ctx.original_exception)
+
     # ---- schema -------------------------------------------------------------------------------
-    def _open_schema(self) -> None:
+    def _open_schema(self, state: str | None) -> None:
+        """``state``: the probe's finding for an SQLite file (which already checked meta), None for a
+        server database (checked here). Missing tables are created under an exclusive lock, so
+        processes opening a new database at once do not race."""
         tables = set(inspect(self.engine).get_table_names())
-        if not tables:
-            m.Base.metadata.create_all(self.engine)
-            with self.engine.begin() as c:
+        if state is None and tables:
+            if "meta" not in tables:
+                raise CorruptDatabaseError(f"{self.display_name} is a database of another program "
+                                           f"(tables: {', '.join(sorted(tables)[:5])})", hint=DB_FIX)
+            with self.engine.connect() as c:
+                check_meta(dict(c.execute(select(m.Meta.key, m.Meta.value)).all()), self.display_name)
+        if set(m.Base.metadata.tables) <= tables:
+            return
+        for attempt in range(3):
+            try:
+                self._create_schema()
+                return
+            except (OperationalError, IntegrityError, ProgrammingError):
+                if self.is_sqlite or attempt == 2:  # a server DB: another process created it first
+                    raise
+
+    def _create_schema(self) -> None:
+        with self.engine.connect() as c:
+            if self.is_sqlite:
+                c.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first, then look again
+            tables = set(inspect(c).get_table_names())
+            if tables and "meta" not in tables:
+                raise CorruptDatabaseError(f"{self.display_name} is a database of another program", hint=DB_FIX)
+            if "meta" in tables:
+                check_meta(dict(c.execute(select(m.Meta.key, m.Meta.value)).all()), self.display_name)
+            m.Base.metadata.create_all(c)  # only the tables that are missing (added since: same version)
+            if "meta" not in tables:
                 c.execute(insert(m.Meta), [
                     {"key": "app", "value": m.APP_ID},
                     {"key": "schema_version", "value": str(m.SCHEMA_VERSION)},
                     {"key": "created_at", "value": str(time.time())},
                 ])
-            return
-        if "meta" not in tables:
-            raise CorruptDatabaseError(f"{self.display_name} is a database of another program "
-                                       f"(tables: {', '.join(sorted(tables)[:5])})", hint=DB_FIX)
-        with self.engine.connect() as c:
-            meta = dict(c.execute(select(m.Meta.key, m.Meta.value)).all())
-        if meta.get("app") != m.APP_ID:
-            raise CorruptDatabaseError(f"{self.display_name} is a database of another program", hint=DB_FIX)
-        version = int(meta.get("schema_version", "0"))
-        if version > m.SCHEMA_VERSION:
-            raise CorruptDatabaseError(
-                f"{self.display_name} was written by a newer wattlens (schema {version}, this one reads "
-                f"{m.SCHEMA_VERSION})", hint="upgrade wattlens, or use another file with --db")
-        m.Base.metadata.create_all(self.engine)  # tables added since (same version) appear here
-        if version < m.SCHEMA_VERSION:  # additive changes only so far: the new tables now exist
-            with self.engine.begin() as c:
-                c.execute(update(m.Meta).where(m.Meta.key == "schema_version").values(value=str(m.SCHEMA_VERSION)))
+            else:
+                meta = dict(c.execute(select(m.Meta.key, m.Meta.value)).all())
+                if int(meta.get("schema_version", "0")) < m.SCHEMA_VERSION:  # additive so far: tables now exist
+                    c.execute(update(m.Meta).where(m.Meta.key == "schema_version")
+                              .values(value=str(m.SCHEMA_VERSION)))
+            c.commit()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -231,8 +373,14 @@ class Store:
                     status="interrupted", ended_at=started_at + duration_s, duration_s=duration_s,
                     end_reason="the profiler stopped without finishing the session (killed or crashed); "
                                "data up to its last commit is kept"))
+            self.set_summary(sid, self.stored_summary(sid))  # the listing shows what `show` computes
             fixed.append(sid)
         return fixed
+
+    def stored_summary(self, session_id: int) -> dict:
+        """The session's figures recomputed from its stored rows (what `show` and reports show)."""
+        return summarize(self.session(session_id), self.series_data(session_id), self.steps(session_id),
+                         self.layer_costs(session_id))
 
     def sessions(self) -> list[dict]:
         with self.engine.connect() as c:
@@ -423,8 +571,9 @@ def _Tx(store: Store):
 def _map_operational(store: Store, exc: OperationalError) -> StoreError:
     text = str(getattr(exc, "orig", exc))
     if "full" in text:
-        return StoreError(f"the disk holding {store.display_name} is full; samples are kept in memory",
-                          hint="free some space (the session keeps running and retries)")
+        return StoreError(f"the disk holding {store.display_name} is full",
+                          hint="free some space (a running session holds unwritten samples in memory and "
+                               "retries until it ends)")
     if "locked" in text or "busy" in text:
         return StoreError(f"database {store.display_name} is locked by another program",
                           hint="close the other program or use another file with --db")
@@ -436,11 +585,22 @@ def _map_operational(store: Store, exc: OperationalError) -> StoreError:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=5000")  # first: switching to WAL waits for other openers too
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
+
+
+def _make_private(path: Path) -> None:
+    """A database this process just created: owner-only (0600), like its -wal and -shm files
+    (sessions hold command lines and working folders). chmod, never open: see _probe_sqlite_file."""
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if p.exists() and p.stat().st_uid == os.getuid():
+                p.chmod(0o600)
+        except OSError:
+            pass
 
 
 def _process_alive(pid: int, create_time: float | None) -> bool:

@@ -3,7 +3,9 @@
 The sampler, the stack sampler and the agent link put records on its queue from their own
 threads; the writer batches them and commits at least once a second, so a profiler killed with
 SIGKILL loses at most the last second. A failed write (disk full, database locked) keeps the batch
-in memory and retries; nothing is dropped silently.
+in memory and retries until the session ends. Nothing is dropped silently: what still cannot be
+written when it stops (or the oldest records beyond ``max_pending`` held in memory) is counted in
+``loss`` (records, samples and their time span), which makes the session ``partial``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass
 
 from wattlens.profiler.errors import StoreError
 from wattlens.profiler.records import EventRecord, LayerCost, SamplePoint, SeriesSpec, StepRecord
@@ -19,14 +22,35 @@ from wattlens.profiler.records import EventRecord, LayerCost, SamplePoint, Serie
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class WriteLoss:
+    """Records the writer had to give up: counts and the span of the lost samples (monotonic ns)."""
+
+    records: int = 0
+    samples: int = 0
+    t_first_ns: int | None = None
+    t_last_ns: int | None = None
+    reason: str = ""
+
+    def add_samples(self, rows: list[tuple[int, int, float]]) -> None:
+        if not rows:
+            return
+        ts = [r[1] for r in rows]
+        lo, hi = min(ts), max(ts)
+        self.samples += len(rows)
+        self.t_first_ns = lo if self.t_first_ns is None else min(self.t_first_ns, lo)
+        self.t_last_ns = hi if self.t_last_ns is None else max(self.t_last_ns, hi)
+
+
 class StoreWriter:
     def __init__(self, store, session_id: int, series_ids: dict[str, int], *,
-                 commit_interval_s: float = 0.5, max_batch: int = 20_000):
+                 commit_interval_s: float = 0.5, max_batch: int = 20_000, max_pending: int = 2_000_000):
         self.store = store
         self.session_id = session_id
         self.series_ids = dict(series_ids)
         self.commit_interval_s = commit_interval_s
         self.max_batch = max_batch
+        self.max_pending = max_pending
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -36,6 +60,7 @@ class StoreWriter:
         self._events: list[EventRecord] = []
         self.last_error: StoreError | None = None
         self.rows_written = 0
+        self.loss: WriteLoss | None = None  # set once something could not be written
 
     # ---- producers (any thread) ----------------------------------------------------------------
     def __call__(self, points: list[SamplePoint]) -> None:
@@ -49,8 +74,9 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._run, name="wattlens-store-writer", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Drain the queue and write everything; raises StoreError if the last write fails."""
+    def stop(self) -> WriteLoss | None:
+        """Drain the queue and write everything. What the last try cannot write is given up and
+        counted: returns ``loss`` (None when everything was stored)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -58,7 +84,21 @@ class StoreWriter:
         self._drain()
         self._flush()
         if self.pending:
-            raise self.last_error or StoreError("some samples could not be written")
+            self._give_up(len(self._samples))
+        return self.loss
+
+    def _give_up(self, n_samples: int) -> None:
+        """Drop the oldest ``n_samples`` samples (and, when all of them go, the other records)."""
+        loss = self.loss or WriteLoss()
+        dropped, self._samples = self._samples[:n_samples], self._samples[n_samples:]
+        loss.add_samples(dropped)
+        loss.records += len(dropped)
+        if not self._samples:
+            loss.records += len(self._layers) + len(self._steps) + len(self._events)
+            self._layers, self._steps, self._events = [], [], []
+        loss.reason = self.last_error.message if self.last_error is not None else "the database could not be written"
+        self.loss = loss
+        log.error("%d records could not be written and are lost (%s)", loss.records, loss.reason)
 
     @property
     def pending(self) -> int:
@@ -92,7 +132,14 @@ class StoreWriter:
         elif isinstance(item, SamplePoint):
             sid = self.series_ids.get(item.key)
             if sid is None:
-                sid = self._register(item.key)
+                try:
+                    sid = self._register(item.key)
+                except StoreError as exc:  # a new series cannot even be registered: count the sample
+                    self.last_error = exc
+                    self.loss = self.loss or WriteLoss(reason=exc.message)
+                    self.loss.add_samples([(0, item.t_ns, item.value)])
+                    self.loss.records += 1
+                    return
             self._samples.append((sid, item.t_ns, item.value))
         elif isinstance(item, LayerCost):
             self._layers.append(item)
@@ -120,6 +167,8 @@ class StoreWriter:
             if self.last_error is None or str(exc) != str(self.last_error):
                 log.error("%s", exc)
             self.last_error = exc
+            if len(self._samples) > self.max_pending:  # memory is bounded too: the oldest go first
+                self._give_up(len(self._samples) - self.max_pending)
             return
         self.rows_written += self.pending
         self._samples, self._layers, self._steps, self._events = [], [], [], []

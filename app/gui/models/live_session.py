@@ -99,11 +99,13 @@ class LiveSession:
         """(message, is_error) once the session is saved."""
         run, model = self.run, self.model
         self.run, self.stopping = None, False
+        if run is not None and run.session.status == "partial":  # stored, not all of it: say what was lost
+            status, reason = run.session.status, run.session.end_reason
         if model is not None:
             model.mark_ended(status, reason)
         self.changed.emit()
         sid = run.session.session_id if run else "?"
-        return f"Session {sid} saved ({status}): {reason}.", status == "failed"
+        return f"Session {sid} saved ({status}): {reason}.", status in ("failed", "partial")
 
     def stop_failed(self, exc: BaseException) -> str:
         model = self.model
