@@ -192,6 +192,10 @@ class ProfilingSession:
                 self.stack_sampler.stop()
             except Exception:  # noqa: BLE001
                 log.exception("stack sampler did not stop cleanly")
+            else:  # how many stack reads were lost and how that was handled, for show/report
+                message = self.stack_sampler.loss_message()
+                self.notes.append(message)
+                self.event("stack-reads", message, **self.stack_sampler.loss.summary())
         if self.sampler is not None:
             self.sampler.stop()
         ended_at = time.time()
