@@ -196,6 +196,10 @@ class ProfilingSession:
                 message = self.stack_sampler.loss_message()
                 self.notes.append(message)
                 self.event("stack-reads", message, **self.stack_sampler.loss.summary())
+                backward = self.stack_sampler.backward_message()
+                if backward is not None:
+                    self.notes.append(backward)
+                    self.event("backward-ops", backward, ops=dict(self.stack_sampler.backward_ops))
         if self.sampler is not None:
             self.sampler.stop()
         ended_at = time.time()

@@ -99,3 +99,11 @@ def test_sampler_drops_torn_reads_and_adds_them_to_the_lost_reads():
     assert sampler.loss.torn == 4 and sampler.loss.failed == 6
     message = sampler.loss_message()
     assert "10 of" in message and "4 torn" in message and "calibration" in message
+
+
+def test_a_path_torn_below_the_root_is_dropped():
+    real = Attribution(("Llama", "Layer", "MLP", "Linear"))
+    rootless = Attribution(("Layer", "MLP", "Linear"))
+    guard = TreeGuard()
+    kept, dropped = guard.filter(Counter({real: 900, rootless: 1}))
+    assert dropped == 1 and rootless not in kept and kept[real] == 900

@@ -46,13 +46,27 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.records import LayerCost
 from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
-from wattlens.profiler.stacks.parse import SourceIndex, SourceResolver, aggregate, window_counts
+from wattlens.profiler.stacks.native import (
+    NATIVE_RATE_HZ,
+    NATIVE_WINDOW_S,
+    backward_ops,
+    op_shares,
+    split_backward,
+)
+from wattlens.profiler.stacks.parse import (
+    BUCKET_BACKWARD,
+    SourceIndex,
+    SourceResolver,
+    aggregate,
+    window_counts,
+)
 from wattlens.profiler.stacks.tree import TreeGuard
 
 log = logging.getLogger(__name__)
@@ -203,6 +217,7 @@ class StackSampler:
         source_resolver: SourceResolver | None = None,
         nonblocking: bool = DEFAULT_NONBLOCKING,
         calibration_hz: int = CALIBRATION_RATE_HZ,
+        native_hz: int = NATIVE_RATE_HZ,
     ):
         if not 1 <= rate_hz <= 1000 or rate_hz != int(rate_hz):
             raise BadInputError(
@@ -222,6 +237,11 @@ class StackSampler:
         self.calibration_hz = int(calibration_hz) if nonblocking and calibration_hz > 0 else 0
         self.loss = LossAccount()
         self.tree = TreeGuard()
+        # native (C++) reads that split the backward by autograd op; started on the first backward
+        self.native_hz = int(native_hz) if native_hz > 0 else 0
+        self.backward_ops: Counter[str] = Counter()
+        self._native_thread: threading.Thread | None = None
+        self._native_proc: subprocess.Popen[str] | None = None
         self._on_window = on_window
         self._energy_between = energy_between
         self._pyspy_path = pyspy_path
@@ -281,6 +301,12 @@ class StackSampler:
     def stop(self) -> None:
         """Stop sampling; the window in progress is cut short, processed and handed over."""
         self._stop.set()
+        with self._lock:
+            native = self._native_proc
+        if native is not None and native.poll() is None:
+            native.send_signal(signal.SIGINT)  # it writes what it has read so far
+        if self._native_thread is not None:
+            self._native_thread.join(_STOP_TIMEOUT_S + 5.0)
         thread = self._thread
         if thread is not None:
             thread.join(_START_TIMEOUT_S + _STOP_TIMEOUT_S)
@@ -324,6 +350,65 @@ class StackSampler:
     def loss_message(self) -> str:
         """One line: how many stack reads were lost (failed, torn) and how that was handled."""
         return self.loss.message()
+
+    def backward_message(self) -> str | None:
+        """One line: the backward's split by autograd op, with its method and uncertainty."""
+        shares = op_shares(self.backward_ops)
+        if not shares:
+            return None
+        top = ", ".join(f"{op} {p:.0%} ± {se:.0%}" for op, (p, se) in list(shares.items())[:5])
+        return (
+            f"backward split by autograd op from {sum(self.backward_ops.values())} native "
+            f"blocking reads at {self.native_hz} Hz (estimate, binomial standard error): {top}"
+        )
+
+    # ----------------------------------------------------------------- native reads
+
+    def _maybe_start_native(self) -> None:
+        if self.native_hz and self._native_thread is None and not self._stop.is_set():
+            self._native_thread = threading.Thread(
+                target=self._native_loop, name=f"wattlens-native-{self.pid}", daemon=True
+            )
+            self._native_thread.start()
+
+    def _native_loop(self) -> None:
+        assert self._exe is not None and self._tmpdir is not None
+        out_path = os.path.join(self._tmpdir.name, "native.txt")
+        env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+        while not self._stop.is_set() and self.available:
+            cmd = [
+                self._exe, "record", "--pid", str(self.pid), "--rate", str(self.native_hz),
+                "--duration", str(NATIVE_WINDOW_S), "--format", "raw", "--native", "--threads",
+                "--full-filenames", "--output", out_path,
+            ]  # fmt: skip
+            try:
+                proc = subprocess.Popen(
+                    cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True, start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                log.warning("native py-spy could not be started: %s", exc.strerror)
+                return
+            with self._lock:
+                self._native_proc = proc
+            try:
+                _, err = proc.communicate(timeout=NATIVE_WINDOW_S + _START_TIMEOUT_S + _STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            with self._lock:
+                self._native_proc = None
+            try:
+                with open(out_path, encoding="utf-8", errors="replace") as fh:
+                    raw = fh.read()
+                os.unlink(out_path)
+            except FileNotFoundError:  # e.g. --native unsupported here: say so once, stop trying
+                log.info("no native stacks from py-spy (%s): the backward stays one bucket",
+                         err.strip().splitlines()[-1] if err.strip() else "no output")
+                return
+            ops = backward_ops(raw, self._index)
+            with self._lock:
+                self.backward_ops.update(ops)
 
     def _command(self, output: str, *, calibration: bool = False) -> list[str]:
         assert self._exe is not None
@@ -499,13 +584,19 @@ class StackSampler:
                 "energy_between(%d, %d) failed; window energy unknown", t_start_ns, t_end_ns
             )
             energy_j = None
+        counts = self._counts(raw, failed, calibration_raw)
+        if any(att.bucket == BUCKET_BACKWARD for att in counts):
+            self._maybe_start_native()  # a training job: break its backward down
         rows = aggregate(
-            self._counts(raw, failed, calibration_raw),
+            counts,
             window_start_ns=t_start_ns,
             window_end_ns=t_end_ns,
             rate_hz=self.rate_hz,
             window_energy_j=energy_j,
         )
+        with self._lock:
+            ops = Counter(self.backward_ops)
+        rows = split_backward(rows, ops)
         if self.loss.torn:
             log.debug("torn stacks dropped so far: %s", dict(self.tree.torn_paths))
         if rows:

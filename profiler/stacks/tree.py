@@ -7,6 +7,8 @@ the tree, so :class:`TreeGuard` learns it:
 
 - **trusted edges** come from the blocking calibration reads (:mod:`.lost`): the target is paused
   while they are read, so their stacks are exact, and every parent -> child step in them exists;
+- **a root** (the outermost class) must be common among all samples (:data:`MIN_EDGE_SHARE`) or
+  trusted: a stack torn under the root reads as a sub-path alone (``LlamaDecoderLayer/…``);
 - **an edge only non-blocking reads saw** is kept when it is common both under its parent (at
   least :data:`MIN_EDGE_SHARE` of the parent's samples) and
   for its child class (at least :data:`MIN_CLASS_SHARE` of all the samples in which that class
@@ -30,7 +32,7 @@ from collections.abc import Mapping
 
 from wattlens.profiler.stacks.parse import Attribution
 
-MIN_EDGE_SHARE = 0.02
+MIN_EDGE_SHARE = 0.005
 MIN_CLASS_SHARE = 0.10
 
 
@@ -51,6 +53,9 @@ class TreeGuard:
                 self.trusted.add(att.path[:depth])
 
     def _plausible(self, path: tuple[str, ...]) -> bool:
+        roots = sum(n for p, n in self.seen.items() if len(p) == 1)
+        if path[:1] not in self.trusted and self.seen[path[:1]] < MIN_EDGE_SHARE * roots:
+            return False  # a stack torn below the model's root: "Block/MLP/Linear" alone
         for depth in range(2, len(path) + 1):
             prefix = path[:depth]
             if prefix in self.trusted:
