@@ -7,15 +7,19 @@ the tree, so :class:`TreeGuard` learns it:
 
 - **trusted edges** come from the blocking calibration reads (:mod:`.lost`): the target is paused
   while they are read, so their stacks are exact, and every parent -> child step in them exists;
-- **a root** (the outermost class) must be common among all samples (:data:`MIN_EDGE_SHARE`) or
+- **a root** (the outermost class) must be common among all samples (:data:`MIN_ROOT_SHARE`) or
   trusted: a stack torn under the root reads as a sub-path alone (``LlamaDecoderLayer/…``);
-- **an edge only non-blocking reads saw** is kept when it is common both under its parent (at
-  least :data:`MIN_EDGE_SHARE` of the parent's samples) and
-  for its child class (at least :data:`MIN_CLASS_SHARE` of all the samples in which that class
-  appears), pooled over the session. A torn read is a rare accident of timing: the lower part of
-  the stack is a real path (``LlamaDecoderLayer/LlamaAttention/Linear``) glued under a parent that
-  was on the stack a moment before, so the child class is seen almost only elsewhere, while a
-  real child keeps coming back under its real parent.
+- **an edge only non-blocking reads saw** is torn when its child class is seen almost only
+  elsewhere (under :data:`MIN_CLASS_SHARE` of all the samples in which that class appears) *and*
+  the parent gives no reason to hold it: the edge is a small minority under the parent (under
+  :data:`MIN_EDGE_SHARE` of the parent's samples), or the parent's class is a leaf everywhere
+  else (it has a module below it in under :data:`MIN_PARENT_SHARE` of its samples: a norm, an
+  activation). Counts are pooled over the session. A torn read is an accident of timing: the
+  lower part of the stack is a real path (``LlamaDecoderLayer/LlamaAttention/Linear``) glued
+  under a module that was on the stack a moment before, so its child class is seen almost only
+  elsewhere and its parent is usually a short leaf module. A real but rare child (BERT's
+  prediction-head ``Linear``: few samples, ``Linear`` is everywhere) is kept: it is most of what
+  its parent does, and that parent has children.
 
 A path with any edge that is neither is dropped and counted (:attr:`TreeGuard.torn`); its samples
 become lost reads, which :class:`~wattlens.profiler.stacks.lost.LossAccount` spreads like the
@@ -32,8 +36,10 @@ from collections.abc import Mapping
 
 from wattlens.profiler.stacks.parse import Attribution
 
-MIN_EDGE_SHARE = 0.005
+MIN_EDGE_SHARE = 0.05
 MIN_CLASS_SHARE = 0.10
+MIN_ROOT_SHARE = 0.005
+MIN_PARENT_SHARE = 0.2
 
 
 class TreeGuard:
@@ -43,6 +49,7 @@ class TreeGuard:
         self.trusted: set[tuple[str, ...]] = set()  # every prefix of a calibration path
         self.seen: Counter[tuple[str, ...]] = Counter()  # inclusive non-blocking samples per prefix
         self.class_seen: Counter[str] = Counter()  # samples in which each class is on the path
+        self.class_inner: Counter[str] = Counter()  # ... with a module below it
         self.torn = 0  # samples dropped, session total
         self.torn_paths: Counter[str] = Counter()  # which paths, for the log and the tests
 
@@ -54,7 +61,7 @@ class TreeGuard:
 
     def _plausible(self, path: tuple[str, ...]) -> bool:
         roots = sum(n for p, n in self.seen.items() if len(p) == 1)
-        if path[:1] not in self.trusted and self.seen[path[:1]] < MIN_EDGE_SHARE * roots:
+        if path[:1] not in self.trusted and self.seen[path[:1]] < MIN_ROOT_SHARE * roots:
             return False  # a stack torn below the model's root: "Block/MLP/Linear" alone
         for depth in range(2, len(path) + 1):
             prefix = path[:depth]
@@ -62,10 +69,11 @@ class TreeGuard:
                 continue
             n_child = self.seen[prefix]
             n_parent = self.seen[prefix[:-1]]
-            if (
-                n_child < MIN_EDGE_SHARE * n_parent
-                or n_child < MIN_CLASS_SHARE * self.class_seen[prefix[-1]]
-            ):
+            if n_child >= MIN_CLASS_SHARE * self.class_seen[prefix[-1]]:
+                continue
+            parent_cls = prefix[-2]
+            leaf_parent = self.class_inner[parent_cls] < MIN_PARENT_SHARE * self.class_seen[parent_cls]
+            if leaf_parent or n_child < MIN_EDGE_SHARE * n_parent:
                 return False
         return True
 
@@ -80,6 +88,8 @@ class TreeGuard:
                 self.seen[att.path[:depth]] += n
             for cls in set(att.path):
                 self.class_seen[cls] += n
+            for cls in set(att.path[:-1]):
+                self.class_inner[cls] += n
         kept: Counter[Attribution] = Counter()
         dropped = 0
         for att, n in counts.items():
