@@ -55,7 +55,7 @@ class Tracker:
         emit: Callable[[dict[str, Any]], None],
         fail: Callable[[BaseException], None],
         *,
-        window_ns: int = 50_000_000,
+        window_ns: int = 100_000_000,
         count_flops: str = "auto",
         on_boundary: Callable[[], None] | None = None,
         event_factory: Callable[[], Any] | None = None,
@@ -183,6 +183,11 @@ class Tracker:
             return None
         if self._dynamo_loaded and self._is_compiling():
             return None  # being traced by torch.compile: stay out of its graph
+        self._enter(module, args)
+        return None
+
+    def _enter(self, module: Any, args: Any) -> None:
+        """The pre-hook's work, once the on/compiling checks passed (the wrapper makes them)."""
         try:
             try:
                 stack = self._tls.stack
@@ -900,11 +905,11 @@ class _CallWrapper:
     def __init__(self, module_cls: Any, tracker: Tracker) -> None:
         self._cls = module_cls
         self._orig = orig = module_cls.__call__
-        pre, post = tracker._pre, tracker._post
+        pre, post = tracker._enter, tracker._post
 
         def __call__(module: Any, *args: Any, **kwargs: Any) -> Any:
             if not tracker._on or (tracker._dynamo_loaded and tracker._is_compiling()):
-                return orig(module, *args, **kwargs)
+                return orig(module, *args, **kwargs)  # off, or torch.compile is tracing
             pre(module, args)
             try:
                 out = orig(module, *args, **kwargs)
