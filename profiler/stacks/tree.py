@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from wattlens.profiler.stacks.parse import Attribution
 
 MIN_EDGE_SHARE = 0.05
-MIN_CLASS_SHARE = 0.10
+MIN_CLASS_SHARE = 0.05
 MIN_ROOT_SHARE = 0.005
 MIN_PARENT_SHARE = 0.2
 
