@@ -29,6 +29,7 @@ from wattlens.profiler.stacks.parse import BUCKET_BACKWARD, SourceIndex, classif
 
 NATIVE_RATE_HZ = 1
 NATIVE_WINDOW_S = 20  # one py-spy per 20 s: its start-up (symbol loading) is paid rarely
+NATIVE_FIRST_WINDOW_S = 5  # but the first one short, so the split starts early in a session
 ENGINE_OTHER = "autograd engine (other)"
 PYTHON_FUNCTION = "autograd.Function (Python)"
 # A BLAS kernel straight under the Python frames: the unwinder could not get through the

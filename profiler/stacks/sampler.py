@@ -54,6 +54,7 @@ from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.records import LayerCost
 from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
 from wattlens.profiler.stacks.native import (
+    NATIVE_FIRST_WINDOW_S,
     NATIVE_RATE_HZ,
     NATIVE_WINDOW_S,
     backward_ops,
@@ -375,10 +376,11 @@ class StackSampler:
         assert self._exe is not None and self._tmpdir is not None
         out_path = os.path.join(self._tmpdir.name, "native.txt")
         env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+        duration_s = NATIVE_FIRST_WINDOW_S
         while not self._stop.is_set() and self.available:
             cmd = [
                 self._exe, "record", "--pid", str(self.pid), "--rate", str(self.native_hz),
-                "--duration", str(NATIVE_WINDOW_S), "--format", "raw", "--native", "--threads",
+                "--duration", str(duration_s), "--format", "raw", "--native", "--threads",
                 "--full-filenames", "--output", out_path,
             ]  # fmt: skip
             try:
@@ -392,7 +394,7 @@ class StackSampler:
             with self._lock:
                 self._native_proc = proc
             try:
-                _, err = proc.communicate(timeout=NATIVE_WINDOW_S + _START_TIMEOUT_S + _STOP_TIMEOUT_S)
+                _, err = proc.communicate(timeout=duration_s + _START_TIMEOUT_S + _STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 _, err = proc.communicate()
@@ -409,6 +411,7 @@ class StackSampler:
             ops = backward_ops(raw, self._index)
             with self._lock:
                 self.backward_ops.update(ops)
+            duration_s = NATIVE_WINDOW_S
 
     def _command(self, output: str, *, calibration: bool = False) -> list[str]:
         assert self._exe is not None
