@@ -847,7 +847,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite", action="store_true",
                     help="same-run comparison on gpt2, llama, bert and a training loop only "
                     "(writes benchmarks/results/stacks_arch.md)")
-    ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--archs", default=",".join(ARCHS), help='"" for the training loop only')
+    ap.add_argument("--suite-output", type=Path, default=HERE / "results" / "stacks_arch.md")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--train-seconds", type=float, default=60.0)
     args = ap.parse_args(argv)
@@ -865,10 +866,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.suite:
         load0 = os.getloadavg()[0]
-        suite = measure_suite(args.archs.split(","), args.runs, args.acc_seconds,
-                              args.train_seconds, args.window)
+        suite = measure_suite([a for a in args.archs.split(",") if a], args.runs,
+                              args.acc_seconds, args.train_seconds, args.window)
         md = suite_markdown(suite, args, (load0, os.getloadavg()[0]))
-        path = HERE / "results" / "stacks_arch.md"
+        path = args.suite_output
         path.write_text(md + "\n", encoding="utf-8")
         print(md)
         return 0
