@@ -206,6 +206,8 @@ def print_summary(summary: dict) -> None:
         print(f"  costliest layers ({layers[0]['method']}; self = without the modules inside it):")
     for lr in layers:
         share = f"{lr['self_share'] * 100:5.1f} %" if lr.get("self_share") is not None else "  n/a"
+        if lr.get("self_share_se") is not None:  # sampled: ± one standard error between windows
+            share += f" ± {lr['self_share_se'] * 100:.1f}"
         print(f"    {share}  self {_fmt(lr['self_energy_j'], 'J'):>9}  {lr['path'] or '(model root)'}"
               f"{' [' + lr['phase'] + ']' if lr.get('phase') == 'backward' else ''}")
     if any(s["method"] == "estimated" for s in summary["sources"]):

@@ -10,6 +10,7 @@ per-instance times agree with torch.profiler.
    path), on the same model and input, interleaved.
 
     python benchmarks/bench_agent_overhead.py   → benchmarks/results/agent.md
+    python benchmarks/bench_agent_overhead.py --floor   → benchmarks/results/agent_floor.md
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def bench_throughput(dims, seconds: float, rounds: int = 6) -> dict:
             "wall_ratio": statistics.median(wall), "cpu_ratio": statistics.median(cpu), **counts}
 
 
-def bench_inprocess(dims, forwards: int, rounds: int) -> dict:
+def bench_inprocess(dims, forwards: int, rounds: int, call_paths=("wrap",)) -> dict:
     """The agent's whole CPU chain, alternated on/off in this process, model thread CPU time.
 
     "On" = the agent's Tracker with its hooks installed, every message it emits encoded to JSON
@@ -156,7 +157,10 @@ def bench_inprocess(dims, forwards: int, rounds: int) -> dict:
         elif m["type"] == "steps":
             [StepRecord(**s) for s in m["steps"]]
 
-    tracker = Tracker(torch, emit, _raise, count_flops="off")
+    # "hooks" is the agent as it was before issue 14: global hooks and 50 ms windows
+    trackers = {p: Tracker(torch, emit, _raise, count_flops="off", call_path=p,
+                           **({"window_ns": 50_000_000} if p == "hooks" else {}))
+                for p in call_paths}
 
     def phase() -> float:
         c0 = time.thread_time()
@@ -164,21 +168,51 @@ def bench_inprocess(dims, forwards: int, rounds: int) -> dict:
             model(x)
         return (time.thread_time() - c0) / forwards
 
-    on, off = [], []
+    on: dict[str, list[float]] = {p: [] for p in call_paths}
+    off: list[float] = []
     with torch.no_grad():
         for _ in range(3):
             model(x)
         for r in range(rounds):
-            for state in (("off", "on") if r % 2 == 0 else ("on", "off")):
-                if state == "on":
-                    tracker.install()
-                    on.append(phase())
-                    tracker.uninstall()
-                else:
+            states = ["off", *call_paths]
+            for state in (states if r % 2 == 0 else states[::-1]):
+                if state == "off":
                     off.append(phase())
-    ratios = [a / b for a, b in zip(on, off, strict=True)]
-    return {"ratios": ratios, "ratio": statistics.median(ratios),
+                else:
+                    trackers[state].install()
+                    on[state].append(phase())
+                    trackers[state].uninstall()
+    by_path = {p: [a / b for a, b in zip(v, off, strict=True)] for p, v in on.items()}
+    ratios = by_path[call_paths[0]]
+    return {"ratios": ratios, "ratio": statistics.median(ratios), "by_path": by_path,
             "cpu_ms_off": statistics.median(off) * 1e3, **counts}
+
+
+def main_floor() -> None:
+    """``--floor``: the per-call floor, the module-call wrapper vs torch's global hooks, side by
+    side with no agent, alternated in one process (tiny and mini models only: ~1 minute)."""
+    load_before = os.getloadavg()[0]
+    names = [n for n in MODELS if n != BUDGET_MODEL]
+    res = {n: bench_inprocess(MODELS[n][0], MODELS[n][1], rounds=16, call_paths=("wrap", "hooks"))
+           for n in names}
+    lines = ["| Workload | CPU ms per forward, no agent | agent, `nn.Module.__call__` wrapper "
+             "and 100 ms windows (now) | agent, global forward hooks and 50 ms windows (before) |", "|---|---:|---:|---:|"]
+    for n, r in res.items():
+        med = {p: statistics.median(v) for p, v in r["by_path"].items()}
+        lines.append(f"| {n} | {r['cpu_ms_off']:.2f} | {med['wrap']:.3f} "
+                     f"(= {100 * (med['wrap'] - 1):+.1f} %) | {med['hooks']:.3f} "
+                     f"(= {100 * (med['hooks'] - 1):+.1f} %) |")
+    body = "\n".join(lines) + (
+        "\n\nRatios are CPU per forward with / without the agent (thread CPU time, median of 16 "
+        "rounds alternating off / wrapper / hooks in one process; the whole chain: JSON encode, "
+        "decode, validation and LayerCost conversion inline). Per-round ratios: "
+        + "; ".join(f"{n}: wrapper {', '.join(f'{v:.3f}' for v in r['by_path']['wrap'])}; hooks "
+                    f"{', '.join(f'{v:.3f}' for v in r['by_path']['hooks'])}"
+                    for n, r in res.items())
+        + f".\n\nLoad average (1 min) at start / end: {load_before:.1f} / "
+        f"{os.getloadavg()[0]:.1f} on 2 cores (shared with other jobs).")
+    path = write_section("agent_floor", "Agent per-call floor (issue 14, run mode)", body)
+    print(path.read_text())
 
 
 def _write_workload() -> Path:
@@ -341,5 +375,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     t0 = time.time()
-    main()
+    main_floor() if "--floor" in sys.argv[1:] else main()
     print(f"took {time.time() - t0:.0f} s", file=sys.stderr)

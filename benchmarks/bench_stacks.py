@@ -28,7 +28,9 @@ to a PID, as ``wattlens attach`` does).
 Run:  .venv/bin/python benchmarks/bench_stacks.py            (about 8 minutes)
       .venv/bin/python benchmarks/bench_stacks.py --quick    (about 3 minutes, noisier)
       --acc-configs / --overhead-configs compare other settings, e.g. "20" (20 Hz, blocking).
-Writes benchmarks/results/stacks.md.
+      --suite [--runs 3 --acc-seconds 30 --train-seconds 60]: same-run sampler vs timer on a
+      GPT-2, a Llama-style decoder and a BERT-style encoder, and a Llama training loop.
+Writes benchmarks/results/stacks.md (--suite: benchmarks/results/stacks_arch.md).
 """
 
 from __future__ import annotations
@@ -65,9 +67,35 @@ def _model_size() -> tuple[int, int, int]:
     return n_layer, n_embd, n_head
 
 
+ARCHS = ("gpt2", "llama", "bert")
+
+
+def _build_arch(torch, arch: str):
+    """A Llama-style decoder (4 blocks, d=256, the issue's model) or a BERT-style encoder (4
+    layers, d=256), built from a config; batch 2 x 128 tokens."""
+    from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=SEQ,
+        )  # fmt: skip
+        model = LlamaForCausalLM(config)
+    elif arch == "bert":
+        config = BertConfig(
+            vocab_size=VOCAB, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+            num_attention_heads=4, max_position_embeddings=SEQ,
+        )  # fmt: skip
+        model = BertForMaskedLM(config)
+    else:
+        raise ValueError(f"unknown architecture {arch!r}: one of {', '.join(ARCHS)}")
+    return model, torch.randint(0, VOCAB, (BATCH, SEQ))
+
+
 def _build_model():
     """The workload model; its size comes from the WATTLENS_BENCH_MODEL environment variable
-    ("layers,width,heads") so the worker processes build what the parent was asked for."""
+    ("layers,width,heads") so the worker processes build what the parent was asked for, and its
+    architecture from WATTLENS_BENCH_ARCH (gpt2, llama, bert; default gpt2)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
@@ -75,6 +103,10 @@ def _build_model():
     hf_logging.set_verbosity_error()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    arch = os.environ.get("WATTLENS_BENCH_ARCH", "gpt2")
+    if arch != "gpt2":
+        model, ids = _build_arch(torch, arch)
+        return torch, model.eval(), ids
     n_layer, n_embd, n_head = _model_size()
     config = GPT2Config(
         n_layer=n_layer,
@@ -128,7 +160,12 @@ class HookTimer:
 
 def worker_loop(seconds: float, hooks: bool) -> None:
     """Forward passes until stdin closes (or ``seconds``), one monotonic_ns line per iteration.
-    With ``hooks``: stdin lines "reset"/"report" control a HookTimer; reports are JSON lines."""
+    With ``hooks``: stdin lines "reset"/"report" control a HookTimer; reports are JSON lines.
+    With WATTLENS_BENCH_TRAIN=1 each iteration is a training step (forward with labels,
+    backward, AdamW), and the timer also times the backward and the optimizer step."""
+    if os.environ.get("WATTLENS_BENCH_TRAIN") == "1":
+        worker_train(seconds, hooks)
+        return
     torch, model, ids = _build_model()
     timer = HookTimer(model) if hooks else None
     requests: queue.SimpleQueue = queue.SimpleQueue()
@@ -155,6 +192,49 @@ def worker_loop(seconds: float, hooks: bool) -> None:
                     out += json.dumps(timer.report()) + "\n"
             sys.stdout.write(out)
             sys.stdout.flush()
+
+
+def worker_train(seconds: float, hooks: bool) -> None:
+    """The training loop: forward (hook-timed per class), backward and optimizer step (timed)."""
+    torch, model, ids = _build_model()
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    timer = HookTimer(model) if hooks else None
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def watch_stdin() -> None:
+        for line in sys.stdin:
+            requests.put(line.strip())
+        stop.set()
+
+    def step() -> None:
+        loss = model(ids, labels=ids).loss
+        t0 = time.perf_counter()
+        loss.backward()
+        t1 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t2 = time.perf_counter()
+        if timer is not None:
+            timer.totals["[backward]"] += t1 - t0
+            timer.totals["[optimizer]"] += t2 - t1
+
+    step()
+    print("ready", flush=True)
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    t_end = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < t_end:
+        step()
+        out = f"{time.monotonic_ns()}\n"
+        while not requests.empty() and timer is not None:
+            req = requests.get()
+            if req == "reset":
+                timer.reset()
+            elif req == "report":
+                out += json.dumps(timer.report()) + "\n"
+        sys.stdout.write(out)
+        sys.stdout.flush()
 
 
 def worker_reference(seconds: float) -> None:
@@ -356,6 +436,162 @@ def measure_accuracy(configs: list[str], seconds: float, window_s: float) -> dic
         "torch_profiler": torch_profiler,
         "ref_iterations": ref["iterations"],
     }
+
+
+def _same_run(seconds: float, window_s: float) -> dict:
+    """One child (arch/training from the environment) with the hook timer, the default
+    StackSampler attached for ``seconds``: both shares per class path over the same span."""
+    child = LoopChild(seconds + 120, hooks=True)
+    try:
+        windows: list = []
+        sampler = _sampler(child.pid, "50:nb", window_s, windows.append)
+        sampler.start()
+        if not sampler.available:
+            raise RuntimeError(sampler.reason)
+        child.send("reset")
+        time.sleep(seconds)
+        child.send("report")
+        sampler.stop()
+        hook = child.reports.get(timeout=120)
+    finally:
+        child.close()
+    per_window: list[dict[str, float]] = []
+    self_totals: Counter = Counter()
+    for rows in windows:
+        total = sum(r.self_time_s or 0.0 for r in rows)
+        if total <= 0:
+            continue
+        per_window.append({r.path: (r.self_time_s or 0.0) / total for r in rows})
+        for r in rows:
+            self_totals[r.path] += r.self_time_s or 0.0
+    grand = sum(self_totals.values())
+    incl: Counter = Counter()
+    for rows in windows:
+        for r in rows:
+            incl[r.path] += r.time_s
+    k = len(per_window)
+    stderr = {
+        p: statistics.stdev([w.get(p, 0.0) for w in per_window]) / k**0.5 for p in self_totals
+    } if k > 1 else {}
+    from wattlens.profiler.stacks.native import ENGINE_OTHER
+
+    named = sum(  # module classes, and backward ops with a name
+        r.self_time_s or 0.0
+        for rows in windows
+        for r in rows
+        if r.granularity == "class"
+        or (r.path.startswith("backward/") and not r.path.endswith(ENGINE_OTHER))
+    )
+    hook_incl = {p: t / hook["wall_s"] for p, t in hook["inclusive_s"].items()}
+    hook_self = dict(hook_incl)  # minus the direct children's inclusive time
+    for p, v in hook_incl.items():
+        parent = p.rpartition("/")[0]
+        if parent in hook_self and not p.startswith("["):
+            hook_self[parent] -= v
+    return {
+        "sampled": {p: v / grand for p, v in incl.items()} if grand else {},
+        "sampled_self": {p: v / grand for p, v in self_totals.items()} if grand else {},
+        "stderr": stderr,  # of the self shares
+        "hook": hook_incl,
+        "hook_self": hook_self,
+        "loss": sampler.loss.summary(),
+        "torn": dict(sampler.tree.torn_paths),
+        "backward_ops": dict(sampler.backward_ops),
+        "named_share": named / grand if grand else None,
+        "windows": k,
+    }
+
+
+def measure_suite(archs: list[str], runs: int, seconds: float, train_seconds: float,
+                  window_s: float) -> dict:
+    """Same-run sampler vs timer on each architecture (``runs`` times), then a training loop."""
+    out: dict = {"archs": {}, "train": None}
+    for arch in archs:
+        os.environ["WATTLENS_BENCH_ARCH"] = arch
+        os.environ.pop("WATTLENS_BENCH_TRAIN", None)
+        out["archs"][arch] = []
+        for r in range(runs):
+            print(f"  {arch} run {r + 1}/{runs} ...", file=sys.stderr)
+            out["archs"][arch].append(_same_run(seconds, window_s))
+    if train_seconds > 0:
+        os.environ["WATTLENS_BENCH_ARCH"] = "llama"
+        os.environ["WATTLENS_BENCH_TRAIN"] = "1"
+        print("  llama training loop ...", file=sys.stderr)
+        out["train"] = _same_run(train_seconds, window_s)
+        os.environ.pop("WATTLENS_BENCH_TRAIN", None)
+    return out
+
+
+def suite_markdown(suite: dict, args: argparse.Namespace, load: tuple[float, float]) -> str:
+    lines = [
+        "## Same-run comparison on three architectures and a training loop (issue 14)",
+        "",
+        f"Command: `bench_stacks.py {' '.join(args.argv)}`; {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs; load average (1 min) at start / end {load[0]:.1f} / "
+        f"{load[1]:.1f} — a shared, busy machine: read the spreads, not just the means.",
+        "",
+        "StackSampler defaults (50 Hz --nonblocking, 5 s windows, 5 Hz blocking calibration, 1 Hz "
+        "native reads once a backward is seen) attached to a child that also runs an in-process "
+        "hook timer (pre/post hooks on every module, same span). Self share (the class path's own "
+        "time, its child modules' excluded) = self time / wall (timer) and self samples / all "
+        "samples, lost reads added back (sampler). Top five class paths by timer self share. "
+        "± = standard error of the mean difference, from the spread between 5 s windows.",
+        "",
+    ]
+    worst_all = []
+    for arch, runs in suite["archs"].items():
+        top: Counter = Counter()
+        for r in runs:
+            for p, v in r["hook_self"].items():
+                if not p.startswith("["):
+                    top[p] += v / len(runs)
+        paths = [p for p, _ in top.most_common(5)]
+        lines += [f"### {arch} ({len(runs)} runs)", "",
+                  "| class path (self share) | timer | sampler | sampler − timer, pp "
+                  "(mean ± se) | per run, pp |", "|---|---:|---:|---:|---|"]
+        for p in paths:
+            diffs = [100 * (r["sampled_self"].get(p, 0.0) - r["hook_self"].get(p, 0.0))
+                     for r in runs]
+            ses = [100 * r["stderr"].get(p, 0.0) for r in runs]
+            mean_d = statistics.fmean(diffs)
+            se = (sum(x * x for x in ses) ** 0.5) / len(ses)
+            worst_all.append((arch, p, mean_d))
+            lines.append(
+                f"| `{p}` | {100 * top[p]:.1f} % | "
+                f"{100 * statistics.fmean(r['sampled_self'].get(p, 0.0) for r in runs):.1f} % | "
+                f"{mean_d:+.2f} ± {se:.2f} | {', '.join(f'{d:+.1f}' for d in diffs)} |")
+        losses = [r["loss"] for r in runs]
+        lines += ["", "Lost reads per run: " + "; ".join(
+            f"{x['failed']} failed + {x['torn']} torn of {x['reads']} "
+            f"({100 * (x['lost_share'] or 0):.1f} %), {x['calibration_reads']} calibration reads"
+            for x in losses) + ". Torn paths dropped: "
+            + ("; ".join(", ".join(f"`{k}` ×{v}" for k, v in r["torn"].items()) or "none"
+                         for r in runs)) + ".", ""]
+    if worst_all:
+        within = sum(1 for _, _, d in worst_all if abs(d) <= 1.5)
+        pos = sum(1 for _, _, d in worst_all if d > 0)
+        lines += [f"Top-5 classes within 1.5 pp of the timer (mean of the runs): {within} of "
+                  f"{len(worst_all)}; signs: {pos} above, {len(worst_all) - pos} below.", ""]
+    t = suite.get("train")
+    if t:
+        lines += ["### Llama-style training loop (forward, backward, AdamW)", "",
+                  "| node | timer | sampler |", "|---|---:|---:|"]
+        bw_s = sum(v for p, v in t["sampled"].items() if p == "backward")
+        lines.append(f"| backward (all) | {100 * t['hook'].get('[backward]', 0):.1f} % | "
+                     f"{100 * bw_s:.1f} % |")
+        lines.append(f"| optimizer | {100 * t['hook'].get('[optimizer]', 0):.1f} % | "
+                     f"{100 * t['sampled'].get('optimizer', 0):.1f} % |")
+        ops = Counter(t["backward_ops"])
+        n_ops = sum(ops.values())
+        lines += ["", f"Backward by autograd op ({n_ops} native reads at 1 Hz; share of the "
+                  "backward ± binomial se): " + ", ".join(
+                      f"{op} {100 * n / n_ops:.0f} % ± {100 * (n / n_ops * (1 - n / n_ops) / n_ops) ** 0.5:.0f}"
+                      for op, n in ops.most_common(8)) if n_ops else "", "",
+                  f"Time attributed to module classes or named autograd ops: "
+                  f"{100 * (t['named_share'] or 0):.1f} % (goal ≥ 80 %); the rest is the "
+                  "optimizer, the backward before the first native reads arrived, the engine's "
+                  "own work and Python outside modules.", ""]
+    return "\n".join(lines)
 
 
 def measure_overhead(rounds: int, phase_s: float, configs: list[str], window_s: float) -> dict:
@@ -608,6 +844,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phase-seconds", type=float, default=4.0)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--suite", action="store_true",
+                    help="same-run comparison on gpt2, llama, bert and a training loop only "
+                    "(writes benchmarks/results/stacks_arch.md)")
+    ap.add_argument("--archs", default=",".join(ARCHS), help='"" for the training loop only')
+    ap.add_argument("--suite-output", type=Path, default=HERE / "results" / "stacks_arch.md")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--train-seconds", type=float, default=60.0)
     args = ap.parse_args(argv)
     args.argv = argv
 
@@ -621,6 +864,15 @@ def main(argv: list[str] | None = None) -> int:
         worker_torch_profiler(args.rounds, args.block)
         return 0
 
+    if args.suite:
+        load0 = os.getloadavg()[0]
+        suite = measure_suite([a for a in args.archs.split(",") if a], args.runs,
+                              args.acc_seconds, args.train_seconds, args.window)
+        md = suite_markdown(suite, args, (load0, os.getloadavg()[0]))
+        path = args.suite_output
+        path.write_text(md + "\n", encoding="utf-8")
+        print(md)
+        return 0
     if args.quick:
         args.rounds, args.acc_seconds, args.phase_seconds = 4, 15.0, 4.0
     print("accuracy ...", file=sys.stderr)

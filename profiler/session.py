@@ -242,6 +242,14 @@ class ProfilingSession:
             if not self.stack_sampler.available:  # it gave up after start (e.g. not a Python process)
                 n = self.stack_sampler.windows
                 self.note(f"no layer figures{f' after {n} window(s)' if n else ''}: {self.stack_sampler.reason}")
+            else:  # how many stack reads were lost and how that was handled, for show/report
+                message = self.stack_sampler.loss_message()
+                self.notes.append(message)
+                self.event("stack-reads", message, **self.stack_sampler.loss.summary())
+                backward = self.stack_sampler.backward_message()
+                if backward is not None:
+                    self.notes.append(backward)
+                    self.event("backward-ops", backward, ops=dict(self.stack_sampler.backward_ops))
         if self.sampler is not None:
             self.sampler.stop()
             self._remember_gpu_idle()

@@ -169,6 +169,39 @@ def top_layers(layers: Sequence[LayerCost], n: int | None = 10) -> list[dict]:
     # costliest first by what the node itself spends (children excluded), so a model's root or a
     # block that only contains other modules does not hide the layers that do the work
     rows = sorted(agg.values(), key=lambda a: (a["self_energy_j"] or 0.0, a["self_time_s"]), reverse=True)
+    se = _self_share_se(layers)
     for a in rows:
         a["self_share"] = a["self_time_s"] / total_t if total_t else None
+        a["self_share_se"] = se.get((a["path"], a["granularity"], a["phase"]))
     return rows if n is None else rows[:n]
+
+
+def _self_share_se(layers: Sequence[LayerCost]) -> dict[tuple[str, str, str], float]:
+    """Standard error of each stack-sampled node's self share, from the spread between windows.
+
+    The share over the session is a ratio of sums over windows (node's self time / all self
+    time), so its standard error is the ratio estimator's: sqrt(k/(k-1) * sum_w (x_w - r*y_w)^2)
+    / sum_w y_w over the k windows. It covers the sampling noise and the window-to-window changes
+    of the workload; it needs 2 windows or more. Agent timings are exact: no entry for them.
+    """
+    per_window: dict[int, dict[tuple[str, str, str], float]] = {}
+    for lc in layers:
+        if lc.method != "stack-sampling":
+            continue
+        w = per_window.setdefault(lc.window_start_ns, {})
+        key = (lc.path, lc.granularity, lc.phase)
+        w[key] = w.get(key, 0.0) + (lc.self_time_s or 0.0)
+    k = len(per_window)
+    if k < 2:
+        return {}
+    totals = {w: sum(v.values()) for w, v in per_window.items()}
+    grand = sum(totals.values())
+    if grand <= 0:
+        return {}
+    keys = {key for v in per_window.values() for key in v}
+    out: dict[tuple[str, str, str], float] = {}
+    for key in keys:
+        r = sum(v.get(key, 0.0) for v in per_window.values()) / grand
+        ss = sum((v.get(key, 0.0) - r * totals[w]) ** 2 for w, v in per_window.items())
+        out[key] = float(np.sqrt(k / (k - 1) * ss)) / grand
+    return out

@@ -23,7 +23,12 @@ ENV_TOKEN = "WATTLENS_AGENT_TOKEN"
 # Python processes it starts (DataLoader spawn workers, torchrun workers), and so on.
 ENV_DEPTH = "WATTLENS_AGENT_DEPTH"
 # Optional tuning, read by the agent.
-ENV_WINDOW_MS = "WATTLENS_AGENT_WINDOW_MS"  # minimum layer-cost window (default 50 ms)
+# minimum layer-cost window (default 100 ms: the power sampling interval; shorter windows add
+# per-window cost to the target and no energy detail)
+ENV_WINDOW_MS = "WATTLENS_AGENT_WINDOW_MS"
+# how module calls are timed: "wrap" (nn.Module.__call__ wrapped, default) or "hooks" (global
+# forward hooks: the older, slower path, kept as a fallback)
+ENV_CALLS = "WATTLENS_AGENT_CALLS"
 ENV_FLOPS = "WATTLENS_AGENT_FLOPS"  # "0" off, "force" count on the first forward, else auto
 
 MAX_LINE_BYTES = 16 * 1024 * 1024

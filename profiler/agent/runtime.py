@@ -23,7 +23,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .importwatch import TorchImportWatcher
-from .protocol import ENV_DEPTH, ENV_FLOPS, ENV_WINDOW_MS, PROTOCOL_VERSION, is_knob_value
+from .protocol import (
+    ENV_CALLS,
+    ENV_DEPTH,
+    ENV_FLOPS,
+    ENV_WINDOW_MS,
+    PROTOCOL_VERSION,
+    is_knob_value,
+)
 from .transport import Link
 
 _logged: set[str] = set()
@@ -137,11 +144,12 @@ class Agent:
         try:
             from .tracker import Tracker
 
-            window_ms = float(os.environ.get(ENV_WINDOW_MS, "50"))
+            window_ms = float(os.environ.get(ENV_WINDOW_MS, "100"))
             self.tracker = Tracker(
                 torch, self.send, self.fail, window_ns=int(window_ms * 1e6),
                 count_flops=_flops_policy(os.environ.get(ENV_FLOPS, "auto")),
-                on_boundary=self._run_boundary_commands, t_origin_ns=self.t_activate_ns)
+                on_boundary=self._run_boundary_commands, t_origin_ns=self.t_activate_ns,
+                call_path="hooks" if os.environ.get(ENV_CALLS) == "hooks" else "wrap")
             self.tracker.install()
             if self._watch_requested is not None:
                 model, self._watch_requested = self._watch_requested, None

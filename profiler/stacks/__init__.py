@@ -8,6 +8,9 @@ GPU kernel time; the in-process agent is the tool for per-instance device timing
 - :mod:`.parse`: pure functions, py-spy raw text -> :class:`~wattlens.profiler.records.LayerCost`.
 - :mod:`.sampler`: :class:`StackSampler` (rolling py-spy windows in a thread) and
   :func:`check_pyspy` (a one-shot probe for ``wattlens doctor``).
+- :mod:`.lost`: failed and torn reads added back where exact (blocking) reads say they fell.
+- :mod:`.tree`: the module-class tree learned in attach mode; torn paths dropped and counted.
+- :mod:`.native`: the backward split by autograd op from ``py-spy --native`` reads.
 
 No torch import here: the stack side reads another process and never needs it.
 """

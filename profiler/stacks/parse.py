@@ -30,7 +30,7 @@ import linecache
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from wattlens.profiler import figures
@@ -412,7 +412,7 @@ def attribute(
 
 
 def aggregate(
-    counts: Counter[Attribution],
+    counts: Mapping[Attribution, float],
     *,
     window_start_ns: int,
     window_end_ns: int,
@@ -421,6 +421,8 @@ def aggregate(
 ) -> list[LayerCost]:
     """One window's rows: every node of the module-class tree plus every non-empty bucket.
 
+    ``counts`` may be fractional: a window's lost reads spread by
+    :class:`~wattlens.profiler.stacks.lost.LossAccount`; ``n_samples`` is then rounded.
     ``time_s`` = samples x (1 / rate): sampled thread time, CPU side. ``share`` = the node's
     samples / all counted samples of the window (inclusive for class nodes), so shares of the
     top-level nodes and buckets add up to 1. ``energy_j = window_energy_j x share`` and
@@ -432,9 +434,9 @@ def aggregate(
     total = sum(counts.values())
     if total == 0:
         return []
-    inclusive: Counter[tuple[str, ...]] = Counter()
-    self_counts: Counter[tuple[str, ...]] = Counter()
-    buckets: Counter[str] = Counter()
+    inclusive: dict[tuple[str, ...], float] = Counter()
+    self_counts: dict[tuple[str, ...], float] = Counter()
+    buckets: dict[str, float] = Counter()
     for att, n in counts.items():
         if att.bucket is not None:
             buckets[att.bucket] += n
@@ -457,7 +459,7 @@ def aggregate(
                 time_s=n * dt_s,
                 share=n / total,
                 self_time_s=n_self * dt_s,
-                n_samples=n,
+                n_samples=round(n),
                 phase="forward",
             )
         )
@@ -472,11 +474,22 @@ def aggregate(
                 time_s=n * dt_s,
                 share=n / total,
                 self_time_s=n * dt_s,
-                n_samples=n,
+                n_samples=round(n),
                 phase="backward" if name == BUCKET_BACKWARD else "",
             )
         )
     return figures.split_window_energy(rows, window_energy_j)  # shared by self time, conserved
+
+
+def window_counts(
+    raw_text: str,
+    *,
+    gpu: bool = False,
+    target_pid: int | None = None,
+    index: SourceIndex | None = None,
+) -> Counter[Attribution]:
+    """py-spy raw text of one window -> samples per attribution."""
+    return attribute(parse_raw(raw_text), index=index, gpu=gpu, target_pid=target_pid)
 
 
 def window_costs(
@@ -491,7 +504,7 @@ def window_costs(
     index: SourceIndex | None = None,
 ) -> list[LayerCost]:
     """py-spy raw text of one window -> that window's :class:`LayerCost` rows."""
-    counts = attribute(parse_raw(raw_text), index=index, gpu=gpu, target_pid=target_pid)
+    counts = window_counts(raw_text, gpu=gpu, target_pid=target_pid, index=index)
     return aggregate(
         counts,
         window_start_ns=window_start_ns,

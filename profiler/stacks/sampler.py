@@ -16,11 +16,18 @@ sample; on a loaded machine py-spy then has to wait for a CPU while the target s
 benchmarks/bench_stacks.py measured the target 12 % slower at 20 Hz and 24-30 % slower at 50 Hz
 that way (2 shared cores), against about 1 % for --nonblocking at 50-100 Hz. The price of not
 pausing is that a stack read while it changes is sometimes unreadable: py-spy drops that sample
-and counts an error. On the GPT-2 benchmark that was under 1 % of samples, and the shares stayed
-within 3 points of an in-process hook timer; a window where more than
-``_HIGH_ERROR_SHARE`` of the reads failed is logged, since long-running calls are then
-over-represented (their stacks are the stable ones). Pass ``nonblocking=False`` for exact stacks
-where the pause is affordable.
+and counts an error, and a few reads succeed with a stack stitched from two moments (torn). Both
+happen more inside short, fast-changing calls, so dropping them over-represents long calls (the
+LM head read +2.5 to +4 pp high on a Llama-style model). So each window also runs a second,
+**blocking** py-spy at ``calibration_hz`` (default 5 Hz: at the ~0.75 ms a blocking read paused
+the target in the benchmark, ~0.4 % of its time): its stacks are exact. They teach
+:class:`~wattlens.profiler.stacks.tree.TreeGuard` the real module tree (torn paths are dropped and
+counted), and tell :class:`~wattlens.profiler.stacks.lost.LossAccount` where the lost reads (failed
++ torn) fell; the window's lost reads are added back there. :attr:`StackSampler.loss` keeps the
+session's counts; :meth:`StackSampler.loss_message` says them in one line. Pass
+``nonblocking=False`` for exact stacks where the pause is affordable (no calibration then), or
+``calibration_hz=0`` to switch the calibration off (the lost reads are then spread in proportion,
+which keeps the bias, and the message says so).
 
 Nothing here raises on a target we cannot read: :attr:`StackSampler.available` turns False and
 :attr:`StackSampler.reason` says why in one line, so the caller keeps measuring power.
@@ -39,12 +46,29 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.records import LayerCost
-from wattlens.profiler.stacks.parse import SourceIndex, SourceResolver, window_costs
+from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
+from wattlens.profiler.stacks.native import (
+    NATIVE_FIRST_WINDOW_S,
+    NATIVE_RATE_HZ,
+    NATIVE_WINDOW_S,
+    backward_ops,
+    op_shares,
+    split_backward,
+)
+from wattlens.profiler.stacks.parse import (
+    BUCKET_BACKWARD,
+    SourceIndex,
+    SourceResolver,
+    aggregate,
+    window_counts,
+)
+from wattlens.profiler.stacks.tree import TreeGuard
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +217,8 @@ class StackSampler:
         pyspy_path: str | os.PathLike[str] | None = None,
         source_resolver: SourceResolver | None = None,
         nonblocking: bool = DEFAULT_NONBLOCKING,
+        calibration_hz: int = CALIBRATION_RATE_HZ,
+        native_hz: int = NATIVE_RATE_HZ,
     ):
         if not 1 <= rate_hz <= 1000 or rate_hz != int(rate_hz):
             raise BadInputError(
@@ -208,6 +234,15 @@ class StackSampler:
         self.window_s = float(window_s)
         self.gpu = gpu
         self.nonblocking = nonblocking
+        # exact (blocking) reads beside the non-blocking ones; none needed when all are blocking
+        self.calibration_hz = int(calibration_hz) if nonblocking and calibration_hz > 0 else 0
+        self.loss = LossAccount()
+        self.tree = TreeGuard()
+        # native (C++) reads that split the backward by autograd op; started on the first backward
+        self.native_hz = int(native_hz) if native_hz > 0 else 0
+        self.backward_ops: Counter[str] = Counter()
+        self._native_thread: threading.Thread | None = None
+        self._native_proc: subprocess.Popen[str] | None = None
         self._on_window = on_window
         self._energy_between = energy_between
         self._pyspy_path = pyspy_path
@@ -267,6 +302,12 @@ class StackSampler:
     def stop(self) -> None:
         """Stop sampling; the window in progress is cut short, processed and handed over."""
         self._stop.set()
+        with self._lock:
+            native = self._native_proc
+        if native is not None and native.poll() is None:
+            native.send_signal(signal.SIGINT)  # it writes what it has read so far
+        if self._native_thread is not None:
+            self._native_thread.join(_STOP_TIMEOUT_S + 5.0)
         thread = self._thread
         if thread is not None:
             thread.join(_START_TIMEOUT_S + _STOP_TIMEOUT_S)
@@ -307,15 +348,81 @@ class StackSampler:
         finally:
             self._first.set()
 
-    def _command(self, output: str) -> list[str]:
+    def loss_message(self) -> str:
+        """One line: how many stack reads were lost (failed, torn) and how that was handled."""
+        return self.loss.message()
+
+    def backward_message(self) -> str | None:
+        """One line: the backward's split by autograd op, with its method and uncertainty."""
+        shares = op_shares(self.backward_ops)
+        if not shares:
+            return None
+        top = ", ".join(f"{op} {p:.0%} ± {se:.0%}" for op, (p, se) in list(shares.items())[:5])
+        return (
+            f"backward split by autograd op from {sum(self.backward_ops.values())} native "
+            f"blocking reads at {self.native_hz} Hz (estimate, binomial standard error): {top}"
+        )
+
+    # ----------------------------------------------------------------- native reads
+
+    def _maybe_start_native(self) -> None:
+        if self.native_hz and self._native_thread is None and not self._stop.is_set():
+            self._native_thread = threading.Thread(
+                target=self._native_loop, name=f"wattlens-native-{self.pid}", daemon=True
+            )
+            self._native_thread.start()
+
+    def _native_loop(self) -> None:
+        assert self._exe is not None and self._tmpdir is not None
+        out_path = os.path.join(self._tmpdir.name, "native.txt")
+        env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+        duration_s = NATIVE_FIRST_WINDOW_S
+        while not self._stop.is_set() and self.available:
+            cmd = [
+                self._exe, "record", "--pid", str(self.pid), "--rate", str(self.native_hz),
+                "--duration", str(duration_s), "--format", "raw", "--native", "--threads",
+                "--full-filenames", "--output", out_path,
+            ]  # fmt: skip
+            try:
+                proc = subprocess.Popen(
+                    cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True, start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                log.warning("native py-spy could not be started: %s", exc.strerror)
+                return
+            with self._lock:
+                self._native_proc = proc
+            try:
+                _, err = proc.communicate(timeout=duration_s + _START_TIMEOUT_S + _STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            with self._lock:
+                self._native_proc = None
+            try:
+                with open(out_path, encoding="utf-8", errors="replace") as fh:
+                    raw = fh.read()
+                os.unlink(out_path)
+            except FileNotFoundError:  # e.g. --native unsupported here: say so once, stop trying
+                log.info("no native stacks from py-spy (%s): the backward stays one bucket",
+                         err.strip().splitlines()[-1] if err.strip() else "no output")
+                return
+            ops = backward_ops(raw, self._index)
+            with self._lock:
+                self.backward_ops.update(ops)
+            duration_s = NATIVE_WINDOW_S
+
+    def _command(self, output: str, *, calibration: bool = False) -> list[str]:
         assert self._exe is not None
+        rate = self.calibration_hz if calibration else int(self.rate_hz)
         return [
             self._exe,
             "record",
             "--pid",
             str(self.pid),
             "--rate",
-            str(int(self.rate_hz)),
+            str(rate),
             "--format",
             "raw",
             "--idle",
@@ -323,7 +430,7 @@ class StackSampler:
             "--full-filenames",
             "--output",
             output,
-        ] + (["--nonblocking"] if self.nonblocking else [])
+        ] + (["--nonblocking"] if self.nonblocking and not calibration else [])
 
     def _one_window(self) -> str:
         """Record one window. Returns "ok", "failed" (py-spy never attached) or "ended"."""
@@ -347,19 +454,45 @@ class StackSampler:
             return "failed"
         with self._lock:
             self._proc = proc
+        cal: subprocess.Popen[str] | None = None
+        cal_path = out_path + ".calibration"
+        if self.calibration_hz:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(cal_path)
+            try:
+                cal = subprocess.Popen(
+                    self._command(cal_path, calibration=True),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+            except OSError as exc:  # the window goes on without calibration
+                log.warning("calibration py-spy could not be started: %s", exc.strerror)
         try:
-            return self._drive(proc, out_path)
+            return self._drive(proc, out_path, cal, cal_path)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            for p in (proc, cal):
+                if p is None:
+                    continue
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                for stream in (p.stdout, p.stderr):
+                    if stream is not None:
+                        stream.close()
             with self._lock:
                 self._proc = None
 
-    def _drive(self, proc: subprocess.Popen[str], out_path: str) -> str:
+    def _drive(
+        self,
+        proc: subprocess.Popen[str],
+        out_path: str,
+        cal: subprocess.Popen[str] | None = None,
+        cal_path: str = "",
+    ) -> str:
         assert proc.stdout is not None and proc.stderr is not None
         head: list[str] = []
         started = False
@@ -384,6 +517,7 @@ class StackSampler:
 
         t_start_ns = time.monotonic_ns()
         self._first.set()
+        cal_started = cal is not None and _wait_mark(cal)
         deadline_ns = t_start_ns + int(self.window_s * 1e9)
         target_ended = False
         while True:
@@ -401,14 +535,20 @@ class StackSampler:
             if ran_s < _MIN_RUN_S:
                 time.sleep(_MIN_RUN_S - ran_s)
             proc.send_signal(signal.SIGINT)
-        try:
-            tail, err = proc.communicate(timeout=_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            tail, err = proc.communicate()
+        if cal is not None and cal.poll() is None:
+            cal.send_signal(signal.SIGINT)
+        tail, err = _finish(proc)
+        cal_raw = ""
+        if cal is not None:
+            _finish(cal)
+            if cal_started:
+                with contextlib.suppress(FileNotFoundError):
+                    with open(cal_path, encoding="utf-8", errors="replace") as fh:
+                        cal_raw = fh.read()
         if target_ended or not _pid_alive(self.pid):
             self._give_up(_exited_reason(self.pid))
         m = _SUMMARY_RE.search(tail)
+        n_err = 0
         if m:
             n_ok, n_err = int(m.group(1)), int(m.group(2))
             self.samples += n_ok
@@ -416,11 +556,11 @@ class StackSampler:
             if n_err > _HIGH_ERROR_SHARE * (n_ok + n_err):
                 log.warning(
                     "py-spy could not read %d of %d stacks of process %d in this window "
-                    "(non-blocking reads of fast-changing stacks); shares lean towards "
-                    "long-running calls",
+                    "(non-blocking reads of fast-changing stacks); the lost reads are %s",
                     n_err,
                     n_ok + n_err,
                     self.pid,
+                    self.loss.handling if self.loss.calibration_reads else "spread in proportion",
                 )
         try:
             with open(out_path, encoding="utf-8", errors="replace") as fh:
@@ -428,10 +568,18 @@ class StackSampler:
         except FileNotFoundError:
             log.warning("py-spy wrote no output for window ending %d: %s", t_end_ns, err.strip())
             return "ended" if target_ended else "ok"
-        self._emit(raw, t_start_ns, t_end_ns)
+        self._emit(raw, t_start_ns, t_end_ns, failed=n_err, calibration_raw=cal_raw)
         return "ended" if target_ended else "ok"
 
-    def _emit(self, raw: str, t_start_ns: int, t_end_ns: int) -> None:
+    def _emit(
+        self,
+        raw: str,
+        t_start_ns: int,
+        t_end_ns: int,
+        *,
+        failed: int = 0,
+        calibration_raw: str = "",
+    ) -> None:
         try:
             energy_j = self._energy_between(t_start_ns, t_end_ns)
         except Exception:
@@ -439,19 +587,50 @@ class StackSampler:
                 "energy_between(%d, %d) failed; window energy unknown", t_start_ns, t_end_ns
             )
             energy_j = None
-        rows = window_costs(
-            raw,
+        counts = self._counts(raw, failed, calibration_raw)
+        if any(att.bucket == BUCKET_BACKWARD for att in counts):
+            self._maybe_start_native()  # a training job: break its backward down
+        rows = aggregate(
+            counts,
             window_start_ns=t_start_ns,
             window_end_ns=t_end_ns,
             rate_hz=self.rate_hz,
             window_energy_j=energy_j,
-            gpu=self.gpu,
-            target_pid=self.pid,
-            index=self._index,
         )
+        with self._lock:
+            ops = Counter(self.backward_ops)
+        rows = split_backward(rows, ops)
+        if self.loss.torn:
+            log.debug("torn stacks dropped so far: %s", dict(self.tree.torn_paths))
         if rows:
             self.windows += 1
             try:
                 self._on_window(rows)
             except Exception:  # the consumer's fault: keep sampling, say so once per window
                 log.exception("on_window failed for the window ending %d", t_end_ns)
+
+    def _counts(self, raw: str, failed: int, calibration_raw: str) -> dict:
+        """One window's samples per attribution: torn paths dropped, lost reads added back."""
+        counts = window_counts(raw, gpu=self.gpu, target_pid=self.pid, index=self._index)
+        if not self.nonblocking:  # the target was paused for every read: all stacks are exact
+            self.tree.learn_exact(counts)
+            return self.loss.correct(counts, failed=failed, torn=0, calibration=counts)
+        cal = window_counts(calibration_raw, gpu=self.gpu, target_pid=self.pid, index=self._index)
+        self.tree.learn_exact(cal)
+        kept, torn = self.tree.filter(counts)
+        return self.loss.correct(kept, failed=failed, torn=torn, calibration=cal)
+
+
+def _wait_mark(proc: subprocess.Popen[str]) -> bool:
+    """Read py-spy's stdout until it says it is sampling; False if it ended first."""
+    assert proc.stdout is not None
+    return any(_STARTED_MARK in line for line in proc.stdout)
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Wait for py-spy to write its file and exit (kill it if it hangs); (stdout, stderr)."""
+    try:
+        return proc.communicate(timeout=_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()

@@ -1,0 +1,140 @@
+"""Break the backward pass of an attached training job into autograd operations.
+
+The Python stack of a thread in ``loss.backward()`` ends in ``torch.autograd``: every sample lands
+in one ``backward`` bucket. py-spy's ``--native`` mode also unwinds the C++ frames, and there the
+autograd engine runs one generated node per operation —
+``torch::autograd::generated::MmBackward0::apply``, ``SiluBackward0``, ``NllLossBackward0`` ... —
+so a native sample in the backward says which operation's gradient is being computed.
+
+Native reads must pause the target (blocking) and cost ~5 ms each on a busy 2-core machine, so
+they run at :data:`NATIVE_RATE_HZ` (1 Hz: ~0.5 % pause) and only once the target has shown a
+backward pass. Their counts are pooled over the session and split each window's ``backward``
+bucket in those proportions (:func:`split_backward`): the op rows are an *estimate* whose
+uncertainty is binomial in the pooled count (:func:`op_shares`), reported with them.
+
+What is not done: mapping ops back to module classes (an ``MmBackward0`` belongs to whichever
+Linear issued the matmul; the autograd graph's names do not say which), so ops stay op classes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import replace
+
+from wattlens.profiler.records import LayerCost
+from wattlens.profiler.stacks.parse import BUCKET_BACKWARD, SourceIndex, classify, parse_frame
+
+NATIVE_RATE_HZ = 1
+NATIVE_WINDOW_S = 20  # one py-spy per 20 s: its start-up (symbol loading) is paid rarely
+NATIVE_FIRST_WINDOW_S = 5  # but the first one short, so the split starts early in a session
+ENGINE_OTHER = "autograd engine (other)"
+PYTHON_FUNCTION = "autograd.Function (Python)"
+# A BLAS kernel straight under the Python frames: the unwinder could not get through the
+# hand-written kernel to the node that called it, but it is a matrix product's gradient.
+BLAS_UNWOUND = "matmul grad (BLAS kernel; node not unwound)"
+GRAD_ACCUMULATION = "gradient accumulation"
+
+_NODE_RE = re.compile(r"(?:^|::)([A-Za-z0-9_]+Backward\d*|AccumulateGrad)::")
+_BLAS_RE = re.compile(r"^(?:mkl_blas|mkl_|openblas|dgemm|sgemm|cblas_|bli_|dnnl_)|gemm", re.I)
+
+
+def autograd_node(parts: Iterable[str]) -> str | None:
+    """What the innermost frames of a native stack say the backward is doing (frames as py-spy
+    printed them): the innermost autograd node, else a BLAS kernel leaf, else the engine's
+    gradient accumulation; None when none of these is on the stack."""
+    found: str | None = None
+    other: str | None = None
+    leaf = ""
+    for part in parts:
+        leaf = part
+        m = _NODE_RE.search(part)
+        if m is not None:
+            found = m.group(1)
+        elif "PyNode::apply" in part:
+            found = PYTHON_FUNCTION
+        elif "InputBuffer::add" in part or "autograd::accumulate" in part:
+            other = GRAD_ACCUMULATION
+    if found is not None:
+        return found
+    if _BLAS_RE.search(leaf.split(" (", 1)[0]):
+        return BLAS_UNWOUND
+    return other
+
+
+def backward_ops(raw_text: str, index: SourceIndex | None = None) -> Counter[str]:
+    """Native samples in the backward pass, per autograd node (``py-spy record --native`` raw).
+
+    A sample counts when its Python stack is in the backward (the op from :func:`autograd_node`,
+    else :data:`ENGINE_OTHER`), or when another thread has an autograd node on its native stack
+    (on a GPU the engine runs in its own thread).
+    """
+    index = index if index is not None else SourceIndex()
+    out: Counter[str] = Counter()
+    for line in raw_text.splitlines():
+        stack, sep, count_text = line.rpartition(" ")
+        if not sep or not count_text.isdigit() or int(count_text) <= 0:
+            continue
+        parts = stack.split(";")
+        frames = [f for f in (parse_frame(p) for p in parts) if f is not None]
+        in_backward = classify(frames, index).bucket == BUCKET_BACKWARD
+        node = autograd_node(parts)
+        engine_thread = not frames and node not in (None, BLAS_UNWOUND)
+        if not (in_backward or engine_thread):
+            continue  # a forward (whose frames may name nodes it creates), or other work
+        node = node or ENGINE_OTHER
+        out[node] += int(count_text)
+    return out
+
+
+def op_shares(ops: Counter[str]) -> dict[str, tuple[float, float]]:
+    """{op: (share of the backward, standard error)}; binomial over the pooled native reads."""
+    total = sum(ops.values())
+    if total <= 0:
+        return {}
+    return {
+        op: (n / total, math.sqrt((n / total) * (1 - n / total) / total))
+        for op, n in ops.most_common()
+    }
+
+
+def split_backward(rows: list[LayerCost], ops: Counter[str]) -> list[LayerCost]:
+    """Replace the window's ``backward`` bucket by one child row per autograd op.
+
+    The bucket row stays as the parent (inclusive figures unchanged, self figures 0) and each
+    child ``backward/<Op>`` gets the op's pooled share of it; ``n_samples`` of a child is the
+    number of native reads behind its share. Summing ``self_energy_j`` still gives the window's
+    energy. Without native reads the rows are returned unchanged.
+    """
+    total = sum(ops.values())
+    if total <= 0:
+        return rows
+    out: list[LayerCost] = []
+    for row in rows:
+        if row.granularity != "bucket" or row.path != BUCKET_BACKWARD:
+            out.append(row)
+            continue
+        out.append(
+            replace(
+                row,
+                self_time_s=0.0,
+                self_energy_j=None if row.energy_j is None else 0.0,
+            )
+        )
+        for op, n in ops.most_common():
+            frac = n / total
+            out.append(
+                replace(
+                    row,
+                    path=f"{BUCKET_BACKWARD}/{op}",
+                    time_s=row.time_s * frac,
+                    share=row.share * frac,
+                    energy_j=None if row.energy_j is None else row.energy_j * frac,
+                    self_time_s=row.time_s * frac,
+                    self_energy_j=None if row.energy_j is None else row.energy_j * frac,
+                    n_samples=n,
+                )
+            )
+    return out

@@ -1,0 +1,102 @@
+"""Reject torn stacks: class paths that the model's module tree does not have.
+
+A non-blocking read that races the target's calls can succeed with a stack stitched from two
+moments: ``…/LlamaDecoderLayer/LlamaRMSNorm/LlamaAttention/Linear`` (an RMSNorm contains no
+attention). Stored as a row, that is a layer that does not exist. In attach mode nobody tells us
+the tree, so :class:`TreeGuard` learns it:
+
+- **trusted edges** come from the blocking calibration reads (:mod:`.lost`): the target is paused
+  while they are read, so their stacks are exact, and every parent -> child step in them exists;
+- **a root** (the outermost class) must be common among all samples (:data:`MIN_ROOT_SHARE`) or
+  trusted: a stack torn under the root reads as a sub-path alone (``LlamaDecoderLayer/…``);
+- **an edge only non-blocking reads saw** is torn when its child class is seen almost only
+  elsewhere (under :data:`MIN_CLASS_SHARE` of all the samples in which that class appears) *and*
+  the parent gives no reason to hold it: the edge is a small minority under the parent (under
+  :data:`MIN_EDGE_SHARE` of the parent's samples), or the parent's class is a leaf everywhere
+  else (it has a module below it in under :data:`MIN_PARENT_SHARE` of its samples: a norm, an
+  activation). Counts are pooled over the session. A torn read is an accident of timing: the
+  lower part of the stack is a real path (``LlamaDecoderLayer/LlamaAttention/Linear``) glued
+  under a module that was on the stack a moment before, so its child class is seen almost only
+  elsewhere and its parent is usually a short leaf module. A real but rare child (BERT's
+  prediction-head ``Linear``: few samples, ``Linear`` is everywhere) is kept: it is most of what
+  its parent does, and that parent has children.
+
+A path with any edge that is neither is dropped and counted (:attr:`TreeGuard.torn`); its samples
+become lost reads, which :class:`~wattlens.profiler.stacks.lost.LossAccount` spreads like the
+failed ones. The price: a real child too rare to pass the share test and not yet seen by a
+calibration read is dropped too (its time goes where the calibration says lost reads go).
+
+Run mode needs none of this: the agent walks the real ``named_modules()`` tree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+from wattlens.profiler.stacks.parse import Attribution
+
+MIN_EDGE_SHARE = 0.05
+MIN_CLASS_SHARE = 0.05
+MIN_ROOT_SHARE = 0.005
+MIN_PARENT_SHARE = 0.2
+
+
+class TreeGuard:
+    """Learns the module-class tree of one target; drops the paths that violate it."""
+
+    def __init__(self) -> None:
+        self.trusted: set[tuple[str, ...]] = set()  # every prefix of a calibration path
+        self.seen: Counter[tuple[str, ...]] = Counter()  # inclusive non-blocking samples per prefix
+        self.class_seen: Counter[str] = Counter()  # samples in which each class is on the path
+        self.class_inner: Counter[str] = Counter()  # ... with a module below it
+        self.torn = 0  # samples dropped, session total
+        self.torn_paths: Counter[str] = Counter()  # which paths, for the log and the tests
+
+    def learn_exact(self, counts: Mapping[Attribution, int]) -> None:
+        """Stacks read with the target paused (blocking): every prefix is a real path."""
+        for att in counts:
+            for depth in range(1, len(att.path) + 1):
+                self.trusted.add(att.path[:depth])
+
+    def _plausible(self, path: tuple[str, ...]) -> bool:
+        roots = sum(n for p, n in self.seen.items() if len(p) == 1)
+        if path[:1] not in self.trusted and self.seen[path[:1]] < MIN_ROOT_SHARE * roots:
+            return False  # a stack torn below the model's root: "Block/MLP/Linear" alone
+        for depth in range(2, len(path) + 1):
+            prefix = path[:depth]
+            if prefix in self.trusted:
+                continue
+            n_child = self.seen[prefix]
+            n_parent = self.seen[prefix[:-1]]
+            if n_child >= MIN_CLASS_SHARE * self.class_seen[prefix[-1]]:
+                continue
+            parent_cls = prefix[-2]
+            leaf_parent = self.class_inner[parent_cls] < MIN_PARENT_SHARE * self.class_seen[parent_cls]
+            if leaf_parent or n_child < MIN_EDGE_SHARE * n_parent:
+                return False
+        return True
+
+    def filter(self, counts: Mapping[Attribution, int]) -> tuple[Counter[Attribution], int]:
+        """(the counts whose path fits the tree, the number of samples dropped as torn).
+
+        The window's own non-blocking samples join the session's evidence first, so a path is
+        judged on everything seen so far. Buckets have no path and always pass.
+        """
+        for att, n in counts.items():
+            for depth in range(1, len(att.path) + 1):
+                self.seen[att.path[:depth]] += n
+            for cls in set(att.path):
+                self.class_seen[cls] += n
+            for cls in set(att.path[:-1]):
+                self.class_inner[cls] += n
+        kept: Counter[Attribution] = Counter()
+        dropped = 0
+        for att, n in counts.items():
+            if att.bucket is None and not self._plausible(att.path):
+                dropped += n
+                self.torn_paths[att.key] += n
+                continue
+            kept[att] += n
+        self.torn += dropped
+        return kept, dropped

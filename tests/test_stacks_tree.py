@@ -1,0 +1,121 @@
+"""Torn stacks (profiler/stacks/tree.py, sampler._counts): a class path the module tree does not
+have is dropped and counted, never stored; on a recorded py-spy window (GPT-2, Python 3.11)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from wattlens.profiler.stacks.parse import Attribution, SourceIndex, window_counts
+from wattlens.profiler.stacks.sampler import StackSampler
+from wattlens.profiler.stacks.tree import TreeGuard
+
+FIXTURES = Path(__file__).parent / "fixtures" / "pyspy"
+MAIN_TID = 4242
+
+
+def resolver(filename: str) -> str | None:
+    if filename.startswith("{fixtures}/"):
+        path = FIXTURES / filename.removeprefix("{fixtures}/")
+        return str(path) if path.is_file() else None
+    return None
+
+
+def gpt2_raw() -> str:
+    return (FIXTURES / "gpt2_py311.txt").read_text()
+
+
+def stitched_line(raw: str) -> str:
+    """A torn read built from two real lines: the frames down to a block's LayerNorm.forward, then
+    the frames of an attention call below it (as if read while the norm returned and the attention
+    began)."""
+    lines = raw.splitlines()
+    norm = next(ln for ln in lines if "LayerNorm.forward" in ln and "GPT2Attention" not in ln)
+    attn = next(ln for ln in lines if "GPT2Attention.forward" in ln)
+    norm_frames = norm.rpartition(" ")[0].split(";")
+    cut = max(i for i, f in enumerate(norm_frames) if f.startswith("LayerNorm.forward"))
+    attn_frames = attn.rpartition(" ")[0].split(";")
+    start = max(i for i, f in enumerate(attn_frames) if f.startswith("GPT2Block.forward")) + 1
+    return ";".join(norm_frames[: cut + 1] + attn_frames[start:]) + " 2"
+
+
+def counts_of(raw: str) -> Counter[Attribution]:
+    return window_counts(raw, target_pid=MAIN_TID, index=SourceIndex(resolver))
+
+
+def test_stitched_path_is_dropped_and_counted():
+    raw = gpt2_raw()
+    torn_line = stitched_line(raw)
+    clean = counts_of(raw)
+    with_torn = counts_of(raw + "\n" + torn_line + "\n")
+    torn_keys = set(with_torn) - set(clean)
+    assert len(torn_keys) == 1
+    (torn_att,) = torn_keys
+    assert "LayerNorm/GPT2Attention" in torn_att.key
+
+    guard = TreeGuard()
+    kept, dropped = guard.filter(with_torn)
+    assert dropped == 2 and guard.torn == 2
+    assert torn_att not in kept
+    assert kept == clean  # every real path of the recorded window survives
+    assert guard.torn_paths[torn_att.key] == 2
+
+
+def test_exact_reads_vouch_for_an_edge_the_counts_would_reject():
+    odd = Attribution(("Model", "Norm", "Linear"))  # looks torn: a leaf parent, Linear elsewhere
+    common = Attribution(("Model", "Block", "Linear"))
+    norm = Attribution(("Model", "Norm"))
+    counts = Counter({common: 500, norm: 100, odd: 1})
+    guard = TreeGuard()
+    kept, dropped = guard.filter(counts)
+    assert dropped == 1 and odd not in kept
+    guard.learn_exact(Counter({odd: 1}))  # a blocking read saw it: it exists
+    kept, dropped = guard.filter(counts)
+    assert dropped == 0 and kept[odd] == 1
+
+
+def test_rare_under_its_parent_and_mostly_elsewhere_is_torn():
+    real = Attribution(("M", "Layer", "Attention", "Linear"))
+    torn = Attribution(("M", "Layer", "Norm", "Attention", "Linear"))
+    norm = Attribution(("M", "Layer", "Norm"))
+    guard = TreeGuard()
+    for _ in range(20):  # a minute of windows: the torn path keeps coming at ~2 % of Norm
+        kept, _ = guard.filter(Counter({real: 400, norm: 50, torn: 1}))
+        assert torn not in kept and kept[real] == 400 and kept[norm] == 50
+    assert guard.torn == 20
+
+
+def test_a_rare_child_that_is_most_of_its_parent_is_kept():
+    # BERT's prediction head: few samples, its Linear seen mostly in the encoder
+    encoder = Attribution(("Bert", "Encoder", "Layer", "Linear"))
+    head = Attribution(("Bert", "Head", "Transform", "Linear"))
+    head_self = Attribution(("Bert", "Head", "Transform"))
+    guard = TreeGuard()
+    kept, dropped = guard.filter(Counter({encoder: 300, head: 5, head_self: 2}))
+    assert dropped == 0 and kept[head] == 5
+
+
+def test_sampler_drops_torn_reads_and_adds_them_to_the_lost_reads():
+    raw = gpt2_raw()
+    sampler = StackSampler(
+        MAIN_TID,
+        on_window=lambda rows: None,
+        energy_between=lambda a, b: None,
+        source_resolver=resolver,
+    )
+    window = raw + "\n" + stitched_line(raw) + "\n"
+    observed = sum(counts_of(window).values())
+    counts = sampler._counts(window, failed=6, calibration_raw=raw)
+    assert not any("LayerNorm/GPT2Attention" in att.key for att in counts)
+    assert sum(counts.values()) == observed + 6  # torn (2) + failed (6) added back, none lost
+    assert sampler.loss.torn == 2 and sampler.loss.failed == 6
+    message = sampler.loss_message()
+    assert "8 of" in message and "2 torn" in message and "calibration" in message
+
+
+def test_a_path_torn_below_the_root_is_dropped():
+    real = Attribution(("Llama", "Layer", "MLP", "Linear"))
+    rootless = Attribution(("Layer", "MLP", "Linear"))
+    guard = TreeGuard()
+    kept, dropped = guard.filter(Counter({real: 900, rootless: 1}))
+    assert dropped == 1 and rootless not in kept and kept[real] == 900
