@@ -23,7 +23,7 @@ from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.launch import launch
 from wattlens.profiler.process import Target
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
-from wattlens.profiler.session import ProfilingSession, run_until_end
+from wattlens.profiler.session import END_STATUSES, ProfilingSession, run_until_end
 from wattlens.profiler.sources import Discovery
 
 
@@ -44,6 +44,7 @@ class RunSession:
         self.server: AgentServer | None = None
         self.proc: subprocess.Popen | None = None
         self.agent_info: dict[str, Any] = {}
+        self.agent_hellos: dict[Any, dict[str, Any]] = {}  # pid -> the latest hello info of each agent
         self._early: list[Any] = []  # records that arrive before the session exists
         self.steps_seen = 0  # steps reported by the agent so far (all processes)
         # live changes (apply / revert / batch_size): id -> what we know, filled from the agent's
@@ -80,6 +81,7 @@ class RunSession:
 
     def _on_hello(self, info: dict[str, Any]) -> None:
         self.agent_info = dict(info)
+        self.agent_hellos[info.get("pid")] = self.agent_info
         self._deliver(EventRecord(time.monotonic_ns(), "agent-hello", "agent reported its process and models",
                                  dict(info)))
 
@@ -230,9 +232,29 @@ class RunSession:
             method = (summary.get("target") or {}).get("method") or summary.get("energy_method")
             summary["actions"] = self._action_results(self.session.session_id, method)
 
+    def agent_note(self) -> str | None:
+        """One line on why there are no per-layer figures from the agent; None when a model was seen."""
+        hellos = list(self.agent_hellos.values())
+        if not hellos:
+            return ("no per-layer figures: the agent never connected — the command started no Python "
+                    "that reads PYTHONPATH (python -I, -E or -S skip it), or that Python could not load "
+                    "the agent (its stderr says why)")
+        if any(h.get("models") for h in hellos):
+            return None
+        h = hellos[0]
+        where = f"Python {h.get('python') or '?'}" + (f", {h['executable']}" if h.get("executable") else "")
+        if any(h.get("torch") for h in hellos):
+            return f"no per-layer figures: the target ({where}) imported torch but ran no model while measured"
+        return (f"no per-layer figures: the target ({where}) did not import torch while measured — the agent "
+                "connected, but has nothing to time without torch (is torch installed for that interpreter?)")
+
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user") -> dict:
         if self.server is not None:
             self.server.stop()
+        if self.session is not None and self.session.status not in END_STATUSES:
+            note = self.agent_note()
+            if note is not None:
+                self.session.note(note)
         summary = self.session.stop(status, reason) if self.session else {}
         self._stop_actions(summary)
         if self.proc is not None:

@@ -92,8 +92,10 @@ def test_metainfo_describes_the_desktop_application():
 
 
 def test_metainfo_release_is_the_package_version():
+    from wattlens.app import __version__
+
     versions = [r.get("version") for r in ET.parse(METAINFO).getroot().findall("releases/release")]
-    assert versions and versions[0] == _pyproject()["project"]["version"]
+    assert versions and versions[0] == __version__
 
 
 def test_metainfo_screenshot_is_the_live_view_from_docs():
@@ -171,6 +173,18 @@ def test_spec_collects_every_wattlens_package_and_leaves_torch_out():
     assert not kept & excludes
 
 
+def test_bundle_leaves_out_exactly_the_advisor_extra():
+    """The bundle is the core install: what it leaves out is what the `advisor` extra adds, and
+    the core dependencies (which build.sh installs into the bundle's venv) have none of it."""
+    project = _pyproject()["project"]
+    names = {req.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower()
+             for req in project["optional-dependencies"]["advisor"]}
+    assert names == {"torch", "transformers", "torchao"}
+    assert names <= set(_spec_assignments()["EXCLUDES"])
+    core = " ".join(project["dependencies"]).lower()
+    assert not any(name in core for name in names), project["dependencies"]
+
+
 def test_build_script_is_valid_bash():
     out = subprocess.run(["bash", "-n", str(PACKAGING / "build.sh")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -178,8 +192,8 @@ def test_build_script_is_valid_bash():
 
 def test_bundle_without_torch_fails_in_one_line_that_says_to_use_pip(tmp_path):
     """The bundle's runtime hook, with torch made absent the way the bundle has it: a command
-    that needs torch exits 1 with one `wattlens: error:` line pointing at pip, not an internal
-    error, and a probe `try: import torch / except ImportError` still works."""
+    that needs torch exits 2 (a missing extra) with one `wattlens: error:` line naming the pip
+    extra, not an internal error, and a probe `try: import torch / except ImportError` works."""
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(f"""
         import runpy, sys
@@ -203,11 +217,11 @@ def test_bundle_without_torch_fails_in_one_line_that_says_to_use_pip(tmp_path):
         sys.exit(cli.main(["doctor"]))
     """))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("wattlens: error: ") and "internal error" not in lines[0]
-    assert "pip install wattlens" in lines[0]
+    assert "pip install 'wattlens[advisor]'" in lines[0]
     assert out.stdout == ""
 
 
