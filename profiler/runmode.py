@@ -243,10 +243,9 @@ class RunSession:
             return None
         h = hellos[0]
         where = f"Python {h.get('python') or '?'}" + (f", {h['executable']}" if h.get("executable") else "")
-        if any(h.get("torch") for h in hellos):
-            return f"no per-layer figures: the target ({where}) imported torch but ran no model while measured"
-        return (f"no per-layer figures: the target ({where}) did not import torch while measured — the agent "
-                "connected, but has nothing to time without torch (is torch installed for that interpreter?)")
+        return (f"no per-layer figures: the agent connected to the target ({where}) but saw no torch "
+                "model run while measured — did it import torch (is torch installed for that "
+                "interpreter) and call a model?")
 
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user") -> dict:
         if self.server is not None:

@@ -256,3 +256,41 @@ def test_bundle_builds_and_passes_its_smoke_test():
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert (ROOT / "dist" / "wattlens" / "wattlens").is_file()
     assert "smoke test passed" in out.stderr
+
+
+# ---- version and the advisor extra in the CLI ----------------------------------------------------
+def test_version_is_written_once_and_the_cli_tells_it(capsys):
+    from wattlens.app import __version__
+    from wattlens.app.cli import main
+
+    assert "version" not in _pyproject()["project"] and "version" in _pyproject()["project"]["dynamic"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wattlens {__version__}"
+
+
+@pytest.mark.parametrize("module", ["torch", "transformers.models", "torchao.quantization"])
+def test_a_missing_advisor_module_is_one_line_naming_the_extra(monkeypatch, capsys, module):
+    from wattlens.app import cli
+
+    def needs_it(args):
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    monkeypatch.setitem(cli.COMMANDS, "doctor", needs_it)
+    assert cli.main(["doctor"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"wattlens: error: `wattlens doctor` needs {module.split('.')[0]}, which is not "
+                   "installed here — install the advisor extra: pip install 'wattlens[advisor]'"]
+
+
+def test_another_missing_module_stays_an_internal_error(monkeypatch, capsys):
+    from wattlens.app import cli
+
+    def needs_it(args):
+        raise ModuleNotFoundError("No module named 'nonexistent'", name="nonexistent")
+
+    monkeypatch.setitem(cli.COMMANDS, "doctor", needs_it)
+    monkeypatch.delenv("WATTLENS_DEBUG", raising=False)
+    assert cli.main(["doctor"]) == 1
+    assert "internal error" in capsys.readouterr().err
