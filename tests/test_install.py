@@ -165,7 +165,7 @@ def test_core_doctor_runs(core, env):
     assert {"usable", "unavailable", "checks"} <= set(doc)
 
 
-def test_core_attaches_to_a_torch_process_of_another_env_and_reports_it(core, env, tmp_path):
+def test_core_attaches_to_a_torch_process_of_another_env_reports_and_advises(core, env, tmp_path):
     # the target: this test run's interpreter (the dev environment, with torch) running a loop
     target = subprocess.Popen([sys.executable, str(ROOT / "tests" / "workloads" / "torch_loop.py"), "120"],
                               stdout=subprocess.PIPE, text=True)
@@ -185,6 +185,9 @@ def test_core_attaches_to_a_torch_process_of_another_env_and_reports_it(core, en
         assert path.stat().st_size > 0, rep.stderr
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["session"]["id"] == sid
+    # advise (rules + scikit-learn regressions, both in the core) on the same session
+    advice = json.loads(_run([core.wattlens, "advise", sid, "--json"], env=env, timeout=300).stdout)
+    assert isinstance(advice, (dict, list))
     # the core has no torch of its own; nothing above needed one
     assert core.torch_version() is None
 

@@ -294,3 +294,30 @@ def test_another_missing_module_stays_an_internal_error(monkeypatch, capsys):
     monkeypatch.delenv("WATTLENS_DEBUG", raising=False)
     assert cli.main(["doctor"]) == 1
     assert "internal error" in capsys.readouterr().err
+
+
+def test_pyspy_is_found_in_the_user_scripts_folder(tmp_path, monkeypatch):
+    """`pip install --user wattlens` puts py-spy beside the `wattlens` script (~/.local/bin), which
+    may not be on PATH and is not beside the interpreter: attach and doctor still find it."""
+    import sysconfig
+
+    from wattlens.app.doctor import _pyspy_check
+    from wattlens.profiler.stacks import sampler
+
+    user_bin, python_bin = tmp_path / "user-bin", tmp_path / "python-bin"
+    user_bin.mkdir()
+    python_bin.mkdir()
+    pyspy = user_bin / "py-spy"
+    pyspy.write_text("#!/bin/sh\n")
+    pyspy.chmod(0o755)
+    real_get_path = sysconfig.get_path
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sampler.sys, "executable", str(python_bin / "python"))
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, scheme=None, *a, **kw:
+                        str(user_bin) if (name, scheme) == ("scripts", f"{os.name}_user")
+                        else real_get_path(name, scheme, *a, **kw))
+    assert sampler.find_pyspy() == str(pyspy)
+    assert _pyspy_check()["detail"].startswith(f"found at {pyspy}")
+    pyspy.unlink()
+    assert sampler.find_pyspy() is None
+    assert _pyspy_check()["detail"] == "py-spy not found"
