@@ -9,9 +9,11 @@ STAMP := $(VENV)/.wattlens-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch is pinned (CPU build 2.13.0); a looser spec could pull a multi-GB CUDA build
+	# The dev env gets the CPU build of torch 2.13.0 first, so the `advisor` extra's torch range
+	# is already met and pip does not pull a multi-GB CUDA build; then wattlens, editable, with
+	# the advisor extra (optimize, the demo) and the dev tools.
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,advisor]"
 	touch $(STAMP)
 
 install: $(STAMP)

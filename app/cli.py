@@ -67,7 +67,9 @@ def _add_json(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wattlens", description="Energy profiler and advisor for PyTorch and LLM workloads.")
-    p.add_argument("--version", action="version", version="wattlens 0.1.0")
+    from wattlens.app._version import __version__
+
+    p.add_argument("--version", action="version", version=f"wattlens {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     g = sub.add_parser("gui", help="open the desktop app (the default)")
@@ -443,28 +445,40 @@ def cmd_advise(args) -> int:
     return advise_command(args)
 
 
-def _require_torch(command: str) -> None:
-    """optimize and demo need PyTorch; the standalone bundle leaves it out."""
+# Modules of the `advisor` extra (pyproject.toml): the core install has none of them.
+ADVISOR_EXTRA_MODULES = ("torch", "transformers", "torchao")
+ADVISOR_INSTALL = "pip install 'wattlens[advisor]'"
+
+
+def _missing_extra(command: str, module: str):
+    from wattlens.profiler.errors import MissingExtraError
+
+    return MissingExtraError(f"`wattlens {command}` needs {module}, which is not installed here",
+                             hint=f"install the advisor extra: {ADVISOR_INSTALL}")
+
+
+def _require_advisor(command: str, modules: Sequence[str] = ("torch",)) -> None:
+    """optimize and demo need PyTorch (and the demo transformers): the `advisor` extra."""
     import importlib.util
 
-    try:
-        missing = importlib.util.find_spec("torch") is None
-    except ImportError:  # the bundle's runtime hook
-        missing = True
-    if missing or getattr(sys, "frozen", False):
-        raise _failed(f"`wattlens {command}` needs PyTorch, which this wattlens does not include",
-                      "install wattlens with pip: pip install wattlens")
+    for module in modules:
+        try:
+            missing = importlib.util.find_spec(module) is None
+        except ImportError:  # the bundle's runtime hook
+            missing = True
+        if missing:
+            raise _missing_extra(command, module)
 
 
 def cmd_optimize(args) -> int:
-    _require_torch("optimize")
+    _require_advisor("optimize")
     from wattlens.app.optimize_cmd import optimize_command
 
     return optimize_command(args)
 
 
 def cmd_demo(args) -> int:
-    _require_torch("demo")
+    _require_advisor("demo", ("torch", "transformers"))
     from wattlens.app.demo import demo_command
 
     return demo_command(args)
@@ -506,6 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into one line
         from wattlens.profiler.errors import WattlensError
 
+        if (not isinstance(exc, WattlensError) and isinstance(exc, ModuleNotFoundError)
+                and (exc.name or "").partition(".")[0] in ADVISOR_EXTRA_MODULES):
+            exc = _missing_extra(args.command, exc.name.partition(".")[0])
         if isinstance(exc, WattlensError):
             print(f"wattlens: error: {exc}", file=sys.stderr)
             return exc.exit_code

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 
 
 def _pyspy_check() -> dict:
-    exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
-    if not os.path.exists(exe):
+    from wattlens.profiler.stacks.sampler import find_pyspy
+
+    exe = find_pyspy()  # the same search as attach uses
+    if exe is None:
         return {"name": "py-spy (layer figures in attach mode)", "ok": False, "detail": "py-spy not found",
                 "fix": "pip install py-spy"}
     detail = f"found at {exe}"

@@ -6,8 +6,9 @@
 #
 # How: copy the working tree (tracked + untracked, .gitignore honoured) to build/bundle-src so a
 # stale build/lib can never leak into the package, install it NON-editable with --no-deps into a
-# clean venv build/bundle-venv, add the runtime dependencies from pyproject.toml except torch and
-# transformers (the bundle leaves them out; see packaging/wattlens.spec), then run PyInstaller
+# clean venv build/bundle-venv, add the core runtime dependencies from pyproject.toml (no torch or
+# transformers: they are the `advisor` extra, which the bundle leaves out; see
+# packaging/wattlens.spec), then run PyInstaller
 # on packaging/wattlens.spec from that venv. The venv is reused while the dependency list is
 # unchanged. Needs network access to the package index the first time. Env: PYTHON (default
 # python3, >= 3.10).
@@ -46,7 +47,8 @@ build() {
         say "creating $VENV"
         "$PYTHON" -m venv "$VENV"
     fi
-    # Runtime dependencies from pyproject.toml minus the left-out ones, plus the `package` extra.
+    # The core runtime dependencies from pyproject.toml plus the `package` extra (never the
+    # `advisor` extra; the filter guards against torch/transformers coming back into the core).
     local reqs
     reqs=$("$VENV/bin/python" - "$ROOT/pyproject.toml" <<'EOF'
 import re
@@ -179,9 +181,10 @@ EOF
         local rc=$?
         set -e
         cat "$tmp/opt.err" >&2
-        [ "$rc" -eq 1 ] || die "optimize in the bundle exited $rc, expected 1"
+        [ "$rc" -eq 2 ] || die "optimize in the bundle exited $rc, expected 2 (a missing extra)"
         [ "$(wc -l < "$tmp/opt.err")" -eq 1 ] || die "optimize in the bundle did not fail with one line"
-        grep -q "pip install wattlens" "$tmp/opt.err" || die "optimize's error does not say to install with pip"
+        grep -qF "pip install 'wattlens[advisor]'" "$tmp/opt.err" \
+            || die "optimize's error does not say to install the advisor extra with pip"
         if grep -q "internal error" "$tmp/opt.err"; then die "optimize reported an internal error"; fi
     else
         say "smoke: optimize is not in this tree yet: its torch check skipped"

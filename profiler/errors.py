@@ -25,6 +25,11 @@ class BadInputError(WattlensError):
     exit_code = 2
 
 
+class MissingExtraError(BadInputError):
+    """The command needs an optional part of wattlens that is not installed (exit code 2); the
+    hint names the pip extra, e.g. ``pip install 'wattlens[advisor]'``."""
+
+
 class TargetNotFoundError(BadInputError):
     """The PID does not exist (or is not visible to us)."""
 

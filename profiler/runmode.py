@@ -30,7 +30,7 @@ from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.launch import launch
 from wattlens.profiler.process import Target
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
-from wattlens.profiler.session import ProfilingSession, StopSignals, run_until_end
+from wattlens.profiler.session import END_STATUSES, ProfilingSession, StopSignals, run_until_end
 from wattlens.profiler.sources import Discovery
 
 
@@ -52,6 +52,7 @@ class RunSession:
         self.server: AgentServer | None = None
         self.proc: subprocess.Popen | None = None
         self.agent_info: dict[str, Any] = {}
+        self.agent_hellos: dict[Any, dict[str, Any]] = {}  # pid -> the latest hello info of each agent
         self._early: list[Any] = []  # records that arrive before the session exists
         self.steps_seen = 0  # steps reported by the agent so far (all processes)
         # live changes (apply / revert / batch_size): id -> what we know, filled from the agent's
@@ -88,6 +89,7 @@ class RunSession:
 
     def _on_hello(self, info: dict[str, Any]) -> None:
         self.agent_info = dict(info)
+        self.agent_hellos[info.get("pid")] = self.agent_info
         self._deliver(EventRecord(time.monotonic_ns(), "agent-hello", "agent reported its process and models",
                                  dict(info)))
 
@@ -259,15 +261,29 @@ class RunSession:
             self.session.exit_code = code
         return f"the command ended after {name} with exit code {code}"
 
+    def agent_note(self) -> str | None:
+        """One line on why there are no per-layer figures from the agent; None when a model was seen."""
+        hellos = list(self.agent_hellos.values())
+        if not hellos:
+            return ("no layer figures: no wattlens agent reported from the command — it is not a Python "
+                    "program, it ended before Python started, it started no Python that reads PYTHONPATH "
+                    "(python -I, -E or -S skip it), or that Python could not load the agent (its stderr "
+                    "says why); power and energy are measured as usual")
+        if any(h.get("models") for h in hellos):
+            return None
+        h = hellos[0]
+        where = f"Python {h.get('python') or '?'}" + (f", {h['executable']}" if h.get("executable") else "")
+        return (f"no layer figures: the agent connected to the target ({where}) but saw no torch "
+                "model run while measured — did it import torch (is torch installed for that "
+                "interpreter) and call a model?")
+
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user") -> dict:
         if self.server is not None:
             self.server.stop()
-        if self.session is not None and not self.agent_info and self.session.status == "running":
-            # the README promises a line saying why a session has no layer figures
-            self.session.note("no layer figures: no wattlens agent reported from the command — it is "
-                              "not a Python program, or it ended before Python started; power and "
-                              "energy are measured as usual (`wattlens attach` samples stacks of a "
-                              "Python process started another way)")
+        if self.session is not None and self.session.status not in END_STATUSES:
+            note = self.agent_note()
+            if note is not None:
+                self.session.note(note)
         summary = self.session.stop(status, reason) if self.session else {}
         self._stop_actions(summary)
         if self.proc is not None:

@@ -92,8 +92,10 @@ def test_metainfo_describes_the_desktop_application():
 
 
 def test_metainfo_release_is_the_package_version():
+    from wattlens.app import __version__
+
     versions = [r.get("version") for r in ET.parse(METAINFO).getroot().findall("releases/release")]
-    assert versions and versions[0] == _pyproject()["project"]["version"]
+    assert versions and versions[0] == __version__
 
 
 def test_metainfo_screenshot_is_the_live_view_from_docs():
@@ -171,6 +173,18 @@ def test_spec_collects_every_wattlens_package_and_leaves_torch_out():
     assert not kept & excludes
 
 
+def test_bundle_leaves_out_exactly_the_advisor_extra():
+    """The bundle is the core install: what it leaves out is what the `advisor` extra adds, and
+    the core dependencies (which build.sh installs into the bundle's venv) have none of it."""
+    project = _pyproject()["project"]
+    names = {req.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower()
+             for req in project["optional-dependencies"]["advisor"]}
+    assert names == {"torch", "transformers", "torchao"}
+    assert names <= set(_spec_assignments()["EXCLUDES"])
+    core = " ".join(project["dependencies"]).lower()
+    assert not any(name in core for name in names), project["dependencies"]
+
+
 def test_build_script_is_valid_bash():
     out = subprocess.run(["bash", "-n", str(PACKAGING / "build.sh")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -178,8 +192,8 @@ def test_build_script_is_valid_bash():
 
 def test_bundle_without_torch_fails_in_one_line_that_says_to_use_pip(tmp_path):
     """The bundle's runtime hook, with torch made absent the way the bundle has it: a command
-    that needs torch exits 1 with one `wattlens: error:` line pointing at pip, not an internal
-    error, and a probe `try: import torch / except ImportError` still works."""
+    that needs torch exits 2 (a missing extra) with one `wattlens: error:` line naming the pip
+    extra, not an internal error, and a probe `try: import torch / except ImportError` works."""
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(f"""
         import runpy, sys
@@ -203,11 +217,11 @@ def test_bundle_without_torch_fails_in_one_line_that_says_to_use_pip(tmp_path):
         sys.exit(cli.main(["doctor"]))
     """))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("wattlens: error: ") and "internal error" not in lines[0]
-    assert "pip install wattlens" in lines[0]
+    assert "pip install 'wattlens[advisor]'" in lines[0]
     assert out.stdout == ""
 
 
@@ -242,3 +256,68 @@ def test_bundle_builds_and_passes_its_smoke_test():
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert (ROOT / "dist" / "wattlens" / "wattlens").is_file()
     assert "smoke test passed" in out.stderr
+
+
+# ---- version and the advisor extra in the CLI ----------------------------------------------------
+def test_version_is_written_once_and_the_cli_tells_it(capsys):
+    from wattlens.app import __version__
+    from wattlens.app.cli import main
+
+    assert "version" not in _pyproject()["project"] and "version" in _pyproject()["project"]["dynamic"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wattlens {__version__}"
+
+
+@pytest.mark.parametrize("module", ["torch", "transformers.models", "torchao.quantization"])
+def test_a_missing_advisor_module_is_one_line_naming_the_extra(monkeypatch, capsys, module):
+    from wattlens.app import cli
+
+    def needs_it(args):
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    monkeypatch.setitem(cli.COMMANDS, "doctor", needs_it)
+    assert cli.main(["doctor"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"wattlens: error: `wattlens doctor` needs {module.split('.')[0]}, which is not "
+                   "installed here — install the advisor extra: pip install 'wattlens[advisor]'"]
+
+
+def test_another_missing_module_stays_an_internal_error(monkeypatch, capsys):
+    from wattlens.app import cli
+
+    def needs_it(args):
+        raise ModuleNotFoundError("No module named 'nonexistent'", name="nonexistent")
+
+    monkeypatch.setitem(cli.COMMANDS, "doctor", needs_it)
+    monkeypatch.delenv("WATTLENS_DEBUG", raising=False)
+    assert cli.main(["doctor"]) == 1
+    assert "internal error" in capsys.readouterr().err
+
+
+def test_pyspy_is_found_in_the_user_scripts_folder(tmp_path, monkeypatch):
+    """`pip install --user wattlens` puts py-spy beside the `wattlens` script (~/.local/bin), which
+    may not be on PATH and is not beside the interpreter: attach and doctor still find it."""
+    import sysconfig
+
+    from wattlens.app.doctor import _pyspy_check
+    from wattlens.profiler.stacks import sampler
+
+    user_bin, python_bin = tmp_path / "user-bin", tmp_path / "python-bin"
+    user_bin.mkdir()
+    python_bin.mkdir()
+    pyspy = user_bin / "py-spy"
+    pyspy.write_text("#!/bin/sh\n")
+    pyspy.chmod(0o755)
+    real_get_path = sysconfig.get_path
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sampler.sys, "executable", str(python_bin / "python"))
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, scheme=None, *a, **kw:
+                        str(user_bin) if (name, scheme) == ("scripts", f"{os.name}_user")
+                        else real_get_path(name, scheme, *a, **kw))
+    assert sampler.find_pyspy() == str(pyspy)
+    assert _pyspy_check()["detail"].startswith(f"found at {pyspy}")
+    pyspy.unlink()
+    assert sampler.find_pyspy() is None
+    assert _pyspy_check()["detail"] == "py-spy not found"

@@ -91,15 +91,25 @@ _SUMMARY_RE = re.compile(r"Samples: (\d+) Errors: (\d+)")
 
 def find_pyspy(explicit: str | os.PathLike[str] | None = None) -> str | None:
     """The py-spy executable: ``explicit`` if given (and only it), else on PATH, else next to the
-    running interpreter (a venv's ``bin/`` is often not on PATH)."""
+    running interpreter (a venv's ``bin/`` is often not on PATH), else in the user scripts folder
+    (``pip install --user`` puts py-spy there, beside the `wattlens` script, e.g. ~/.local/bin)."""
     if explicit is not None:
         path = Path(explicit)
         return str(path) if path.is_file() and os.access(path, os.X_OK) else None
     found = shutil.which("py-spy")
     if found:
         return found
-    beside = Path(sys.executable).parent / ("py-spy.exe" if os.name == "nt" else "py-spy")
-    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
+    import sysconfig
+
+    name = "py-spy.exe" if os.name == "nt" else "py-spy"
+    folders = [Path(sys.executable).parent]
+    with contextlib.suppress(KeyError):
+        folders.append(Path(sysconfig.get_path("scripts", f"{os.name}_user")))
+    for folder in folders:
+        beside = folder / name
+        if beside.is_file() and os.access(beside, os.X_OK):
+            return str(beside)
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
