@@ -49,7 +49,7 @@ def _reading_note(src) -> str:
 class Sampler:
     def __init__(self, sources: Sequence, *, interval_s: float = 0.1, target: Target | None = None,
                  sinks: Sequence[Sink] = (), known_idle_w: dict[str, float] | None = None,
-                 pidns: PidNamespace | None = None, clock_ns: Callable[[], int] = time.monotonic_ns,
+                 pidns: PidNamespace | None = None, clock_ns: Callable[[], int] | None = None,
                  on_event: EventSink | None = None, n_logical_cpus: int | None = None,
                  min_cpu_span_s: float | None = None):
         if not (0 < interval_s < float("inf")):  # also refuses NaN
@@ -69,7 +69,9 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._prev: dict[str, tuple[int, float | None]] = {}
         self._target_energy_j: dict[str, float] = {s.id: 0.0 for s in self.sources}
-        self.clock_ns = clock_ns  # the hardware clock; a simulated one in tests
+        # the hardware clock (looked up at each call, so a test may patch this module's `time`);
+        # a simulated one in tests of the GPU path
+        self.clock_ns = clock_ns or (lambda: time.monotonic_ns())
         self._known_idle_w = dict(known_idle_w or {})
         self._pidns = pidns
         self._gpu: dict[str, GpuTracker] = {}
