@@ -31,6 +31,13 @@ def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
+def _add_metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics at "
+                   "http://ADDR:PORT/metrics while measuring (0 picks a free port)")
+    p.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
+                   help="address the metrics server listens on (default 127.0.0.1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wattlens", description="Energy profiler and advisor for PyTorch and LLM workloads.")
     p.add_argument("--version", action="version", version="wattlens 0.1.0")
@@ -48,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--stack-rate", type=float, metavar="HZ", help="stack samples per second")
     a.add_argument("--name", metavar="N", help="session name")
     a.add_argument("--no-gpu", action="store_true", help="do not query NVIDIA GPUs")
+    _add_metrics(a)
     _add_db(a)
     _add_json(a)
 
@@ -64,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply once N steps have been reported (default 10)")
     r.add_argument("--revert-after-steps", type=int, metavar="M",
                    help="revert the applied action once M steps have been reported")
+    _add_metrics(r)
     _add_db(r)
     _add_json(r)
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
@@ -179,17 +188,40 @@ def cmd_attach(args) -> int:
         raise _usage("--interval and --duration must be positive numbers of seconds")
     target = Target(args.pid)
     store = _open_store(args)
+    exporter = _start_metrics(args)
     session = ProfilingSession(store, target=target, kind="attach", name=args.name,
                                interval_s=args.interval, duration_s=args.duration,
                                discovery=discover(gpu=not args.no_gpu), stacks=not args.no_stacks,
                                stack_rate_hz=args.stack_rate)
-    sid = session.start()
-    _info(args, f"wattlens: measuring PID {target.pid} ({target.name}) as session {sid} into "
-                f"{store.display_name} every {args.interval:g} s — Ctrl-C to stop")
-    for n in session.notes:
-        _info(args, f"wattlens: {n}")
-    summary = session.run()
+    try:
+        sid = session.start()
+        _info(args, f"wattlens: measuring PID {target.pid} ({target.name}) as session {sid} into "
+                    f"{store.display_name} every {args.interval:g} s — Ctrl-C to stop")
+        _serve_metrics(args, exporter, session)
+        for n in session.notes:
+            _info(args, f"wattlens: {n}")
+        summary = session.run()
+    finally:
+        if exporter is not None:
+            exporter.stop()
     return _finish(args, summary)
+
+
+def _start_metrics(args):
+    """The Prometheus exporter, bound before measuring starts (a taken port costs nothing)."""
+    if args.metrics_port is None:
+        return None
+    from wattlens.profiler.metrics import MetricsExporter
+
+    exporter = MetricsExporter(args.metrics_port, args.metrics_addr)
+    exporter.start()
+    return exporter
+
+
+def _serve_metrics(args, exporter, session) -> None:
+    if exporter is not None:
+        exporter.attach(session)
+        _info(args, f"wattlens: serving Prometheus metrics at {exporter.url}")
 
 
 def _finish(args, summary: dict) -> int:
@@ -225,12 +257,19 @@ def cmd_run(args) -> int:
     elif args.revert_after_steps is not None:
         raise _usage("--revert-after-steps needs --apply ACTION")
     store = _open_store(args)
+    exporter = _start_metrics(args)
     # under --json, stdout carries only our JSON: the command's output goes to stderr
     run = RunSession(store, cmd, name=args.name, interval_s=args.interval, duration_s=args.duration,
                      discovery=discover(gpu=not args.no_gpu), stdout=sys.stderr if args.json else None)
-    sid = run.start()
+    try:
+        sid = run.start()
+    except BaseException:
+        if exporter is not None:
+            exporter.stop()
+        raise
     _info(args, f"wattlens: running `{' '.join(cmd)}` (PID {run.proc.pid}) as session {sid} into "
                 f"{store.display_name} — Ctrl-C stops it")
+    _serve_metrics(args, exporter, run.session)
     live: dict = {}
 
     def on_tick(r) -> None:  # the live change, once enough steps were reported
@@ -245,7 +284,11 @@ def cmd_run(args) -> int:
             live["reverted"] = r.revert(live["id"])
             _info(args, f"wattlens: reverting {args.apply} after {r.steps_seen} steps")
 
-    summary = run.run(on_tick=on_tick)
+    try:
+        summary = run.run(on_tick=on_tick)
+    finally:
+        if exporter is not None:
+            exporter.stop()
     if run.proc.poll() is None and args.duration is not None:
         _info(args, f"wattlens: stopped measuring after {args.duration:g} s; PID {run.proc.pid} keeps running")
     code = _finish(args, summary)
