@@ -62,6 +62,7 @@ BOOTSTRAP_DIR = Path(__file__).resolve().parent / "agent" / "bootstrap"
 OUTSIDE_MODULES = "outside modules"
 _MAX_LOGGED_DROPS = 20  # per client; later drops are counted, not logged one by one
 
+JOB_FIELDS = ("rank", "local_rank", "world_size")
 EnergyBetween = Callable[[int, int], "float | None"]
 
 
@@ -80,6 +81,12 @@ class _Client:
     def pid(self) -> int | None:
         return self.hello.get("pid") if self.hello else None
 
+    @property
+    def job(self) -> dict[str, int]:
+        """rank / local_rank / world_size from the hello of a torch.distributed worker, else {}."""
+        h = self.hello or {}
+        return {k: h[k] for k in JOB_FIELDS if h.get(k) is not None}
+
 
 @dataclass
 class _Pending:
@@ -88,6 +95,7 @@ class _Pending:
     kind: str  # "steps" | "layers"
     msg: dict[str, Any]
     deadline_s: float
+    job: dict[str, int] = field(default_factory=dict)  # the sender's rank fields
 
 
 class AgentServer:
@@ -402,18 +410,31 @@ class AgentServer:
             if s["t_end_ns"] < s["t_start_ns"]:
                 self._dropped(client, "a step that ends before it starts")
                 return
-        self._queue("steps", msg)
+        self._queue("steps", msg, client)
 
     def _msg_layers(self, client: _Client, msg: dict[str, Any]) -> None:
         if msg["t_end_ns"] <= msg["t_start_ns"]:
             self._dropped(client, "an empty or reversed layer window")
             return
-        self._queue("layers", msg)
+        self._queue("layers", msg, client)
 
     def _msg_event(self, client: _Client, msg: dict[str, Any]) -> None:
         data = dict(msg.get("data") or {})
         data.setdefault("pid", client.pid)
+        for k, v in client.job.items():
+            data.setdefault(k, v)
         self._call(self._on_event, EventRecord(msg["t_ns"], msg["kind"], msg["message"], data))
+
+    def _msg_collectives(self, client: _Client, msg: dict[str, Any]) -> None:
+        calls = msg["calls"]
+        if not calls:
+            return
+        data = {"calls": calls, "pid": client.pid, **client.job}
+        total_s = sum(t1 - t0 for _op, t0, t1 in calls) / 1e9
+        who = f"rank {client.job['rank']}" if "rank" in client.job else f"pid {client.pid}"
+        self._call(self._on_event, EventRecord(
+            calls[-1][2], "collectives",
+            f"{who}: {len(calls)} torch.distributed collective call(s), {total_s:.3f} s", data))
 
     def _msg_knob(self, client: _Client, msg: dict[str, Any]) -> None:
         with self._lock:
@@ -468,8 +489,8 @@ class AgentServer:
         return info
 
     # ------------------------------------------------------------------ energy and records
-    def _queue(self, kind: str, msg: dict[str, Any]) -> None:
-        self._pending.append(_Pending(kind, msg, time.monotonic() + self._energy_wait_s))
+    def _queue(self, kind: str, msg: dict[str, Any], client: _Client) -> None:
+        self._pending.append(_Pending(kind, msg, time.monotonic() + self._energy_wait_s, client.job))
         self._flush_pending(final=False)
 
     def _energy(self, t0_ns: int, t1_ns: int) -> float | None:
@@ -502,9 +523,10 @@ class AgentServer:
                 for s, e in zip(item.msg["steps"], energies, strict=True):
                     self._call(self._on_step, StepRecord(
                         step=s["step"], t_start_ns=s["t_start_ns"], t_end_ns=s["t_end_ns"],
-                        samples=s.get("samples"), tokens=s.get("tokens"), energy_j=e))
+                        samples=s.get("samples"), tokens=s.get("tokens"), energy_j=e, **item.job))
             else:
-                self._call(self._on_layer_costs, layer_costs(item.msg, energies[0]))
+                self._call(self._on_layer_costs,
+                           layer_costs(item.msg, energies[0], rank=item.job.get("rank")))
 
     # ------------------------------------------------------------------ plumbing
     def _call(self, callback: Callable[[Any], None] | None, arg: Any) -> None:
@@ -594,7 +616,7 @@ class AgentServer:
                                                {"pid": client.pid, "clean": client.said_bye}))
 
 
-def layer_costs(msg: dict[str, Any], energy_j: float | None) -> list[LayerCost]:
+def layer_costs(msg: dict[str, Any], energy_j: float | None, *, rank: int | None = None) -> list[LayerCost]:
     """Turn one ``layers`` message into LayerCost rows plus the "outside modules" bucket.
 
     Energy is shared by self time: ``self_energy_j = E * self_time / base`` with ``base`` the
@@ -617,7 +639,7 @@ def layer_costs(msg: dict[str, Any], energy_j: float | None) -> list[LayerCost]:
             method="agent-timing", time_s=r["time_ns"] / 1e9, share=r["time_ns"] / dur_ns,
             energy_j=share_of(r["time_ns"]), self_time_s=r["self_time_ns"] / 1e9,
             self_energy_j=share_of(r["self_time_ns"]), phase=r["phase"], flops=r.get("flops"),
-            params=r.get("params"),
+            params=r.get("params"), rank=rank,
         )
         for r in rows
     ]
@@ -625,7 +647,7 @@ def layer_costs(msg: dict[str, Any], energy_j: float | None) -> list[LayerCost]:
         window_start_ns=t0, window_end_ns=t1, path=OUTSIDE_MODULES, granularity="bucket",
         method="agent-timing", time_s=bucket_ns / 1e9, share=bucket_ns / dur_ns,
         energy_j=share_of(bucket_ns), self_time_s=bucket_ns / 1e9,
-        self_energy_j=share_of(bucket_ns), phase="",
+        self_energy_j=share_of(bucket_ns), phase="", rank=rank,
     ))
     return out
 

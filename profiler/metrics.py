@@ -113,7 +113,11 @@ class MetricsExporter:
 
     # ---- scraping (the HTTP server's thread) -----------------------------------------------------
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            SummaryMetricFamily,
+        )
 
         latest = dict(self._latest)
         energy = CounterMetricFamily(ENERGY, "Energy measured (scope=machine) or attributed to the "

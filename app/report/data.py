@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from wattlens.profiler.ranks import per_rank
 from wattlens.profiler.summary import summarize
 
 REPORT_SCHEMA_VERSION = 1
@@ -19,6 +20,7 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
     series = store.series_data(session_id)
     steps = store.steps(session_id)
     layers = store.layer_costs(session_id)
+    events = store.events(session_id)
     summary = summarize(session, series, steps, layers, grid_g_per_kwh=grid_g_per_kwh)
     stored = session.get("summary") or {}
     summary["notes"] = stored.get("notes", [])
@@ -34,9 +36,10 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
                    for s in session["series"]],
         "summary": summary,
         "steps": [_step_dict(s) for s in steps],
+        "ranks": per_rank(steps, events),
         "layers": summary.get("top_layers", []),
         "events": [{"t_s": (e.t_ns - session["start_ns"]) / 1e9, "kind": e.kind, "message": e.message}
-                   for e in store.events(session_id)],
+                   for e in events],
         "recommendations": store.recommendations(session_id),
         "actions": store.actions(session_id),
         "comparison": None,
@@ -52,7 +55,7 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
 
 def _step_dict(s) -> dict:
     return {"step": s.step, "t_start_ns": s.t_start_ns, "t_end_ns": s.t_end_ns, "samples": s.samples,
-            "tokens": s.tokens, "energy_j": s.energy_j}
+            "tokens": s.tokens, "energy_j": s.energy_j, "rank": s.rank}
 
 
 def _delta(a, b):

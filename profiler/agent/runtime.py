@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .dist import CollectiveTimer, rank_info
 from .importwatch import TorchImportWatcher
 from .protocol import ENV_DEPTH, ENV_FLOPS, ENV_WINDOW_MS, PROTOCOL_VERSION, is_knob_value
 from .transport import Link
@@ -76,6 +77,7 @@ class Agent:
         self._boundary_cmds: collections.deque[dict[str, Any]] = collections.deque()
         self._applied: list[Any] = []  # live.Applied records, oldest first (revert goes LIFO)
         self.tracker: Any = None
+        self.collectives: CollectiveTimer | None = None  # torch.distributed calls, timed (dist.py)
         self._watch_requested: Any = None
         self._pid = os.getpid()
         try:
@@ -89,6 +91,7 @@ class Agent:
             "executable": sys.executable or None,
             "argv": [str(a) for a in getattr(sys, "argv", [])],
             "torch": _torch_version(), "t_ns": self.t_activate_ns,
+            **rank_info(),  # rank, local_rank, world_size under torchrun (absent otherwise)
         }
         self._link = link_factory(socket_path, hello, on_command=self._on_command,
                                   on_lost=self._on_lost, on_bad_command=self._refuse)
@@ -123,6 +126,12 @@ class Agent:
         self._stop_tracker()
 
     def _stop_tracker(self) -> None:
+        timer, self.collectives = self.collectives, None
+        if timer is not None:
+            try:
+                timer.uninstall()
+            except Exception:
+                pass
         tracker = self.tracker
         if tracker is not None:
             try:
@@ -143,6 +152,9 @@ class Agent:
                 count_flops=_flops_policy(os.environ.get(ENV_FLOPS, "auto")),
                 on_boundary=self._run_boundary_commands, t_origin_ns=self.t_activate_ns)
             self.tracker.install()
+            timer = CollectiveTimer(torch, self.send, self.fail)
+            if timer.install():
+                self.collectives = timer
             if self._watch_requested is not None:
                 model, self._watch_requested = self._watch_requested, None
                 self.tracker.watch(model)
@@ -311,6 +323,8 @@ class Agent:
         try:
             if self.tracker is not None and not self._quiet:
                 self.tracker.finish()
+            if self.collectives is not None and not self._quiet:
+                self.collectives.flush()
         except Exception as exc:
             self.fail(exc)
         try:

@@ -140,8 +140,9 @@ class Store:
                 f"{self.display_name} was written by a newer wattlens (schema {version}, this one reads "
                 f"{m.SCHEMA_VERSION})", hint="upgrade wattlens, or use another file with --db")
         m.Base.metadata.create_all(self.engine)  # tables added since (same version) appear here
-        if version < m.SCHEMA_VERSION:  # additive changes only so far: the new tables now exist
+        if version < m.SCHEMA_VERSION:  # additive changes only so far: new tables exist now
             with self.engine.begin() as c:
+                _add_missing_columns(c)  # and new nullable columns (NULL in older rows)
                 c.execute(update(m.Meta).where(m.Meta.key == "schema_version").values(value=str(m.SCHEMA_VERSION)))
 
     def close(self) -> None:
@@ -276,7 +277,8 @@ class Store:
                 c.execute(insert(m.StepRow), [
                     {"session_id": session_id, "step": s.step, "t_start_ns": s.t_start_ns,
                      "t_end_ns": s.t_end_ns, "samples": s.samples, "tokens": s.tokens,
-                     "energy_j": s.energy_j} for s in steps])
+                     "energy_j": s.energy_j, "rank": s.rank, "local_rank": s.local_rank,
+                     "world_size": s.world_size} for s in steps])
             if events:
                 c.execute(insert(m.EventRow), [
                     {"session_id": session_id, "t_ns": e.t_ns, "kind": e.kind, "message": e.message,
@@ -311,8 +313,8 @@ class Store:
         with self.engine.connect() as c:
             rows = c.execute(select(m.StepRow.__table__).where(m.StepRow.session_id == session_id)
                              .order_by(m.StepRow.step)).mappings().all()
-        return [StepRecord(r["step"], r["t_start_ns"], r["t_end_ns"], r["samples"], r["tokens"], r["energy_j"])
-                for r in rows]
+        fields = StepRecord.__dataclass_fields__
+        return [StepRecord(**{k: r[k] for k in fields}) for r in rows]
 
     def events(self, session_id: int) -> list[EventRecord]:
         with self.engine.connect() as c:
@@ -462,6 +464,17 @@ def _session_dict(r) -> dict:
         "interval_s": r["interval_s"],
         "summary": json.loads(r["summary_json"]) if r["summary_json"] else None,
     }
+
+
+def _add_missing_columns(c) -> None:
+    """ALTER TABLE ... ADD COLUMN for each nullable model column an older file lacks."""
+    insp = inspect(c)
+    for table in m.Base.metadata.sorted_tables:
+        have = {col["name"] for col in insp.get_columns(table.name)}
+        for col in table.columns:
+            if col.name not in have and col.nullable:
+                ddl = col.type.compile(dialect=c.dialect)
+                c.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}')
 
 
 def _layer_dict(session_id: int, lc: LayerCost) -> dict:
