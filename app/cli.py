@@ -336,6 +336,16 @@ def cmd_show(args) -> int:
     print_summary(summary)
     if s.get("end_reason"):
         print(f"  ended: {s['end_reason']}")
+    from wattlens.app.report.ranks import HEADER, job_lines, rank_rows
+
+    rows = rank_rows(report.get("ranks"))
+    if rows:
+        widths = [max(len(x) for x in col) for col in zip(HEADER, *rows, strict=True)]
+        print("  per rank:")
+        for row in (HEADER, *rows):
+            print("    " + "  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
+        for line in job_lines(report.get("ranks")):
+            print(f"  {line}")
     return EXIT_OK
 
 

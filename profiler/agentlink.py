@@ -87,6 +87,13 @@ class _Client:
         h = self.hello or {}
         return {k: h[k] for k in JOB_FIELDS if h.get(k) is not None}
 
+    @property
+    def energy_split(self) -> int:
+        """Ranks on this host sharing the target's energy (1 outside a job): each rank's windows
+        get an equal share, so summing ranks counts the job's energy once (an estimate)."""
+        n = (self.hello or {}).get("local_world_size")
+        return n if isinstance(n, int) and n > 1 and "rank" in self.job else 1
+
 
 @dataclass
 class _Pending:
@@ -96,6 +103,7 @@ class _Pending:
     msg: dict[str, Any]
     deadline_s: float
     job: dict[str, int] = field(default_factory=dict)  # the sender's rank fields
+    split: int = 1  # its energy is the target's ÷ split (ranks on this host)
 
 
 class AgentServer:
@@ -490,7 +498,8 @@ class AgentServer:
 
     # ------------------------------------------------------------------ energy and records
     def _queue(self, kind: str, msg: dict[str, Any], client: _Client) -> None:
-        self._pending.append(_Pending(kind, msg, time.monotonic() + self._energy_wait_s, client.job))
+        self._pending.append(_Pending(kind, msg, time.monotonic() + self._energy_wait_s, client.job,
+                                      client.energy_split))
         self._flush_pending(final=False)
 
     def _energy(self, t0_ns: int, t1_ns: int) -> float | None:
@@ -516,6 +525,7 @@ class AgentServer:
             else:
                 spans = [(item.msg["t_start_ns"], item.msg["t_end_ns"])]
             energies = [self._energy(t0, t1) for t0, t1 in spans]
+            energies = [e if e is None else e / item.split for e in energies]
             if any(e is None for e in energies) and not give_up:
                 return
             self._pending.popleft()

@@ -10,10 +10,10 @@ minus collectives) ÷ the median of the ranks' busy times. In a synchronous job 
 takes as long as the slowest one's, because the others wait for it inside collectives, so the
 step time alone cannot show a straggler; the busy time can (1.0: no straggler).
 
-A rank's step energy is the target's attributed energy over that rank's step span; ranks run at
-the same time, so rank energies overlap and are not summed: the job's energy is the target's
-(``summary["target"]``). The energy ranks spend waiting is an estimate: their collective time ×
-the job's mean power per rank (target power ÷ ranks).
+A rank's step energy is the target's attributed energy over that rank's step span divided by the
+ranks on its host (``LOCAL_WORLD_SIZE``; agentlink does the split): an equal-share estimate, so
+that summing the ranks counts the job's energy once. The energy ranks spend waiting is an
+estimate too: their collective time × their mean power (step energy ÷ step time).
 """
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ def per_rank(steps: Sequence[StepRecord], events: Iterable[EventRecord] = ()) ->
         "slowest_rank": slowest,
         "median_busy_s": median_s,
         "waiting_energy_j_per_step": _waiting_energy(ranks, slowest),
-        "method": ("agent step timing and torch.distributed collective timing per rank; step energy = "
-                   "target energy over the rank's step span; waiting energy estimated as the other "
-                   "ranks' collective time × the job's mean power per rank"),
+        "method": ("agent step timing and torch.distributed collective timing per rank; step energy "
+                   "estimated as the target's energy over the rank's step span ÷ ranks on the host; "
+                   "waiting energy estimated as the other ranks' collective time × their mean power"),
     }
 
 
@@ -114,9 +114,7 @@ def _waiting_energy(ranks: Sequence[dict], slowest: int | None) -> float | None:
     """Joules per step the ranks other than the slowest spend in collectives (an estimate)."""
     if slowest is None:
         return None
-    powers = [r["energy_per_step_j"] / r["mean_step_s"] for r in ranks
-              if r["energy_per_step_j"] is not None and r["mean_step_s"] > 0]
-    if not powers:
+    others = [r for r in ranks if r["rank"] != slowest]
+    if any(r["energy_per_step_j"] is None or r["mean_step_s"] <= 0 for r in others):
         return None
-    power_per_rank_w = statistics.fmean(powers) / len(ranks)
-    return sum(r["collective_s_per_step"] for r in ranks if r["rank"] != slowest) * power_per_rank_w
+    return sum(r["collective_s_per_step"] * r["energy_per_step_j"] / r["mean_step_s"] for r in others)

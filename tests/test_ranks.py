@@ -25,7 +25,8 @@ def test_two_rank_ddp_job_stores_ranks_collectives_and_names_the_straggler(db_pa
                 "--standalone", "--nproc-per-node", "2", str(DDP_JOB), str(steps), "1",
                 env={"OMP_NUM_THREADS": "1"}, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    sid = json.loads(r.stdout)["session_id"]
+    doc = json.loads(r.stdout)
+    sid = doc["session_id"]
     store = Store(db_path)
     try:
         stored = store.steps(sid)
@@ -37,7 +38,10 @@ def test_two_rank_ddp_job_stores_ranks_collectives_and_names_the_straggler(db_pa
         mine = [s for s in stored if s.rank == rank]
         assert [s.step for s in mine] == list(range(steps))
         assert all(s.local_rank == rank and s.world_size == 2 for s in mine)
+        assert all(s.energy_j is not None and s.energy_j > 0 for s in mine)
         assert any(row.rank == rank and row.path.endswith("mlp.down_proj") for row in layers)
+    # each rank's step gets its equal share of the target's energy: summed, the job counts once
+    assert sum(s.energy_j for s in stored) <= doc["target"]["energy_j"]
     job = per_rank(stored, events)
     assert job["world_size"] == 2 and job["ranks_seen"] == 2 and job["collectives_timed"]
     by_rank = {x["rank"]: x for x in job["ranks"]}

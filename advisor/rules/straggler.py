@@ -39,14 +39,14 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
     if wait_j is not None:
         evidence.append(ev("energy the other ranks spend waiting, per step (estimated)", wait_j, "J",
                            job["method"]))
-    if wait_j is not None and step_j:
-        frac = min(1.0, wait_j / (sum(step_j) / len(step_j)))
+    if wait_j is not None and len(step_j) == len(job["ranks"]):
+        frac = min(1.0, wait_j / sum(step_j))  # the ranks' shares add up to the job's step energy
         saving = rule_of_thumb(frac * 0.5, frac,
                                f"the other ranks' waiting energy is {pct(frac)} of a step's energy; "
                                "balancing the slow rank removes up to all of it",
                                basis="energy per step")
         wait_text = (f" The other ranks spend about {wait_j:.3g} J per step waiting for it "
-                     "(estimated: their collective time × the job's mean power per rank).")
+                     "(estimated: their collective time × their mean power).")
     else:
         saving = rule_of_thumb(0.0, min(1.0, spread - 1.0) / spread,
                                f"a straggler spread of {spread:.2f}", basis="energy per step")

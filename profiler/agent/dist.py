@@ -1,7 +1,7 @@
 """Where this process stands in a torch.distributed job: rank, local rank, world size.
 
-torchrun (``torch.distributed.run``) and most launchers export ``RANK``, ``LOCAL_RANK`` and
-``WORLD_SIZE`` to every worker before it starts, so the agent can say its rank in its hello. A
+torchrun (``torch.distributed.run``) and most launchers export ``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE`` and ``LOCAL_WORLD_SIZE`` (ranks on this host) to every worker before it starts, so the agent can say its rank in its hello. A
 process that is not part of a job reports none (the fields are left out). Stdlib only.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-ENV_FIELDS = (("rank", "RANK"), ("local_rank", "LOCAL_RANK"), ("world_size", "WORLD_SIZE"))
+ENV_FIELDS = (("rank", "RANK"), ("local_rank", "LOCAL_RANK"), ("world_size", "WORLD_SIZE"),
+              ("local_world_size", "LOCAL_WORLD_SIZE"))
 
 
 def rank_info(environ: Mapping[str, str] | None = None) -> dict[str, int]:

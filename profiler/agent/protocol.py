@@ -128,6 +128,7 @@ AGENT_MESSAGES: dict[str, Schema] = {
         "rank": (_opt(_is_nonneg_int), False),
         "local_rank": (_opt(_is_nonneg_int), False),
         "world_size": (_opt(_is_nonneg_int), False),
+        "local_world_size": (_opt(_is_nonneg_int), False),  # ranks on this host
     },
     "model": {
         "t_ns": (_is_nonneg_int, True),
