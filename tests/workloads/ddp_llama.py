@@ -24,6 +24,7 @@ model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediat
 ddp = torch.nn.parallel.DistributedDataParallel(model)
 opt = torch.optim.SGD(ddp.parameters(), lr=1e-3)
 x = torch.randint(0, 128, (2, 16))
+t0 = time.perf_counter()
 for _ in range(steps):
     loss = ddp(input_ids=x, labels=x).loss
     loss.backward()
@@ -33,6 +34,7 @@ for _ in range(steps):
     dist.all_reduce(avg)  # the mean loss, for logging
     opt.step()
     opt.zero_grad()
+loop_s = time.perf_counter() - t0
 dist.barrier()
 dist.destroy_process_group()
-print(f"rank {rank} done")
+print(f"rank {rank} done {loop_s:.6f}")
