@@ -73,6 +73,33 @@ def test_attach_serves_energy_that_increases_between_scrapes(torch_child, db_pat
     assert json.loads(out)["status"] == "stopped"  # measuring went on as without metrics
 
 
+def test_run_counts_the_agents_steps_with_their_energy(db_path):
+    loop = os.path.join(os.path.dirname(__file__), "workloads", "torch_loop.py")
+    proc = subprocess.Popen([sys.executable, "-m", "wattlens.app", "run", "--metrics-port", "0", "--db",
+                             str(db_path), "--json", "--", sys.executable, loop, "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        url = next(line.rsplit(" ", 1)[1].strip() for line in proc.stderr
+                   if "serving Prometheus metrics at " in line)
+        deadline = time.monotonic() + 90  # a hang guard only
+        steps = []
+        while not any(s.value > 0 for s in steps) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            scrape = _scrape(url)
+            steps = scrape.get("wattlens_steps_total", [])
+        assert steps and steps[0].value > 0 and steps[0].labels["rank"] == ""
+        counted = {s.name: s.value for s in scrape["wattlens_step_energy_joules_count"]
+                   + scrape["wattlens_step_energy_joules_sum"]}
+        assert counted["wattlens_step_energy_joules_count"] <= steps[0].value
+        if counted["wattlens_step_energy_joules_count"]:
+            assert counted["wattlens_step_energy_joules_sum"] > 0
+    finally:
+        out, err = proc.communicate(timeout=300)  # the job ends by itself after 20 s
+    assert proc.returncode == 0, err
+    assert json.loads(out)["steps"]["count"] >= steps[0].value
+
+
 def test_taken_port_is_a_one_line_error_exit_2(db_path):
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
