@@ -98,6 +98,8 @@ def main() -> None:
         "(median)", "",
         "| Rank | Step time, plain torchrun | Step time, under launch() + AgentServer | Ratio |",
         "|---|---|---|---|", *rows, "",
+        "Medians of interleaved rounds on a shared machine; a ratio below 1 means the agent's cost "
+        "is within the run-to-run noise of this job.", "",
         "### Prometheus exporter", "",
         f"- sampler sink per tick (16 series): {sink_us:.2f} µs",
         f"- one scrape (4 sources × 2 scopes, 2 ranks; families built and rendered): {scrape_ms:.3f} ms",
