@@ -29,6 +29,7 @@ import numpy as np
 
 from wattlens.advisor.regression import AbPoint, SweepPoint
 from wattlens.profiler import figures
+from wattlens.profiler.ranks import per_rank
 from wattlens.profiler.records import EventRecord, LayerCost
 from wattlens.profiler.summary import step_stats, target_energy_between
 
@@ -136,6 +137,8 @@ class SessionFeatures:
     device: str | None
     is_training: bool | None
     training_evidence: str | None
+    # a torch.distributed job: profiler.ranks.per_rank (per-rank table, straggler), None otherwise
+    ranks: dict | None = None
     reasons: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -564,6 +567,10 @@ def extract_features(store, session_id: int) -> SessionFeatures:
             (e.message for e in reversed(events) if e.kind == "flops-unavailable"),
             "the agent reported no FLOP count (it does so under `wattlens run`)")
 
+    ranks = per_rank(steps, events)
+    if ranks is None:
+        reasons["ranks"] = ("no step carries a torch.distributed rank (run the job under `wattlens run "
+                            "-- torchrun ...`)")
     return SessionFeatures(
         session_id=session_id, name=session.get("name"), status=session.get("status"),
         duration_s=session.get("duration_s"), recorded_here=recorded_here,
@@ -584,5 +591,5 @@ def extract_features(store, session_id: int) -> SessionFeatures:
         model_key=model_key, model_class=(model_info or {}).get("class"),
         model_params=int(model_params) if model_params else None, flops_per_forward=flops,
         dtype=dtype, device=device, is_training=is_training, training_evidence=training_evidence,
-        reasons=reasons,
+        ranks=ranks, reasons=reasons,
     )

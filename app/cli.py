@@ -65,6 +65,13 @@ def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
+def _add_metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics at "
+                   "http://ADDR:PORT/metrics while measuring (0 picks a free port)")
+    p.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
+                   help="address the metrics server listens on (default 127.0.0.1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wattlens", description="Energy profiler and advisor for PyTorch and LLM workloads.")
     from wattlens.app._version import __version__
@@ -86,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--stack-rate", type=STACK_RATE, metavar="HZ", help="stack samples per second")
     a.add_argument("--name", metavar="N", help="session name")
     a.add_argument("--no-gpu", action="store_true", help="do not query NVIDIA GPUs")
+    _add_metrics(a)
     _add_db(a)
     _add_json(a)
 
@@ -106,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply once N steps have been reported (default 10)")
     r.add_argument("--revert-after-steps", type=STEPS, metavar="M",
                    help="revert the applied action once M steps have been reported")
+    _add_metrics(r)
     _add_db(r)
     _add_json(r)
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
@@ -226,17 +235,23 @@ def cmd_attach(args) -> int:
 
     target = Target(args.pid)
     store = _open_store(args)
+    exporter = _start_metrics(args)
     session = ProfilingSession(store, target=target, kind="attach", name=args.name,
                                interval_s=args.interval, duration_s=args.duration,
                                discovery=discover(gpu=not args.no_gpu), stacks=not args.no_stacks,
                                stack_rate_hz=args.stack_rate)
-    with stop_signals() as signals:  # from before the start: no signal is lost
-        sid = session.start()
-        _info(args, f"wattlens: measuring PID {target.pid} ({target.name}) as session {sid} into "
-                    f"{store.display_name} every {args.interval:g} s — Ctrl-C to stop")
-        for n in session.notes:
-            _info(args, f"wattlens: {n}")
-        summary = session.run(signals=signals)
+    try:
+        with stop_signals() as signals:  # from before the start: no signal is lost
+            sid = session.start()
+            _info(args, f"wattlens: measuring PID {target.pid} ({target.name}) as session {sid} into "
+                        f"{store.display_name} every {args.interval:g} s — Ctrl-C to stop")
+            _serve_metrics(args, exporter, session)
+            for n in session.notes:
+                _info(args, f"wattlens: {n}")
+            summary = session.run(signals=signals)
+    finally:
+        if exporter is not None:
+            exporter.stop()
     return _finish(args, summary, session.end_reason)
 
 
@@ -249,6 +264,23 @@ def stop_signals():
     from wattlens.profiler.session import STOP_SIGNALS, StopSignals
 
     return StopSignals((*STOP_SIGNALS, signal.SIGINT))
+
+
+def _start_metrics(args):
+    """The Prometheus exporter, bound before measuring starts (a taken port costs nothing)."""
+    if args.metrics_port is None:
+        return None
+    from wattlens.profiler.metrics import MetricsExporter
+
+    exporter = MetricsExporter(args.metrics_port, args.metrics_addr)
+    exporter.start()
+    return exporter
+
+
+def _serve_metrics(args, exporter, session) -> None:
+    if exporter is not None:
+        exporter.attach(session)
+        _info(args, f"wattlens: serving Prometheus metrics at {exporter.url}")
 
 
 def _finish(args, summary: dict, reason: str | None = None) -> int:
@@ -298,14 +330,20 @@ def cmd_run(args) -> int:
     elif args.revert_after_steps is not None:
         raise _usage("--revert-after-steps needs --apply ACTION")
     store = _open_store(args)
+    exporter = _start_metrics(args)
     # under --json, stdout carries only our JSON: the command's output goes to stderr
     run = RunSession(store, cmd, name=args.name, interval_s=args.interval, duration_s=args.duration,
                      discovery=discover(gpu=not args.no_gpu), stdout=sys.stderr if args.json else None)
-    with stop_signals() as signals:
-        sid = run.start()
-        _info(args, f"wattlens: running `{' '.join(cmd)}` (PID {run.proc.pid}) as session {sid} into "
-                    f"{store.display_name} — Ctrl-C stops it")
-        summary = _run_loop(args, run, signals)
+    try:
+        with stop_signals() as signals:
+            sid = run.start()
+            _info(args, f"wattlens: running `{' '.join(cmd)}` (PID {run.proc.pid}) as session {sid} into "
+                        f"{store.display_name} — Ctrl-C stops it")
+            _serve_metrics(args, exporter, run.session)
+            summary = _run_loop(args, run, signals)
+    finally:
+        if exporter is not None:
+            exporter.stop()
     if run.proc.poll() is None and args.duration is not None:
         _info(args, f"wattlens: stopped measuring after {args.duration:g} s; PID {run.proc.pid} keeps running")
     code = _finish(args, summary, run.session.end_reason if run.session else None)
@@ -395,6 +433,16 @@ def cmd_show(args) -> int:
     print_summary(summary)
     if s.get("end_reason"):
         print(f"  ended: {s['end_reason']}")
+    from wattlens.app.report.ranks import HEADER, job_lines, rank_rows
+
+    rows = rank_rows(report.get("ranks"))
+    if rows:
+        widths = [max(len(x) for x in col) for col in zip(HEADER, *rows, strict=True)]
+        print("  per rank:")
+        for row in (HEADER, *rows):
+            print("    " + "  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
+        for line in job_lines(report.get("ranks")):
+            print(f"  {line}")
     return EXIT_OK
 
 

@@ -63,6 +63,7 @@ BOOTSTRAP_DIR = Path(__file__).resolve().parent / "agent" / "bootstrap"
 OUTSIDE_MODULES = "outside modules"
 _MAX_LOGGED_DROPS = 20  # per client; later drops are counted, not logged one by one
 
+JOB_FIELDS = ("rank", "local_rank", "world_size")
 EnergyBetween = Callable[[int, int], "float | None"]
 
 
@@ -81,6 +82,19 @@ class _Client:
     def pid(self) -> int | None:
         return self.hello.get("pid") if self.hello else None
 
+    @property
+    def job(self) -> dict[str, int]:
+        """rank / local_rank / world_size from the hello of a torch.distributed worker, else {}."""
+        h = self.hello or {}
+        return {k: h[k] for k in JOB_FIELDS if h.get(k) is not None}
+
+    @property
+    def energy_split(self) -> int:
+        """Ranks on this host sharing the target's energy (1 outside a job): each rank's windows
+        get an equal share, so summing ranks counts the job's energy once (an estimate)."""
+        n = (self.hello or {}).get("local_world_size")
+        return n if isinstance(n, int) and n > 1 and "rank" in self.job else 1
+
 
 @dataclass
 class _Pending:
@@ -89,6 +103,8 @@ class _Pending:
     kind: str  # "steps" | "layers"
     msg: dict[str, Any]
     deadline_s: float
+    job: dict[str, int] = field(default_factory=dict)  # the sender's rank fields
+    split: int = 1  # its energy is the target's ÷ split (ranks on this host)
 
 
 class AgentServer:
@@ -403,18 +419,31 @@ class AgentServer:
             if s["t_end_ns"] < s["t_start_ns"]:
                 self._dropped(client, "a step that ends before it starts")
                 return
-        self._queue("steps", msg)
+        self._queue("steps", msg, client)
 
     def _msg_layers(self, client: _Client, msg: dict[str, Any]) -> None:
         if msg["t_end_ns"] <= msg["t_start_ns"]:
             self._dropped(client, "an empty or reversed layer window")
             return
-        self._queue("layers", msg)
+        self._queue("layers", msg, client)
 
     def _msg_event(self, client: _Client, msg: dict[str, Any]) -> None:
         data = dict(msg.get("data") or {})
         data.setdefault("pid", client.pid)
+        for k, v in client.job.items():
+            data.setdefault(k, v)
         self._call(self._on_event, EventRecord(msg["t_ns"], msg["kind"], msg["message"], data))
+
+    def _msg_collectives(self, client: _Client, msg: dict[str, Any]) -> None:
+        calls = msg["calls"]
+        if not calls:
+            return
+        data = {"calls": calls, "pid": client.pid, **client.job}
+        total_s = sum(t1 - t0 for _op, t0, t1 in calls) / 1e9
+        who = f"rank {client.job['rank']}" if "rank" in client.job else f"pid {client.pid}"
+        self._call(self._on_event, EventRecord(
+            calls[-1][2], "collectives",
+            f"{who}: {len(calls)} torch.distributed collective call(s), {total_s:.3f} s", data))
 
     def _msg_knob(self, client: _Client, msg: dict[str, Any]) -> None:
         with self._lock:
@@ -469,8 +498,9 @@ class AgentServer:
         return info
 
     # ------------------------------------------------------------------ energy and records
-    def _queue(self, kind: str, msg: dict[str, Any]) -> None:
-        self._pending.append(_Pending(kind, msg, time.monotonic() + self._energy_wait_s))
+    def _queue(self, kind: str, msg: dict[str, Any], client: _Client) -> None:
+        self._pending.append(_Pending(kind, msg, time.monotonic() + self._energy_wait_s, client.job,
+                                      client.energy_split))
         self._flush_pending(final=False)
 
     def _energy(self, t0_ns: int, t1_ns: int) -> float | None:
@@ -496,6 +526,7 @@ class AgentServer:
             else:
                 spans = [(item.msg["t_start_ns"], item.msg["t_end_ns"])]
             energies = [self._energy(t0, t1) for t0, t1 in spans]
+            energies = [e if e is None else e / item.split for e in energies]
             if any(e is None for e in energies) and not give_up:
                 return
             self._pending.popleft()
@@ -503,9 +534,10 @@ class AgentServer:
                 for s, e in zip(item.msg["steps"], energies, strict=True):
                     self._call(self._on_step, StepRecord(
                         step=s["step"], t_start_ns=s["t_start_ns"], t_end_ns=s["t_end_ns"],
-                        samples=s.get("samples"), tokens=s.get("tokens"), energy_j=e))
+                        samples=s.get("samples"), tokens=s.get("tokens"), energy_j=e, **item.job))
             else:
-                self._call(self._on_layer_costs, layer_costs(item.msg, energies[0]))
+                self._call(self._on_layer_costs,
+                           layer_costs(item.msg, energies[0], rank=item.job.get("rank")))
 
     # ------------------------------------------------------------------ plumbing
     def _call(self, callback: Callable[[Any], None] | None, arg: Any) -> None:
@@ -595,7 +627,7 @@ class AgentServer:
                                                {"pid": client.pid, "clean": client.said_bye}))
 
 
-def layer_costs(msg: dict[str, Any], energy_j: float | None) -> list[LayerCost]:
+def layer_costs(msg: dict[str, Any], energy_j: float | None, *, rank: int | None = None) -> list[LayerCost]:
     """Turn one ``layers`` message into LayerCost rows plus the "outside modules" bucket.
 
     Energy is shared by self time (``figures.split_window_energy``): the base is the window
@@ -612,14 +644,14 @@ def layer_costs(msg: dict[str, Any], energy_j: float | None) -> list[LayerCost]:
             window_start_ns=t0, window_end_ns=t1, path=r["path"], granularity="instance",
             method="agent-timing", time_s=r["time_ns"] / 1e9, share=r["time_ns"] / dur_ns,
             self_time_s=r["self_time_ns"] / 1e9, phase=r["phase"], flops=r.get("flops"),
-            params=r.get("params"),
+            params=r.get("params"), rank=rank,
         )
         for r in rows
     ]
     out.append(LayerCost(
         window_start_ns=t0, window_end_ns=t1, path=OUTSIDE_MODULES, granularity="bucket",
         method="agent-timing", time_s=bucket_ns / 1e9, share=bucket_ns / dur_ns,
-        self_time_s=bucket_ns / 1e9, phase="",
+        self_time_s=bucket_ns / 1e9, phase="", rank=rank,
     ))
     return figures.split_window_energy(out, energy_j)
 

@@ -63,6 +63,7 @@ class LayerCost:
     phase: str = "forward"  # forward | backward | ""
     flops: int | None = None
     params: int | None = None
+    rank: int | None = None  # the torch.distributed rank of the process it came from (None: not a job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,10 @@ class StepRecord:
     samples: int | None = None
     tokens: int | None = None
     energy_j: float | None = None
+    # the torch.distributed rank that ran the step (None outside a multi-process job)
+    rank: int | None = None
+    local_rank: int | None = None
+    world_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,15 +14,17 @@ from wattlens.advisor.recommend import Recommendation
 from wattlens.advisor.rules import (
     batch_size,
     bf16,
+    collective_share,
     dataloader,
     prune_heads,
     prune_mlp,
     prune_unstructured,
     quantize_int8,
+    straggler,
 )
 
 RULES: tuple[ModuleType, ...] = (batch_size, quantize_int8, bf16, prune_heads, prune_mlp,
-                                 prune_unstructured, dataloader)
+                                 prune_unstructured, dataloader, straggler, collective_share)
 
 
 def evaluate_all(features: SessionFeatures) -> tuple[list[Recommendation], list[dict[str, str]]]:

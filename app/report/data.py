@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from wattlens.profiler.figures import fill_step_energy
+from wattlens.profiler.ranks import per_rank
 from wattlens.profiler.summary import summarize, target_energy_between, top_layers
 
 REPORT_SCHEMA_VERSION = 1
@@ -18,8 +19,9 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
                  grid_g_per_kwh: float | None = None, include_samples: bool = False) -> dict:
     session = store.session(session_id)
     series = store.series_data(session_id)
-    steps = store.steps(session_id)
+    steps = fill_step_energy(store.steps(session_id), target_energy_between(series))
     layers = store.layer_costs(session_id)
+    events = store.events(session_id)
     summary = summarize(session, series, steps, layers, grid_g_per_kwh=grid_g_per_kwh)
     stored = session.get("summary") or {}
     summary["notes"] = stored.get("notes", [])
@@ -36,10 +38,11 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
         "series": [{**s, "points": int(len(series[s["key"]][0])) if s["key"] in series else 0}
                    for s in session["series"]],
         "summary": summary,
-        "steps": [_step_dict(s) for s in fill_step_energy(steps, target_energy_between(series))],
+        "steps": [_step_dict(s) for s in steps],
+        "ranks": per_rank(steps, events),
         "layers": top_layers(layers, n=None),
         "events": [{"t_s": (e.t_ns - session["start_ns"]) / 1e9, "kind": e.kind, "message": e.message}
-                   for e in store.events(session_id)],
+                   for e in events],
         "recommendations": store.recommendations(session_id),
         "actions": store.actions(session_id),
         "comparison": None,
@@ -55,7 +58,7 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
 
 def _step_dict(s) -> dict:
     return {"step": s.step, "t_start_ns": s.t_start_ns, "t_end_ns": s.t_end_ns, "samples": s.samples,
-            "tokens": s.tokens, "energy_j": s.energy_j}
+            "tokens": s.tokens, "energy_j": s.energy_j, "rank": s.rank}
 
 
 def _delta(a, b):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wattlens.app.report.output import check_output_path, write_output
+from wattlens.app.report.ranks import HEADER as RANK_HEADER
+from wattlens.app.report.ranks import job_lines, rank_rows
 from wattlens.profiler.errors import BadInputError
 
 CSV_WHAT = ("samples", "steps", "layers")  # what `--format csv --what ...` exports
@@ -118,6 +120,12 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Per step", "", "| Steps | Mean step time | J/step | J/sample | J/token |", "|---|---|---|---|---|",
                   f"| {st['count']} | {fmt(st['mean_duration_s'], 's')} | {fmt(st['energy_per_step_j'], 'J')} | "
                   f"{fmt(st['energy_per_sample_j'], 'J')} | {fmt(st['energy_per_token_j'], 'J')} |"]
+    rows = rank_rows(report.get("ranks"))
+    if rows:
+        lines += ["", "## Per rank", "", "| " + " | ".join(RANK_HEADER) + " |",
+                  "|" + "---|" * len(RANK_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines += [""] + job_lines(report.get("ranks"))
     if report.get("layers"):
         lines += ["", "## Costliest layers", "", "| Module | Kind | Method | Time | Self share | Energy |",
                   "|---|---|---|---|---|---|"]

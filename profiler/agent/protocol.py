@@ -60,6 +60,12 @@ def _is_scalar(v: Any) -> bool:
     return isinstance(v, float) and v == v and v not in (float("inf"), float("-inf"))
 
 
+def _is_call(v: Any) -> bool:
+    """One timed collective call: [op name, start ns, end ns] with end ≥ start."""
+    return (isinstance(v, list) and len(v) == 3 and _is_str(v[0]) and _is_nonneg_int(v[1])
+            and _is_nonneg_int(v[2]) and v[2] >= v[1])
+
+
 def _opt(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: v is None or check(v)
 
@@ -127,6 +133,11 @@ AGENT_MESSAGES: dict[str, Schema] = {
         "argv": (_list_of(_is_str), False),
         "torch": (_opt(_is_str), False),
         "t_ns": (_is_nonneg_int, True),
+        # a torch.distributed job's rank (RANK / LOCAL_RANK / WORLD_SIZE), absent outside one
+        "rank": (_opt(_is_nonneg_int), False),
+        "local_rank": (_opt(_is_nonneg_int), False),
+        "world_size": (_opt(_is_nonneg_int), False),
+        "local_world_size": (_opt(_is_nonneg_int), False),  # ranks on this host
     },
     "model": {
         "t_ns": (_is_nonneg_int, True),
@@ -170,6 +181,8 @@ AGENT_MESSAGES: dict[str, Schema] = {
         "reason": (_is_str, True),
     },
     "bye": {"t_ns": (_is_nonneg_int, True), "steps": (_is_nonneg_int, False)},
+    # torch.distributed collective calls timed in the target (agent/dist.py): [op, t0_ns, t1_ns]
+    "collectives": {"calls": (_list_of(_is_call), True)},
     # live apply / revert (issue 5): "step" is the first step that ran with the change (applied)
     # or without it (reverted); steps before it ran as before.
     "applied": {

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .dist import CollectiveTimer, rank_info
 from .importwatch import TorchImportWatcher
 from .protocol import (
     ENV_CALLS,
@@ -83,6 +84,7 @@ class Agent:
         self._boundary_cmds: collections.deque[dict[str, Any]] = collections.deque()
         self._applied: list[Any] = []  # live.Applied records, oldest first (revert goes LIFO)
         self.tracker: Any = None
+        self.collectives: CollectiveTimer | None = None  # torch.distributed calls, timed (dist.py)
         self._watch_requested: Any = None
         self._pid = os.getpid()
         try:
@@ -96,6 +98,7 @@ class Agent:
             "executable": sys.executable or None,
             "argv": [str(a) for a in getattr(sys, "argv", [])],
             "torch": _torch_version(), "t_ns": self.t_activate_ns,
+            **rank_info(),  # rank, local_rank, world_size under torchrun (absent otherwise)
         }
         self._link = link_factory(socket_path, hello, on_command=self._on_command,
                                   on_lost=self._on_lost, on_bad_command=self._refuse)
@@ -130,6 +133,12 @@ class Agent:
         self._stop_tracker()
 
     def _stop_tracker(self) -> None:
+        timer, self.collectives = self.collectives, None
+        if timer is not None:
+            try:
+                timer.uninstall()
+            except Exception:
+                pass
         tracker = self.tracker
         if tracker is not None:
             try:
@@ -151,6 +160,9 @@ class Agent:
                 on_boundary=self._run_boundary_commands, t_origin_ns=self.t_activate_ns,
                 call_path="hooks" if os.environ.get(ENV_CALLS) == "hooks" else "wrap")
             self.tracker.install()
+            timer = CollectiveTimer(torch, self.send, self.fail)
+            if timer.install():
+                self.collectives = timer
             if self._watch_requested is not None:
                 model, self._watch_requested = self._watch_requested, None
                 self.tracker.watch(model)
@@ -319,6 +331,8 @@ class Agent:
         try:
             if self.tracker is not None and not self._quiet:
                 self.tracker.finish()
+            if self.collectives is not None and not self._quiet:
+                self.collectives.flush()
         except Exception as exc:
             self.fail(exc)
         try:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2  # 2: gpu_idle (opening a version-1 file adds the table)
+SCHEMA_VERSION = 3  # 2: gpu_idle (opening a version-1 file adds the table); 3: rank columns
+# (steps.rank/local_rank/world_size, layer_costs.rank; opening an older file adds them, NULL)
 APP_ID = "wattlens"
 
 
@@ -93,6 +94,7 @@ class LayerCostRow(Base):
     n_samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
     flops: Mapped[int | None] = mapped_column(Integer, nullable=True)
     params: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class StepRow(Base):
@@ -105,6 +107,9 @@ class StepRow(Base):
     samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
     tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    local_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    world_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class EventRow(Base):

@@ -253,7 +253,7 @@ class Store:
                                            f"(tables: {', '.join(sorted(tables)[:5])})", hint=DB_FIX)
             with self.engine.connect() as c:
                 check_meta(dict(c.execute(select(m.Meta.key, m.Meta.value)).all()), self.display_name)
-        if set(m.Base.metadata.tables) <= tables:
+        if set(m.Base.metadata.tables) <= tables and self._schema_version() >= m.SCHEMA_VERSION:
             return
         for attempt in range(3):
             try:
@@ -262,6 +262,11 @@ class Store:
             except (OperationalError, IntegrityError, ProgrammingError):
                 if self.is_sqlite or attempt == 2:  # a server DB: another process created it first
                     raise
+
+    def _schema_version(self) -> int:
+        with self.engine.connect() as c:
+            raw = c.execute(select(m.Meta.value).where(m.Meta.key == "schema_version")).scalar()
+        return int(raw or 0)  # check_meta has already refused a non-numeric one
 
     def _create_schema(self) -> None:
         with self.engine.connect() as c:
@@ -282,6 +287,7 @@ class Store:
             else:
                 meta = dict(c.execute(select(m.Meta.key, m.Meta.value)).all())
                 if int(meta.get("schema_version", "0")) < m.SCHEMA_VERSION:  # additive so far: tables now exist
+                    _add_missing_columns(c)  # and new nullable columns (NULL in older rows)
                     c.execute(update(m.Meta).where(m.Meta.key == "schema_version")
                               .values(value=str(m.SCHEMA_VERSION)))
             c.commit()
@@ -424,7 +430,8 @@ class Store:
                 c.execute(insert(m.StepRow), [
                     {"session_id": session_id, "step": s.step, "t_start_ns": s.t_start_ns,
                      "t_end_ns": s.t_end_ns, "samples": s.samples, "tokens": s.tokens,
-                     "energy_j": s.energy_j} for s in steps])
+                     "energy_j": s.energy_j, "rank": s.rank, "local_rank": s.local_rank,
+                     "world_size": s.world_size} for s in steps])
             if events:
                 c.execute(insert(m.EventRow), [
                     {"session_id": session_id, "t_ns": e.t_ns, "kind": e.kind, "message": e.message,
@@ -459,8 +466,8 @@ class Store:
         with self.engine.connect() as c:
             rows = c.execute(select(m.StepRow.__table__).where(m.StepRow.session_id == session_id)
                              .order_by(m.StepRow.step)).mappings().all()
-        return [StepRecord(r["step"], r["t_start_ns"], r["t_end_ns"], r["samples"], r["tokens"], r["energy_j"])
-                for r in rows]
+        fields = StepRecord.__dataclass_fields__
+        return [StepRecord(**{k: r[k] for k in fields}) for r in rows]
 
     def events(self, session_id: int) -> list[EventRecord]:
         with self.engine.connect() as c:
@@ -622,6 +629,17 @@ def _session_dict(r) -> dict:
         "interval_s": r["interval_s"],
         "summary": json.loads(r["summary_json"]) if r["summary_json"] else None,
     }
+
+
+def _add_missing_columns(c) -> None:
+    """ALTER TABLE ... ADD COLUMN for each nullable model column an older file lacks."""
+    insp = inspect(c)
+    for table in m.Base.metadata.sorted_tables:
+        have = {col["name"] for col in insp.get_columns(table.name)}
+        for col in table.columns:
+            if col.name not in have and col.nullable:
+                ddl = col.type.compile(dialect=c.dialect)
+                c.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}')
 
 
 def _layer_dict(session_id: int, lc: LayerCost) -> dict:

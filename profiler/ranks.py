@@ -1,0 +1,120 @@
+"""Per-rank figures of a torch.distributed job, from its stored steps (pure functions).
+
+Every step the agent reports carries the rank that ran it (see :mod:`wattlens.profiler.agent.dist`).
+The agent also times the torch.distributed collectives called from Python (``collectives``
+events); each call is charged to the rank's step whose span holds its start.
+
+Per rank: steps, mean step time, mean time in collectives per step and its share of the step,
+step energy. For the job, the straggler spread: the slowest rank's mean *busy* step time (step
+minus collectives) ÷ the median of the ranks' busy times. In a synchronous job every rank's step
+takes as long as the slowest one's, because the others wait for it inside collectives, so the
+step time alone cannot show a straggler; the busy time can (1.0: no straggler).
+
+A rank's step energy is the target's attributed energy over that rank's step span divided by the
+ranks on its host (``LOCAL_WORLD_SIZE``; agentlink does the split): an equal-share estimate, so
+that summing the ranks counts the job's energy once. The energy ranks spend waiting is an
+estimate too: their collective time × their mean power (step energy ÷ step time).
+"""
+
+from __future__ import annotations
+
+import bisect
+import statistics
+from collections.abc import Iterable, Sequence
+
+from wattlens.profiler.records import EventRecord, StepRecord
+
+
+def rank_steps(steps: Sequence[StepRecord]) -> dict[int, list[StepRecord]]:
+    """rank → its steps, for steps that carry a rank (empty for a single-process run)."""
+    out: dict[int, list[StepRecord]] = {}
+    for s in steps:
+        if s.rank is not None:
+            out.setdefault(s.rank, []).append(s)
+    return out
+
+
+def collective_calls(events: Iterable[EventRecord]) -> dict[int, list[tuple[str, int, int]]]:
+    """rank → its timed collective calls (op, t0_ns, t1_ns), from ``collectives`` events."""
+    out: dict[int, list[tuple[str, int, int]]] = {}
+    for e in events:
+        rank = e.data.get("rank") if e.kind == "collectives" else None
+        if isinstance(rank, int):
+            out.setdefault(rank, []).extend((op, int(t0), int(t1)) for op, t0, t1 in e.data.get("calls", []))
+    return out
+
+
+def step_collective_s(rows: Sequence[StepRecord], calls: Sequence[tuple[str, int, int]]) -> list[float]:
+    """Seconds in collectives per step (a call counts in the step whose span holds its start)."""
+    starts = [s.t_start_ns for s in rows]
+    per_step = [0.0] * len(rows)
+    for _op, t0, t1 in calls:
+        i = bisect.bisect_right(starts, t0) - 1
+        if 0 <= i < len(rows) and t0 < rows[i].t_end_ns:
+            per_step[i] += (t1 - t0) / 1e9
+    return per_step
+
+
+def per_rank(steps: Sequence[StepRecord], events: Iterable[EventRecord] = ()) -> dict | None:
+    """The per-rank table and job figures, or None when no step carries a rank."""
+    by_rank = rank_steps(steps)
+    if not by_rank:
+        return None
+    calls = collective_calls(events)
+    ranks = []
+    for rank, rows in sorted(by_rank.items()):
+        rows = sorted(rows, key=lambda s: s.t_start_ns)
+        durations = [(s.t_end_ns - s.t_start_ns) / 1e9 for s in rows]
+        energies = [s.energy_j for s in rows if s.energy_j is not None]
+        coll = step_collective_s(rows, calls.get(rank, []))
+        mean_step_s, mean_coll_s = statistics.fmean(durations), statistics.fmean(coll)
+        ops: dict[str, float] = {}
+        for op, t0, t1 in calls.get(rank, []):
+            ops[op] = ops.get(op, 0.0) + (t1 - t0) / 1e9
+        ranks.append({
+            "rank": rank,
+            "local_rank": rows[0].local_rank,
+            "steps": len(rows),
+            "mean_step_s": mean_step_s,
+            "collective_s_per_step": mean_coll_s,
+            "collective_share": mean_coll_s / mean_step_s if mean_step_s > 0 else None,
+            "busy_s_per_step": max(0.0, mean_step_s - mean_coll_s),
+            "collective_s_by_op": ops,
+            "energy_per_step_j": statistics.fmean(energies) if energies else None,
+            "energy_per_step_reason": None if energies else "no step of this rank has a measured energy",
+        })
+    world = max((s.world_size for s in steps if s.world_size is not None), default=None)
+    spread, slowest, median_s = straggler(ranks)
+    return {
+        "world_size": world,
+        "ranks_seen": len(ranks),
+        "ranks": ranks,
+        "collectives_timed": bool(calls),
+        "straggler_spread": spread,
+        "slowest_rank": slowest,
+        "median_busy_s": median_s,
+        "waiting_energy_j_per_step": _waiting_energy(ranks, slowest),
+        "method": ("agent step timing and torch.distributed collective timing per rank; step energy "
+                   "estimated as the target's energy over the rank's step span ÷ ranks on the host; "
+                   "waiting energy estimated as the other ranks' collective time × their mean power"),
+    }
+
+
+def straggler(ranks: Sequence[dict]) -> tuple[float | None, int | None, float | None]:
+    """(slowest busy time ÷ median busy time, the slowest rank, the median s); None with < 2 ranks."""
+    timed = [r for r in ranks if r["busy_s_per_step"] > 0]
+    if len(timed) < 2:
+        return None, None, None
+    median_s = statistics.median(r["busy_s_per_step"] for r in timed)
+    slow = max(timed, key=lambda r: r["busy_s_per_step"])
+    return slow["busy_s_per_step"] / median_s, slow["rank"], median_s
+
+
+def _waiting_energy(ranks: Sequence[dict], slowest: int | None) -> float | None:
+    """Joules per step the ranks other than the slowest spend in collectives (an estimate)."""
+    if slowest is None:
+        return None
+    others = [r for r in ranks if r["rank"] != slowest]
+    if any(r["energy_per_step_j"] is None or r["mean_step_s"] <= 0 for r in others):
+        return None
+    return sum(r["collective_s_per_step"] * r["energy_per_step_j"] / r["mean_step_s"] for r in others)

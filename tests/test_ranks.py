@@ -1,0 +1,120 @@
+"""Multi-rank jobs: a real 2-rank gloo DDP job of a tiny Llama under `wattlens run -- torchrun`,
+the rank fields on the wire and in the store, and the per-rank figures."""
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from wattlens.profiler.agent.dist import rank_info
+from wattlens.profiler.agent.protocol import AGENT_MESSAGES, check_fields
+from wattlens.profiler.ranks import per_rank
+from wattlens.profiler.records import EventRecord, StepRecord
+from wattlens.profiler.store import Store
+
+DDP_JOB = Path(__file__).parent / "workloads" / "ddp_llama.py"
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_job_stores_ranks_collectives_and_names_the_straggler(db_path, tmp_path):
+    steps = 6
+    r = run_cli("run", "--json", "--db", str(db_path), "--", sys.executable, "-m", "torch.distributed.run",
+                "--standalone", "--nproc-per-node", "2", str(DDP_JOB), str(steps), "1",
+                env={"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    sid = doc["session_id"]
+    store = Store(db_path)
+    try:
+        stored = store.steps(sid)
+        layers = store.layer_costs(sid)
+        events = store.events(sid)
+    finally:
+        store.close()
+    for rank in (0, 1):
+        mine = [s for s in stored if s.rank == rank]
+        assert [s.step for s in mine] == list(range(steps))
+        assert all(s.local_rank == rank and s.world_size == 2 for s in mine)
+        assert all(s.energy_j is not None and s.energy_j > 0 for s in mine)
+        assert any(row.rank == rank and row.path.endswith("mlp.down_proj") for row in layers)
+    # each rank's step gets its equal share of the target's energy: summed, the job counts once
+    assert sum(s.energy_j for s in stored) <= doc["target"]["energy_j"]
+    job = per_rank(stored, events)
+    assert job["world_size"] == 2 and job["ranks_seen"] == 2 and job["collectives_timed"]
+    by_rank = {x["rank"]: x for x in job["ranks"]}
+    assert by_rank[0]["collective_s_by_op"]["all_reduce"] > 0 and by_rank[1]["collective_s_by_op"]["all_reduce"] > 0
+    # rank 1 sleeps 50 ms per step before the loss all_reduce: rank 0 waits there for it
+    assert by_rank[0]["collective_s_per_step"] > by_rank[1]["collective_s_per_step"] + 0.02
+    assert job["slowest_rank"] == 1 and job["straggler_spread"] > 1.15
+
+    a = run_cli("advise", str(sid), "--db", str(db_path), "--json")
+    assert a.returncode == 0, a.stderr
+    recs = {rec["rule"]: rec for rec in json.loads(a.stdout)["recommendations"]}
+    assert "straggler" in recs and "Rank 1" in recs["straggler"]["title"]
+    assert "J per step waiting" in recs["straggler"]["rationale"]
+
+    out = tmp_path / "r.json"
+    assert run_cli("report", str(sid), "--format", "json", "-o", str(out), "--db", str(db_path)).returncode == 0
+    report = json.loads(out.read_text())
+    assert report["ranks"]["slowest_rank"] == 1 and {s["rank"] for s in report["steps"]} == {0, 1}
+
+
+def _steps(rank: int, durations_s: list[float], t0_ns: int = 0) -> list[StepRecord]:
+    out, t = [], t0_ns
+    for i, d in enumerate(durations_s):
+        out.append(StepRecord(i, t, t + int(d * 1e9), energy_j=d * 10.0, rank=rank, local_rank=rank,
+                              world_size=2))
+        t += int(d * 1e9)
+    return out
+
+
+def test_balanced_ranks_have_no_straggler_and_the_rule_stays_silent():
+    from wattlens.advisor.rules import straggler
+
+    steps = _steps(0, [0.1] * 4) + _steps(1, [0.1] * 4)
+    calls = {r: [["all_reduce", i * 100_000_000 + 90_000_000, i * 100_000_000 + 95_000_000] for i in range(4)]
+             for r in (0, 1)}
+    events = [EventRecord(0, "collectives", "", {"rank": r, "calls": c}) for r, c in calls.items()]
+    job = per_rank(steps, events)
+    assert job["straggler_spread"] == pytest.approx(1.0)
+    assert all(x["collective_s_per_step"] == pytest.approx(0.005) for x in job["ranks"])
+
+    class F:
+        ranks = job
+    assert straggler.evaluate(F) == []
+    assert per_rank(_steps(0, [0.1])[:0] + [StepRecord(0, 0, 1)]) is None  # no ranks: not a job
+
+
+def test_rank_fields_from_the_launcher_environment_and_on_the_wire():
+    assert rank_info({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}) == {
+        "rank": 1, "local_rank": 1, "world_size": 2}
+    assert rank_info({"LOCAL_RANK": "0"}) == {}  # not a job without RANK and WORLD_SIZE
+    assert rank_info({"RANK": "x", "WORLD_SIZE": "2"}) == {}
+    hello = {"token": "t", "protocol": 1, "pid": 5, "python": "3.11", "t_ns": 1, "rank": 1, "world_size": 2}
+    assert check_fields(hello, AGENT_MESSAGES["hello"]) is None
+    assert check_fields({**hello, "rank": -1}, AGENT_MESSAGES["hello"]) is not None
+    schema = AGENT_MESSAGES["collectives"]
+    assert check_fields({"calls": [["barrier", 5, 9]]}, schema) is None
+    assert check_fields({"calls": [["barrier", 9, 5]]}, schema) is not None  # ends before it starts
+
+
+def test_older_file_gets_the_rank_columns_and_keeps_its_rows(db_path):
+    store = Store(db_path)
+    sid, _ = store.create_session(name="old", kind="run", started_at=0.0, start_ns=0)
+    store.write_batch(sid, (), steps=[StepRecord(0, 0, 10, energy_j=1.0)])
+    store.close()
+    with sqlite3.connect(db_path) as c:  # make it a schema-2 file: no rank columns
+        for col in ("rank", "local_rank", "world_size"):
+            c.execute(f'ALTER TABLE steps DROP COLUMN "{col}"')
+        c.execute('ALTER TABLE layer_costs DROP COLUMN "rank"')
+        c.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    store = Store(db_path)
+    try:
+        assert store.steps(sid) == [StepRecord(0, 0, 10, energy_j=1.0)]
+        store.write_batch(sid, (), steps=[StepRecord(1, 10, 20, rank=1, local_rank=1, world_size=2)])
+        assert store.steps(sid)[1].rank == 1
+    finally:
+        store.close()
