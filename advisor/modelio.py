@@ -31,6 +31,7 @@ import copy
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -213,15 +214,38 @@ def _load_hf_folder(folder: Path) -> tuple[nn.Module, bool]:
     return model, is_causal
 
 
-def _load_module_file(path: Path) -> nn.Module:
-    """Unpickle a whole module. Runs code from the file: only for a file the user named."""
+PICKLE_RISK = (
+    "unpickling a whole module runs code stored in the file, so a file from someone else can do "
+    "anything your account can"
+)
+
+
+def _load_module_file(path: Path, *, trust_pickle: bool = False) -> nn.Module:
+    """A whole module saved with ``torch.save(model)``.
+
+    Tried first with ``weights_only=True`` (torch's restricted unpickler: tensors and plain
+    containers, no code runs). A whole module needs the full unpickler, which runs code from the
+    file: that is done only when the caller says the file is trusted (``--trust-pickle``).
+    """
     if path.suffix == ".safetensors":
         raise ModelLoadError(
             f"{path} holds only weights, no architecture",
             hint="give the folder with its config.json instead of the .safetensors file",
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{path} is a pickled module and was not loaded: {PICKLE_RISK}",
+                hint="if you trust where the file comes from, add --trust-pickle "
+                "(or give a Hugging Face folder, which loads without pickle)",
+            ) from exc
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # noqa: BLE001
+            raise ModelLoadError(f"{path} is not a readable torch file: {_first_line(exc2)}",
+                                 hint=_FOLDER_HINT) from exc2
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"{path} is not a readable torch file: {_first_line(exc)}", hint=_FOLDER_HINT) from exc
     if isinstance(obj, nn.Module):
@@ -234,8 +258,12 @@ def _load_module_file(path: Path) -> nn.Module:
     raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a torch module", hint=_FOLDER_HINT)
 
 
-def load_model(path: str | os.PathLike, *, allow_pickle_base: bool = False) -> LoadedModel:
+def load_model(path: str | os.PathLike, *, trust_pickle: bool = False,
+               allow_pickle_base: bool = False) -> LoadedModel:
     """Load MODEL (see the module docstring). Raises :class:`ModelLoadError` with the fix.
+
+    A torch module file is unpickled with the full unpickler (which runs code from the file) only
+    when ``trust_pickle`` is True; otherwise it is refused with the reason and the flag to pass.
 
     A wattlens output folder derived from a torch module file reloads by unpickling that original
     file again (checked by SHA-256 first); since that runs code the user did not name this time,
@@ -256,7 +284,7 @@ def load_model(path: str | os.PathLike, *, allow_pickle_base: bool = False) -> L
             model.eval(), p, "hf-folder", is_causal, tokenizer, reason,
             base={"kind": "hf-folder", "path": str(p), "class": type(model).__name__},
         )
-    model = _load_module_file(p)
+    model = _load_module_file(p, trust_pickle=trust_pickle)
     return LoadedModel(
         model.eval(), p, "torch-module-file", False, None,
         "a torch module file has no tokenizer",
@@ -336,7 +364,7 @@ def _load_recipe_module_base(folder: Path, base: dict[str, Any], allow_pickle_ba
     if sha256_file(src) != base["sha256"]:
         raise ModelLoadError(f"{src} changed since {folder} was made (SHA-256 differs)",
                              hint="restore the original file or re-run optimize")
-    return _load_module_file(src)
+    return _load_module_file(src, trust_pickle=True)
 
 
 # --------------------------------------------------------------------------- inputs and forward

@@ -158,6 +158,7 @@ def optimize(
     meter: Any | None = None,
     progress: Progress | None = None,
     allow_pickle_base: bool = False,
+    trust_pickle: bool = False,
     check_reload: bool = True,
 ) -> OptimizeResult:
     """Apply ``actions`` to MODEL, verify A/B against the original, save to ``out_dir``.
@@ -181,7 +182,8 @@ def optimize(
                             hint="use --device cpu")
 
     report("load", 0.0)
-    loaded: LoadedModel = load_model(model, allow_pickle_base=allow_pickle_base)
+    loaded: LoadedModel = load_model(model, trust_pickle=trust_pickle,
+                                     allow_pickle_base=allow_pickle_base)
     if loaded.is_quantized:
         raise BadInputError(f"{loaded.path} is already int8-quantized and cannot be changed further",
                             hint="optimize the original model instead")

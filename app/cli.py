@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refuse a result whose top-1 disagreement (LMs) or 1 - cosine (encoders) exceeds X")
     op.add_argument("--eval-text", metavar="FILE", help="text for a perplexity check")
     op.add_argument("--rounds", type=int, default=6, metavar="N", help="A/B rounds (default 6)")
+    op.add_argument("--trust-pickle", action="store_true",
+                    help="allow MODEL to be a pickled module file (.pt/.pkl); unpickling runs code from the file")
     _add_db(op)
     _add_json(op)
 

@@ -105,7 +105,8 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
     status, error = "verified", None
     try:
         result = optimize(args.model, args.action, args.out, max_quality_loss=args.max_quality_loss,
-                          eval_text=args.eval_text, batch_sizes=sizes, n_rounds=args.rounds, progress=progress)
+                          eval_text=args.eval_text, batch_sizes=sizes,
+                          trust_pickle=getattr(args, "trust_pickle", False), n_rounds=args.rounds, progress=progress)
     except QualityLossError as exc:
         result, status, error = exc.result, "refused", exc
     v = result.verification
@@ -172,7 +173,7 @@ def _run_sweep(args, store, session, sizes, progress, doc, say) -> int:
     from wattlens.advisor.regression import SweepPoint, fit_energy_vs_batch
 
     progress("load", 0.0)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, trust_pickle=getattr(args, "trust_pickle", False))
     params, _ = tensor_footprint(loaded.model)
     rows = sweep_batch_sizes(loaded.model, sizes, progress=progress)
     _store_sweep(store, session.session_id, args.model, params, rows)
