@@ -183,6 +183,7 @@ def optimize(
     meter: Any | None = None,
     progress: Progress | None = None,
     trust_pickle: bool = False,
+    calibration: str | Path | None = None,
 ) -> OptimizeResult:
     """Apply ``actions`` to MODEL, verify A/B against the original, save to ``out_dir``.
 
@@ -220,9 +221,21 @@ def optimize(
     for action in parsed:  # before any work: nothing plain transformers would load differently
         if hf:
             action.check_expressible(base)
+    calibration_inputs = None
+    if calibration is not None:
+        cal_ids = read_eval_tokens(calibration, loaded.tokenizer, loaded.tokenizer_reason,
+                                   flag="--calibration")
+        calibration_inputs = eval_windows(cal_ids, base, seq_len)
+        calibration_inputs = dataclasses.replace(
+            calibration_inputs,
+            description=f"calibration text {calibration} ({calibration_inputs.description[11:-1]})")
+    for action in parsed:
+        if hasattr(action, "calibration"):
+            action.calibration = calibration_inputs  # None → seeded random ids, labelled
     float_model, applied = _apply_all(base, [a for a in parsed if not a.quantizes], report)
-    if quantization is not None:
-        quantization.check_applicable(float_model)
+    quant_details: dict[str, Any] = {}
+    if quantization is not None:  # in process for its details (e.g. calibrated scales)
+        quant_details = quantization.apply_detailed(float_model).details
 
     inputs = random_inputs(base, batch_size, seq_len, seed=seed)
     fid_inputs = eval_windows(eval_ids, base, seq_len) if eval_ids is not None else inputs
@@ -232,16 +245,16 @@ def optimize(
                                    quantization=quantization)
         if quantization is not None:  # what was quantized is checked on what ships
             applied.append(AppliedAction(quantization.spec, quantization.description,
-                                         quantization.replay, {}, ClaimCheck("pending", True, "")))
+                                         quantization.replay, quant_details,
+                                         ClaimCheck("checked on the reloaded model below", True, "")))
         records = loaded.prior_actions + [_record(a) for a in applied]
         write_manifest(tmp, {"format": "wattlens-optimization", "version": 2, "layout": layout,
                              "base": loaded.base, "actions": records})
         artifact = _reload_shipped(tmp, loaded).to(device)
         if quantization is not None:
             claim = quantization.check_claim(float_model, artifact)
-            details = {"backend": f"torchao {torchao_version()} via "
-                       + ("transformers TorchAoConfig" if hf else "quantize_ on load"),
-                       "torchao_config": type(quantization.ao_config()).__name__}
+            details = {**quant_details, "backend": f"torchao {torchao_version()} via "
+                       + ("transformers TorchAoConfig" if hf else "quantize_ on load")}
             applied[-1] = AppliedAction(quantization.spec, quantization.description,
                                         quantization.replay, details, claim)
             if not claim.holds:

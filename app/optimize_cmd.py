@@ -106,7 +106,8 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
     try:
         result = optimize(args.model, args.action, args.out, max_quality_loss=args.max_quality_loss,
                           eval_text=args.eval_text, batch_sizes=sizes,
-                          trust_pickle=getattr(args, "trust_pickle", False), n_rounds=args.rounds, progress=progress)
+                          trust_pickle=getattr(args, "trust_pickle", False),
+                          calibration=getattr(args, "calibration", None), n_rounds=args.rounds, progress=progress)
     except QualityLossError as exc:
         result, status, error = exc.result, "refused", exc
     v = result.verification
@@ -147,6 +148,13 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
                   + (f", top-1 agreement {fid.top1_agreement:.3f}" if fid.top1_agreement is not None else "")
                   + (f", KL {fid.kl_base_candidate:.3g} nats" if fid.kl_base_candidate is not None else "")
                   + (f", cosine {fid.cosine_similarity:.4f}" if fid.cosine_similarity is not None else ""))
+        for a in result.actions:
+            if "calibration" in a.details:
+                print(f"  {a.spec} calibrated on {a.details['calibration']} "
+                      f"({a.details['calibration_samples']} samples)")
+            if "block_scores" in a.details:
+                scores = ", ".join(f"{i}:{x:.3f}" for i, x in enumerate(a.details["block_scores"]))
+                print(f"  block redundancy (cosine in/out): {scores}; removed {a.details['removed_blocks']}")
         s = result.sizes
         print(f"  tensor elements: {s['base_params']:,} → {s['candidate_params']:,}; tensor bytes "
               f"{s['base_tensor_bytes'] / 2**20:.1f} → {s['candidate_tensor_bytes'] / 2**20:.1f} MiB")

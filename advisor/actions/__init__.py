@@ -21,9 +21,10 @@ def _registry() -> dict[str, type[Action]]:
     from wattlens.advisor.actions.prune_mlp import PruneMlp
     from wattlens.advisor.actions.prune_unstructured import PruneUnstructured
     from wattlens.advisor.actions.quantize_int8 import QuantizeInt8, QuantizeInt8WeightOnly
+    from wattlens.advisor.actions.quantize_int8_static import QuantizeInt8Static
     from wattlens.advisor.actions.quantize_lowbit import QuantizeFloat8, QuantizeInt4
 
-    return {c.name: c for c in (QuantizeInt8, QuantizeInt8WeightOnly, QuantizeInt4, QuantizeFloat8,
+    return {c.name: c for c in (QuantizeInt8, QuantizeInt8WeightOnly, QuantizeInt8Static, QuantizeInt4, QuantizeFloat8,
                                 Bf16, PruneHeads, PruneMlp, PruneLayers, PruneUnstructured)}
 
 
