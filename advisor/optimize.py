@@ -32,6 +32,7 @@ from torch import nn
 from wattlens.advisor.actions import Action, ClaimCheck, parse_actions
 from wattlens.advisor.actions.quantize_int8 import torchao_version
 from wattlens.advisor.fidelity import eval_windows, measure_fidelity, read_eval_tokens
+from wattlens.advisor.heal import heal, payback_samples
 from wattlens.advisor.modelio import (
     LoadedModel,
     build_manifest,
@@ -47,7 +48,14 @@ from wattlens.advisor.modelio import (
     write_model_files,
 )
 from wattlens.advisor.plainload import fresh_process_outputs
-from wattlens.advisor.verify import PeakMemory, Verification, ab_verify, measure_window, t_interval
+from wattlens.advisor.verify import (
+    PeakMemory,
+    Verification,
+    _default_meter,
+    ab_verify,
+    measure_window,
+    t_interval,
+)
 from wattlens.profiler.errors import ActionError, BadInputError
 
 Progress = Callable[[str, float], None]
@@ -96,6 +104,8 @@ class OptimizeResult:
     reload_max_abs_diff: float | None = None
     batch_sweep: tuple[SweepRow, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: distillation healing: steps, held-out KL before/after, energy, payback in samples
+    healing: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,6 +194,8 @@ def optimize(
     progress: Progress | None = None,
     trust_pickle: bool = False,
     calibration: str | Path | None = None,
+    heal_steps: int = 0,
+    heal_text: str | Path | None = None,
 ) -> OptimizeResult:
     """Apply ``actions`` to MODEL, verify A/B against the original, save to ``out_dir``.
 
@@ -201,6 +213,12 @@ def optimize(
     if batch_size < 1 or seq_len < 2 or n_rounds < 1:
         raise BadInputError("batch size, sequence length and rounds must be positive (seq_len ≥ 2)",
                             hint="use the defaults or larger values")
+    if heal_steps and heal_text is None:
+        raise BadInputError("--heal-steps needs --heal-text FILE: healing trains the pruned model on "
+                            "text, and wattlens does not train on random token ids",
+                            hint="give a text file in the model's language with --heal-text")
+    if heal_text is not None and heal_steps < 1:
+        raise BadInputError("--heal-text needs --heal-steps N (N ≥ 1)", hint="e.g. --heal-steps 50")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BadInputError(f"device {device} asked for but torch sees no CUDA GPU",
                             hint="use --device cpu")
@@ -233,6 +251,17 @@ def optimize(
         if hasattr(action, "calibration"):
             action.calibration = calibration_inputs  # None → seeded random ids, labelled
     float_model, applied = _apply_all(base, [a for a in parsed if not a.quantizes], report)
+    healing = None
+    if heal_steps:
+        if not loaded.is_causal_lm:
+            raise BadInputError("healing distils next-token logits; this model is not a causal LM",
+                                hint="drop --heal-steps for this model")
+        heal_ids = read_eval_tokens(heal_text, loaded.tokenizer, loaded.tokenizer_reason, flag="--heal-text")
+        if meter is None:
+            meter = _default_meter()
+        healing = heal(base, float_model, heal_ids, steps=heal_steps, seq_len=seq_len, meter=meter,
+                       source=str(heal_text), progress=report).to_dict()
+        float_model.requires_grad_(False)
     quant_details: dict[str, Any] = {}
     if quantization is not None:  # in process for its details (e.g. calibrated scales)
         quant_details = quantization.apply_detailed(float_model).details
@@ -279,10 +308,14 @@ def optimize(
                  "candidate_params": cand_elems, "candidate_tensor_bytes": cand_bytes,
                  "saved_weights_bytes": files_bytes}
         quality_ok = max_quality_loss is None or fidelity.quality_loss <= max_quality_loss
+        if healing is not None:
+            payback, why = payback_samples(healing["energy_j"], verification.baseline.energy_per_sample_j,
+                                           verification.candidate.energy_per_sample_j)
+            healing = {**healing, "payback_samples": payback, "payback_reason": why}
         result = OptimizeResult(
             model_path=str(loaded.path), out_dir=None, actions=tuple(applied),
             verification=verification, max_quality_loss=max_quality_loss, quality_ok=quality_ok,
-            sizes=sizes, notes=verification.notes,
+            sizes=sizes, notes=verification.notes, healing=healing,
         )
         if not quality_ok:
             raise QualityLossError(
@@ -294,7 +327,8 @@ def optimize(
         manifest = build_manifest(
             source=loaded, records=records, layout=layout, base_model=base, candidate=artifact,
             folder=tmp,
-            extra={"verification": verification.to_dict(), "plain_transformers_check": plain},
+            extra={"verification": verification.to_dict(), "plain_transformers_check": plain,
+                   "healing": healing},
         )
         write_manifest(tmp, manifest)
     report("save", 1.0)
@@ -358,8 +392,6 @@ def sweep_batch_sizes(
                             hint="for example --batch-sizes 1,2,4,8")
     report = progress or _noop
     if meter is None:
-        from wattlens.advisor.verify import _default_meter
-
         meter = _default_meter()
     device = model_device(model)
     memory = PeakMemory(device)

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--rounds", type=int, default=6, metavar="N", help="A/B rounds (default 6)")
     op.add_argument("--calibration", metavar="FILE",
                     help="text for quantize-int8-static scales and prune-layers scores (default: seeded random ids)")
+    op.add_argument("--heal-steps", type=int, default=0, metavar="N",
+                    help="after pruning, distil the original into the pruned model for N steps (needs --heal-text)")
+    op.add_argument("--heal-text", metavar="FILE", help="text to heal on (its last fifth is held out for the before/after KL)")
     op.add_argument("--trust-pickle", action="store_true",
                     help="allow MODEL to be a pickled module file (.pt/.pkl); unpickling runs code from the file")
     _add_db(op)

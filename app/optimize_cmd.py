@@ -107,7 +107,9 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         result = optimize(args.model, args.action, args.out, max_quality_loss=args.max_quality_loss,
                           eval_text=args.eval_text, batch_sizes=sizes,
                           trust_pickle=getattr(args, "trust_pickle", False),
-                          calibration=getattr(args, "calibration", None), n_rounds=args.rounds, progress=progress)
+                          calibration=getattr(args, "calibration", None),
+                          heal_steps=getattr(args, "heal_steps", 0) or 0, heal_text=getattr(args, "heal_text", None),
+                          n_rounds=args.rounds, progress=progress)
     except QualityLossError as exc:
         result, status, error = exc.result, "refused", exc
     v = result.verification
@@ -120,7 +122,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         "verification": v.to_dict(), "side_by_side": v.side_by_side(),
         "measured_text": measured_text(v), "predicted_text": predicted.text,
         "fidelity": v.fidelity.to_dict() if v.fidelity else None, "sizes": result.sizes,
-        "out_dir": result.out_dir, "quality_ok": result.quality_ok,
+        "out_dir": result.out_dir, "quality_ok": result.quality_ok, "healing": result.healing,
     }
     action_id = store.add_action(session_id=session.session_id, kind=args.action, status=status,
                                  params={"model": str(Path(args.model).resolve()), "actions": args.action,
@@ -155,6 +157,13 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
             if "block_scores" in a.details:
                 scores = ", ".join(f"{i}:{x:.3f}" for i, x in enumerate(a.details["block_scores"]))
                 print(f"  block redundancy (cosine in/out): {scores}; removed {a.details['removed_blocks']}")
+        h = result.healing
+        if h:
+            energy = f"{h['energy_j']:.3g} J ({h['energy_method']})" if h["energy_j"] is not None else f"n/a ({h['energy_reason']})"
+            payback = (f"{h['payback_samples']:.3g} samples" if h["payback_samples"] is not None
+                       else f"n/a ({h['payback_reason']})")
+            print(f"  healing: {h['steps']} steps on {h['source']}; held-out KL {h['held_out_kl_before']:.4g} → "
+                  f"{h['held_out_kl_after']:.4g} nats; cost {energy}; pays back after {payback}")
         s = result.sizes
         print(f"  tensor elements: {s['base_params']:,} → {s['candidate_params']:,}; tensor bytes "
               f"{s['base_tensor_bytes'] / 2**20:.1f} → {s['candidate_tensor_bytes'] / 2**20:.1f} MiB")
