@@ -16,12 +16,13 @@ from wattlens.advisor.rules import (
     bf16,
     dataloader,
     prune_heads,
+    prune_layers,
     prune_mlp,
     prune_unstructured,
     quantize_int8,
 )
 
-RULES: tuple[ModuleType, ...] = (batch_size, quantize_int8, bf16, prune_heads, prune_mlp,
+RULES: tuple[ModuleType, ...] = (batch_size, quantize_int8, bf16, prune_heads, prune_mlp, prune_layers,
                                  prune_unstructured, dataloader)
 
 
