@@ -32,7 +32,7 @@ def block_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
             found = model.get_submodule(path)
         except AttributeError:
             continue
-        if isinstance(found, nn.ModuleList) and len(found) > 1:
+        if isinstance(found, nn.ModuleList) and len(found) >= 1:
             return path, found
     return None
 
