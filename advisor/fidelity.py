@@ -99,18 +99,19 @@ def perplexity(model: nn.Module, token_ids: torch.Tensor, window: int) -> float:
 # --------------------------------------------------------------------------- eval text
 
 
-def read_eval_tokens(path: str | Path, tokenizer: Any | None, tokenizer_reason: str | None) -> torch.Tensor:
-    """Token ids of the user's text file; needs the model folder's tokenizer."""
+def read_eval_tokens(path: str | Path, tokenizer: Any | None, tokenizer_reason: str | None,
+                     *, flag: str = "--eval-text") -> torch.Tensor:
+    """Token ids of the user's text file (given with ``flag``); needs the model folder's tokenizer."""
     p = Path(path).expanduser()
     if tokenizer is None:
         raise BadInputError(
-            f"--eval-text needs a tokenizer and the model has none ({tokenizer_reason})",
-            hint="put the tokenizer files in the model folder or drop --eval-text",
+            f"{flag} needs a tokenizer and the model has none ({tokenizer_reason})",
+            hint=f"put the tokenizer files in the model folder or drop {flag}",
         )
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"cannot read eval text {p}: {exc}", hint="give a UTF-8 text file") from exc
+        raise BadInputError(f"cannot read {flag} file {p}: {exc}", hint="give a UTF-8 text file") from exc
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].reshape(-1)
     if ids.numel() < 2:
         raise BadInputError(f"{p} holds fewer than 2 tokens", hint="give a longer text for perplexity")

@@ -8,17 +8,18 @@ What ``load_model`` accepts:
   file, so it is done only for a file the user named explicitly (``torch.load(weights_only=False)``);
 * a folder written by :func:`save_optimized` (it holds ``wattlens-optimization.json``).
 
-How an optimised model is saved (no pickle of modules ever goes into our outputs):
+How an optimised model is saved (no pickle ever goes into our outputs):
 
-* if every applied action can be expressed by a transformers config and weights (MLP pruning,
-  unstructured pruning, bf16), ``save_pretrained`` writes a folder plain transformers can load too;
-* head pruning (no config field can express it) and models that came from a torch module file use
-  the *recipe* layout: ``config.json`` (or a reference to the user's module file, by path and
-  SHA-256) + ``wattlens-weights.safetensors`` + the manifest; the loader builds the base
-  architecture, replays the recorded shape/dtype changes, then loads the weights strictly;
-* dynamic int8 is never stored as quantized modules: the folder holds the float weights before
-  quantization and the manifest says to quantize again on load, which is deterministic (the scale
-  comes from the weights), so the reloaded model computes the same outputs.
+* from a Hugging Face folder: a folder plain transformers loads as the verified model —
+  ``AutoModel*.from_pretrained(out)`` in an interpreter that never imports wattlens. Pruning lives
+  in config fields (``intermediate_size``, ``num_hidden_layers``), bf16 in the weights' dtype,
+  quantization through transformers' torchao integration (``TorchAoConfig`` in config.json, the
+  weights stored quantized in model.safetensors). Changes no config can express are refused
+  before any work (:meth:`Action.check_expressible`);
+* from a torch module file: the state dict in ``model.safetensors`` plus the manifest;
+  :func:`load_optimized` (exported as ``wattlens.advisor.load_optimized``) rebuilds it onto a fresh
+  instance of the user's own module class: recorded shape/dtype changes, the weights (strictly),
+  then quantization again (deterministic from the weights).
 
 Every folder gets ``wattlens-optimization.json``: base model, actions with their parameters and
 details, the claim checks, sizes, library versions.
@@ -27,10 +28,10 @@ details, the claim checks, sizes, library versions.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -42,12 +43,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from wattlens.profiler.errors import BadInputError, ModelLoadError
+from wattlens.profiler.errors import BadInputError, ModelLoadError, WattlensError
 
 MANIFEST_NAME = "wattlens-optimization.json"
-WEIGHTS_NAME = "wattlens-weights.safetensors"
+WEIGHTS_NAME = "model.safetensors"
 MANIFEST_FORMAT = "wattlens-optimization"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -80,7 +81,9 @@ class LoadedModel:
 
     @property
     def is_quantized(self) -> bool:
-        return any(a.get("replay") == "on-load" for a in self.prior_actions)
+        config = getattr(self.model, "config", None)
+        return getattr(config, "quantization_config", None) is not None or any(
+            a.get("replay") == "on-load" for a in self.prior_actions)
 
 
 # --------------------------------------------------------------------------- hashing and sizes
@@ -104,14 +107,17 @@ def hash_tree(path: str | os.PathLike) -> dict[str, str]:
     }
 
 
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor really holds: a torchao tensor subclass counts its inner (int8 ...) data."""
+    flatten = getattr(type(t), "__tensor_flatten__", None)
+    if flatten is not None and type(t) not in (torch.Tensor, nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
 def tensor_footprint(model: nn.Module) -> tuple[int, int]:
-    """(elements, bytes) held by the model's weights and buffers, counting shared tensors once.
-
-    Dynamic int8 layers keep their weight packed outside ``parameters()``; it is unpacked to
-    count it (1 byte per element).
-    """
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-
+    """(elements, bytes) held by the model's weights and buffers, counting shared tensors once."""
     seen: set[int] = set()
     elements = nbytes = 0
     for m in model.modules():
@@ -119,12 +125,7 @@ def tensor_footprint(model: nn.Module) -> tuple[int, int]:
             if id(t) not in seen:  # persistent tensors: ids stay unique while the model lives
                 seen.add(id(t))
                 elements += t.numel()
-                nbytes += t.numel() * t.element_size()
-        if isinstance(m, DynamicQuantizedLinear):
-            bias = m.bias()
-            for t in [m.weight()] + ([bias] if bias is not None else []):
-                elements += t.numel()
-                nbytes += t.numel() * t.element_size()
+                nbytes += tensor_bytes(t)
     return elements, nbytes
 
 
@@ -213,15 +214,38 @@ def _load_hf_folder(folder: Path) -> tuple[nn.Module, bool]:
     return model, is_causal
 
 
-def _load_module_file(path: Path) -> nn.Module:
-    """Unpickle a whole module. Runs code from the file: only for a file the user named."""
+PICKLE_RISK = (
+    "unpickling a whole module runs code stored in the file, so a file from someone else can do "
+    "anything your account can"
+)
+
+
+def _load_module_file(path: Path, *, trust_pickle: bool = False) -> nn.Module:
+    """A whole module saved with ``torch.save(model)``.
+
+    Tried first with ``weights_only=True`` (torch's restricted unpickler: tensors and plain
+    containers, no code runs). A whole module needs the full unpickler, which runs code from the
+    file: that is done only when the caller says the file is trusted (``--trust-pickle``).
+    """
     if path.suffix == ".safetensors":
         raise ModelLoadError(
             f"{path} holds only weights, no architecture",
             hint="give the folder with its config.json instead of the .safetensors file",
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{path} is a pickled module and was not loaded: {PICKLE_RISK}",
+                hint="if you trust where the file comes from, add --trust-pickle "
+                "(or give a Hugging Face folder, which loads without pickle)",
+            ) from exc
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # noqa: BLE001
+            raise ModelLoadError(f"{path} is not a readable torch file: {_first_line(exc2)}",
+                                 hint=_FOLDER_HINT) from exc2
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"{path} is not a readable torch file: {_first_line(exc)}", hint=_FOLDER_HINT) from exc
     if isinstance(obj, nn.Module):
@@ -234,12 +258,14 @@ def _load_module_file(path: Path) -> nn.Module:
     raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a torch module", hint=_FOLDER_HINT)
 
 
-def load_model(path: str | os.PathLike, *, allow_pickle_base: bool = False) -> LoadedModel:
+def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> LoadedModel:
     """Load MODEL (see the module docstring). Raises :class:`ModelLoadError` with the fix.
 
-    A wattlens output folder derived from a torch module file reloads by unpickling that original
-    file again (checked by SHA-256 first); since that runs code the user did not name this time,
-    it is refused unless ``allow_pickle_base`` is True.
+    A torch module file is unpickled with the full unpickler (which runs code from the file) only
+    when ``trust_pickle`` is True; otherwise it is refused with the reason and the flag to pass.
+
+    A wattlens output folder from a Hugging Face model loads like any transformers folder; one
+    from a torch module file needs the user's class (:func:`load_optimized`) and is refused here.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -247,7 +273,7 @@ def load_model(path: str | os.PathLike, *, allow_pickle_base: bool = False) -> L
     p = p.resolve()
     if p.is_dir():
         if (p / MANIFEST_NAME).is_file():
-            return _load_output(p, allow_pickle_base=allow_pickle_base)
+            return _load_output(p)
         if not (p / "config.json").is_file():
             raise ModelLoadError(f"{p} has no config.json, so it is not a Hugging Face model folder", hint=_FOLDER_HINT)
         model, is_causal = _load_hf_folder(p)
@@ -256,7 +282,7 @@ def load_model(path: str | os.PathLike, *, allow_pickle_base: bool = False) -> L
             model.eval(), p, "hf-folder", is_causal, tokenizer, reason,
             base={"kind": "hf-folder", "path": str(p), "class": type(model).__name__},
         )
-    model = _load_module_file(p)
+    model = _load_module_file(p, trust_pickle=trust_pickle)
     return LoadedModel(
         model.eval(), p, "torch-module-file", False, None,
         "a torch module file has no tokenizer",
@@ -287,56 +313,59 @@ def _replay(model: nn.Module, records: list[dict[str, Any]], replays: set[str]) 
             parse_action(record["spec"]).replay_into(model, record["details"])
 
 
-def _load_output(folder: Path, *, allow_pickle_base: bool) -> LoadedModel:
+def _load_output(folder: Path) -> LoadedModel:
     manifest = read_manifest(folder)
-    records: list[dict[str, Any]] = manifest["actions"]
-    base = manifest["base"]
-    layout = manifest["layout"]
-    try:
-        if layout == "save_pretrained":
-            model, is_causal = _load_hf_folder(folder)
-        elif layout == "recipe":
-            if base["kind"] == "torch-module-file":
-                model = _load_recipe_module_base(folder, base, allow_pickle_base)
-                is_causal = False
-            else:
-                config = _load_config(folder)
-                auto, is_causal = _auto_class(config)
-                model = auto.from_config(config)
-            _replay(model, records, {"structure", "dtype"})
-            import safetensors.torch
-
-            safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
-        else:
-            raise ModelLoadError(f"{folder / MANIFEST_NAME} names an unknown layout '{layout}'",
-                                 hint="re-run wattlens optimize with this version of wattlens")
-        model.eval()
-        _replay(model, records, {"on-load"})
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"the optimised model in {folder} does not load: {_first_line(exc)}",
-                             hint="the folder is damaged or from another wattlens version; re-run optimize") from exc
+    if manifest["layout"] != "transformers":
+        raise ModelLoadError(
+            f"{folder} holds the state dict of a torch module, which needs your module class to load",
+            hint="load it with wattlens.advisor.load_optimized(folder, YourModel()) or optimize the original file",
+        )
+    model, is_causal = _load_hf_folder(folder)
     tokenizer, reason = _load_tokenizer(folder)
     return LoadedModel(model.eval(), folder, "wattlens-output", is_causal, tokenizer, reason,
-                       base=base, prior_actions=records)
+                       base=manifest["base"], prior_actions=manifest["actions"])
 
 
-def _load_recipe_module_base(folder: Path, base: dict[str, Any], allow_pickle_base: bool) -> nn.Module:
-    src = Path(base["path"])
-    if not allow_pickle_base:
+def load_optimized(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Load a folder written by ``wattlens optimize``, in eval mode.
+
+    * from a Hugging Face model: the matching ``AutoModel*.from_pretrained(folder)`` (plain
+      transformers does the same without wattlens); ``model`` must be None;
+    * from a torch module file: give ``model``, a fresh instance of your own module class (or the
+      original module); it is changed in place — recorded structure/dtype changes, the saved
+      weights loaded strictly, quantization applied again — and returned.
+    """
+    path = Path(folder).expanduser().resolve()
+    if not (path / MANIFEST_NAME).is_file():
+        raise ModelLoadError(f"{path} is not a wattlens output (no {MANIFEST_NAME})",
+                             hint="give the --out folder of wattlens optimize")
+    manifest = read_manifest(path)
+    if manifest["layout"] == "transformers":
+        if model is not None:
+            raise BadInputError(f"{path} is a transformers folder; it needs no model instance",
+                                hint="call load_optimized(folder) or AutoModel*.from_pretrained(folder)")
+        return _load_hf_folder(path)[0].eval()
+    if model is None:
+        raise BadInputError(f"{path} holds a state dict for your module class {manifest['base'].get('class')}",
+                            hint="pass a fresh instance: load_optimized(folder, YourModel())")
+    records = manifest["actions"]
+    import safetensors.torch
+
+    try:
+        _replay(model, records, {"structure", "dtype"})
+        missing, unexpected = safetensors.torch.load_model(model, path / WEIGHTS_NAME, strict=False)
+    except WattlensError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"the weights in {path} do not fit {type(model).__name__}: {_first_line(exc)}",
+                             hint=f"pass an instance of {manifest['base'].get('class')}, the class that was optimized") from exc
+    if missing or unexpected:
         raise ModelLoadError(
-            f"{folder} derives from the torch module file {src}; reloading it unpickles that file, "
-            "which runs code",
-            hint="if you trust it, load with allow_pickle_base=True",
-        )
-    if not src.is_file():
-        raise ModelLoadError(f"{folder} needs its base module file {src}, which is gone",
-                             hint="put the original file back at that path")
-    if sha256_file(src) != base["sha256"]:
-        raise ModelLoadError(f"{src} changed since {folder} was made (SHA-256 differs)",
-                             hint="restore the original file or re-run optimize")
-    return _load_module_file(src)
+            f"the weights in {path} do not fit {type(model).__name__} (missing {len(missing)}, unexpected {len(unexpected)})",
+            hint=f"pass an instance of {manifest['base'].get('class')}, the class that was optimized")
+    model.eval()
+    _replay(model, records, {"on-load"})
+    return model.eval()
 
 
 # --------------------------------------------------------------------------- inputs and forward
@@ -492,35 +521,42 @@ def staged_dir(out: Path) -> Iterator[Path]:
         raise
 
 
-def write_model_files(
-    folder: Path,
-    *,
-    source: LoadedModel,
-    before_on_load: nn.Module,
-    records: list[dict[str, Any]],
-) -> str:
-    """Write weights (+ config, tokenizer files) of ``before_on_load`` into ``folder``; return the layout."""
-    needs_recipe = source.base.get("kind") == "torch-module-file" or any(
-        r["replay"] == "structure" for r in records
-    )
-    if not needs_recipe and hasattr(before_on_load, "save_pretrained"):
-        before_on_load.save_pretrained(folder)
-        layout = "save_pretrained"
-    else:
-        import safetensors.torch
-
-        config = getattr(before_on_load, "config", None)
-        if config is not None and hasattr(config, "save_pretrained"):
-            config = copy.deepcopy(config)
-            config.architectures = [type(before_on_load).__name__]
-            config.save_pretrained(folder)
-        safetensors.torch.save_model(before_on_load, str(folder / WEIGHTS_NAME))
-        layout = "recipe"
+def _copy_tokenizer(source: LoadedModel, folder: Path) -> None:
     if source.path.is_dir():
         for name in TOKENIZER_FILES:
             if (source.path / name).is_file():
                 shutil.copy2(source.path / name, folder / name)
-    return layout
+
+
+def write_model_files(folder: Path, *, source: LoadedModel, float_model: nn.Module,
+                      quantization: Any | None = None) -> str:
+    """Write the shippable model into ``folder``; return the layout ("transformers" | "state-dict").
+
+    A transformers model is saved with ``save_pretrained``; with a quantization action, the float
+    folder is reloaded through transformers' torchao integration (``TorchAoConfig``) and that
+    quantized model is saved, so config.json carries the quantization config and the weights are
+    stored quantized. A plain module gets its float state dict (quantization is re-applied by
+    :func:`load_optimized`).
+    """
+    if hasattr(float_model, "save_pretrained") and source.kind != "torch-module-file":
+        if quantization is None:
+            float_model.save_pretrained(folder)
+        else:
+            from transformers import TorchAoConfig
+
+            with tempfile.TemporaryDirectory(prefix=".wattlens-float-", dir=folder.parent) as tmp:
+                float_model.save_pretrained(tmp)
+                auto, _ = _auto_class(float_model.config)
+                quantized = auto.from_pretrained(
+                    tmp, local_files_only=True, dtype="auto",
+                    quantization_config=TorchAoConfig(quant_type=quantization.ao_config()))
+                quantized.save_pretrained(folder)
+        _copy_tokenizer(source, folder)
+        return "transformers"
+    import safetensors.torch
+
+    safetensors.torch.save_model(float_model, str(folder / WEIGHTS_NAME))
+    return "state-dict"
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
@@ -550,8 +586,8 @@ def build_manifest(
         "input": {"path": str(source.path), "kind": source.kind},
         "actions": records,
         "layout": layout,
-        "weights": WEIGHTS_NAME if layout == "recipe" else "save_pretrained files",
-        "on_load": [r["spec"] for r in records if r["replay"] == "on-load"],
+        "load_with": ("transformers AutoModel*.from_pretrained(folder)" if layout == "transformers"
+                      else "wattlens.advisor.load_optimized(folder, YourModel())"),
         "sizes": {
             "base_params": base_elems,
             "base_tensor_bytes": base_bytes,

@@ -2,18 +2,23 @@
 
 The order matters for the guarantees:
 
-1. everything the user typed is checked first (actions, output folder, eval text), so bad input
-   fails in a second with one line, before any heavy work;
+1. everything the user typed is checked first (actions, output folder, eval text), and for a
+   Hugging Face model every action must be expressible for plain transformers
+   (:meth:`Action.check_expressible`) — bad input fails in a second with one line, before any
+   heavy work;
 2. actions run on deep copies — the loaded input model object is never changed, and the user's
    files are only ever read;
-3. the A/B measurement and the fidelity check come before anything is written; if the quality
-   loss exceeds ``max_quality_loss`` nothing is written at all;
-4. the output is written into a temp folder beside ``out_dir``, reloaded and compared with the
-   candidate, and only then renamed into place: a failure leaves no half-written folder.
+3. the output is written into a temp folder beside ``out_dir`` and reloaded the way its user will
+   load it (plain ``from_pretrained`` — also checked in a fresh interpreter that never imports
+   wattlens — or :func:`load_optimized` for a module file). The claim, fidelity and A/B checks
+   measure *that* reloaded model, so what is verified is what ships;
+4. only then, and only if the quality loss is within ``max_quality_loss``, is the temp folder
+   renamed into place: a refusal or failure leaves nothing written.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -25,13 +30,16 @@ import torch
 from torch import nn
 
 from wattlens.advisor.actions import Action, ClaimCheck, parse_actions
+from wattlens.advisor.actions.quantize_int8 import torchao_version
 from wattlens.advisor.fidelity import eval_windows, measure_fidelity, read_eval_tokens
+from wattlens.advisor.heal import heal, payback_samples
 from wattlens.advisor.modelio import (
     LoadedModel,
     build_manifest,
     check_out_dir,
     forward,
     load_model,
+    load_optimized,
     model_device,
     random_inputs,
     staged_dir,
@@ -39,7 +47,15 @@ from wattlens.advisor.modelio import (
     write_manifest,
     write_model_files,
 )
-from wattlens.advisor.verify import PeakMemory, Verification, ab_verify, measure_window, t_interval
+from wattlens.advisor.plainload import fresh_process_outputs
+from wattlens.advisor.verify import (
+    PeakMemory,
+    Verification,
+    _default_meter,
+    ab_verify,
+    measure_window,
+    t_interval,
+)
 from wattlens.profiler.errors import ActionError, BadInputError
 
 Progress = Callable[[str, float], None]
@@ -88,6 +104,8 @@ class OptimizeResult:
     reload_max_abs_diff: float | None = None
     batch_sweep: tuple[SweepRow, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: distillation healing: steps, held-out KL before/after, energy, payback in samples
+    healing: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,10 +124,9 @@ def _noop(stage: str, fraction: float) -> None:
 
 
 def _apply_all(model: nn.Module, actions: list[Action], progress: Progress
-               ) -> tuple[nn.Module, nn.Module, list[AppliedAction]]:
-    """Apply in order; returns (model before on-load actions, candidate, records)."""
+               ) -> tuple[nn.Module, list[AppliedAction]]:
+    """Apply the float actions (all but quantization) in order; returns (model, records)."""
     current = model
-    before_on_load = model
     applied: list[AppliedAction] = []
     for i, action in enumerate(actions):
         result = action.apply_detailed(current)
@@ -119,11 +136,9 @@ def _apply_all(model: nn.Module, actions: list[Action], progress: Progress
                               hint="the input model is untouched; report this model type")
         applied.append(AppliedAction(action.spec, action.description, action.replay,
                                      result.details, claim))
-        if action.replay != "on-load":
-            before_on_load = result.model
         current = result.model
         progress("apply", (i + 1) / len(actions))
-    return before_on_load, current, applied
+    return current, applied
 
 
 def _record(a: AppliedAction) -> dict[str, Any]:
@@ -131,13 +146,33 @@ def _record(a: AppliedAction) -> dict[str, Any]:
             "description": a.description}
 
 
-def _reload_diff(folder: Path, candidate: nn.Module, inputs: Any, allow_pickle_base: bool) -> float:
-    reloaded = load_model(folder, allow_pickle_base=allow_pickle_base).model.to(model_device(candidate))
-    a = forward(candidate, inputs.to(model_device(candidate))).float()
-    b = forward(reloaded, inputs.to(model_device(candidate))).float()
-    if a.shape != b.shape:
-        return math.inf
-    return float((a - b).abs().max())
+def _reload_shipped(folder: Path, loaded: LoadedModel) -> nn.Module:
+    """The artifact as its user will load it: plain ``from_pretrained`` for a transformers folder,
+    :func:`load_optimized` onto a fresh copy of the input module otherwise."""
+    if loaded.kind == "torch-module-file":
+        fresh = copy.deepcopy(loaded.model)
+        return load_optimized(folder, fresh)
+    return load_optimized(folder)
+
+
+def _plain_transformers_check(folder: Path, artifact: nn.Module, inputs: Any) -> dict[str, Any]:
+    """Load ``folder`` with plain transformers in a fresh interpreter and compare its outputs with
+    the artifact's (the one measured); refuse to ship when they differ or wattlens was imported."""
+    from wattlens.advisor.modelio import _auto_class
+
+    auto, _ = _auto_class(artifact.config)
+    theirs, info = fresh_process_outputs(folder, auto.__name__, dict(inputs.kwargs))
+    ours = forward(artifact, inputs).float()
+    diff = math.inf if ours.shape != theirs.shape else float((ours - theirs).abs().max())
+    scale = max(1.0, float(ours.abs().max()))
+    if info["wattlens_imported"]:
+        raise ActionError(f"loading the output imported {info['wattlens_imported'][0]}",
+                          hint="nothing was written; report this model type")
+    if not diff <= 1e-4 * scale:
+        raise ActionError(
+            f"plain transformers in a fresh process computes other outputs than the verified model "
+            f"(max difference {diff:.3g})", hint="nothing was written; report this model type")
+    return {"auto_class": auto.__name__, "max_abs_diff": diff, "wattlens_imported": False}
 
 
 def optimize(
@@ -157,8 +192,10 @@ def optimize(
     seed: int = 0,
     meter: Any | None = None,
     progress: Progress | None = None,
-    allow_pickle_base: bool = False,
-    check_reload: bool = True,
+    trust_pickle: bool = False,
+    calibration: str | Path | None = None,
+    heal_steps: int = 0,
+    heal_text: str | Path | None = None,
 ) -> OptimizeResult:
     """Apply ``actions`` to MODEL, verify A/B against the original, save to ``out_dir``.
 
@@ -176,14 +213,20 @@ def optimize(
     if batch_size < 1 or seq_len < 2 or n_rounds < 1:
         raise BadInputError("batch size, sequence length and rounds must be positive (seq_len ≥ 2)",
                             hint="use the defaults or larger values")
+    if heal_steps and heal_text is None:
+        raise BadInputError("--heal-steps needs --heal-text FILE: healing trains the pruned model on "
+                            "text, and wattlens does not train on random token ids",
+                            hint="give a text file in the model's language with --heal-text")
+    if heal_text is not None and heal_steps < 1:
+        raise BadInputError("--heal-text needs --heal-steps N (N ≥ 1)", hint="e.g. --heal-steps 50")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BadInputError(f"device {device} asked for but torch sees no CUDA GPU",
                             hint="use --device cpu")
 
     report("load", 0.0)
-    loaded: LoadedModel = load_model(model, allow_pickle_base=allow_pickle_base)
+    loaded: LoadedModel = load_model(model, trust_pickle=trust_pickle)
     if loaded.is_quantized:
-        raise BadInputError(f"{loaded.path} is already int8-quantized and cannot be changed further",
+        raise BadInputError(f"{loaded.path} is already quantized and cannot be changed further",
                             hint="optimize the original model instead")
     eval_ids = None
     if eval_text is not None:
@@ -191,63 +234,109 @@ def optimize(
     base = loaded.model.to(device)
     report("load", 1.0)
 
-    before_on_load, candidate, applied = _apply_all(base, parsed, report)
+    hf = loaded.kind != "torch-module-file" and hasattr(base, "save_pretrained")
+    quantization = next((a for a in parsed if a.quantizes), None)
+    for action in parsed:  # before any work: nothing plain transformers would load differently
+        if hf:
+            action.check_expressible(base)
+    calibration_inputs = None
+    if calibration is not None:
+        cal_ids = read_eval_tokens(calibration, loaded.tokenizer, loaded.tokenizer_reason,
+                                   flag="--calibration")
+        calibration_inputs = eval_windows(cal_ids, base, seq_len)
+        calibration_inputs = dataclasses.replace(
+            calibration_inputs,
+            description=f"calibration text {calibration} ({calibration_inputs.description[11:-1]})")
+    for action in parsed:
+        if hasattr(action, "calibration"):
+            action.calibration = calibration_inputs  # None → seeded random ids, labelled
+    float_model, applied = _apply_all(base, [a for a in parsed if not a.quantizes], report)
+    healing = None
+    if heal_steps:
+        if not loaded.is_causal_lm:
+            raise BadInputError("healing distils next-token logits; this model is not a causal LM",
+                                hint="drop --heal-steps for this model")
+        heal_ids = read_eval_tokens(heal_text, loaded.tokenizer, loaded.tokenizer_reason, flag="--heal-text")
+        if meter is None:
+            meter = _default_meter()
+        healing = heal(base, float_model, heal_ids, steps=heal_steps, seq_len=seq_len, meter=meter,
+                       source=str(heal_text), progress=report).to_dict()
+        float_model.requires_grad_(False)
+    quant_details: dict[str, Any] = {}
+    if quantization is not None:  # in process for its details (e.g. calibrated scales)
+        quant_details = quantization.apply_detailed(float_model).details
 
     inputs = random_inputs(base, batch_size, seq_len, seed=seed)
     fid_inputs = eval_windows(eval_ids, base, seq_len) if eval_ids is not None else inputs
-    report("fidelity", 0.0)
-    fidelity = measure_fidelity(base, candidate, fid_inputs, is_causal_lm=loaded.is_causal_lm,
-                                eval_ids=eval_ids,
-                                eval_source=str(eval_text) if eval_text is not None else None)
-    report("fidelity", 1.0)
-    verification = ab_verify(base, candidate, inputs, n_rounds=n_rounds,
-                             warmup_batches=warmup_batches, min_window_s=min_window_s,
-                             meter=meter, fidelity=fidelity, progress=report)
-
-    base_elems, base_bytes = tensor_footprint(base)
-    cand_elems, cand_bytes = tensor_footprint(candidate)
-    sizes = {"base_params": base_elems, "base_tensor_bytes": base_bytes,
-             "candidate_params": cand_elems, "candidate_tensor_bytes": cand_bytes}
-    quality_ok = max_quality_loss is None or fidelity.quality_loss <= max_quality_loss
-    result = OptimizeResult(
-        model_path=str(loaded.path), out_dir=None, actions=tuple(applied),
-        verification=verification, max_quality_loss=max_quality_loss, quality_ok=quality_ok,
-        sizes=sizes, notes=verification.notes,
-    )
-    if not quality_ok:
-        raise QualityLossError(
-            f"quality loss {fidelity.quality_loss:.4g} ({fidelity.quality_metric}) exceeds "
-            f"--max-quality-loss {max_quality_loss:g}; nothing was written",
-            hint="use a milder action or a larger --max-quality-loss",
-            result=result,
-        )
-
     report("save", 0.0)
-    records = loaded.prior_actions + [_record(a) for a in applied]
     with staged_dir(out) as tmp:
-        layout = write_model_files(tmp, source=loaded, before_on_load=before_on_load,
-                                   records=records)
+        layout = write_model_files(tmp, source=loaded, float_model=float_model,
+                                   quantization=quantization)
+        if quantization is not None:  # what was quantized is checked on what ships
+            applied.append(AppliedAction(quantization.spec, quantization.description,
+                                         quantization.replay, quant_details,
+                                         ClaimCheck("checked on the reloaded model below", True, "")))
+        records = loaded.prior_actions + [_record(a) for a in applied]
+        write_manifest(tmp, {"format": "wattlens-optimization", "version": 2, "layout": layout,
+                             "base": loaded.base, "actions": records})
+        artifact = _reload_shipped(tmp, loaded).to(device)
+        if quantization is not None:
+            claim = quantization.check_claim(float_model, artifact)
+            details = {**quant_details, "backend": f"torchao {torchao_version()} via "
+                       + ("transformers TorchAoConfig" if hf else "quantize_ on load")}
+            applied[-1] = AppliedAction(quantization.spec, quantization.description,
+                                        quantization.replay, details, claim)
+            if not claim.holds:
+                raise ActionError(f"{quantization.spec} did not do what it claims: {claim.observed}",
+                                  hint="nothing was written; report this model type")
+            records = loaded.prior_actions + [_record(a) for a in applied]
+        report("save", 0.5)
+        plain = _plain_transformers_check(tmp, artifact, inputs) if layout == "transformers" else None
+
+        report("fidelity", 0.0)
+        fidelity = measure_fidelity(base, artifact, fid_inputs, is_causal_lm=loaded.is_causal_lm,
+                                    eval_ids=eval_ids,
+                                    eval_source=str(eval_text) if eval_text is not None else None)
+        report("fidelity", 1.0)
+        verification = ab_verify(base, artifact, inputs, n_rounds=n_rounds,
+                                 warmup_batches=warmup_batches, min_window_s=min_window_s,
+                                 meter=meter, fidelity=fidelity, progress=report)
+        base_elems, base_bytes = tensor_footprint(base)
+        cand_elems, cand_bytes = tensor_footprint(artifact)
+        files_bytes = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
+        sizes = {"base_params": base_elems, "base_tensor_bytes": base_bytes,
+                 "candidate_params": cand_elems, "candidate_tensor_bytes": cand_bytes,
+                 "saved_weights_bytes": files_bytes}
+        quality_ok = max_quality_loss is None or fidelity.quality_loss <= max_quality_loss
+        if healing is not None:
+            payback, why = payback_samples(healing["energy_j"], verification.baseline.energy_per_sample_j,
+                                           verification.candidate.energy_per_sample_j)
+            healing = {**healing, "payback_samples": payback, "payback_reason": why}
+        result = OptimizeResult(
+            model_path=str(loaded.path), out_dir=None, actions=tuple(applied),
+            verification=verification, max_quality_loss=max_quality_loss, quality_ok=quality_ok,
+            sizes=sizes, notes=verification.notes, healing=healing,
+        )
+        if not quality_ok:
+            raise QualityLossError(
+                f"quality loss {fidelity.quality_loss:.4g} ({fidelity.quality_metric}) exceeds "
+                f"--max-quality-loss {max_quality_loss:g}; nothing was written",
+                hint="use a milder action or a larger --max-quality-loss",
+                result=result,
+            )
         manifest = build_manifest(
-            source=loaded, records=records, layout=layout, base_model=base, candidate=candidate,
+            source=loaded, records=records, layout=layout, base_model=base, candidate=artifact,
             folder=tmp,
-            extra={"verification": verification.to_dict()},
+            extra={"verification": verification.to_dict(), "plain_transformers_check": plain,
+                   "healing": healing},
         )
         write_manifest(tmp, manifest)
-        diff = None
-        if check_reload:
-            diff = _reload_diff(tmp, candidate, inputs, allow_pickle_base=True)
-            scale = max(1.0, float(forward(candidate, inputs.to(model_device(candidate))).abs().max()))
-            if not diff <= 1e-4 * scale:
-                raise ActionError(
-                    f"the saved model does not reproduce the candidate (max difference {diff:.3g})",
-                    hint="nothing was written; report this model type",
-                )
     report("save", 1.0)
     result = dataclasses.replace(result, out_dir=str(out),
                                  manifest_path=str(out / "wattlens-optimization.json"),
-                                 reload_max_abs_diff=diff)
+                                 reload_max_abs_diff=plain["max_abs_diff"] if plain else 0.0)
     if batch_sizes:
-        sweep = sweep_batch_sizes(candidate, batch_sizes, seq_len=seq_len, meter=meter, seed=seed,
+        sweep = sweep_batch_sizes(artifact, batch_sizes, seq_len=seq_len, meter=meter, seed=seed,
                                   min_window_s=min_window_s, progress=report)
         result = dataclasses.replace(result, batch_sweep=tuple(sweep))
     report("done", 1.0)
@@ -303,8 +392,6 @@ def sweep_batch_sizes(
                             hint="for example --batch-sizes 1,2,4,8")
     report = progress or _noop
     if meter is None:
-        from wattlens.advisor.verify import _default_meter
-
         meter = _default_meter()
     device = model_device(model)
     memory = PeakMemory(device)

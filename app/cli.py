@@ -147,13 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     op = sub.add_parser("optimize", help="apply actions to a model copy and verify them by measurement")
     op.add_argument("model", metavar="MODEL", help="Hugging Face model folder or a saved torch module")
-    op.add_argument("--action", metavar="ACTION[,ACTION]", help="e.g. quantize-int8, bf16, prune-heads:0.25")
+    op.add_argument("--action", metavar="ACTION[,ACTION]",
+                    help="e.g. quantize-int8, quantize-int8-weight-only, quantize-int8-static, bf16, "
+                    "prune-mlp:0.25, prune-layers:0.34 (a bad name lists them all)")
     op.add_argument("--batch-sizes", metavar="1,2,4", help="measure energy per sample for these batch sizes")
     op.add_argument("--out", metavar="DIR", help="where the optimized copy is written")
     op.add_argument("--max-quality-loss", type=FRACTION, metavar="X",
                     help="refuse a result whose top-1 disagreement (LMs) or 1 - cosine (encoders) exceeds X")
     op.add_argument("--eval-text", metavar="FILE", help="text for a perplexity check")
     op.add_argument("--rounds", type=ROUNDS, default=6, metavar="N", help="A/B rounds (default 6)")
+    op.add_argument("--calibration", metavar="FILE",
+                    help="text for quantize-int8-static scales and prune-layers scores (default: seeded random ids)")
+    op.add_argument("--heal-steps", type=STEPS, default=0, metavar="N",
+                    help="after pruning, distil the original into the pruned model for N steps (needs --heal-text)")
+    op.add_argument("--heal-text", metavar="FILE", help="text to heal on (its last fifth is held out for the before/after KL)")
+    op.add_argument("--trust-pickle", action="store_true",
+                    help="allow MODEL to be a pickled module file (.pt/.pkl); unpickling runs code from the file")
     _add_db(op)
     _add_json(op)
 

@@ -124,7 +124,11 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
     status, error = "verified", None
     try:
         result = optimize(args.model, args.action, args.out, max_quality_loss=args.max_quality_loss,
-                          eval_text=args.eval_text, batch_sizes=sizes, n_rounds=args.rounds, progress=progress)
+                          eval_text=args.eval_text, batch_sizes=sizes,
+                          trust_pickle=getattr(args, "trust_pickle", False),
+                          calibration=getattr(args, "calibration", None),
+                          heal_steps=getattr(args, "heal_steps", 0) or 0, heal_text=getattr(args, "heal_text", None),
+                          n_rounds=args.rounds, progress=progress)
     except QualityLossError as exc:
         result, status, error = exc.result, "refused", exc
     v = result.verification
@@ -137,7 +141,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         "verification": v.to_dict(), "side_by_side": v.side_by_side(),
         "measured_text": measured_text(v), "predicted_text": predicted.text,
         "fidelity": v.fidelity.to_dict() if v.fidelity else None, "sizes": result.sizes,
-        "out_dir": result.out_dir, "quality_ok": result.quality_ok,
+        "out_dir": result.out_dir, "quality_ok": result.quality_ok, "healing": result.healing,
     }
     action_id = store.add_action(session_id=session.session_id, kind=args.action, status=status,
                                  params={"model": str(Path(args.model).resolve()), "actions": args.action,
@@ -165,6 +169,20 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
                   + (f", top-1 agreement {fid.top1_agreement:.3f}" if fid.top1_agreement is not None else "")
                   + (f", KL {fid.kl_base_candidate:.3g} nats" if fid.kl_base_candidate is not None else "")
                   + (f", cosine {fid.cosine_similarity:.4f}" if fid.cosine_similarity is not None else ""))
+        for a in result.actions:
+            if "calibration" in a.details:
+                print(f"  {a.spec} calibrated on {a.details['calibration']} "
+                      f"({a.details['calibration_samples']} samples)")
+            if "block_scores" in a.details:
+                scores = ", ".join(f"{i}:{x:.3f}" for i, x in enumerate(a.details["block_scores"]))
+                print(f"  block redundancy (cosine in/out): {scores}; removed {a.details['removed_blocks']}")
+        h = result.healing
+        if h:
+            energy = f"{h['energy_j']:.3g} J ({h['energy_method']})" if h["energy_j"] is not None else f"n/a ({h['energy_reason']})"
+            payback = (f"{h['payback_samples']:.3g} samples" if h["payback_samples"] is not None
+                       else f"n/a ({h['payback_reason']})")
+            print(f"  healing: {h['steps']} steps on {h['source']}; held-out KL {h['held_out_kl_before']:.4g} → "
+                  f"{h['held_out_kl_after']:.4g} nats; cost {energy}; pays back after {payback}")
         s = result.sizes
         print(f"  tensor elements: {s['base_params']:,} → {s['candidate_params']:,}; tensor bytes "
               f"{s['base_tensor_bytes'] / 2**20:.1f} → {s['candidate_tensor_bytes'] / 2**20:.1f} MiB")
@@ -191,7 +209,7 @@ def _run_sweep(args, store, session, sizes, progress, doc, say) -> int:
     from wattlens.advisor.regression import SweepPoint, fit_energy_vs_batch
 
     progress("load", 0.0)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, trust_pickle=getattr(args, "trust_pickle", False))
     params, _ = tensor_footprint(loaded.model)
     rows = sweep_batch_sizes(loaded.model, sizes, progress=progress)
     _store_sweep(store, session.session_id, args.model, params, rows)

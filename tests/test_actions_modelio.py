@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -11,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from tests.test_actions_helpers import int8_warns, run, save_hf, tiny_bert, tiny_gpt2, token_ids
+from tests.test_actions_helpers import run, save_hf, tiny_bert, tiny_gpt2, token_ids
 from wattlens.advisor.actions import parse_actions
-from wattlens.advisor.modelio import MANIFEST_NAME, load_model
+from wattlens.advisor.modelio import MANIFEST_NAME, load_model, load_optimized
 from wattlens.advisor.optimize import optimize
 from wattlens.profiler.errors import ActionError, BadInputError, ModelLoadError
 
@@ -25,10 +24,6 @@ def tree_hashes(path: Path) -> dict[str, str]:
         return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def quiet_if_int8(spec: str):
-    return int8_warns() if "quantize-int8" in spec else contextlib.nullcontext()
 
 
 @pytest.fixture
@@ -152,7 +147,7 @@ def test_what_does_not_load_says_what_is_wrong_in_one_line(tmp_path, make, fragm
 def test_loads_a_named_torch_module_file(tmp_path):
     p = tmp_path / "net.pt"
     torch.save(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)), p)
-    loaded = load_model(p)
+    loaded = load_model(p, trust_pickle=True)
     assert loaded.kind == "torch-module-file" and isinstance(loaded.model, nn.Sequential)
 
 
@@ -160,46 +155,40 @@ def test_loads_a_named_torch_module_file(tmp_path):
 
 
 CASES = [
-    ("gpt2", "quantize-int8", "save_pretrained"),
-    ("gpt2", "bf16", "save_pretrained"),
-    ("gpt2", "prune-heads:0.25", "recipe"),
-    ("gpt2", "prune-mlp:0.5", "save_pretrained"),
-    ("gpt2", "prune-unstructured:0.5", "save_pretrained"),
-    ("gpt2", "prune-heads:0.5,prune-mlp:0.25,quantize-int8", "recipe"),
-    ("bert", "quantize-int8", "save_pretrained"),
-    ("bert", "prune-heads:0.25", "recipe"),
-    ("bert", "prune-mlp:0.5", "save_pretrained"),
+    ("gpt2", "bf16"),
+    ("gpt2", "prune-mlp:0.5"),
+    ("gpt2", "prune-unstructured:0.5"),
+    ("gpt2", "prune-mlp:0.25,prune-layers:0.5"),
+    ("bert", "quantize-int8"),
+    ("bert", "prune-mlp:0.5"),
 ]
 
 
-@pytest.mark.parametrize("family, spec, layout", CASES)
+@pytest.mark.parametrize("family, spec", CASES)
 def test_saved_model_reloads_with_the_same_outputs_and_input_is_untouched(
-    tmp_path, gpt2_dir, bert_dir, family, spec, layout
+    tmp_path, gpt2_dir, bert_dir, family, spec
 ):
     src = gpt2_dir if family == "gpt2" else bert_dir
     before = tree_hashes(src)
     out = tmp_path / "out"
-    with quiet_if_int8(spec):
-        result = optimize(src, spec, out, **QUICK)
-        reloaded = load_model(out)
-        # the candidate, built independently from a fresh load of the input
-        candidate = load_model(src).model
-        for action in parse_actions(spec):
-            candidate = action.apply(candidate)
+    result = optimize(src, spec, out, **QUICK)
+    reloaded = load_model(out)
+    # the candidate, built independently from a fresh load of the input
+    candidate = load_model(src).model
+    for action in parse_actions(spec):
+        candidate = action.apply(candidate)
     assert tree_hashes(src) == before
     ids = token_ids()
-    assert torch.equal(run(reloaded.model, ids), run(candidate, ids))
-    assert result.reload_max_abs_diff == 0.0
+    assert torch.allclose(run(reloaded.model, ids), run(candidate, ids), atol=1e-5)
+    assert result.reload_max_abs_diff == 0.0  # plain transformers in a fresh process: same outputs
     manifest = json.loads((out / MANIFEST_NAME).read_text())
-    assert manifest["layout"] == layout
+    assert manifest["layout"] == "transformers"
     assert [a["spec"] for a in manifest["actions"]] == spec.split(",")
     assert all(a["claim"]["holds"] for a in manifest["actions"])
     assert manifest["base"]["path"] == str(src.resolve())
     assert manifest["sizes"]["candidate_params"] > 0
     assert result.out_dir == str(out.resolve())
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
-    if "quantize-int8" in spec:  # the quantized modules are never pickled: float weights + recipe
-        assert manifest["on_load"] == ["quantize-int8"]
     assert not list(out.glob("*.pt")) and not list(out.glob("*.bin")) and not list(out.glob("*.pkl"))
 
 
@@ -215,44 +204,40 @@ def test_mlp_pruned_output_is_a_plain_transformers_folder(tmp_path, gpt2_dir):
     assert torch.equal(run(plain, ids), run(ours, ids))
 
 
-def test_optimising_an_output_again_chains_the_recipe(tmp_path, gpt2_dir):
+def test_optimising_an_output_again_chains_the_records(tmp_path, gpt2_dir):
     first, second = tmp_path / "first", tmp_path / "second"
-    optimize(gpt2_dir, "prune-heads:0.25", first, **QUICK)
-    optimize(first, "prune-mlp:0.25", second, **QUICK)
+    optimize(gpt2_dir, "prune-mlp:0.25", first, **QUICK)
+    optimize(first, "prune-unstructured:0.25", second, **QUICK)
     manifest = json.loads((second / MANIFEST_NAME).read_text())
-    assert [a["spec"] for a in manifest["actions"]] == ["prune-heads:0.25", "prune-mlp:0.25"]
+    assert [a["spec"] for a in manifest["actions"]] == ["prune-mlp:0.25", "prune-unstructured:0.25"]
     candidate = load_model(first).model
-    candidate = parse_actions("prune-mlp:0.25")[0].apply(candidate)
+    candidate = parse_actions("prune-unstructured:0.25")[0].apply(candidate)
     ids = token_ids()
     assert torch.equal(run(load_model(second).model, ids), run(candidate, ids))
 
 
-def test_an_int8_output_cannot_be_optimised_further(tmp_path, gpt2_dir):
+def test_a_quantized_output_cannot_be_optimised_further(tmp_path, bert_dir):
     out = tmp_path / "q"
-    with int8_warns():
-        optimize(gpt2_dir, "quantize-int8", out, **QUICK)
-        with pytest.raises(BadInputError, match="already int8-quantized"):
-            optimize(out, "prune-mlp:0.25", tmp_path / "again", **QUICK)
+    optimize(bert_dir, "quantize-int8", out, **QUICK)
+    with pytest.raises(BadInputError, match="already quantized"):
+        optimize(out, "prune-mlp:0.25", tmp_path / "again", **QUICK)
 
 
-def test_module_file_output_reloads_only_when_pickle_is_allowed(tmp_path):
+def test_module_file_output_needs_the_users_class_not_the_original_file(tmp_path):
     src = tmp_path / "net.pt"
     torch.manual_seed(0)
     torch.save(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)), src)
     before = tree_hashes(src)
     out = tmp_path / "out"
-    optimize(src, "prune-unstructured:0.5", out, **QUICK)
+    optimize(src, "prune-unstructured:0.5", out, trust_pickle=True, **QUICK)
     assert tree_hashes(src) == before
-    with pytest.raises(ModelLoadError, match="runs code"):
+    with pytest.raises(ModelLoadError, match="needs your module class"):
         load_model(out)
-    reloaded = load_model(out, allow_pickle_base=True).model
-    candidate = parse_actions("prune-unstructured:0.5")[0].apply(load_model(src).model)
-    x = torch.randn(3, 16)
-    with torch.no_grad():
-        assert torch.equal(reloaded(x), candidate(x))
-    torch.save(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)), src)
-    with pytest.raises(ModelLoadError, match="changed since"):
-        load_model(out, allow_pickle_base=True)
+    src.unlink()  # the output does not depend on the original file
+    reloaded = load_optimized(out, nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)))
+    assert float((reloaded[0].weight == 0).float().mean()) >= 0.5
+    with pytest.raises(ModelLoadError, match="do not fit"):
+        load_optimized(out, nn.Sequential(nn.Linear(16, 8)))
 
 
 # --------------------------------------------------------------------------- refusals
@@ -279,7 +264,7 @@ def test_a_failing_action_writes_nothing_and_leaves_the_input_file_untouched(tmp
     before = tree_hashes(src)
     out = tmp_path / "out"
     with pytest.raises(ActionError) as err:
-        optimize(src, "prune-heads:0.25", out, **QUICK)
+        optimize(src, "prune-heads:0.25", out, trust_pickle=True, **QUICK)
     assert "prune-heads:0.25 failed" in str(err.value) and "\n" not in str(err.value)
     assert tree_hashes(src) == before
     assert not out.exists()

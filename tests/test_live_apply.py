@@ -41,8 +41,8 @@ def test_quantize_swaps_conv1d_and_revert_restores_the_same_modules_and_outputs(
     c_fc = model.transformer.h[0].mlp.c_fc
     rec = live.Applied(id="q", action="quantize-int8", step=3)
     live.apply(torch, model, rec)
-    assert "quantized.dynamic" in type(model.transformer.h[0].mlp.c_fc).__module__
-    assert "quantized.dynamic" in type(model.lm_head).__module__
+    assert "torchao" in type(model.transformer.h[0].mlp.c_fc.weight).__module__  # Conv1D → int8 Linear
+    assert "torchao" in type(model.lm_head.weight).__module__
     with torch.no_grad():
         quantized = model(ids).logits
     assert not torch.equal(quantized, before)
@@ -202,3 +202,17 @@ def test_batch_size_knob_change_gets_before_after_energy_per_sample(run_session)
     assert {s.samples for s in steps} >= {4, 16}
     (row,) = run.store.actions(run.session.session_id)
     assert row["params"] == {"name": "batch_size", "value": 16, "previous": 4}
+
+
+def test_quantize_is_refused_with_the_reason_where_torchao_is_missing(monkeypatch):
+    import sys
+
+    from wattlens.profiler.agent import live
+
+    torch, model, ids = _gpt2()
+    monkeypatch.setitem(sys.modules, "torchao", None)  # import torchao → ImportError, as without it
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    c_fc = model.transformer.h[0].mlp.c_fc
+    with pytest.raises(live.Refused, match="needs torchao"):
+        live.apply(torch, model, live.Applied(id="q", action="quantize-int8", step=1))
+    assert model.transformer.h[0].mlp.c_fc is c_fc

@@ -23,10 +23,10 @@ def _hashes(d):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
 
 
-def test_quantize_is_verified_stored_and_leaves_the_input_alone(model_dir, tmp_path):
+def test_an_action_is_verified_stored_and_leaves_the_input_alone(model_dir, tmp_path):
     before = _hashes(model_dir)
     db, out = tmp_path / "w.db", tmp_path / "int8"
-    r = run_cli("optimize", str(model_dir), "--action", "quantize-int8", "--out", str(out), "--rounds", "2",
+    r = run_cli("optimize", str(model_dir), "--action", "bf16", "--out", str(out), "--rounds", "2",
                 "--db", str(db), "--json", timeout=600)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -36,14 +36,14 @@ def test_quantize_is_verified_stored_and_leaves_the_input_alone(model_dir, tmp_p
     assert "earlier A/B results" in doc["predicted_text"]  # nothing stored yet: measure first, no guess
     store = Store(db)
     (action,) = store.actions(doc["session_id"])
-    assert action["kind"] == "quantize-int8" and action["status"] == "verified"
+    assert action["kind"] == "bf16" and action["status"] == "verified"
     assert action["result"]["measured_text"] == doc["measured_text"]
     (ab,) = store.measurements("ab")
-    assert ab["action"] == "quantize-int8" and ab["params"] > 0
+    assert ab["action"] == "bf16" and ab["params"] > 0
     assert store.session(doc["session_id"])["status"] == "completed"
     md = tmp_path / "r.md"
     assert run_cli("report", str(doc["session_id"]), "--format", "md", "-o", str(md), "--db", str(db)).returncode == 0
-    assert "quantize-int8 — verified" in md.read_text()
+    assert "bf16 — verified" in md.read_text()
 
 
 def test_quality_limit_refuses_and_writes_nothing(model_dir, tmp_path):

@@ -154,3 +154,18 @@ def test_three_results_never_give_a_slope():
     assert pred.fit.model == "mean of earlier savings"
     assert [c[0] for c in pred.fit.candidates] == ["mean of earlier savings"]
     assert pred.saving_fraction == pytest.approx((0.38 + 0.28 + 0.19) / 3)
+
+
+@pytest.mark.parametrize("action", ["prune-layers", "quantize-int8-static", "quantize-int8-weight-only"])
+def test_new_actions_learn_from_their_own_stored_results(action):
+    truth = lambda f: 0.9 * f  # noqa: E731
+    if action == "prune-layers":
+        hist = [AbPoint(f"prune-layers:{f}", truth(f), params=10**7) for f in (0.1, 0.25, 0.5, 0.75)]
+        hist.append(AbPoint("prune-mlp:0.5", -0.5, params=10**7))  # another action's result: ignored
+        pred = predict_action_saving(hist, "prune-layers:0.4", params=10**7)
+        assert pred.saving_fraction == pytest.approx(0.36)
+    else:
+        hist = ab(action, [(1e6, 0.1, None), (4e6, 0.2, None), (1e7, 0.3, None)])
+        hist = [*hist, *ab("quantize-int8", [(1e6, 0.9, None), (2e6, 0.9, None), (3e6, 0.9, None)])]
+        pred = predict_action_saving(hist, action, params=2 * 10**7)
+        assert pred.saving_fraction == pytest.approx(0.2)

@@ -145,6 +145,10 @@ def test_cpu_inference_mlp_heavy_session(recorded):
     # rules that have their evidence fire; the others stay silent
     assert "prune-mlp" in recs and "prune-heads" in silent
     assert recs["prune-mlp"].action == "prune-mlp:0.25"
+    layers = recs["prune-layers"]  # blocks take (130 + 40) / 195 of the model's time
+    assert layers.action == "prune-layers:0.25" and "--action prune-layers:0.25" in layers.command
+    assert layers.predicted_saving.high <= f.mlp_share + f.attention_share + 1e-9
+    assert "--heal-steps" in layers.risk.text
     assert recs["prune-mlp"].predicted_saving.method.startswith("rule of thumb")
     assert recs["prune-mlp"].confidence == "low"
     assert any("GPT2MLP" in e.what for e in recs["prune-mlp"].evidence)  # layer names in the evidence
@@ -194,7 +198,8 @@ def test_session_without_evidence_gets_silence(recorded):
 def test_no_layer_costs_silences_layer_rules(recorded):
     store, ids = recorded
     f, recs, silent = _by_rule(store, ids["no-layers"])
-    assert {"quantize-int8", "prune-heads", "prune-mlp", "prune-unstructured", "input-pipeline"} <= silent
+    assert {"quantize-int8", "prune-heads", "prune-mlp", "prune-layers", "prune-unstructured",
+            "input-pipeline"} <= silent
     assert f.is_training is None
     # the only evidence is the target's CPU use: one thread on this machine's cores
     if f.cpu.logical_cores >= 2 and f.target_core_fraction < 0.6:

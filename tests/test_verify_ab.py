@@ -148,16 +148,16 @@ def test_optimize_refuses_to_write_past_max_quality_loss(tmp_path):
 def test_optimize_reports_progress_and_serialises(tmp_path):
     src = save_hf(tiny_gpt2(), tmp_path / "gpt2")
     seen: list[tuple[str, float]] = []
-    result = optimize(src, "prune-heads:0.25", tmp_path / "out", max_quality_loss=1.0,
+    result = optimize(src, "prune-mlp:0.25", tmp_path / "out", max_quality_loss=1.0,
                       progress=lambda stage, f: seen.append((stage, f)), **QUICK)
     stages = [s for s, _ in seen]
     assert stages[0] == "load" and stages[-1] == "done"
     for stage in ("apply", "fidelity", "verify", "save"):
         assert stage in stages
-    assert stages.index("apply") < stages.index("verify") < stages.index("save")
+    assert stages.index("apply") < stages.index("save") < stages.index("verify")  # verify what was saved
     assert all(0.0 <= f <= 1.0 for _, f in seen)
     doc = json.loads(json.dumps(result.to_dict()))
-    assert doc["actions"][0]["spec"] == "prune-heads:0.25"
+    assert doc["actions"][0]["spec"] == "prune-mlp:0.25"
     assert doc["actions"][0]["claim"]["holds"] is True
     assert doc["verification"]["fidelity"]["mode"] == "next-token"
     assert doc["quality_ok"] is True

@@ -17,17 +17,20 @@ __all__ = ["Action", "Applied", "ClaimCheck", "ACTIONS", "VALID_SPECS", "parse_a
 def _registry() -> dict[str, type[Action]]:
     from wattlens.advisor.actions.bf16 import Bf16
     from wattlens.advisor.actions.prune_heads import PruneHeads
+    from wattlens.advisor.actions.prune_layers import PruneLayers
     from wattlens.advisor.actions.prune_mlp import PruneMlp
     from wattlens.advisor.actions.prune_unstructured import PruneUnstructured
-    from wattlens.advisor.actions.quantize_int8 import QuantizeInt8
+    from wattlens.advisor.actions.quantize_int8 import QuantizeInt8, QuantizeInt8WeightOnly
+    from wattlens.advisor.actions.quantize_int8_static import QuantizeInt8Static
+    from wattlens.advisor.actions.quantize_lowbit import QuantizeFloat8, QuantizeInt4
 
-    return {c.name: c for c in (QuantizeInt8, Bf16, PruneHeads, PruneMlp, PruneUnstructured)}
+    return {c.name: c for c in (QuantizeInt8, QuantizeInt8WeightOnly, QuantizeInt8Static, QuantizeInt4, QuantizeFloat8,
+                                Bf16, PruneHeads, PruneMlp, PruneLayers, PruneUnstructured)}
 
 
 ACTIONS: dict[str, type[Action]] = _registry()
-VALID_SPECS = (
-    "quantize-int8, bf16, prune-heads:FRACTION, prune-mlp:FRACTION, prune-unstructured:FRACTION "
-    "(FRACTION between 0 and 1, e.g. prune-heads:0.25)"
+VALID_SPECS = ", ".join(f"{n}:FRACTION" if c.takes_fraction else n for n, c in ACTIONS.items()) + (
+    " (FRACTION between 0 and 1, e.g. prune-mlp:0.25)"
 )
 
 
@@ -65,9 +68,10 @@ def parse_actions(specs: str | Iterable[str]) -> list[Action]:
         raise BadInputError("no action given", hint=f"valid actions: {VALID_SPECS}")
     actions = [parse_action(s) for s in items]
     names = [a.name for a in actions]
-    if "quantize-int8" in names and "bf16" in names:
+    quant = [a.name for a in actions if a.quantizes]
+    if quant and "bf16" in names:
         raise BadInputError(
-            "quantize-int8 and bf16 cannot be combined (int8 kernels take float32 weights)",
+            f"{quant[0]} and bf16 cannot be combined (the quantized weights replace the float ones)",
             hint="choose one of them",
         )
     for i, a in enumerate(actions[:-1]):

@@ -56,6 +56,8 @@ class Action(ABC):
     replay: ClassVar[str] = "weights"
     #: True when nothing may follow this action (its modules cannot be pruned or cast further).
     must_be_last: ClassVar[bool] = False
+    #: True for the torchao quantization variants (saved through transformers' TorchAoConfig)
+    quantizes: ClassVar[bool] = False
 
     def __init__(self, fraction: float | None = None):
         self.fraction = fraction
@@ -74,6 +76,13 @@ class Action(ABC):
 
     def check_applicable(self, model: nn.Module) -> None:
         """Raise :class:`BadInputError` (with the fix) when this model or machine cannot take it."""
+        return None
+
+    def check_expressible(self, model: nn.Module) -> None:
+        """For a Hugging Face model: raise :class:`BadInputError` (naming the closest variant that
+        is) when plain transformers could not load the result as the verified model. Checked
+        before any work, so nothing is ever written that ``from_pretrained`` would load as a
+        different model."""
         return None
 
     @abstractmethod

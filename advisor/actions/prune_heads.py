@@ -61,6 +61,14 @@ class PruneHeads(Action):
             )
         return sites
 
+    def check_expressible(self, model: nn.Module) -> None:
+        raise BadInputError(
+            "prune-heads keeps different heads in each layer and shrinks the projections, which no "
+            "transformers config can express: plain from_pretrained could not load the result",
+            hint="on a Hugging Face folder use prune-mlp:F or prune-layers:F (config fields); "
+            "prune-heads works on a torch module file",
+        )
+
     def check_applicable(self, model: nn.Module) -> None:
         for site in self._sites(model):
             count_to_remove(self.fraction, site.num_heads, f"heads in {site.path}")

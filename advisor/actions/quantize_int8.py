@@ -1,22 +1,30 @@
-"""``quantize-int8``: dynamic int8 quantization of every Linear (and transformers' Conv1D) on CPU.
+"""Quantization through torchao — the one backend, offline (``wattlens optimize``) and live
+(``wattlens run --apply``, see :mod:`wattlens.profiler.agent.live`).
 
-Weights are stored as int8 with a per-tensor scale; activations are quantized on the fly per
-batch. Embeddings, norms and the attention arithmetic stay in float.
+torch 2.13 deprecates eager ``torch.ao.quantization.quantize_dynamic`` in favour of torchao's
+``quantize_``; wattlens uses torchao only, so one action name means one backend and one set of
+numbers. Each variant is a torchao config (``ao_config``) applied to every ``nn.Linear``:
 
-Backend, checked against the torch 2.13 docs: ``torch.ao.quantization.quantize_dynamic`` still
-works but is deprecated (the docs say to migrate eager-mode quantization to torchao's
-``quantize_``, and it emits a ``DeprecationWarning`` when called). We use torchao when it is
-installed; otherwise we keep ``torch.ao`` and let its warning through unsilenced, because a user
-should know the path they depend on is going away.
+* ``quantize-int8`` — int8 weights, activations quantized per token at run time
+  (``Int8DynamicActivationInt8WeightConfig``); CPU and CUDA;
+* ``quantize-int8-weight-only`` — int8 weights, float activations (``Int8WeightOnlyConfig``);
+  CPU and CUDA;
+* ``quantize-int4`` and ``quantize-float8`` (their own files) — CUDA only, refused elsewhere with
+  the reason.
 
-Conv1D (GPT-2's transposed linear) is not an ``nn.Linear``, so neither backend would touch it;
-it is first swapped for the equivalent ``nn.Linear`` (weight transposed).
+A Hugging Face folder is saved through transformers' torchao integration (``TorchAoConfig`` in
+config.json, the weights stored quantized), so plain ``from_pretrained`` reloads it; that
+integration quantizes ``nn.Linear`` only and keeps the output head in float, and wattlens does the
+same in process so the verified model is the shipped one. GPT-2's ``Conv1D`` is not a Linear:
+for a torch module file it is first swapped for the equivalent ``nn.Linear`` (weight
+transposed); a GPT-2 *folder* cannot be quantized in a form plain transformers loads, so it is
+refused before any work (see :meth:`TorchaoQuantization.check_expressible`).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,18 +34,17 @@ from wattlens.advisor.actions.base import Action, ClaimCheck
 from wattlens.profiler.errors import BadInputError
 
 
-def _dynamic_linear_type() -> type:
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-
-    return DynamicQuantizedLinear
-
-
 def torchao_available() -> bool:
     return importlib.util.find_spec("torchao") is not None
 
 
-def usable_engines() -> list[str]:
-    return [e for e in torch.backends.quantized.supported_engines if e != "none"]
+def torchao_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("torchao")
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def conv1d_to_linear(model: nn.Module) -> int:
@@ -55,88 +62,132 @@ def conv1d_to_linear(model: nn.Module) -> int:
     return len(targets)
 
 
-def _float_linear_count(model: nn.Module) -> int:
-    return sum(1 for m in model.modules() if type(m) is nn.Linear or is_conv1d(m))
-
-
-def _is_torchao_weight(weight: Any) -> bool:
+def is_quantized_weight(weight: Any) -> bool:
+    """A torchao tensor subclass (Int8Tensor, ...) rather than a plain tensor or Parameter."""
     return type(weight) not in (torch.Tensor, nn.Parameter)
 
 
-class QuantizeInt8(Action):
-    name = "quantize-int8"
-    description = (
-        "Dynamic int8 quantization of Linear/Conv1D weights (activations quantized per batch at run "
-        "time). CPU only. Cuts the weight memory of those layers about 4x; speed and energy depend "
-        "on the CPU's int8 kernels (VNNI/AMX help), so measure."
-    )
+def kept_float_names(model: nn.Module) -> set[str]:
+    """Modules quantization leaves in float: the output head (as transformers' integration does)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {name for name, m in model.named_modules() if head is not None and m is head}
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if type(m) is nn.Linear or is_conv1d(m)]
+
+
+class TorchaoQuantization(Action):
+    """Shared behaviour of the torchao variants; subclasses name the config and where it runs."""
+
     replay = "on-load"
     must_be_last = True
+    quantizes: ClassVar[bool] = True
+    #: weight dtype the torchao config expects on input
+    input_dtype: ClassVar[torch.dtype] = torch.float32
+
+    def ao_config(self) -> Any:
+        raise NotImplementedError
+
+    def device_refusal(self, device: torch.device) -> str | None:
+        """Why this variant cannot run on ``device`` (None when it can)."""
+        if device.type in ("cpu", "cuda"):
+            return None
+        return f"torchao has {self.name} kernels for CPU and CUDA only, not {device.type}"
 
     @property
     def claim(self) -> str:
-        return "every Linear and Conv1D layer becomes an int8 dynamically quantized Linear"
+        return f"every Linear (and Conv1D) layer except the output head holds {self.name[9:]} torchao weights"
+
+    def check_expressible(self, model: nn.Module) -> None:
+        """Refuse what transformers' torchao integration cannot save and reload as verified."""
+        convs = sum(1 for m in model.modules() if is_conv1d(m))
+        if convs:
+            raise BadInputError(
+                f"{self.name} cannot be saved for plain transformers here: its torchao integration "
+                f"quantizes nn.Linear only and this model keeps {convs} GPT-2 Conv1D layers in float",
+                hint="use bf16, prune-mlp:F or prune-layers:F on this folder, or quantize a torch "
+                "module file of the model (wattlens turns Conv1D into Linear there)",
+            )
 
     def check_applicable(self, model: nn.Module) -> None:
-        if not usable_engines():
-            raise BadInputError(
-                "this CPU build of torch has no quantized engine (torch.backends.quantized."
-                "supported_engines is empty)",
-                hint="use bf16 or a pruning action instead",
-            )
-        devices = {p.device.type for p in model.parameters()}
-        if devices - {"cpu"}:
-            raise BadInputError(
-                "quantize-int8 runs on CPU only and the model is on " + ", ".join(sorted(devices)),
-                hint="load the model on CPU (dynamic int8 kernels are CPU kernels)",
-            )
+        if not torchao_available():
+            raise BadInputError(f"{self.name} needs torchao, which is not installed",
+                                hint="pip install torchao (wattlens pins a version that works with its torch)")
+        devices = {p.device for p in model.parameters()}
+        for device in devices:
+            reason = self.device_refusal(device)
+            if reason:
+                raise BadInputError(f"{self.name} is refused on {device}: {reason}",
+                                    hint="quantize-int8 and quantize-int8-weight-only run on CPU and CUDA")
         dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-        if dtypes - {torch.float32}:
+        if dtypes - {self.input_dtype}:
             raise BadInputError(
-                "quantize-int8 needs float32 weights, found " + ", ".join(sorted(map(str, dtypes))),
-                hint="apply quantize-int8 instead of bf16, not after it",
+                f"{self.name} needs {str(self.input_dtype)[6:]} weights, found "
+                + ", ".join(sorted(str(d)[6:] for d in dtypes)),
+                hint=f"apply {self.name} instead of bf16, not after it",
             )
-        if _float_linear_count(model) == 0:
-            raise BadInputError(
-                "the model has no Linear or Conv1D layers to quantize",
-                hint="quantize-int8 only helps models made of linear layers",
-            )
+        if not set(_linear_names(model)) - kept_float_names(model):
+            raise BadInputError("the model has no Linear or Conv1D layers to quantize",
+                                hint="quantization only helps models made of linear layers")
 
     def _apply_inplace(self, model: nn.Module) -> dict[str, Any]:
+        from torchao.quantization import quantize_
+
+        keep = kept_float_names(model)
         converted = conv1d_to_linear(model)
-        n_linear = sum(1 for m in model.modules() if type(m) is nn.Linear)
-        if torchao_available():
-            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-
-            quantize_(model, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
-            backend = "torchao.quantization.quantize_(Int8DynamicActivationInt8WeightConfig)"
-        else:
-            from torch.ao.quantization import quantize_dynamic
-
-            quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
-            backend = "torch.ao.quantization.quantize_dynamic (deprecated in torch 2.13)"
+        config = self.ao_config()
+        quantize_(model, config, filter_fn=lambda m, fqn: type(m) is nn.Linear and fqn not in keep)
         return {
-            "backend": backend,
-            "engine": torch.backends.quantized.engine,
+            "backend": f"torchao {torchao_version()} quantize_({type(config).__name__})",
+            "torchao_config": type(config).__name__,
             "conv1d_converted": converted,
-            "linear_quantized": n_linear,
+            "kept_float": sorted(keep),
+            "linear_quantized": sum(1 for m in model.modules()
+                                    if type(m) is nn.Linear and is_quantized_weight(m.weight)),
         }
 
     def check_claim(self, before: nn.Module, after: nn.Module) -> ClaimCheck:
-        expected = _float_linear_count(before)
-        dyn = _dynamic_linear_type()
-        quantized = sum(1 for m in after.modules() if isinstance(m, dyn))
-        quantized += sum(
-            1 for m in after.modules() if type(m) is nn.Linear and _is_torchao_weight(m.weight)
-        )
-        left_float = sum(
-            1
-            for m in after.modules()
-            if (type(m) is nn.Linear and not _is_torchao_weight(m.weight)) or is_conv1d(m)
-        )
+        keep = kept_float_names(before)
+        expected = len([n for n in _linear_names(before) if n not in keep])
+        linear = [(n, m) for n, m in after.named_modules() if type(m) is nn.Linear or is_conv1d(m)]
+        quantized = sum(1 for _, m in linear if is_quantized_weight(m.weight))
+        left_float = [n for n, m in linear if not is_quantized_weight(m.weight) and n not in keep]
         return ClaimCheck(
             claim=self.claim,
-            holds=quantized == expected and left_float == 0,
-            observed=f"{quantized} of {expected} linear layers quantized, {left_float} left in float",
-            values={"expected": expected, "quantized": quantized, "left_float": left_float},
+            holds=quantized == expected and not left_float,
+            observed=(f"{quantized} of {expected} linear layers quantized, {len(left_float)} left in "
+                      f"float (output head kept in float: {', '.join(sorted(keep)) or 'none'})"),
+            values={"expected": expected, "quantized": quantized, "left_float": len(left_float)},
         )
+
+
+class QuantizeInt8(TorchaoQuantization):
+    name = "quantize-int8"
+    description = (
+        "int8 weights and per-token dynamically quantized int8 activations (torchao "
+        "Int8DynamicActivationInt8WeightConfig) for every Linear/Conv1D but the output head. Cuts "
+        "their weight memory about 4x; speed and energy depend on the int8 kernels, so measure."
+    )
+
+    def ao_config(self) -> Any:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+        return Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+
+
+class QuantizeInt8WeightOnly(TorchaoQuantization):
+    name = "quantize-int8-weight-only"
+    description = (
+        "int8 weights, float activations (torchao Int8WeightOnlyConfig): 4x smaller linear weights; "
+        "helps memory-bound runs (small batches); the A/B run says whether it saves energy."
+    )
+
+    @property
+    def claim(self) -> str:
+        return "every Linear (and Conv1D) layer except the output head holds int8 weight-only torchao weights"
+
+    def ao_config(self) -> Any:
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return Int8WeightOnlyConfig(set_inductor_config=False)

@@ -17,13 +17,14 @@ from wattlens.advisor.rules import (
     collective_share,
     dataloader,
     prune_heads,
+    prune_layers,
     prune_mlp,
     prune_unstructured,
     quantize_int8,
     straggler,
 )
 
-RULES: tuple[ModuleType, ...] = (batch_size, quantize_int8, bf16, prune_heads, prune_mlp,
+RULES: tuple[ModuleType, ...] = (batch_size, quantize_int8, bf16, prune_heads, prune_mlp, prune_layers,
                                  prune_unstructured, dataloader, straggler, collective_share)
 
 

@@ -10,7 +10,7 @@ from wattlens.advisor.rules._common import ev, fit_confidence, layer_source, pct
 DOMINANT_SHARE = 0.40
 
 
-def structured_pruning(f: SessionFeatures, *, rule: str, action: str, category: str, what: str,
+def structured_pruning(f: SessionFeatures, *, rule: str, action: str, category: str | None, what: str,
                        share_of_model: float | None, share: float | None, other_share: float | None,
                        fraction: float, rationale: str, risk: str) -> list[Recommendation]:
     if share_of_model is None or share is None or share_of_model < DOMINANT_SHARE:

@@ -25,4 +25,7 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
                    "contribute least (smallest value/output weight norms) shrinks the Q/K/V and output "
                    "projections and the attention arithmetic, so the dense kernels do less work."),
         risk=("removing heads without fine-tuning usually costs quality, more in small models; check the "
-              "fidelity `wattlens optimize` reports (--max-quality-loss) and fine-tune if it drops"))
+              "fidelity `wattlens optimize` reports (--max-quality-loss) and fine-tune if it drops. "
+              "It applies to a torch module file only: no transformers config can express different "
+              "heads per layer, so a Hugging Face folder is refused — prune-layers:F or prune-mlp:F "
+              "is the expressible variant there"))

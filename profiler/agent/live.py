@@ -5,6 +5,9 @@ change keeps what its revert needs *before* it touches anything:
 
 - module swaps (quantize-int8) keep the original child module objects and put them back on their
   parents, so the running model object stays the same and its original weights are untouched;
+  the quantized copies are made by torchao (``Int8DynamicActivationInt8WeightConfig``), the same
+  backend as ``wattlens optimize``; torchao is imported only when that action is asked for, and a
+  target without it gets a refusal that says so;
 - weight changes (prune, bf16) keep a CPU clone of each tensor they change and copy it back
   (``param.data = clone``), so revert gives bit-identical weights and outputs.
 
@@ -105,24 +108,30 @@ def apply(torch: Any, model: Any, rec: Applied) -> None:
 
 def _quantize(torch: Any, model: Any, rec: Applied) -> None:
     device = _device(model)
-    if not device.startswith("cpu"):
-        raise Refused(f"quantize-int8 runs on CPU only (dynamic int8 kernels); the model is on {device}")
+    if not (device.startswith("cpu") or device.startswith("cuda")):
+        raise Refused(f"quantize-int8 has torchao kernels for CPU and CUDA; the model is on {device}")
     targets = _targets(torch, model)
     if not targets:
         raise Refused("the model has no nn.Linear or Conv1D layers to quantize")
-    from torch.ao.quantization import quantize_dynamic
-
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as exc:
+        raise Refused(
+            "quantize-int8 needs torchao in the target's Python environment (pip install torchao); "
+            f"it cannot be imported there: {exc}"
+        ) from None
+    config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
     for parent, name, child in targets:
-        if _is_conv1d(child):
-            nx, nf = child.weight.shape
-            lin = torch.nn.Linear(nx, nf, bias=child.bias is not None, dtype=child.weight.dtype)
-            lin.weight.copy_(child.weight.t())
-            if child.bias is not None:
-                lin.bias.copy_(child.bias)
-        else:
-            lin = child
         # quantize a copy: the original module (and its float weights) stay as they were
-        q = quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)[0]
+        weight = child.weight.t() if _is_conv1d(child) else child.weight  # Conv1D holds (in, out)
+        lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=child.bias is not None,
+                              dtype=weight.dtype, device=weight.device)
+        lin.weight.copy_(weight)
+        if child.bias is not None:
+            lin.bias.copy_(child.bias)
+        holder = torch.nn.Sequential(lin)
+        quantize_(holder, config)
+        q = holder[0]
         q.train(child.training)
         rec.swaps.append((parent, name, child))
         setattr(parent, name, q)
