@@ -17,7 +17,7 @@ def test_picker_refreshes_by_itself_with_cpu_and_python_only(make_window, qtbot,
     w = make_window()
     av = w.attach_view
     assert av.python_only.isChecked(), "kernel threads and shells are hidden by default"
-    qtbot.waitUntil(lambda: av.model.all(), timeout=20000)  # the first scan
+    qtbot.waitUntil(lambda: bool(av.model.all()), timeout=20000)  # the first scan
     refresh_clicks = []
     av.refresh_button.clicked.connect(lambda: refresh_clicks.append(1))
     busy = gui.start_busy_child(120)  # a Python process that keeps a core busy, started after the scan
@@ -26,7 +26,9 @@ def test_picker_refreshes_by_itself_with_cpu_and_python_only(make_window, qtbot,
         qtbot.waitUntil(lambda: av.model.get(busy.pid) is not None and av.model.get(busy.pid).cpu_percent is not None
                         and av.model.get(shell.pid) is not None, timeout=30000)
         assert not refresh_clicks, "nobody pressed Refresh"
-        col = [av.table_model.headerData(c, 1) for c in range(av.table_model.columnCount())].index("CPU %")
+        from wattlens.app.gui.qt_attach import COLUMNS
+
+        col = COLUMNS.index("CPU %")
         row = av.table_model.row_of(busy.pid)
         cpu = float(av.table_model.data(av.table_model.index(row, col)))
         assert 0 < cpu <= 100 * 1.05, cpu  # busy on one core (shared: the machine is loaded)
