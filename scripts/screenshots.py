@@ -143,14 +143,15 @@ def main() -> int:
         w.tabs.setCurrentWidget(w.attach_view)
         w.attach_view.refresh()
         spin_until(lambda: w.attach_view.table_model.row_of(job.pid) is not None
-                   and w.processes.get(job.pid).torch is not None)
+                   and w.processes.get(job.pid).torch is not None
+                   and w.processes.get(job.pid).cpu_percent is not None)  # the picker rescans by itself
         w.attach_view.filter.setText("python")
         w.attach_view.select_pid(job.pid)
         shot("attach")
         w.attach(job.pid)
         spin_until(lambda: w.run is not None)
         w.messages.hide()
-        spin(args.seconds * 0.75)
+        spin(args.seconds)
         w.live_view.panel.tabs.setCurrentIndex(1)
         spin_until(lambda: len(w.live_model.layers) > 0 and not w.live_model.layers.pending)
         shot("live-attach-layers")
@@ -182,7 +183,7 @@ def main() -> int:
         ev.export()
         spin_until(lambda: not ev._running)
         w.messages.hide()
-        shot("export")
+        shot("export")  # after an export: "Saved to …" and the "Open the file" button
         w.tabs.setCurrentWidget(w.settings_view)
         shot("settings")
         w.tabs.setCurrentWidget(w.doctor_view)
