@@ -74,6 +74,16 @@ def test_sessions_list_pane_shows_many_rows(make_window, qtbot, stored_db):
     sv = w.sessions_view
     w.tabs.setCurrentWidget(sv)
     qtbot.waitUntil(lambda: sv.table.rowCount() == 2, timeout=20000)
+    w.resize(1280, 860)  # the screenshots' size
+    qtbot.wait(50)
     row_h = sv.table.verticalHeader().defaultSectionSize()
-    visible_rows = (sv.table.viewport().height()) // row_h
-    assert visible_rows >= 6, f"the list shows only {visible_rows} rows"
+    visible_rows = sv.table.viewport().height() // row_h
+    assert visible_rows >= 4, f"the list shows only {visible_rows} rows (two before this fix)"
+    sv.open_session(1)
+    qtbot.waitUntil(lambda: sv.stack.currentWidget() is sv.detail, timeout=30000)
+    qtbot.wait(50)
+    assert sv.table.viewport().height() // row_h >= 4, "an opened session leaves the list four rows or more"
+    p = sv.detail.panel
+    power, legend, util = p.power_plot.geometry(), p.power_plot.legend.geometry(), p.util_plot.geometry()
+    assert power.bottom() < util.top(), f"the plots overlap: power {power}, utilisation {util}"
+    assert legend.bottom() <= power.height(), "the power legend lies inside its own plot's area"

@@ -246,7 +246,7 @@ class QtSessionsView(QWidget):
         split.addWidget(self.stack)
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 2)
-        split.setSizes([300, 600])  # the list shows about eight rows, the opened session the rest
+        split.setSizes([250, 650])  # the list shows five or six rows, the opened session the rest
         self.split = split
         lay = QVBoxLayout(self)
         lay.addWidget(split)
