@@ -5,7 +5,9 @@ A real workload (a small GPT-2 trained on random tokens) is launched from the ap
 attached to with stack sampling (py-spy); every number, curve and layer row in the pictures was
 measured on this machine, and the two sessions give the comparison. Runs offscreen:
 
-    QT_QPA_PLATFORM=offscreen python scripts/screenshots.py [--out docs/screenshots] [--seconds 14]
+    QT_QPA_PLATFORM=offscreen python scripts/screenshots.py [--out docs/screenshots] [--seconds 60]
+
+docs/screenshots/ is made with --seconds 60: each session lasts at least a minute.
 """
 
 from __future__ import annotations
