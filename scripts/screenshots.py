@@ -72,7 +72,7 @@ def _quiet_offscreen_warnings() -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
-    ap.add_argument("--seconds", type=float, default=14.0, help="length of the main live session")
+    ap.add_argument("--seconds", type=float, default=60.0, help="length of each recorded session")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
