@@ -49,5 +49,7 @@ def doctor(db=None) -> dict:
 
     found = discover()
     doc = found.to_dict()
-    doc["checks"] = [_pyspy_check(), _db_check(db)]
+    from wattlens.app.syslibs import system_libraries_check
+
+    doc["checks"] = [_pyspy_check(), _db_check(db), system_libraries_check()]
     return doc

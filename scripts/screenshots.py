@@ -5,7 +5,9 @@ A real workload (a small GPT-2 trained on random tokens) is launched from the ap
 attached to with stack sampling (py-spy); every number, curve and layer row in the pictures was
 measured on this machine, and the two sessions give the comparison. Runs offscreen:
 
-    QT_QPA_PLATFORM=offscreen python scripts/screenshots.py [--out docs/screenshots] [--seconds 14]
+    QT_QPA_PLATFORM=offscreen python scripts/screenshots.py [--out docs/screenshots] [--seconds 60]
+
+docs/screenshots/ is made with --seconds 60: each session lasts at least a minute.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _quiet_offscreen_warnings() -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
-    ap.add_argument("--seconds", type=float, default=14.0, help="length of the main live session")
+    ap.add_argument("--seconds", type=float, default=60.0, help="length of each recorded session")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,14 +145,15 @@ def main() -> int:
         w.tabs.setCurrentWidget(w.attach_view)
         w.attach_view.refresh()
         spin_until(lambda: w.attach_view.table_model.row_of(job.pid) is not None
-                   and w.processes.get(job.pid).torch is not None)
+                   and w.processes.get(job.pid).torch is not None
+                   and w.processes.get(job.pid).cpu_percent is not None)  # the picker rescans by itself
         w.attach_view.filter.setText("python")
         w.attach_view.select_pid(job.pid)
         shot("attach")
         w.attach(job.pid)
         spin_until(lambda: w.run is not None)
         w.messages.hide()
-        spin(args.seconds * 0.75)
+        spin(args.seconds)
         w.live_view.panel.tabs.setCurrentIndex(1)
         spin_until(lambda: len(w.live_model.layers) > 0 and not w.live_model.layers.pending)
         shot("live-attach-layers")
@@ -182,7 +185,7 @@ def main() -> int:
         ev.export()
         spin_until(lambda: not ev._running)
         w.messages.hide()
-        shot("export")
+        shot("export")  # after an export: "Saved to …" and the "Open the file" button
         w.tabs.setCurrentWidget(w.settings_view)
         shot("settings")
         w.tabs.setCurrentWidget(w.doctor_view)

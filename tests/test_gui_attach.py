@@ -25,7 +25,7 @@ def test_picker_marks_torch_and_filters(make_window, qtbot, torch_loop):
                     and av.model.get(torch_loop.pid).torch is not None, timeout=20000)
     row = _row(av, torch_loop.pid)
     assert row[0] == str(torch_loop.pid) and row[2] == "yes" and row[3] == "torch"
-    assert row[4] == "unknown", "no NVML here: GPU use is unknown, not 'none'"
+    assert row[5] == "unknown", "no NVML here: GPU use is unknown, not 'none'"
     assert "GPU use unknown" in av.gpu_label.text() and "NVML" in av.gpu_label.text()
     assert av.table_model.row_of(os.getpid()) is None, "wattlens does not list itself"
     visible = av.table_model.rows
@@ -61,7 +61,7 @@ def test_gpu_memory_column_with_nvml(make_window, qtbot, torch_loop, monkeypatch
     av = w.attach_view
     qtbot.waitUntil(lambda: av.table_model.row_of(torch_loop.pid) is not None
                     and av.model.get(torch_loop.pid).on_gpu, timeout=20000)
-    assert _row(av, torch_loop.pid)[4] == "3.22 GB"
+    assert _row(av, torch_loop.pid)[5] == "3.22 GB"
     assert "1 process(es) on a GPU" in av.gpu_label.text()
     other = next(p for p in av.table_model.rows if p.pid != torch_loop.pid)
-    assert _row(av, other.pid)[4] == ""
+    assert _row(av, other.pid)[5] == ""

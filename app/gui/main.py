@@ -46,6 +46,22 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
 
 
+def check_qt_can_start(environ=None, has=None, not_found=None) -> None:
+    """Before a QApplication exists: on X11, raise one line naming the missing system libraries and
+    the apt/dnf line, where Qt would abort with a page that blames ``xcb-cursor0`` whatever is missing."""
+    from wattlens.app.syslibs import missing_qt_libraries, uses_xcb
+
+    if not uses_xcb(environ):
+        return
+    found = missing_qt_libraries(has, not_found)
+    if found.ok:
+        return
+    from wattlens.profiler.errors import WattlensError
+
+    raise WattlensError(f"the app cannot open a window: Qt's X11 plugin needs {', '.join(found.sonames)}",
+                        hint=found.install_line() + " (`wattlens doctor` lists the system libraries)")
+
+
 def make_settings_backend(path: str | None = None):
     """QSettings in INI format: ``path`` / WATTLENS_SETTINGS, else the user's config folder."""
     from PySide6.QtCore import QSettings
@@ -118,6 +134,7 @@ def run_gui(db: str | None = None, *, settings_path: str | None = None, launch: 
         raise BadInputError("no display to open the app on (DISPLAY and WAYLAND_DISPLAY are unset)",
                             hint="run it in a desktop session, or use the CLI: `wattlens attach PID`, "
                                  "`wattlens demo --headless`")
+    check_qt_can_start()
     app = ensure_app()
     window = build_main_window(db=db, settings_path=settings_path)
     if launch:

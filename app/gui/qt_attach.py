@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
@@ -37,8 +38,9 @@ from wattlens.app.gui.models.process_model import (
 from wattlens.app.gui.models.run_model import LaunchRequest
 from wattlens.profiler.errors import BadInputError
 
-COLUMNS = ("PID", "Name", "Python", "torch", "GPU memory", "Memory (RSS)", "User", "Command")
+COLUMNS = ("PID", "Name", "Python", "torch", "CPU %", "GPU memory", "Memory (RSS)", "User", "Command")
 TORCH_BATCH = 16
+AUTO_REFRESH_MS = 2000  # the list rescans itself (in a worker) while the screen is shown
 
 
 def scan(exclude: set[int]) -> tuple[list[ProcessInfo], GpuState]:
@@ -85,21 +87,26 @@ class QtProcessTable(QAbstractTableModel):
             if col == 3:
                 return p.torch_text
             if col == 4:
+                return "…" if p.cpu_percent is None else f"{p.cpu_percent:.0f}"
+            if col == 5:
                 if p.on_gpu:
                     return si(p.gpu_mem_bytes, "B", missing="on GPU (memory hidden)")
                 return "" if self.model.gpu.processes is not None else "unknown"
-            if col == 5:
-                return si(p.rss_bytes, "B", missing="")
             if col == 6:
+                return si(p.rss_bytes, "B", missing="")
+            if col == 7:
                 return p.user or ""
             return p.cmdline
         if role == Qt.FontRole and (p.torch or p.on_gpu):
             return self._bold
-        if role == Qt.ForegroundRole and col == 4 and not p.on_gpu:
+        if role == Qt.ForegroundRole and col == 5 and not p.on_gpu:
             return QColor(Qt.gray)
         if role == Qt.ToolTipRole:
+            if col == 4:
+                return ("CPU use between the last two scans, % of one core (polled)" if p.cpu_percent is not None
+                        else "measured from the second scan on (two readings are needed)")
             return p.cmdline
-        if role == Qt.TextAlignmentRole and col in (0, 4, 5):
+        if role == Qt.TextAlignmentRole and col in (0, 4, 5, 6):
             return int(Qt.AlignRight | Qt.AlignVCenter)
         return None
 
@@ -203,8 +210,17 @@ class QtAttachView(QWidget):
         self.gpu_label = QLabel(self)
         self.gpu_label.setWordWrap(True)
         self.status = QLabel(self)
+        self.python_only = QCheckBox("Python only", self)
+        self.python_only.setToolTip("Hide kernel threads, shells and every other non-Python process")
+        self.python_only.setChecked(model.python_only)
+        self.python_only.toggled.connect(model.set_python_only)
         self.refresh_button = QPushButton("Refresh", self)
+        self.refresh_button.setToolTip(f"The list also refreshes by itself every {AUTO_REFRESH_MS / 1000:g} s")
         self.refresh_button.clicked.connect(self.refresh)
+        self.auto_refresh = QTimer(self)
+        self.auto_refresh.setInterval(AUTO_REFRESH_MS)
+        self.auto_refresh.timeout.connect(self._on_auto_refresh)
+        self.auto_refresh.start()
         self.launch_button = QPushButton("Launch…", self)
         self.launch_button.setToolTip("Start a command under wattlens (run mode)")
         self.launch_button.clicked.connect(self._on_launch_clicked)
@@ -216,6 +232,7 @@ class QtAttachView(QWidget):
 
         top = QHBoxLayout()
         top.addWidget(self.filter, 1)
+        top.addWidget(self.python_only)
         top.addWidget(self.refresh_button)
         bottom = QHBoxLayout()
         bottom.addWidget(self.status, 1)
@@ -235,8 +252,22 @@ class QtAttachView(QWidget):
         if self._scanning:
             return
         self._scanning = True
-        self.status.setText("listing processes…")
+        if not self.model.all():
+            self.status.setText("listing processes…")
         self.pool.submit(scan, {os.getpid()}, on_done=self._on_scanned, on_error=self._on_scan_failed)
+
+    def stop(self) -> None:
+        """No more automatic rescans (the window is closing)."""
+        self.auto_refresh.stop()
+
+    def _on_auto_refresh(self) -> None:
+        """Timer tick: rescan in a worker while the screen is shown (never blocks the UI thread)."""
+        if self.isVisible() and not self._scanning and self._torch_pending <= 0:
+            try:
+                self.refresh()
+            except RuntimeError:  # the window is closing: its pool takes no more work
+                self._scanning = False
+                self.auto_refresh.stop()
 
     def selected_pid(self) -> int | None:
         rows = self.table.selectionModel().selectedRows()
@@ -266,6 +297,7 @@ class QtAttachView(QWidget):
 
     def _on_scan_failed(self, exc) -> None:
         self._scanning = False
+        self._torch_pending = 0
         self.status.setText(f"could not list processes: {error_text(exc)}")
 
     def _on_model_changed(self) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -67,6 +68,11 @@ class QtExportView(QWidget):
         self.result = QLabel(self)
         self.result.setWordWrap(True)
         self.result.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.last_path: str | None = None  # the report written last (what "Open the file" opens)
+        self.open_button = QPushButton("Open the file", self)
+        self.open_button.setToolTip("Open the report with the desktop's default application")
+        self.open_button.clicked.connect(self.open_file)
+        self.open_button.hide()
         missing = [f for f in self.formats if not f.available]
         self.format_note = QLabel(
             f"{', '.join(f.name.upper() for f in missing)}: {missing[0].reason}." if missing else "", self)
@@ -89,9 +95,12 @@ class QtExportView(QWidget):
         row.addWidget(self.progress, 1)
         row.addWidget(self.export_button)
         lay.addLayout(row)
-        lay.addWidget(self.result)
+        result_row = QHBoxLayout()
+        result_row.addWidget(self.result, 1)
+        result_row.addWidget(self.open_button)
+        lay.addLayout(result_row)
         lay.addStretch(1)
-        self.session_box.currentIndexChanged.connect(self._update_path)
+        self.session_box.currentIndexChanged.connect(self._fill_compare)
         self.compare_box.currentIndexChanged.connect(self._update_path)
         self.format_box.currentIndexChanged.connect(self._update_path)
         sessions.changed.connect(self._on_sessions_changed)
@@ -103,6 +112,7 @@ class QtExportView(QWidget):
 
     def choose(self, session_id: int, fmt: str, path: str | None = None, compare_id: int | None = None) -> None:
         self.session_box.setCurrentIndex(max(0, self.session_box.findData(session_id)))
+        self._fill_compare()
         self.compare_box.setCurrentIndex(max(0, self.compare_box.findData(compare_id)))
         self.format_box.setCurrentIndex(max(0, self.format_box.findData(fmt)))
         if path is not None:
@@ -134,21 +144,32 @@ class QtExportView(QWidget):
             self._path_edited = True
 
     def _on_sessions_changed(self) -> None:
-        sid, cid, _ = self.selected()
-        for box, keep, none_text in ((self.session_box, sid, None), (self.compare_box, cid, "(no comparison)")):
-            box.blockSignals(True)
-            box.clear()
-            if none_text:
-                box.addItem(none_text, None)
-            for r in self.sessions.rows:
-                box.addItem(f"{r.id}: {r.name} — {r.started_text}, {r.energy_text}", r.id)
-            i = box.findData(keep)
-            box.setCurrentIndex(i if i >= 0 else 0)
-            box.blockSignals(False)
+        sid, _cid, _ = self.selected()
+        self._fill(self.session_box, sid, None, exclude=None)
+        self._fill_compare()
         self.export_button.setEnabled(bool(self.sessions.rows) and not self._running)
         if not self.sessions.rows:
             self.result.setText("no stored sessions to export yet")
+        elif self.result.text() == "no stored sessions to export yet":  # never a stale line
+            self.result.setText("")
+
+    def _fill_compare(self, *_args) -> None:
+        """The comparison choices: every other session (never the exported session itself)."""
+        self._fill(self.compare_box, self.compare_box.currentData(), "(no comparison)",
+                   exclude=self.session_box.currentData())
         self._update_path()
+
+    def _fill(self, box: QComboBox, keep, none_text: str | None, exclude) -> None:
+        box.blockSignals(True)
+        box.clear()
+        if none_text:
+            box.addItem(none_text, None)
+        for r in self.sessions.rows:
+            if r.id != exclude:
+                box.addItem(f"{r.id}: {r.name} — {r.started_text}, {r.energy_text}", r.id)
+        i = box.findData(keep)
+        box.setCurrentIndex(i if i >= 0 else 0)
+        box.blockSignals(False)
 
     # ---- export ---------------------------------------------------------------------------------
     def export(self) -> None:
@@ -166,6 +187,7 @@ class QtExportView(QWidget):
         self.export_button.setEnabled(False)
         self.progress.setValue(0)
         self.progress.show()
+        self.open_button.hide()
         self.result.setText(f"exporting session {sid} as {fmt}…")
         self.pool.submit(run_export, store, sid, fmt, path, compare_id=cid, grid_g_per_kwh=self.get_grid(),
                          on_done=self._on_done, on_error=self._on_failed, on_progress=self._on_progress)
@@ -179,7 +201,19 @@ class QtExportView(QWidget):
         self.progress.hide()
         self.export_button.setEnabled(True)
         self.result.setText(f"Saved to {path}")
+        self.last_path = str(path)
+        self.open_button.show()
         self.exported.emit(str(path))
+
+    def open_file(self) -> bool:
+        """Open the last report with the desktop's default application; False (and a line) if none."""
+        if not self.last_path:
+            return False
+        ok = QDesktopServices.openUrl(QUrl.fromLocalFile(self.last_path))
+        if not ok:
+            self.result.setText(f"Saved to {self.last_path} — no application to open it here; open it from "
+                                "your file manager")
+        return bool(ok)
 
     def _on_failed(self, exc: BaseException) -> None:
         self._running = False

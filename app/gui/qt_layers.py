@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (
 )
 
 from wattlens.app.gui.models.format import si
-from wattlens.app.gui.models.layers_model import LayerNode, LayerTree
+from wattlens.app.gui.models.layers_model import LayerNode, LayerTree, node_tooltip
 from wattlens.app.gui.qt_widgets import QtBarChart
 
 COLUMNS = ("Module", "Energy share", "Energy", "Self energy", "Time", "Time share")
@@ -126,7 +126,7 @@ class QtLayerView(QWidget):
                            (4, node.time_s), (5, node.time_share)):
             it.setData(col, _SORT_ROLE, -1.0 if value is None else float(value))
             it.setTextAlignment(col, Qt.AlignRight | Qt.AlignVCenter)
-        it.setToolTip(0, f"{node.path} ({node.granularity})")
+        it.setToolTip(0, node_tooltip(node.path, node.granularity))
         for child in node.children:
             it.addChild(self._item(child))
         return it

@@ -322,6 +322,8 @@ class QtMainWindow(QMainWindow):
             return
         self._closed = True
         self.watch.stop()
+        self.attach_view.stop()
+        self.sessions_view.stop()
         self.live_view.shutdown()
         self.pool.shutdown()
         self.live.shutdown()

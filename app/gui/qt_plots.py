@@ -50,6 +50,8 @@ class QtTimePlot(QWidget):
         self.legend = QLabel(self)
         self.legend.setWordWrap(True)
         self.legend.setTextFormat(Qt.RichText)
+        # room under the legend: the next plot's top tick label ("100" of utilisation) never touches it
+        self.legend.setContentsMargins(4, 0, 4, 10)
         self.note = ""
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -36,6 +36,7 @@ from wattlens.app.gui.models.sessions_model import (
 )
 from wattlens.app.gui.theme import PLOT
 
+POLL_MS = 3000  # while the screen is shown: new sessions (e.g. recorded by the CLI) appear by themselves
 COLUMNS = ("ID", "Name", "Target", "Started", "Duration", "Energy, target", "Energy, machine", "Status")
 _SORT_ROLE = Qt.UserRole + 1
 
@@ -46,6 +47,12 @@ class _Item(QTableWidgetItem):
         if a is not None and b is not None:
             return a < b
         return super().__lt__(other)
+
+
+def _listing(store) -> tuple[tuple, list]:
+    """One worker call: the store's fingerprint (read first, so a session added meanwhile causes
+    one more refresh rather than none) and the rows."""
+    return store.sessions_fingerprint(), session_rows(store)
 
 
 def _load_pair(store, a_id: int, b_id: int, grid: float | None, progress=None) -> Comparison:
@@ -168,6 +175,12 @@ class QtSessionsView(QWidget):
         self.get_store = get_store
         self.get_grid = get_grid
         self._loading = False
+        self._fingerprint: tuple | None = None  # of the listing shown
+        self._polling = False
+        self.poll = QTimer(self)
+        self.poll.setInterval(POLL_MS)
+        self.poll.timeout.connect(self._on_poll)
+        self.poll.start()
 
         self.filter = QLineEdit(self)
         self.filter.setPlaceholderText("Filter by name, target or status")
@@ -232,8 +245,9 @@ class QtSessionsView(QWidget):
         split.addWidget(top)
         split.addWidget(self.stack)
         split.setStretchFactor(0, 1)
-        split.setStretchFactor(1, 4)
-        split.setSizes([180, 720])
+        split.setStretchFactor(1, 2)
+        split.setSizes([250, 650])  # the list shows five or six rows, the opened session the rest
+        self.split = split
         lay = QVBoxLayout(self)
         lay.addWidget(split)
         model.changed.connect(self._on_model_changed)
@@ -267,7 +281,31 @@ class QtSessionsView(QWidget):
             self.status.setText("no database is open — choose one in Settings")
             return
         self.status.setText("reading sessions…")
-        self.pool.submit(session_rows, store, on_done=self._on_rows, on_error=self._on_failed)
+        self.pool.submit(_listing, store, on_done=self._on_rows, on_error=self._on_failed)
+
+    def _on_poll(self) -> None:
+        """Timer tick: one aggregate query in a worker; the listing is reread only when it changed."""
+        store = self.get_store()
+        if store is None or self._polling or not self.isVisible():
+            return
+        self._polling = True
+        try:
+            self.pool.submit(store.sessions_fingerprint, on_done=self._on_polled, on_error=self._on_poll_failed)
+        except RuntimeError:  # the window is closing: its pool takes no more work
+            self._polling = False
+            self.poll.stop()
+
+    def _on_polled(self, fingerprint: tuple) -> None:
+        self._polling = False
+        if fingerprint != self._fingerprint:
+            self.refresh()
+
+    def _on_poll_failed(self, _exc: BaseException) -> None:
+        self._polling = False  # a failed poll shows nothing: Refresh shows the error
+
+    def stop(self) -> None:
+        """No more polling (the window is closing)."""
+        self.poll.stop()
 
     def selected_ids(self) -> list[int]:
         rows = sorted({i.row() for i in self.table.selectionModel().selectedRows()})
@@ -364,7 +402,8 @@ class QtSessionsView(QWidget):
         self.progress.setValue(int(fraction * 100))
         self.progress.setFormat(f"{text} %p%")
 
-    def _on_rows(self, rows) -> None:
+    def _on_rows(self, result) -> None:
+        self._fingerprint, rows = result
         self.model.set_rows(rows)
 
     def _on_loaded(self, stored: StoredSession) -> None:

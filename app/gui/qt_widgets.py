@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 
 from PySide6.QtCore import QEvent, QRectF, Qt
 from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPalette
@@ -130,9 +131,33 @@ class QtCards(QWidget):
         self._cards.append((frame, title, value, detail))
 
 
+def fit_path_label(label: str, width: float, measure: Callable[[str], float]) -> str:
+    """``label`` if it fits in ``width``, else its last whole path components after "…/" (the
+    class or attribute name is never cut: "…/NewGELUActivation", not "…2MLP/NewGELUActivation"),
+    the phase suffix kept; a single component too long is elided in the middle."""
+    if measure(label) <= width:
+        return label
+    m = re.fullmatch(r"(.*?)((?: \([\w -]+\))?)", label)
+    core, suffix = m.group(1), m.group(2)
+    sep = "/" if "/" in core else "."
+    comps = core.split(sep)
+    for k in range(len(comps) - 1, 0, -1):
+        candidate = "…" + sep + sep.join(comps[-k:]) + suffix
+        if measure(candidate) <= width:
+            return candidate
+    last = comps[-1] + suffix
+    if measure(last) <= width:
+        return last
+    n = len(last)
+    while n > 2 and measure(last[: n // 2] + "…" + last[len(last) - (n - n // 2) + 1:]) > width:
+        n -= 1
+    return last[: n // 2] + "…" + last[len(last) - (n - n // 2) + 1:]
+
+
 class QtBarChart(QWidget):
     """Horizontal bars with their labels and values written out: readable at any width (long
-    module paths are elided in the middle, the full path is in the tooltip)."""
+    module paths keep their last whole components, see ``fit_path_label``; the full path is in
+    the tooltip)."""
 
     ROW_H = 22
 
@@ -182,7 +207,7 @@ class QtBarChart(QWidget):
         bar_color = QColor(colors.series[0])
         for i, b in enumerate(self.bars):
             y = 26 + i * self.ROW_H
-            label = fm.elidedText(b.label, Qt.ElideLeft, int(label_w - 8))  # keep the class name
+            label = fit_path_label(b.label, label_w - 8, fm.horizontalAdvance)
             p.setPen(text_color)
             p.drawText(QRectF(4, y, label_w - 8, self.ROW_H), Qt.AlignRight | Qt.AlignVCenter, label)
             w = bar_w * b.value / vmax
@@ -190,6 +215,12 @@ class QtBarChart(QWidget):
             p.drawText(QRectF(bar_x + w + 6, y, value_w + bar_w - w, self.ROW_H), Qt.AlignLeft | Qt.AlignVCenter,
                        f"{si(b.value, b.unit)} ({b.share * 100:.1f} %)")
         p.end()
+
+    def shown_labels(self) -> list[str]:
+        """The bar labels as drawn at the current width (tests and screenshots read this)."""
+        label_w, _, _ = self._layout()
+        fm = QFontMetrics(self.font())
+        return [fit_path_label(b.label, label_w - 8, fm.horizontalAdvance) for b in self.bars]
 
     def bar_at(self, y: float) -> Bar | None:
         i = int((y - 26) // self.ROW_H)

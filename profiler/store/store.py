@@ -393,6 +393,16 @@ class Store:
             rows = c.execute(select(m.SessionRow.__table__).order_by(m.SessionRow.id.desc())).mappings().all()
         return [_session_dict(r) for r in rows]
 
+    def sessions_fingerprint(self) -> tuple:
+        """A cheap value that changes whenever the listing would: (count, last id, sessions still
+        running, last end time). One aggregate query; the app polls it to show new sessions."""
+        t = m.SessionRow.__table__
+        with self.engine.connect() as c:
+            row = c.execute(select(func.count(t.c.id), func.max(t.c.id),
+                                   func.sum(func.coalesce(t.c.status == "running", 0)),
+                                   func.max(t.c.ended_at))).first()
+        return tuple(row)
+
     def session(self, session_id: int) -> dict:
         with self.engine.connect() as c:
             row = c.execute(select(m.SessionRow.__table__).where(m.SessionRow.id == session_id)).mappings().first()

@@ -51,6 +51,25 @@ def short_name(path: str, granularity: str, parts: int = 1) -> str:
     return sep.join(comps[-parts:])
 
 
+def node_tooltip(path: str, granularity: str) -> str:
+    """What a tree row is. A class path (stack sampling) nests classes as they call each other, so
+    ``GPT2LMHeadModel/Linear`` is the Linear modules GPT2LMHeadModel's own forward calls directly
+    (GPT-2's lm_head), beside ``GPT2LMHeadModel/GPT2Model``; py-spy sees classes, not attribute names.
+    ``GPT2LMHeadModel/Linear/GPT2Model`` (seen once, 10 ms at 100 Hz) is a torn read: py-spy runs
+    ``--nonblocking`` (profiler/stacks/sampler.py), and a stack read while it changes can mix frames."""
+    if granularity == "class" and "/" in path:
+        parent, cls = path.rsplit("/", 1)
+        return (f"{path}: the {cls} modules that {parent.rsplit('/', 1)[-1]}.forward calls directly "
+                f"(stack sampling sees module classes, not attribute names: every such {cls} shares this row). "
+                "py-spy reads stacks without pausing the job, so a stack read while it changed can rarely "
+                "give an impossible nesting (a model class under Linear): a row of a sample or two")
+    if granularity == "class":
+        return f"{path}: a top-level module class (stack sampling)"
+    if granularity == "bucket":
+        return f"{path}: time outside any module's forward"
+    return f"{path or ROOT_NAME} (module instance, from the in-process agent)"
+
+
 def _self_time(lc: LayerCost) -> float:
     if lc.self_time_s is not None:
         return lc.self_time_s

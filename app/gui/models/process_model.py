@@ -1,5 +1,6 @@
 """The process picker's model: running processes, Python ones first, with what we know about
-each (torch loaded? on a GPU, with how much memory?) and a name/PID filter.
+each (torch loaded? on a GPU, with how much memory? CPU % since the previous scan) and a
+name/PID filter plus a "Python only" switch (on by default: kernel threads and shells hidden).
 
 Scanning /proc/PID/maps for libtorch is slow for big processes, so it is a separate function the
 view runs in a worker, one PID at a time; the row says "checking…" until then. GPU membership
@@ -10,6 +11,7 @@ the view shows it instead of pretending no process uses a GPU.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 
 import psutil
@@ -32,6 +34,9 @@ class ProcessInfo:
     torch_note: str = ""  # why torch is None: "checking…", "cannot read /proc/…/maps"
     gpu_mem_bytes: int | None = None  # GPU memory used, when NVML says the PID is on a GPU
     on_gpu: bool = False
+    cpu_time_s: float | None = None  # user + system CPU seconds so far (None: not readable)
+    scanned_at_s: float = 0.0  # time.monotonic() of the scan that read cpu_time_s
+    cpu_percent: float | None = None  # between two scans (100 % = one core); None until the second
 
     @property
     def torch_text(self) -> str:
@@ -59,8 +64,9 @@ def scan_processes(exclude: set[int] | None = None) -> list[ProcessInfo]:
     """Every process we can see, minus ``exclude`` (e.g. our own PID). Cheap fields only."""
     exclude = exclude or set()
     out = []
+    now_s = time.monotonic()
     for p in psutil.process_iter(["pid", "name", "cmdline", "username", "memory_info", "exe",
-                                  "create_time"]):
+                                  "create_time", "cpu_times"]):
         info = p.info
         pid = info["pid"]
         if pid in exclude or pid == 0:
@@ -68,10 +74,12 @@ def scan_processes(exclude: set[int] | None = None) -> list[ProcessInfo]:
         cmd = info.get("cmdline") or []
         name = info.get("name") or "?"
         mem = info.get("memory_info")
+        cpu = info.get("cpu_times")
         out.append(ProcessInfo(
             pid=pid, name=name, cmdline=" ".join(" ⏎ ".join(c.splitlines()) for c in cmd) if cmd else f"[{name}]",
             user=info.get("username"), is_python=is_python(name, cmd, info.get("exe")),
-            rss_bytes=mem.rss if mem else None, create_time=info.get("create_time") or 0.0))
+            rss_bytes=mem.rss if mem else None, create_time=info.get("create_time") or 0.0,
+            cpu_time_s=(cpu.user + cpu.system) if cpu else None, scanned_at_s=now_s))
     return out
 
 
@@ -127,6 +135,16 @@ def gpu_processes() -> GpuState:
     return GpuState(merged, "; ".join(reasons) or None)
 
 
+def cpu_percent_between(old: ProcessInfo, new: ProcessInfo) -> float | None:
+    """CPU use of one process between two scans, in % of one core; None when not measurable."""
+    if old.cpu_time_s is None or new.cpu_time_s is None or old.create_time != new.create_time:
+        return None
+    dt_s = new.scanned_at_s - old.scanned_at_s
+    if dt_s <= 0:
+        return None
+    return max(0.0, (new.cpu_time_s - old.cpu_time_s) / dt_s * 100.0)
+
+
 def check_torch(pids: list[int]) -> dict[int, tuple[bool | None, str]]:
     """``torch_loaded`` for many PIDs (one worker call)."""
     return {pid: torch_loaded(pid) for pid in pids}
@@ -141,6 +159,7 @@ class ProcessListModel:
     def __init__(self) -> None:
         self._rows: dict[int, ProcessInfo] = {}
         self.filter_text = ""
+        self.python_only = True  # kernel threads, shells and other non-Python processes hidden
         self.gpu = GpuState(None, "GPU use not checked yet")
         self.changed = Signal()  # () whenever the visible rows may differ
 
@@ -153,6 +172,8 @@ class ProcessListModel:
         new: dict[int, ProcessInfo] = {}
         for p in rows:
             old = self._rows.get(p.pid)
+            if old is not None:
+                p = replace(p, cpu_percent=cpu_percent_between(old, p))
             if old is not None and old.create_time == p.create_time and old.torch is not None:
                 p = replace(p, torch=old.torch, torch_note=old.torch_note)
             elif p.is_python and p.torch is None and not p.torch_note:
@@ -177,6 +198,10 @@ class ProcessListModel:
                 self._rows[pid] = replace(p, torch=loaded, torch_note=note)
         self.changed.emit()
 
+    def set_python_only(self, on: bool) -> None:
+        self.python_only = bool(on)
+        self.changed.emit()
+
     def set_filter(self, text: str) -> None:
         self.filter_text = text.strip()
         self.changed.emit()
@@ -190,7 +215,7 @@ class ProcessListModel:
 
     def visible(self) -> list[ProcessInfo]:
         text = self.filter_text.lower()
-        rows = self.all()
+        rows = [p for p in self.all() if p.is_python] if self.python_only else self.all()
         if not text:
             return rows
         if text.isdigit():

@@ -1,0 +1,89 @@
+"""Lists that keep themselves current: the attach picker rescans by itself (in a worker) with a
+CPU % column and a "Python only" switch; sessions recorded by the CLI appear in the Sessions
+screen without pressing Refresh. Real app offscreen, real child processes, the real CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import run_cli
+from tests.gui_fixtures import end_process
+
+pytest_plugins = ["tests.gui_fixtures"]
+
+
+def test_picker_refreshes_by_itself_with_cpu_and_python_only(make_window, qtbot, gui):
+    w = make_window()
+    av = w.attach_view
+    assert av.python_only.isChecked(), "kernel threads and shells are hidden by default"
+    qtbot.waitUntil(lambda: bool(av.model.all()), timeout=20000)  # the first scan
+    refresh_clicks = []
+    av.refresh_button.clicked.connect(lambda: refresh_clicks.append(1))
+    busy = gui.start_busy_child(120)  # a Python process that keeps a core busy, started after the scan
+    shell = subprocess.Popen(["sleep", "120"])  # not Python
+    try:
+        qtbot.waitUntil(lambda: av.model.get(busy.pid) is not None and av.model.get(busy.pid).cpu_percent is not None
+                        and av.model.get(shell.pid) is not None, timeout=30000)
+        assert not refresh_clicks, "nobody pressed Refresh"
+        from wattlens.app.gui.qt_attach import COLUMNS
+
+        col = COLUMNS.index("CPU %")
+        row = av.table_model.row_of(busy.pid)
+        cpu = float(av.table_model.data(av.table_model.index(row, col)))
+        assert 0 < cpu <= 100 * 1.05, cpu  # busy on one core (shared: the machine is loaded)
+        assert av.table_model.row_of(shell.pid) is None, "'sleep' is hidden while Python only is on"
+        assert all(p.is_python for p in av.table_model.rows)
+        av.python_only.setChecked(False)
+        assert av.table_model.row_of(shell.pid) is not None
+        assert any(not p.is_python for p in av.table_model.rows)
+        av.python_only.setChecked(True)
+        assert av.table_model.row_of(shell.pid) is None
+    finally:
+        end_process(busy)
+        shell.kill()
+        shell.wait()
+    qtbot.waitUntil(lambda: av.model.get(busy.pid) is None, timeout=30000)  # gone by itself too
+
+
+def test_cli_sessions_appear_without_refresh(make_window, qtbot, tmp_path):
+    db = tmp_path / "shared.db"
+    w = make_window(db)
+    sv = w.sessions_view
+    w.tabs.setCurrentWidget(sv)
+    qtbot.waitUntil(lambda: sv._fingerprint is not None, timeout=20000)
+    assert sv.table.rowCount() == 0
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        r = run_cli("attach", str(child.pid), "--duration", "1", "--no-stacks", "--no-gpu", "--name", "from the CLI",
+                    "--db", str(db))
+        assert r.returncode == 0, r.stderr
+    finally:
+        child.kill()
+        child.wait()
+    qtbot.waitUntil(lambda: sv.table.rowCount() == 1, timeout=30000)
+    assert sv.model.rows[0].name == "from the CLI" and sv.model.rows[0].status == "completed"
+    polls = []
+    sv.model.changed.connect(lambda: polls.append(1))
+    qtbot.wait(2 * 3000 + 500)  # two more polls: nothing changed, so the listing is not reread
+    assert polls == []
+
+
+def test_sessions_list_pane_shows_many_rows(make_window, qtbot, stored_db):
+    w = make_window(stored_db)
+    sv = w.sessions_view
+    w.tabs.setCurrentWidget(sv)
+    qtbot.waitUntil(lambda: sv.table.rowCount() == 2, timeout=20000)
+    w.resize(1280, 860)  # the screenshots' size
+    qtbot.wait(50)
+    row_h = sv.table.verticalHeader().defaultSectionSize()
+    visible_rows = sv.table.viewport().height() // row_h
+    assert visible_rows >= 4, f"the list shows only {visible_rows} rows (two before this fix)"
+    sv.open_session(1)
+    qtbot.waitUntil(lambda: sv.stack.currentWidget() is sv.detail, timeout=30000)
+    qtbot.wait(50)
+    assert sv.table.viewport().height() // row_h >= 4, "an opened session leaves the list four rows or more"
+    p = sv.detail.panel
+    power, legend, util = p.power_plot.geometry(), p.power_plot.legend.geometry(), p.util_plot.geometry()
+    assert power.bottom() < util.top(), f"the plots overlap: power {power}, utilisation {util}"
+    assert legend.bottom() <= power.height(), "the power legend lies inside its own plot's area"
