@@ -30,7 +30,9 @@ def check_cpu_pct(cpu_pct: float, n_logical_cpus: int) -> str | None:
 
 
 def check_target_within(source_id: str, target_j: float, machine_j: float) -> str | None:
-    """The target's energy over an interval is at most the source's over the same interval."""
+    """The target's energy is at most the source's over the same time. The sampler checks the
+    totals since the session's first tick: attribution may carry energy from one tick to the next
+    (a GPU's per-process samples arrive at the driver's own cadence), never create it."""
     if target_j < 0.0:
         return f"target energy {target_j:.6g} J from {source_id} is negative"
     if target_j > machine_j + _REL_EPS * max(abs(machine_j), 1.0):
