@@ -37,7 +37,7 @@ def check_target_within(source_id: str, target_j: float, machine_j: float) -> st
         return f"target energy {target_j:.6g} J from {source_id} is negative"
     if target_j > machine_j + _REL_EPS * max(abs(machine_j), 1.0):
         return (f"target energy {target_j:.6g} J from {source_id} exceeds the source's "
-                f"{machine_j:.6g} J over the same interval")
+                f"{machine_j:.6g} J over the same time")
     return None
 
 

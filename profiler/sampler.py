@@ -242,6 +242,8 @@ class Sampler:
                 continue
             d_e = None if (energy_j is None or prev_e is None) else energy_j - prev_e
             dt_s = (t_ns - prev_t) / 1e9
+            if d_e is not None:
+                self._source_since_j[sid] += d_e
             if src.kind == "gpu":
                 att, target_mem, new_idle_w = self._attribute_gpu(src, t_ns, d_e, dt_s)
                 if target_mem is not None:
@@ -254,8 +256,6 @@ class Sampler:
                 if att.reason:
                     self.reasons[f"target/{sid}/energy_j"] = att.reason
                 continue
-            if d_e is not None:
-                self._source_since_j[sid] += d_e
             # cumulative, not per interval: the GPU path may hold energy back until the driver's
             # next per-process sample and then share it out (gpu_share), which is one tick later
             bad = invariants.check_target_within(sid, self._target_energy_j[sid] + att.energy_j,

@@ -12,6 +12,7 @@ from wattlens.profiler.process import Target
 from wattlens.profiler.ring import RingBuffers
 from wattlens.profiler.sampler import Sampler
 from wattlens.profiler.sources import discover
+from wattlens.profiler.store.models import SCHEMA_VERSION
 
 ME = os.getpid()
 OTHER = 999_999  # another process on the same GPU (our PID space)
@@ -275,7 +276,7 @@ def test_a_version_1_database_gains_the_gpu_idle_table(tmp_path):
     store.record_gpu_idle("GPU-x", 62.0, 4.0)  # the newest measurement wins
     assert store.gpu_idle("GPU-x")["idle_power_w"] == 62.0
     store.close()
-    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
 
 
 def test_gh200_session_total_does_not_add_the_cpu_twice(monkeypatch, tmp_path):
