@@ -64,7 +64,12 @@ STAND_IN_TORCH = textwrap.dedent('''
     def register_module_forward_hook(hook, *, always_call=False):
         return _Handle(hook)
 
+    class Module:
+        def __call__(self, *args, **kwargs):
+            return self.forward(*args, **kwargs)
+
     module = types.ModuleType("torch.nn.modules.module")
+    module.Module = Module
     module.register_module_forward_pre_hook = register_module_forward_pre_hook
     module.register_module_forward_hook = register_module_forward_hook
     nn = types.ModuleType("torch.nn")
@@ -93,13 +98,17 @@ LOAD_AND_HOOK = textwrap.dedent('''
     import torch
     from _wattlens_agent.tracker import Tracker
     sent = []
-    tracker = Tracker(torch, sent.append, lambda exc: sent.append(exc), window_ns=50_000_000,
-                      count_flops="off")
-    tracker.install()
-    installed = len(torch.hooks)
-    tracker.uninstall()
+    Module = torch.nn.modules.module.Module
+    original_call = Module.__call__
+    for call_path in ("wrap", "hooks"):
+        tracker = Tracker(torch, sent.append, lambda exc: sent.append(exc), window_ns=50_000_000,
+                          count_flops="off", call_path=call_path)
+        tracker.install()
+        installed = len(torch.hooks) if call_path == "hooks" else int(Module.__call__ is not original_call)
+        tracker.uninstall()
+        restored = len(torch.hooks) if call_path == "hooks" else int(Module.__call__ is not original_call)
+        print("INSTALLED", call_path, installed, restored)
     print("IMPORTED", ",".join(names))
-    print("HOOKS", installed, len(torch.hooks))
 ''')
 
 
@@ -131,7 +140,8 @@ def test_agent_loads_and_installs_its_hooks_on_a_stand_in_torch(version, stand_i
     assert out.returncode == 0, out.stderr[-2000:]
     imported = next(x for x in out.stdout.splitlines() if x.startswith("IMPORTED")).split()[1].split(",")
     assert {"runtime", "tracker", "transport", "protocol", "importwatch", "live", "flops"} <= set(imported)
-    assert "HOOKS 2 0" in out.stdout, out.stdout  # forward pre + post installed, then removed
+    assert "INSTALLED wrap 1 0" in out.stdout, out.stdout  # Module.__call__ wrapped, then restored
+    assert "INSTALLED hooks 2 0" in out.stdout, out.stdout  # forward pre + post installed, then removed
 
 
 @pytest.mark.slow

@@ -162,7 +162,7 @@ def test_plain_module_loss_root_and_fork(tmp_path):
         for i in range(6):
             y = model(x)
             loss_fn(y, torch.zeros_like(y))
-            time.sleep(0.06)  # steps longer than a window: one message per step
+            time.sleep(0.12)  # steps longer than a window (at least 100 ms): one message per step
             if i == 2:
                 pid = os.fork()  # a forked worker must not write on the parent's connection
                 if pid == 0:
