@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refuse a result whose top-1 disagreement (LMs) or 1 - cosine (encoders) exceeds X")
     op.add_argument("--eval-text", metavar="FILE", help="text for a perplexity check")
     op.add_argument("--rounds", type=ROUNDS, default=6, metavar="N", help="A/B rounds (default 6)")
+    op.add_argument("--from-session", type=ID, metavar="ID", dest="from_session",
+                    help="the session whose recommendation this applies: its reports show predicted vs measured")
     _add_db(op)
     _add_json(op)
 

@@ -43,7 +43,64 @@ def test_quantize_is_verified_stored_and_leaves_the_input_alone(model_dir, tmp_p
     assert store.session(doc["session_id"])["status"] == "completed"
     md = tmp_path / "r.md"
     assert run_cli("report", str(doc["session_id"]), "--format", "md", "-o", str(md), "--db", str(db)).returncode == 0
-    assert "quantize-int8 — verified" in md.read_text()
+    assert "quantize-int8 (#1) — verified" in md.read_text()
+
+
+def test_applied_from_a_session_shows_predicted_and_measured_in_its_reports(model_dir, tmp_path):
+    """Done-when of issue 11: apply from a stored session; its JSON, HTML and Markdown reports show
+    recommended → applied → measured with the card's prediction beside the A/B result."""
+    import os
+
+    from wattlens.advisor.recommend import Evidence, Recommendation, Risk, rule_of_thumb
+
+    db = tmp_path / "w.db"
+    r = run_cli("attach", str(os.getpid()), "--duration", "1", "--no-stacks", "--db", str(db), "--json")
+    assert r.returncode == 0, r.stderr
+    sid = json.loads(r.stdout)["session_id"]
+    rec = Recommendation(
+        rule="quantize-int8", title="Quantize the Linear layers to dynamic int8",
+        rationale="Linear layers take most of the time.",
+        evidence=(Evidence("Linear share of the model's time", 0.62, "fraction", "stack sampling"),),
+        predicted_saving=rule_of_thumb(0.18, 0.42, "published CPU int8 results", central=0.3),
+        confidence="medium", risk=Risk("low", "top-1 agreement is usually above 99 %"), action="quantize-int8")
+    store = Store(db)
+    store.add_recommendations(sid, [rec.to_dict()])
+    store.close()
+    predicted = "−30.0 % energy per sample (saving), interval −42.0 % … −18.0 %"
+
+    r = run_cli("optimize", str(model_dir), "--action", "quantize-int8", "--out", str(tmp_path / "int8"),
+                "--rounds", "2", "--from-session", str(sid), "--db", str(db), "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["predicted_text"] == rec.predicted_saving.text  # the card's prediction, not "0 earlier A/B results"
+    store = Store(db)
+    (action,) = store.actions(source_session_id=sid)
+    assert action["session_id"] == doc["session_id"] and action["params"]["recommendation"]["rule"] == "quantize-int8"
+    store.close()
+
+    out = {}
+    for fmt_name in ("json", "html", "md"):
+        path = tmp_path / f"r.{fmt_name}"
+        rr = run_cli("report", str(sid), "--format", fmt_name, "-o", str(path), "--db", str(db))
+        assert rr.returncode == 0, rr.stderr
+        out[fmt_name] = path.read_text(encoding="utf-8")
+    (applied,) = json.loads(out["json"])["applied"]
+    assert applied["predicted"].startswith(predicted) and applied["optimize_session_id"] == doc["session_id"]
+    assert "energy per sample" in applied["measured"] and "top-1 agreement" in applied["fidelity"]
+    saving = action["result"]["verification"]["saving_fraction"]
+    assert applied["flagged"] == (not 0.18 <= saving <= 0.42)
+    assert applied["flag_text"].startswith("FLAGGED" if applied["flagged"] else "within the predicted interval")
+    measured = applied["measured"].split(",")[0]
+    for text in (out["html"], out["md"]):
+        assert "recommended → applied → measured" in text
+        assert predicted.split(",")[0] in text and measured in text
+    assert "not applied" not in out["md"]
+
+
+def test_from_session_needs_a_stored_session(model_dir, tmp_path):
+    r = run_cli("optimize", str(model_dir), "--action", "bf16", "--out", str(tmp_path / "o"),
+                "--from-session", "99", "--db", str(tmp_path / "w.db"))
+    assert r.returncode == 2 and "no session 99" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_quality_limit_refuses_and_writes_nothing(model_dir, tmp_path):

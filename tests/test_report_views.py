@@ -145,18 +145,20 @@ def test_schema_rejects_broken_reports(schema, breakage):
 
 
 # ---- formatting ---------------------------------------------------------------------------------
-def test_saving_text_handles_every_shape():
-    assert rich.saving_text(None) == "n/a"
-    assert rich.saving_text("about a third") == "about a third"
-    assert rich.saving_text({"text": "about 30 %", "fraction": 0.3}) == "30.0 %"  # the figure, compactly
-    assert rich.saving_text({"fraction": None, "method": "measure first", "text": "sweep it"}) == \
-        "measure first — sweep it"
-    assert rich.saving_text({"fraction": None, "text": "about a third"}) == "about a third"
-    assert rich.saving_text({"fraction": 0.3, "low": 0.2, "high": 0.4}) == "30.0 % (20.0 – 40.0 %)"
-    assert rich.saving_text({"fraction": 0.25, "interval": [0.1, 0.3]}) == "25.0 % (10.0 – 30.0 %)"
-    assert rich.saving_text({"energy_j": 1.5}) == "energy_j: 1.5 J"
-    assert rich.saving_text({"fraction": None}) == "fraction: n/a"  # never 0
-    assert rich.saving_text({"fraction": 0.0, "low": -0.02, "high": 0.02}) == "0.0 % (-2.0 – 2.0 %)"
+def test_savings_say_which_way_energy_went():
+    from wattlens.advisor.recommend import PredictedSaving, rule_of_thumb
+    from wattlens.app import present
+
+    assert present.saving_text(0.548) == "−54.8 % energy per sample (saving)"
+    assert present.saving_text(-0.1) == "+10.0 % energy per sample (costs more)"
+    assert present.saving_text(None) == "n/a"  # never 0
+    assert present.interval_text(0.17, 0.45) == "−45.0 % … −17.0 %"
+    ps = rule_of_thumb(0.18, 0.42, "published results", central=0.3)
+    assert present.predicted_text(ps, with_method=False) == \
+        "−30.0 % energy per sample (saving), interval −42.0 % … −18.0 %"
+    assert present.not_worth_it_reason(ps) is None
+    maybe = PredictedSaving(0.0, -0.02, 0.02, "regression", "")
+    assert present.not_worth_it_reason(maybe).startswith("not worth it yet: the predicted interval −2.0 % … +2.0 %")
 
 
 def test_value_text_units_from_key_names_and_na():
@@ -169,15 +171,12 @@ def test_value_text_units_from_key_names_and_na():
     assert rich.value_text(list(range(12))).endswith("… (2 more)")
 
 
-def test_recommendations_without_keys_show_na():
-    report = {"recommendations": [{}, "free text", {"title": "t", "measured_saving": {"fraction": 0.1}}],
+def test_unreadable_recommendations_are_said_not_guessed():
+    report = {"recommendations": [{}, {"title": "t", "measured_saving": {"fraction": 0.1}}],
               "actions": [{"kind": "bf16"}]}
-    empty, text, measured = rich.recommendation_views(report)
-    assert (empty.title, empty.predicted, empty.risk) == ("(untitled recommendation)", "n/a", "n/a")
-    assert empty.action == "n/a (advice only)"
-    assert empty.measured.startswith("n/a")
-    assert text.title == "free text"
-    assert measured.measured == "10.0 %"
+    views = rich.recommendation_views(report)
+    assert [v.title for v in views] == ["(unreadable recommendation)"] * 2
+    assert all(v.predicted == "n/a" and v.risk == "n/a" and "wattlens advise" in v.rationale for v in views)
     (act,) = rich.action_views(report)
     assert (act.status, act.predicted, act.measured, act.params) == ("n/a", "n/a", "n/a", "none")
 

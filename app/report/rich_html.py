@@ -23,6 +23,7 @@ from wattlens.app.report.rich_view import (
     _method_kind,
     _when,
     action_views,
+    applied_table,
     comparison_table,
     costliest_layers,
     estimate_flags,
@@ -182,9 +183,12 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
     out.append('<section id="recommendations"><h2>Recommendations</h2>')
     if recs:
         out.append(_table_html(Table(["Recommendation", "Predicted saving", "Measured saving", "Risk"],
-                                     [[r.title, r.predicted, r.measured, r.risk] for r in recs], [], set())))
+                                     [[r.title + (" — not worth it yet" if r.held else ""), r.predicted,
+                                       r.measured + (" (FLAGGED)" if r.flagged else ""), r.risk] for r in recs],
+                                     [], set())))
         for r in recs:
             out.append('<div class="rec">' + f"<h3>{_e(r.title)}</h3>"
+                       + (f'<p class="note"><strong>{_e(r.held)}</strong></p>' if r.held else "")
                        + (f'<p class="note">rule: <code>{_e(r.rule)}</code></p>' if r.rule else "")
                        + (f"<p>{_e(r.rationale)}</p>" if r.rationale else "")
                        + f'<div class="pm"><div><span class="label">Predicted saving</span>{_e(r.predicted)}</div>'
@@ -198,13 +202,16 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
     out.append("</section>")
 
     out.append('<section id="actions"><h2>Actions applied and their verification</h2>')
+    applied = applied_table(report)
+    if applied:
+        out.append("<h3>Applied from this session: recommended → applied → measured</h3>" + _table_html(applied))
     if acts:
         out.append(_table_html(Table(["Action", "Status", "Parameters", "Predicted saving", "Measured saving"],
                                      [[a.title, a.status, a.params, a.predicted, a.measured] for a in acts], [], set())))
         for a in acts:
             if a.verification:
                 out.append(f"<h3>Verification — {_e(a.title)}</h3>" + _kv_html(a.verification))
-    else:
+    elif not applied:
         out.append('<p class="note">none applied.</p>')
     out.append("</section>")
 

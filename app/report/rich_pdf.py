@@ -24,6 +24,7 @@ from wattlens.app.report.rich_view import (
     Table,
     _when,
     action_views,
+    applied_table,
     comparison_table,
     costliest_layers,
     estimate_flags,
@@ -287,8 +288,8 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
             doc.para(NO_LAYERS, color="#5b6670")
 
         # 4. recommendations and actions
-        recs, acts = recommendation_views(report), action_views(report)
-        if recs or acts:
+        recs, acts, applied = recommendation_views(report), action_views(report), applied_table(report)
+        if recs or acts or applied:
             doc.section_page("Recommendations and actions")
             if recs:
                 doc.table(Table(["Recommendation", "Predicted saving", "Measured saving", "Risk"],
@@ -297,10 +298,15 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
                     doc.heading(r.title, size=10.5)
                     if r.rationale:
                         doc.para(r.rationale, size=8.5)
-                    doc.kv([("Rule", r.rule or "n/a"), ("Predicted saving", r.predicted), ("Measured saving", r.measured),
-                            ("Risk", r.risk), ("Action", r.action)] + r.details, size=8)
+                    doc.kv(([("Not advice", r.held)] if r.held else [])
+                           + [("Rule", r.rule or "n/a"), ("Predicted saving", r.predicted),
+                              ("Measured saving", r.measured + (" (FLAGGED)" if r.flagged else "")),
+                              ("Risk", r.risk), ("Action", r.action)] + r.details, size=8)
                     if r.evidence:
                         doc.table(Table(["Evidence", "Value", "Read from"], r.evidence, [0.4, 0.2, 0.4], {1}), size=7.5)
+            if applied:
+                doc.heading("Applied from this session: recommended → applied → measured", size=11)
+                doc.table(applied, size=7.5)
             if acts:
                 doc.heading("Actions applied and their verification", size=11)
                 doc.table(Table(["Action", "Status", "Parameters", "Predicted saving", "Measured saving"],

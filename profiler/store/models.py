@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2  # 2: gpu_idle (opening a version-1 file adds the table)
+SCHEMA_VERSION = 3  # 2: gpu_idle (opening a version-1 file adds the table); 3: actions.source_session_id (added on open)
 APP_ID = "wattlens"
 
 
@@ -136,6 +136,13 @@ class ActionRow(Base):
     status: Mapped[str] = mapped_column(String(20))  # applied | verified | reverted | failed | refused
     params_json: Mapped[str] = mapped_column(Text, default="{}")
     result_json: Mapped[str] = mapped_column(Text, default="{}")
+    #: the session whose recommendation this action applied (``optimize --from-session``); not a
+    #: foreign key, so deleting that session keeps the optimize session's record (version 3)
+    source_session_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+
+
+#: Columns added to existing tables since version 1: (table, column, SQL type), added on open.
+ADDED_COLUMNS = (("actions", "source_session_id", "INTEGER"),)
 
 
 class MeasurementRow(Base):

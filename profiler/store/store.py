@@ -163,6 +163,12 @@ def _json(value) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
+def _missing_columns(inspector, tables: set[str]) -> list[tuple[str, str, str]]:
+    """The columns added since a file's version that its existing tables lack."""
+    return [(t, col, typ) for t, col, typ in m.ADDED_COLUMNS
+            if t in tables and col not in {c["name"] for c in inspector.get_columns(t)}]
+
+
 class Store:
     """``create=False`` is for commands that only read (``sessions``, ``show``, ``report``,
     ``advise``, ``doctor``): a missing database is then :class:`NoDatabaseError` and nothing is
@@ -253,7 +259,7 @@ class Store:
                                            f"(tables: {', '.join(sorted(tables)[:5])})", hint=DB_FIX)
             with self.engine.connect() as c:
                 check_meta(dict(c.execute(select(m.Meta.key, m.Meta.value)).all()), self.display_name)
-        if set(m.Base.metadata.tables) <= tables:
+        if set(m.Base.metadata.tables) <= tables and not _missing_columns(inspect(self.engine), tables):
             return
         for attempt in range(3):
             try:
@@ -273,6 +279,8 @@ class Store:
             if "meta" in tables:
                 check_meta(dict(c.execute(select(m.Meta.key, m.Meta.value)).all()), self.display_name)
             m.Base.metadata.create_all(c)  # only the tables that are missing (added since: same version)
+            for table, column, sql_type in _missing_columns(inspect(c), tables):  # additive: NULL in old rows
+                c.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
             if "meta" not in tables:
                 c.execute(insert(m.Meta), [
                     {"key": "app", "value": m.APP_ID},
@@ -487,11 +495,14 @@ class Store:
         return [json.loads(r) for r in rows]
 
     def add_action(self, *, kind: str, status: str, params: dict, result: dict,
-                   session_id: int | None = None) -> int:
+                   session_id: int | None = None, source_session_id: int | None = None) -> int:
+        """``session_id``: the session that recorded the action (optimize); ``source_session_id``:
+        the session whose recommendation it applied, if any."""
         with self._begin() as c:
             return c.execute(insert(m.ActionRow).values(
                 session_id=session_id, created_at=time.time(), kind=kind, status=status,
-                params_json=_json(params), result_json=_json(result))).inserted_primary_key[0]
+                params_json=_json(params), result_json=_json(result),
+                source_session_id=source_session_id)).inserted_primary_key[0]
 
     def update_action(self, action_id: int, *, status: str, result: dict | None = None) -> None:
         values = {"status": status}
@@ -500,15 +511,18 @@ class Store:
         with self._begin() as c:
             c.execute(update(m.ActionRow).where(m.ActionRow.id == action_id).values(**values))
 
-    def actions(self, session_id: int | None = None) -> list[dict]:
+    def actions(self, session_id: int | None = None, *, source_session_id: int | None = None) -> list[dict]:
+        """Actions recorded by ``session_id`` and/or applied from ``source_session_id``."""
         q = select(m.ActionRow.__table__).order_by(m.ActionRow.id)
         if session_id is not None:
             q = q.where(m.ActionRow.session_id == session_id)
+        if source_session_id is not None:
+            q = q.where(m.ActionRow.source_session_id == source_session_id)
         with self.engine.connect() as c:
             rows = c.execute(q).mappings().all()
         return [{"id": r["id"], "session_id": r["session_id"], "created_at": r["created_at"], "kind": r["kind"],
                  "status": r["status"], "params": json.loads(r["params_json"]),
-                 "result": json.loads(r["result_json"])} for r in rows]
+                 "result": json.loads(r["result_json"]), "source_session_id": r["source_session_id"]} for r in rows]
 
     def add_measurements(self, rows: Sequence[dict]) -> None:
         """rows: dicts with MeasurementRow's columns (payload as a dict under 'payload')."""
