@@ -130,6 +130,8 @@ class Outcome:
     flag_text: str
     fidelity: str
     optimize_session_id: int | None
+    measured_fraction: float | None = None  # the A/B saving as a number (None: not measured)
+    risk: str = "n/a"  # the recommendation's risk to quality
 
     @property
     def chain(self) -> str:
@@ -141,7 +143,8 @@ class Outcome:
         return {"action_id": self.action_id, "action": self.action, "status": self.status,
                 "recommended": self.recommended, "predicted": self.predicted, "measured": self.measured,
                 "flagged": self.flagged, "flag_text": self.flag_text, "fidelity": self.fidelity,
-                "optimize_session_id": self.optimize_session_id, "chain": self.chain}
+                "optimize_session_id": self.optimize_session_id, "chain": self.chain,
+                "measured_fraction": self.measured_fraction, "risk": self.risk}
 
 
 def fidelity_text(fid: Mapping | None) -> str:
@@ -208,7 +211,8 @@ def outcome(action: Mapping, rec: Recommendation | None) -> Outcome:
         recommended=rec.title if rec is not None else "no recommendation linked",
         predicted=predicted_text(ps) if ps is not None else "n/a (no prediction stored)",
         measured=measured_text(saving, interval, method, reason), flagged=flagged, flag_text=flag,
-        fidelity=fidelity_text(result.get("fidelity")), optimize_session_id=action.get("session_id"))
+        fidelity=fidelity_text(result.get("fidelity")), optimize_session_id=action.get("session_id"),
+        measured_fraction=saving, risk=risk_text(rec.risk) if rec is not None else "n/a")
 
 
 def outcomes(recs: Sequence[Recommendation], actions: Sequence[Mapping], session_id: int) -> list[Outcome]:

@@ -95,6 +95,18 @@ def test_applied_from_a_session_shows_predicted_and_measured_in_its_reports(mode
         assert "recommended → applied → measured" in text
         assert predicted.split(",")[0] in text and measured in text
     assert "not applied" not in out["md"]
+    best = next(h for h in json.loads(out["json"])["headline"] if h["label"] == "Largest measured saving")
+    assert best["text"].startswith(f"quantize-int8: {applied['measured']}") and "risk to quality: low" in best["text"]
+    # the optimize session's report leads with its A/B result, not the optimizer's own energy
+    for fmt_name in ("json", "md"):
+        assert run_cli("report", str(doc["session_id"]), "--format", fmt_name, "-o", str(tmp_path / f"o.{fmt_name}"),
+                       "--db", str(db)).returncode == 0
+    opt = json.loads((tmp_path / "o.json").read_text(encoding="utf-8"))
+    assert opt["headline"][0]["label"].startswith("A/B result — quantize-int8")
+    assert opt["headline"][1]["label"] == "This run's own energy"
+    opt_md = (tmp_path / "o.md").read_text(encoding="utf-8")
+    assert "verification.baseline" not in opt_md and "baseline.energy_per_sample_j" not in opt_md
+    assert "tensor elements" in opt_md and "scales" in opt_md
 
 
 def test_from_session_needs_a_stored_session(model_dir, tmp_path):

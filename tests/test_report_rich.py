@@ -170,6 +170,10 @@ def test_html_marks_every_estimated_energy_figure(session_db, written):
 
 def test_html_sections_and_side_by_side_savings(written):
     text = written["html"].read_text(encoding="utf-8")
+    assert text.index('<section id="headline">') < text.index('<section id="summary">')  # the headline first
+    assert "This session cost" in text and "Largest measured saving" in text
+    assert "quantize-int8: −24.0 % energy per sample (saving)" in text  # with its risk
+    assert "risk to quality: low — top-1 agreement is usually above 99 %" in text
     for section in ("summary", "measured", "timeline", "steps", "layers", "recommendations", "actions",
                     "comparison", "events", "methods"):
         assert f'<section id="{section}">' in text
@@ -235,11 +239,15 @@ def test_pdf_has_one_section_per_page_and_continues_long_ones(session_db, writte
     assert full.startswith(b"%PDF-") and bare.startswith(b"%PDF-")
     assert full.rstrip().endswith(b"%%EOF")
     store, _db, sid, other = session_db
-    titles = rich.write_pdf(build_report(store, sid, compare_id=other), store.series_data(sid), tmp_path / "x.pdf")
+    titles = rich.write_pdf(build_report(store, sid, compare_id=other, grid_g_per_kwh=400.0), store.series_data(sid),
+                            tmp_path / "x.pdf")
     assert rich.pdf_page_count(full) == len(titles) == rich.pdf_page_count((tmp_path / "x.pdf").read_bytes())
     assert [t for t in titles if not t.endswith("(continued)")] == SECTIONS
     assert all(t.removesuffix(" (continued)") in SECTIONS for t in titles)
-    assert titles[:3] == SECTIONS[:3]  # summary, the time plots, steps + layers: one page each here
+    # the time plots, steps + layers: one page each here (the summary opens with the headline and
+    # may continue on a second page)
+    body = [t for t in titles if t != "Summary (continued)"]
+    assert body[:3] == SECTIONS[:3]
     # no recommendations, actions or comparison: four pages, each fits
     assert rich.write_pdf(build_report(store, other), store.series_data(other), tmp_path / "b.pdf") == \
         ["Summary", "Power and energy over time", "Energy per step and per layer", "Events and methods"]

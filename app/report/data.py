@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from wattlens.app.present import outcomes, read_recommendations
+from wattlens.app.report.headline import headline
 from wattlens.profiler.figures import fill_step_energy
 from wattlens.profiler.summary import summarize, target_energy_between, top_layers
 
@@ -47,6 +48,7 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
     }
     recs, _bad = read_recommendations(report["recommendations"])
     report["applied"] = [o.to_dict() for o in outcomes(recs, store.actions(source_session_id=session_id), session_id)]
+    report["headline"] = headline(report)
     if compare_id is not None:
         other = build_report(store, compare_id, grid_g_per_kwh=grid_g_per_kwh)
         report["comparison"] = compare_summaries(summary, other["summary"], other["session"])

@@ -99,6 +99,8 @@ def render_markdown(report: dict) -> str:
     if s.get("target_pid"):
         cmd = " ".join(s.get("target_cmdline") or [])
         lines.append(f"- Target: PID {s['target_pid']}: {md_text(cmd[:200])}")
+    if report.get("headline"):
+        lines += ["", "## Headline", ""] + [f"- **{md_text(h['label'])}**: {md_text(h['text'])}" for h in report["headline"]]
     lines += ["", "## Energy by source", "", "| Source | Method | Energy | Mean power | Target's share | Note |",
               "|---|---|---|---|---|---|"]
     for src in summ["sources"]:

@@ -129,6 +129,8 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
         out.append('<p class="note"><span class="est">estimated</span> Some figures come from a CPU power model '
                    "(TDP × load), not a meter: each one is marked like this.</p>")
 
+    out.append('<section id="headline"><h2>Headline</h2>'
+               + _kv_html([(h["label"], h["text"]) for h in report.get("headline") or []]) + "</section>")
     out.append('<section id="summary"><h2>Summary</h2><div class="cards">')
     for label, fig, how in headline(report):
         out.append(f'<div class="card"><div class="label">{_e(label)}</div><div class="value">{_cell_html(fig)}</div>'

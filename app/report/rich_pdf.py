@@ -244,6 +244,9 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
         if flags["total"]:
             doc.para("Figures marked (estimated) come from a CPU power model (TDP × load), not a meter.",
                      color="#8a4b00")
+        if report.get("headline"):
+            doc.heading("Headline")
+            doc.kv([(h["label"], h["text"]) for h in report["headline"]], size=7.5)
         doc.heading("Summary")
         doc.table(Table(["Figure", "Value", "How"], [[lbl, fig, how] for lbl, fig, how in headline(report)],
                         [0.3, 0.22, 0.48], {1}), size=8.5)
