@@ -250,3 +250,31 @@ def test_pdf_of_an_empty_session_is_still_readable(tmp_path):
     assert data.startswith(b"%PDF-") and len(pages) == rich.pdf_page_count(data) == 4
     html = rich.render_html(_minimal_report(), {})
     assert "no samples were recorded" in html and "n/a" in html
+
+
+def test_compare_normalises_and_warns_when_the_runs_differ():
+    from wattlens.app.report.data import compare_summaries
+
+    a = {"duration_s": 60.0, "energy_j": 600.0, "steps": {"count": 10, "samples": 160, "energy_per_sample_j": 3.0}}
+    b = {"duration_s": 30.0, "energy_j": 600.0, "steps": {"count": 10, "samples": 40, "energy_per_sample_j": 12.0}}
+    sa = {"target_cmdline": ["python", "train.py", "--batch", "16"]}
+    sb = {"id": 2, "name": "b", "target_cmdline": ["python", "train.py", "--batch", "4"]}
+    c = compare_summaries(a, b, sb, this_session=sa)
+    assert c["basis"] == "energy per sample"
+    assert c["mean_power_w"]["this"] == 10.0 and c["mean_power_w"]["other"] == 20.0  # per second, not totals
+    assert c["energy_per_sample_j"]["delta_pct"] == -75.0
+    warnings = " | ".join(c["warnings"])
+    assert "command lines differ" in warnings and "batch sizes differ: 16 vs 4" in warnings
+    assert "durations differ (60 s vs 30 s)" in warnings
+    same = compare_summaries({"duration_s": 30.0, "energy_j": 1.0}, {"duration_s": 29.0, "energy_j": 2.0},
+                             {"id": 3, "name": "c"}, this_session={})
+    assert same["warnings"] == [] and same["basis"].startswith("energy per second")
+    text = fmt_md({"comparison": c})
+    assert "Energy per second (mean power), all sources" in text and "Warning:** the durations differ" in text
+    assert "| energy_j |" not in text  # labels with units, not raw keys
+
+
+def fmt_md(report):
+    from wattlens.app.report.formats import _markdown_comparison
+
+    return "\n".join(_markdown_comparison(report))

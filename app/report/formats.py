@@ -128,21 +128,29 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| `{lr['path']}` | {lr['granularity']} | {lr['method']} | {fmt(lr['time_s'], 's')} | "
                          f"{share} | {fmt(lr['energy_j'], 'J')} |")
     lines += _markdown_advice(report)
-    cmp_ = report.get("comparison")
-    if cmp_:
-        lines += ["", f"## Compared with session {cmp_['other_session']['id']} ({md_text(cmp_['other_session']['name'])})",
-                  "", "| Figure | This | Other | Δ | Δ % |", "|---|---|---|---|---|"]
-        for key, d in cmp_.items():
-            if key == "other_session":
-                continue
-            pct = f"{d['delta_pct']:+.1f} %" if d["delta_pct"] is not None else "n/a"
-            lines.append(f"| {key} | {fmt(d['this'])} | {fmt(d['other'])} | {fmt(d['delta'])} | {pct} |")
+    lines += _markdown_comparison(report)
     if summ.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {md_text(n)}" for n in summ["notes"]]
     lines += ["", "Methods: *counter* = hardware energy counter; *polled* = power readings integrated "
                   "(trapezoid); *estimated* = CPU power model (TDP × load), not a measurement; "
                   "*attributed* = the target's share (CPU time share, GPU SM share of dynamic power).", ""]
     return "\n".join(lines)
+
+
+def _markdown_comparison(report: dict) -> list[str]:
+    """The comparison with labels and units (rich_view's table), its warnings and normalised basis."""
+    from wattlens.app.report.rich_view import Fig, comparison_table, comparison_warnings
+
+    cmp_ = comparison_table(report)
+    if not cmp_:
+        return []
+    _title, table = cmp_
+    other, basis = report["comparison"]["other_session"], report["comparison"].get("basis")
+    lines = ["", f"## Compared with session {other['id']} ({md_text(other['name'])})", "",
+             f"Read {md_text(basis or 'the normalised figures')} first.", ""] + [f"> **Warning:** {md_text(w)}" for w in comparison_warnings(report)]
+    lines += ["", "| " + " | ".join(md_text(h) for h in table.headers) + " |", "|" + "---|" * len(table.headers)]
+    lines += ["| " + " | ".join(md_text(c.text + (" (estimated)" if c.estimated else "") if isinstance(c, Fig) else c) for c in row) + " |" for row in table.rows]
+    return lines
 
 
 def _markdown_advice(report: dict) -> list[str]:

@@ -25,6 +25,7 @@ from wattlens.app.report.rich_view import (
     action_views,
     applied_table,
     comparison_table,
+    comparison_warnings,
     costliest_layers,
     estimate_flags,
     events_table,
@@ -220,7 +221,8 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
     cmp_ = comparison_table(report)
     if cmp_:
         ctitle, ctable = cmp_
-        out.append(f'<section id="comparison"><h2>{_e(ctitle)}</h2>{_table_html(ctable)}'
+        warn = "".join(f'<p class="note"><strong>Warning:</strong> {_e(w)}</p>' for w in comparison_warnings(report))
+        out.append(f'<section id="comparison"><h2>{_e(ctitle)}</h2>{warn}{_table_html(ctable)}'
                    f'<p class="note">{_e(CMP_NOTE)}</p></section>')
 
     out.append('<section id="events"><h2>Events and notes</h2>')

@@ -26,6 +26,7 @@ from wattlens.app.report.rich_view import (
     action_views,
     applied_table,
     comparison_table,
+    comparison_warnings,
     costliest_layers,
     estimate_flags,
     events_table,
@@ -325,6 +326,8 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
         cmp_ = comparison_table(report)
         if cmp_:
             doc.heading(cmp_[0], size=11)
+            for w in comparison_warnings(report):
+                doc.para(f"Warning: {w}", size=8, color="#8a4b00")
             doc.table(cmp_[1], size=8)
             doc.para(CMP_NOTE, size=8, color="#5b6670")
         notes = summ.get("notes") or []

@@ -469,6 +469,7 @@ def action_views(report: dict) -> list[ActionView]:
 
 _CMP_LABELS = {
     "duration_s": ("Duration", "s"), "energy_j": ("Energy, all sources", "J"),
+    "mean_power_w": ("Energy per second (mean power), all sources", "W"),
     "target_energy_j": ("Target energy", "J"), "target_mean_power_w": ("Target mean power", "W"),
     "energy_per_step_j": ("Energy per step", "J"), "energy_per_sample_j": ("Energy per sample", "J"),
     "energy_per_token_j": ("Energy per token", "J"),
@@ -490,9 +491,14 @@ def comparison_table(report: dict) -> tuple[str, Table] | None:
         est = unit in ("J", "W") and (flags["total"] if key == "energy_j" else flags["derived"])
         rows.append([label, Fig(fmt(d.get("this"), unit), est), fmt(d.get("other"), unit),
                      Fig(fmt(d.get("delta"), unit), est), _signed_pct(d.get("delta_pct"))])
-    title = f"Compared with session #{other.get('id', 'n/a')} ({other.get('name') or 'unnamed'})"
+    title = (f"Compared with session #{other.get('id', 'n/a')} ({other.get('name') or 'unnamed'}); "
+             f"read {cmp_.get('basis') or 'the normalised figures'} first")
     return title, Table(["Figure", "This session", f"Session #{other.get('id', 'n/a')}", "Δ (this − other)", "Δ %"],
                         rows, [0.28, 0.18, 0.18, 0.2, 0.16], {1, 2, 3, 4})
+
+
+def comparison_warnings(report: dict) -> list[str]:
+    return list((report.get("comparison") or {}).get("warnings") or [])
 
 
 def events_table(report: dict) -> Table:
