@@ -390,9 +390,16 @@ def cmd_show(args) -> int:
     s = report["session"]
     summary = report["summary"]
     summary["status"] = s["status"]
+    for h in report.get("headline") or []:
+        print(f"  {h['label']}: {h['text']}")
     print_summary(summary)
     if s.get("end_reason"):
         print(f"  ended: {s['end_reason']}")
+    for o in report.get("applied") or []:  # recommended → applied → measured, predicted beside measured
+        print(f"  {o['chain']}")
+        print(f"    predicted: {o['predicted']}")
+        print(f"    measured:  {o['measured']}" + (f" — {o['flag_text']}" if o["flag_text"] else ""))
+        print(f"    fidelity:  {o['fidelity']}")
     return EXIT_OK
 
 

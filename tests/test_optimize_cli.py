@@ -95,6 +95,10 @@ def test_applied_from_a_session_shows_predicted_and_measured_in_its_reports(mode
         assert "recommended → applied → measured" in text
         assert predicted.split(",")[0] in text and measured in text
     assert "not applied" not in out["md"]
+    shown = run_cli("show", str(sid), "--db", str(db))
+    assert shown.returncode == 0, shown.stderr
+    assert "recommended: Quantize the Linear layers" in shown.stdout and f"predicted: {applied['predicted']}" in shown.stdout
+    assert f"measured:  {applied['measured']}" in shown.stdout
     best = next(h for h in json.loads(out["json"])["headline"] if h["label"] == "Largest measured saving")
     assert best["text"].startswith(f"quantize-int8: {applied['measured']}") and "risk to quality: low" in best["text"]
     # the optimize session's report leads with its A/B result, not the optimizer's own energy

@@ -365,3 +365,23 @@ def test_batch_size_rule_blames_contention_not_small_batches(tmp_path):
     if f.target_core_fraction < batch_size.CPU_CORE_FRACTION_LOW and f.cpu.logical_cores >= 2:
         (rec,) = batch_size.evaluate(quiet)
         assert "leave the other cores idle" in rec.rationale and not rec.notes
+
+
+def test_quantize_card_names_each_share_once(recorded):
+    """Issue 11: one card said "Linear 77 %" and then "74 %". Each share has one label and one value."""
+    from wattlens.advisor.rules._common import pct
+
+    store, ids = recorded
+    f, recs, _silent = _by_rule(store, ids["mlp"])
+    rec = recs.get("quantize-int8")
+    if rec is None:
+        pytest.skip("this CPU has no int8 kernels worth having: the rule is silent")
+    assert f"spends {pct(f.linear_share_of_model)} of its time in Linear" in rec.rationale
+    by_what = {e.what: e.value for e in rec.evidence}
+    assert by_what["Linear/Conv1D share of the model's time"] == pytest.approx(f.linear_share_of_model, abs=1e-5)
+    if f.linear_share is not None and pct(f.linear_share) != pct(f.linear_share_of_model):
+        assert by_what["Linear/Conv1D share of all sampled time"] == pytest.approx(f.linear_share, abs=1e-5)
+        assert f"({pct(f.linear_share)} of all sampled time" in rec.rationale
+    if rec.predicted_saving.method.startswith("rule of thumb"):
+        assert f"share of all sampled time ({pct(f.linear_share or f.linear_share_of_model)})" in \
+            rec.predicted_saving.method
