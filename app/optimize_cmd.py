@@ -176,9 +176,9 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
 
         fid = v.fidelity
         print(f"actions: {args.action}  →  {result.out_dir or 'nothing written'}")
-        print(f"  measured saving:  {action_result['measured_text']}")
-        print(f"  predicted saving: {predicted.text}")
-        print(f"  latency:          {present.saving_text(v.latency_saving_fraction, 'time per sample')}")
+        print(f"  measured:  {action_result['measured_text']}")
+        print(f"  predicted: {predicted.text if predicted.is_measure_first else present.predicted_text(predicted)}")
+        print(f"  latency:   {present.saving_text(v.latency_saving_fraction, 'time per sample')}")
         if fid:
             print(f"  fidelity: {fid.quality_metric} loss {fid.quality_loss:.4g}"
                   + (f", top-1 agreement {fid.top1_agreement:.3f}" if fid.top1_agreement is not None else "")
