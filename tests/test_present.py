@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from wattlens.advisor.recommend import Evidence, PredictedSaving, Recommendation, Risk, rule_of_thumb
+from wattlens.advisor.recommend import (
+    Evidence,
+    PredictedSaving,
+    Recommendation,
+    Risk,
+    rule_of_thumb,
+)
 from wattlens.app import present
 from wattlens.app.gui.models.advisor_model import AdvisorModel
 
