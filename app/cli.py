@@ -390,9 +390,9 @@ def cmd_show(args) -> int:
     s = report["session"]
     summary = report["summary"]
     summary["status"] = s["status"]
+    print_summary(summary)
     for h in report.get("headline") or []:
         print(f"  {h['label']}: {h['text']}")
-    print_summary(summary)
     if s.get("end_reason"):
         print(f"  ended: {s['end_reason']}")
     for o in report.get("applied") or []:  # recommended → applied → measured, predicted beside measured

@@ -156,7 +156,7 @@ def fidelity_text(fid: Mapping | None) -> str:
     if fid.get("kl_base_candidate") is not None:
         parts.append(f"KL {fid['kl_base_candidate']:.3g} nats")
     if fid.get("quality_loss") is not None:
-        parts.append(f"{fid.get('quality_metric') or 'quality'} loss {fid['quality_loss']:.4g}")
+        parts.append(f"quality loss ({fid.get('quality_metric') or 'n/a'}) {fid['quality_loss']:.4g}")
     return ", ".join(parts) or "n/a (not measured)"
 
 

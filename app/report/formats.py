@@ -147,7 +147,7 @@ def _markdown_comparison(report: dict) -> list[str]:
     _title, table = cmp_
     other, basis = report["comparison"]["other_session"], report["comparison"].get("basis")
     lines = ["", f"## Compared with session {other['id']} ({md_text(other['name'])})", "",
-             f"Read {md_text(basis or 'the normalised figures')} first.", ""] + [f"> **Warning:** {md_text(w)}" for w in comparison_warnings(report)]
+             f"Normalised figure to read first: {md_text(basis or 'n/a')}.", ""] + [f"- **Warning:** {md_text(w)}" for w in comparison_warnings(report)]
     lines += ["", "| " + " | ".join(md_text(h) for h in table.headers) + " |", "|" + "---|" * len(table.headers)]
     lines += ["| " + " | ".join(md_text(c.text + (" (estimated)" if c.estimated else "") if isinstance(c, Fig) else c) for c in row) + " |" for row in table.rows]
     return lines

@@ -492,7 +492,7 @@ def comparison_table(report: dict) -> tuple[str, Table] | None:
         rows.append([label, Fig(fmt(d.get("this"), unit), est), fmt(d.get("other"), unit),
                      Fig(fmt(d.get("delta"), unit), est), _signed_pct(d.get("delta_pct"))])
     title = (f"Compared with session #{other.get('id', 'n/a')} ({other.get('name') or 'unnamed'}); "
-             f"read {cmp_.get('basis') or 'the normalised figures'} first")
+             f"normalised figure to read first: {cmp_.get('basis') or 'n/a'}")
     return title, Table(["Figure", "This session", f"Session #{other.get('id', 'n/a')}", "Δ (this − other)", "Δ %"],
                         rows, [0.28, 0.18, 0.18, 0.2, 0.16], {1, 2, 3, 4})
 

@@ -184,7 +184,7 @@ class Comparison:
         """The heading, the normalised figure to read first, and a line per warning."""
         head = (f"Session {self.a.id} ({self.a.session['name']}) compared with "
                 f"session {self.b.id} ({self.b.session['name']}); Δ = {self.a.id} − {self.b.id}; "
-                f"read {self.deltas.get('basis') or 'the normalised figures'} first")
+                f"normalised figure to read first: {self.deltas.get('basis') or 'n/a'}")
         return "\n".join([head] + [f"Warning: {w}" for w in self.warnings])
 
 
