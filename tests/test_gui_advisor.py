@@ -150,7 +150,7 @@ def test_apply_to_a_model_copy_shows_measured_and_predicted(make_window, qtbot, 
     card = next(c for c in panel.cards if c.rec.rule == "prune-mlp")
     o = card.rec.outcome
     assert o.predicted.startswith(predicted) and "energy per sample" in o.measured
-    assert o.optimize_session_id == st.session_id and card.outcome.isVisible()
+    assert o.optimize_session_id == st.session_id and not card.outcome.isHidden()
     assert f"predicted: {o.predicted}" in card.outcome.text() and f"measured: {o.measured}" in card.outcome.text()
     assert ("FLAGGED" in o.flag_text) == o.flagged and "top-1 agreement" in o.fidelity
     # ... and every report of the session it came from shows the same pair
