@@ -145,6 +145,14 @@ class SessionFeatures:
         return dataclasses.asdict(self)
 
     @property
+    def others_core_fraction(self) -> float | None:
+        """Share of all cores kept busy by *other* processes: machine busy − target busy (≥ 0);
+        None when either was not measured. High means contention, not idle cores."""
+        if self.cpu_util_mean_pct is None or self.target_core_fraction is None:
+            return None
+        return max(0.0, self.cpu_util_mean_pct / 100.0 - self.target_core_fraction)
+
+    @property
     def cpu_inference(self) -> bool | None:
         """True when the evidence says the model runs on the CPU; None when it cannot tell."""
         if self.device is not None:

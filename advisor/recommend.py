@@ -36,6 +36,10 @@ class Evidence:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Evidence:
+        return cls(str(d.get("what") or ""), d.get("value"), str(d.get("unit") or ""), str(d.get("source") or ""))
+
 
 @dataclass(frozen=True)
 class PredictedSaving:
@@ -71,8 +75,19 @@ class PredictedSaving:
             return MEASURE_FIRST
         return f"{_pct(self.fraction)} (interval {_pct(self.low)} … {_pct(self.high)})"
 
+    @property
+    def includes_zero(self) -> bool:
+        """True when the interval reaches from a saving to a cost (or touches "no change"): the
+        prediction cannot tell whether applying it helps — "not worth it yet"."""
+        return self.fraction is not None and self.low <= 0.0 <= self.high
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PredictedSaving:
+        return cls(d.get("fraction"), d.get("low"), d.get("high"), str(d.get("method") or MEASURE_FIRST),
+                   str(d.get("text") or ""), str(d.get("basis") or "energy per sample"), d.get("measure_command"))
 
 
 def measure_first(text: str, command: str | None, basis: str = "energy per sample") -> PredictedSaving:
@@ -96,6 +111,10 @@ class Risk:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Risk:
+        return cls(d.get("level"), str(d.get("text") or ""))
 
 
 @dataclass(frozen=True)
@@ -138,6 +157,22 @@ class Recommendation:
             "command": self.command,
             "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recommendation:
+        """The inverse of :meth:`to_dict` (what the store keeps): the same checks apply, so a stored
+        document that is not a recommendation raises ValueError instead of rendering half."""
+        return cls(
+            rule=str(d["rule"]), title=str(d["title"]), rationale=str(d.get("rationale") or ""),
+            evidence=tuple(Evidence.from_dict(e) for e in d.get("evidence") or ()),
+            predicted_saving=PredictedSaving.from_dict(d.get("predicted_saving") or {}),
+            confidence=d.get("confidence"), risk=Risk.from_dict(d.get("risk") or {}),
+            action=d.get("action"), command=d.get("command"), notes=tuple(d.get("notes") or ()))
+
+
+def load_recommendations(docs: list[dict[str, Any]]) -> list[Recommendation]:
+    """Stored documents (``Store.recommendations``) read back as :class:`Recommendation` objects."""
+    return [Recommendation.from_dict(d) for d in docs]
 
 
 def optimize_command(action: str, model: str = MODEL_PLACEHOLDER) -> str:

@@ -46,48 +46,51 @@ def advise_command(args) -> int:
     return EXIT_OK
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{x * 100:.1f} %"
-
-
 def print_advice(doc: dict, out=None) -> None:
+    from wattlens.app import present
+
     out = out or sys.stdout
-    recs = doc["recommendations"]
+    recs, bad = present.read_recommendations(doc["recommendations"])
+    advice, held = present.split_advice(recs)
     w = lambda text="": print(text, file=out)  # noqa: E731
     w(f"session {doc['session_id']} — {doc.get('session_name')}: "
-      f"{len(recs)} recommendation{'s' if len(recs) != 1 else ''}")
-    for i, r in enumerate(recs, 1):
-        ps = r["predicted_saving"]
+      f"{len(advice)} recommendation{'s' if len(advice) != 1 else ''}"
+      + (f", {len(held)} {present.NOT_WORTH_IT}" if held else ""))
+    for line in bad:
+        w(f"   {line}")
+    for i, r in enumerate(advice, 1):
+        ps = r.predicted_saving
         w()
-        w(f"{i}. {r['title']}")
-        w(f"   why: {r['rationale']}")
-        if ps["fraction"] is None:
-            w(f"   predicted saving: measure first — {ps['text']}")
-            if ps.get("measure_command"):
-                w(f"   measure: {ps['measure_command']}")
+        w(f"{i}. {r.title}")
+        w(f"   why: {r.rationale}")
+        if ps.is_measure_first:
+            w(f"   predicted saving: measure first — {ps.text}")
+            if ps.measure_command:
+                w(f"   measure: {ps.measure_command}")
         else:
-            w(f"   predicted saving ({ps['basis']}): {_pct(ps['fraction'])} "
-              f"(interval {_pct(ps['low'])} … {_pct(ps['high'])}) — {ps['method']}")
-        w(f"   confidence: {r['confidence']}   risk to quality: {r['risk']['level']} — {r['risk']['text']}")
-        for e in r["evidence"]:
-            value = e["value"]
-            if isinstance(value, float):
-                value = f"{value:.4g}"
-            w(f"   evidence: {e['what']} = {value} {e['unit']}  [{e['source']}]".rstrip())
-        for n in r.get("notes") or []:
+            w(f"   predicted: {present.predicted_text(ps)}")
+        w(f"   confidence: {r.confidence}   risk to quality: {present.risk_text(r.risk)}")
+        for e in r.evidence:
+            w(f"   evidence: {present.evidence_text(e)}")
+        for n in r.notes:
             w(f"   note: {n}")
-        if r.get("action"):
-            w(f"   apply: {r['command']}")
-        elif r.get("command") and r["command"] != ps.get("measure_command"):
-            w(f"   do: {r['command']}")
+        if r.action:
+            w(f"   apply: {r.command} --from-session {doc['session_id']}")
+        elif r.command and r.command != ps.measure_command:
+            w(f"   do: {r.command}")
         else:
             w("   apply: advice only (no automatic action)")
+    if held:
+        w()
+        w(f"{present.NOT_WORTH_IT} (the prediction cannot tell a saving from a cost):")
+        for r, reason in held:
+            w(f"   {r.title}: {reason}")
     if doc["silent_rules"]:
         w()
         w("rules with nothing to say (their evidence is absent or below threshold):")
         for s in doc["silent_rules"]:
             w(f"   {s['rule']}: needs {s['needs']}")
-    if recs:
+    if advice:
         w()
         w("MODEL = your model folder (a saved Hugging Face model or torch module). Predictions are not "
           "promises: `wattlens optimize` measures the real effect A/B.")

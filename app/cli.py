@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--heal-text", metavar="FILE", help="text to heal on (its last fifth is held out for the before/after KL)")
     op.add_argument("--trust-pickle", action="store_true",
                     help="allow MODEL to be a pickled module file (.pt/.pkl); unpickling runs code from the file")
+    op.add_argument("--from-session", type=ID, metavar="ID", dest="from_session",
+                    help="the session whose recommendation this applies: its reports show predicted vs measured")
     _add_db(op)
     _add_json(op)
 
@@ -440,6 +442,8 @@ def cmd_show(args) -> int:
     summary = report["summary"]
     summary["status"] = s["status"]
     print_summary(summary)
+    for h in report.get("headline") or []:
+        print(f"  {h['label']}: {h['text']}")
     if s.get("end_reason"):
         print(f"  ended: {s['end_reason']}")
     from wattlens.app.report.ranks import HEADER, job_lines, rank_rows
@@ -452,6 +456,11 @@ def cmd_show(args) -> int:
             print("    " + "  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
         for line in job_lines(report.get("ranks")):
             print(f"  {line}")
+    for o in report.get("applied") or []:  # recommended → applied → measured, predicted beside measured
+        print(f"  {o['chain']}")
+        print(f"    predicted: {o['predicted']}")
+        print(f"    measured:  {o['measured']}" + (f" — {o['flag_text']}" if o["flag_text"] else ""))
+        print(f"    fidelity:  {o['fidelity']}")
     return EXIT_OK
 
 

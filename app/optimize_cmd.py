@@ -15,15 +15,20 @@ from pathlib import Path
 from wattlens.profiler.errors import BadInputError
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:+.1f} %"
-
-
 def measured_text(v) -> str:
-    if v.saving_fraction is None:
-        return f"n/a ({v.saving_reason})"
-    lo_hi = f" [{v.saving_interval[0] * 100:+.1f}, {v.saving_interval[1] * 100:+.1f}] 95 % CI" if v.saving_interval else ""
-    return f"{_pct(v.saving_fraction)}{lo_hi} energy per sample ({v.baseline.energy_method})"
+    from wattlens.app.present import measured_text as words
+
+    return words(v.saving_fraction, v.saving_interval, v.baseline.energy_method, v.saving_reason)
+
+
+def _source_recommendation(store, session_id: int | None, action: str) -> tuple[int | None, dict | None]:
+    """(index, stored recommendation) of ``session_id``'s advice whose action is ``action``; raises
+    BadInputError when that session does not exist (checked before anything is recorded)."""
+    if session_id is None:
+        return None, None
+    store.session(session_id)  # raises the store's one-line "no session" error
+    docs = store.recommendations(session_id)
+    return next(((i, d) for i, d in enumerate(docs) if d.get("action") == action), (None, None))
 
 
 def _parse_sizes(text: str | None) -> list[int] | None:
@@ -77,7 +82,11 @@ def optimize_command(args) -> int:
         raise BadInputError(f"no such file or folder: {args.model}",
                             hint="give a Hugging Face model folder (config.json + weights) or a saved torch module")
     _check_arguments(args)  # before a session is recorded: bad input records no "failed" session
+    if getattr(args, "from_session", None) is not None and not args.action:
+        raise BadInputError("--from-session links an applied --action to its recommendation",
+                            hint="give --action ACTION --out DIR too")
     store = Store(args.db)
+    args.source_rec = _source_recommendation(store, getattr(args, "from_session", None), args.action)
 
     def say(text: str) -> None:
         print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -134,19 +143,27 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
     v = result.verification
     params = v.baseline.model_params
     pred = predict_action_saving(history, args.action, params=params)
-    v = v.with_prediction(pred.saving_fraction if pred.ok else None,
-                          (pred.low, pred.high) if pred.ok else None, pred.to_predicted_saving().method)
     predicted = pred.to_predicted_saving()
+    rec_index, rec_doc = getattr(args, "source_rec", (None, None))
+    if rec_doc is not None and (rec_doc.get("predicted_saving") or {}).get("fraction") is not None:
+        # applied from a recommendation: its card's prediction is the one to hold the result against
+        from wattlens.advisor.recommend import PredictedSaving
+
+        predicted = PredictedSaving.from_dict(rec_doc["predicted_saving"])
+    v = v.with_prediction(predicted.fraction, None if predicted.fraction is None else (predicted.low, predicted.high),
+                          predicted.method)
     action_result = {
         "verification": v.to_dict(), "side_by_side": v.side_by_side(),
         "measured_text": measured_text(v), "predicted_text": predicted.text,
         "fidelity": v.fidelity.to_dict() if v.fidelity else None, "sizes": result.sizes,
         "out_dir": result.out_dir, "quality_ok": result.quality_ok, "healing": result.healing,
+        "predicted": predicted.to_dict(), "regression_predicted": pred.to_predicted_saving().to_dict(),
     }
+    link = {"recommendation_index": rec_index, "recommendation": rec_doc} if rec_doc is not None else {}
     action_id = store.add_action(session_id=session.session_id, kind=args.action, status=status,
                                  params={"model": str(Path(args.model).resolve()), "actions": args.action,
-                                         "out": args.out, "max_quality_loss": args.max_quality_loss},
-                                 result=action_result)
+                                         "out": args.out, "max_quality_loss": args.max_quality_loss, **link},
+                                 result=action_result, source_session_id=getattr(args, "from_session", None))
     if v.saving_fraction is not None:
         store.add_measurements([{
             "session_id": session.session_id, "kind": "ab", "model_key": _model_key(args.model, params),
@@ -159,11 +176,13 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
                 "predicted": predicted.to_dict() if hasattr(predicted, "to_dict") else str(predicted),
                 "measured_text": action_result["measured_text"], "predicted_text": predicted.text})
     if not args.json:
+        from wattlens.app import present
+
         fid = v.fidelity
         print(f"actions: {args.action}  →  {result.out_dir or 'nothing written'}")
-        print(f"  measured saving:  {action_result['measured_text']}")
-        print(f"  predicted saving: {predicted.text}")
-        print(f"  latency saving:   {_pct(v.latency_saving_fraction)} per sample")
+        print(f"  measured:  {action_result['measured_text']}")
+        print(f"  predicted: {predicted.text if predicted.is_measure_first else present.predicted_text(predicted)}")
+        print(f"  latency:   {present.saving_text(v.latency_saving_fraction, 'time per sample')}")
         if fid:
             print(f"  fidelity: {fid.quality_metric} loss {fid.quality_loss:.4g}"
                   + (f", top-1 agreement {fid.top1_agreement:.3f}" if fid.top1_agreement is not None else "")

@@ -82,7 +82,8 @@ def test_analyse_lists_recommendations_and_stores_them(make_window, qtbot, advis
     assert "prune-mlp" in by_rule, list(by_rule)
     card = by_rule["prune-mlp"]
     assert card.title.text() and card.rationale.text()
-    assert card.saving.text().startswith("predicted saving: ") and "interval" in card.saving.text()
+    assert card.saving.text().startswith("predicted: −") and "interval" in card.saving.text()
+    assert "energy per sample (saving)" in card.saving.text()  # the direction in words, not "+13 %"
     assert card.method.text().startswith("method: rule of thumb")
     assert card.levels.text().startswith("confidence: low")
     assert "GPT2MLP" in card.evidence.text()
@@ -140,6 +141,30 @@ def test_apply_to_a_model_copy_shows_measured_and_predicted(make_window, qtbot, 
     assert card.predicted.text() == st.predicted_text and st.predicted_text
     assert (tmp_path / "tiny-gpt2-pruned").exists()
     assert (model_dir / "config.json").exists()  # the original is untouched
+
+    # recommended → applied → measured: the card's own prediction, not "0 earlier A/B results"
+    predicted = card.rec.saving_text.removeprefix("predicted: ")
+    assert predicted in st.predicted_text or st.predicted_text == card.rec.saving_detail
+    qtbot.waitUntil(lambda: next(c for c in panel.cards if c.rec.rule == "prune-mlp").rec.outcome is not None,
+                    timeout=20000)
+    card = next(c for c in panel.cards if c.rec.rule == "prune-mlp")
+    o = card.rec.outcome
+    assert o.predicted.startswith(predicted) and "energy per sample" in o.measured
+    assert o.optimize_session_id == st.session_id and not card.outcome.isHidden()
+    assert f"predicted: {o.predicted}" in card.outcome.text() and f"measured: {o.measured}" in card.outcome.text()
+    assert ("FLAGGED" in o.flag_text) == o.flagged and "top-1 agreement" in o.fidelity
+    # ... and every report of the session it came from shows the same pair
+    from wattlens.app.report.data import build_report
+    from wattlens.app.report.formats import render_markdown
+    from wattlens.app.report.rich import render_html
+
+    report = build_report(w.store, 2)
+    (applied,) = report["applied"]
+    assert (applied["predicted"], applied["measured"]) == (o.predicted, o.measured)
+    html_text = render_html(report, w.store.series_data(2))
+    assert "recommended → applied → measured" in html_text
+    for text in (render_markdown(report), html_text):
+        assert o.measured.split(" (")[0] in text and predicted.split(",")[0] in text
 
     w.resize(1100, 1500)
     qtbot.wait(50)

@@ -19,6 +19,18 @@ def model_dir(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A folder plain transformers quantizes through torchao (GPT-2's Conv1D it leaves in float)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("model") / "llama"
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=4, vocab_size=256,
+                                 max_position_embeddings=64, bos_token_id=0, eos_token_id=0)).save_pretrained(d)
+    return d
+
+
 def _hashes(d):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
 
@@ -43,7 +55,80 @@ def test_an_action_is_verified_stored_and_leaves_the_input_alone(model_dir, tmp_
     assert store.session(doc["session_id"])["status"] == "completed"
     md = tmp_path / "r.md"
     assert run_cli("report", str(doc["session_id"]), "--format", "md", "-o", str(md), "--db", str(db)).returncode == 0
-    assert "bf16 — verified" in md.read_text()
+    assert "bf16 (#1) — verified" in md.read_text()
+
+
+def test_applied_from_a_session_shows_predicted_and_measured_in_its_reports(llama_dir, tmp_path):
+    """Done-when of issue 11: apply from a stored session; its JSON, HTML and Markdown reports show
+    recommended → applied → measured with the card's prediction beside the A/B result."""
+    import os
+
+    from wattlens.advisor.recommend import Evidence, Recommendation, Risk, rule_of_thumb
+
+    db = tmp_path / "w.db"
+    r = run_cli("attach", str(os.getpid()), "--duration", "1", "--no-stacks", "--db", str(db), "--json")
+    assert r.returncode == 0, r.stderr
+    sid = json.loads(r.stdout)["session_id"]
+    rec = Recommendation(
+        rule="quantize-int8", title="Quantize the Linear layers to dynamic int8",
+        rationale="Linear layers take most of the time.",
+        evidence=(Evidence("Linear share of the model's time", 0.62, "fraction", "stack sampling"),),
+        predicted_saving=rule_of_thumb(0.18, 0.42, "published CPU int8 results", central=0.3),
+        confidence="medium", risk=Risk("low", "top-1 agreement is usually above 99 %"), action="quantize-int8")
+    store = Store(db)
+    store.add_recommendations(sid, [rec.to_dict()])
+    store.close()
+    predicted = "−30.0 % energy per sample (saving), interval −42.0 % … −18.0 %"
+
+    r = run_cli("optimize", str(llama_dir), "--action", "quantize-int8", "--out", str(tmp_path / "int8"),
+                "--rounds", "2", "--from-session", str(sid), "--db", str(db), "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["predicted_text"] == rec.predicted_saving.text  # the card's prediction, not "0 earlier A/B results"
+    store = Store(db)
+    (action,) = store.actions(source_session_id=sid)
+    assert action["session_id"] == doc["session_id"] and action["params"]["recommendation"]["rule"] == "quantize-int8"
+    store.close()
+
+    out = {}
+    for fmt_name in ("json", "html", "md"):
+        path = tmp_path / f"r.{fmt_name}"
+        rr = run_cli("report", str(sid), "--format", fmt_name, "-o", str(path), "--db", str(db))
+        assert rr.returncode == 0, rr.stderr
+        out[fmt_name] = path.read_text(encoding="utf-8")
+    (applied,) = json.loads(out["json"])["applied"]
+    assert applied["predicted"].startswith(predicted) and applied["optimize_session_id"] == doc["session_id"]
+    assert "energy per sample" in applied["measured"] and "top-1 agreement" in applied["fidelity"]
+    saving = action["result"]["verification"]["saving_fraction"]
+    assert applied["flagged"] == (not 0.18 <= saving <= 0.42)
+    assert applied["flag_text"].startswith("FLAGGED" if applied["flagged"] else "within the predicted interval")
+    measured = applied["measured"].split(",")[0]
+    for text in (out["html"], out["md"]):
+        assert "recommended → applied → measured" in text
+        assert predicted.split(",")[0] in text and measured in text
+    assert "not applied" not in out["md"]
+    shown = run_cli("show", str(sid), "--db", str(db))
+    assert shown.returncode == 0, shown.stderr
+    assert "recommended: Quantize the Linear layers" in shown.stdout and f"predicted: {applied['predicted']}" in shown.stdout
+    assert f"measured:  {applied['measured']}" in shown.stdout
+    best = next(h for h in json.loads(out["json"])["headline"] if h["label"] == "Largest measured saving")
+    assert best["text"].startswith(f"quantize-int8: {applied['measured']}") and "risk to quality: low" in best["text"]
+    # the optimize session's report leads with its A/B result, not the optimizer's own energy
+    for fmt_name in ("json", "md"):
+        assert run_cli("report", str(doc["session_id"]), "--format", fmt_name, "-o", str(tmp_path / f"o.{fmt_name}"),
+                       "--db", str(db)).returncode == 0
+    opt = json.loads((tmp_path / "o.json").read_text(encoding="utf-8"))
+    assert opt["headline"][0]["label"].startswith("A/B result — quantize-int8")
+    assert opt["headline"][1]["label"] == "This run's own energy"
+    opt_md = (tmp_path / "o.md").read_text(encoding="utf-8")
+    assert "verification.baseline" not in opt_md and "baseline.energy_per_sample_j" not in opt_md
+    assert "tensor elements" in opt_md and "scales" in opt_md
+
+
+def test_from_session_needs_a_stored_session(model_dir, tmp_path):
+    r = run_cli("optimize", str(model_dir), "--action", "bf16", "--out", str(tmp_path / "o"),
+                "--from-session", "99", "--db", str(tmp_path / "w.db"))
+    assert r.returncode == 2 and "no session 99" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_quality_limit_refuses_and_writes_nothing(model_dir, tmp_path):

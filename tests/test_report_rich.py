@@ -43,14 +43,18 @@ REC_MEASURE_FIRST = Recommendation(
     confidence="low", risk=Risk("medium", "a larger batch changes the optimisation"),
     command="wattlens optimize MODEL --batch-sizes 1,2,4",
 ).to_dict()
-REC_SPARSE = {"rule": "legacy", "title": "Try a larger batch size"}  # no saving, no risk: n/a
+REC_SPARSE = {"rule": "legacy", "title": "Try a larger batch size"}  # not a Recommendation: said so, not guessed
 ACTION_RESULT = {
     "predicted_text": "30 % (18 – 42 %)",
     "measured_text": "24 % ± 5 %",
-    "baseline": {"energy_per_sample_j": 0.5, "latency_s": 0.012},
-    "candidate": {"energy_per_sample_j": 0.38, "latency_s": 0.009},
-    "fidelity": {"top1_agreement": 0.995, "kl": 0.002},
-    "claim": {"claim": "Linear layers are int8", "holds": True},
+    "verification": {"saving_fraction": 0.24, "saving_interval": [0.19, 0.29], "latency_saving_fraction": 0.25,
+                     "baseline": {"energy_per_sample_j": 0.5, "energy_method": "counter", "device": "cpu",
+                                  "latency_per_sample_s": 0.012, "model_params": 1000},
+                     "candidate": {"energy_per_sample_j": 0.38, "energy_method": "counter", "device": "cpu",
+                                   "latency_per_sample_s": 0.009, "model_params": 1300},
+                     "n_rounds": 2, "batches_per_round": 3, "batch_size": 4, "inputs": "random tokens"},
+    "fidelity": {"top1_agreement": 0.995, "kl_base_candidate": 0.002},
+    "sizes": {"base_params": 1000, "candidate_params": 1300, "base_tensor_bytes": 4000, "candidate_tensor_bytes": 1500},
 }
 
 
@@ -99,7 +103,7 @@ def session_db(tmp_path_factory):
     _add_steps_and_layers(store, sid)
     store.add_recommendations(sid, [REC_FULL, REC_MEASURE_FIRST, REC_SPARSE])
     store.add_action(kind="quantize-int8", status="verified", params={"rule": "quantize-int8-cpu"},
-                     result=ACTION_RESULT, session_id=sid)
+                     result=ACTION_RESULT, session_id=sid, source_session_id=sid)
     yield store, db, sid, other
     store.close()
 
@@ -166,13 +170,20 @@ def test_html_marks_every_estimated_energy_figure(session_db, written):
 
 def test_html_sections_and_side_by_side_savings(written):
     text = written["html"].read_text(encoding="utf-8")
+    assert text.index('<section id="headline">') < text.index('<section id="summary">')  # the headline first
+    assert "This session cost" in text and "Largest measured saving" in text
+    assert "quantize-int8: −24.0 % energy per sample (saving)" in text  # with its risk
+    assert "risk to quality: low — top-1 agreement is usually above 99 %" in text
     for section in ("summary", "measured", "timeline", "steps", "layers", "recommendations", "actions",
                     "comparison", "events", "methods"):
         assert f'<section id="{section}">' in text
     assert "Compared with session #" in text
-    assert "30.0 % (18.0 – 42.0 %)" in text  # predicted, from fraction and interval
-    assert "24 % ± 5 %" in text  # measured, from the verified action
-    assert "fidelity.top1_agreement" in text and "Verification — quantize-int8" in text
+    assert "−30.0 % energy per sample (saving), interval −42.0 % … −18.0 %" in text  # predicted
+    assert "−24.0 % energy per sample (saving), 95 % CI −29.0 % … −19.0 % (counter)" in text  # measured
+    assert "within the predicted interval" in text and "recommended → applied → measured" in text
+    assert "top-1 agreement 99.5 %" in text and "Verification — quantize-int8" in text
+    assert "baseline.energy_per_sample_j" not in text  # the A/B result in words, not a dump of keys
+    assert "tensor elements 1,000 → 1,300" in text
     for axis in ("power (W)", "energy (J)", "utilisation (%)", "energy per step (J)", "self energy (J"):
         assert axis in text, axis
     assert "time since" in text and "(s)" in text
@@ -182,16 +193,18 @@ def test_missing_values_render_as_na_never_zero(session_db):
     store, _db, sid, _other = session_db
     report = build_report(store, sid)
     views = {v.title: v for v in rich.recommendation_views(report)}
-    sparse = views["Try a larger batch size"]
-    assert sparse.predicted == "n/a" and sparse.risk == "n/a" and sparse.measured.startswith("n/a")
+    sparse = views["(unreadable recommendation)"]
+    assert sparse.predicted == "n/a" and sparse.risk == "n/a" and "wattlens advise" in sparse.rationale
     full = views[REC_FULL["title"]]
-    assert full.predicted == "30.0 % (18.0 – 42.0 %)" and full.measured == "24 % ± 5 %"
+    assert full.predicted == "−30.0 % energy per sample (saving), interval −42.0 % … −18.0 %"
+    assert full.measured.startswith("−24.0 % energy per sample (saving)") and not full.flagged
     assert full.risk == "low — top-1 agreement is usually above 99 %"
     assert full.evidence[0] == ["Linear share of the model's time", "62.0 %", "stack sampling"]
     assert full.evidence[1][1] == rich.Fig("4.2 J", rich.estimate_flags(report)["derived"])
     assert ("Command", REC_FULL["command"]) in full.details
     first = views["Raise the batch size"]
-    assert first.predicted == "measure first — a short sweep measures it" and first.action == "n/a (advice only)"
+    assert first.predicted == "measure first: wattlens optimize MODEL --batch-sizes 1,2,4"
+    assert first.action == "n/a (advice only)"
     assert ("Measure with", "wattlens optimize MODEL --batch-sizes 1,2,4") in first.details
 
 
@@ -226,11 +239,15 @@ def test_pdf_has_one_section_per_page_and_continues_long_ones(session_db, writte
     assert full.startswith(b"%PDF-") and bare.startswith(b"%PDF-")
     assert full.rstrip().endswith(b"%%EOF")
     store, _db, sid, other = session_db
-    titles = rich.write_pdf(build_report(store, sid, compare_id=other), store.series_data(sid), tmp_path / "x.pdf")
+    titles = rich.write_pdf(build_report(store, sid, compare_id=other, grid_g_per_kwh=400.0), store.series_data(sid),
+                            tmp_path / "x.pdf")
     assert rich.pdf_page_count(full) == len(titles) == rich.pdf_page_count((tmp_path / "x.pdf").read_bytes())
     assert [t for t in titles if not t.endswith("(continued)")] == SECTIONS
     assert all(t.removesuffix(" (continued)") in SECTIONS for t in titles)
-    assert titles[:3] == SECTIONS[:3]  # summary, the time plots, steps + layers: one page each here
+    # the time plots, steps + layers: one page each here (the summary opens with the headline and
+    # may continue on a second page)
+    body = [t for t in titles if t != "Summary (continued)"]
+    assert body[:3] == SECTIONS[:3]
     # no recommendations, actions or comparison: four pages, each fits
     assert rich.write_pdf(build_report(store, other), store.series_data(other), tmp_path / "b.pdf") == \
         ["Summary", "Power and energy over time", "Energy per step and per layer", "Events and methods"]

@@ -145,18 +145,20 @@ def test_schema_rejects_broken_reports(schema, breakage):
 
 
 # ---- formatting ---------------------------------------------------------------------------------
-def test_saving_text_handles_every_shape():
-    assert rich.saving_text(None) == "n/a"
-    assert rich.saving_text("about a third") == "about a third"
-    assert rich.saving_text({"text": "about 30 %", "fraction": 0.3}) == "30.0 %"  # the figure, compactly
-    assert rich.saving_text({"fraction": None, "method": "measure first", "text": "sweep it"}) == \
-        "measure first — sweep it"
-    assert rich.saving_text({"fraction": None, "text": "about a third"}) == "about a third"
-    assert rich.saving_text({"fraction": 0.3, "low": 0.2, "high": 0.4}) == "30.0 % (20.0 – 40.0 %)"
-    assert rich.saving_text({"fraction": 0.25, "interval": [0.1, 0.3]}) == "25.0 % (10.0 – 30.0 %)"
-    assert rich.saving_text({"energy_j": 1.5}) == "energy_j: 1.5 J"
-    assert rich.saving_text({"fraction": None}) == "fraction: n/a"  # never 0
-    assert rich.saving_text({"fraction": 0.0, "low": -0.02, "high": 0.02}) == "0.0 % (-2.0 – 2.0 %)"
+def test_savings_say_which_way_energy_went():
+    from wattlens.advisor.recommend import PredictedSaving, rule_of_thumb
+    from wattlens.app import present
+
+    assert present.saving_text(0.548) == "−54.8 % energy per sample (saving)"
+    assert present.saving_text(-0.1) == "+10.0 % energy per sample (costs more)"
+    assert present.saving_text(None) == "n/a"  # never 0
+    assert present.interval_text(0.17, 0.45) == "−45.0 % … −17.0 %"
+    ps = rule_of_thumb(0.18, 0.42, "published results", central=0.3)
+    assert present.predicted_text(ps, with_method=False) == \
+        "−30.0 % energy per sample (saving), interval −42.0 % … −18.0 %"
+    assert present.not_worth_it_reason(ps) is None
+    maybe = PredictedSaving(0.0, -0.02, 0.02, "regression", "")
+    assert present.not_worth_it_reason(maybe).startswith("not worth it yet: the predicted interval −2.0 % … +2.0 %")
 
 
 def test_value_text_units_from_key_names_and_na():
@@ -169,15 +171,12 @@ def test_value_text_units_from_key_names_and_na():
     assert rich.value_text(list(range(12))).endswith("… (2 more)")
 
 
-def test_recommendations_without_keys_show_na():
-    report = {"recommendations": [{}, "free text", {"title": "t", "measured_saving": {"fraction": 0.1}}],
+def test_unreadable_recommendations_are_said_not_guessed():
+    report = {"recommendations": [{}, {"title": "t", "measured_saving": {"fraction": 0.1}}],
               "actions": [{"kind": "bf16"}]}
-    empty, text, measured = rich.recommendation_views(report)
-    assert (empty.title, empty.predicted, empty.risk) == ("(untitled recommendation)", "n/a", "n/a")
-    assert empty.action == "n/a (advice only)"
-    assert empty.measured.startswith("n/a")
-    assert text.title == "free text"
-    assert measured.measured == "10.0 %"
+    views = rich.recommendation_views(report)
+    assert [v.title for v in views] == ["(unreadable recommendation)"] * 2
+    assert all(v.predicted == "n/a" and v.risk == "n/a" and "wattlens advise" in v.rationale for v in views)
     (act,) = rich.action_views(report)
     assert (act.status, act.predicted, act.measured, act.params) == ("n/a", "n/a", "n/a", "none")
 
@@ -251,3 +250,31 @@ def test_pdf_of_an_empty_session_is_still_readable(tmp_path):
     assert data.startswith(b"%PDF-") and len(pages) == rich.pdf_page_count(data) == 4
     html = rich.render_html(_minimal_report(), {})
     assert "no samples were recorded" in html and "n/a" in html
+
+
+def test_compare_normalises_and_warns_when_the_runs_differ():
+    from wattlens.app.report.data import compare_summaries
+
+    a = {"duration_s": 60.0, "energy_j": 600.0, "steps": {"count": 10, "samples": 160, "energy_per_sample_j": 3.0}}
+    b = {"duration_s": 30.0, "energy_j": 600.0, "steps": {"count": 10, "samples": 40, "energy_per_sample_j": 12.0}}
+    sa = {"target_cmdline": ["python", "train.py", "--batch", "16"]}
+    sb = {"id": 2, "name": "b", "target_cmdline": ["python", "train.py", "--batch", "4"]}
+    c = compare_summaries(a, b, sb, this_session=sa)
+    assert c["basis"] == "energy per sample"
+    assert c["mean_power_w"]["this"] == 10.0 and c["mean_power_w"]["other"] == 20.0  # per second, not totals
+    assert c["energy_per_sample_j"]["delta_pct"] == -75.0
+    warnings = " | ".join(c["warnings"])
+    assert "command lines differ" in warnings and "batch sizes differ: 16 vs 4" in warnings
+    assert "durations differ (60 s vs 30 s)" in warnings
+    same = compare_summaries({"duration_s": 30.0, "energy_j": 1.0}, {"duration_s": 29.0, "energy_j": 2.0},
+                             {"id": 3, "name": "c"}, this_session={})
+    assert same["warnings"] == [] and same["basis"].startswith("energy per second")
+    text = fmt_md({"comparison": c})
+    assert "Energy per second (mean power), all sources" in text and "Warning:** the durations differ" in text
+    assert "| energy_j |" not in text  # labels with units, not raw keys
+
+
+def fmt_md(report):
+    from wattlens.app.report.formats import _markdown_comparison
+
+    return "\n".join(_markdown_comparison(report))

@@ -179,3 +179,29 @@ def test_disk_full_keeps_samples_in_memory_and_retries(db_path, monkeypatch):
     w._flush()
     assert w.pending == 0 and w.last_error is None
     assert len(store.series_data(sid)["cpu-model/power_w"][0]) == 10
+
+
+def test_a_version_2_file_gains_the_action_link_and_keeps_its_rows(db_path):
+    """Schema 3 adds actions.source_session_id; opening an older file adds the column (NULL in old rows)."""
+    store = Store(db_path)
+    sid, _ = _new_session(store)
+    old = store.add_action(kind="bf16", status="verified", params={"a": 1}, result={"r": 2}, session_id=sid)
+    store.close()
+    con = sqlite3.connect(db_path)
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='index' AND sql LIKE '%source_session_id%'"):
+        con.execute(f"DROP INDEX {name}")
+    con.execute("ALTER TABLE actions DROP COLUMN source_session_id")
+    con.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+
+    store = Store(db_path)
+    (row,) = store.actions(sid)
+    assert row["id"] == old and row["params"] == {"a": 1} and row["source_session_id"] is None
+    new = store.add_action(kind="quantize-int8", status="verified", params={}, result={}, session_id=None,
+                           source_session_id=sid)
+    assert [a["id"] for a in store.actions(source_session_id=sid)] == [new]
+    store.close()
+    con = sqlite3.connect(db_path)
+    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
+    con.close()

@@ -28,6 +28,9 @@ NEEDS = ("GPU utilisation with memory headroom, the target's CPU use against the
 GPU_UTIL_LOW_PCT = 60.0
 GPU_HEADROOM_MIN = 0.25
 CPU_CORE_FRACTION_LOW = 0.6
+#: Below this idle share of the machine the target's low core use is contention (other processes
+#: held the cores), not "small batches leave the cores idle": the CPU signal says so or stays silent.
+MACHINE_IDLE_MIN = 0.25
 
 
 def evaluate(f: SessionFeatures) -> list[Recommendation]:
@@ -51,8 +54,17 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
     cores = f.cpu.logical_cores if f.cpu else None
     cpu_signal = (f.cpu_inference is True and f.target_core_fraction is not None and cores
                   and cores >= 2 and f.target_core_fraction < CPU_CORE_FRACTION_LOW)
+    contention_note = None
+    others = f.others_core_fraction
+    if cpu_signal and others is not None and 1.0 - f.cpu_util_mean_pct / 100.0 < MACHINE_IDLE_MIN:
+        cpu_signal = False  # the cores were not idle: other processes held them
+        contention_note = (f"CPU: the process kept {f.target_cpu_pct_mean / 100:.1f} of {cores} cores busy while "
+                           f"other processes kept {pct(others)} of the machine busy (machine "
+                           f"{f.cpu_util_mean_pct:.0f} % busy): that is contention, not idle cores — a larger "
+                           "batch would find no idle core; measure again on a quiet machine")
     if cpu_signal:
         evidence.append(ev("target CPU use, mean", f.target_cpu_pct_mean, "% of one core", "target/cpu_pct"))
+        evidence.append(ev("machine CPU use, mean", f.cpu_util_mean_pct, "% of all cores", "cpu util_pct"))
         evidence.append(ev("logical cores", cores, "cores", "session hardware record"))
         reasons.append(f"the process kept {f.target_cpu_pct_mean / 100:.1f} of {cores} cores busy: "
                        "small batches leave the other cores idle (or torch.set_num_threads limits them)")
@@ -74,7 +86,7 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
         evidence.append(ev("samples per step (current batch size)", f.samples_per_step, "samples",
                            "step records"))
 
-    notes: list[str] = []
+    notes: list[str] = [contention_note] if contention_note else []
     if advice is not None and advice.ok:
         saving = advice.saving(current)
         notes += list(advice.notes)

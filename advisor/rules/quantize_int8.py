@@ -77,11 +77,17 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
         lo, hi = SPEEDUP_WITH_INT8_DOT if fast else SPEEDUP_WITHOUT
         why = ("dynamic-int8 Linear speed-ups of " f"{lo}–{hi}× on CPUs "
                + ("with int8 dot-product instructions" if fast else "without VNNI/AMX (can be slower)")
-               + f", applied to the Linear share ({pct(share)}) of sampled time, energy ∝ time")
+               + f", applied to the Linear share of all sampled time ({pct(share)}), energy ∝ time")
         saving = rule_of_thumb(share * (1 - 1 / lo), share * (1 - 1 / hi), why)
         confidence = "low"
         notes.append(f"regression: {reg.reason}")
-    rationale = (f"The model spends {pct(f.linear_share_of_model)} of its time in Linear layers, running "
+    # two different shares, each named once and read from the stored features once (issue 11: one
+    # card said "77 %" and then "74 %" for what read as the same figure)
+    of_all = (f" ({pct(share)} of all sampled time, the share a saving applies to)"
+              if share is not None and f.linear_share is not None and pct(share) != pct(f.linear_share_of_model) else "")
+    if of_all:
+        evidence.insert(1, ev("Linear/Conv1D share of all sampled time", share, "fraction", src))
+    rationale = (f"The model spends {pct(f.linear_share_of_model)} of its time in Linear layers{of_all}, running "
                  "inference on the CPU. Dynamic int8 stores those weights as 8-bit integers and multiplies "
                  "with integer kernels, which is faster and moves 4× fewer weight bytes"
                  + (" on this CPU's int8 dot-product instructions" if fast else "")

@@ -29,6 +29,7 @@ from wattlens.app.gui.models.advisor_model import (
     optimize_argv,
     run_optimize,
     store_db_arg,
+    stored_advice,
 )
 from wattlens.app.gui.models.errors import error_text
 
@@ -71,7 +72,7 @@ class QtRecommendationCard(QFrame):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(10, 8, 10, 8)
         lay.setSpacing(4)
-        self.title = _label(rec.title, self, bold=True)
+        self.title = _label(rec.title + (" — not worth it yet" if rec.held else ""), self, bold=True)
         self.rationale = _label(rec.rationale, self)
         self.saving = _label(rec.saving_text, self, bold=True)
         self.method = _label(rec.method_text, self)
@@ -82,8 +83,16 @@ class QtRecommendationCard(QFrame):
         self.evidence = _label("Evidence:\n" + "\n".join(f"  • {e}" for e in rec.evidence), self)
         for w in (self.title, self.rationale, self.saving, self.method, self.saving_detail, self.levels, self.evidence):
             lay.addWidget(w)
+        if rec.held:
+            lay.addWidget(_label(rec.held, self))
         if rec.notes:
             lay.addWidget(_label("\n".join(f"Note: {n}" for n in rec.notes), self))
+        self.outcome = _label("Applied from this session — recommended → applied → measured:\n"
+                              + "\n".join(f"  {t}" for t in rec.outcome_lines), self)
+        self.outcome.setVisible(bool(rec.outcome_lines))
+        if rec.outcome is not None and rec.outcome.flagged:
+            self.outcome.setStyleSheet("color: #B3261E;")
+        lay.addWidget(self.outcome)
         self.apply_button: QPushButton | None = None
         self.progress = _label("", self)
         self.progress.hide()
@@ -183,8 +192,8 @@ class QtAdvisorPanel(QWidget):
         self.model.set_session(session_id, [])
         if store is None:
             return
-        self.pool.submit(store.recommendations, session_id,
-                         on_done=lambda recs: self._on_stored(session_id, recs), on_error=self._on_error)
+        self.pool.submit(stored_advice, store, session_id,
+                         on_done=lambda doc: self._on_stored(session_id, doc), on_error=self._on_error)
 
     def analyse(self) -> None:
         store = self.get_store()
@@ -218,17 +227,32 @@ class QtAdvisorPanel(QWidget):
         running = self.model.applies.get(action)
         if running is not None and running.running:
             return
-        argv = optimize_argv(str(model_dir), action, str(out_dir), store_db_arg(store), rounds=self.apply_rounds)
+        sid = self.model.session_id
+        argv = optimize_argv(str(model_dir), action, str(out_dir), store_db_arg(store), rounds=self.apply_rounds,
+                             from_session=sid)
         self.model.start_apply(action, str(model_dir), str(out_dir))
+
+        def done(doc: dict) -> None:
+            self.model.apply_done(action, doc)
+            if sid is not None:
+                self._reload_outcomes(sid)
+
         self.pool.submit(_apply_work, argv, lambda: bool(getattr(self.pool, "_closed", False)),
                          on_progress=lambda text, _f: self.model.apply_line(action, text),
-                         on_done=lambda doc: self.model.apply_done(action, doc),
+                         on_done=done,
                          on_error=lambda exc: self.model.apply_failed(action, error_text(exc)))
 
     # ---- model → view ----------------------------------------------------------------------------
-    def _on_stored(self, session_id: int, recs: list[dict]) -> None:
+    def _on_stored(self, session_id: int, doc: dict) -> None:
         if session_id == self.model.session_id and not self.model.analysed and not self.model.busy:
-            self.model.set_session(session_id, recs)
+            self.model.set_session(session_id, doc["recommendations"], doc["outcomes"])
+
+    def _reload_outcomes(self, session_id: int) -> None:
+        store = self.get_store()
+        if store is not None:
+            self.pool.submit(stored_advice, store, session_id,
+                             on_done=lambda doc: self.model.set_outcomes(session_id, doc["outcomes"]),
+                             on_error=self._on_error)
 
     def _on_error(self, exc: BaseException) -> None:
         self.model.set_error(error_text(exc))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from wattlens.app.present import outcomes, read_recommendations
+from wattlens.app.report.headline import headline
 from wattlens.profiler.figures import fill_step_energy
 from wattlens.profiler.ranks import per_rank
 from wattlens.profiler.summary import summarize, target_energy_between, top_layers
@@ -47,9 +49,12 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
         "actions": store.actions(session_id),
         "comparison": None,
     }
+    recs, _bad = read_recommendations(report["recommendations"])
+    report["applied"] = [o.to_dict() for o in outcomes(recs, store.actions(source_session_id=session_id), session_id)]
+    report["headline"] = headline(report)
     if compare_id is not None:
         other = build_report(store, compare_id, grid_g_per_kwh=grid_g_per_kwh)
-        report["comparison"] = compare_summaries(summary, other["summary"], other["session"])
+        report["comparison"] = compare_summaries(summary, other["summary"], other["session"], this_session=session)
     if include_samples:
         report["samples"] = {k: {"t_s": ((t - session["start_ns"]) / 1e9).tolist(), "value": v.tolist()}
                              for k, (t, v) in series.items()}
@@ -67,8 +72,51 @@ def _delta(a, b):
     return {"this": a, "other": b, "delta": a - b, "delta_pct": (a - b) / b * 100.0 if b else None}
 
 
-def compare_summaries(this: dict, other: dict, other_session: dict) -> dict:
-    """Deltas this − other for the figures a person compares (None where either is missing)."""
+DURATION_DIFF = 0.1  # durations further apart than this (relative) make totals incomparable
+
+
+def _batch(summary: dict) -> float | None:
+    st = summary.get("steps") or {}
+    return st["samples"] / st["count"] if st.get("samples") and st.get("count") else None
+
+
+def _per_second(summary: dict, key: str = "energy_j") -> float | None:
+    e, d = summary.get(key), summary.get("duration_s")
+    return e / d if e is not None and d else None
+
+
+def compare_warnings(this: dict, other: dict, this_session: dict | None, other_session: dict) -> list[str]:
+    """Why two sessions' figures may not be comparable: other command lines, batch sizes, durations."""
+    out = []
+    a_cmd = " ".join(str(x) for x in (this_session or {}).get("target_cmdline") or [])
+    b_cmd = " ".join(str(x) for x in other_session.get("target_cmdline") or [])
+    if a_cmd and b_cmd and a_cmd != b_cmd:
+        out.append(f"the command lines differ: '{a_cmd[:120]}' vs '{b_cmd[:120]}'")
+    a_b, b_b = _batch(this), _batch(other)
+    if a_b is not None and b_b is not None and abs(a_b - b_b) > 1e-9:
+        out.append(f"the batch sizes differ: {a_b:.3g} vs {b_b:.3g} samples per step")
+    a_d, b_d = this.get("duration_s"), other.get("duration_s")
+    if a_d and b_d and abs(a_d - b_d) / max(a_d, b_d) > DURATION_DIFF:
+        out.append(f"the durations differ ({a_d:.3g} s vs {b_d:.3g} s): total energies are not comparable — "
+                   "compare energy per sample, per token or per second")
+    return out
+
+
+def compare_basis(this: dict, other: dict) -> str:
+    """The normalised figure both sessions have: per sample, else per token, else per second."""
+    def both(key):
+        return all((d.get("steps") or {}).get(key) is not None for d in (this, other))
+
+    if both("energy_per_sample_j"):
+        return "energy per sample"
+    if both("energy_per_token_j"):
+        return "energy per token"
+    return "energy per second (mean power): neither session reported samples or tokens"
+
+
+def compare_summaries(this: dict, other: dict, other_session: dict, *, this_session: dict | None = None) -> dict:
+    """Deltas this − other for the figures a person compares (None where either is missing), the
+    normalised figure to read first (``basis``) and ``warnings`` when the runs differ."""
     def get(d, *path):
         for p in path:
             if d is None:
@@ -78,8 +126,11 @@ def compare_summaries(this: dict, other: dict, other_session: dict) -> dict:
 
     return {
         "other_session": {"id": other_session["id"], "name": other_session["name"]},
+        "basis": compare_basis(this, other),
+        "warnings": compare_warnings(this, other, this_session, other_session),
         "duration_s": _delta(this.get("duration_s"), other.get("duration_s")),
         "energy_j": _delta(this.get("energy_j"), other.get("energy_j")),
+        "mean_power_w": _delta(_per_second(this), _per_second(other)),
         "target_energy_j": _delta(get(this, "target", "energy_j"), get(other, "target", "energy_j")),
         "target_mean_power_w": _delta(get(this, "target", "mean_power_w"), get(other, "target", "mean_power_w")),
         "energy_per_step_j": _delta(get(this, "steps", "energy_per_step_j"), get(other, "steps", "energy_per_step_j")),

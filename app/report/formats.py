@@ -101,6 +101,8 @@ def render_markdown(report: dict) -> str:
     if s.get("target_pid"):
         cmd = " ".join(s.get("target_cmdline") or [])
         lines.append(f"- Target: PID {s['target_pid']}: {md_text(cmd[:200])}")
+    if report.get("headline"):
+        lines += ["", "## Headline", ""] + [f"- **{md_text(h['label'])}**: {md_text(h['text'])}" for h in report["headline"]]
     lines += ["", "## Energy by source", "", "| Source | Method | Energy | Mean power | Target's share | Note |",
               "|---|---|---|---|---|---|"]
     for src in summ["sources"]:
@@ -133,33 +135,59 @@ def render_markdown(report: dict) -> str:
             share = f"{lr['self_share'] * 100:.1f} %" if lr.get("self_share") is not None else "n/a"
             lines.append(f"| `{lr['path']}` | {lr['granularity']} | {lr['method']} | {fmt(lr['time_s'], 's')} | "
                          f"{share} | {fmt(lr['energy_j'], 'J')} |")
-    if report.get("recommendations"):
-        lines += ["", "## Recommendations", ""]
-        for r in report["recommendations"]:
-            pred = r.get("predicted_saving") or {}
-            lines.append(f"- **{md_text(r.get('title'))}** — {md_text(r.get('rationale', ''))} "
-                         f"(predicted saving: {pred.get('text', 'n/a')}; risk: {r.get('risk', 'n/a')})")
-    if report.get("actions"):
-        lines += ["", "## Actions applied", ""]
-        for a in report["actions"]:
-            res = a.get("result") or {}
-            lines.append(f"- {a['kind']} — {a['status']}: measured saving {res.get('measured_text', 'n/a')}, "
-                         f"predicted {res.get('predicted_text', 'n/a')}")
-    cmp_ = report.get("comparison")
-    if cmp_:
-        lines += ["", f"## Compared with session {cmp_['other_session']['id']} ({md_text(cmp_['other_session']['name'])})",
-                  "", "| Figure | This | Other | Δ | Δ % |", "|---|---|---|---|---|"]
-        for key, d in cmp_.items():
-            if key == "other_session":
-                continue
-            pct = f"{d['delta_pct']:+.1f} %" if d["delta_pct"] is not None else "n/a"
-            lines.append(f"| {key} | {fmt(d['this'])} | {fmt(d['other'])} | {fmt(d['delta'])} | {pct} |")
+    lines += _markdown_advice(report)
+    lines += _markdown_comparison(report)
     if summ.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {md_text(n)}" for n in summ["notes"]]
     lines += ["", "Methods: *counter* = hardware energy counter; *polled* = power readings integrated "
                   "(trapezoid); *estimated* = CPU power model (TDP × load), not a measurement; "
                   "*attributed* = the target's share (CPU time share, GPU SM share of dynamic power).", ""]
     return "\n".join(lines)
+
+
+def _markdown_comparison(report: dict) -> list[str]:
+    """The comparison with labels and units (rich_view's table), its warnings and normalised basis."""
+    from wattlens.app.report.rich_view import Fig, comparison_table, comparison_warnings
+
+    cmp_ = comparison_table(report)
+    if not cmp_:
+        return []
+    _title, table = cmp_
+    other, basis = report["comparison"]["other_session"], report["comparison"].get("basis")
+    lines = ["", f"## Compared with session {other['id']} ({md_text(other['name'])})", "",
+             f"Normalised figure to read first: {md_text(basis or 'n/a')}.", ""] + [f"- **Warning:** {md_text(w)}" for w in comparison_warnings(report)]
+    lines += ["", "| " + " | ".join(md_text(h) for h in table.headers) + " |", "|" + "---|" * len(table.headers)]
+    lines += ["| " + " | ".join(md_text(c.text + (" (estimated)" if c.estimated else "") if isinstance(c, Fig) else c) for c in row) + " |" for row in table.rows]
+    return lines
+
+
+def _markdown_advice(report: dict) -> list[str]:
+    """Recommendations (read back typed, worded by app/present.py), what was applied from them with
+    predicted and measured side by side, and the actions this session recorded."""
+    from wattlens.app.report.rich_view import action_views, applied_table, recommendation_views
+
+    lines: list[str] = []
+    recs = recommendation_views(report)
+    if recs:
+        lines += ["", "## Recommendations", ""]
+        for r in recs:
+            held = f" — **{md_text(r.held)}**" if r.held else ""
+            lines.append(f"- **{md_text(r.title)}**{held} — {md_text(r.rationale)} "
+                         f"(predicted: {md_text(r.predicted)}; measured: {md_text(r.measured)}"
+                         f"{' — FLAGGED' if r.flagged else ''}; risk to quality: {md_text(r.risk)})")
+    applied = applied_table(report)
+    if applied:
+        lines += ["", "## Applied from this session: recommended → applied → measured", "",
+                  "| " + " | ".join(applied.headers) + " |", "|" + "---|" * len(applied.headers)]
+        lines += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in applied.rows]
+    acts = action_views(report)
+    if acts:
+        lines += ["", "## Actions applied", ""]
+        for a in acts:
+            lines.append(f"- {md_text(a.title)} — {a.status}: measured {md_text(a.measured)}; "
+                         f"predicted {md_text(a.predicted)}")
+            lines += [f"  - {md_text(k)}: {md_text(v)}" for k, v in a.verification]
+    return lines
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ from wattlens.app.report.rich_view import (
     costliest_layers,
     estimate_flags,
     recommendation_views,
-    saving_text,
     thin,
     time_origin_ns,
     timelines,
@@ -48,7 +47,7 @@ from wattlens.app.report.rich_view import (
 )
 from wattlens.profiler.errors import BadInputError
 
-__all__ = ['Fig', 'Line', 'MAX_PLOT_POINTS', 'Method', 'NO_LAYERS', 'NO_STEPS', 'PlotSpec', 'Table', '_wrap', 'action_views', 'costliest_layers', 'estimate_flags', 'fit_heights', 'pdf_page_count', 'recommendation_views', 'render_html', 'saving_text', 'thin', 'time_origin_ns', 'timelines', 'value_text', 'write', 'write_pdf']
+__all__ = ['Fig', 'Line', 'MAX_PLOT_POINTS', 'Method', 'NO_LAYERS', 'NO_STEPS', 'PlotSpec', 'Table', '_wrap', 'action_views', 'costliest_layers', 'estimate_flags', 'fit_heights', 'pdf_page_count', 'recommendation_views', 'render_html', 'thin', 'time_origin_ns', 'timelines', 'value_text', 'write', 'write_pdf']
 
 
 def write(fmt_name: str, report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarray]],

@@ -23,7 +23,9 @@ from wattlens.app.report.rich_view import (
     _method_kind,
     _when,
     action_views,
+    applied_table,
     comparison_table,
+    comparison_warnings,
     costliest_layers,
     estimate_flags,
     events_table,
@@ -128,6 +130,8 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
         out.append('<p class="note"><span class="est">estimated</span> Some figures come from a CPU power model '
                    "(TDP × load), not a meter: each one is marked like this.</p>")
 
+    out.append('<section id="headline"><h2>Headline</h2>'
+               + _kv_html([(h["label"], h["text"]) for h in report.get("headline") or []]) + "</section>")
     out.append('<section id="summary"><h2>Summary</h2><div class="cards">')
     for label, fig, how in headline(report):
         out.append(f'<div class="card"><div class="label">{_e(label)}</div><div class="value">{_cell_html(fig)}</div>'
@@ -182,9 +186,12 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
     out.append('<section id="recommendations"><h2>Recommendations</h2>')
     if recs:
         out.append(_table_html(Table(["Recommendation", "Predicted saving", "Measured saving", "Risk"],
-                                     [[r.title, r.predicted, r.measured, r.risk] for r in recs], [], set())))
+                                     [[r.title + (" — not worth it yet" if r.held else ""), r.predicted,
+                                       r.measured + (" (FLAGGED)" if r.flagged else ""), r.risk] for r in recs],
+                                     [], set())))
         for r in recs:
             out.append('<div class="rec">' + f"<h3>{_e(r.title)}</h3>"
+                       + (f'<p class="note"><strong>{_e(r.held)}</strong></p>' if r.held else "")
                        + (f'<p class="note">rule: <code>{_e(r.rule)}</code></p>' if r.rule else "")
                        + (f"<p>{_e(r.rationale)}</p>" if r.rationale else "")
                        + f'<div class="pm"><div><span class="label">Predicted saving</span>{_e(r.predicted)}</div>'
@@ -198,20 +205,24 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
     out.append("</section>")
 
     out.append('<section id="actions"><h2>Actions applied and their verification</h2>')
+    applied = applied_table(report)
+    if applied:
+        out.append("<h3>Applied from this session: recommended → applied → measured</h3>" + _table_html(applied))
     if acts:
         out.append(_table_html(Table(["Action", "Status", "Parameters", "Predicted saving", "Measured saving"],
                                      [[a.title, a.status, a.params, a.predicted, a.measured] for a in acts], [], set())))
         for a in acts:
             if a.verification:
                 out.append(f"<h3>Verification — {_e(a.title)}</h3>" + _kv_html(a.verification))
-    else:
+    elif not applied:
         out.append('<p class="note">none applied.</p>')
     out.append("</section>")
 
     cmp_ = comparison_table(report)
     if cmp_:
         ctitle, ctable = cmp_
-        out.append(f'<section id="comparison"><h2>{_e(ctitle)}</h2>{_table_html(ctable)}'
+        warn = "".join(f'<p class="note"><strong>Warning:</strong> {_e(w)}</p>' for w in comparison_warnings(report))
+        out.append(f'<section id="comparison"><h2>{_e(ctitle)}</h2>{warn}{_table_html(ctable)}'
                    f'<p class="note">{_e(CMP_NOTE)}</p></section>')
 
     out.append('<section id="events"><h2>Events and notes</h2>')

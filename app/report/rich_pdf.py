@@ -24,7 +24,9 @@ from wattlens.app.report.rich_view import (
     Table,
     _when,
     action_views,
+    applied_table,
     comparison_table,
+    comparison_warnings,
     costliest_layers,
     estimate_flags,
     events_table,
@@ -243,6 +245,9 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
         if flags["total"]:
             doc.para("Figures marked (estimated) come from a CPU power model (TDP × load), not a meter.",
                      color="#8a4b00")
+        if report.get("headline"):
+            doc.heading("Headline")
+            doc.kv([(h["label"], h["text"]) for h in report["headline"]], size=7.5)
         doc.heading("Summary")
         doc.table(Table(["Figure", "Value", "How"], [[lbl, fig, how] for lbl, fig, how in headline(report)],
                         [0.3, 0.22, 0.48], {1}), size=8.5)
@@ -287,8 +292,8 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
             doc.para(NO_LAYERS, color="#5b6670")
 
         # 4. recommendations and actions
-        recs, acts = recommendation_views(report), action_views(report)
-        if recs or acts:
+        recs, acts, applied = recommendation_views(report), action_views(report), applied_table(report)
+        if recs or acts or applied:
             doc.section_page("Recommendations and actions")
             if recs:
                 doc.table(Table(["Recommendation", "Predicted saving", "Measured saving", "Risk"],
@@ -297,10 +302,15 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
                     doc.heading(r.title, size=10.5)
                     if r.rationale:
                         doc.para(r.rationale, size=8.5)
-                    doc.kv([("Rule", r.rule or "n/a"), ("Predicted saving", r.predicted), ("Measured saving", r.measured),
-                            ("Risk", r.risk), ("Action", r.action)] + r.details, size=8)
+                    doc.kv(([("Not advice", r.held)] if r.held else [])
+                           + [("Rule", r.rule or "n/a"), ("Predicted saving", r.predicted),
+                              ("Measured saving", r.measured + (" (FLAGGED)" if r.flagged else "")),
+                              ("Risk", r.risk), ("Action", r.action)] + r.details, size=8)
                     if r.evidence:
                         doc.table(Table(["Evidence", "Value", "Read from"], r.evidence, [0.4, 0.2, 0.4], {1}), size=7.5)
+            if applied:
+                doc.heading("Applied from this session: recommended → applied → measured", size=11)
+                doc.table(applied, size=7.5)
             if acts:
                 doc.heading("Actions applied and their verification", size=11)
                 doc.table(Table(["Action", "Status", "Parameters", "Predicted saving", "Measured saving"],
@@ -316,6 +326,8 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
         cmp_ = comparison_table(report)
         if cmp_:
             doc.heading(cmp_[0], size=11)
+            for w in comparison_warnings(report):
+                doc.para(f"Warning: {w}", size=8, color="#8a4b00")
             doc.table(cmp_[1], size=8)
             doc.para(CMP_NOTE, size=8, color="#5b6670")
         notes = summ.get("notes") or []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wattlens.app import present
 from wattlens.app.report.formats import fmt
 
 MAX_PLOT_POINTS = 2000  # per line; longer series keep each bucket's min and max (peaks survive)
@@ -337,81 +338,14 @@ def value_text(value, key: str = "", depth: int = 0) -> str:
     return str(value)
 
 
-def saving_text(value) -> str:
-    """A predicted or measured saving, whatever shape it has, in a few words: the fraction (as %)
-    with its interval when it has one, else its own text (e.g. "measure first: ..."), else its
-    fields. None → "n/a"."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return fmt(value)
-    if not isinstance(value, Mapping):
-        return value_text(value)
-    frac = next((value[k] for k in ("fraction", "saving_fraction", "mean", "value") if value.get(k) is not None), None)
-    lo = next((value[k] for k in ("low", "lo", "lower") if value.get(k) is not None), None)
-    hi = next((value[k] for k in ("high", "hi", "upper") if value.get(k) is not None), None)
-    if lo is None and isinstance(value.get("interval"), list | tuple) and len(value["interval"]) == 2:
-        lo, hi = value["interval"]
-    if isinstance(frac, int | float) and not isinstance(frac, bool):
-        text = _pct(frac)
-        if isinstance(lo, int | float) and isinstance(hi, int | float):
-            text += f" ({lo * 100:.1f} – {hi * 100:.1f} %)"
-        return text
-    if value.get("method") == "measure first":
-        return "measure first" + (f" — {value['text']}" if value.get("text") else "")
-    if value.get("text"):
-        return str(value["text"])
-    if value.get("method"):
-        return str(value["method"])
-    return value_text(value)
-
-
-def _action_name(rec: Mapping) -> str | None:
-    a = rec.get("action")
-    if isinstance(a, str):
-        return a
-    if isinstance(a, Mapping):
-        for k in ("kind", "name", "spec"):
-            if a.get(k):
-                return str(a[k])
-    return None
-
-
-def _action_result(a: Mapping) -> Mapping:
-    r = a.get("result")
-    return r if isinstance(r, Mapping) else {}
-
-
-def _measured_for(rec: Mapping, actions: Sequence[Mapping]) -> str:
-    for k in ("measured_saving", "measured"):
-        if rec.get(k) is not None:
-            return saving_text(rec[k])
-    name = _action_name(rec)
-    for a in actions:
-        params = a.get("params") if isinstance(a.get("params"), Mapping) else {}
-        kind = str(a.get("kind") or "")
-        linked = ((rec.get("id") is not None and params.get("recommendation_id") == rec.get("id"))
-                  or (rec.get("rule") and params.get("rule") == rec.get("rule"))
-                  or (name is not None and name in (kind, params.get("action"), params.get("spec")))
-                  or (name is not None and ":" in name and name.split(":")[0] == kind))
-        if linked:
-            res = _action_result(a)
-            for k in ("measured_text", "measured_saving", "measured"):
-                if res.get(k) is not None:
-                    return saving_text(res[k])
-    return "n/a (not applied yet)"
-
-
-_REC_SHOWN = {"title", "rule", "rationale", "risk", "predicted_saving", "measured_saving", "measured",
-              "evidence", "action", "id", "confidence", "command", "notes"}
 _ENERGY_UNITS = {"J", "W", "Wh", "kWh", "g", "J/sample", "J/token", "J/step"}
 
 
 @dataclass
 class RecView:
-    """One recommendation, ready to draw: the side-by-side figures and the rows that explain them."""
+    """One recommendation, ready to draw: the side-by-side figures and the rows that explain them.
+    ``held`` says why it is "not worth it yet" (its predicted interval includes no change), else None;
+    ``flagged`` is True when the measured saving fell outside the predicted interval."""
 
     title: str
     rule: str
@@ -421,76 +355,64 @@ class RecView:
     measured: str
     action: str
     evidence: list[list[Cell]]  # what | value | where it was read
-    details: list[tuple[str, str]]  # confidence, command, how the saving was predicted, notes, other keys
+    details: list[tuple[str, str]]  # confidence, command, how the saving was predicted, notes
     mono: frozenset[str] = frozenset({"Command", "Measure with"})
+    held: str | None = None
+    flagged: bool = False
 
 
-def _risk_text(risk) -> str:
-    if risk is None:
-        return "n/a"
-    if isinstance(risk, Mapping) and ("level" in risk or "text" in risk):
-        return " — ".join(str(risk[k]) for k in ("level", "text") if risk.get(k)) or "n/a"
-    return value_text(risk)
-
-
-def _evidence_rows(ev, estimated: bool) -> list[list[Cell]]:
-    """Evidence as (what, value, source) rows: the advisor's list of {what, value, unit, source},
-    a plain {name: value} mapping, or anything else as text."""
-    if ev is None:
-        return []
-    if isinstance(ev, Mapping):
-        return [[str(k), value_text(v, str(k)), ""] for k, v in ev.items()]
+def _evidence_rows(rec: present.Recommendation, estimated: bool) -> list[list[Cell]]:
     rows: list[list[Cell]] = []
-    for e in ev if isinstance(ev, list | tuple) else [ev]:
-        if isinstance(e, Mapping) and "what" in e:
-            value, unit = e.get("value"), str(e.get("unit") or "")
-            if isinstance(value, int | float) and not isinstance(value, bool) and unit == "fraction":
-                cell: Cell = _pct(float(value))
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                cell = Fig(fmt(value, unit), estimated and unit in _ENERGY_UNITS)
-            else:
-                cell = "n/a" if value is None else f"{value} {unit}".strip()
-            rows.append([str(e["what"]), cell, str(e.get("source") or "")])
-        else:
-            rows.append([value_text(e), "", ""])
+    for e in rec.evidence:
+        text = present.value_text(e.value, e.unit)
+        numeric = isinstance(e.value, int | float) and not isinstance(e.value, bool)
+        rows.append([e.what, Fig(text, estimated and e.unit in _ENERGY_UNITS) if numeric and e.unit != "fraction"
+                     else text, e.source])
     return rows
 
 
-def _rec_details(r: Mapping) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
-    if r.get("confidence") is not None:
-        rows.append(("Confidence", value_text(r["confidence"])))
-    ps = r.get("predicted_saving")
-    if isinstance(ps, Mapping):
-        for key, label in (("text", "Prediction"), ("method", "Predicted by"), ("basis", "Saving of"),
-                           ("measure_command", "Measure with")):
-            if ps.get(key):
-                rows.append((label, str(ps[key])))
-    if r.get("command"):
-        rows.append(("Command", str(r["command"])))
-    notes = r.get("notes")
-    for n in notes if isinstance(notes, list | tuple) else ([notes] if notes else []):
-        rows.append(("Note", value_text(n)))
-    rows += [(str(k), value_text(v, str(k))) for k, v in r.items() if k not in _REC_SHOWN]
-    return rows
+def _rec_details(r: present.Recommendation) -> list[tuple[str, str]]:
+    ps = r.predicted_saving
+    rows = [("Confidence", r.confidence), ("Predicted by", ps.method), ("Saving of", ps.basis)]
+    if ps.text:
+        rows.append(("Prediction", ps.text))
+    if ps.measure_command:
+        rows.append(("Measure with", ps.measure_command))
+    if r.command:
+        rows.append(("Command", r.command))
+    return rows + [("Note", n) for n in r.notes]
 
 
 def recommendation_views(report: dict) -> list[RecView]:
-    actions = [a for a in report.get("actions") or [] if isinstance(a, Mapping)]
+    """The stored recommendations, read back as Recommendation objects (present.py words them);
+    each shows the measured result of the action applied from it, from ``report["applied"]``."""
+    recs, bad = present.read_recommendations(report.get("recommendations") or [])
+    applied = {o["action"]: o for o in report.get("applied") or []}
     estimated = estimate_flags(report)["derived"]
     out = []
-    for r in report.get("recommendations") or []:
-        if not isinstance(r, Mapping):
-            out.append(RecView(value_text(r), "", "", "n/a", "n/a", "n/a", "n/a", [], []))
-            continue
-        action = r.get("action")
+    for r in recs:
+        o = applied.get(r.action) if r.action else None
+        measured = (o["measured"] + (f" — {o['flag_text']}" if o["flag_text"] else "") if o
+                    else "n/a (not applied from this session)")
         out.append(RecView(
-            title=str(r.get("title") or "(untitled recommendation)"), rule=str(r.get("rule") or ""),
-            rationale=str(r.get("rationale") or ""), risk=_risk_text(r.get("risk")),
-            predicted=saving_text(r.get("predicted_saving")), measured=_measured_for(r, actions),
-            action=value_text(action) if action is not None else "n/a (advice only)",
-            evidence=_evidence_rows(r.get("evidence"), estimated), details=_rec_details(r)))
+            title=r.title, rule=r.rule, rationale=r.rationale, risk=present.risk_text(r.risk),
+            predicted=present.predicted_text(r.predicted_saving, with_method=False), measured=measured,
+            action=r.action or "n/a (advice only)", evidence=_evidence_rows(r, estimated), details=_rec_details(r),
+            held=present.not_worth_it_reason(r.predicted_saving), flagged=bool(o and o["flagged"])))
+    out += [RecView("(unreadable recommendation)", "", line, "n/a", "n/a", "n/a", "n/a", [], []) for line in bad]
     return out
+
+
+def applied_table(report: dict) -> Table | None:
+    """recommended → applied → measured for the actions applied from this session: predicted and
+    measured side by side, FLAGGED when measured lies outside the predicted interval."""
+    rows: list[list[Cell]] = [[o["recommended"], f"{o['action']} ({o['status']}, session {o['optimize_session_id']})",
+                               o["predicted"], o["measured"], o["flag_text"] or "n/a", o["fidelity"]]
+                              for o in report.get("applied") or []]
+    if not rows:
+        return None
+    return Table(["Recommended", "Applied", "Predicted", "Measured", "Check", "Fidelity"], rows,
+                 [0.18, 0.14, 0.2, 0.2, 0.14, 0.14], set())
 
 
 @dataclass
@@ -503,38 +425,51 @@ class ActionView:
     verification: list[tuple[str, str]]
 
 
-def _flatten(d: Mapping, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v and depth < 2:
-            out += _flatten(v, key + ".", depth + 1)
-        else:
-            out.append((key, value_text(v, str(k))))
-    return out
+def _arm_text(arm: Mapping) -> str:
+    return (f"{fmt(arm.get('energy_per_sample_j'), 'J')} per sample ({arm.get('energy_method') or 'n/a'}), "
+            f"{fmt(arm.get('latency_per_sample_s'), 's')} per sample, on {arm.get('device') or 'n/a'}")
+
+
+def verification_rows(res: Mapping) -> list[tuple[str, str]]:
+    """The A/B result of an action in words (not a dump of its stored keys)."""
+    v = res.get("verification") if isinstance(res.get("verification"), Mapping) else {}
+    rows: list[tuple[str, str]] = []
+    if v:
+        rows.append(("Baseline (original)", _arm_text(v.get("baseline") or {})))
+        rows.append(("Candidate (optimized copy)", _arm_text(v.get("candidate") or {})))
+        rows.append(("Latency", present.saving_text(v.get("latency_saving_fraction"), "time per sample")))
+        rows.append(("A/B design", f"{v.get('n_rounds', 'n/a')} rounds × {v.get('batches_per_round', 'n/a')} batches "
+                                   f"of {v.get('batch_size', 'n/a')}, {v.get('inputs') or 'n/a'}"))
+    rows.append(("Fidelity", present.fidelity_text(res.get("fidelity"))))
+    if isinstance(res.get("sizes"), Mapping):
+        rows.append(("Sizes", present.sizes_text(res["sizes"])))
+    if res.get("out_dir"):
+        rows.append(("Optimized copy", str(res["out_dir"])))
+    return rows
 
 
 def action_views(report: dict) -> list[ActionView]:
+    """Actions this session recorded (an optimize session): the A/B result, predicted beside measured."""
     out = []
     for a in report.get("actions") or []:
         if not isinstance(a, Mapping):
             continue
-        res = _action_result(a)
-        params = a.get("params")
-        pred = next((res[k] for k in ("predicted_text", "predicted_saving", "predicted") if res.get(k) is not None), None)
-        meas = next((res[k] for k in ("measured_text", "measured_saving", "measured") if res.get(k) is not None), None)
-        shown = {"predicted_text", "predicted_saving", "predicted", "measured_text", "measured_saving", "measured"}
+        res = a.get("result") if isinstance(a.get("result"), Mapping) else {}
+        o = present.outcome(a, None)
+        params = a.get("params") if isinstance(a.get("params"), Mapping) else {}
+        shown = {k: v for k, v in params.items() if k not in ("recommendation", "recommendation_index")}
         out.append(ActionView(
             title=f"{a.get('kind') or '(unnamed action)'}" + (f" (#{a['id']})" if a.get("id") is not None else ""),
-            status=str(a.get("status") or "n/a"),
-            params=value_text(params) if isinstance(params, Mapping) and params else "none",
-            predicted=saving_text(pred), measured=saving_text(meas),
-            verification=_flatten({k: v for k, v in res.items() if k not in shown})))
+            status=str(a.get("status") or "n/a"), params=value_text(shown) if shown else "none",
+            predicted=o.predicted if res.get("predicted") else str(res.get("predicted_text") or "n/a"),
+            measured=o.measured if res.get("verification") else str(res.get("measured_text") or "n/a"),
+            verification=verification_rows(res) if res else []))
     return out
 
 
 _CMP_LABELS = {
     "duration_s": ("Duration", "s"), "energy_j": ("Energy, all sources", "J"),
+    "mean_power_w": ("Energy per second (mean power), all sources", "W"),
     "target_energy_j": ("Target energy", "J"), "target_mean_power_w": ("Target mean power", "W"),
     "energy_per_step_j": ("Energy per step", "J"), "energy_per_sample_j": ("Energy per sample", "J"),
     "energy_per_token_j": ("Energy per token", "J"),
@@ -556,9 +491,14 @@ def comparison_table(report: dict) -> tuple[str, Table] | None:
         est = unit in ("J", "W") and (flags["total"] if key == "energy_j" else flags["derived"])
         rows.append([label, Fig(fmt(d.get("this"), unit), est), fmt(d.get("other"), unit),
                      Fig(fmt(d.get("delta"), unit), est), _signed_pct(d.get("delta_pct"))])
-    title = f"Compared with session #{other.get('id', 'n/a')} ({other.get('name') or 'unnamed'})"
+    title = (f"Compared with session #{other.get('id', 'n/a')} ({other.get('name') or 'unnamed'}); "
+             f"normalised figure to read first: {cmp_.get('basis') or 'n/a'}")
     return title, Table(["Figure", "This session", f"Session #{other.get('id', 'n/a')}", "Δ (this − other)", "Δ %"],
                         rows, [0.28, 0.18, 0.18, 0.2, 0.16], {1, 2, 3, 4})
+
+
+def comparison_warnings(report: dict) -> list[str]:
+    return list((report.get("comparison") or {}).get("warnings") or [])
 
 
 def events_table(report: dict) -> Table:

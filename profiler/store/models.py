@@ -9,7 +9,8 @@ from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 3  # 2: gpu_idle (opening a version-1 file adds the table); 3: rank columns
-# (steps.rank/local_rank/world_size, layer_costs.rank; opening an older file adds them, NULL)
+# (steps.rank/local_rank/world_size, layer_costs.rank) and actions.source_session_id. Opening an
+# older file adds missing tables and every missing nullable column (NULL in older rows).
 APP_ID = "wattlens"
 
 
@@ -141,8 +142,12 @@ class ActionRow(Base):
     status: Mapped[str] = mapped_column(String(20))  # applied | verified | reverted | failed | refused
     params_json: Mapped[str] = mapped_column(Text, default="{}")
     result_json: Mapped[str] = mapped_column(Text, default="{}")
+    #: the session whose recommendation this action applied (``optimize --from-session``); not a
+    #: foreign key, so deleting that session keeps the optimize session's record (version 3)
+    source_session_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
 
+#: Columns added to existing tables since version 1: (table, column, SQL type), added on open.
 class MeasurementRow(Base):
     """One measured operating point (batch-size sweep row or A/B result): regression input."""
 

@@ -163,6 +163,17 @@ def _json(value) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
+def _missing_columns(inspector, tables: set[str]) -> list:
+    """The model's nullable columns (added since a file's version) that its existing tables lack."""
+    missing = []
+    for table in m.Base.metadata.sorted_tables:
+        if table.name not in tables:
+            continue
+        have = {col["name"] for col in inspector.get_columns(table.name)}
+        missing += [col for col in table.columns if col.name not in have and col.nullable]
+    return missing
+
+
 class Store:
     """``create=False`` is for commands that only read (``sessions``, ``show``, ``report``,
     ``advise``, ``doctor``): a missing database is then :class:`NoDatabaseError` and nothing is
@@ -253,7 +264,8 @@ class Store:
                                            f"(tables: {', '.join(sorted(tables)[:5])})", hint=DB_FIX)
             with self.engine.connect() as c:
                 check_meta(dict(c.execute(select(m.Meta.key, m.Meta.value)).all()), self.display_name)
-        if set(m.Base.metadata.tables) <= tables and self._schema_version() >= m.SCHEMA_VERSION:
+        if (set(m.Base.metadata.tables) <= tables and not _missing_columns(inspect(self.engine), tables)
+                and self._schema_version() >= m.SCHEMA_VERSION):
             return
         for attempt in range(3):
             try:
@@ -278,6 +290,9 @@ class Store:
             if "meta" in tables:
                 check_meta(dict(c.execute(select(m.Meta.key, m.Meta.value)).all()), self.display_name)
             m.Base.metadata.create_all(c)  # only the tables that are missing (added since: same version)
+            for col in _missing_columns(inspect(c), tables):  # additive: NULL in older rows
+                ddl = col.type.compile(dialect=c.dialect)
+                c.exec_driver_sql(f'ALTER TABLE {col.table.name} ADD COLUMN "{col.name}" {ddl}')
             if "meta" not in tables:
                 c.execute(insert(m.Meta), [
                     {"key": "app", "value": m.APP_ID},
@@ -286,8 +301,7 @@ class Store:
                 ])
             else:
                 meta = dict(c.execute(select(m.Meta.key, m.Meta.value)).all())
-                if int(meta.get("schema_version", "0")) < m.SCHEMA_VERSION:  # additive so far: tables now exist
-                    _add_missing_columns(c)  # and new nullable columns (NULL in older rows)
+                if int(meta.get("schema_version", "0")) < m.SCHEMA_VERSION:  # additive so far: all there now
                     c.execute(update(m.Meta).where(m.Meta.key == "schema_version")
                               .values(value=str(m.SCHEMA_VERSION)))
             c.commit()
@@ -504,11 +518,14 @@ class Store:
         return [json.loads(r) for r in rows]
 
     def add_action(self, *, kind: str, status: str, params: dict, result: dict,
-                   session_id: int | None = None) -> int:
+                   session_id: int | None = None, source_session_id: int | None = None) -> int:
+        """``session_id``: the session that recorded the action (optimize); ``source_session_id``:
+        the session whose recommendation it applied, if any."""
         with self._begin() as c:
             return c.execute(insert(m.ActionRow).values(
                 session_id=session_id, created_at=time.time(), kind=kind, status=status,
-                params_json=_json(params), result_json=_json(result))).inserted_primary_key[0]
+                params_json=_json(params), result_json=_json(result),
+                source_session_id=source_session_id)).inserted_primary_key[0]
 
     def update_action(self, action_id: int, *, status: str, result: dict | None = None) -> None:
         values = {"status": status}
@@ -517,15 +534,18 @@ class Store:
         with self._begin() as c:
             c.execute(update(m.ActionRow).where(m.ActionRow.id == action_id).values(**values))
 
-    def actions(self, session_id: int | None = None) -> list[dict]:
+    def actions(self, session_id: int | None = None, *, source_session_id: int | None = None) -> list[dict]:
+        """Actions recorded by ``session_id`` and/or applied from ``source_session_id``."""
         q = select(m.ActionRow.__table__).order_by(m.ActionRow.id)
         if session_id is not None:
             q = q.where(m.ActionRow.session_id == session_id)
+        if source_session_id is not None:
+            q = q.where(m.ActionRow.source_session_id == source_session_id)
         with self.engine.connect() as c:
             rows = c.execute(q).mappings().all()
         return [{"id": r["id"], "session_id": r["session_id"], "created_at": r["created_at"], "kind": r["kind"],
                  "status": r["status"], "params": json.loads(r["params_json"]),
-                 "result": json.loads(r["result_json"])} for r in rows]
+                 "result": json.loads(r["result_json"]), "source_session_id": r["source_session_id"]} for r in rows]
 
     def add_measurements(self, rows: Sequence[dict]) -> None:
         """rows: dicts with MeasurementRow's columns (payload as a dict under 'payload')."""
@@ -639,17 +659,6 @@ def _session_dict(r) -> dict:
         "interval_s": r["interval_s"],
         "summary": json.loads(r["summary_json"]) if r["summary_json"] else None,
     }
-
-
-def _add_missing_columns(c) -> None:
-    """ALTER TABLE ... ADD COLUMN for each nullable model column an older file lacks."""
-    insp = inspect(c)
-    for table in m.Base.metadata.sorted_tables:
-        have = {col["name"] for col in insp.get_columns(table.name)}
-        for col in table.columns:
-            if col.name not in have and col.nullable:
-                ddl = col.type.compile(dialect=c.dialect)
-                c.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}')
 
 
 def _layer_dict(session_id: int, lc: LayerCost) -> dict:

@@ -9,6 +9,7 @@ here. No Qt in this module (the view is ``qt_advisor.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -19,26 +20,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from wattlens.advisor.recommend import Recommendation
+from wattlens.app import present
 from wattlens.app.gui.models.format import one_line
 from wattlens.app.gui.models.signal import Signal
+from wattlens.app.present import Outcome
 from wattlens.profiler.errors import ActionError
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.1f} %"
-
-
-def _value(v) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 @dataclass(frozen=True)
 class RecommendationView:
-    """One recommendation as the panel shows it (every field already in words)."""
+    """One recommendation as the panel shows it (every field already in words, by app/present.py).
+
+    ``held``: why it is "not worth it yet" (its predicted interval includes no change), else None.
+    ``outcome``: the action applied from it, predicted and measured side by side (None: not applied)."""
 
     rule: str
     title: str
@@ -52,30 +47,52 @@ class RecommendationView:
     action: str | None
     command: str | None
     notes: tuple[str, ...] = ()
+    held: str | None = None
+    outcome: Outcome | None = None
+
+    @classmethod
+    def from_rec(cls, rec: Recommendation, outcome: Outcome | None = None) -> RecommendationView:
+        ps = rec.predicted_saving
+        if ps.is_measure_first:
+            what = ps.measure_command or rec.command
+            saving = f"measure first: {what}" if what else "measure first"
+        else:
+            saving = f"predicted: {present.predicted_text(ps, with_method=False)}"
+        return cls(
+            rule=rec.rule, title=rec.title, rationale=rec.rationale,
+            evidence=tuple(present.evidence_text(e) for e in rec.evidence), saving_text=saving,
+            method_text=f"method: {ps.method}", saving_detail=ps.text,
+            confidence_text=f"confidence: {rec.confidence}", risk_text=f"risk to quality: {present.risk_text(rec.risk)}",
+            action=rec.action, command=rec.command, notes=rec.notes,
+            held=present.not_worth_it_reason(ps), outcome=outcome)
 
     @classmethod
     def from_doc(cls, doc: dict) -> RecommendationView:
-        ps = doc.get("predicted_saving") or {}
-        basis = ps.get("basis") or "energy per sample"
-        if ps.get("fraction") is None:
-            what = ps.get("measure_command") or doc.get("command")
-            saving = f"measure first: {what}" if what else "measure first"
-        else:
-            saving = (f"predicted saving: {_pct(ps['fraction'])} less {basis} "
-                      f"(interval {_pct(ps.get('low'))} … {_pct(ps.get('high'))})")
-        evidence = tuple(
-            f"{e.get('what')}: {_value(e.get('value'))} {e.get('unit') or ''}".rstrip()
-            + (f"  [{e['source']}]" if e.get("source") else "")
-            for e in doc.get("evidence") or [])
-        risk = doc.get("risk") or {}
-        return cls(
-            rule=str(doc.get("rule", "")), title=str(doc.get("title", "")),
-            rationale=str(doc.get("rationale", "")), evidence=evidence, saving_text=saving,
-            method_text=f"method: {ps.get('method') or 'n/a'}",
-            saving_detail=str(ps.get("text") or ""),
-            confidence_text=f"confidence: {doc.get('confidence', 'n/a')}",
-            risk_text=f"risk to quality: {risk.get('level', 'n/a')} — {risk.get('text', '')}".rstrip(" —"),
-            action=doc.get("action"), command=doc.get("command"), notes=tuple(doc.get("notes") or ()))
+        return cls.from_rec(Recommendation.from_dict(doc))
+
+    @property
+    def outcome_lines(self) -> tuple[str, ...]:
+        """recommended → applied → measured, predicted beside measured, the flag and fidelity."""
+        o = self.outcome
+        if o is None:
+            return ()
+        return (f"applied: {o.action} ({o.status}, action #{o.action_id}, session {o.optimize_session_id})",
+                f"predicted: {o.predicted}", f"measured: {o.measured}",
+                o.flag_text or "no interval to check against", f"fidelity: {o.fidelity}")
+
+
+def stored_advice(store, session_id: int) -> dict:
+    """A session's stored recommendations and the outcomes of actions applied from them (one read)."""
+    docs = store.recommendations(session_id)
+    recs, _bad = present.read_recommendations(docs)
+    done = present.outcomes(recs, store.actions(source_session_id=session_id), session_id)
+    return {"session_id": session_id, "recommendations": docs, "outcomes": done}
+
+
+def _views(docs: list[dict], done: list[Outcome]) -> list[RecommendationView]:
+    recs, _bad = present.read_recommendations(docs)
+    by_action = {o.action: o for o in done}
+    return [RecommendationView.from_rec(r, by_action.get(r.action) if r.action else None) for r in recs]
 
 
 @dataclass
@@ -107,10 +124,12 @@ class AdvisorModel:
         self.status = ""
         self.error = ""
         self.applies: dict[str, ApplyState] = {}
+        self.outcomes: list[Outcome] = []
 
-    def set_session(self, session_id: int, stored: list[dict]) -> None:
+    def set_session(self, session_id: int, stored: list[dict], outcomes: list[Outcome] | None = None) -> None:
         self.session_id = session_id
-        self.recommendations = [RecommendationView.from_doc(d) for d in stored]
+        self.outcomes = list(outcomes or [])
+        self.recommendations = _views(stored, self.outcomes)
         self.silent_rules = []
         self.analysed = False
         self.busy = False
@@ -127,12 +146,14 @@ class AdvisorModel:
     def set_advice(self, doc: dict) -> None:
         if doc.get("session_id") != self.session_id:
             return  # another session was opened meanwhile
-        self.recommendations = [RecommendationView.from_doc(d) for d in doc.get("recommendations") or []]
+        self.recommendations = _views(doc.get("recommendations") or [], self.outcomes)
         self.silent_rules = list(doc.get("silent_rules") or [])
         self.analysed, self.busy = True, False
-        n = len(self.recommendations)
-        self.status = (f"{n} recommendation(s); predictions are not promises — Apply measures the real effect"
-                       if n else "no recommendation: every rule lacked its evidence (see below)")
+        n = sum(1 for r in self.recommendations if r.held is None)
+        held = len(self.recommendations) - n
+        self.status = (f"{n} recommendation(s)" + (f", {held} {present.NOT_WORTH_IT}" if held else "")
+                       + "; predictions are not promises — Apply measures the real effect"
+                       if n or held else "no recommendation: every rule lacked its evidence (see below)")
         self.changed.emit()
 
     def set_error(self, text: str) -> None:
@@ -163,6 +184,16 @@ class AdvisorModel:
         state.session_id = doc.get("session_id")
         self.changed.emit()
 
+    def set_outcomes(self, session_id: int, outcomes: list[Outcome]) -> None:
+        """Outcomes read anew (after an apply finished): each card shows predicted beside measured."""
+        if session_id != self.session_id:
+            return
+        self.outcomes = list(outcomes)
+        by_action = {o.action: o for o in self.outcomes}
+        self.recommendations = [dataclasses.replace(r, outcome=by_action.get(r.action) if r.action else None)
+                                for r in self.recommendations]
+        self.changed.emit()
+
     def apply_failed(self, action: str, text: str) -> None:
         state = self.applies.get(action)
         if state is not None:
@@ -170,10 +201,14 @@ class AdvisorModel:
             self.changed.emit()
 
 
-def optimize_argv(model_dir: str, action: str, out_dir: str, db: str, *, rounds: int | None = None) -> list[str]:
-    """The child command line: the same CLI a user would type, in this interpreter."""
+def optimize_argv(model_dir: str, action: str, out_dir: str, db: str, *, rounds: int | None = None,
+                  from_session: int | None = None) -> list[str]:
+    """The child command line: the same CLI a user would type, in this interpreter. ``from_session``
+    links the result to that session's recommendation (its reports show predicted vs measured)."""
     argv = [sys.executable, "-m", "wattlens.app", "optimize", str(model_dir), "--action", action,
             "--out", str(out_dir), "--json", "--db", str(db)]
+    if from_session is not None:
+        argv += ["--from-session", str(int(from_session))]
     if rounds is not None:
         argv += ["--rounds", str(int(rounds))]
     return argv

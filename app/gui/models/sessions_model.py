@@ -159,6 +159,7 @@ class DeltaRow:
 _FIGURES = {
     "duration_s": ("Duration", "s"),
     "energy_j": ("Energy, whole machine", "J"),
+    "mean_power_w": ("Energy per second (mean power), whole machine", "W"),
     "target_energy_j": ("Energy, target", "J"),
     "target_mean_power_w": ("Mean power, target", "W"),
     "energy_per_step_j": ("Energy per step", "J"),
@@ -174,14 +175,22 @@ class Comparison:
     deltas: dict
     rows: list[DeltaRow]
 
+    @property
+    def warnings(self) -> list[str]:
+        """Why the runs may not be comparable (command lines, batch sizes, durations differ)."""
+        return list(self.deltas.get("warnings") or [])
+
     def title(self) -> str:
-        return (f"Session {self.a.id} ({self.a.session['name']}) compared with "
-                f"session {self.b.id} ({self.b.session['name']}); Δ = {self.a.id} − {self.b.id}")
+        """The heading, the normalised figure to read first, and a line per warning."""
+        head = (f"Session {self.a.id} ({self.a.session['name']}) compared with "
+                f"session {self.b.id} ({self.b.session['name']}); Δ = {self.a.id} − {self.b.id}; "
+                f"normalised figure to read first: {self.deltas.get('basis') or 'n/a'}")
+        return "\n".join([head] + [f"Warning: {w}" for w in self.warnings])
 
 
 def compare_sessions(a: StoredSession, b: StoredSession) -> Comparison:
     """Deltas a − b. Callers pass the newer session as ``a`` (Δ = what changed since ``b``)."""
-    deltas = compare_summaries(a.summary, b.summary, b.session)
+    deltas = compare_summaries(a.summary, b.summary, b.session, this_session=a.session)
     rows = []
     for key, (label, unit) in _FIGURES.items():
         d = deltas.get(key)

@@ -1,0 +1,236 @@
+"""The one place that puts advice and its outcome into words: saving, interval, method, risk,
+evidence, and "recommended → applied → measured".
+
+Every surface renders from here — the CLI (`wattlens advise`, `wattlens optimize`), the app's
+advisor cards, Markdown, HTML and PDF — so a saving reads the same everywhere. A saving is a
+*fraction of energy saved* (``1 − E_after / E_before``) and is always printed as the change of
+energy with its direction in words: a saving of 0.548 reads "−54.8 % energy per sample (saving)",
+a negative saving "+10.0 % energy per sample (costs more)". Stored documents are read back as
+:class:`~wattlens.advisor.recommend.Recommendation` objects first (no key guessing here).
+
+Plain Python: no Qt, no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from wattlens.advisor.recommend import Evidence, PredictedSaving, Recommendation, Risk
+
+NOT_WORTH_IT = "not worth it yet"
+
+
+def change_pct(saving: float | None) -> str:
+    """A saving fraction as the signed change of energy: 0.548 → "−54.8 %" (U+2212 minus)."""
+    if saving is None:
+        return "n/a"
+    change = -saving * 100.0
+    if abs(change) < 0.05:
+        return "±0.0 %"
+    return f"{'−' if change < 0 else '+'}{abs(change):.1f} %"
+
+
+def direction(saving: float | None) -> str:
+    if saving is None:
+        return ""
+    if abs(saving) < 0.0005:
+        return "no change"
+    return "saving" if saving > 0 else "costs more"
+
+
+def saving_text(saving: float | None, basis: str = "energy per sample") -> str:
+    """"−54.8 % energy per sample (saving)"; None → "n/a"."""
+    if saving is None:
+        return "n/a"
+    return f"{change_pct(saving)} {basis} ({direction(saving)})"
+
+
+def interval_text(low: float | None, high: float | None) -> str:
+    """A saving interval as a change of energy, the larger saving first: "−45.0 % … −17.0 %"."""
+    if low is None or high is None:
+        return "n/a"
+    return f"{change_pct(max(low, high))} … {change_pct(min(low, high))}"
+
+
+def predicted_text(ps: PredictedSaving, *, with_method: bool = True) -> str:
+    """The prediction in one line: change, interval, method — or "measure first: <command>"."""
+    if ps.is_measure_first:
+        return "measure first" + (f": {ps.measure_command}" if ps.measure_command else "")
+    text = f"{saving_text(ps.fraction, ps.basis)}, interval {interval_text(ps.low, ps.high)}"
+    return text + (f"; method: {ps.method}" if with_method else "")
+
+
+def not_worth_it_reason(ps: PredictedSaving) -> str | None:
+    """Why a prediction is not advice yet (its interval includes no change), else None."""
+    if not ps.includes_zero:
+        return None
+    return (f"{NOT_WORTH_IT}: the predicted interval {interval_text(ps.low, ps.high)} includes no change, "
+            "so applying it may cost energy — measure more before acting")
+
+
+def risk_text(risk: Risk) -> str:
+    return f"{risk.level} — {risk.text}" if risk.text else risk.level
+
+
+def value_text(value, unit: str) -> str:
+    """An evidence value with its unit: fractions as percent, floats to 4 significant digits."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        if unit == "fraction":
+            return f"{value * 100:.1f} %"
+        number = f"{value:.4g}" if isinstance(value, float) else f"{value:,}"
+        return f"{number} {unit}".rstrip()
+    return f"{value} {unit}".rstrip()
+
+
+def evidence_text(e: Evidence) -> str:
+    return f"{e.what}: {value_text(e.value, e.unit)}" + (f"  [{e.source}]" if e.source else "")
+
+
+def read_recommendations(docs: Sequence[Mapping]) -> tuple[list[Recommendation], list[str]]:
+    """Stored documents as Recommendation objects, and a line for each that is not one."""
+    recs, bad = [], []
+    for d in docs:
+        try:
+            recs.append(Recommendation.from_dict(dict(d)))
+        except (KeyError, TypeError, ValueError) as exc:
+            bad.append(f"a stored recommendation could not be read ({exc}); run `wattlens advise` again")
+    return recs, bad
+
+
+def split_advice(recs: Sequence[Recommendation]) -> tuple[list[Recommendation], list[tuple[Recommendation, str]]]:
+    """(advice, not worth it yet with the reason): a prediction whose interval includes 0 is no advice."""
+    advice, held = [], []
+    for r in recs:
+        reason = not_worth_it_reason(r.predicted_saving)
+        if reason is None:
+            advice.append(r)
+        else:
+            held.append((r, reason))
+    return advice, held
+
+
+# ==== recommended → applied → measured ============================================================
+@dataclass(frozen=True)
+class Outcome:
+    """One applied action next to the recommendation it came from: predicted and measured side by
+    side. ``flagged`` is True when the measured saving falls outside the predicted interval."""
+
+    action_id: int
+    action: str
+    status: str
+    recommended: str  # the recommendation's title (or "no recommendation linked")
+    predicted: str
+    measured: str
+    flagged: bool
+    flag_text: str
+    fidelity: str
+    optimize_session_id: int | None
+    measured_fraction: float | None = None  # the A/B saving as a number (None: not measured)
+    risk: str = "n/a"  # the recommendation's risk to quality
+
+    @property
+    def chain(self) -> str:
+        return (f"recommended: {self.recommended} → applied: {self.action} ({self.status}, action #{self.action_id}"
+                + (f", session {self.optimize_session_id}" if self.optimize_session_id is not None else "")
+                + f") → measured: {self.measured}")
+
+    def to_dict(self) -> dict:
+        return {"action_id": self.action_id, "action": self.action, "status": self.status,
+                "recommended": self.recommended, "predicted": self.predicted, "measured": self.measured,
+                "flagged": self.flagged, "flag_text": self.flag_text, "fidelity": self.fidelity,
+                "optimize_session_id": self.optimize_session_id, "chain": self.chain,
+                "measured_fraction": self.measured_fraction, "risk": self.risk}
+
+
+def fidelity_text(fid: Mapping | None) -> str:
+    if not fid:
+        return "n/a (not measured)"
+    parts = []
+    if fid.get("top1_agreement") is not None:
+        parts.append(f"top-1 agreement {fid['top1_agreement'] * 100:.1f} %")
+    if fid.get("kl_base_candidate") is not None:
+        parts.append(f"KL {fid['kl_base_candidate']:.3g} nats")
+    if fid.get("quality_loss") is not None:
+        parts.append(f"quality loss ({fid.get('quality_metric') or 'n/a'}) {fid['quality_loss']:.4g}")
+    return ", ".join(parts) or "n/a (not measured)"
+
+
+def sizes_text(sizes: Mapping) -> str:
+    """Original → optimized copy, in elements and bytes, with why the two can move apart."""
+    def mib(b):
+        return "n/a" if b is None else f"{b / 2**20:.2f} MiB"
+
+    def n(x):
+        return "n/a" if x is None else f"{int(x):,}"
+
+    return (f"tensor elements {n(sizes.get('base_params'))} → {n(sizes.get('candidate_params'))}; "
+            f"tensor bytes {mib(sizes.get('base_tensor_bytes'))} → {mib(sizes.get('candidate_tensor_bytes'))} "
+            "(elements count every stored number, bytes what memory holds: a quantized copy stores int8 "
+            "weights plus their scales and zero points, so it can count more elements in fewer bytes)")
+
+
+def measured_fraction(result: Mapping) -> tuple[float | None, tuple[float, float] | None, str]:
+    """(saving, 95 % interval, method) from an action's stored result (its A/B verification)."""
+    v = result.get("verification") or {}
+    interval = v.get("saving_interval")
+    method = ((v.get("baseline") or {}).get("energy_method")) or "n/a"
+    return v.get("saving_fraction"), tuple(interval) if interval else None, method
+
+
+def measured_text(saving: float | None, interval, method: str, reason: str | None = None) -> str:
+    if saving is None:
+        return f"n/a ({reason or 'no A/B result'})"
+    ci = f", 95 % CI {interval_text(interval[0], interval[1])}" if interval else ""
+    return f"{saving_text(saving)}{ci} ({method})"
+
+
+def outcome(action: Mapping, rec: Recommendation | None) -> Outcome:
+    """The outcome view of one stored action row (``Store.actions``) and its recommendation."""
+    result = action.get("result") or {}
+    saving, interval, method = measured_fraction(result)
+    reason = (result.get("verification") or {}).get("saving_reason")
+    ps = rec.predicted_saving if rec is not None else None
+    if ps is None and isinstance(result.get("predicted"), Mapping):
+        ps = PredictedSaving.from_dict(result["predicted"])
+    flagged, flag = False, ""
+    if ps is not None and not ps.is_measure_first and saving is not None:
+        if not (ps.low <= saving <= ps.high):
+            flagged = True
+            flag = (f"FLAGGED: measured {change_pct(saving)} lies outside the predicted interval "
+                    f"{interval_text(ps.low, ps.high)}")
+        else:
+            flag = "within the predicted interval"
+    return Outcome(
+        action_id=int(action.get("id") or 0), action=str(action.get("kind") or ""),
+        status=str(action.get("status") or "n/a"),
+        recommended=rec.title if rec is not None else "no recommendation linked",
+        predicted=predicted_text(ps) if ps is not None else "n/a (no prediction stored)",
+        measured=measured_text(saving, interval, method, reason), flagged=flagged, flag_text=flag,
+        fidelity=fidelity_text(result.get("fidelity")), optimize_session_id=action.get("session_id"),
+        measured_fraction=saving, risk=risk_text(rec.risk) if rec is not None else "n/a")
+
+
+def outcomes(recs: Sequence[Recommendation], actions: Sequence[Mapping], session_id: int) -> list[Outcome]:
+    """The outcomes of the actions applied *from* session ``session_id`` (linked by
+    ``source_session_id``), each with the recommendation it applied (by stored index, else by action)."""
+    out = []
+    for a in actions:
+        if a.get("source_session_id") != session_id:
+            continue
+        rec = None
+        idx = (a.get("params") or {}).get("recommendation_index")
+        if isinstance(idx, int) and 0 <= idx < len(recs) and recs[idx].action == a.get("kind"):
+            rec = recs[idx]
+        rec = rec or next((r for r in recs if r.action == a.get("kind")), None)
+        if rec is None and isinstance((a.get("params") or {}).get("recommendation"), Mapping):
+            try:
+                rec = Recommendation.from_dict(dict(a["params"]["recommendation"]))
+            except (KeyError, TypeError, ValueError):
+                rec = None
+        out.append(outcome(a, rec))
+    return out

@@ -1,0 +1,59 @@
+"""app/present.py and the advisor model's text: one wording of advice and outcomes everywhere."""
+
+from __future__ import annotations
+
+from wattlens.advisor.recommend import (
+    Evidence,
+    PredictedSaving,
+    Recommendation,
+    Risk,
+    rule_of_thumb,
+)
+from wattlens.app import present
+from wattlens.app.gui.models.advisor_model import AdvisorModel
+
+
+def _rec(ps: PredictedSaving, action: str | None = "prune-mlp:0.2") -> dict:
+    return Recommendation(rule="prune-mlp", title="Prune the MLP", rationale="MLP takes the time.",
+                          evidence=(Evidence("MLP share", 0.5, "fraction", "stack sampling"),),
+                          predicted_saving=ps, confidence="low", risk=Risk("high", "quality drops"),
+                          action=action).to_dict()
+
+
+def _action(saving: float, *, src: int = 1) -> dict:
+    return {"id": 7, "session_id": 9, "kind": "prune-mlp:0.2", "status": "verified", "source_session_id": src,
+            "params": {"recommendation_index": 0},
+            "result": {"verification": {"saving_fraction": saving, "saving_interval": [saving - 0.05, saving + 0.05],
+                                        "baseline": {"energy_method": "counter"}},
+                       "fidelity": {"top1_agreement": 0.97, "kl_base_candidate": 0.01}}}
+
+
+def test_a_prediction_whose_interval_includes_zero_is_not_advice():
+    m = AdvisorModel()
+    m.set_session(1, [_rec(PredictedSaving(0.0, -0.05, 0.05, "regression", "")),
+                      _rec(rule_of_thumb(0.1, 0.3, "published results"))])
+    held, advice = m.recommendations
+    assert held.held.startswith("not worth it yet: the predicted interval −5.0 % … +5.0 % includes no change")
+    assert advice.held is None and advice.saving_text.startswith("predicted: −20.0 % energy per sample (saving)")
+    m.set_advice({"session_id": 1, "recommendations": [_rec(PredictedSaving(0.0, -0.05, 0.05, "regression", ""))],
+                  "silent_rules": []})
+    assert m.status.startswith("0 recommendation(s), 1 not worth it yet")
+    assert "risk to quality: high — quality drops" == m.recommendations[0].risk_text  # never a dict
+
+
+def test_outcome_sits_beside_its_recommendation_and_is_flagged_outside_the_interval():
+    docs = [_rec(rule_of_thumb(0.1, 0.3, "published results"))]
+    recs, bad = present.read_recommendations(docs)
+    assert bad == []
+    inside, outside = present.outcomes(recs, [_action(0.2)], 1)[0], present.outcomes(recs, [_action(0.609)], 1)[0]
+    assert not inside.flagged and inside.flag_text == "within the predicted interval"
+    assert outside.flagged and outside.flag_text.startswith("FLAGGED: measured −60.9 % lies outside")
+    assert outside.predicted.startswith("−20.0 % energy per sample (saving), interval −30.0 % … −10.0 %")
+    assert outside.measured.startswith("−60.9 % energy per sample (saving), 95 % CI")
+    assert outside.fidelity == "top-1 agreement 97.0 %, KL 0.01 nats"
+    assert present.outcomes(recs, [_action(0.2, src=2)], 1) == []  # applied from another session
+    m = AdvisorModel()
+    m.set_session(1, docs, [outside])
+    lines = m.recommendations[0].outcome_lines
+    assert lines[1] == f"predicted: {outside.predicted}" and lines[2] == f"measured: {outside.measured}"
+    assert lines[3].startswith("FLAGGED")
