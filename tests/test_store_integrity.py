@@ -94,7 +94,7 @@ OPTIMIZE_CONCURRENT = textwrap.dedent("""
         s.run(poll_s=0.05)
     record("before optimize")
     child = subprocess.Popen([sys.executable, "-m", "wattlens.app", "optimize", model, "--action",
-                              "quantize-int8", "--out", out, "--rounds", "1", "--db", db, "--json"],
+                              "bf16", "--out", out, "--rounds", "1", "--db", db, "--json"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while child.poll() is None:
         record(f"during optimize {len(ids)}")
