@@ -76,8 +76,9 @@ def start_busy_child(seconds: float) -> subprocess.Popen:
 
 @pytest.fixture(scope="session")
 def torch_loop():
-    """One torch child for the whole test run (attach never changes it)."""
-    proc = start_torch_loop(600)
+    """One torch child for the whole test run (attach never changes it). It lives as long as CI
+    may run (a suite on a busy machine outlasted a 600 s child) and ends with its parent."""
+    proc = start_torch_loop(5400)
     yield proc
     end_process(proc)
 
