@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from sqlalchemy import create_engine, delete, event, func, insert, inspect, select, update
+from sqlalchemy import case, create_engine, delete, event, func, insert, inspect, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -48,6 +48,12 @@ DB_FIX = "choose another file with --db PATH (or WATTLENS_DB); the file was left
 NO_DB_HINT = "record one with `wattlens attach PID`, `wattlens run -- COMMAND` or `wattlens demo`"
 DAMAGED_HINT = ("restore it from a backup, or salvage it with `sqlite3 FILE .recover`, and use another "
                 "file with --db meanwhile")
+
+
+def host_name() -> str:
+    """The name sessions are stored under: ``WATTLENS_HOST`` if set (a node's name in a cluster
+    whose hostnames repeat, and the tests' stand-in for a second machine), else the hostname."""
+    return os.environ.get("WATTLENS_HOST") or socket.gethostname()
 
 
 def default_db_path() -> Path:
@@ -320,7 +326,7 @@ class Store:
                 name=name, kind=kind, status="running",
                 target_pid=(target or {}).get("pid"),
                 target_cmdline=_json((target or {}).get("cmdline")) if target else None,
-                host=socket.gethostname(), hardware_json=_json(hardware or {}),
+                host=host_name(), hardware_json=_json(hardware or {}),
                 settings_json=_json(settings or {}), started_at=started_at, start_ns=start_ns,
                 interval_s=interval_s, profiler_pid=me.pid, profiler_create_time=me.create_time(),
             )).inserted_primary_key[0]
@@ -378,7 +384,7 @@ class Store:
                                     m.SessionRow.host, m.SessionRow.started_at, m.SessionRow.start_ns)
                              .where(m.SessionRow.status == "running")).all()
         fixed = []
-        here = socket.gethostname()
+        here = host_name()
         for sid, pid, ctime, host, started_at, start_ns in rows:
             if host == here and pid and _process_alive(pid, ctime):
                 continue
@@ -402,9 +408,13 @@ class Store:
         return summarize(self.session(session_id), self.series_data(session_id), self.steps(session_id),
                          self.layer_costs(session_id))
 
-    def sessions(self) -> list[dict]:
+    def sessions(self, host: str | None = None) -> list[dict]:
+        """Newest first; ``host``: only the sessions recorded on that host."""
+        q = select(m.SessionRow.__table__).order_by(m.SessionRow.id.desc())
+        if host is not None:
+            q = q.where(m.SessionRow.host == host)
         with self.engine.connect() as c:
-            rows = c.execute(select(m.SessionRow.__table__).order_by(m.SessionRow.id.desc())).mappings().all()
+            rows = c.execute(q).mappings().all()
         return [_session_dict(r) for r in rows]
 
     def sessions_fingerprint(self) -> tuple:
@@ -413,7 +423,7 @@ class Store:
         t = m.SessionRow.__table__
         with self.engine.connect() as c:
             row = c.execute(select(func.count(t.c.id), func.max(t.c.id),
-                                   func.sum(func.coalesce(t.c.status == "running", 0)),
+                                   func.sum(case((t.c.status == "running", 1), else_=0)),
                                    func.max(t.c.ended_at))).first()
         return tuple(row)
 
