@@ -415,12 +415,14 @@ def cmd_sessions(args) -> int:
         return EXIT_OK
     import datetime as dt
 
-    print(f"{'ID':>4}  {'started':<19}  {'duration':>9}  {'status':<14} {'energy':>10}  name")
+    hosts = len({r["host"] for r in rows}) > 1  # a shared store: say which host recorded each
+    print(f"{'ID':>4}  {'started':<19}  {'duration':>9}  {'status':<14} {'energy':>10}  "
+          + ("host / name" if hosts else "name"))
     for r in rows:
         started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
         energy = (r["summary"] or {}).get("energy_j")
         print(f"{r['id']:>4}  {started:<19}  {_fmt(r['duration_s'], 's'):>9}  {r['status']:<14} "
-              f"{_fmt(energy, 'J'):>10}  {r['name']}")
+              f"{_fmt(energy, 'J'):>10}  " + (f"{r['host']} / {r['name']}" if hosts else r["name"]))
     return EXIT_OK
 
 

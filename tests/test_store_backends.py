@@ -145,6 +145,10 @@ def test_two_hosts_write_sessions_concurrently_into_one_postgresql_database(pg_u
     assert sorted((x["host"], x["name"]) for x in rows) == sorted(
         (h, f"job {i}") for h in ("node-a", "node-b") for i in range(6))
     assert {x["status"] for x in rows} == {"completed"}
+    listing = run_cli("sessions", "--db", pg_url).stdout
+    assert "node-a / job 5" in listing and "node-b / job 5" in listing
+    only_b = json.loads(run_cli("sessions", "--db", pg_url, "--host", "node-b", "--json").stdout)
+    assert len(only_b) == 6 and {x["host"] for x in only_b} == {"node-b"}
     store = Store(pg_url)
     assert all(len(store.series_data(x["id"])["cpu-model/power_w"][0]) == 500 for x in rows)
 

@@ -616,7 +616,11 @@ def _Tx(store: Store):
 
 
 def _map_operational(store: Store, exc: OperationalError) -> StoreError:
-    text = str(getattr(exc, "orig", exc))
+    text = " ".join(str(getattr(exc, "orig", exc)).split())  # a server's message spans lines
+    if not store.is_sqlite and ("connection" in text or "connect" in text):
+        return StoreError(f"cannot connect to database {store.display_name}: {text}",
+                          hint="start the server or fix the URL's host, port, user and database, "
+                               "or pass a file path to --db")
     if "full" in text:
         return StoreError(f"the disk holding {store.display_name} is full",
                           hint="free some space (a running session holds unwritten samples in memory and "
