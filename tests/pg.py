@@ -12,6 +12,7 @@ tests that must pass on both backends.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -35,17 +36,23 @@ def _as_owner(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    """The socket folder of a running throwaway PostgreSQL server (skips where there is none)."""
+class NoServer(Exception):
+    """Why no throwaway server can start here (the tests skip with it)."""
+
+
+@contextlib.contextmanager
+def throwaway_server():
+    """Start a PostgreSQL server in a temporary folder; yields its socket folder; stops and removes
+    it on exit. Raises NoServer where the binaries or the driver are absent. Also used by
+    benchmarks/bench_pg.py."""
     pg_bin = _pg_bin()
     if pg_bin is None:
-        pytest.skip("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin; "
-                    "apt-get install postgresql-15, or set WATTLENS_TEST_PG_BIN)")
+        raise NoServer("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin; "
+                       "apt-get install postgresql-15, or set WATTLENS_TEST_PG_BIN)")
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg is not installed (pip install 'psycopg[binary]')")
+        raise NoServer("psycopg is not installed (pip install 'psycopg[binary]')") from None
     root = Path(tempfile.mkdtemp(prefix="wattlens-pg-", dir="/tmp"))  # short: sockets cap paths at 107
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
@@ -58,15 +65,34 @@ def pg_server():
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise RuntimeError(f"{cmd[0]} failed ({r.returncode}): {r.stderr or r.stdout}\n{tail}")
 
-    run("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
-    opts = f"-c listen_addresses='' -k {root} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    run("pg_ctl", "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "120", "start")
     try:
+        run("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+        opts = f"-c listen_addresses='' -k {root} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        run("pg_ctl", "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "120", "start")
         yield root
     finally:
         subprocess.run(_as_owner([str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def new_database(socket_dir: Path, name: str) -> str:
+    """Create database ``name`` on the server at ``socket_dir``; returns its SQLAlchemy URL."""
+    import psycopg
+
+    with psycopg.connect(f"host={socket_dir} user=postgres dbname=postgres", autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://postgres@/{name}?host={socket_dir}"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The socket folder of a running throwaway PostgreSQL server (skips where there is none)."""
+    try:
+        with throwaway_server() as root:
+            yield root
+    except NoServer as exc:
+        pytest.skip(str(exc))
 
 
 _counter = itertools.count()
@@ -75,12 +101,7 @@ _counter = itertools.count()
 @pytest.fixture
 def pg_url(pg_server) -> str:
     """A URL of a new, empty database on the throwaway server."""
-    import psycopg
-
-    name = f"t{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(f"host={pg_server} user=postgres dbname=postgres", autocommit=True) as con:
-        con.execute(f'CREATE DATABASE "{name}"')
-    return f"postgresql+psycopg://postgres@/{name}?host={pg_server}"
+    return new_database(pg_server, f"t{os.getpid()}_{next(_counter)}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
