@@ -94,7 +94,7 @@ def test_sessions_carry_their_host_and_list_by_host(any_db, monkeypatch):
     assert store.sessions(host="node-c") == []
 
 
-def test_listing_commands_read_the_store_by_db(any_db, monkeypatch):
+def test_listing_commands_read_the_store_by_db(any_db, monkeypatch, tmp_path):
     monkeypatch.setenv("WATTLENS_HOST", "node-a")
     store = Store(any_db)
     sid, series = _session(store, "listed")
@@ -114,6 +114,12 @@ def test_listing_commands_read_the_store_by_db(any_db, monkeypatch):
     assert r.returncode == 0, r.stderr
     shown = json.loads(r.stdout)
     assert shown["session"]["id"] == sid and shown["session"]["host"] == "node-a"
+    r = run_cli("report", str(sid), "--format", "md", "-o", str(tmp_path / "r.md"), "--db", any_db)
+    assert r.returncode == 0, r.stderr
+    assert "listed" in (tmp_path / "r.md").read_text()
+    r = run_cli("advise", str(sid), "--db", any_db, "--json")
+    assert r.returncode == 0, r.stderr
+    assert isinstance(json.loads(r.stdout), (dict, list))
     r = run_cli("show", str(sid + 100), "--db", any_db)
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "wattlens sessions" in r.stderr
 
