@@ -482,7 +482,7 @@ def _same_run(seconds: float, window_s: float) -> dict:
         for r in rows
         if r.granularity == "class"
         or (r.path.startswith("backward/") and not r.path.endswith(ENGINE_OTHER))
-        or (r.path.startswith(BUCKET_OPTIMIZER + "/") and not r.path.endswith(OPTIMIZER_STEP_OTHER))
+        or (r.path.startswith(BUCKET_OPTIMIZER + "/") and OPTIMIZER_STEP_OTHER not in r.path)
     )
     hook_incl = {p: t / hook["wall_s"] for p, t in hook["inclusive_s"].items()}
     hook_self = dict(hook_incl)  # minus the direct children's inclusive time
@@ -584,7 +584,7 @@ def suite_markdown(suite: dict, args: argparse.Namespace, load: tuple[float, flo
         lines.append(f"| optimizer | {100 * t['hook'].get('[optimizer]', 0):.1f} % | "
                      f"{100 * t['sampled'].get('optimizer', 0):.1f} % |")
         for p, v in sorted(t["sampled"].items(), key=lambda kv: -kv[1]):
-            if p.startswith("optimizer/"):
+            if p.startswith("optimizer/") and p.count("/") == 1:
                 lines.append(f"| {p} | | {100 * v:.1f} % |")
         ops = Counter(t["backward_ops"])
         n_ops = sum(ops.values())
