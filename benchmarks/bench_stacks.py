@@ -499,6 +499,7 @@ def _same_run(seconds: float, window_s: float) -> dict:
         "loss": sampler.loss.summary(),
         "torn": dict(sampler.tree.torn_paths),
         "backward_ops": dict(sampler.backward_ops),
+        "optimizer_ops": {f"{part}/{op}": n for (part, op), n in sampler.optimizer_ops.items()},
         "named_share": named / grand if grand else None,
         "windows": k,
     }
@@ -592,6 +593,9 @@ def suite_markdown(suite: dict, args: argparse.Namespace, load: tuple[float, flo
                   "backward ± binomial se): " + ", ".join(
                       f"{op} {100 * n / n_ops:.0f} % ± {100 * (n / n_ops * (1 - n / n_ops) / n_ops) ** 0.5:.0f}"
                       for op, n in ops.most_common(8)) if n_ops else "", "",
+                  "Optimizer parts by tensor op (the same native reads): " + (", ".join(
+                      f"{k} {n}" for k, n in Counter(t.get("optimizer_ops", {})).most_common(8))
+                      or "none seen"), "",
                   f"Time attributed to module classes or named autograd ops: "
                   f"{100 * (t['named_share'] or 0):.1f} % (goal ≥ 80 %; optimizer parts named "
                   "by torch's update function count as named, `optimizer/step (other)` does "
