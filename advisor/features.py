@@ -392,7 +392,9 @@ def _layer_features(layers: Sequence[LayerCost], model_info: dict | None, reason
     linear_params: list[int] = []
     for path, (t, params, gran) in times.items():
         if gran == "bucket":
-            buckets[path] += t
+            # a bucket's named parts (backward/MmBackward0, optimizer/_fused_adamw) hold its
+            # self time: they count toward the bucket
+            buckets[path.split("/", 1)[0]] += t
             continue
         if path.startswith("@"):  # a second root (loss function ...): not the model
             buckets["outside modules"] += t

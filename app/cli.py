@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
 
     s = sub.add_parser("sessions", help="list stored sessions")
+    s.add_argument("--host", metavar="NAME", help="only the sessions recorded on host NAME (a shared store)")
     _add_db(s)
     _add_json(s)
 
@@ -399,24 +400,29 @@ def cmd_sessions(args) -> int:
         else:
             print(f"no sessions yet ({exc.message.split(': ', 1)[-1]}) — try `wattlens attach PID` or `wattlens demo`")
         return EXIT_OK
-    rows = store.sessions()
+    rows = store.sessions(host=args.host)
     if args.json:
-        _emit_json([{k: r[k] for k in ("id", "name", "kind", "status", "target_pid", "started_at",
+        _emit_json([{k: r[k] for k in ("id", "name", "kind", "status", "host", "target_pid", "started_at",
                                         "duration_s")} | {"energy_j": (r["summary"] or {}).get("energy_j"),
                                                           "target_energy_j": ((r["summary"] or {}).get("target") or {}).get("energy_j")}
                     for r in rows])
+        return EXIT_OK
+    if not rows and args.host is not None:
+        print(f"no sessions of host {args.host} in {store.display_name}")
         return EXIT_OK
     if not rows:
         print(f"no sessions in {store.display_name} yet — try `wattlens attach PID` or `wattlens demo`")
         return EXIT_OK
     import datetime as dt
 
-    print(f"{'ID':>4}  {'started':<19}  {'duration':>9}  {'status':<14} {'energy':>10}  name")
+    hosts = len({r["host"] for r in rows}) > 1  # a shared store: say which host recorded each
+    print(f"{'ID':>4}  {'started':<19}  {'duration':>9}  {'status':<14} {'energy':>10}  "
+          + ("host / name" if hosts else "name"))
     for r in rows:
         started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
         energy = (r["summary"] or {}).get("energy_j")
         print(f"{r['id']:>4}  {started:<19}  {_fmt(r['duration_s'], 's'):>9}  {r['status']:<14} "
-              f"{_fmt(energy, 'J'):>10}  {r['name']}")
+              f"{_fmt(energy, 'J'):>10}  " + (f"{r['host']} / {r['name']}" if hosts else r["name"]))
     return EXIT_OK
 
 

@@ -188,6 +188,75 @@ def bench_inprocess(dims, forwards: int, rounds: int, call_paths=("wrap",)) -> d
             "cpu_ms_off": statistics.median(off) * 1e3, **counts}
 
 
+def bench_percall(tiny_dims, rounds: int = 20, leaves: int = 200) -> dict:
+    """The agent's added CPU per module call, without a model's compute around it: a root with
+    one parameter calling ``leaves`` parameter-free modules whose forward returns its input,
+    alternated off / wrapper / hooks (thread CPU time). With the tiny model's calls per forward
+    this gives the per-call part of its overhead, a figure that a busy machine's noise (several
+    % per round on a 2.7 ms forward) does not drown."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel  # noqa: F401  (loads what it loads)
+
+    from wattlens.profiler.agent.tracker import Tracker
+
+    class Leaf(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    class Chain(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.ones(1))
+            self.leaves = torch.nn.ModuleList(Leaf() for _ in range(leaves))
+
+        def forward(self, x):
+            for leaf in self.leaves:
+                x = leaf(x)
+            return x
+
+    chain, x = Chain(), torch.ones(2)
+    trackers = {p: Tracker(torch, lambda m: None, _raise, count_flops="off", call_path=p)
+                for p in ("wrap", "hooks")}
+    us: dict[str, list[float]] = {"off": [], "wrap": [], "hooks": []}
+
+    def phase(n: int = 50) -> float:
+        c0 = time.thread_time()
+        for _ in range(n):
+            chain(x)
+        return (time.thread_time() - c0) / n / (leaves + 1) * 1e6
+
+    with torch.no_grad():
+        for _ in range(3):
+            chain(x)
+        for r in range(rounds):
+            for state in (list(us) if r % 2 == 0 else list(us)[::-1]):
+                if state != "off":
+                    trackers[state].install()
+                us[state].append(phase())
+                if state != "off":
+                    trackers[state].uninstall()
+    med = {k: statistics.median(v) for k, v in us.items()}
+    # calls per forward of the tiny model (every module call goes through __call__)
+    L, E, H, B, T, V = tiny_dims
+    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
+                                       n_positions=128)).eval()
+    calls = [0]
+    orig = torch.nn.Module.__call__
+
+    def counting(module, *args, **kwargs):
+        calls[0] += 1
+        return orig(module, *args, **kwargs)
+
+    torch.nn.Module.__call__ = counting
+    try:
+        with torch.no_grad():
+            model(torch.randint(0, V, (B, T)))
+    finally:
+        torch.nn.Module.__call__ = orig
+    return {"us_per_call": {k: med[k] - med["off"] for k in ("wrap", "hooks")},
+            "off_us": med["off"], "calls_per_forward": calls[0]}
+
+
 def main_floor() -> None:
     """``--floor``: the per-call floor, the module-call wrapper vs torch's global hooks, side by
     side with no agent, alternated in one process (tiny and mini models only: ~1 minute)."""
@@ -195,6 +264,8 @@ def main_floor() -> None:
     names = [n for n in MODELS if n != BUDGET_MODEL]
     res = {n: bench_inprocess(MODELS[n][0], MODELS[n][1], rounds=16, call_paths=("wrap", "hooks"))
            for n in names}
+    tiny = names[-1]
+    pc = bench_percall(MODELS[tiny][0])
     lines = ["| Workload | CPU ms per forward, no agent | agent, `nn.Module.__call__` wrapper "
              "and 100 ms windows (now) | agent, global forward hooks and 50 ms windows (before) |", "|---|---:|---:|---:|"]
     for n, r in res.items():
@@ -209,6 +280,17 @@ def main_floor() -> None:
         + "; ".join(f"{n}: wrapper {', '.join(f'{v:.3f}' for v in r['by_path']['wrap'])}; hooks "
                     f"{', '.join(f'{v:.3f}' for v in r['by_path']['hooks'])}"
                     for n, r in res.items())
+        + ".\n\nPer module call, without a model's compute around it (a chain of "
+        f"{200} modules returning their input, median of 20 alternated rounds, thread CPU): "
+        f"torch alone {pc['off_us']:.2f} us per call; the agent adds "
+        f"{pc['us_per_call']['wrap']:.2f} us (wrapper) and {pc['us_per_call']['hooks']:.2f} us "
+        f"(hooks). The {tiny} makes {pc['calls_per_forward']} module calls per forward, so the "
+        f"per-call part of its overhead is {pc['calls_per_forward']} x "
+        f"{pc['us_per_call']['wrap']:.2f} us / {res[tiny]['cpu_ms_off'] * 1e3:.0f} us = "
+        f"{100 * pc['calls_per_forward'] * pc['us_per_call']['wrap'] / (res[tiny]['cpu_ms_off'] * 1e3):.1f} % "
+        "(derived: calls x added CPU per call / CPU per forward; the rest of the ratio above is "
+        "per-step and per-window work — step boundaries, the window's JSON, validation and "
+        "LayerCost conversion, inline here — and the round-to-round noise)"
         + f".\n\nLoad average (1 min) at start / end: {load_before:.1f} / "
         f"{os.getloadavg()[0]:.1f} on 2 cores (shared with other jobs).")
     path = write_section("agent_floor", "Agent per-call floor (issue 14, run mode)", body)

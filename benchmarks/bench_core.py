@@ -32,13 +32,15 @@ for line in sys.stdin:            # each line: run for N seconds, print iteratio
 """
 
 
-def bench_ingest(n_samples: int = 400_000) -> tuple[float, float]:
+def bench_ingest(n_samples: int = 400_000, db: str | None = None) -> tuple[float, float]:
+    """Samples/s into ``db`` (a new SQLite file in a temporary folder when None; or an empty
+    database's URL): raw batched inserts, then through the writer thread."""
     from wattlens.profiler.records import SamplePoint, SeriesSpec
     from wattlens.profiler.store import Store
     from wattlens.profiler.store.writer import StoreWriter
 
     with tempfile.TemporaryDirectory() as d:
-        store = Store(Path(d) / "b.db")
+        store = Store(db or Path(d) / "b.db")
         keys = [f"s{i}/power_w" for i in range(8)]
         sid, ids = store.create_session(name="bench", kind="attach", started_at=time.time(), start_ns=0,
                                         series=[SeriesSpec(k, "W", "polled") for k in keys])

@@ -474,13 +474,15 @@ def _same_run(seconds: float, window_s: float) -> dict:
         p: statistics.stdev([w.get(p, 0.0) for w in per_window]) / k**0.5 for p in self_totals
     } if k > 1 else {}
     from wattlens.profiler.stacks.native import ENGINE_OTHER
+    from wattlens.profiler.stacks.parse import BUCKET_OPTIMIZER, OPTIMIZER_STEP_OTHER
 
-    named = sum(  # module classes, and backward ops with a name
+    named = sum(  # module classes, backward ops and optimizer parts with a name
         r.self_time_s or 0.0
         for rows in windows
         for r in rows
         if r.granularity == "class"
         or (r.path.startswith("backward/") and not r.path.endswith(ENGINE_OTHER))
+        or (r.path.startswith(BUCKET_OPTIMIZER + "/") and OPTIMIZER_STEP_OTHER not in r.path)
     )
     hook_incl = {p: t / hook["wall_s"] for p, t in hook["inclusive_s"].items()}
     hook_self = dict(hook_incl)  # minus the direct children's inclusive time
@@ -497,6 +499,7 @@ def _same_run(seconds: float, window_s: float) -> dict:
         "loss": sampler.loss.summary(),
         "torn": dict(sampler.tree.torn_paths),
         "backward_ops": dict(sampler.backward_ops),
+        "optimizer_ops": {f"{part}/{op}": n for (part, op), n in sampler.optimizer_ops.items()},
         "named_share": named / grand if grand else None,
         "windows": k,
     }
@@ -581,16 +584,24 @@ def suite_markdown(suite: dict, args: argparse.Namespace, load: tuple[float, flo
                      f"{100 * bw_s:.1f} % |")
         lines.append(f"| optimizer | {100 * t['hook'].get('[optimizer]', 0):.1f} % | "
                      f"{100 * t['sampled'].get('optimizer', 0):.1f} % |")
+        for p, v in sorted(t["sampled"].items(), key=lambda kv: -kv[1]):
+            if p.startswith("optimizer/") and p.count("/") == 1:
+                lines.append(f"| {p} | | {100 * v:.1f} % |")
         ops = Counter(t["backward_ops"])
         n_ops = sum(ops.values())
         lines += ["", f"Backward by autograd op ({n_ops} native reads at 1 Hz; share of the "
                   "backward ± binomial se): " + ", ".join(
                       f"{op} {100 * n / n_ops:.0f} % ± {100 * (n / n_ops * (1 - n / n_ops) / n_ops) ** 0.5:.0f}"
                       for op, n in ops.most_common(8)) if n_ops else "", "",
+                  "Optimizer parts by tensor op (the same native reads): " + (", ".join(
+                      f"{k} {n}" for k, n in Counter(t.get("optimizer_ops", {})).most_common(8))
+                      or "none seen"), "",
                   f"Time attributed to module classes or named autograd ops: "
-                  f"{100 * (t['named_share'] or 0):.1f} % (goal ≥ 80 %); the rest is the "
-                  "optimizer, the backward before the first native reads arrived, the engine's "
-                  "own work and Python outside modules.", ""]
+                  f"{100 * (t['named_share'] or 0):.1f} % (goal ≥ 80 %; optimizer parts named "
+                  "by torch's update function count as named, `optimizer/step (other)` does "
+                  "not); the rest is the optimizer step's own bookkeeping, the backward before "
+                  "the first native reads arrived, the engine's own work and Python outside "
+                  "modules.", ""]
     return "\n".join(lines)
 
 

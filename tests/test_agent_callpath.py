@@ -78,3 +78,67 @@ def test_a_forward_that_raises_goes_through_the_wrapper_untouched():
     finally:
         tracker.uninstall()
     assert failures == []
+
+
+def _rows_with_clock(call_path: str, monkeypatch) -> dict:
+    """One window over 4 forwards, timed by a clock that ticks 1000 ns per read: every call
+    after a module's first in the window takes the wrapper's inline fast path."""
+    from wattlens.profiler.agent import tracker as tracker_mod
+
+    ticks = iter(range(0, 10**9, 1000))
+    monkeypatch.setattr(tracker_mod, "_perf_ns", lambda: next(ticks))
+    sink, failures = Sink(), []
+    tracker = Tracker(torch, sink, failures.append, window_ns=10**15, count_flops="off",
+                      call_path=call_path)
+    tracker.install()
+    net = Net().eval()
+    try:
+        with torch.no_grad():
+            for _ in range(4):
+                net(torch.randn(8, 16))
+        tracker.finish()
+    finally:
+        tracker.uninstall()
+    assert failures == []
+    return {(r["path"], r["phase"]): (r["time_ns"], r["self_time_ns"], r["calls"])
+            for m in sink.msgs if m["type"] == "layers" for r in m["rows"]}
+
+
+def test_fast_path_gives_exactly_the_hook_paths_times(monkeypatch):
+    wrap = _rows_with_clock("wrap", monkeypatch)
+    hooks = _rows_with_clock("hooks", monkeypatch)
+    assert wrap == hooks  # same clock reads, same per-instance inclusive and self times
+    incl, self_ns, calls = wrap[("blocks.0", "forward")]
+    assert calls == 4 and 0 < self_ns < incl
+
+
+def test_a_raise_on_the_fast_path_pops_its_frame_and_timing_goes_on():
+    class Flaky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+            self.fail = False
+
+        def forward(self, x):
+            if self.fail:
+                raise ValueError("boom")
+            return self.fc(x)
+
+    sink, failures = Sink(), []
+    tracker = Tracker(torch, sink, failures.append, window_ns=10**15, count_flops="off")
+    tracker.install()
+    model = torch.nn.Sequential(Flaky(), torch.nn.ReLU())
+    try:
+        with torch.no_grad():
+            model(torch.ones(1, 4))
+            model[0].fail = True
+            with pytest.raises(ValueError, match="boom"):
+                model(torch.ones(1, 4))  # Flaky is already counted this window: the fast path
+            assert not tracker._tls.stack
+            model[0].fail = False
+            model(torch.ones(1, 4))
+        tracker.finish()
+    finally:
+        tracker.uninstall()
+    assert failures == []
+    assert sum(r["calls"] for r in sink.rows("0")) == 3 and sum(r["calls"] for r in sink.rows("1")) == 2

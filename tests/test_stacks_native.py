@@ -11,13 +11,22 @@ import pytest
 
 from wattlens.profiler.stacks.native import (
     ENGINE_OTHER,
+    OPTIMIZER_NO_OP,
     PYTHON_FUNCTION,
     autograd_node,
     backward_ops,
     op_shares,
+    optimizer_ops,
     split_backward,
+    split_optimizer,
 )
-from wattlens.profiler.stacks.parse import BUCKET_BACKWARD, aggregate, window_counts
+from wattlens.profiler.stacks.parse import (
+    BUCKET_BACKWARD,
+    BUCKET_OPTIMIZER,
+    OPTIMIZER_STEP_OTHER,
+    aggregate,
+    window_counts,
+)
 
 RAW = (Path(__file__).parent / "fixtures" / "pyspy" / "llama_train_native_py311.txt").read_text()
 
@@ -79,3 +88,29 @@ def test_blas_leaf_in_the_backward_is_a_matmul_grad_and_forward_nodes_do_not_cou
     engine = "thread (2);torch::autograd::generated::MmBackward0::apply (/s/lib.so) 4"
     ops = backward_ops("\n".join([blas, fwd, engine]))
     assert ops == Counter({"matmul grad (BLAS kernel; node not unwound)": 3, "MmBackward0": 4})
+
+
+def test_optimizer_native_reads_name_the_tensor_ops_of_each_part():
+    """The capture's optimizer samples: Adam's single-tensor update in mul_ (4) and add_ (1),
+    and the step's profiler hook (record_function: no tensor op)."""
+    assert optimizer_ops(RAW) == Counter({
+        ("_single_tensor_adam", "mul_"): 4,
+        ("_single_tensor_adam", "add_"): 1,
+        (OPTIMIZER_STEP_OTHER, OPTIMIZER_NO_OP): 1,
+    })
+
+
+def test_split_optimizer_keeps_the_window_energy():
+    counts = window_counts(RAW)
+    rows = aggregate(counts, window_start_ns=0, window_end_ns=10**9, rate_hz=1,
+                     window_energy_j=50.0)
+    out = {r.path: r for r in split_optimizer(split_backward(rows, backward_ops(RAW)),
+                                              optimizer_ops(RAW))}
+    part = out[f"{BUCKET_OPTIMIZER}/_single_tensor_adam"]
+    mul = out[f"{BUCKET_OPTIMIZER}/_single_tensor_adam/mul_"]
+    add = out[f"{BUCKET_OPTIMIZER}/_single_tensor_adam/add_"]
+    assert part.self_energy_j == 0.0 and part.energy_j == pytest.approx(mul.energy_j + add.energy_j)
+    assert mul.self_energy_j == pytest.approx(4 * add.self_energy_j)
+    assert (mul.n_samples, add.n_samples) == (4, 1)
+    assert sum(r.self_energy_j for r in out.values()) == pytest.approx(50.0)
+    assert split_optimizer(rows, Counter()) == rows  # no native reads: unchanged

@@ -13,6 +13,8 @@ from wattlens.profiler.records import EventRecord, LayerCost, SeriesSpec, StepRe
 from wattlens.profiler.store import Store
 from wattlens.profiler.store.writer import StoreWriter
 
+pytest_plugins = ["tests.pg"]  # any_db: the both-backends tests run on SQLite and PostgreSQL
+
 
 def _new_session(store, **kw):
     return store.create_session(name="s", kind="attach", started_at=time.time(), start_ns=time.monotonic_ns(),
@@ -20,7 +22,8 @@ def _new_session(store, **kw):
                                 series=[SeriesSpec("cpu-model/power_w", "W", "estimated", "cpu-model")], **kw)
 
 
-def test_round_trip_of_every_record_kind(db_path):
+def test_round_trip_of_every_record_kind(any_db):
+    db_path = any_db
     store = Store(db_path)
     sid, series = _new_session(store, target={"pid": 123, "cmdline": ["python", "x.py"]})
     w = StoreWriter(store, sid, series)
@@ -118,7 +121,20 @@ CRASHER = textwrap.dedent("""
 
 
 def _stored_points(db_path, key: str) -> int:
-    """Committed samples of one series, read-only with plain sqlite3 (no Store opened here)."""
+    """Committed samples of one series, read-only with plain sqlite3 (no Store opened here); a
+    server database through SQLAlchemy."""
+    if "://" in str(db_path):
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(db_path)
+        try:
+            with engine.connect() as c:
+                return c.execute(text("SELECT count(*) FROM samples JOIN series ON samples.series_id = series.id "
+                                      "WHERE series.key = :k"), {"k": key}).scalar()
+        except Exception:  # noqa: BLE001 - not created yet
+            return 0
+        finally:
+            engine.dispose()
     con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
         return con.execute("SELECT count(*) FROM samples JOIN series ON samples.series_id = series.id "
@@ -129,7 +145,8 @@ def _stored_points(db_path, key: str) -> int:
         con.close()
 
 
-def test_killed_profiler_session_reopens_interrupted_losing_at_most_a_second(db_path):
+def test_killed_profiler_session_reopens_interrupted_losing_at_most_a_second(any_db):
+    db_path = any_db
     proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(db_path)], stdout=subprocess.PIPE, text=True)
     sid = int(proc.stdout.readline())
     deadline = time.monotonic() + 120  # until 21 power samples are stored, however busy the machine is
@@ -149,13 +166,15 @@ def test_killed_profiler_session_reopens_interrupted_losing_at_most_a_second(db_
     assert s["duration_s"] == pytest.approx((t[-1] - s["start_ns"]) / 1e9)
 
 
-def test_a_running_session_of_a_live_profiler_is_not_marked_interrupted(db_path):
+def test_a_running_session_of_a_live_profiler_is_not_marked_interrupted(any_db):
+    db_path = any_db
     store = Store(db_path)
     sid, _ = _new_session(store)
     assert Store(db_path).session(sid)["status"] == "running"  # our own process is alive
 
 
-def test_disk_full_keeps_samples_in_memory_and_retries(db_path, monkeypatch):
+def test_disk_full_keeps_samples_in_memory_and_retries(any_db, monkeypatch):
+    db_path = any_db
     from wattlens.profiler.records import SamplePoint
 
     store = Store(db_path)

@@ -424,7 +424,20 @@ def _one_line_exit_2(r: subprocess.CompletedProcess, *words: str) -> str:
 
 def test_a_bogus_db_url_or_a_missing_driver_is_one_line(tmp_path):
     _one_line_exit_2(run_cli("sessions", "--db", "foo://x"), "'foo'", "file path")
-    _one_line_exit_2(run_cli("sessions", "--db", "postgresql+psycopg://u@localhost/x"), "not installed", "pip install")
+    no_driver = tmp_path / "no-driver"  # an install without psycopg: its import fails
+    no_driver.mkdir()
+    (no_driver / "psycopg.py").write_text("raise ImportError('No module named psycopg')\n")
+    _one_line_exit_2(run_cli("sessions", "--db", "postgresql+psycopg://u@localhost/x",
+                             env={"PYTHONPATH": str(no_driver)}), "not installed", "pip install")
+
+
+def test_an_unreachable_postgresql_server_is_one_line(tmp_path):
+    sock = tmp_path / "no-server"  # a socket folder where no server listens
+    sock.mkdir()
+    r = run_cli("sessions", "--db", f"postgresql+psycopg://postgres@/x?host={sock}")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "cannot connect to database" in lines[0] and "—" in lines[0] and "internal error" not in lines[0]
 
 
 def test_a_non_numeric_schema_version_is_one_line(db_path):

@@ -183,7 +183,7 @@ class QtSessionsView(QWidget):
         self.poll.start()
 
         self.filter = QLineEdit(self)
-        self.filter.setPlaceholderText("Filter by name, target or status")
+        self.filter.setPlaceholderText("Filter by name, target, status or host")
         self.filter.setClearButtonEnabled(True)
         self.filter.textChanged.connect(self._on_filter_changed)
         self.table = QTableWidget(0, len(COLUMNS), self)
@@ -435,7 +435,7 @@ class QtSessionsView(QWidget):
         selected = self.selected_ids() if self.table.rowCount() else []
         text = self.filter.text().strip().lower()
         rows = [r for r in self.model.rows
-                if not text or text in r.name.lower() or text in r.target.lower() or text in r.status.lower()]
+                if not text or any(text in f.lower() for f in (r.name, r.target, r.status, r.host))]
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(rows))
         for i, r in enumerate(rows):

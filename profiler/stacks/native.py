@@ -12,6 +12,10 @@ backward pass. Their counts are pooled over the session and split each window's 
 bucket in those proportions (:func:`split_backward`): the op rows are an *estimate* whose
 uncertainty is binomial in the pooled count (:func:`op_shares`), reported with them.
 
+The same native reads split the optimizer step's parts (``optimizer/_single_tensor_adamw`` ...,
+named from the Python frames by ``parse.optimizer_part``) by the tensor op the update called
+(:func:`optimizer_ops`, :func:`split_optimizer`): pooled, an estimate like the backward's.
+
 What is not done: mapping ops back to module classes (an ``MmBackward0`` belongs to whichever
 Linear issued the matmul; the autograd graph's names do not say which), so ops stay op classes.
 """
@@ -25,7 +29,13 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from wattlens.profiler.records import LayerCost
-from wattlens.profiler.stacks.parse import BUCKET_BACKWARD, SourceIndex, classify, parse_frame
+from wattlens.profiler.stacks.parse import (
+    BUCKET_BACKWARD,
+    BUCKET_OPTIMIZER,
+    SourceIndex,
+    classify,
+    parse_frame,
+)
 
 NATIVE_RATE_HZ = 1
 NATIVE_WINDOW_S = 20  # one py-spy per 20 s: its start-up (symbol loading) is paid rarely
@@ -37,6 +47,10 @@ PYTHON_FUNCTION = "autograd.Function (Python)"
 BLAS_UNWOUND = "matmul grad (BLAS kernel; node not unwound)"
 GRAD_ACCUMULATION = "gradient accumulation"
 
+OPTIMIZER_NO_OP = "no tensor op on the stack"
+# The Python-visible tensor op a native stack is in: torch's binding THPVariable_<op>
+# (THPVariable_mul_, THPVariable__foreach_add_): the outermost one is what the Python code called.
+_TENSOR_OP_RE = re.compile(r"THPVariable_([A-Za-z0-9_]+)")
 _NODE_RE = re.compile(r"(?:^|::)([A-Za-z0-9_]+Backward\d*|AccumulateGrad)::")
 _BLAS_RE = re.compile(r"^(?:mkl_blas|mkl_|openblas|dgemm|sgemm|cblas_|bli_|dnnl_)|gemm", re.I)
 
@@ -137,4 +151,56 @@ def split_backward(rows: list[LayerCost], ops: Counter[str]) -> list[LayerCost]:
                     n_samples=n,
                 )
             )
+    return out
+
+
+def optimizer_ops(raw_text: str, index: SourceIndex | None = None) -> Counter[tuple[str, str]]:
+    """Native samples in the optimizer step, per (optimizer part, tensor op): the part as
+    :func:`~wattlens.profiler.stacks.parse.optimizer_part` names it from the Python frames, the op
+    from the outermost ``THPVariable_<op>`` binding frame (``mul_``, ``addcdiv_``,
+    ``_foreach_add_``), else :data:`OPTIMIZER_NO_OP`."""
+    index = index if index is not None else SourceIndex()
+    out: Counter[tuple[str, str]] = Counter()
+    for line in raw_text.splitlines():
+        stack, sep, count_text = line.rpartition(" ")
+        if not sep or not count_text.isdigit() or int(count_text) <= 0:
+            continue
+        parts = stack.split(";")
+        frames = [f for f in (parse_frame(p) for p in parts) if f is not None]
+        att = classify(frames, index)
+        if att.bucket != BUCKET_OPTIMIZER or att.detail is None:
+            continue
+        op = next((m.group(1) for m in map(_TENSOR_OP_RE.search, parts) if m is not None),
+                  OPTIMIZER_NO_OP)
+        out[(att.detail, op)] += int(count_text)
+    return out
+
+
+def split_optimizer(rows: list[LayerCost], ops: Counter[tuple[str, str]]) -> list[LayerCost]:
+    """Each ``optimizer/<part>`` row with native reads gets one child ``optimizer/<part>/<op>``
+    per tensor op, in the pooled proportions of those reads (an estimate, like the backward's
+    split); the part row keeps its inclusive figures and gives its self figures to the
+    children, so the window's energy still adds up. Parts without native reads stay whole."""
+    by_part: dict[str, Counter[str]] = {}
+    for (part, op), n in ops.items():
+        if n > 0:
+            by_part.setdefault(f"{BUCKET_OPTIMIZER}/{part}", Counter())[op] += n
+    if not by_part:
+        return rows
+    out: list[LayerCost] = []
+    for row in rows:
+        part_ops = by_part.get(row.path) if row.granularity == "bucket" else None
+        if not part_ops:
+            out.append(row)
+            continue
+        total = sum(part_ops.values())
+        self_t = row.self_time_s or 0.0
+        self_e = row.self_energy_j
+        out.append(replace(row, self_time_s=0.0, self_energy_j=None if self_e is None else 0.0))
+        for op, n in part_ops.most_common():
+            frac = n / total
+            out.append(replace(
+                row, path=f"{row.path}/{op}", time_s=self_t * frac, share=row.share * frac,
+                energy_j=None if self_e is None else self_e * frac, self_time_s=self_t * frac,
+                self_energy_j=None if self_e is None else self_e * frac, n_samples=n))
     return out

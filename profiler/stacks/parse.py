@@ -54,6 +54,12 @@ BUCKETS = (
     BUCKET_OTHER,
 )
 
+# The optimizer bucket's parts (see optimizer_part).
+OPTIMIZER_ZERO_GRAD = "zero_grad"
+OPTIMIZER_STEP_OTHER = "step (other)"
+# torch.optim's update implementations: _single_tensor_adamw, _multi_tensor_sgd, _fused_adam ...
+_OPT_IMPL_RE = re.compile(r"^_(?:single_tensor|multi_tensor|fused)_[a-z0-9_]+$")
+
 SourceResolver = Callable[[str], "str | None"]
 
 _FRAME_RE = re.compile(r"^(?P<name>.+?) \((?P<file>.*):(?P<line>-?\d+)\)$")
@@ -113,10 +119,13 @@ class Attribution:
 
     path: tuple[str, ...]  # ("GPT2LMHeadModel", "GPT2Model", ...) ; empty for a bucket
     bucket: str | None = None
+    detail: str | None = None  # a named part of the bucket ("optimizer" -> "_single_tensor_adam")
 
     @property
     def key(self) -> str:
-        return self.bucket if self.bucket is not None else "/".join(self.path)
+        if self.bucket is None:
+            return "/".join(self.path)
+        return self.bucket if self.detail is None else f"{self.bucket}/{self.detail}"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -341,13 +350,46 @@ def _outermost_bucket(frames: Sequence[Frame]) -> str | None:
     for frame in frames:
         if _in_package(frame, "torch/utils/data/"):
             return BUCKET_DATA
-        if _in_package(frame, "torch/optim/"):
+        if _in_package(frame, "torch/optim/") or _is_clip_grad(frame):
             return BUCKET_OPTIMIZER
         if _in_package(frame, "torch/autograd/") or (
             frame.function == "backward" and _norm(frame.filename).endswith("/torch/_tensor.py")
         ):
             return BUCKET_BACKWARD
     return None
+
+
+def _is_clip_grad(frame: Frame) -> bool:
+    return _norm(frame.filename).endswith("/torch/nn/utils/clip_grad.py")
+
+
+def optimizer_part(frames: Sequence[Frame]) -> str:
+    """Which part of the optimizer step a stack in the ``optimizer`` bucket is in, named from
+    torch's own functions (the names are torch's, so the split holds for any model):
+
+    - the parameter update's implementation, innermost first: ``_single_tensor_adamw`` (a loop
+      over tensors), ``_multi_tensor_adamw`` (``foreach`` kernels), ``_fused_adamw`` (one fused
+      kernel) ... — whichever the optimizer chose;
+    - :data:`OPTIMIZER_ZERO_GRAD` for ``Optimizer.zero_grad``;
+    - the gradient clipping call (``clip_grad_norm_``, ``clip_grad_value_``);
+    - else :data:`OPTIMIZER_STEP_OTHER`: inside ``step`` but outside the update (step hooks, the
+      profiler's record_function, the loop over parameter groups).
+    """
+    clip: str | None = None
+    zero = False
+    for frame in reversed(frames):
+        fn = frame.function
+        if _in_package(frame, "torch/optim/"):
+            if _OPT_IMPL_RE.match(fn):
+                return fn
+            zero = zero or fn == "zero_grad"
+        elif _is_clip_grad(frame) and fn.startswith("clip_grad"):
+            clip = fn
+    if zero:
+        return OPTIMIZER_ZERO_GRAD
+    if clip is not None:
+        return clip
+    return OPTIMIZER_STEP_OTHER
 
 
 def classify(frames: Sequence[Frame], index: SourceIndex, *, gpu: bool = False) -> Attribution:
@@ -363,6 +405,8 @@ def classify(frames: Sequence[Frame], index: SourceIndex, *, gpu: bool = False) 
     if path:
         return Attribution(path)
     bucket = _outermost_bucket(frames)
+    if bucket == BUCKET_OPTIMIZER:
+        return Attribution((), bucket, optimizer_part(frames))
     if bucket is not None:
         return Attribution((), bucket)
     if is_idle(frames, index):
@@ -427,7 +471,9 @@ def aggregate(
     samples / all counted samples of the window (inclusive for class nodes), so shares of the
     top-level nodes and buckets add up to 1. ``energy_j = window_energy_j x share`` and
     ``self_energy_j`` from self samples (``figures.split_window_energy``); summing ``self_energy_j`` over all rows gives the window
-    energy exactly (conservation). Unknown window energy gives ``None`` energies, never 0.
+    energy exactly (conservation). A bucket whose samples carry a detail (the optimizer's parts,
+    :func:`optimizer_part`) gets one child row ``<bucket>/<detail>`` per part, the bucket row
+    keeping its inclusive figures and only the unclaimed samples as self. Unknown window energy gives ``None`` energies, never 0.
     """
     if rate_hz <= 0:
         raise ValueError(f"rate_hz must be positive, got {rate_hz}")
@@ -437,9 +483,13 @@ def aggregate(
     inclusive: dict[tuple[str, ...], float] = Counter()
     self_counts: dict[tuple[str, ...], float] = Counter()
     buckets: dict[str, float] = Counter()
+    parts: dict[str, dict[str, float]] = {}  # bucket -> {detail: samples}
     for att, n in counts.items():
         if att.bucket is not None:
             buckets[att.bucket] += n
+            if att.detail is not None:
+                named = parts.setdefault(att.bucket, Counter())
+                named[att.detail] += n
             continue
         self_counts[att.path] += n
         for depth in range(1, len(att.path) + 1):
@@ -464,20 +514,26 @@ def aggregate(
             )
         )
     for name, n in sorted(buckets.items(), key=lambda kv: (-kv[1], kv[0])):
-        rows.append(
-            LayerCost(
-                window_start_ns=window_start_ns,
-                window_end_ns=window_end_ns,
-                path=name,
-                granularity="bucket",
-                method=METHOD,
-                time_s=n * dt_s,
-                share=n / total,
-                self_time_s=n * dt_s,
-                n_samples=round(n),
-                phase="backward" if name == BUCKET_BACKWARD else "",
+        named = parts.get(name, {})
+        # A bucket split into named parts keeps its inclusive figures; its self figures are the
+        # samples no part claims, so the window's self times still add up to all its samples.
+        for path, n_row, n_self in [(name, n, n - sum(named.values()))] + [
+            (f"{name}/{d}", k, k) for d, k in sorted(named.items(), key=lambda kv: (-kv[1], kv[0]))
+        ]:
+            rows.append(
+                LayerCost(
+                    window_start_ns=window_start_ns,
+                    window_end_ns=window_end_ns,
+                    path=path,
+                    granularity="bucket",
+                    method=METHOD,
+                    time_s=n_row * dt_s,
+                    share=n_row / total,
+                    self_time_s=max(0.0, n_self) * dt_s,
+                    n_samples=round(n_row),
+                    phase="backward" if name == BUCKET_BACKWARD else "",
+                )
             )
-        )
     return figures.split_window_energy(rows, window_energy_j)  # shared by self time, conserved
 
 

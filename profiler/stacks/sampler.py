@@ -59,7 +59,9 @@ from wattlens.profiler.stacks.native import (
     NATIVE_WINDOW_S,
     backward_ops,
     op_shares,
+    optimizer_ops,
     split_backward,
+    split_optimizer,
 )
 from wattlens.profiler.stacks.parse import (
     BUCKET_BACKWARD,
@@ -251,6 +253,7 @@ class StackSampler:
         # native (C++) reads that split the backward by autograd op; started on the first backward
         self.native_hz = int(native_hz) if native_hz > 0 else 0
         self.backward_ops: Counter[str] = Counter()
+        self.optimizer_ops: Counter[tuple[str, str]] = Counter()  # (part, tensor op) -> reads
         self._native_thread: threading.Thread | None = None
         self._native_proc: subprocess.Popen[str] | None = None
         self._on_window = on_window
@@ -419,8 +422,10 @@ class StackSampler:
                          err.strip().splitlines()[-1] if err.strip() else "no output")
                 return
             ops = backward_ops(raw, self._index)
+            opt_ops = optimizer_ops(raw, self._index)
             with self._lock:
                 self.backward_ops.update(ops)
+                self.optimizer_ops.update(opt_ops)
             duration_s = NATIVE_WINDOW_S
 
     def _command(self, output: str, *, calibration: bool = False) -> list[str]:
@@ -609,7 +614,8 @@ class StackSampler:
         )
         with self._lock:
             ops = Counter(self.backward_ops)
-        rows = split_backward(rows, ops)
+            opt_ops = Counter(self.optimizer_ops)
+        rows = split_optimizer(split_backward(rows, ops), opt_ops)
         if self.loss.torn:
             log.debug("torn stacks dropped so far: %s", dict(self.tree.torn_paths))
         if rows:

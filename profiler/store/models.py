@@ -5,13 +5,15 @@ Bump SCHEMA_VERSION on any incompatible change and add a migration in ``Store._m
 
 from __future__ import annotations
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 3  # 2: gpu_idle (opening a version-1 file adds the table); 3: rank columns
 # (steps.rank/local_rank/world_size, layer_costs.rank) and actions.source_session_id. Opening an
 # older file adds missing tables and every missing nullable column (NULL in older rows).
 APP_ID = "wattlens"
+# Column types hold on SQLite and PostgreSQL alike: monotonic ns, FLOPs and parameter counts are
+# BIGINT (they pass 2^31; SQLite stores any integer, a PostgreSQL INTEGER would overflow).
 
 
 class Base(DeclarativeBase):
@@ -37,7 +39,7 @@ class SessionRow(Base):
     hardware_json: Mapped[str] = mapped_column(Text, default="{}")
     settings_json: Mapped[str] = mapped_column(Text, default="{}")
     started_at: Mapped[float] = mapped_column(Float)  # unix time, the session's wall-clock anchor
-    start_ns: Mapped[int] = mapped_column(Integer)  # monotonic ns at started_at
+    start_ns: Mapped[int] = mapped_column(BigInteger)  # monotonic ns at started_at
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     interval_s: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -70,9 +72,10 @@ class SeriesRow(Base):
 
 class SampleRow(Base):
     __tablename__ = "samples"
-    rowid: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # BIGINT on a server (a shared store passes 2^31 samples); INTEGER on SQLite: its rowid alias
+    rowid: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
-    t_ns: Mapped[int] = mapped_column(Integer)
+    t_ns: Mapped[int] = mapped_column(BigInteger)
     value: Mapped[float] = mapped_column(Float)
     __table_args__ = (Index("ix_samples_series_t", "series_id", "t_ns"),)
 
@@ -81,8 +84,8 @@ class LayerCostRow(Base):
     __tablename__ = "layer_costs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
-    window_start_ns: Mapped[int] = mapped_column(Integer)
-    window_end_ns: Mapped[int] = mapped_column(Integer)
+    window_start_ns: Mapped[int] = mapped_column(BigInteger)
+    window_end_ns: Mapped[int] = mapped_column(BigInteger)
     path: Mapped[str] = mapped_column(Text)
     granularity: Mapped[str] = mapped_column(String(10))
     method: Mapped[str] = mapped_column(String(30))
@@ -93,8 +96,8 @@ class LayerCostRow(Base):
     self_time_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     self_energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
     n_samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    flops: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    params: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    flops: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    params: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
@@ -103,8 +106,8 @@ class StepRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
     step: Mapped[int] = mapped_column(Integer)
-    t_start_ns: Mapped[int] = mapped_column(Integer)
-    t_end_ns: Mapped[int] = mapped_column(Integer)
+    t_start_ns: Mapped[int] = mapped_column(BigInteger)
+    t_end_ns: Mapped[int] = mapped_column(BigInteger)
     samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
     tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -117,7 +120,7 @@ class EventRow(Base):
     __tablename__ = "events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
-    t_ns: Mapped[int] = mapped_column(Integer)
+    t_ns: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(40))
     message: Mapped[str] = mapped_column(Text)
     data_json: Mapped[str] = mapped_column(Text, default="{}")
@@ -162,8 +165,8 @@ class MeasurementRow(Base):
     energy_per_sample_j: Mapped[float | None] = mapped_column(Float, nullable=True)
     throughput_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     saving_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
-    params: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    flops: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    params: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    flops: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     payload_json: Mapped[str] = mapped_column(Text, default="{}")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from sqlalchemy import create_engine, delete, event, func, insert, inspect, select, update
+from sqlalchemy import case, create_engine, delete, event, func, insert, inspect, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -48,6 +48,12 @@ DB_FIX = "choose another file with --db PATH (or WATTLENS_DB); the file was left
 NO_DB_HINT = "record one with `wattlens attach PID`, `wattlens run -- COMMAND` or `wattlens demo`"
 DAMAGED_HINT = ("restore it from a backup, or salvage it with `sqlite3 FILE .recover`, and use another "
                 "file with --db meanwhile")
+
+
+def host_name() -> str:
+    """The name sessions are stored under: ``WATTLENS_HOST`` if set (a node's name in a cluster
+    whose hostnames repeat, and the tests' stand-in for a second machine), else the hostname."""
+    return os.environ.get("WATTLENS_HOST") or socket.gethostname()
 
 
 def default_db_path() -> Path:
@@ -320,7 +326,7 @@ class Store:
                 name=name, kind=kind, status="running",
                 target_pid=(target or {}).get("pid"),
                 target_cmdline=_json((target or {}).get("cmdline")) if target else None,
-                host=socket.gethostname(), hardware_json=_json(hardware or {}),
+                host=host_name(), hardware_json=_json(hardware or {}),
                 settings_json=_json(settings or {}), started_at=started_at, start_ns=start_ns,
                 interval_s=interval_s, profiler_pid=me.pid, profiler_create_time=me.create_time(),
             )).inserted_primary_key[0]
@@ -378,7 +384,7 @@ class Store:
                                     m.SessionRow.host, m.SessionRow.started_at, m.SessionRow.start_ns)
                              .where(m.SessionRow.status == "running")).all()
         fixed = []
-        here = socket.gethostname()
+        here = host_name()
         for sid, pid, ctime, host, started_at, start_ns in rows:
             if host == here and pid and _process_alive(pid, ctime):
                 continue
@@ -402,9 +408,13 @@ class Store:
         return summarize(self.session(session_id), self.series_data(session_id), self.steps(session_id),
                          self.layer_costs(session_id))
 
-    def sessions(self) -> list[dict]:
+    def sessions(self, host: str | None = None) -> list[dict]:
+        """Newest first; ``host``: only the sessions recorded on that host."""
+        q = select(m.SessionRow.__table__).order_by(m.SessionRow.id.desc())
+        if host is not None:
+            q = q.where(m.SessionRow.host == host)
         with self.engine.connect() as c:
-            rows = c.execute(select(m.SessionRow.__table__).order_by(m.SessionRow.id.desc())).mappings().all()
+            rows = c.execute(q).mappings().all()
         return [_session_dict(r) for r in rows]
 
     def sessions_fingerprint(self) -> tuple:
@@ -413,7 +423,7 @@ class Store:
         t = m.SessionRow.__table__
         with self.engine.connect() as c:
             row = c.execute(select(func.count(t.c.id), func.max(t.c.id),
-                                   func.sum(func.coalesce(t.c.status == "running", 0)),
+                                   func.sum(case((t.c.status == "running", 1), else_=0)),
                                    func.max(t.c.ended_at))).first()
         return tuple(row)
 
@@ -445,7 +455,9 @@ class Store:
                     events: Sequence[EventRecord] = ()) -> None:
         """Everything the writer gathered in one transaction (one commit)."""
         with self._begin() as c:
-            if samples:  # Core executemany with the driver's own paramstyle: the fast path
+            if samples and self.engine.dialect.name == "postgresql":
+                _copy_samples(c, samples)
+            elif samples:  # Core executemany with the driver's own paramstyle: the fast path
                 c.exec_driver_sql(self._sql("INSERT INTO samples (series_id, t_ns, value) VALUES (?, ?, ?)"),
                                   list(samples))
             if layer_costs:
@@ -595,6 +607,16 @@ class Store:
         return _Tx(self)
 
 
+def _copy_samples(conn, samples: Sequence[tuple[int, int, float]]) -> None:
+    """PostgreSQL: samples by COPY in the open transaction (psycopg 3), several times the rate of
+    an executemany of INSERTs (benchmarks/results/pg.md). Text format: it fits whatever integer
+    width a database's columns have."""
+    with conn.connection.driver_connection.cursor() as cur:
+        with cur.copy("COPY samples (series_id, t_ns, value) FROM STDIN") as copy:
+            for row in samples:
+                copy.write_row(row)
+
+
 @contextmanager
 def _Tx(store: Store):
     """``engine.begin()`` with SQL errors mapped to one-line StoreErrors (disk full, locked...)."""
@@ -606,7 +628,11 @@ def _Tx(store: Store):
 
 
 def _map_operational(store: Store, exc: OperationalError) -> StoreError:
-    text = str(getattr(exc, "orig", exc))
+    text = " ".join(str(getattr(exc, "orig", exc)).split())  # a server's message spans lines
+    if not store.is_sqlite and ("connection" in text or "connect" in text):
+        return StoreError(f"cannot connect to database {store.display_name}: {text}",
+                          hint="start the server or fix the URL's host, port, user and database, "
+                               "or pass a file path to --db")
     if "full" in text:
         return StoreError(f"the disk holding {store.display_name} is full",
                           hint="free some space (a running session holds unwritten samples in memory and "

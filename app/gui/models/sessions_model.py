@@ -30,6 +30,7 @@ class SessionRow:
     energy_j: float | None  # whole machine
     target_energy_j: float | None
     status: str
+    host: str = ""  # the host that recorded it (a shared PostgreSQL store holds several)
 
     @property
     def started_text(self) -> str:
@@ -57,13 +58,18 @@ def _target_text(s: dict) -> str:
 
 
 def session_rows(store) -> list[SessionRow]:
+    """The listing; on a store shared by several hosts each target names its host first."""
     rows = []
-    for s in store.sessions():
+    sessions = store.sessions()
+    several_hosts = len({s.get("host") for s in sessions}) > 1
+    for s in sessions:
         summ = s.get("summary") or {}
+        target = _target_text(s)
         rows.append(SessionRow(
-            id=s["id"], name=s["name"], target=_target_text(s), started_at=s["started_at"],
-            duration_s=s.get("duration_s"), energy_j=summ.get("energy_j"),
-            target_energy_j=(summ.get("target") or {}).get("energy_j"), status=s["status"]))
+            id=s["id"], name=s["name"], target=f"{s['host']}: {target}" if several_hosts else target,
+            started_at=s["started_at"], duration_s=s.get("duration_s"), energy_j=summ.get("energy_j"),
+            target_energy_j=(summ.get("target") or {}).get("energy_j"), status=s["status"],
+            host=s.get("host") or ""))
     return rows
 
 
