@@ -59,8 +59,10 @@ def test_gpu_memory_column_with_nvml(make_window, qtbot, torch_loop, monkeypatch
     install(monkeypatch, [gpu])
     w = make_window()
     av = w.attach_view
+    av.python_only.setChecked(False)  # rows besides the torch child whatever else runs on the machine
     qtbot.waitUntil(lambda: av.table_model.row_of(torch_loop.pid) is not None
-                    and av.model.get(torch_loop.pid).on_gpu, timeout=20000)
+                    and av.model.get(torch_loop.pid).on_gpu
+                    and any(p.pid != torch_loop.pid for p in av.table_model.rows), timeout=20000)
     assert _row(av, torch_loop.pid)[5] == "3.22 GB"
     assert "1 process(es) on a GPU" in av.gpu_label.text()
     other = next(p for p in av.table_model.rows if p.pid != torch_loop.pid)
