@@ -1,4 +1,7 @@
-"""Inference loop for live apply tests: `python live_apply_loop.py gpt2|linear|knob STEPS SLEEP_S`.
+"""Inference loop for live apply tests: `python live_apply_loop.py gpt2|linear|knob STEPS SLEEP_S [OUT]`.
+
+With OUT, the `STEP SHA1` lines also go to that file, apart from anything else the process (torch,
+torchao, the agent) writes to its standard streams.
 
 ``knob`` runs the linear model with a batch size read each step from ``agent.knob("batch_size", 4)``.
 
@@ -13,6 +16,7 @@ import time
 import torch
 
 kind, steps, sleep_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+out_file = open(sys.argv[4], "w") if len(sys.argv) > 4 else None  # noqa: SIM115 - open for the whole run
 torch.set_num_threads(1)
 torch.manual_seed(0)
 if kind == "gpt2":
@@ -32,6 +36,10 @@ with torch.no_grad():
             x = torch.randn(agent.knob("batch_size", 4), 64)
         out = model(x)
         t = out.logits if hasattr(out, "logits") else out
-        print(i, hashlib.sha1(t.float().contiguous().numpy().tobytes()).hexdigest(), flush=True)
+        line = f"{i} {hashlib.sha1(t.float().contiguous().numpy().tobytes()).hexdigest()}"
+        print(line, flush=True)
+        if out_file is not None:
+            out_file.write(line + "\n")
+            out_file.flush()
         time.sleep(sleep_s)
 print("done", flush=True)
