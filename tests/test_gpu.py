@@ -10,16 +10,19 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-LOAD = """
-import sys, time, torch
-x = torch.randn(8192, 8192, device="cuda")
-print("ready", flush=True)
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
-    for _ in range(20):
-        y = x @ x
-    torch.cuda.synchronize()
-"""
+def _probe_load() -> str:
+    """The probe's known GPU load (scripts/gpu_probe.py), one workload for both."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_probe.py"
+    spec = importlib.util.spec_from_file_location("_wattlens_gpu_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LOAD
+
+
+LOAD = _probe_load()
 
 
 def _nvml_sources():
