@@ -577,7 +577,7 @@ def extract_features(store, session_id: int) -> SessionFeatures:
             (e.message for e in reversed(events) if e.kind == "flops-unavailable"),
             "the agent reported no FLOP count (it does so under `wattlens run`)")
 
-    ranks = per_rank(steps, events)
+    ranks = per_rank(steps, events, series)
     if ranks is None:
         reasons["ranks"] = ("no step carries a torch.distributed rank (run the job under `wattlens run "
                             "-- torchrun ...`)")

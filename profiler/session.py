@@ -199,9 +199,10 @@ class ProfilingSession:
     def on_steps(self, cb: Callable[[StepRecord], None]) -> None:
         self._on_steps.append(cb)
 
-    def attributed_energy_between(self, t0_ns: int, t1_ns: int) -> float | None:
-        """Target energy in [t0, t1] from the live series; None until the sampler has passed t1."""
-        buf = self.rings.get("target/energy_j")
+    def attributed_energy_between(self, t0_ns: int, t1_ns: int, key: str = "target/energy_j") -> float | None:
+        """Target energy (or another cumulative series': ``key``, e.g. a rank's) in [t0, t1] from
+        the live series; None until the sampler has passed t1."""
+        buf = self.rings.get(key)
         if buf is None:
             return None
         last = buf.last()

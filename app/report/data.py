@@ -41,7 +41,7 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
                    for s in session["series"]],
         "summary": summary,
         "steps": [_step_dict(s) for s in steps],
-        "ranks": per_rank(steps, events),
+        "ranks": per_rank(steps, events, series),
         "layers": top_layers(layers, n=None),
         "events": [{"t_s": (e.t_ns - session["start_ns"]) / 1e9, "kind": e.kind, "message": e.message}
                    for e in events],
