@@ -276,6 +276,18 @@ def steps_table(report: dict) -> Table | None:
                  [row], [0.1, 0.11, 0.14, 0.14, 0.14, 0.14, 0.11, 0.12], set(range(8)))
 
 
+def ranks_table(report: dict) -> tuple[Table, list[str]] | None:
+    """The per-rank table of a torch.distributed job (rows from ``app/report/ranks.py``, the same
+    ``show`` prints) and the job lines under it; None for a single-process session."""
+    from wattlens.app.report.ranks import HEADER, job_lines, rank_rows
+
+    rows = rank_rows(report.get("ranks"))
+    if not rows:
+        return None
+    return (Table(list(HEADER), [list(r) for r in rows], [0.07, 0.07, 0.11, 0.12, 0.11, 0.11, 0.41], {1, 2, 3, 4, 5}),
+            job_lines(report.get("ranks")))
+
+
 def costliest_layers(report: dict) -> list[dict]:
     """The layer rows the HTML/PDF show: the summary's 10 costliest (the JSON's ``layers`` holds
     every row; a 32-block model has hundreds)."""
