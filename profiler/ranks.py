@@ -76,6 +76,7 @@ def per_rank(steps: Sequence[StepRecord], events: Iterable[EventRecord] = (),
         return None
     events = list(events)
     calls = collective_calls(events)
+    devices = rank_devices(events)
     ranks = []
     for rank, rows in sorted(by_rank.items()):
         rows = sorted(rows, key=lambda s: s.t_start_ns)
@@ -89,6 +90,7 @@ def per_rank(steps: Sequence[StepRecord], events: Iterable[EventRecord] = (),
         ranks.append({
             "rank": rank,
             "local_rank": rows[0].local_rank,
+            "device": devices.get(rank),
             "steps": len(rows),
             "mean_step_s": mean_step_s,
             "collective_s_per_step": mean_coll_s,
@@ -147,6 +149,15 @@ def rank_totals(ranks: list[dict], events: Sequence[EventRecord], series: Mappin
         r["energy_reasons"] = [NO_SERIES_REASON]
     return {"job_energy_j": job_j, "other_energy_j": None if job_j is None else 0.0,
             "energy_method": rank_energy.EQUAL_METHOD, "energy_fallback_reason": NO_SERIES_REASON}
+
+
+def rank_devices(events: Iterable[EventRecord]) -> dict[int, str]:
+    """rank → the device its main model is on ("cuda:1", "cpu"), from the agents' hellos."""
+    out: dict[int, str] = {}
+    for e in events:
+        if e.kind == "agent-hello" and isinstance(e.data.get("rank"), int) and isinstance(e.data.get("device"), str):
+            out[e.data["rank"]] = e.data["device"]
+    return out
 
 
 def straggler(ranks: Sequence[dict]) -> tuple[float | None, int | None, float | None]:
