@@ -29,7 +29,7 @@ import numpy as np
 
 from wattlens.advisor.regression import AbPoint, SweepPoint
 from wattlens.profiler import figures
-from wattlens.profiler.ranks import per_rank
+from wattlens.profiler.ranks import session_ranks
 from wattlens.profiler.records import EventRecord, LayerCost
 from wattlens.profiler.summary import step_stats, target_energy_between
 
@@ -577,7 +577,7 @@ def extract_features(store, session_id: int) -> SessionFeatures:
             (e.message for e in reversed(events) if e.kind == "flops-unavailable"),
             "the agent reported no FLOP count (it does so under `wattlens run`)")
 
-    ranks = per_rank(steps, events, series)
+    ranks = session_ranks(steps, events, series)
     if ranks is None:
         reasons["ranks"] = ("no step carries a torch.distributed rank (run the job under `wattlens run "
                             "-- torchrun ...`)")

@@ -37,6 +37,15 @@ NO_SERIES_REASON = ("no per-rank energy series in this session (recorded before 
                     "or the ranks' processes were not followed)")
 
 
+def session_ranks(steps: Sequence[StepRecord], events: Iterable[EventRecord], series: Mapping) -> dict | None:
+    """:func:`per_rank` of a stored session, its steps' energy filled in as the report fills it
+    (``figures.fill_step_energy``): what ``show``, the reports, the app and the advisor all read."""
+    from wattlens.profiler.figures import fill_step_energy
+    from wattlens.profiler.summary import target_energy_between
+
+    return per_rank(fill_step_energy(steps, target_energy_between(series)), events, series)
+
+
 def rank_steps(steps: Sequence[StepRecord]) -> dict[int, list[StepRecord]]:
     """rank → its steps, for steps that carry a rank (empty for a single-process run)."""
     out: dict[int, list[StepRecord]] = {}

@@ -99,7 +99,7 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
                    f"{work_s * 1e3:.3g} ms of work per step is spread over {n} ranks that mostly wait. "
                    f"On {m} rank{'s' if m > 1 else ''} with {n / m:.3g}× the per-rank batch (the same global "
                    f"batch) the work still fits in a {step_s * 1e3:.3g} ms step, and "
-                   f"{n - m} rank{'s' if n - m > 1 else ''} stop drawing power while waiting. Predicted "
+                   f"{n - m} rank{'s stop' if n - m > 1 else ' stops'} drawing power while waiting. Predicted "
                    f"{after_lo:.3g}–{after_hi:.3g} J per step instead of {e_now:.3g} J."),
         evidence=tuple(evidence), predicted_saving=saving, confidence="low",
         risk=Risk("medium", "a larger per-rank batch needs more device memory; keep the global batch "

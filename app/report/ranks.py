@@ -24,7 +24,7 @@ def rank_rows(ranks: dict | None) -> list[tuple[str, ...]]:
     if ranks.get("other_energy_j") is not None:
         rows.append(("other", "", "", "", "", _num(ranks["other_energy_j"], "J"),
                      "launcher, start-up and processes outside the ranks"))
-    rows.append(("job", str(sum(r["steps"] for r in ranks["ranks"])), "", "", "",
+    rows.append(("job", str(max(r["steps"] for r in ranks["ranks"])), "", "", "",
                  _num(ranks.get("job_energy_j"), "J"), "the target's attributed energy"))
     return rows
 
