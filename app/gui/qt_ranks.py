@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 from wattlens.app.report.ranks import HEADER, job_lines, rank_rows
 
 NUMERIC = {1, 2, 3, 4, 5}  # right-aligned columns
+MAX_ROWS_SHOWN = 10
 
 
 class QtRankTable(QWidget):
@@ -26,6 +27,7 @@ class QtRankTable(QWidget):
         self.table = QTableWidget(0, len(HEADER), self)
         self.table.setHorizontalHeaderLabels(list(HEADER))
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         head = self.table.horizontalHeader()
@@ -39,6 +41,7 @@ class QtRankTable(QWidget):
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addWidget(self.table, 1)
         lay.addWidget(self.notes)
+        lay.addStretch(0)
 
     def set_ranks(self, ranks: dict | None) -> bool:
         """Show ``profiler.ranks.per_rank``'s figures; False (and empty) for a single-process session."""
@@ -57,6 +60,11 @@ class QtRankTable(QWidget):
                 item.setToolTip(text)
                 self.table.setItem(i, j, item)
         self.notes.setText("\n".join(job_lines(ranks)))
+        # every row in view (up to MAX_ROWS_SHOWN, then it scrolls): the job total must not hide
+        shown = min(len(rows), MAX_ROWS_SHOWN)
+        self.table.setMinimumHeight(self.table.horizontalHeader().sizeHint().height()
+                                    + shown * self.table.verticalHeader().defaultSectionSize()
+                                    + 2 * self.table.frameWidth() + 2)
         return bool(rows)
 
     def cell(self, row: int, col: int) -> str:
