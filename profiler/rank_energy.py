@@ -6,7 +6,11 @@ the same rules that charged the target:
 
 - CPU (and DRAM): by CPU time. Each member of the target's process tree belongs to the rank whose
   process is its nearest ancestor (a rank's DataLoader workers count as the rank); the tick's
-  attributed CPU energy is shared by the groups' CPU seconds in the tick.
+  attributed CPU energy is shared by the groups' CPU seconds. A process's CPU time advances in
+  10-ms clock ticks, and ticks come as often as step ends ask for them, so the shares are measured
+  over spans of at least ``min_span_s`` (as the sampler measures the target's CPU share) and
+  apply to every tick until the next span completes; a share from a few ms would charge a rank
+  0 J for a step it computed in.
 - GPU: by the driver's per-process SM utilisation on each device (the same samples that gave the
   target its share): a rank gets the part of the device's attributed energy its processes used.
   Where the driver has no per-process figure, a device held by one rank's processes alone is that
@@ -41,6 +45,7 @@ GPU_EQUAL = "equal split of GPU energy"
 METHOD = f"{CPU_BY_TIME} + {GPU_BY_PROCESS}"
 EQUAL_METHOD = "equal split: the target's energy over the rank's step span ÷ ranks on the host"
 OTHER = "other"
+MIN_SPAN_S = 0.3  # CPU shares over at least 30 clock ticks of one CPU
 NOT_IN_TREE_AFTER_S = 3.0  # a registered rank PID not found in the tree by then: another namespace
 SERIES_METHOD = f"attributed: {METHOD} (fallbacks recorded as rank-energy events)"
 
@@ -76,14 +81,15 @@ class RankSplit:
 
     def __init__(self, *, declare: Callable[[SeriesSpec], None] | None = None,
                  on_event: Callable[[EventRecord], None] | None = None,
-                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock_ns: Callable[[], int] = time.monotonic_ns, min_span_s: float = MIN_SPAN_S) -> None:
         self.declare = declare
+        self._min_span_ns = int(min_span_s * 1e9)
+        self._span: tuple[int, dict[int, float]] | None = None  # (start ns, CPU s per PID at start)
         self.on_event = on_event
         self._clock = clock_ns
         self._lock = threading.Lock()
         self._ranks: dict[int, _Rank] = {}  # rank → its process
         self._declared: set[str] = set()
-        self._prev_cpu: dict[int, float] = {}
         self._last_cpu_frac: dict[int | str, float] | None = None
         self.other_j: float | None = None  # None until the first tick with ranks
         self._reasons: dict[tuple[int, str], str] = {}
@@ -121,12 +127,12 @@ class RankSplit:
             self.other_j = target_total_j - tick_j
         group = _groups(cpu_s_by_pid, parents, {x.pid: r for r, x in ranks.items()})
         charged: dict[int, float] = dict.fromkeys(ranks, 0.0)
+        frac = self._cpu_fractions(t_ns, cpu_s_by_pid, group)  # every tick: the spans run on
         if cpu_j:
-            self._split_cpu(t_ns, cpu_j, cpu_s_by_pid, group, ranks, charged)
+            self._split_cpu(t_ns, cpu_j, cpu_s_by_pid, frac, ranks, charged)
         for g in gpus:
             if g.energy_j:
                 self._split_gpu(t_ns, g, group, ranks, charged)
-        self._prev_cpu = dict(cpu_s_by_pid)
         self.other_j += tick_j - sum(charged.values())
         points = []
         for r, x in ranks.items():
@@ -145,7 +151,7 @@ class RankSplit:
                 self.declare(SeriesSpec(key, "J", SERIES_METHOD, None, label))
         return SamplePoint(key, t_ns, value)
 
-    def _split_cpu(self, t_ns, cpu_j, cpu_s, group, ranks, charged) -> None:
+    def _split_cpu(self, t_ns, cpu_j, cpu_s, frac, ranks, charged) -> None:
         for x in ranks.values():
             x.seen = x.seen or x.pid in cpu_s
         missing = [r for r, x in ranks.items()
@@ -157,19 +163,27 @@ class RankSplit:
                 charged[r] += cpu_j / len(ranks)
                 self._method(t_ns, r, CPU_EQUAL, reason)
             return
-        d: dict[int | str, float] = {}
-        for pid, s in cpu_s.items():
-            who = group.get(pid, OTHER)
-            d[who] = d.get(who, 0.0) + max(0.0, s - self._prev_cpu.get(pid, 0.0))
-        total = sum(d.values())
-        if total > 0:
-            frac = {k: v / total for k, v in d.items()}
-            self._last_cpu_frac = frac
-        else:  # no clock tick of CPU time advanced in this short tick: the last shares
-            frac = self._last_cpu_frac or {}
         for r in ranks:
             charged[r] += cpu_j * frac.get(r, 0.0)
             self._method(t_ns, r, CPU_BY_TIME, None)
+
+    def _cpu_fractions(self, t_ns: int, cpu_s: Mapping[int, float], group: Mapping[int, int]) -> dict:
+        """Each group's share of the tree's CPU seconds over the last span of ≥ min_span_s (the
+        current, shorter one only until a first span completes)."""
+        if self._span is None:
+            self._span = (t_ns, dict(cpu_s))  # a member first seen later counts whole: the Target did too
+        start_ns, base = self._span
+        d: dict[int | str, float] = {}
+        for pid, s in cpu_s.items():
+            who = group.get(pid, OTHER)
+            d[who] = d.get(who, 0.0) + max(0.0, s - base.get(pid, 0.0))
+        total = sum(d.values())
+        if t_ns - start_ns >= self._min_span_ns and total > 0:
+            self._last_cpu_frac = {k: v / total for k, v in d.items()}
+            self._span = (t_ns, dict(cpu_s))
+        elif self._last_cpu_frac is None and total > 0:
+            return {k: v / total for k, v in d.items()}
+        return self._last_cpu_frac or {}
 
     def _split_gpu(self, t_ns, g: GpuTick, group, ranks, charged) -> None:
         if g.sm_by_pid:

@@ -7,12 +7,14 @@ collectives, and the work fits on fewer ranks without a longer step.
 
 Prediction, per step, with N ranks now and M after:
   W = Σ busy time (the work), c = the least-waiting rank's collective time (the communication),
-  T = the mean step time; M = ⌈W ÷ (T − c)⌉ (the work fits in the same step time), M < N.
+  T = the mean step time, ring(M) = [(M−1)/M] ÷ [(N−1)/N] (ring all-reduce: each rank moves
+  2(M−1)/M of the data; nothing on one rank); M = N ÷ 2 (rounded down, at least 1): half the ranks,
+  each with twice the per-rank batch — one doubling of the batch is what a device's memory most
+  often allows. The step then takes W/M + c·ring(M) … W/M + c (stated beside the prediction).
   E_now = Σ rank step energy (measured). A rank's power while it waits, P_wait: its GPU's
   measured idle power, else its mean power (estimated). E_wait = Σ collective time × P_wait.
   E_after = E_now − E_wait + M × c_after × mean P_wait, with c_after between c (communication per
-  rank unchanged: the pessimistic end) and c × [(M−1)/M] ÷ [(N−1)/N] (ring all-reduce: each rank
-  moves 2(M−1)/M of the data; none on one rank: the optimistic end).
+  rank unchanged: the pessimistic end) and c·ring(M) (the optimistic end).
 Assumptions (in the notes): busy energy per unit of work is unchanged by the larger per-rank
 batch (it usually falls), the per-rank batch still fits in memory, the global batch is the same.
 Advice only.
@@ -20,7 +22,6 @@ Advice only.
 
 from __future__ import annotations
 
-import math
 import statistics
 
 from wattlens.advisor.features import SessionFeatures
@@ -40,8 +41,14 @@ ASSUMPTIONS = (
     "assumes the larger per-rank batch fits in each device's memory and the global batch stays the same",
     "the interval spans communication per rank unchanged (pessimistic) to ring all-reduce scaling, "
     "2(M−1)/M of the data per rank and none on one rank (optimistic)",
+    "half the ranks, each with twice the per-rank batch: the step time can change (its range is stated)",
     "advice only: wattlens does not change your launcher or training loop; re-profile after the change",
 )
+
+
+def _ring(m: int, n: int) -> float:
+    """Communication per rank on m ranks ÷ on n (ring all-reduce: 2(k−1)/k of the data per rank)."""
+    return ((m - 1) / m) / ((n - 1) / n)
 
 
 def evaluate(f: SessionFeatures) -> list[Recommendation]:
@@ -60,16 +67,15 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
     comm_s = min(r["collective_s_per_step"] for r in ranks)
     if step_s - comm_s <= 0 or work_s <= 0:
         return []
-    m = max(1, math.ceil(work_s / (step_s - comm_s)))
-    if m >= n:
-        return []
+    m = max(1, n // 2)
     powers = [wait_power_w(f, r) for r in ranks]
     if any(p is None for p, _ in powers):
         return []
     e_now = sum(r["energy_per_step_j"] for r in ranks)
     e_wait = sum(r["collective_s_per_step"] * p for r, (p, _) in zip(ranks, powers, strict=True))
     p_wait = statistics.fmean(p for p, _ in powers)
-    ring = ((m - 1) / m) / ((n - 1) / n)
+    ring = _ring(m, n)
+    step_after = (work_s / m + comm_s * ring, work_s / m + comm_s)
     after_hi = e_now - e_wait + m * comm_s * p_wait  # communication per rank unchanged
     after_lo = e_now - e_wait + m * comm_s * ring * p_wait
     low, high = 1 - after_hi / e_now, 1 - after_lo / e_now
@@ -98,7 +104,8 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
         rationale=(f"Every rank spends at least {pct(min(shares))} of its step in collectives: the "
                    f"{work_s * 1e3:.3g} ms of work per step is spread over {n} ranks that mostly wait. "
                    f"On {m} rank{'s' if m > 1 else ''} with {n / m:.3g}× the per-rank batch (the same global "
-                   f"batch) the work still fits in a {step_s * 1e3:.3g} ms step, and "
+                   f"batch) a step takes {step_after[0] * 1e3:.3g}–{step_after[1] * 1e3:.3g} ms "
+                   f"(now {step_s * 1e3:.3g} ms), and "
                    f"{n - m} rank{'s stop' if n - m > 1 else ' stops'} drawing power while waiting. Predicted "
                    f"{after_lo:.3g}–{after_hi:.3g} J per step instead of {e_now:.3g} J."),
         evidence=tuple(evidence), predicted_saving=saving, confidence="low",
