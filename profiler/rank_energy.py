@@ -101,7 +101,7 @@ class RankSplit:
             r = self._ranks.get(rank)
             if r is None or r.pid != pid:
                 self._ranks[rank] = _Rank(rank, pid, device, self._clock())
-            elif device is not None:
+            else:  # a later hello (the model was reported): the device as known now
                 r.device = device
 
     @property

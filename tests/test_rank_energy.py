@@ -203,3 +203,19 @@ def test_a_session_without_rank_series_says_its_energy_is_an_equal_split():
     job = per_rank(steps, [], {"target/energy_j": (np.array([0, 100]), np.array([0.0, 12.0]))})
     assert [r["energy_j"] for r in job["ranks"]] == [6.0, 6.0]
     assert job["energy_method"] == rank_energy.EQUAL_METHOD and job["energy_fallback_reason"] == NO_SERIES_REASON
+
+
+def test_a_ranks_device_comes_from_its_model_else_its_local_rank():
+    from wattlens.profiler.runmode import _rank_device
+
+    assert _rank_device({"device": "cuda:3", "local_rank": 1}) == 3
+    assert _rank_device({"device": None, "local_rank": 1}) == 1  # not reported yet: LOCAL_RANK
+    assert _rank_device({"device": "cpu", "local_rank": 1}) is None
+    split = RankSplit(clock_ns=lambda: 0)
+    split.register(10, 0, 1)
+    split.register(10, 0, None)  # its model turned out to be on the CPU
+    gpu = GpuTick("nvml:1", 1, 4.0, None, None)
+    split.register(20, 1, None)
+    pts = {p.key: p.value for p in split.tick(1, cpu_s_by_pid={10: 0.0, 20: 0.0}, parents={}, cpu_j=None,
+                                               gpus=[gpu], target_total_j=4.0)}
+    assert pts[series_key(0)] == pts[series_key(1)] == 2.0  # no rank claims GPU 1: the labelled equal split
