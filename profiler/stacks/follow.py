@@ -16,8 +16,11 @@ read (ptrace denied) is one line, and the others and the power measurement go on
 Why one py-spy per rank rather than ``py-spy record --subprocesses`` (one py-spy for the tree,
 each stack rooted at a ``process PID:"cmdline"`` frame): the lost-read correction needs each
 process's own read and error counts, and ``--subprocesses`` prints one ``Samples: N Errors: M``
-line for all of them; benchmarks/bench_attach_ranks.py measures both costs
-(benchmarks/results/attach_ranks.md).
+line for all of them. It is not cheaper either: on a 2-rank DDP job
+(benchmarks/bench_attach_ranks.py, benchmarks/results/attach_ranks.md) py-spy used 0.027 CPU-s per
+second per rank this way (native reader off; 0.069 with the 1 Hz native reader), against 0.059 per
+rank for a --subprocesses pair, which also samples the launcher and pauses the whole tree for its
+blocking calibration reads.
 """
 
 from __future__ import annotations

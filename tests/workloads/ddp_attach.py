@@ -1,7 +1,8 @@
 """A 2-rank DDP job (gloo, CPU) of a tiny Llama-style model built from a config, for `torchrun`,
 to be attached to from outside (unchanged user code: no wattlens import). Driven by files:
 
-argv: DIR. Each rank writes DIR/rankR.pid after its first training step. Both ranks train in
+argv: DIR. Each rank writes DIR/rankR.pid after its first training step (and its DDP step count
+to DIR/stepsR every 20 steps). Both ranks train in
 lockstep until DIR/stop1 exists (rank 0 looks, and the decision is all-reduced so both stop at the
 same step); then rank 1 exits and rank 0 trains on alone (its own model, no collectives) until
 DIR/stop0 exists.
@@ -34,6 +35,8 @@ while True:
     if step == 0:
         (folder / f"rank{rank}.pid").write_text(str(os.getpid()))
     step += 1
+    if step % 20 == 0:  # for benchmarks/bench_attach_ranks.py: DDP steps done so far
+        (folder / f"steps{rank}").write_text(str(step))
     stop = torch.tensor([1.0 if rank == 0 and (folder / "stop1").exists() else 0.0])
     dist.all_reduce(stop)
     if stop.item() > 0:
