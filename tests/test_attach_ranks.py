@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from tests.conftest import run_cli
+from wattlens.app.report.rank_layers import rank_layer_lines, rank_layer_rows
 from wattlens.profiler.rank_layers import per_rank_layers
 from wattlens.profiler.records import LayerCost
 from wattlens.profiler.stacks.sampler import find_pyspy
@@ -138,3 +139,13 @@ def test_per_rank_layers_sum_each_ranks_own_energy_for_the_job():
     assert out["ranks"][1]["energy_j"] is None and out["job_energy_j"] == 10.0
     assert "1 rank(s) without measured energy" in out["job_energy_note"]
     assert per_rank_layers(_rows(None, 0, 1.0)) is None
+
+
+def test_rank_layer_rows_say_each_rank_and_the_job_total():
+    out = per_rank_layers(_rows(0, 0, 10.0) + _rows(1, 0, None))
+    rows = rank_layer_rows(out)
+    assert [r[:4] for r in rows] == [("0", "1", "5.0 s", "10 J"), ("1", "1", "5.0 s", "n/a")]
+    assert "M/LlamaMLP 50 %" in rows[0][4]
+    lines = rank_layer_lines(out)
+    assert lines[0].startswith("Job layer energy 10 J over 2 rank(s) (1 rank(s) without measured energy")
+    assert rank_layer_rows(None) == [] and rank_layer_lines(None) == []

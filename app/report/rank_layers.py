@@ -10,13 +10,19 @@ def _j(value) -> str:
     return "n/a" if value is None else f"{value:.3g} J"
 
 
+def short_path(path: str) -> str:
+    """The last two classes of a module-class path ("LlamaMLP/Linear"): a leaf class alone is
+    ambiguous."""
+    return "/".join(path.split("/")[-2:])
+
+
 def rank_layer_rows(rank_layers: dict | None) -> list[tuple[str, ...]]:
     """One row per rank (see :data:`HEADER`); empty when no layer row carries a rank."""
     if not rank_layers:
         return []
     out = []
     for r in rank_layers["ranks"]:
-        top = ", ".join(f"{t['path'].rsplit('/', 1)[-1]} "
+        top = ", ".join(f"{short_path(t['path'])} "
                         + ("n/a" if t["self_share"] is None else f"{t['self_share'] * 100:.0f} %")
                         for t in r["top"])
         out.append((str(r["rank"]), str(r["windows"]), f"{r['covered_s']:.1f} s", _j(r["energy_j"]),
