@@ -239,19 +239,29 @@ def test_rank_energies_add_up_to_the_tree_once(job):
     assert s0 > s1 > 0  # two spinning processes against one (the machine's load decides by how much)
 
 
+def deny_ptrace_for(pid: int, folder: Path) -> Path:
+    """A `py-spy` that is the real one, run as 'nobody' when it is pointed at ``pid``: the kernel
+    refuses it ptrace for that process only."""
+    folder.mkdir(exist_ok=True)
+    wrapper = folder / "py-spy"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" --pid {pid} "*) exec setpriv --reuid=65534 --regid=65534 --clear-groups '
+        f'{PYSPY} "$@";; esac\nexec {PYSPY} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+needs_setpriv = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                                   reason="needs root and setpriv to run py-spy as an unprivileged user")
+
+
 @needs_pyspy
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv to run py-spy as an unprivileged user for one rank")
+@needs_setpriv
 def test_a_rank_py_spy_may_not_read_is_one_line_and_the_others_go_on(job, tmp_path):
     j = job(2)
     pid1 = j.rank_pid(1)
-    # the real py-spy, run as 'nobody' for rank 1 only: the kernel refuses it ptrace
-    wrapper = tmp_path / "py-spy-denied-for-rank-1"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f'case " $* " in *" --pid {pid1} "*) exec setpriv --reuid=65534 --regid=65534 --clear-groups '
-        f'{PYSPY} "$@";; esac\nexec {PYSPY} "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = deny_ptrace_for(pid1, tmp_path / "bin")
     f, rows = follow(j.root.pid, pyspy_path=wrapper)
     f.start()
     try:
@@ -263,3 +273,36 @@ def test_a_rank_py_spy_may_not_read_is_one_line_and_the_others_go_on(job, tmp_pa
         f.stop()
     assert {r.rank for r in rows} == {0}
     assert not any("rank 1" in m for _, m, _ in f.stop_notes())  # said once, at the start
+
+
+@needs_pyspy
+@needs_setpriv
+def test_the_session_keeps_measuring_power_when_a_rank_cannot_be_read(job, tmp_path, monkeypatch):
+    from wattlens.profiler.process import Target
+    from wattlens.profiler.session import ProfilingSession
+    from wattlens.profiler.sources import discover
+    from wattlens.profiler.store import Store
+
+    j = job(2)
+    pid1 = j.rank_pid(1)
+    bin_dir = tmp_path / "bin"
+    deny_ptrace_for(pid1, bin_dir)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")  # found before the real one
+    store = Store(tmp_path / "s.db")
+    session = ProfilingSession(store, target=Target(j.root.pid), interval_s=0.1, discovery=discover(gpu=False),
+                               stacks=True, stack_rate_hz=100)
+    rows: list = []
+    session.on_layers(rows.extend)
+    try:
+        session.start()
+        said = [n for n in session.notes if f"rank 1 (PID {pid1})" in n]
+        assert len(said) == 1 and "ptrace" in said[0]  # said at once, one line
+        wait_for(lambda: any(r.rank == 0 for r in list(rows)), "rank 0's rows")
+        summary = session.stop("stopped", "test")
+    finally:
+        if session.status == "running":
+            session.stop()
+        store.close()
+    assert summary["status"] == "stopped"
+    assert summary["target"]["energy_j"] is not None and summary["target"]["energy_j"] > 0
+    assert sum(f"rank 1 (PID {pid1})" in n for n in summary["notes"]) == 1
