@@ -36,6 +36,7 @@ Nothing here raises on a target we cannot read: :attr:`StackSampler.available` t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -210,6 +211,7 @@ class StackSampler:
     ``nonblocking`` chooses py-spy's mode (see the module docstring); ``pyspy_path`` overrides
     the search for the py-spy binary; ``source_resolver`` maps file names in py-spy's output to
     readable paths (default: the names themselves). ``samples`` / ``errors`` count py-spy's reads.
+    ``rank`` (the process's torch.distributed rank, when it is one) is written into every row.
 
     ``on_window(rows)`` and ``energy_between(start_ns, end_ns)`` are called from the sampler's own
     thread, once per window, after the window has ended; ``energy_between`` returns the target's
@@ -231,6 +233,7 @@ class StackSampler:
         nonblocking: bool = DEFAULT_NONBLOCKING,
         calibration_hz: int = CALIBRATION_RATE_HZ,
         native_hz: int = NATIVE_RATE_HZ,
+        rank: int | None = None,
     ):
         if not 1 <= rate_hz <= 1000 or rate_hz != int(rate_hz):
             raise BadInputError(
@@ -242,6 +245,7 @@ class StackSampler:
                 f"stack window {window_s!r} s is too short", hint="use 0.2 s or more (default 5)"
             )
         self.pid = int(pid)
+        self.rank = rank
         self.rate_hz = float(rate_hz)
         self.window_s = float(window_s)
         self.gpu = gpu
@@ -285,6 +289,11 @@ class StackSampler:
         """One line: why there are no layer figures, and what to do. None while available."""
         return self._reason
 
+    @property
+    def exited(self) -> bool:
+        """True when sampling stopped because the process exited."""
+        return self._reason == _exited_reason(self.pid)
+
     def _give_up(self, reason: str) -> None:
         if self._reason is None:
             self._reason = reason
@@ -312,13 +321,23 @@ class StackSampler:
         self._thread.start()
         self._first.wait(wait_s)
 
-    def stop(self) -> None:
-        """Stop sampling; the window in progress is cut short, processed and handed over."""
+    def wait_attached(self, timeout_s: float) -> bool:
+        """Wait until py-spy has attached for the first window (or the sampler gave up)."""
+        return self._first.wait(timeout_s)
+
+    def request_stop(self) -> None:
+        """Ask the window in progress to end now, without waiting (several samplers stop together)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         with self._lock:
             native = self._native_proc
         if native is not None and native.poll() is None:
             native.send_signal(signal.SIGINT)  # it writes what it has read so far
+
+    def stop(self) -> None:
+        """Stop sampling; the window in progress is cut short, processed and handed over."""
+        self.request_stop()
         if self._native_thread is not None:
             self._native_thread.join(_STOP_TIMEOUT_S + 5.0)
         thread = self._thread
@@ -616,6 +635,8 @@ class StackSampler:
             ops = Counter(self.backward_ops)
             opt_ops = Counter(self.optimizer_ops)
         rows = split_optimizer(split_backward(rows, ops), opt_ops)
+        if self.rank is not None:
+            rows = [dataclasses.replace(r, rank=self.rank) for r in rows]
         if self.loss.torn:
             log.debug("torn stacks dropped so far: %s", dict(self.tree.torn_paths))
         if rows:
