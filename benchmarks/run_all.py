@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["core", "stacks", "agent_overhead", "gui", "actions", "regression", "ranks", "pg", "node"]
+ORDER = ["core", "stacks", "agent_overhead", "gui", "actions", "regression", "ranks", "attach_ranks", "pg", "node"]
 SECTION = {"agent_overhead": "agent"}
 
 
