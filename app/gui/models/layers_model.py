@@ -139,8 +139,10 @@ class LayerTree:
             self._add_time(wrows)
             if any(r.self_energy_j is not None for r in wrows):
                 self._add_energy(wrows)
-            else:
+            elif all(r.rank is None for r in wrows):
                 self.pending[win] = wrows
+            # else: one rank's window; the target's energy over its span is every rank's, so it
+            # stays counted by time (the sampler gives a rank's window its own share when it can)
         if self.pending and energy_between is not None:
             self._resolve(energy_between)
         self.changed.emit()
