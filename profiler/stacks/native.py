@@ -55,6 +55,11 @@ _NODE_RE = re.compile(r"(?:^|::)([A-Za-z0-9_]+Backward\d*|AccumulateGrad)::")
 _BLAS_RE = re.compile(r"^(?:mkl_blas|mkl_|openblas|dgemm|sgemm|cblas_|bli_|dnnl_)|gemm", re.I)
 
 
+def is_blas_leaf(part: str) -> bool:
+    """Is this native frame (as py-spy printed it) a BLAS kernel (MKL, OpenBLAS, oneDNN gemm)?"""
+    return _BLAS_RE.search(part.split(" (", 1)[0]) is not None
+
+
 def autograd_node(parts: Iterable[str]) -> str | None:
     """What the innermost frames of a native stack say the backward is doing (frames as py-spy
     printed them): the innermost autograd node, else a BLAS kernel leaf, else the engine's
@@ -73,7 +78,7 @@ def autograd_node(parts: Iterable[str]) -> str | None:
             other = GRAD_ACCUMULATION
     if found is not None:
         return found
-    if _BLAS_RE.search(leaf.split(" (", 1)[0]):
+    if is_blas_leaf(leaf):
         return BLAS_UNWOUND
     return other
 

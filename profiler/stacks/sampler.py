@@ -52,6 +52,7 @@ from pathlib import Path
 
 from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.records import LayerCost
+from wattlens.profiler.stacks import backward_map
 from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
 from wattlens.profiler.stacks.native import (
     NATIVE_FIRST_WINDOW_S,
@@ -60,7 +61,6 @@ from wattlens.profiler.stacks.native import (
     backward_ops,
     op_shares,
     optimizer_ops,
-    split_backward,
     split_optimizer,
 )
 from wattlens.profiler.stacks.parse import (
@@ -254,6 +254,8 @@ class StackSampler:
         self.native_hz = int(native_hz) if native_hz > 0 else 0
         self.backward_ops: Counter[str] = Counter()
         self.optimizer_ops: Counter[tuple[str, str]] = Counter()  # (part, tensor op) -> reads
+        # the same reads in the forward: (class path, tensor op) -> reads, to map ops to classes
+        self.forward_ops: Counter[tuple[str, str]] = Counter()
         self._native_thread: threading.Thread | None = None
         self._native_proc: subprocess.Popen[str] | None = None
         self._on_window = on_window
@@ -371,10 +373,11 @@ class StackSampler:
         if not shares:
             return None
         top = ", ".join(f"{op} {p:.0%} ± {se:.0%}" for op, (p, se) in list(shares.items())[:5])
+        by_class = backward_map.class_message(self.backward_ops, self.forward_ops)
         return (
             f"backward split by autograd op from {sum(self.backward_ops.values())} native "
             f"blocking reads at {self.native_hz} Hz (estimate, binomial standard error): {top}"
-        )
+        ) + (f"; {by_class}" if by_class else "")
 
     # ----------------------------------------------------------------- native reads
 
@@ -423,9 +426,11 @@ class StackSampler:
                 return
             ops = backward_ops(raw, self._index)
             opt_ops = optimizer_ops(raw, self._index)
+            fwd_ops = backward_map.forward_ops(raw, self._index)
             with self._lock:
                 self.backward_ops.update(ops)
                 self.optimizer_ops.update(opt_ops)
+                self.forward_ops.update(fwd_ops)
             duration_s = NATIVE_WINDOW_S
 
     def _command(self, output: str, *, calibration: bool = False) -> list[str]:
@@ -615,7 +620,8 @@ class StackSampler:
         with self._lock:
             ops = Counter(self.backward_ops)
             opt_ops = Counter(self.optimizer_ops)
-        rows = split_optimizer(split_backward(rows, ops), opt_ops)
+            fwd_ops = Counter(self.forward_ops)
+        rows = split_optimizer(backward_map.split_backward(rows, ops, fwd_ops), opt_ops)
         if self.loss.torn:
             log.debug("torn stacks dropped so far: %s", dict(self.tree.torn_paths))
         if rows:
