@@ -77,9 +77,10 @@ def _build_arch(torch, arch: str):
     layers, d=256), built from a config; batch 2 x 128 tokens."""
     from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
+    vocab = int(os.environ.get("WATTLENS_BENCH_VOCAB", VOCAB))
     if arch == "llama":
         config = LlamaConfig(
-            vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+            vocab_size=vocab, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=SEQ,
         )  # fmt: skip
         model = LlamaForCausalLM(config)
@@ -91,7 +92,7 @@ def _build_arch(torch, arch: str):
         model = BertForMaskedLM(config)
     else:
         raise ValueError(f"unknown architecture {arch!r}: one of {', '.join(ARCHS)}")
-    return model, torch.randint(0, VOCAB, (BATCH, SEQ))
+    return model, torch.randint(0, vocab, (BATCH, SEQ))
 
 
 def _build_model():
@@ -651,8 +652,9 @@ def _calibration_pair(seconds: float, window_s: float) -> dict:
     return out
 
 
-def measure_calibration(runs: int, seconds: float, window_s: float) -> list[dict]:
+def measure_calibration(runs: int, seconds: float, window_s: float, vocab: int) -> list[dict]:
     os.environ["WATTLENS_BENCH_ARCH"] = "llama"
+    os.environ["WATTLENS_BENCH_VOCAB"] = str(vocab)
     os.environ.pop("WATTLENS_BENCH_TRAIN", None)
     out = []
     for r in range(runs):
@@ -677,7 +679,8 @@ def calibration_markdown(runs: list[dict], args: argparse.Namespace,
         f"{load[0]:.1f} / {load[1]:.1f}, after each run: "
         + ", ".join(f"{r['load']:.1f}" for r in runs) + ".",
         "",
-        "One child runs the Llama-style decoder of the issue (4 blocks, d=256, batch 2 x 128, "
+        "One child runs the Llama-style decoder of the issue (4 blocks, d=256, "
+        f"vocabulary {args.cal_vocab}, batch 2 x 128, "
         "CPU, one thread, forward under no_grad) with the in-process hook timer; two "
         "StackSamplers are attached to it at once for the same span, both 50 Hz --nonblocking "
         f"in {args.window:g} s windows: **on** = the blocking calibration at 5 Hz (lost reads "
@@ -737,8 +740,9 @@ def suite_markdown(suite: dict, args: argparse.Namespace, load: tuple[float, flo
         f"{os.cpu_count()} CPUs; load average (1 min) at start / end {load[0]:.1f} / "
         f"{load[1]:.1f} — a shared, busy machine: read the spreads, not just the means.",
         "",
-        "StackSampler defaults (50 Hz --nonblocking, 5 s windows, 5 Hz blocking calibration, 1 Hz "
-        "native reads once a backward is seen) attached to a child that also runs an in-process "
+        "StackSampler defaults (50 Hz --nonblocking, 5 s windows, 5 Hz blocking calibration, "
+        f"{args.native_hz or 1} Hz native reads once a backward is seen"
+        + ("" if args.native_hz in (None, 1) else " (the default is 1 Hz)") + ") attached to a child that also runs an in-process "
         "hook timer (pre/post hooks on every module, same span). Self share (the class path's own "
         "time, its child modules' excluded) = self time / wall (timer) and self samples / all "
         "samples, lost reads added back (sampler). Top five class paths by timer self share. "
@@ -1118,6 +1122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-ab", action="store_true",
                     help="calibration on and off side by side on the Llama-style decoder, "
                     "--runs times (writes benchmarks/results/stacks_calibration.md)")
+    ap.add_argument("--cal-vocab", type=int, default=32000,
+                    help="vocabulary of the --calibration-ab model (default 32000, LlamaConfig's "
+                    "own default: the LM head is the long call of the issue)")
     args = ap.parse_args(argv)
     args.argv = argv
 
@@ -1133,7 +1140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.calibration_ab:
         load0 = os.getloadavg()[0]
-        runs = measure_calibration(args.runs, args.acc_seconds, args.window)
+        runs = measure_calibration(args.runs, args.acc_seconds, args.window, args.cal_vocab)
         md = calibration_markdown(runs, args, (load0, os.getloadavg()[0]))
         path = HERE / "results" / "stacks_calibration.md"
         path.write_text(md + "\n", encoding="utf-8")

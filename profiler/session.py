@@ -249,7 +249,8 @@ class ProfilingSession:
                 backward = self.stack_sampler.backward_message()
                 if backward is not None:
                     self.notes.append(backward)
-                    self.event("backward-ops", backward, ops=dict(self.stack_sampler.backward_ops))
+                    self.event("backward-ops", backward, ops=dict(self.stack_sampler.backward_ops),
+                               classes=self.stack_sampler.backward_classes())
         if self.sampler is not None:
             self.sampler.stop()
             self._remember_gpu_idle()

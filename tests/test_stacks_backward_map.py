@@ -158,3 +158,14 @@ def test_recorded_training_window_maps_the_mlp_gradients_to_its_classes():
     assert parts[f"{mlp}/SiLUActivation"].reads == ops["SiluBackward0"]
     message = bm.class_message(ops, fwd)
     assert message is not None and bm.METHOD in message and "LlamaMLP/Linear" in message
+
+
+def test_ops_resting_on_the_same_forward_reads_are_not_counted_as_independent():
+    """MmBackward0 and the unwound BLAS kernel both rest on the same two forward products: their
+    fractions move together, so the standard error is the correlated one (q' = 2.5/5), not
+    sqrt(1/2) of it as for two independent groups."""
+    ops = Counter({"MmBackward0": 5, BLAS_UNWOUND: 5})
+    fwd = Counter({("A", bm.MATMUL): 2, ("B", bm.MATMUL): 2})
+    a = next(p for p in bm.backward_by_class(ops, fwd) if p.name == "A")
+    assert a.share == pytest.approx(0.5) and a.ops == ("MmBackward0", BLAS_UNWOUND)
+    assert a.se == pytest.approx(math.sqrt(0.5 * 0.5 / 4))

@@ -193,6 +193,9 @@ def test_attached_training_loop_stores_backward_rows_by_module_class(tmp_path):
             assert bucket.self_energy_j == 0.0
     message = sampler.backward_message()
     assert message is not None and backward_map.METHOD in message
+    classes = sampler.backward_classes()  # the session event's data: share and se per class
+    assert any("LlamaMLP" in path for path in classes), classes
+    assert all(0 < share <= 1 and se > 0 for share, se in classes.values())
 
     store = Store(tmp_path / "s.db")
     sid, _ = store.create_session(name="t", kind="attach", started_at=time.time(),

@@ -29,8 +29,9 @@ outside any module (a loss computed in the training script).
 
 Uncertainty: the share of the backward of each row has a standard error by the delta method,
 over the two independent binomial counts it rests on (backward reads per op, forward reads per
-class within the op), :func:`backward_by_class`. Proportions in the variance are taken as
-(k + ½)/(n + 1) so a group of one read does not claim zero uncertainty.
+class within the op), :func:`backward_by_class`; ops whose forward evidence overlaps (the matrix
+products) are taken as fully correlated, an upper bound. Proportions in the variance are taken
+as (k + ½)/(n + 1) so a group of one read does not claim zero uncertainty.
 """
 
 from __future__ import annotations
@@ -184,22 +185,31 @@ def backward_by_class(
     For op o with n_o reads and evidence e_o(c) for class path c (E_o in all, outside modules
     included): c gets n_o·e_o(c)/E_o reads; the outside part and ops with no evidence stay op
     rows. Share of a row s = Σ_o p_o·q_o with p_o = n_o/N, q_o its fraction of o;
-    Var(s) ≈ (Σ_o p_o·q_o² − s²)/N + Σ_o p_o²·Var(q_o). Largest first; empty without reads.
+    Var(s) ≈ (Σ_o p_o·q_o² − s²)/N + Σ_G (Σ_{o∈G} p_o·sd(q_o))², G the groups of ops that rest
+    on shared forward reads (the matrix products): within a group the q_o are taken as fully
+    correlated (an upper bound), across groups as independent. Largest first; empty without
+    reads.
     """
     total = sum(n for n in ops.values() if n > 0)
     if total <= 0:
         return []
     # per row: {op: q_o (fraction of the op's reads), Var(q_o)}
     fractions: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    group: dict[str, str] = {}  # op -> the first op that used one of its forward reads
+    cell_user: dict[tuple[str, str], str] = {}
     for op, n in ops.items():
         if n <= 0:
             continue
         grad_of = node_op(op)
         evidence: Counter[str] = Counter()
+        group[op] = op
         if grad_of is not None:
-            for (owner, fwd), k in forward.items():
-                if k > 0 and matches(grad_of, fwd):
-                    evidence[owner] += k
+            for cell, k in forward.items():
+                if k > 0 and matches(grad_of, cell[1]):
+                    evidence[cell[0]] += k
+                    first = cell_user.setdefault(cell, op)
+                    if group[op] == op:
+                        group[op] = group[first]
         e_total = sum(evidence.values())
         if e_total <= 0:
             fractions.setdefault((op, "op"), {})[op] = (1.0, 0.0)
@@ -212,7 +222,10 @@ def backward_by_class(
         p_q = [(ops[o] / total, q, var_q) for o, (q, var_q) in by_op.items()]
         share = sum(p * q for p, q, _ in p_q)
         var = max(0.0, sum(p * q * q for p, q, _ in p_q) - share * share) / total
-        var += sum(p * p * var_q for p, _, var_q in p_q)
+        sd_by_group: Counter[str] = Counter()
+        for o, (_, var_q) in by_op.items():
+            sd_by_group[group[o]] += ops[o] / total * math.sqrt(var_q)
+        var += sum(sd * sd for sd in sd_by_group.values())
         parts.append(BackwardPart(name, kind, share * total, share, math.sqrt(var),
                                   tuple(sorted(by_op, key=lambda o: -ops[o]))))
     parts.sort(key=lambda part: (-part.reads, part.name))

@@ -16,8 +16,10 @@ The same native reads split the optimizer step's parts (``optimizer/_single_tens
 named from the Python frames by ``parse.optimizer_part``) by the tensor op the update called
 (:func:`optimizer_ops`, :func:`split_optimizer`): pooled, an estimate like the backward's.
 
-What is not done: mapping ops back to module classes (an ``MmBackward0`` belongs to whichever
-Linear issued the matmul; the autograd graph's names do not say which), so ops stay op classes.
+The same reads in the *forward* say which module class issues which op; :mod:`.backward_map`
+uses them to charge each op's backward reads to module classes (an ``MmBackward0`` belongs to
+whichever Linear issued the matmul: the autograd graph's names do not say which, the forward
+reads do, in proportion). Ops with no forward evidence stay op rows.
 """
 
 from __future__ import annotations

@@ -379,6 +379,13 @@ class StackSampler:
             f"blocking reads at {self.native_hz} Hz (estimate, binomial standard error): {top}"
         ) + (f"; {by_class}" if by_class else "")
 
+    def backward_classes(self) -> dict[str, list[float]]:
+        """{class path: [share of the backward, standard error]} (:mod:`.backward_map`)."""
+        with self._lock:
+            ops, fwd = Counter(self.backward_ops), Counter(self.forward_ops)
+        return {p.name: [p.share, p.se]
+                for p in backward_map.backward_by_class(ops, fwd) if p.kind == "class"}
+
     # ----------------------------------------------------------------- native reads
 
     def _maybe_start_native(self) -> None:
