@@ -580,6 +580,10 @@ def _same_run(seconds: float, window_s: float, native_hz: int | None = None) -> 
         "forward_ops": {f"{path}|{op}": n for (path, op), n in sampler.forward_ops.items()},
         "backward_parts": [  # the session's final pooled split of the backward, with its se
             {"name": p.name, "kind": p.kind, "share": p.share, "se": p.se, "ops": list(p.ops)}
+            for p in backward_by_class(sampler.backward_ops, sampler.forward_ops,
+                                       sampler.forward_time)],
+        "backward_parts_reads": [  # the same, classes weighed by their native reads alone
+            {"name": p.name, "kind": p.kind, "share": p.share, "se": p.se, "ops": list(p.ops)}
             for p in backward_by_class(sampler.backward_ops, sampler.forward_ops)],
         "hook_backward": hook.get("backward_s", {}),  # reference: seconds per class path
         "optimizer_ops": {f"{part}/{op}": n for (part, op), n in sampler.optimizer_ops.items()},
@@ -829,13 +833,16 @@ def backward_class_markdown(t: dict) -> list[str]:
     denom = wall_s if wall_s > timed else timed
     ref = {p: v / denom for p, v in ref_s.items()}
     est = {p["name"]: p for p in parts if p["kind"] == "class"}
+    est_reads = {p["name"]: p for p in t.get("backward_parts_reads") or [] if p["kind"] == "class"}
     n_fwd = sum(t.get("forward_ops", {}).values())
     n_bw = sum(t["backward_ops"].values())
     mapped = sum(p["share"] for p in est.values())
     lines = [
         f"Backward by module class (attach mode: each autograd op's {n_bw} native backward reads "
-        f"split over the class paths in the proportions {n_fwd} native forward reads saw the "
-        "same op in their forwards; method `estimate: forward-op mix`), against the reference: "
+        "split over the class paths in proportion to each class's sampled forward time × the "
+        f"share of its native forward reads ({n_fwd} in all) that ran the same op; method "
+        "`estimate: forward-op mix`; the last column weighs the classes by those native "
+        "reads alone), against the reference: "
         "an in-process timer of every autograd node of the forward's graph (pre/post hooks), "
         "each node charged to the class path innermost when it was created (autograd sequence "
         "numbers, as the agent does in run mode). Shares of the backward; the estimate's "
@@ -844,16 +851,21 @@ def backward_class_markdown(t: dict) -> list[str]:
         f"{100 * timed / denom:.0f} %; the rest is gradient accumulation and the engine's own "
         "work). ± = the estimate's standard error (delta method over the two binomial counts).",
         "",
-        "| class path (backward) | reference | attach estimate | estimate − reference, pp |",
-        "|---|---:|---:|---:|",
+        "| class path (backward) | reference | attach estimate | estimate − reference, pp "
+        "| native reads alone: estimate − reference, pp |",
+        "|---|---:|---:|---:|---:|",
     ]
     for p in sorted(set(ref) | set(est), key=lambda q: -max(ref.get(q, 0.0), est.get(q, {}).get("share", 0.0))):
         r, e = ref.get(p, 0.0), est.get(p, {}).get("share", 0.0)
         if max(r, e) < 0.005:
             continue
         se = est.get(p, {}).get("se")
+        alt = est_reads.get(p)
+        alt_text = (f"{100 * (alt['share'] - r):+.1f} ± {100 * alt['se']:.1f}" if alt
+                    else "(no estimate)")
         lines.append(f"| `{p}` | {100 * r:.1f} % | {100 * e:.1f} % | {100 * (e - r):+.1f}"
-                     + (f" ± {100 * se:.1f}" if se is not None else " (no estimate)") + " |")
+                     + (f" ± {100 * se:.1f}" if se is not None else " (no estimate)")
+                     + f" | {alt_text} |")
     kept = [p for p in parts if p["kind"] == "op"]
     lines += ["", "Kept by op (no forward evidence, or evidence outside modules): " + ", ".join(
         f"{p['name']} {100 * p['share']:.1f} %" for p in kept[:8]) + ".", ""]
@@ -1154,6 +1166,8 @@ def main(argv: list[str] | None = None) -> int:
         md = suite_markdown(suite, args, (load0, os.getloadavg()[0]))
         path = args.suite_output
         path.write_text(md + "\n", encoding="utf-8")
+        path.with_suffix(".json").write_text(json.dumps(suite, indent=1, default=str),
+                                             encoding="utf-8")
         print(md)
         return 0
     if args.quick:

@@ -169,3 +169,40 @@ def test_ops_resting_on_the_same_forward_reads_are_not_counted_as_independent():
     a = next(p for p in bm.backward_by_class(ops, fwd) if p.name == "A")
     assert a.share == pytest.approx(0.5) and a.ops == ("MmBackward0", BLAS_UNWOUND)
     assert a.se == pytest.approx(math.sqrt(0.5 * 0.5 / 4))
+
+
+def test_sampled_forward_time_weighs_the_classes_and_native_reads_give_their_op_mix():
+    """A and B each had one native forward read of a product, but the 50 Hz sampler saw B's
+    forward three times as long: B gets three quarters of the products' backward. C spent half
+    its native reads outside any op (Python), so only half its time counts as evidence."""
+    ops = Counter({"MmBackward0": 8})
+    fwd = Counter({("A", bm.MATMUL): 1, ("B", bm.MATMUL): 1, ("C", "mm"): 1, ("C", bm.NO_OP): 1})
+    parts = {p.name: p for p in bm.backward_by_class(ops, fwd, Counter({"A": 100, "B": 300, "C": 200}))}
+    assert parts["A"].reads == pytest.approx(8 * 100 / 500)
+    assert parts["B"].reads == pytest.approx(8 * 300 / 500)
+    assert parts["C"].reads == pytest.approx(8 * 100 / 500)
+    unweighted = {p.name: p for p in bm.backward_by_class(ops, fwd)}
+    assert unweighted["A"].reads == pytest.approx(8 / 3)  # reads alone: one each
+
+
+def test_time_weighted_standard_error_is_the_op_mix_uncertainty():
+    """Two classes seen in the op: Var(q_A) = sum_c (T_c/E)^2 (d_Ac - q_A)^2 Var(m_c), the op
+    mixes m_c binomial with (k+1/2)/(n+1); the times are taken as exact."""
+    ops = Counter({"SiluBackward0": 10})
+    fwd = Counter({("A", "silu"): 2, ("A", bm.NO_OP): 2, ("B", "silu"): 1, ("B", bm.MATMUL): 3})
+    time = Counter({"A": 40, "B": 40})
+    a = next(p for p in bm.backward_by_class(ops, fwd, time) if p.name == "A")
+    e_a, e_b = 40 * 2 / 4, 40 * 1 / 4
+    q = e_a / (e_a + e_b)
+    var_m = lambda k, n: ((k + 0.5) / (n + 1)) * (1 - (k + 0.5) / (n + 1)) / n  # noqa: E731
+    var_q = ((40 / 30) ** 2 * (1 - q) ** 2 * var_m(2, 4) + (40 / 30) ** 2 * q**2 * var_m(1, 4))
+    assert a.share == pytest.approx(q)
+    assert a.se == pytest.approx(math.sqrt(var_q))  # one op: its reads' own spread is zero
+
+
+def test_forward_time_keys_match_the_native_owners():
+    from wattlens.profiler.stacks.parse import BUCKET_OTHER, Attribution
+
+    counts = Counter({Attribution(("M", "Linear")): 5.5, Attribution((), BUCKET_OTHER): 2,
+                      Attribution((), BUCKET_BACKWARD): 9})
+    assert bm.forward_time(counts) == Counter({"M/Linear": 5.5, bm.OUTSIDE_MODULES: 2})

@@ -4,11 +4,14 @@ The native reads of :mod:`.native` that land in the *forward* show, at once, the
 path on the Python stack (the innermost module whose ``forward`` runs) and the tensor op that
 path is running (:func:`forward_op`: the op whose autograd kernel records the node —
 ``VariableType::mm``, ``VariableType::silu`` ... — else the innermost dispatched op, else a
-BLAS kernel leaf, which is a matrix product). Pooled over the session they give
-P(class path | forward op). Each autograd node of the backward is named after its forward op
-(``MmBackward0`` ← ``mm``, ``SiluBackward0`` ← ``silu``, ``NllLossBackward0`` ←
+BLAS kernel leaf, which is a matrix product). Pooled over the session they give each class
+path's op mix; weighed by the class paths' forward time from the 50 Hz non-blocking samples
+(:func:`forward_time`: thousands of samples where the 1 Hz native reads give tens), they give
+P(class path | forward op) ∝ T_c × P(op | c). Each autograd node of the backward is named after
+its forward op (``MmBackward0`` ← ``mm``, ``SiluBackward0`` ← ``silu``, ``NllLossBackward0`` ←
 ``nll_loss_forward``: :func:`node_op`), so the backward reads of one op are split over the
-class paths in those proportions (:func:`backward_by_class`).
+class paths in those proportions (:func:`backward_by_class`). Without the times, the native
+reads alone weigh the classes (noisier: benchmarks/RESULTS.md compares both).
 
 The assumption, which is what the label says: *within one op, a class path's share of the
 backward equals its share of the forward* (e.g. each Linear's two gradient products cost about
@@ -28,9 +31,10 @@ accumulation, ``autograd.Function`` in Python), and the part of an op whose forw
 outside any module (a loss computed in the training script).
 
 Uncertainty: the share of the backward of each row has a standard error by the delta method,
-over the two independent binomial counts it rests on (backward reads per op, forward reads per
-class within the op), :func:`backward_by_class`; ops whose forward evidence overlaps (the matrix
-products) are taken as fully correlated, an upper bound. Proportions in the variance are taken
+over the binomial counts it rests on (backward reads per op; each class's op mix in its native
+forward reads, the sampled times taken as exact), :func:`backward_by_class`; ops whose forward
+evidence overlaps (the matrix products) are taken as fully correlated, an upper bound. Classes
+never seen running an op add no uncertainty to it (a Linear does not run ``silu``). Proportions in the variance are taken
 as (k + ½)/(n + 1) so a group of one read does not claim zero uncertainty.
 """
 
@@ -39,7 +43,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from wattlens.profiler.records import LayerCost
@@ -47,6 +51,7 @@ from wattlens.profiler.stacks.native import BLAS_UNWOUND, is_blas_leaf
 from wattlens.profiler.stacks.parse import (
     BUCKET_BACKWARD,
     BUCKET_OTHER,
+    Attribution,
     SourceIndex,
     classify,
     parse_frame,
@@ -55,8 +60,10 @@ from wattlens.profiler.stacks.parse import (
 # LayerCost.method of a backward row charged to a module class (store column: 30 characters)
 METHOD = "estimate: forward-op mix"
 METHOD_TEXT = ("backward by module class: each autograd op's native reads split over the module "
-               "classes in the proportions the same op was read in their forwards (an estimate)")
+               "classes by their sampled forward time × the share of their native forward reads "
+               "in that op (an estimate)")
 OUTSIDE_MODULES = "(outside modules)"  # forward evidence from a stack with no module on it
+NO_OP = ""  # a forward read with no tensor op on its stack: evidence for no backward op
 MATMUL = "matmul"  # a matrix product of unknown kind (BLAS leaf, or the composite matmul/linear)
 _MATMUL_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addmv", "mv", "dot", "addbmm"})
 _COMPOSITE_MATMUL = frozenset({"matmul", "linear"})
@@ -131,7 +138,8 @@ def forward_ops(raw_text: str, index: SourceIndex | None = None) -> Counter[tupl
 
     The class path is the one the Python frames give (:func:`~.parse.classify`, joined by ``/``),
     or :data:`OUTSIDE_MODULES` for a stack outside any module and outside the backward, optimizer
-    and data loading (a loss in the training script); reads with no op on the stack are left out.
+    and data loading (a loss in the training script); a read with no op on the stack (the
+    forward's own Python) counts under :data:`NO_OP`, so a class's reads give its op mix.
     """
     index = index if index is not None else SourceIndex()
     out: Counter[tuple[str, str]] = Counter()
@@ -150,9 +158,20 @@ def forward_ops(raw_text: str, index: SourceIndex | None = None) -> Counter[tupl
             owner = OUTSIDE_MODULES
         else:
             continue  # backward, optimizer, data loading, idle: not a forward
-        op = forward_op(parts)
-        if op is not None:
-            out[(owner, op)] += int(count_text)
+        out[(owner, forward_op(parts) or NO_OP)] += int(count_text)
+    return out
+
+
+def forward_time(counts: Mapping[Attribution, float]) -> Counter[str]:
+    """One window's forward self samples per class path (the stack sampler's counts), and the
+    samples outside modules (:data:`OUTSIDE_MODULES`): the ``forward_time`` of
+    :func:`backward_by_class`, keyed like :func:`forward_ops`' owners."""
+    out: Counter[str] = Counter()
+    for att, n in counts.items():
+        if att.bucket is None and att.path:
+            out["/".join(att.path)] += n
+        elif att.bucket == BUCKET_OTHER:
+            out[OUTSIDE_MODULES] += n
     return out
 
 
@@ -176,20 +195,49 @@ def _var_p(k: float, n: float) -> float:
     return p * (1.0 - p) / n
 
 
+def _evidence_weights(
+    forward: Counter[tuple[str, str]], forward_time: Counter[str] | None
+) -> dict[str, float]:
+    """Per class path, the weight of one of its native forward reads: 1 without ``forward_time``;
+    with it, the class's sampled forward (self) time over its native reads, so evidence =
+    time × op mix. A class the time does not cover gets the overall ratio."""
+    reads: Counter[str] = Counter()
+    for (owner, _), k in forward.items():
+        reads[owner] += max(k, 0)
+    if forward_time is None:
+        return {c: 1.0 for c in reads}
+    covered = {c: n for c, n in reads.items() if n > 0 and forward_time.get(c, 0) > 0}
+    t_all, n_all = sum(forward_time[c] for c in covered), sum(covered.values())
+    fallback = t_all / n_all if n_all else 1.0
+    return {c: forward_time[c] / n if c in covered else fallback for c, n in reads.items()}
+
+
 def backward_by_class(
-    ops: Counter[str], forward: Counter[tuple[str, str]]
+    ops: Counter[str], forward: Counter[tuple[str, str]],
+    forward_time: Counter[str] | None = None,
 ) -> list[BackwardPart]:
     """Split the backward's native reads per autograd op (``ops``, from :func:`.native.backward_ops`)
     over module-class paths by the forward evidence (``forward``, from :func:`forward_ops`).
 
-    For op o with n_o reads and evidence e_o(c) for class path c (E_o in all, outside modules
-    included): c gets n_o·e_o(c)/E_o reads; the outside part and ops with no evidence stay op
-    rows. Share of a row s = Σ_o p_o·q_o with p_o = n_o/N, q_o its fraction of o;
+    Evidence for op o in class path c: e_o(c) = k_o(c), its native forward reads of the op; or,
+    given ``forward_time`` (the class paths' sampled forward self time, e.g. the session's
+    non-blocking sample counts, :data:`OUTSIDE_MODULES` for the rest of the forward), the class's
+    time × its op mix, T_c·k_o(c)/n_c (n_c: all its native forward reads): the many time samples
+    weigh the classes, the few native reads only say which op each class runs.
+    For op o with n_o reads (E_o evidence in all, outside modules included): c gets
+    n_o·e_o(c)/E_o reads; the outside part and ops with no evidence stay op rows.
+    Share of a row s = Σ_o p_o·q_o with p_o = n_o/N, q_o its fraction of o;
     Var(s) ≈ (Σ_o p_o·q_o² − s²)/N + Σ_G (Σ_{o∈G} p_o·sd(q_o))², G the groups of ops that rest
     on shared forward reads (the matrix products): within a group the q_o are taken as fully
-    correlated (an upper bound), across groups as independent. Largest first; empty without
-    reads.
+    correlated (an upper bound), across groups as independent. Var(q_o): binomial in E_o
+    reads; time-weighted, the delta method over the op mixes m_c = k_o(c)/n_c (binomial each,
+    the times taken as exact): Σ_c' (T_c'/E_o)²·(δ_cc' − q_o(c))²·Var(m_c'). Largest first;
+    empty without reads.
     """
+    weight = _evidence_weights(forward, forward_time)
+    n_reads: Counter[str] = Counter()
+    for (owner, _), k in forward.items():
+        n_reads[owner] += max(k, 0)
     total = sum(n for n in ops.values() if n > 0)
     if total <= 0:
         return []
@@ -201,22 +249,29 @@ def backward_by_class(
         if n <= 0:
             continue
         grad_of = node_op(op)
-        evidence: Counter[str] = Counter()
+        hits: Counter[str] = Counter()  # native forward reads of the op, per class path
         group[op] = op
         if grad_of is not None:
             for cell, k in forward.items():
-                if k > 0 and matches(grad_of, cell[1]):
-                    evidence[cell[0]] += k
+                if k > 0 and cell[1] != NO_OP and matches(grad_of, cell[1]):
+                    hits[cell[0]] += k
                     first = cell_user.setdefault(cell, op)
                     if group[op] == op:
                         group[op] = group[first]
+        evidence = {c: weight[c] * k for c, k in hits.items()}
         e_total = sum(evidence.values())
         if e_total <= 0:
             fractions.setdefault((op, "op"), {})[op] = (1.0, 0.0)
             continue
-        for owner, k in evidence.items():
+        for owner, e in evidence.items():
             key = (op, "op") if owner == OUTSIDE_MODULES else (owner, "class")
-            fractions.setdefault(key, {})[op] = (k / e_total, _var_p(k, e_total))
+            q = e / e_total
+            if forward_time is None:
+                var_q = _var_p(hits[owner], e_total)
+            else:
+                var_q = sum((weight[c] * n_reads[c] / e_total) ** 2 * ((c == owner) - q) ** 2
+                            * _var_p(hits[c], n_reads[c]) for c in hits)
+            fractions.setdefault(key, {})[op] = (q, var_q)
     parts: list[BackwardPart] = []
     for (name, kind), by_op in fractions.items():
         p_q = [(ops[o] / total, q, var_q) for o, (q, var_q) in by_op.items()]
@@ -233,7 +288,8 @@ def backward_by_class(
 
 
 def split_backward(
-    rows: list[LayerCost], ops: Counter[str], forward: Counter[tuple[str, str]]
+    rows: list[LayerCost], ops: Counter[str], forward: Counter[tuple[str, str]],
+    forward_time: Counter[str] | None = None,
 ) -> list[LayerCost]:
     """Replace the window's ``backward`` bucket by one child row per :class:`BackwardPart`:
     ``backward/<class path>`` (method :data:`METHOD`) or ``backward/<op>`` (the bucket's method).
@@ -243,7 +299,7 @@ def split_backward(
     no child claims more than the bucket; ``n_samples`` of a child = the native reads behind it
     (rounded). Without native reads the rows are returned unchanged.
     """
-    parts = backward_by_class(ops, forward)
+    parts = backward_by_class(ops, forward, forward_time)
     if not parts:
         return rows
     total = sum(part.reads for part in parts)
@@ -266,9 +322,10 @@ def split_backward(
     return out
 
 
-def class_message(ops: Counter[str], forward: Counter[tuple[str, str]], top: int = 6) -> str | None:
+def class_message(ops: Counter[str], forward: Counter[tuple[str, str]],
+                  forward_time: Counter[str] | None = None, top: int = 6) -> str | None:
     """One line: the backward's module classes with share ± standard error, and the method."""
-    parts = backward_by_class(ops, forward)
+    parts = backward_by_class(ops, forward, forward_time)
     classes = [p for p in parts if p.kind == "class"]
     if not classes:
         return None

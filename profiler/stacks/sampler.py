@@ -256,6 +256,8 @@ class StackSampler:
         self.optimizer_ops: Counter[tuple[str, str]] = Counter()  # (part, tensor op) -> reads
         # the same reads in the forward: (class path, tensor op) -> reads, to map ops to classes
         self.forward_ops: Counter[tuple[str, str]] = Counter()
+        # forward self samples per class path, pooled (backward_map weighs the classes by them)
+        self.forward_time: Counter[str] = Counter()
         self._native_thread: threading.Thread | None = None
         self._native_proc: subprocess.Popen[str] | None = None
         self._on_window = on_window
@@ -373,7 +375,9 @@ class StackSampler:
         if not shares:
             return None
         top = ", ".join(f"{op} {p:.0%} ± {se:.0%}" for op, (p, se) in list(shares.items())[:5])
-        by_class = backward_map.class_message(self.backward_ops, self.forward_ops)
+        with self._lock:
+            fwd_time = Counter(self.forward_time)
+        by_class = backward_map.class_message(self.backward_ops, self.forward_ops, fwd_time)
         return (
             f"backward split by autograd op from {sum(self.backward_ops.values())} native "
             f"blocking reads at {self.native_hz} Hz (estimate, binomial standard error): {top}"
@@ -383,8 +387,9 @@ class StackSampler:
         """{class path: [share of the backward, standard error]} (:mod:`.backward_map`)."""
         with self._lock:
             ops, fwd = Counter(self.backward_ops), Counter(self.forward_ops)
+            fwd_time = Counter(self.forward_time)
         return {p.name: [p.share, p.se]
-                for p in backward_map.backward_by_class(ops, fwd) if p.kind == "class"}
+                for p in backward_map.backward_by_class(ops, fwd, fwd_time) if p.kind == "class"}
 
     # ----------------------------------------------------------------- native reads
 
@@ -617,6 +622,8 @@ class StackSampler:
         counts = self._counts(raw, failed, calibration_raw)
         if any(att.bucket == BUCKET_BACKWARD for att in counts):
             self._maybe_start_native()  # a training job: break its backward down
+        with self._lock:
+            self.forward_time.update(backward_map.forward_time(counts))
         rows = aggregate(
             counts,
             window_start_ns=t_start_ns,
@@ -628,7 +635,8 @@ class StackSampler:
             ops = Counter(self.backward_ops)
             opt_ops = Counter(self.optimizer_ops)
             fwd_ops = Counter(self.forward_ops)
-        rows = split_optimizer(backward_map.split_backward(rows, ops, fwd_ops), opt_ops)
+            fwd_time = Counter(self.forward_time)
+        rows = split_optimizer(backward_map.split_backward(rows, ops, fwd_ops, fwd_time), opt_ops)
         if self.loss.torn:
             log.debug("torn stacks dropped so far: %s", dict(self.tree.torn_paths))
         if rows:
