@@ -206,3 +206,18 @@ def test_forward_time_keys_match_the_native_owners():
     counts = Counter({Attribution(("M", "Linear")): 5.5, Attribution((), BUCKET_OTHER): 2,
                       Attribution((), BUCKET_BACKWARD): 9})
     assert bm.forward_time(counts) == Counter({"M/Linear": 5.5, bm.OUTSIDE_MODULES: 2})
+
+
+def test_a_path_with_time_but_no_native_read_gets_its_class_op_mix():
+    """The LM head (M/Linear) was sampled at 50 Hz but no 1 Hz native read landed in it; it runs
+    Linear's code, so the op mix the other Linear paths showed holds for it too."""
+    ops = Counter({BLAS_UNWOUND: 10})
+    fwd = Counter({("M/Attn/Linear", bm.MATMUL): 3, ("M/Attn/Linear", bm.NO_OP): 1,
+                   ("M/Attn", "bmm"): 2})
+    time = Counter({"M/Attn/Linear": 200, "M/Linear": 100, "M/Attn": 100})
+    parts = {p.name: p for p in bm.backward_by_class(ops, fwd, time)}
+    # Linear's mix: 3 of 4 reads in a product; Attn's: all in bmm
+    e_head, e_attn_lin, e_attn = 100 * 0.75, 200 * 0.75, 100 * 1.0
+    assert parts["M/Linear"].reads == pytest.approx(10 * e_head / (e_head + e_attn_lin + e_attn))
+    assert parts["M/Attn"].reads == pytest.approx(10 * e_attn / (e_head + e_attn_lin + e_attn))
+    assert "M/Linear" not in {p.name for p in bm.backward_by_class(ops, fwd)}  # reads alone

@@ -10,7 +10,8 @@ path's op mix; weighed by the class paths' forward time from the 50 Hz non-block
 P(class path | forward op) ∝ T_c × P(op | c). Each autograd node of the backward is named after
 its forward op (``MmBackward0`` ← ``mm``, ``SiluBackward0`` ← ``silu``, ``NllLossBackward0`` ←
 ``nll_loss_forward``: :func:`node_op`), so the backward reads of one op are split over the
-class paths in those proportions (:func:`backward_by_class`). Without the times, the native
+class paths in those proportions (:func:`backward_by_class`); the op mix is pooled per innermost
+class (all ``Linear`` paths share one). Without the times, the native
 reads alone weigh the classes (noisier: benchmarks/RESULTS.md compares both).
 
 The assumption, which is what the label says: *within one op, a class path's share of the
@@ -195,21 +196,9 @@ def _var_p(k: float, n: float) -> float:
     return p * (1.0 - p) / n
 
 
-def _evidence_weights(
-    forward: Counter[tuple[str, str]], forward_time: Counter[str] | None
-) -> dict[str, float]:
-    """Per class path, the weight of one of its native forward reads: 1 without ``forward_time``;
-    with it, the class's sampled forward (self) time over its native reads, so evidence =
-    time × op mix. A class the time does not cover gets the overall ratio."""
-    reads: Counter[str] = Counter()
-    for (owner, _), k in forward.items():
-        reads[owner] += max(k, 0)
-    if forward_time is None:
-        return {c: 1.0 for c in reads}
-    covered = {c: n for c, n in reads.items() if n > 0 and forward_time.get(c, 0) > 0}
-    t_all, n_all = sum(forward_time[c] for c in covered), sum(covered.values())
-    fallback = t_all / n_all if n_all else 1.0
-    return {c: forward_time[c] / n if c in covered else fallback for c, n in reads.items()}
+def leaf_class(path: str) -> str:
+    """The innermost class of a class path (``.../LlamaMLP/Linear`` -> ``Linear``)."""
+    return path.rsplit("/", 1)[-1]
 
 
 def backward_by_class(
@@ -221,26 +210,30 @@ def backward_by_class(
 
     Evidence for op o in class path c: e_o(c) = k_o(c), its native forward reads of the op; or,
     given ``forward_time`` (the class paths' sampled forward self time, e.g. the session's
-    non-blocking sample counts, :data:`OUTSIDE_MODULES` for the rest of the forward), the class's
-    time × its op mix, T_c·k_o(c)/n_c (n_c: all its native forward reads): the many time samples
-    weigh the classes, the few native reads only say which op each class runs.
+    non-blocking sample counts, :data:`OUTSIDE_MODULES` for the rest of the forward), the class
+    path's time × the op mix of its innermost class, T_c·m_o(L), m_o(L) = k_o(L)/n_L over the
+    native forward reads of every path ending in class L (a ``Linear`` runs the same code
+    wherever it sits, so the LM head gets the Linears' mix even when no native read landed in
+    it): the many time samples weigh the paths, the few native reads only say which op each
+    class runs.
     For op o with n_o reads (E_o evidence in all, outside modules included): c gets
     n_o·e_o(c)/E_o reads; the outside part and ops with no evidence stay op rows.
     Share of a row s = Σ_o p_o·q_o with p_o = n_o/N, q_o its fraction of o;
     Var(s) ≈ (Σ_o p_o·q_o² − s²)/N + Σ_G (Σ_{o∈G} p_o·sd(q_o))², G the groups of ops that rest
     on shared forward reads (the matrix products): within a group the q_o are taken as fully
     correlated (an upper bound), across groups as independent. Var(q_o): binomial in E_o
-    reads; time-weighted, the delta method over the op mixes m_c = k_o(c)/n_c (binomial each,
-    the times taken as exact): Σ_c' (T_c'/E_o)²·(δ_cc' − q_o(c))²·Var(m_c'). Largest first;
-    empty without reads.
+    reads; time-weighted, the delta method over the op mixes m_L (binomial each, the times taken
+    as exact): Σ_L ((T_c·[L(c)=L] − q_o(c)·T_L)/E_o)²·Var(m_L), T_L the time of the paths
+    ending in L. Largest first; empty without reads.
     """
-    weight = _evidence_weights(forward, forward_time)
-    n_reads: Counter[str] = Counter()
-    for (owner, _), k in forward.items():
-        n_reads[owner] += max(k, 0)
     total = sum(n for n in ops.values() if n > 0)
     if total <= 0:
         return []
+    n_leaf: Counter[str] = Counter()  # native forward reads per innermost class
+    for (owner, _), k in forward.items():
+        n_leaf[leaf_class(owner)] += max(k, 0)
+    times = {c: float(t) for c, t in (forward_time or {}).items()
+             if t > 0 and n_leaf[leaf_class(c)] > 0}
     # per row: {op: q_o (fraction of the op's reads), Var(q_o)}
     fractions: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
     group: dict[str, str] = {}  # op -> the first op that used one of its forward reads
@@ -258,7 +251,17 @@ def backward_by_class(
                     first = cell_user.setdefault(cell, op)
                     if group[op] == op:
                         group[op] = group[first]
-        evidence = {c: weight[c] * k for c, k in hits.items()}
+        if forward_time is None:
+            evidence = {c: float(k) for c, k in hits.items()}
+        else:  # time x the op mix of the class's code (pooled over its paths)
+            k_leaf: Counter[str] = Counter()
+            for c, k in hits.items():
+                k_leaf[leaf_class(c)] += k
+            evidence = {c: t * k_leaf[leaf_class(c)] / n_leaf[leaf_class(c)]
+                        for c, t in times.items() if k_leaf[leaf_class(c)] > 0}
+            t_leaf: Counter[str] = Counter()
+            for c in evidence:
+                t_leaf[leaf_class(c)] += times[c]
         e_total = sum(evidence.values())
         if e_total <= 0:
             fractions.setdefault((op, "op"), {})[op] = (1.0, 0.0)
@@ -269,8 +272,9 @@ def backward_by_class(
             if forward_time is None:
                 var_q = _var_p(hits[owner], e_total)
             else:
-                var_q = sum((weight[c] * n_reads[c] / e_total) ** 2 * ((c == owner) - q) ** 2
-                            * _var_p(hits[c], n_reads[c]) for c in hits)
+                mine = leaf_class(owner)
+                var_q = sum(((times[owner] if leaf == mine else 0.0) - q * t) ** 2 / e_total**2
+                            * _var_p(k_leaf[leaf], n_leaf[leaf]) for leaf, t in t_leaf.items())
             fractions.setdefault(key, {})[op] = (q, var_q)
     parts: list[BackwardPart] = []
     for (name, kind), by_op in fractions.items():

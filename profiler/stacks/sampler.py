@@ -375,9 +375,10 @@ class StackSampler:
         if not shares:
             return None
         top = ", ".join(f"{op} {p:.0%} ± {se:.0%}" for op, (p, se) in list(shares.items())[:5])
-        with self._lock:
+        with self._lock:  # the native thread adds to these
+            ops, fwd = Counter(self.backward_ops), Counter(self.forward_ops)
             fwd_time = Counter(self.forward_time)
-        by_class = backward_map.class_message(self.backward_ops, self.forward_ops, fwd_time)
+        by_class = backward_map.class_message(ops, fwd, fwd_time)
         return (
             f"backward split by autograd op from {sum(self.backward_ops.values())} native "
             f"blocking reads at {self.native_hz} Hz (estimate, binomial standard error): {top}"
