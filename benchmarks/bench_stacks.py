@@ -29,8 +29,13 @@ Run:  .venv/bin/python benchmarks/bench_stacks.py            (about 8 minutes)
       .venv/bin/python benchmarks/bench_stacks.py --quick    (about 3 minutes, noisier)
       --acc-configs / --overhead-configs compare other settings, e.g. "20" (20 Hz, blocking).
       --suite [--runs 3 --acc-seconds 30 --train-seconds 60]: same-run sampler vs timer on a
-      GPT-2, a Llama-style decoder and a BERT-style encoder, and a Llama training loop.
-Writes benchmarks/results/stacks.md (--suite: benchmarks/results/stacks_arch.md).
+      GPT-2, a Llama-style decoder and a BERT-style encoder, and a Llama training loop; for the
+      loop, the backward by module class (attach estimate) against a timer of every autograd
+      node (--archs "" for the loop alone, --native-hz to raise the native read rate).
+      --calibration-ab [--runs 3 --acc-seconds 40 --cal-vocab 32000]: two samplers side by
+      side on the Llama-style decoder, calibration on (5 Hz) and off, against the same timer.
+Writes benchmarks/results/stacks.md (--suite: benchmarks/results/stacks_arch.md; --calibration-ab:
+benchmarks/results/stacks_calibration.md).
 """
 
 from __future__ import annotations
