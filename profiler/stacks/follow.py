@@ -225,5 +225,6 @@ class RankFollower:
             out.append(("stack-reads", who + s.loss_message(), {**s.loss.summary(), **data}))
             backward = s.backward_message()
             if backward is not None:
-                out.append(("backward-ops", who + backward, {"ops": dict(s.backward_ops), **data}))
+                out.append(("backward-ops", who + backward, {"ops": dict(s.backward_ops),
+                                                              "classes": s.backward_classes(), **data}))
         return out

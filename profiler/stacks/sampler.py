@@ -53,6 +53,7 @@ from pathlib import Path
 
 from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.records import LayerCost
+from wattlens.profiler.stacks import backward_map
 from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
 from wattlens.profiler.stacks.native import (
     NATIVE_FIRST_WINDOW_S,
@@ -61,7 +62,6 @@ from wattlens.profiler.stacks.native import (
     backward_ops,
     op_shares,
     optimizer_ops,
-    split_backward,
     split_optimizer,
 )
 from wattlens.profiler.stacks.parse import (
@@ -258,6 +258,10 @@ class StackSampler:
         self.native_hz = int(native_hz) if native_hz > 0 else 0
         self.backward_ops: Counter[str] = Counter()
         self.optimizer_ops: Counter[tuple[str, str]] = Counter()  # (part, tensor op) -> reads
+        # the same reads in the forward: (class path, tensor op) -> reads, to map ops to classes
+        self.forward_ops: Counter[tuple[str, str]] = Counter()
+        # forward self samples per class path, pooled (backward_map weighs the classes by them)
+        self.forward_time: Counter[str] = Counter()
         self._native_thread: threading.Thread | None = None
         self._native_proc: subprocess.Popen[str] | None = None
         self._on_window = on_window
@@ -390,10 +394,22 @@ class StackSampler:
         if not shares:
             return None
         top = ", ".join(f"{op} {p:.0%} ± {se:.0%}" for op, (p, se) in list(shares.items())[:5])
+        with self._lock:  # the native thread adds to these
+            ops, fwd = Counter(self.backward_ops), Counter(self.forward_ops)
+            fwd_time = Counter(self.forward_time)
+        by_class = backward_map.class_message(ops, fwd, fwd_time)
         return (
             f"backward split by autograd op from {sum(self.backward_ops.values())} native "
             f"blocking reads at {self.native_hz} Hz (estimate, binomial standard error): {top}"
-        )
+        ) + (f"; {by_class}" if by_class else "")
+
+    def backward_classes(self) -> dict[str, list[float]]:
+        """{class path: [share of the backward, standard error]} (:mod:`.backward_map`)."""
+        with self._lock:
+            ops, fwd = Counter(self.backward_ops), Counter(self.forward_ops)
+            fwd_time = Counter(self.forward_time)
+        return {p.name: [p.share, p.se]
+                for p in backward_map.backward_by_class(ops, fwd, fwd_time) if p.kind == "class"}
 
     # ----------------------------------------------------------------- native reads
 
@@ -442,9 +458,11 @@ class StackSampler:
                 return
             ops = backward_ops(raw, self._index)
             opt_ops = optimizer_ops(raw, self._index)
+            fwd_ops = backward_map.forward_ops(raw, self._index)
             with self._lock:
                 self.backward_ops.update(ops)
                 self.optimizer_ops.update(opt_ops)
+                self.forward_ops.update(fwd_ops)
             duration_s = NATIVE_WINDOW_S
 
     def _command(self, output: str, *, calibration: bool = False) -> list[str]:
@@ -624,6 +642,8 @@ class StackSampler:
         counts = self._counts(raw, failed, calibration_raw)
         if any(att.bucket == BUCKET_BACKWARD for att in counts):
             self._maybe_start_native()  # a training job: break its backward down
+        with self._lock:
+            self.forward_time.update(backward_map.forward_time(counts))
         rows = aggregate(
             counts,
             window_start_ns=t_start_ns,
@@ -634,7 +654,9 @@ class StackSampler:
         with self._lock:
             ops = Counter(self.backward_ops)
             opt_ops = Counter(self.optimizer_ops)
-        rows = split_optimizer(split_backward(rows, ops), opt_ops)
+            fwd_ops = Counter(self.forward_ops)
+            fwd_time = Counter(self.forward_time)
+        rows = split_optimizer(backward_map.split_backward(rows, ops, fwd_ops, fwd_time), opt_ops)
         if self.rank is not None:
             rows = [dataclasses.replace(r, rank=self.rank) for r in rows]
         if self.loss.torn:

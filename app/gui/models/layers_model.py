@@ -15,10 +15,12 @@ from dataclasses import dataclass, field, replace
 from wattlens.app.gui.models.signal import Signal
 from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost
+from wattlens.profiler.stacks import backward_map
 
 METHOD_TEXT = {
     "stack-sampling": "stack sampling (py-spy): CPU-side time share by module class × target energy",
     "agent-timing": "in-process agent: per-module timing × target energy",
+    backward_map.METHOD: backward_map.METHOD_TEXT,
 }
 
 
