@@ -15,8 +15,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["core", "stacks", "agent_overhead", "gui", "actions", "regression", "ranks", "pg"]
+ORDER = ["core", "stacks", "agent_overhead", "gui", "actions", "regression", "ranks", "attach_ranks", "pg", "node"]
 SECTION = {"agent_overhead": "agent"}
+#: Sections in RESULTS.md order: the benchmarks' own, plus summaries written by a benchmark mode
+#: (bench_stacks.py --calibration-ab / backward by class) that keep their own file.
+COLLECT = ["core", "stacks", "agent_overhead", "gui", "actions", "regression", "stacks_issue14", "ranks",
+           "attach_ranks", "pg", "node"]
 
 
 def collect() -> Path:
@@ -25,7 +29,7 @@ def collect() -> Path:
              "which machine it ran. On machines without RAPL or NVML, energy figures come from the "
              "CPU power model and are labelled *estimated*; ratios of throughput and CPU time are "
              "measured.", ""]
-    for name in ORDER:
+    for name in COLLECT:
         f = HERE / "results" / f"{SECTION.get(name, name)}.md"
         if f.exists():
             parts += [f.read_text().strip(), ""]

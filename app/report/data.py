@@ -11,6 +11,7 @@ import time
 from wattlens.app.present import outcomes, read_recommendations
 from wattlens.app.report.headline import headline
 from wattlens.profiler.figures import fill_step_energy
+from wattlens.profiler.rank_layers import per_rank_layers
 from wattlens.profiler.ranks import session_ranks
 from wattlens.profiler.summary import summarize, target_energy_between, top_layers
 
@@ -42,6 +43,7 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
         "summary": summary,
         "steps": [_step_dict(s) for s in steps],
         "ranks": session_ranks(steps, events, series),
+        "rank_layers": per_rank_layers(layers),
         "layers": top_layers(layers, n=None),
         "events": [{"t_s": (e.t_ns - session["start_ns"]) / 1e9, "kind": e.kind, "message": e.message}
                    for e in events],

@@ -12,6 +12,7 @@ import numpy as np
 
 from wattlens.app import present
 from wattlens.app.report.formats import fmt
+from wattlens.profiler.stacks import backward_map
 
 MAX_PLOT_POINTS = 2000  # per line; longer series keep each bucket's min and max (peaks survive)
 METHOD_TEXT = {
@@ -21,6 +22,7 @@ METHOD_TEXT = {
     "attributed": "the target's share: CPU-time share of CPU/DRAM energy, SM share × dynamic power of GPU energy",
     "stack-sampling": "CPU-side time share by module class, from sampled Python stacks (py-spy)",
     "agent-timing": "per-module timings from the in-process agent (perf_counter on CPU, CUDA events on GPU)",
+    backward_map.METHOD: backward_map.METHOD_TEXT,
 }
 NO_STEPS = ("n/a — no training or inference steps were reported for this session (steps come from the "
             "in-process agent: use `wattlens run`).")
