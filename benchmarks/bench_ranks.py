@@ -10,8 +10,8 @@
    real process tree of 8 "ranks" (sleeping children, 2 workers each), without and with the
    RankSplit, interleaved, side by side.
 
-    python benchmarks/bench_ranks.py         → benchmarks/results/ranks.md
-    python benchmarks/bench_ranks.py split   → benchmarks/results/rank_split.md
+    python benchmarks/bench_ranks.py         → benchmarks/results/ranks.md and rank_split.md
+    python benchmarks/bench_ranks.py split   → benchmarks/results/rank_split.md only
 """
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ def main() -> None:
         f"- one scrape (4 sources × 2 scopes, 2 ranks; families built and rendered): {scrape_ms:.3f} ms",
     ])
     print(write_section("ranks", "Multi-rank jobs and metrics (issue 12)", body))
+    main_split()
 
 
 if __name__ == "__main__":
