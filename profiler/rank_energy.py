@@ -99,8 +99,8 @@ class RankSplit:
         """The process ``pid`` is rank ``rank``; ``device``: the GPU index it uses, if known."""
         with self._lock:
             r = self._ranks.get(rank)
-            if r is None or r.pid != pid:
-                self._ranks[rank] = _Rank(rank, pid, device, self._clock())
+            if r is None or r.pid != pid:  # a restarted rank (elastic) keeps its cumulative energy
+                self._ranks[rank] = _Rank(rank, pid, device, self._clock(), cum_j=r.cum_j if r else 0.0)
             else:  # a later hello (the model was reported): the device as known now
                 r.device = device
 

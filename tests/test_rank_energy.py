@@ -219,3 +219,15 @@ def test_a_ranks_device_comes_from_its_model_else_its_local_rank():
     pts = {p.key: p.value for p in split.tick(1, cpu_s_by_pid={10: 0.0, 20: 0.0}, parents={}, cpu_j=None,
                                                gpus=[gpu], target_total_j=4.0)}
     assert pts[series_key(0)] == pts[series_key(1)] == 2.0  # no rank claims GPU 1: the labelled equal split
+
+
+def test_a_restarted_rank_keeps_its_energy_and_the_sum_holds():
+    split = RankSplit(clock_ns=lambda: 0)
+    split.register(10, 0)
+    split.tick(1, cpu_s_by_pid={10: 0.0}, parents={}, cpu_j=None, gpus=[], target_total_j=0.0)
+    split.tick(2, cpu_s_by_pid={10: 1.0}, parents={}, cpu_j=3.0, gpus=[], target_total_j=3.0)
+    split.register(11, 0)  # torchrun --max-restarts: rank 0 is a new process
+    pts = {p.key: p.value for p in split.tick(3, cpu_s_by_pid={11: 1.0}, parents={}, cpu_j=2.0, gpus=[],
+                                               target_total_j=5.0)}
+    assert pts[series_key(0)] == pytest.approx(5.0)  # cumulative: never goes back
+    assert pts[series_key(0)] + pts[series_key("other")] == pytest.approx(5.0)
