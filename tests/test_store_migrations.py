@@ -165,6 +165,10 @@ def _stamp(db: str) -> tuple[list, dict]:
 def test_an_old_database_upgrades_to_head_keeping_every_row(any_db, version):
     before = _old_database(any_db, V1_DDL if version == 1 else V2_DDL, version)
     store = Store(any_db)
+    if store.is_sqlite:  # the connection that ran the migrations goes back to the pool as a writer's
+        with store.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert c.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
     store.close()
     revisions, meta = _stamp(any_db)
     assert revisions == [m.SCHEMA_REVISION]
@@ -315,3 +319,49 @@ def test_opening_an_up_to_date_database_does_not_import_alembic(any_db):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) is False
+
+
+def test_a_new_revision_written_by_the_tool_upgrades_a_database_keeping_its_rows(tmp_path, monkeypatch, any_db):
+    """`python -m wattlens.profiler.store.migrations new` on a model change that SQLite cannot
+    ALTER (a column's type: the table is rebuilt): the revision it writes runs on open, the
+    database then matches the changed models, and no row is lost (a rebuilt ``sessions`` table
+    must not cascade-delete the rows that reference it)."""
+    import shutil
+
+    from wattlens.profiler.store.migrations.__main__ import write_revision
+
+    store = Store(any_db)
+    sid, series = store.create_session(name="kept", kind="run", started_at=time.time(), start_ns=BIG_NS)
+    store.write_batch(sid, [])
+    store.close()
+    engine = _engine(any_db)
+    with engine.begin() as c:
+        c.execute(sa.text("INSERT INTO series (session_id, key, unit, method, label) VALUES (:s, 'k', 'W', 'm', '')"),
+                  {"s": sid})
+        series_id = c.execute(sa.text("SELECT id FROM series")).scalar()
+        c.execute(sa.text("INSERT INTO samples (series_id, t_ns, value) VALUES (:i, :t, 1.5)"),
+                  [{"i": series_id, "t": BIG_NS + k} for k in range(50)])
+    engine.dispose()
+
+    folder = tmp_path / "migrations"
+    shutil.copytree(migrations.HERE / "versions", folder / "versions", ignore=shutil.ignore_patterns("__pycache__"))
+    changed = sa.MetaData()
+    for table in m.Base.metadata.sorted_tables:
+        table.to_metadata(changed)
+    changed.tables["sessions"].c.name.type = sa.Text()
+    changed.tables["sessions"].append_column(sa.Column("note", sa.Text(), nullable=True))
+    path = write_revision("sessions name as text", changed, folder)
+    assert path is not None and path.name == "0004_sessions_name_as_text.py"
+    assert write_revision("again", m.Base.metadata, migrations.HERE) is None  # the real models: nothing to write
+
+    monkeypatch.setattr(migrations, "HERE", folder)
+    monkeypatch.setattr(m, "SCHEMA_REVISION", path.stem)
+    store = Store(any_db)
+    assert [s["name"] for s in store.sessions()] == ["kept"]
+    assert len(store.series_data(sid)["k"][0]) == 50
+    store.close()
+    assert _stamp(any_db)[0] == [path.stem]
+    engine = _engine(any_db)
+    with engine.connect() as c:
+        assert migrations.differences(c, changed) == []
+    engine.dispose()

@@ -317,8 +317,13 @@ class Store:
         from wattlens.profiler.store import migrations
 
         with self.engine.connect() as c:
-            if self.is_sqlite:  # others may be creating or upgrading it: wait longer than a writer
-                c.connection.driver_connection.execute(f"PRAGMA busy_timeout={UPGRADE_LOCK_WAIT_MS}")
+            if self.is_sqlite:
+                raw = c.connection.driver_connection
+                raw.execute(f"PRAGMA busy_timeout={UPGRADE_LOCK_WAIT_MS}")  # others may be upgrading it
+                # A revision that rebuilds a table (SQLite cannot ALTER most things) drops the old one:
+                # with foreign keys on, that would cascade-delete every row referencing it. Off for
+                # the migration (SQLite's own recipe, "Making Other Kinds Of Table Schema Changes").
+                raw.execute("PRAGMA foreign_keys=OFF")
                 c.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first, then look again
             elif self.engine.dialect.name == "postgresql":
                 c.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": migrations.PG_LOCK_KEY})
@@ -338,9 +343,11 @@ class Store:
                 self._stamp_meta(c, new=stamp is None)
                 c.commit()
             finally:
-                if self.is_sqlite:  # the pooled connection goes back with a writer's wait
+                if self.is_sqlite:  # the pooled connection goes back as _sqlite_pragmas made it
                     with suppress(sqlite3.Error):
-                        c.connection.driver_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                        c.rollback()  # nothing left open (a no-op after the commit)
+                        raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                        raw.execute("PRAGMA foreign_keys=ON")
 
     @staticmethod
     def _stamp_meta(c, *, new: bool) -> None:

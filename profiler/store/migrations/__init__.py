@@ -40,11 +40,12 @@ class UnknownRevisionError(Exception):
         self.revision, self.head = revision, head
 
 
-def script_directory() -> ScriptDirectory:
-    """The revisions shipped in this package (loaded from their .py files)."""
+def script_directory(folder: Path | None = None) -> ScriptDirectory:
+    """The revisions in ``folder``/versions (by default ``HERE``: those shipped in this package,
+    loaded from their .py files)."""
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory(str(HERE))
+    return ScriptDirectory(str(folder or HERE))
 
 
 def head(script: ScriptDirectory | None = None) -> str:
