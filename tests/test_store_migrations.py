@@ -365,3 +365,34 @@ def test_a_new_revision_written_by_the_tool_upgrades_a_database_keeping_its_rows
     with engine.connect() as c:
         assert migrations.differences(c, changed) == []
     engine.dispose()
+
+
+def test_a_reader_that_may_not_write_still_reads_a_current_schema_from_before_alembic(pg_url):
+    """A read-only PostgreSQL role (an analyst's) on a shared database of schema 3 from before
+    Alembic: listing works without upgrading it; a command that writes is refused in one line."""
+    store = Store(pg_url)
+    sid, _ = store.create_session(name="shared", kind="run", started_at=time.time(), start_ns=BIG_NS)
+    store.finish_session(sid, status="completed", end_reason="done", ended_at=time.time(), duration_s=1.0)
+    store.close()
+    engine = _engine(pg_url)
+    database = engine.url.database
+    with engine.begin() as c:
+        c.exec_driver_sql("DROP TABLE alembic_version")  # as a database from before Alembic
+        c.exec_driver_sql("DO $$ BEGIN CREATE ROLE reader LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        c.exec_driver_sql(f'GRANT CONNECT ON DATABASE "{database}" TO reader')
+        c.exec_driver_sql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader")
+        c.exec_driver_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    engine.dispose()
+    reader_url = pg_url.replace("postgres@", "reader@", 1)
+    r = run_cli("sessions", "--db", reader_url, "--json")
+    assert r.returncode == 0, r.stderr
+    assert [row["name"] for row in json.loads(r.stdout)] == ["shared"]
+    r = run_cli("attach", "1", "--duration", "1", "--db", reader_url)  # a writer must be able to upgrade it
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "permission denied" in lines[0] and "allowed to change its tables" in lines[0]
+    engine = _engine(pg_url)
+    assert "alembic_version" not in sa.inspect(engine).get_table_names()  # not upgraded by the reader
+    engine.dispose()
+    Store(pg_url).close()  # its owner upgrades it
+    assert _stamp(pg_url)[0] == [m.SCHEMA_REVISION]

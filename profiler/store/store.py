@@ -224,7 +224,7 @@ class Store:
         if self.is_sqlite:  # the file is ours or new (probed above): WAL may be switched on now
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            self._open_schema(state, stamp)
+            self._open_schema(state, stamp, create)
         except (DatabaseError, sqlite3.DatabaseError) as exc:
             self.engine.dispose()
             text = str(getattr(exc, "orig", exc))
@@ -274,10 +274,12 @@ class Store:
             raise _damaged(self.display_name, ctx.original_exception)
 
     # ---- schema -------------------------------------------------------------------------------
-    def _open_schema(self, state: str | None, stamp: Stamp | None) -> None:
+    def _open_schema(self, state: str | None, stamp: Stamp | None, create: bool = True) -> None:
         """``state``/``stamp``: the probe's finding for an SQLite file (which already checked meta),
         None for a server database (checked here). A database at the head revision is only read;
-        anything else is created or upgraded by the migrations (``_upgrade_schema``)."""
+        anything else is created or upgraded by the migrations (``_upgrade_schema``). A reader
+        (``create=False``) that may not write a database of this schema version from before
+        Alembic reads it as it is (its tables are the ones this wattlens reads)."""
         if state is None:
             with self.engine.connect() as c:
                 stamp = self._read_stamp(c)
@@ -289,6 +291,16 @@ class Store:
         try:
             migrations.check_known(stamp.revision if stamp else None, script)  # refused before any lock
             self._upgrade_schema(script)
+        except CorruptDatabaseError:
+            raise
+        except (StoreError, DatabaseError) as exc:
+            if not create and stamp is not None and stamp.schema_version == str(m.SCHEMA_VERSION):
+                return
+            if isinstance(exc, StoreError):
+                raise
+            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]  # a server's message spans lines
+            raise StoreError(f"cannot bring database {self.display_name} to this wattlens's schema: {first}",
+                             hint="open it once as a user allowed to change its tables (e.g. its owner)") from None
         except migrations.UnknownRevisionError as exc:
             raise CorruptDatabaseError(
                 f"{self.display_name} was written by a newer wattlens (schema revision {exc.revision!r}, "
