@@ -2,7 +2,9 @@
 PostgreSQL server (tests/pg.py), old databases built with the exact DDL of their version upgrade to
 the head revision on open keeping every row, new ones are built by the migrations, many processes
 opening one database at once all succeed, a revision this wattlens does not know is refused in
-one line, and the migrations build exactly what models.py declares."""
+one line, the migrations build exactly what models.py declares, a revision written by
+`python -m wattlens.profiler.store.migrations new` runs and keeps every row, and a read-only user
+still reads a database it may not upgrade."""
 
 from __future__ import annotations
 
