@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent
 #: ``meta.schema_version`` of a database from before Alembic (it has no ``alembic_version``
-#: table) → the revision its schema is known to be at. 3 → the revision *before* 3: two branches
-#: both wrote 3 with half of its columns each, and 0003 adds whichever columns are missing.
+#: table) → the revision its schema is known to be at (0: no schema_version row, read as 1).
+#: 3 → the revision *before* 3: two branches both wrote 3 with half of its columns each, and 0003
+#: adds whichever columns are missing.
 LEGACY_REVISIONS = {0: "0001_baseline", 1: "0001_baseline", 2: "0002_gpu_idle", 3: "0002_gpu_idle"}
 #: the PostgreSQL advisory lock taken while a database's schema is created or upgraded
 #: (a constant shared by every wattlens process: 0x7761747473 is "watts")
@@ -50,15 +51,6 @@ def script_directory(folder: Path | None = None) -> ScriptDirectory:
 
 def head(script: ScriptDirectory | None = None) -> str:
     return (script or script_directory()).get_current_head()
-
-
-def current_revision(conn: Connection) -> str | None:
-    """The database's revision (``alembic_version``), None where there is no such table or row."""
-    from sqlalchemy import inspect, text
-
-    if not inspect(conn).has_table("alembic_version"):
-        return None
-    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def check_known(revision: str | None, script: ScriptDirectory) -> None:
