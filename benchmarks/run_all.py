@@ -20,7 +20,7 @@ SECTION = {"agent_overhead": "agent"}
 #: Sections in RESULTS.md order: the benchmarks' own, plus summaries written by a benchmark mode
 #: (bench_stacks.py --calibration-ab / backward by class) that keep their own file.
 COLLECT = ["core", "stacks", "agent_overhead", "gui", "actions", "regression", "stacks_issue14", "ranks",
-           "rank_split", "attach_ranks", "pg", "node"]
+           "rank_split", "attach_ranks", "pg", "store_open", "node"]
 
 
 def collect() -> Path:
