@@ -208,11 +208,13 @@ def main() -> None:
     table = list(rows.values())
     if only:
         previous = RESULTS_DIR / "actions.md"
-        old = [ln for ln in previous.read_text().splitlines() if ln.startswith("| `")] if previous.exists() else []
+        lines = previous.read_text().splitlines() if previous.exists() else []
+        old = [ln for ln in lines if ln.startswith("| `")]
+        stamp = next((ln.removeprefix("Run ").split(" on:")[0] for ln in lines if ln.startswith("Run ")), "n/a")
         table = _merge(old, rows)
         partial = (f"\n- Rows re-run in this run ({', '.join(only)}): load average {load:.1f} on "
-                   f"{os.cpu_count()} logical CPUs at the end; the other rows are from the previous full run "
-                   "(their settings above may differ: see git history of this file).")
+                   f"{os.cpu_count()} logical CPUs at the end; the other rows are from the run of {stamp} "
+                   "(same settings unless this file's git history says otherwise).")
     else:
         partial = f"\n- Load average at the end: {load:.1f} on {os.cpu_count()} logical CPUs."
     body = f"""

@@ -287,3 +287,16 @@ def test_tokenizer_markers_are_files_the_loader_reads():
     from wattlens.advisor.modelio import TOKENIZER_FILES
 
     assert set(TOKENIZER_MARKERS) <= set(TOKENIZER_FILES)
+
+
+def test_tokenizer_option_is_for_module_files_and_must_load(tmp_path):
+    import torch
+
+    folder = save_hf(tiny_gpt2(), tmp_path / "gpt2")
+    with pytest.raises(BadInputError, match="--tokenizer is for a torch module file"):
+        optimize(folder, "quantize-int8-static", tmp_path / "out", tokenizer=folder, **QUICK)
+    torch.save(tiny_gpt2(), tmp_path / "m.pt")
+    with pytest.raises(BadInputError, match="--tokenizer .*no tokenizer files"):
+        optimize(tmp_path / "m.pt", "quantize-int8-static", tmp_path / "out", tokenizer=folder,
+                 trust_pickle=True, **QUICK)
+    assert not (tmp_path / "out").exists()
