@@ -45,6 +45,13 @@ RELEVANT_CPU_FLAGS = ("asimd", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "av
                       "amx_int8", "amx_bf16", "asimddp", "i8mm", "bf16")
 
 _LINEAR_CLASS = re.compile(r"(Linear|^Conv1D)$")
+_CONV1D_CLASS = re.compile(r"^Conv1D$")
+#: Files that make a model folder's tokenizer loadable (a subset of modelio.TOKENIZER_FILES,
+#: which imports torch): healing and calibration text need one.
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model")
+#: Actions whose stored results the healing rule reads (structured pruning keeps dense shapes
+#: that distillation can train; unstructured masks would not survive training).
+HEALABLE_PRUNING = ("prune-layers", "prune-mlp", "prune-heads")
 _ATTN_WORD = re.compile(r"attention|attn", re.IGNORECASE)
 _MLP_WORD = re.compile(r"mlp|intermediate|feed_?forward|ffn|(^|_)fc\d?$|swiglu", re.IGNORECASE)
 
@@ -85,6 +92,34 @@ class LayerShare:
     self_time_s: float
     share: float  # self time / all sampled time (buckets included)
     params: int | None = None
+
+
+@dataclass(frozen=True)
+class OptimizeOutcome:
+    """One stored ``wattlens optimize --action`` result that concerns the session (recorded by it,
+    or applied from its advice with ``--from-session``): what was measured, and whether the
+    user's ``--max-quality-loss`` refused it."""
+
+    action_id: int
+    spec: str  # the --action string, e.g. "prune-layers:0.34"
+    status: str  # verified | refused | ...
+    model_path: str | None
+    model_kind: str | None  # hf-folder | torch-module-file | None (the path is not on this host)
+    has_tokenizer: bool | None  # the model folder has tokenizer files (None: kind unknown)
+    max_quality_loss: float | None
+    quality_loss: float | None
+    quality_metric: str | None
+    fidelity_mode: str | None  # next-token (causal LM) | output-distribution | cosine
+    kl_base_candidate: float | None
+    saving_fraction: float | None
+    saving_interval: tuple[float, float] | None
+    energy_method: str | None
+    healing: dict | None  # the healing the result already had (steps, held-out KL before/after)
+
+    @property
+    def exceeds_quality_bound(self) -> bool:
+        return (self.max_quality_loss is not None and self.quality_loss is not None
+                and self.quality_loss > self.max_quality_loss)
 
 
 @dataclass(frozen=True)
@@ -141,6 +176,16 @@ class SessionFeatures:
     # a torch.distributed job: profiler.ranks.per_rank (per-rank table, straggler), None otherwise
     ranks: dict | None = None
     reasons: dict[str, str] = field(default_factory=dict)
+    # share of the Linear-like time spent in GPT-2's Conv1D (which transformers' torchao
+    # integration cannot quantize in a Hugging Face folder)
+    conv1d_share_of_linear: float | None = None
+    # the model file or folder, where the session knows it (optimize sessions record it)
+    model_path: str | None = None
+    model_kind: str | None = None  # hf-folder | torch-module-file
+    optimize_results: tuple[OptimizeOutcome, ...] = ()
+    # the user's own text, given to `wattlens advise` (the rules put it in their commands)
+    calibration_text: str | None = None
+    heal_text: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -365,7 +410,8 @@ def _layer_features(layers: Sequence[LayerCost], model_info: dict | None, reason
     empty = {k: None for k in ("layer_method", "sampled_time_s", "linear_share_of_model", "linear_share",
                                "attention_share_of_model", "attention_share", "mlp_share_of_model",
                                "mlp_share", "model_share", "outside_shares", "outside_model_share",
-                               "linear_params_median", "linear_params_source")}
+                               "linear_params_median", "linear_params_source",
+                               "conv1d_share_of_linear")}
     empty["top_layers"] = ()
     if not layers:
         reasons["layers"] = ("no layer costs were recorded (attach without --no-stacks, or run "
@@ -391,6 +437,7 @@ def _layer_features(layers: Sequence[LayerCost], model_info: dict | None, reason
     buckets: dict[str, float] = defaultdict(float)
     cat_time: dict[str, float] = defaultdict(float)
     linear_time = 0.0
+    conv1d_time = 0.0
     linear_known = not instance or bool(classes)
     model_time = 0.0
     shares = []
@@ -411,6 +458,8 @@ def _layer_features(layers: Sequence[LayerCost], model_info: dict | None, reason
         is_linear = bool(_LINEAR_CLASS.search(leaf_cls)) if leaf_cls else None
         if is_linear:
             linear_time += t
+            if _CONV1D_CLASS.search(leaf_cls):
+                conv1d_time += t
             if params:
                 linear_params.append(params)
         shares.append(LayerShare(path, cat, is_linear, t, t / total, params))
@@ -448,6 +497,7 @@ def _layer_features(layers: Sequence[LayerCost], model_info: dict | None, reason
         "outside_model_share": sum(v for k, v in outside.items() if k in OUTSIDE_BUCKETS),
         "linear_params_median": float(np.median(linear_params)) if linear_params else None,
         "linear_params_source": linear_src,
+        "conv1d_share_of_linear": (conv1d_time / linear_time if linear_known and linear_time > 0 else None),
     }
 
 
@@ -499,11 +549,58 @@ def _trend(points: Sequence[SweepPoint]) -> tuple[float | None, str | None]:
     return slope, "falling" if slope < -0.05 else "rising" if slope > 0.05 else "flat"
 
 
+def model_kind(path: str | None) -> tuple[str | None, bool | None]:
+    """(hf-folder | torch-module-file | None, has tokenizer files) of a model path on this host."""
+    if not path:
+        return None, None
+    p = Path(path)
+    try:
+        if p.is_dir() and (p / "config.json").is_file():
+            return "hf-folder", any((p / name).is_file() for name in TOKENIZER_MARKERS)
+        if p.is_file():
+            return "torch-module-file", False
+    except OSError:
+        pass
+    return None, None
+
+
+def _pair(v: Any) -> tuple[float, float] | None:
+    return (float(v[0]), float(v[1])) if isinstance(v, list | tuple) and len(v) == 2 else None
+
+
+def optimize_outcomes(store, session_id: int) -> tuple[OptimizeOutcome, ...]:
+    """The stored optimize results recorded by ``session_id`` or applied from its advice."""
+    rows = {r["id"]: r for r in [*store.actions(session_id), *store.actions(source_session_id=session_id)]}
+    out = []
+    for r in rows.values():
+        params, result = r.get("params") or {}, r.get("result") or {}
+        verification = result.get("verification") or {}
+        fidelity = result.get("fidelity") or verification.get("fidelity") or {}
+        path = params.get("model")
+        kind, tokenizer = model_kind(path)
+        mql = params.get("max_quality_loss")
+        out.append(OptimizeOutcome(
+            action_id=int(r["id"]), spec=str(params.get("actions") or r.get("kind") or ""),
+            status=str(r.get("status") or ""), model_path=path, model_kind=kind, has_tokenizer=tokenizer,
+            max_quality_loss=float(mql) if isinstance(mql, int | float) else None,
+            quality_loss=fidelity.get("quality_loss"), quality_metric=fidelity.get("quality_metric"),
+            fidelity_mode=fidelity.get("mode"), kl_base_candidate=fidelity.get("kl_base_candidate"),
+            saving_fraction=verification.get("saving_fraction"),
+            saving_interval=_pair(verification.get("saving_interval")),
+            energy_method=(verification.get("baseline") or {}).get("energy_method"),
+            healing=result.get("healing")))
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------- the entry point
 
 
-def extract_features(store, session_id: int) -> SessionFeatures:
+def extract_features(store, session_id: int, *, calibration_text: str | None = None,
+                     heal_text: str | None = None) -> SessionFeatures:
     """Read one stored session (and the stored measurements that concern it) into features.
+
+    ``calibration_text`` / ``heal_text`` are the user's own text files given to ``wattlens
+    advise``; rules that need text put them into their commands and stay silent without.
 
     Raises :class:`~wattlens.profiler.errors.SessionNotFoundError` for an unknown id.
     """
@@ -582,6 +679,10 @@ def extract_features(store, session_id: int) -> SessionFeatures:
             (e.message for e in reversed(events) if e.kind == "flops-unavailable"),
             "the agent reported no FLOP count (it does so under `wattlens run`)")
 
+    model_path = settings.get("model")
+    kind, _ = model_kind(model_path)
+    outcomes = optimize_outcomes(store, session_id)
+
     ranks = session_ranks(steps, events, series)
     if ranks is None:
         reasons["ranks"] = ("no step carries a torch.distributed rank (run the job under `wattlens run "
@@ -606,5 +707,6 @@ def extract_features(store, session_id: int) -> SessionFeatures:
         model_key=model_key, model_class=(model_info or {}).get("class"),
         model_params=int(model_params) if model_params else None, flops_per_forward=flops,
         dtype=dtype, device=device, is_training=is_training, training_evidence=training_evidence,
-        ranks=ranks, reasons=reasons,
+        ranks=ranks, reasons=reasons, model_path=model_path, model_kind=kind,
+        optimize_results=outcomes, calibration_text=calibration_text, heal_text=heal_text,
     )

@@ -175,6 +175,20 @@ def _plain_transformers_check(folder: Path, artifact: nn.Module, inputs: Any) ->
     return {"auto_class": auto.__name__, "max_abs_diff": diff, "wattlens_imported": False}
 
 
+def _with_tokenizer(loaded: LoadedModel, folder: Path) -> LoadedModel:
+    """``loaded`` with the tokenizer of ``folder`` (``--tokenizer``: module files only)."""
+    from wattlens.advisor.modelio import _load_tokenizer
+
+    if loaded.kind != "torch-module-file":
+        raise BadInputError("--tokenizer is for a torch module file; a model folder uses its own tokenizer",
+                            hint="drop --tokenizer")
+    tok, reason = _load_tokenizer(folder.expanduser())
+    if tok is None:
+        raise BadInputError(f"--tokenizer {folder}: {reason}",
+                            hint="give the Hugging Face folder the module was exported from")
+    return dataclasses.replace(loaded, tokenizer=tok, tokenizer_reason=None)
+
+
 def optimize(
     model: str | Path,
     actions: str | Sequence[str],
@@ -196,13 +210,15 @@ def optimize(
     calibration: str | Path | None = None,
     heal_steps: int = 0,
     heal_text: str | Path | None = None,
+    tokenizer: str | Path | None = None,
 ) -> OptimizeResult:
     """Apply ``actions`` to MODEL, verify A/B against the original, save to ``out_dir``.
 
     Raises :class:`BadInputError` (exit 2) for bad input, :class:`ActionError` (exit 1) when an
     action fails, :class:`QualityLossError` (exit 1, nothing written) when the measured quality
     loss exceeds ``max_quality_loss``. ``progress(stage, fraction)`` is called with stages
-    load, apply, verify, fidelity, save, sweep, done.
+    load, apply, verify, fidelity, save, sweep, done. ``tokenizer`` (a folder with tokenizer
+    files) gives a torch module file, which has none, a tokenizer for its text options.
     """
     report = progress or _noop
     parsed = parse_actions(actions)
@@ -225,6 +241,8 @@ def optimize(
 
     report("load", 0.0)
     loaded: LoadedModel = load_model(model, trust_pickle=trust_pickle)
+    if tokenizer is not None:
+        loaded = _with_tokenizer(loaded, Path(tokenizer))
     if loaded.is_quantized:
         raise BadInputError(f"{loaded.path} is already quantized and cannot be changed further",
                             hint="optimize the original model instead")

@@ -9,7 +9,8 @@ Two questions, each answered with its cross-validated error or with "measure fir
     size that minimises J/sample *within the sizes that were measured to fit in memory* — it
     never extrapolates past them.
 (b) :func:`predict_action_saving` — the saving of one action kind (``quantize-int8``,
-    ``prune-heads`` …) against model size (parameters), FLOPs and the pruning fraction, from
+    ``quantize-int8-static``, ``prune-layers`` …; a combined spec such as
+    ``prune-layers:0.34,quantize-int8`` is a kind of its own) against model size (parameters), FLOPs and the pruning fraction, from
     earlier A/B results. Published results disagree on when these techniques pay off, so the
     only trustworthy predictor is the user's own history on their own machine.
 
@@ -70,11 +71,16 @@ class AbPoint:
 
 
 def action_name(spec: str) -> str:
-    """``"prune-heads:0.25"`` → ``"prune-heads"``."""
-    return spec.split(":", 1)[0].strip()
+    """``"prune-heads:0.25"`` → ``"prune-heads"``; a combined spec is its own kind:
+    ``"prune-layers:0.34,quantize-int8"`` → ``"prune-layers,quantize-int8"`` (its saving is not a
+    prune-layers saving, so it must not train that regression)."""
+    return ",".join(part.split(":", 1)[0].strip() for part in spec.split(",") if part.strip())
 
 
 def action_fraction(spec: str) -> float | None:
+    """The fraction of a single ``name:F`` spec; None without one or for a combined spec."""
+    if "," in spec:
+        return None
     _, sep, arg = spec.partition(":")
     if not sep:
         return None

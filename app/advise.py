@@ -13,12 +13,16 @@ import sys
 EXIT_OK = 0
 
 
-def advise(store, session_id: int) -> dict:
-    """Compute, store and return the advice for one session as one JSON-ready document."""
+def advise(store, session_id: int, *, calibration_text: str | None = None,
+           heal_text: str | None = None) -> dict:
+    """Compute, store and return the advice for one session as one JSON-ready document.
+
+    ``calibration_text`` / ``heal_text``: the user's text files (``--calibration`` /
+    ``--heal-text``), which the static-int8 and healing rules put into their commands."""
     from wattlens.advisor.features import extract_features
     from wattlens.advisor.rules import evaluate_all
 
-    features = extract_features(store, session_id)
+    features = extract_features(store, session_id, calibration_text=calibration_text, heal_text=heal_text)
     recs, silent = evaluate_all(features)
     docs = [r.to_dict() for r in recs]
     store.add_recommendations(session_id, docs)
@@ -32,11 +36,21 @@ def advise(store, session_id: int) -> dict:
 
 
 def advise_command(args) -> int:
+    from pathlib import Path
+
+    from wattlens.profiler.errors import BadInputError
     from wattlens.profiler.store import Store
 
+    texts = {}
+    for flag, key in (("--calibration", "calibration"), ("--heal-text", "heal_text")):
+        value = getattr(args, key, None)
+        if value is not None:
+            if not Path(value).is_file():
+                raise BadInputError(f"{flag} {value}: no such file", hint="give a UTF-8 text file")
+            texts[key] = str(Path(value).resolve())
     store = Store(args.db, create=False)
     try:
-        doc = advise(store, args.id)
+        doc = advise(store, args.id, calibration_text=texts.get("calibration"), heal_text=texts.get("heal_text"))
     finally:
         store.close()
     if args.json:
@@ -90,6 +104,8 @@ def print_advice(doc: dict, out=None) -> None:
         w("rules with nothing to say (their evidence is absent or below threshold):")
         for s in doc["silent_rules"]:
             w(f"   {s['rule']}: needs {s['needs']}")
+            if s.get("reason"):
+                w(f"      here: {s['reason']}")
     if advice:
         w()
         w("MODEL = your model folder (a saved Hugging Face model or torch module). Predictions are not "

@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ad = sub.add_parser("advise", help="recommendations for a stored session")
     ad.add_argument("id", type=ID, metavar="ID")
+    ad.add_argument("--calibration", metavar="FILE",
+                    help="text like what the model serves: static int8 is then recommended calibrated on it")
+    ad.add_argument("--heal-text", metavar="FILE", dest="heal_text",
+                    help="text in the model's language: pruning results over --max-quality-loss get a healing command")
     _add_db(ad)
     _add_json(ad)
 
@@ -162,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--heal-steps", type=STEPS, default=0, metavar="N",
                     help="after pruning, distil the original into the pruned model for N steps (needs --heal-text)")
     op.add_argument("--heal-text", metavar="FILE", help="text to heal on (its last fifth is held out for the before/after KL)")
+    op.add_argument("--tokenizer", metavar="DIR",
+                    help="for a torch module file: the folder whose tokenizer reads --calibration/--eval-text")
     op.add_argument("--trust-pickle", action="store_true",
                     help="allow MODEL to be a pickled module file (.pt/.pkl); unpickling runs code from the file")
     op.add_argument("--from-session", type=ID, metavar="ID", dest="from_session",

@@ -136,6 +136,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
                           eval_text=args.eval_text, batch_sizes=sizes,
                           trust_pickle=getattr(args, "trust_pickle", False),
                           calibration=getattr(args, "calibration", None),
+                          tokenizer=getattr(args, "tokenizer", None),
                           heal_steps=getattr(args, "heal_steps", 0) or 0, heal_text=getattr(args, "heal_text", None),
                           n_rounds=args.rounds, progress=progress)
     except QualityLossError as exc:

@@ -21,9 +21,9 @@ def test_advise_json_on_a_real_session_is_one_document_and_is_stored(torch_child
     assert doc["features"]["target_cpu_pct_mean"] > 0
     assert doc["features"]["layer_method"] is None and "layers" in doc["features"]["reasons"]
     rules = {r["rule"] for r in doc["recommendations"]} | {s["rule"] for s in doc["silent_rules"]}
-    assert rules == {"batch-size", "quantize-int8", "bf16", "prune-heads", "prune-mlp", "prune-layers",
-                     "prune-unstructured", "input-pipeline", "straggler", "collective-share", "idle-rank",
-                     "fewer-ranks"}
+    assert rules == {"batch-size", "quantize-int8", "quantize-int8-static", "bf16", "prune-heads", "prune-mlp",
+                     "prune-layers", "heal", "prune-unstructured", "input-pipeline", "straggler", "collective-share",
+                     "idle-rank", "fewer-ranks"}
     for rec in doc["recommendations"]:
         assert rec["evidence"] and rec["confidence"] in ("low", "medium", "high")
         ps = rec["predicted_saving"]
@@ -47,3 +47,12 @@ def test_unknown_session_is_one_line_exit_2(db_path):
     assert r.returncode == 2 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("wattlens: error: no session 4242")
+
+
+def test_advise_text_options_must_name_files(db_path, tmp_path):
+    Store(db_path).close()
+    for flag in ("--calibration", "--heal-text"):
+        r = run_cli("advise", "1", flag, str(tmp_path / "missing.txt"), "--db", str(db_path), "--json")
+        assert r.returncode == 2 and r.stdout == ""
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{flag} " in lines[0] and "no such file" in lines[0]

@@ -169,3 +169,28 @@ def test_new_actions_learn_from_their_own_stored_results(action):
         hist = [*hist, *ab("quantize-int8", [(1e6, 0.9, None), (2e6, 0.9, None), (3e6, 0.9, None)])]
         pred = predict_action_saving(hist, action, params=2 * 10**7)
         assert pred.saving_fraction == pytest.approx(0.2)
+
+
+def test_stored_results_of_the_new_actions_train_their_own_regression_only(tmp_path):
+    """A/B rows as `wattlens optimize` stores them (Store.add_measurements, kind "ab") for the new
+    actions: each kind learns from its own rows; a combined spec (prune then quantize) is its own
+    kind, never a prune-layers result."""
+    from wattlens.advisor.features import ab_points
+    from wattlens.profiler.store import Store
+
+    store = Store(tmp_path / "w.db")
+    rows = [("quantize-int8-static", p, 0.1 + 0.05 * i) for i, p in enumerate((10**6, 4 * 10**6, 10**7))]
+    rows += [(f"prune-layers:{f}", 10**7, 0.8 * f) for f in (0.25, 0.34, 0.5, 0.75)]
+    rows += [("prune-layers:0.34,quantize-int8", 10**7, -0.9), ("prune-layers:0.5,quantize-int8", 10**7, -0.7),
+             ("prune-layers:0.75,quantize-int8", 10**7, -0.5)]
+    store.add_measurements([{"session_id": None, "kind": "ab", "model_key": f"m:{p}", "action": a,
+                             "saving_fraction": s, "params": p, "payload": {}} for a, p, s in rows])
+    history = ab_points(store.measurements("ab"))
+    store.close()
+    static = predict_action_saving(history, "quantize-int8-static", params=2 * 10**6)
+    assert static.ok and static.fit.n_points == 3 and static.saving_fraction == pytest.approx(0.15)
+    layers = predict_action_saving(history, "prune-layers:0.4", params=10**7)
+    assert layers.ok and layers.fit.n_points == 4 and layers.fit.model == "linear in fraction"
+    assert layers.saving_fraction == pytest.approx(0.32)
+    combo = predict_action_saving(history, "prune-layers:0.34,quantize-int8", params=10**7)
+    assert combo.ok and combo.fit.n_points == 3 and combo.saving_fraction == pytest.approx(-0.7)

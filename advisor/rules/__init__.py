@@ -2,7 +2,8 @@
 
 A rule reads only :class:`~wattlens.advisor.features.SessionFeatures` and stays silent (returns
 ``[]``) when the evidence it needs is absent; ``NEEDS`` in each module says in words what that
-evidence is, so ``wattlens advise`` can tell the user why a rule said nothing.
+evidence is, so ``wattlens advise`` can tell the user why a rule said nothing; a rule that can
+say more about one session's silence defines ``silent_reason(features) -> str | None``.
 """
 
 from __future__ import annotations
@@ -17,22 +18,24 @@ from wattlens.advisor.rules import (
     collective_share,
     dataloader,
     fewer_ranks,
+    heal,
     idle_rank,
     prune_heads,
     prune_layers,
     prune_mlp,
     prune_unstructured,
     quantize_int8,
+    quantize_int8_static,
     straggler,
 )
 
-RULES: tuple[ModuleType, ...] = (batch_size, quantize_int8, bf16, prune_heads, prune_mlp, prune_layers,
-                                 prune_unstructured, dataloader, straggler, collective_share,
+RULES: tuple[ModuleType, ...] = (batch_size, quantize_int8, quantize_int8_static, bf16, prune_heads, prune_mlp,
+                                 prune_layers, heal, prune_unstructured, dataloader, straggler, collective_share,
                                  idle_rank, fewer_ranks)
 
 
 def evaluate_all(features: SessionFeatures) -> tuple[list[Recommendation], list[dict[str, str]]]:
-    """(recommendations of every rule, [{rule, needs}] for the rules that stayed silent)."""
+    """(recommendations of every rule, [{rule, needs[, reason]}] for the rules that stayed silent)."""
     recs: list[Recommendation] = []
     silent: list[dict[str, str]] = []
     for rule in RULES:
@@ -40,5 +43,9 @@ def evaluate_all(features: SessionFeatures) -> tuple[list[Recommendation], list[
         if out:
             recs.extend(out)
         else:
-            silent.append({"rule": rule.RULE, "needs": rule.NEEDS})
+            entry = {"rule": rule.RULE, "needs": rule.NEEDS}
+            reason = rule.silent_reason(features) if hasattr(rule, "silent_reason") else None
+            if reason:
+                entry["reason"] = reason
+            silent.append(entry)
     return recs, silent

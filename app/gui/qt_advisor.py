@@ -277,7 +277,9 @@ class QtAdvisorPanel(QWidget):
             self._body_lay.addWidget(card)
         if m.analysed and m.silent_rules:
             self.silent.setText("Rules with nothing to say (their evidence is absent or below threshold):\n"
-                                + "\n".join(f"  • {s.get('rule')}: needs {s.get('needs')}" for s in m.silent_rules))
+                                + "\n".join(f"  • {s.get('rule')}: needs {s.get('needs')}"
+                                            + (f" — here: {s['reason']}" if s.get("reason") else "")
+                                            for s in m.silent_rules))
             self.silent.show()
         else:
             self.silent.hide()
