@@ -352,7 +352,8 @@ def load_optimized(folder: str | os.PathLike, model: nn.Module | None = None) ->
     import safetensors.torch
 
     try:
-        _replay(model, records, {"structure", "dtype"})
+        # no config.json beside a module's weights: config-replayed changes are rebuilt too
+        _replay(model, records, {"structure", "dtype", "config"})
         missing, unexpected = safetensors.torch.load_model(model, path / WEIGHTS_NAME, strict=False)
     except WattlensError:
         raise

@@ -124,3 +124,26 @@ def test_module_file_output_is_a_state_dict_loaded_onto_the_users_class(tmp_path
     x = torch.randn(3, 16)
     with torch.no_grad():
         assert torch.allclose(model(x), net(x), atol=0.1)
+
+
+@pytest.mark.parametrize("spec", ["prune-layers:0.34", "prune-mlp:0.25"])
+def test_structural_pruning_of_a_module_file_reloads_onto_a_fresh_instance(tmp_path, spec):
+    """A pickled transformers module has a config but no folder: the saved state dict is smaller
+    than a fresh instance of the class, so the loader rebuilds the pruned shape first."""
+    from transformers import GPT2LMHeadModel
+
+    net = tiny_gpt2(n_layer=6)
+    src = tmp_path / "net.pt"
+    torch.save(net, src)
+    out = tmp_path / "out"
+    optimize(src, spec, out, trust_pickle=True, **QUICK)
+    model = load_optimized(out, GPT2LMHeadModel(net.config))
+    expected = st.load_file(str(out / "model.safetensors"))
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    if spec.startswith("prune-layers"):
+        assert len(model.transformer.h) == 4 and model.config.num_hidden_layers == 4
+    else:
+        assert model.transformer.h[0].mlp.c_fc.weight.shape[1] == 3 * net.config.n_embd
+    inputs = random_inputs(model, 2, 8)
+    assert torch.isfinite(forward(model, inputs)).all()

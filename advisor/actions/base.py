@@ -7,7 +7,9 @@ saved folder's manifest records it and the loader replays it.
 ``replay`` says how the saved folder brings the action back:
 
 * ``"weights"`` — the saved weights already hold it (unstructured pruning);
-* ``"config"`` — the saved config describes the new shapes (MLP pruning);
+* ``"config"`` — the saved config describes the new shapes (MLP and layer pruning); a torch
+  module file's output has no config, so there ``load_optimized`` rebuilds them from ``details``
+  (``restore``) like a ``"structure"`` action;
 * ``"dtype"`` / ``"structure"`` — the loader rebuilds it on a fresh model from ``details`` before
   loading the saved weights (bf16 casting; head pruning, which no transformers config can express);
 * ``"on-load"`` — the saved weights are the ones *before* the action and the loader applies it
@@ -94,9 +96,10 @@ class Action(ABC):
         """Measure whether ``after`` shows the promised change relative to ``before``."""
 
     def restore(self, model: nn.Module, details: dict[str, Any]) -> None:
-        """Rebuild this action's shapes/dtypes on a fresh model (replay "structure"/"dtype").
+        """Rebuild this action's shapes/dtypes on a fresh model (replay "structure"/"dtype", and
+        "config" for a torch module file, whose output has no config.json to say the new shape).
 
-        Actions replayed from weights, config or on load have nothing to rebuild.
+        Actions replayed from weights or on load have nothing to rebuild.
         """
         return None
 

@@ -75,6 +75,21 @@ def block_scores(model: nn.Module, blocks: nn.ModuleList, inputs: Any) -> list[f
     return [s / c for s, c in zip(sums, counts, strict=True)]
 
 
+def _keep_blocks(model: nn.Module, path: str, blocks: nn.ModuleList, kept: list[int]) -> None:
+    """Keep only blocks ``kept`` (in order); the config's layer count and layer types follow."""
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, nn.ModuleList([blocks[i] for i in kept]))
+    for new_index, block in enumerate(getattr(parent, attr)):
+        for m in block.modules():  # attention layers index the KV cache by their layer number
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = new_index
+    config = model.config
+    config.num_hidden_layers = len(kept)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [config.layer_types[i] for i in kept]
+
+
 class PruneLayers(Action):
     name = "prune-layers"
     takes_fraction = True
@@ -124,17 +139,7 @@ class PruneLayers(Action):
         order = sorted(range(n), key=lambda i: (scores[i], i), reverse=True)
         removed = sorted(order[:k])
         kept = [i for i in range(n) if i not in removed]
-        parent_path, _, attr = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, attr, nn.ModuleList([blocks[i] for i in kept]))
-        for new_index, block in enumerate(getattr(parent, attr)):
-            for m in block.modules():  # attention layers index the KV cache by their layer number
-                if isinstance(getattr(m, "layer_idx", None), int):
-                    m.layer_idx = new_index
-        config = model.config
-        config.num_hidden_layers = len(kept)
-        if isinstance(getattr(config, "layer_types", None), list):
-            config.layer_types = [config.layer_types[i] for i in kept]
+        _keep_blocks(model, path, blocks, kept)
         return {
             "blocks_before": n,
             "blocks_after": len(kept),
@@ -145,6 +150,14 @@ class PruneLayers(Action):
             "calibration": inputs.description,
             "calibration_samples": inputs.n_samples,
         }
+
+    def restore(self, model: nn.Module, details: dict[str, Any]) -> None:
+        """The same blocks leave a fresh instance (a module file's loader; a folder's config says it)."""
+        path, blocks = self._blocks(model)
+        if len(blocks) != details["blocks_before"]:
+            raise BadInputError(f"the model has {len(blocks)} blocks; {self.spec} was applied to "
+                                f"{details['blocks_before']}", hint="pass an instance of the class that was optimized")
+        _keep_blocks(model, path, blocks, list(details["kept_blocks"]))
 
     def check_claim(self, before: nn.Module, after: nn.Module) -> ClaimCheck:
         nb = len(self._blocks(before)[1])

@@ -85,6 +85,17 @@ class PruneMlp(Action):
             "score": "sum(norm(W_in,j)) * norm(W_out,j)",
         }
 
+    def restore(self, model: nn.Module, details: dict[str, Any]) -> None:
+        """Shrink a fresh instance's MLPs to the saved width (the weights are loaded next)."""
+        sites = self._sites(model)
+        if sites[0].width != details["width_before"] or len(sites) != details["layers"]:
+            raise BadInputError(f"the model's MLPs ({len(sites)} × {sites[0].width}) are not those {self.spec} "
+                                f"was applied to ({details['layers']} × {details['width_before']})",
+                                hint="pass an instance of the class that was optimized")
+        for site in sites:
+            site.keep_neurons(list(range(details["width_after"])))
+        setattr(model.config, details["config_key"], details["width_after"])
+
     def check_claim(self, before: nn.Module, after: nn.Module) -> ClaimCheck:
         sb, sa = mlp_sites(before), mlp_sites(after)
         width_b = sb[0].width
