@@ -870,8 +870,9 @@ def overhead_only_markdown(ovh: dict, args: argparse.Namespace, loads: tuple[flo
         "",
         "| condition | own-core ratio [95 % CI] | slowdown [95 % CI] | paused (beyond no "
         "profiler) [95 % CI] | CPU per iteration | wall clock | py-spy CPU (one core) | "
-        "reads per phase (calibration / native) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "blocking reads per phase (calibration / native) | pause per blocking read (ms, "
+        "approx.) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     verdict = None
     for cond, kinds in ovh["ratios"].items():
@@ -885,6 +886,11 @@ def overhead_only_markdown(ovh: dict, args: argparse.Namespace, loads: tuple[flo
         pm, pl, ph = bootstrap_median_ci(pause) if pause else (0.0, 0.0, 0.0)
         cpu = ovh["pyspy_core_share"].get(cond, [])
         rd = ovh["readers"].get(cond, [])
+        # stopped time over the attached span (settle + phase) / blocking reads in that span
+        per_read = [g[config]["stopped_share"] * (args.phase_seconds + args.settle) * 1e3 / n
+                    for g, r in zip([g for g in ovh["per_round"] if config in g], rd,
+                                    strict=False)
+                    if (n := r["calibration_reads"] + r["native_reads"])]
         reads = (f"{statistics.median(r['calibration_reads'] for r in rd):.0f} / "
                  f"{statistics.median(r['native_reads'] for r in rd):.0f}"
                  + ("" if all(r["native_started"] for r in rd) else
@@ -898,12 +904,18 @@ def overhead_only_markdown(ovh: dict, args: argparse.Namespace, loads: tuple[flo
             f"[{100 * (1 - hi):+.2f}, {100 * (1 - lo):+.2f}] | {100 * pm:.2f} % "
             f"[{100 * pl:.2f}, {100 * ph:.2f}] | {_med(kinds['cpu_iter_s'])} | "
             f"{_med(kinds['wall_iter_s'])} | {_pct(statistics.median(cpu)) if cpu else 'n/a'} "
-            f"| {reads} |")
+            f"| {reads} | {f'{statistics.median(per_read):.1f}' if per_read else 'n/a'} |")
         if cond != _label("none"):
             verdict = (cond, 1 - med, 1 - hi, 1 - lo)
     off_share = statistics.median(ovh["off_cpu_share"]) if ovh["off_cpu_share"] else float("nan")
     lines += ["", f"Without a profiler the target got {_pct(off_share)} of a CPU (median); "
-              f"baseline {statistics.median(ovh['off_it_per_s']):.2f} it/s wall clock."]
+              f"baseline {statistics.median(ovh['off_it_per_s']):.2f} it/s wall clock. The "
+              "pause per blocking read is the stopped time over the attached span divided by "
+              "the blocking reads counted in it (approximate: the counts cover whole phases). "
+              "A blocking read stops the target until py-spy has read it, and py-spy needs a "
+              "CPU to do so: where the cores are busy with other jobs, the target stays stopped "
+              "while py-spy waits for one, so the paused share here grows with the machine's "
+              "load (the *own core* correction removes the target's own waiting, not py-spy's)."]
     if verdict is not None:
         cond, slow, slow_lo, slow_hi = verdict
         shown = "shown" if slow_hi <= 0.01 else "NOT shown"
@@ -956,6 +968,8 @@ def main(argv: list[str] | None = None) -> int:
                     "figure); writes benchmarks/results/stacks_overhead_<arch>[_train].md")
     ap.add_argument("--arch", choices=ARCHS, default="gpt2", help="--overhead-only's model")
     ap.add_argument("--train", action="store_true", help="--overhead-only: a training loop")
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="--overhead-only: rewrite the table of a saved run (its .json)")
     ap.add_argument("--settle", type=float, default=None,
                     help="--overhead-only: seconds attached before measuring (default 0.5; "
                     "with --train one window + 1.5 s, so the native reads have started)")
@@ -981,6 +995,13 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(md + "\n", encoding="utf-8")
         print(md)
         return 0
+    if args.overhead_only and args.from_json is not None:  # rewrite a saved run's table
+        saved = json.loads(args.from_json.read_text(encoding="utf-8"))
+        args.settle, args.argv = saved["settle_s"], saved["argv"]
+        md = overhead_only_markdown(saved, args, tuple(saved["loads"]))
+        args.from_json.with_suffix(".md").write_text(md, encoding="utf-8")
+        print(md)
+        return 0
     if args.overhead_only:
         os.environ["WATTLENS_BENCH_ARCH"] = args.arch  # the loop child builds this model
         if args.train:
@@ -990,6 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
         load0 = os.getloadavg()[0]
         ovh = measure_overhead(args.rounds, args.phase_seconds,
                                args.overhead_configs.split(","), args.window, args.settle)
+        ovh.update(settle_s=args.settle, loads=[load0, os.getloadavg()[0]], argv=args.argv)
         md = overhead_only_markdown(ovh, args, (load0, os.getloadavg()[0]))
         out = args.output if args.output != RESULTS else (
             HERE / "results" / f"stacks_overhead_{args.arch}{'_train' if args.train else ''}.md")

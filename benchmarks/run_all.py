@@ -17,6 +17,9 @@ from pathlib import Path
 HERE = Path(__file__).parent
 ORDER = ["core", "stacks", "agent_overhead", "gui", "actions", "regression", "ranks", "pg"]
 SECTION = {"agent_overhead": "agent"}
+# sections written by a benchmark's other modes (not run by run_all), collected after its own
+EXTRA = {"stacks": ["stacks_overhead_llama", "stacks_overhead_llama_train"],
+         "agent_overhead": ["agent_floor"]}
 
 
 def collect() -> Path:
@@ -26,9 +29,10 @@ def collect() -> Path:
              "CPU power model and are labelled *estimated*; ratios of throughput and CPU time are "
              "measured.", ""]
     for name in ORDER:
-        f = HERE / "results" / f"{SECTION.get(name, name)}.md"
-        if f.exists():
-            parts += [f.read_text().strip(), ""]
+        for section in [SECTION.get(name, name), *EXTRA.get(name, [])]:
+            f = HERE / "results" / f"{section}.md"
+            if f.exists():
+                parts += [f.read_text().strip(), ""]
     out = HERE / "RESULTS.md"
     out.write_text("\n".join(parts))
     return out

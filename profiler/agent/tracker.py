@@ -87,9 +87,6 @@ class Tracker:
         self._device_of = device_of if device_of is not None else _module_device
         self._t_origin = t_origin_ns if t_origin_ns is not None else _monotonic_ns()
         self._on = False
-        # _on and none of (CUDA timing, forward segments, input shape wanted): the call
-        # wrapper's fast path may apply; kept in step by _refresh_fast() wherever one changes
-        self._fast = False
         self._handles: list[Any] = []
         self._tls = threading.local()
         self._is_compiling = _compiling_probe(torch)
@@ -158,7 +155,6 @@ class Tracker:
     def install(self) -> None:
         mm = self.torch.nn.modules.module
         self._on = True
-        self._refresh_fast()
         if self._call_path == "wrap":
             self._handles.append(_CallWrapper(mm.Module, self))
         else:
@@ -178,7 +174,6 @@ class Tracker:
     def uninstall(self) -> None:
         self._on = False
         self._seg_on = False
-        self._refresh_fast()
         for handle in self._handles:
             try:
                 handle.remove()
@@ -186,9 +181,6 @@ class Tracker:
                 pass
         self._handles = []
         self._exit_flop_mode()
-
-    def _refresh_fast(self) -> None:
-        self._fast = self._on and not (self._cuda or self._seg_on or self._need_shape)
 
     def _fail(self, exc: BaseException) -> None:
         self.uninstall()
@@ -390,7 +382,6 @@ class Tracker:
                 self._event_factory = lambda device: cuda.Event(enable_timing=True)
                 self._stream_of = lambda device: cuda.current_stream(device) if device is not None else None
             self._cuda = True
-            self._refresh_fast()
             self._timing = "cuda-events"
             self._calls = []
 
@@ -411,7 +402,6 @@ class Tracker:
         self._fwd_samples = self._fwd_tokens = None
         self._fwd_shape = None
         self._need_shape = True
-        self._refresh_fast()
         self._shape_from(args)
         self._steps_on_forward(t, training)
         if self._first_main is None:
@@ -428,7 +418,6 @@ class Tracker:
                 self._seg_lo = self._seq()
                 self._seg_on = True
         self._dynamo_loaded = "torch._dynamo" in sys.modules
-        self._refresh_fast()
         if self._flops_pending:
             if self._flops_policy == "force" or self._dynamo_loaded:
                 self._start_flops(module)
@@ -442,7 +431,6 @@ class Tracker:
     def _main_end(self, output: Any) -> None:
         self._main_active = False
         self._need_shape = False
-        self._refresh_fast()
         self._last_main_end = _monotonic_ns()
         if self._fwd_training:
             self._n_train += 1
@@ -456,7 +444,6 @@ class Tracker:
             self._finish_flops()
         if self._seg_on:
             self._seg_on = False
-            self._refresh_fast()
             self._hook_graph(output)
         elif self._fwd_training and not self._bw_seen:
             roots: list[Any] = []
@@ -473,7 +460,6 @@ class Tracker:
         for a in args:
             if isinstance(a, tensor_type):
                 self._need_shape = False
-                self._refresh_fast()
                 shape = tuple(a.shape)
                 self._fwd_shape = (shape, str(a.dtype))
                 if shape:
@@ -855,7 +841,6 @@ class Tracker:
         """Close the last step and window and flush everything (at exit)."""
         self._exit_flop_mode()
         self._seg_on = False
-        self._refresh_fast()
         if self._flops_pending and self._flops_note_sent:
             self._event("flops-unavailable", "FLOPs not counted: the program never loaded "
                         "torch._dynamo (set WATTLENS_AGENT_FLOPS=force to count them anyway)",
@@ -960,27 +945,25 @@ class _CallWrapper:
         self._orig = orig = module_cls.__call__
         pre, post, exit_ = tracker._enter, tracker._post, tracker._exit
         infos_get = tracker._infos.get
-        is_compiling = tracker._is_compiling  # set once, in Tracker.__init__
         tls = tracker._tls
         perf_ns = _perf_ns
 
         def __call__(module: Any, *args: Any, **kwargs: Any) -> Any:
+            if not tracker._on or (tracker._dynamo_loaded and tracker._is_compiling()):
+                return orig(module, *args, **kwargs)  # off, or torch.compile is tracing
             # The fast path, nearly every call: CPU timing, a module already named and already
             # counted in this window, not the main model, no forward segments or input shape
-            # to note (one flag, ``_fast``, says the tracker-wide part, so a call reads one
-            # attribute where it read five). It does exactly what _enter/_exit do in that case,
-            # inline: no method calls, no per-call lookups beyond the module's info. Anything
-            # else, at entry or at exit, takes the general path.
-            if tracker._fast:
-                if tracker._dynamo_loaded and is_compiling():
-                    return orig(module, *args, **kwargs)  # torch.compile is tracing
+            # to note. It does exactly what _enter/_exit do in that case, inline: no method
+            # calls, no per-call lookups beyond the module's info. Anything else, at entry or
+            # at exit, takes the general path.
+            if not (tracker._cuda or tracker._seg_on or tracker._need_shape):
                 info = infos_get(id(module))
                 if info is not None and info.win == tracker._win and info is not tracker._main:
                     stack = getattr(tls, "stack", None)
                     if stack is not None:
                         frame = [info, 0, 0, module]
                         stack.append(frame)
-                        t0 = frame[1] = perf_ns()
+                        frame[1] = t0 = perf_ns()
                         try:
                             out = orig(module, *args, **kwargs)
                         except BaseException:
@@ -988,7 +971,7 @@ class _CallWrapper:
                             raise
                         t1 = perf_ns()
                         if (stack and stack[-1] is frame and info.win == tracker._win
-                                and (tracker._fast or (tracker._on and not tracker._seg_on))):
+                                and tracker._on and not tracker._seg_on):
                             stack.pop()
                             incl = t1 - t0
                             info.fw_calls += 1
@@ -999,8 +982,6 @@ class _CallWrapper:
                         else:
                             exit_(t1, module, args, out)
                         return out
-            elif not tracker._on or (tracker._dynamo_loaded and is_compiling()):
-                return orig(module, *args, **kwargs)  # off, or torch.compile is tracing
             pre(module, args)
             try:
                 out = orig(module, *args, **kwargs)
