@@ -297,6 +297,47 @@ def baseline_tracker(rev: str):
     return mod.Tracker
 
 
+def count_agent_calls(dims, tracker_cls=None, forwards: int = 64, per_window: int = 16) -> dict:
+    """Python function calls made inside the tracker's module per forward of the model (windows
+    every ``per_window`` forwards), counted with ``sys.setprofile``: a count of work that the
+    machine's load does not change, to set beside the CPU ratios."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if tracker_cls is None:
+        from wattlens.profiler.agent.tracker import Tracker as tracker_cls
+    source = sys.modules[tracker_cls.__module__].__file__
+    L, E, H, B, T, V = dims
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
+                                       n_positions=128)).eval()
+    x = torch.randint(0, V, (B, T))
+    tracker = tracker_cls(torch, lambda m: None, _raise, count_flops="off", window_ns=10**18)
+    calls: dict[str, int] = {}
+
+    def profile(frame, event, arg) -> None:
+        if event == "call" and frame.f_code.co_filename == source:
+            name = frame.f_code.co_name
+            calls[name] = calls.get(name, 0) + 1
+
+    tracker.install()
+    try:
+        with torch.no_grad():
+            for _ in range(per_window):
+                model(x)
+            tracker.finish()
+            sys.setprofile(profile)
+            for i in range(forwards):
+                model(x)
+                if i % per_window == per_window - 1:
+                    tracker.finish()
+            sys.setprofile(None)
+    finally:
+        sys.setprofile(None)
+        tracker.uninstall()
+    return {k: v / forwards for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
+
+
 def bench_floor(dims, rounds: int, window_cpu_s: float = 0.1, per_switch: int = 4,
                 baseline: str | None = None) -> dict:
     """Where the agent's floor goes, measured by switching its parts on one at a time.
@@ -463,6 +504,11 @@ def floor_markdown(res: dict[str, dict], pc: dict, tiny: str, loads: tuple[float
               + (f"; the wrapper before this change (git {pc['baseline']}) "
                  f"{pc['us_per_call']['before']:.2f} µs" if "before" in pc["us_per_call"] else "")
               + f". The {tiny} makes {pc['calls_per_forward']} module calls per forward.", "",
+              "Python function calls inside the tracker per forward of the tiny model (windows "
+              "every 16 forwards; `sys.setprofile`, a count the load does not change): "
+              + "; ".join(f"{label}: {sum(c.values()):.1f} ("
+                          + ", ".join(f"{k} {v:.2f}" for k, v in list(c.items())[:8]) + ")"
+                          for label, c in pc.get("calls", {}).items()) + ".", "",
               f"Load average (1 min) at start / end: {loads[0]:.1f} / {loads[1]:.1f} on 2 cores "
               "(shared with other jobs)."]
     if note:
@@ -484,6 +530,10 @@ def main_floor() -> None:
                           baseline=baseline)
            for n in names[::-1]}
     pc = bench_percall(MODELS[tiny][0], rounds=40, baseline=baseline)
+    pc["calls"] = {"now": count_agent_calls(MODELS[tiny][0])}
+    if baseline is not None:
+        pc["calls"][f"git {baseline}"] = count_agent_calls(MODELS[tiny][0],
+                                                           baseline_tracker(baseline))
     body = floor_markdown(res, pc, tiny, (load_before, os.getloadavg()[0]),
                           os.environ.get("WATTLENS_FLOOR_NOTE", ""))
     path = write_section("agent_floor", "Agent cost floor (issue 14, run mode)", body)
