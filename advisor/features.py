@@ -29,8 +29,9 @@ import numpy as np
 
 from wattlens.advisor.regression import AbPoint, SweepPoint
 from wattlens.profiler import figures
-from wattlens.profiler.ranks import per_rank
+from wattlens.profiler.ranks import session_ranks
 from wattlens.profiler.records import EventRecord, LayerCost
+from wattlens.profiler.stacks import backward_map
 from wattlens.profiler.summary import step_stats, target_energy_between
 
 #: Buckets of time spent outside the model's forward (names from profiler/stacks/parse.py and
@@ -371,8 +372,12 @@ def _layer_features(layers: Sequence[LayerCost], model_info: dict | None, reason
                              "under `wattlens run` for the agent's per-layer timing)")
         return empty
     methods = {r.method for r in layers}
-    method = "agent-timing" if "agent-timing" in methods else sorted(methods)[0]
-    rows = [r for r in layers if r.method == method]
+    method = ("agent-timing" if "agent-timing" in methods
+              else "stack-sampling" if "stack-sampling" in methods else sorted(methods)[0])
+    # the backward's rows by module class are an estimate with its own label, from the same
+    # stack-sampled session: they hold the backward bucket's time
+    rows = [r for r in layers if r.method == method
+            or (method == "stack-sampling" and r.method == backward_map.METHOD)]
     instance = any(r.granularity == "instance" for r in rows)
     sep = "." if instance else "/"
     times = _self_times(rows, sep)
@@ -577,7 +582,7 @@ def extract_features(store, session_id: int) -> SessionFeatures:
             (e.message for e in reversed(events) if e.kind == "flops-unavailable"),
             "the agent reported no FLOP count (it does so under `wattlens run`)")
 
-    ranks = per_rank(steps, events)
+    ranks = session_ranks(steps, events, series)
     if ranks is None:
         reasons["ranks"] = ("no step carries a torch.distributed rank (run the job under `wattlens run "
                             "-- torchrun ...`)")

@@ -462,12 +462,26 @@ def cmd_show(args) -> int:
             print("    " + "  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)))
         for line in job_lines(report.get("ranks")):
             print(f"  {line}")
+    _print_rank_layers(report.get("rank_layers"))
     for o in report.get("applied") or []:  # recommended → applied → measured, predicted beside measured
         print(f"  {o['chain']}")
         print(f"    predicted: {o['predicted']}")
         print(f"    measured:  {o['measured']}" + (f" — {o['flag_text']}" if o["flag_text"] else ""))
         print(f"    fidelity:  {o['fidelity']}")
     return EXIT_OK
+
+
+def _print_rank_layers(rank_layers: dict | None) -> None:
+    from wattlens.app.report.rank_layers import HEADER, rank_layer_lines, rank_layer_rows
+
+    rows = rank_layer_rows(rank_layers)
+    if rows:
+        widths = [max(len(x) for x in col) for col in zip(HEADER, *rows, strict=True)]
+        print("  layers per rank:")
+        for row in (HEADER, *rows):
+            print("    " + "  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
+        for line in rank_layer_lines(rank_layers):
+            print(f"  {line}")
 
 
 def cmd_report(args) -> int:

@@ -6,7 +6,12 @@
 2. The Prometheus exporter's cost: the sampler-thread sink per tick, and one scrape (building the
    families and rendering the text) — in-process, many repetitions.
 
-    python benchmarks/bench_ranks.py   → benchmarks/results/ranks.md
+3. The per-rank energy split's cost on the sampler thread (``split``): one sampler tick on a
+   real process tree of 8 "ranks" (sleeping children, 2 workers each), without and with the
+   RankSplit, interleaved, side by side.
+
+    python benchmarks/bench_ranks.py         → benchmarks/results/ranks.md and rank_split.md
+    python benchmarks/bench_ranks.py split   → benchmarks/results/rank_split.md only
 """
 
 from __future__ import annotations
@@ -90,6 +95,57 @@ def bench_exporter(ticks: int = 20000, scrapes: int = 300) -> tuple[float, float
     return sink_us, scrape_ms
 
 
+def bench_split(ranks: int = 8, workers: int = 2, ticks: int = 400) -> tuple[float, float, int]:
+    """(µs per sampler tick without the split, with it, members of the tree)."""
+    from wattlens.profiler.process import Target
+    from wattlens.profiler.rank_energy import RankSplit
+    from wattlens.profiler.sampler import Sampler
+    from wattlens.profiler.sources.cpu_model import CpuModelSource
+
+    code = ("import subprocess, sys, time\n"
+            f"ws = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']) for _ in range({workers})]\n"
+            "print('ready', flush=True)\ntime.sleep(600)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(ranks)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        target = Target(os.getpid())
+        plain = Sampler([CpuModelSource()], interval_s=0.1, target=target)
+        split = RankSplit()
+        for r, p in enumerate(procs):
+            split.register(p.pid, r)
+        with_split = Sampler([CpuModelSource()], interval_s=0.1, target=Target(os.getpid()))
+        with_split.rank_split = split
+        for s in (plain, with_split):
+            s.tick()
+            s.tick()
+        times: dict[str, list[float]] = {"plain": [], "split": []}
+        for _ in range(ticks // 20):  # interleaved batches: load changes hit both alike
+            for name, s in (("plain", plain), ("split", with_split)):
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    s.tick()
+                times[name].append((time.perf_counter() - t0) / 20 * 1e6)
+        return statistics.median(times["plain"]), statistics.median(times["split"]), len(target.pids())
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+
+
+def main_split() -> None:
+    plain_us, split_us, members = bench_split()
+    body = "\n".join([
+        f"### Sampler tick on a real process tree of {members} processes (8 ranks × 2 workers), CPU model source", "",
+        "| Sampler tick without the rank split | with the rank split (8 ranks) | Ratio |", "|---|---|---|",
+        f"| {plain_us:.0f} µs | {split_us:.0f} µs | {split_us / plain_us:.3f} |", "",
+        "Medians of 20 interleaved batches of 20 ticks each on a shared machine; the tick reads every "
+        "member's CPU time (psutil) in both, the split adds the grouping and the shares (children rescanned once a second, as in a session).",
+    ])
+    print(write_section("rank_split", "Per-rank energy split on the sampler thread (issue 12)", body))
+
+
 def main() -> None:
     rows = bench_overhead()
     sink_us, scrape_ms = bench_exporter()
@@ -105,7 +161,8 @@ def main() -> None:
         f"- one scrape (4 sources × 2 scopes, 2 ranks; families built and rendered): {scrape_ms:.3f} ms",
     ])
     print(write_section("ranks", "Multi-rank jobs and metrics (issue 12)", body))
+    main_split()
 
 
 if __name__ == "__main__":
-    main()
+    main_split() if sys.argv[1:] == ["split"] else main()

@@ -29,13 +29,19 @@ Run:  .venv/bin/python benchmarks/bench_stacks.py            (about 8 minutes)
       .venv/bin/python benchmarks/bench_stacks.py --quick    (about 3 minutes, noisier)
       --acc-configs / --overhead-configs compare other settings, e.g. "20" (20 Hz, blocking).
       --suite [--runs 3 --acc-seconds 30 --train-seconds 60]: same-run sampler vs timer on a
-      GPT-2, a Llama-style decoder and a BERT-style encoder, and a Llama training loop.
-Writes benchmarks/results/stacks.md (--suite: benchmarks/results/stacks_arch.md).
+      GPT-2, a Llama-style decoder and a BERT-style encoder, and a Llama training loop; for the
+      loop, the backward by module class (attach estimate) against a timer of every autograd
+      node (--archs "" for the loop alone, --native-hz to raise the native read rate).
+      --calibration-ab [--runs 3 --acc-seconds 40 --cal-vocab 32000]: two samplers side by
+      side on the Llama-style decoder, calibration on (5 Hz) and off, against the same timer.
+Writes benchmarks/results/stacks.md (--suite: benchmarks/results/stacks_arch.md; --calibration-ab:
+benchmarks/results/stacks_calibration.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import platform
@@ -47,6 +53,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -75,9 +82,10 @@ def _build_arch(torch, arch: str):
     layers, d=256), built from a config; batch 2 x 128 tokens."""
     from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
+    vocab = int(os.environ.get("WATTLENS_BENCH_VOCAB", VOCAB))
     if arch == "llama":
         config = LlamaConfig(
-            vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+            vocab_size=vocab, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=SEQ,
         )  # fmt: skip
         model = LlamaForCausalLM(config)
@@ -89,7 +97,7 @@ def _build_arch(torch, arch: str):
         model = BertForMaskedLM(config)
     else:
         raise ValueError(f"unknown architecture {arch!r}: one of {', '.join(ARCHS)}")
-    return model, torch.randint(0, VOCAB, (BATCH, SEQ))
+    return model, torch.randint(0, vocab, (BATCH, SEQ))
 
 
 def _build_model():
@@ -125,13 +133,15 @@ def _build_model():
 class HookTimer:
     """Inclusive perf_counter time per module-class path, from forward pre/post hooks."""
 
-    def __init__(self, model, make_range=None):
+    def __init__(self, model, make_range=None, on_boundary=None):
         self.stack: list[str] = []
         self.starts: list[float] = []
         self.ranges: list = []
         self.totals: Counter = Counter()
         self.t0 = time.perf_counter()
         self.make_range = make_range
+        self.on_boundary = on_boundary  # called with the innermost class path at each entry/exit
+        self.backward: BackwardTimer | None = None
         for module in model.modules():
             module.register_forward_pre_hook(self._pre)
             module.register_forward_hook(self._post)
@@ -142,6 +152,8 @@ class HookTimer:
             rf = self.make_range("/".join(self.stack))
             rf.__enter__()
             self.ranges.append(rf)
+        if self.on_boundary is not None:
+            self.on_boundary("/".join(self.stack))
         self.starts.append(time.perf_counter())
 
     def _post(self, module, args, output):
@@ -149,13 +161,72 @@ class HookTimer:
         if self.make_range is not None:
             self.ranges.pop().__exit__(None, None, None)
         self.stack.pop()
+        if self.on_boundary is not None:
+            self.on_boundary("/".join(self.stack) or None)
 
     def reset(self) -> None:
         self.totals = Counter()
         self.t0 = time.perf_counter()
+        if self.backward is not None:
+            self.backward.totals = Counter()
 
     def report(self) -> dict:
-        return {"wall_s": time.perf_counter() - self.t0, "inclusive_s": dict(self.totals)}
+        out = {"wall_s": time.perf_counter() - self.t0, "inclusive_s": dict(self.totals)}
+        if self.backward is not None:
+            out["backward_s"] = dict(self.backward.totals)
+        return out
+
+
+OUTSIDE = "[outside modules]"
+
+
+class BackwardTimer:
+    """The reference for the backward by module class (bench only, never in the product's
+    sampler): while the forward runs, the autograd sequence number is noted at every module
+    entry/exit, so each autograd node belongs to the class path that was innermost when it was
+    created (as the in-process agent does, profiler/agent/tracker.py); after the forward every
+    node of the graph gets a pre/post hook pair that adds its perf_counter time to that path."""
+
+    def __init__(self, torch):
+        self.seq = torch._C._autograd._get_sequence_nr
+        self.segs: list[tuple[int, str | None]] = []
+        self.lo = 0
+        self.totals: Counter = Counter()
+
+    def forward_start(self) -> None:
+        self.lo = self.seq()
+        self.segs = [(self.lo, None)]
+
+    def boundary(self, path: str | None) -> None:
+        self.segs.append((self.seq(), path))
+
+    def hook_graph(self, root) -> None:
+        hi = self.seq()
+        keys = [k for k, _ in self.segs]
+        owners = [o for _, o in self.segs]
+        todo, seen = [root], set()
+        while todo:
+            node = todo.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            try:
+                seq = node._sequence_nr()
+            except Exception:  # noqa: BLE001
+                seq = -1
+            if self.lo <= seq < hi:  # made by this forward (AccumulateGrad leaves are not)
+                owner = owners[bisect.bisect_right(keys, seq) - 1] or OUTSIDE
+                cell = [0.0]
+                node.register_prehook(partial(self._pre, cell))
+                node.register_hook(partial(self._post, cell, owner))
+            todo.extend(nxt for nxt, _ in node.next_functions)
+
+    @staticmethod
+    def _pre(cell, grad_outputs):
+        cell[0] = time.perf_counter()
+
+    def _post(self, cell, owner, grad_inputs, grad_outputs):
+        self.totals[owner] += time.perf_counter() - cell[0]
 
 
 def worker_loop(seconds: float, hooks: bool) -> None:
@@ -199,7 +270,10 @@ def worker_train(seconds: float, hooks: bool) -> None:
     torch, model, ids = _build_model()
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    timer = HookTimer(model) if hooks else None
+    bw = BackwardTimer(torch) if hooks else None
+    timer = HookTimer(model, on_boundary=bw.boundary) if bw is not None else None
+    if timer is not None:
+        timer.backward = bw
     requests: queue.SimpleQueue = queue.SimpleQueue()
     stop = threading.Event()
 
@@ -209,7 +283,11 @@ def worker_train(seconds: float, hooks: bool) -> None:
         stop.set()
 
     def step() -> None:
+        if bw is not None:
+            bw.forward_start()
         loss = model(ids, labels=ids).loss
+        if bw is not None:
+            bw.hook_graph(loss.grad_fn)
         t0 = time.perf_counter()
         loss.backward()
         t1 = time.perf_counter()
@@ -365,7 +443,8 @@ def _label(config: str) -> str:
     return f"{int(float(rate))} Hz" + (" --nonblocking" if mode == "nb" else "")
 
 
-def _sampler(pid: int, config: str, window_s: float, on_window):
+def _sampler(pid: int, config: str, window_s: float, on_window, **options):
+    """``options``: StackSampler keywords (calibration_hz, native_hz); the defaults otherwise."""
     from wattlens.profiler.stacks.sampler import StackSampler
 
     rate, _, mode = config.partition(":")
@@ -376,6 +455,7 @@ def _sampler(pid: int, config: str, window_s: float, on_window):
         on_window=on_window,
         energy_between=lambda a, b: None,
         nonblocking=mode == "nb",
+        **{k: v for k, v in options.items() if v is not None},
     )
 
 
@@ -438,13 +518,13 @@ def measure_accuracy(configs: list[str], seconds: float, window_s: float) -> dic
     }
 
 
-def _same_run(seconds: float, window_s: float) -> dict:
+def _same_run(seconds: float, window_s: float, native_hz: int | None = None) -> dict:
     """One child (arch/training from the environment) with the hook timer, the default
     StackSampler attached for ``seconds``: both shares per class path over the same span."""
     child = LoopChild(seconds + 120, hooks=True)
     try:
         windows: list = []
-        sampler = _sampler(child.pid, "50:nb", window_s, windows.append)
+        sampler = _sampler(child.pid, "50:nb", window_s, windows.append, native_hz=native_hz)
         sampler.start()
         if not sampler.available:
             raise RuntimeError(sampler.reason)
@@ -473,6 +553,7 @@ def _same_run(seconds: float, window_s: float) -> dict:
     stderr = {
         p: statistics.stdev([w.get(p, 0.0) for w in per_window]) / k**0.5 for p in self_totals
     } if k > 1 else {}
+    from wattlens.profiler.stacks.backward_map import backward_by_class
     from wattlens.profiler.stacks.native import ENGINE_OTHER
     from wattlens.profiler.stacks.parse import BUCKET_OPTIMIZER, OPTIMIZER_STEP_OTHER
 
@@ -495,18 +576,153 @@ def _same_run(seconds: float, window_s: float) -> dict:
         "sampled_self": {p: v / grand for p, v in self_totals.items()} if grand else {},
         "stderr": stderr,  # of the self shares
         "hook": hook_incl,
+        "hook_wall_s": hook["wall_s"],
         "hook_self": hook_self,
         "loss": sampler.loss.summary(),
         "torn": dict(sampler.tree.torn_paths),
         "backward_ops": dict(sampler.backward_ops),
+        "native_hz": sampler.native_hz,
+        "forward_ops": {f"{path}|{op}": n for (path, op), n in sampler.forward_ops.items()},
+        "backward_parts": [  # the session's final pooled split of the backward, with its se
+            {"name": p.name, "kind": p.kind, "share": p.share, "se": p.se, "ops": list(p.ops)}
+            for p in backward_by_class(sampler.backward_ops, sampler.forward_ops,
+                                       sampler.forward_time)],
+        "backward_parts_reads": [  # the same, classes weighed by their native reads alone
+            {"name": p.name, "kind": p.kind, "share": p.share, "se": p.se, "ops": list(p.ops)}
+            for p in backward_by_class(sampler.backward_ops, sampler.forward_ops)],
+        "hook_backward": hook.get("backward_s", {}),  # reference: seconds per class path
         "optimizer_ops": {f"{part}/{op}": n for (part, op), n in sampler.optimizer_ops.items()},
         "named_share": named / grand if grand else None,
         "windows": k,
     }
 
 
+def _self_shares(windows: list) -> tuple[dict[str, float], dict[str, float]]:
+    """(self share per path over all windows, its standard error from the spread between
+    windows) of one sampler's windows."""
+    per_window: list[dict[str, float]] = []
+    self_totals: Counter = Counter()
+    for rows in windows:
+        total = sum(r.self_time_s or 0.0 for r in rows)
+        if total <= 0:
+            continue
+        per_window.append({r.path: (r.self_time_s or 0.0) / total for r in rows})
+        for r in rows:
+            self_totals[r.path] += r.self_time_s or 0.0
+    grand = sum(self_totals.values())
+    k = len(per_window)
+    stderr = {
+        p: statistics.stdev([w.get(p, 0.0) for w in per_window]) / k**0.5 for p in self_totals
+    } if k > 1 else {}
+    return ({p: v / grand for p, v in self_totals.items()} if grand else {}), stderr
+
+
+def _hook_self(hook: dict) -> dict[str, float]:
+    """The timer's self share per class path: inclusive minus the direct children's."""
+    incl = {p: t / hook["wall_s"] for p, t in hook["inclusive_s"].items()}
+    out = dict(incl)
+    for p, v in incl.items():
+        parent = p.rpartition("/")[0]
+        if parent in out and not p.startswith("["):
+            out[parent] -= v
+    return out
+
+
+CALIBRATION_SETTINGS = {"on": 5, "off": 0}  # calibration_hz of the two samplers side by side
+
+
+def _calibration_pair(seconds: float, window_s: float) -> dict:
+    """One child (the Llama-style decoder, forward under no_grad, hook timer inside), two
+    StackSamplers attached side by side for the same ``seconds``: 50 Hz --nonblocking with the
+    blocking calibration at 5 Hz, and the same with it off (lost reads spread in proportion)."""
+    child = LoopChild(seconds + 120, hooks=True)
+    samplers, windows = {}, {}
+    try:
+        for name, cal_hz in CALIBRATION_SETTINGS.items():
+            windows[name] = []
+            samplers[name] = _sampler(child.pid, "50:nb", window_s, windows[name].append,
+                                      calibration_hz=cal_hz)
+            samplers[name].start()
+            if not samplers[name].available:
+                raise RuntimeError(samplers[name].reason)
+        child.send("reset")
+        time.sleep(seconds)
+        child.send("report")
+        for sampler in samplers.values():
+            sampler.stop()
+        hook = child.reports.get(timeout=120)
+    finally:
+        child.close()
+    out = {"hook_self": _hook_self(hook), "load": os.getloadavg()[0]}
+    for name, sampler in samplers.items():
+        shares, stderr = _self_shares(windows[name])
+        out[name] = {"self": shares, "stderr": stderr, "loss": sampler.loss.summary(),
+                     "windows": len(windows[name])}
+    return out
+
+
+def measure_calibration(runs: int, seconds: float, window_s: float, vocab: int) -> list[dict]:
+    os.environ["WATTLENS_BENCH_ARCH"] = "llama"
+    os.environ["WATTLENS_BENCH_VOCAB"] = str(vocab)
+    os.environ.pop("WATTLENS_BENCH_TRAIN", None)
+    out = []
+    for r in range(runs):
+        print(f"  calibration on/off, run {r + 1}/{runs} ...", file=sys.stderr)
+        out.append(_calibration_pair(seconds, window_s))
+    return out
+
+
+def calibration_markdown(runs: list[dict], args: argparse.Namespace,
+                         load: tuple[float, float]) -> str:
+    top: Counter = Counter()
+    for r in runs:
+        for p, v in r["hook_self"].items():
+            if not p.startswith("["):
+                top[p] += v / len(runs)
+    paths = [p for p, _ in top.most_common(6)]
+    lines = [
+        "## Calibration on / off in the same run (issue 14)",
+        "",
+        f"Command: `bench_stacks.py {' '.join(args.argv)}`; Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs shared with other jobs; load average (1 min) at start / end "
+        f"{load[0]:.1f} / {load[1]:.1f}, after each run: "
+        + ", ".join(f"{r['load']:.1f}" for r in runs) + ".",
+        "",
+        "One child runs the Llama-style decoder of the issue (4 blocks, d=256, "
+        f"vocabulary {args.cal_vocab}, batch 2 x 128, "
+        "CPU, one thread, forward under no_grad) with the in-process hook timer; two "
+        "StackSamplers are attached to it at once for the same span, both 50 Hz --nonblocking "
+        f"in {args.window:g} s windows: **on** = the blocking calibration at 5 Hz (lost reads "
+        "added back where the exact reads say they fell), **off** = calibration_hz=0 (lost "
+        "reads spread in proportion, i.e. dropped). Self share per class path; sampler − timer "
+        "in pp, mean of the runs ± the standard error of that mean (from each run's spread "
+        "between windows); per-run differences after the bar.",
+        "",
+        "| class path (self share) | timer | on: sampler − timer, pp | off: sampler − timer, pp "
+        "| on, per run | off, per run |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for p in paths:
+        cells = []
+        per_run = []
+        for name in CALIBRATION_SETTINGS:
+            diffs = [100 * (r[name]["self"].get(p, 0.0) - r["hook_self"].get(p, 0.0)) for r in runs]
+            ses = [100 * r[name]["stderr"].get(p, 0.0) for r in runs]
+            se = (sum(x * x for x in ses) ** 0.5) / len(ses)
+            cells.append(f"{statistics.fmean(diffs):+.2f} ± {se:.2f}")
+            per_run.append(", ".join(f"{d:+.1f}" for d in diffs))
+        name = f"**`{p}`** (LM head)" if p.endswith("ForCausalLM/Linear") else f"`{p}`"
+        lines.append(f"| {name} | {100 * top[p]:.1f} % | {cells[0]} | {cells[1]} | "
+                     f"{per_run[0]} | {per_run[1]} |")
+    lines += ["", "Lost reads per run (failed + torn of all attempts): " + "; ".join(
+        " / ".join(f"{name} {r[name]['loss']['failed']} + {r[name]['loss']['torn']} of "
+                   f"{r[name]['loss']['reads']} ({100 * (r[name]['loss']['lost_share'] or 0):.1f} %)"
+                   for name in CALIBRATION_SETTINGS) for r in runs) + ".", ""]
+    return "\n".join(lines)
+
+
 def measure_suite(archs: list[str], runs: int, seconds: float, train_seconds: float,
-                  window_s: float) -> dict:
+                  window_s: float, native_hz: int | None = None) -> dict:
     """Same-run sampler vs timer on each architecture (``runs`` times), then a training loop."""
     out: dict = {"archs": {}, "train": None}
     for arch in archs:
@@ -520,7 +736,7 @@ def measure_suite(archs: list[str], runs: int, seconds: float, train_seconds: fl
         os.environ["WATTLENS_BENCH_ARCH"] = "llama"
         os.environ["WATTLENS_BENCH_TRAIN"] = "1"
         print("  llama training loop ...", file=sys.stderr)
-        out["train"] = _same_run(train_seconds, window_s)
+        out["train"] = _same_run(train_seconds, window_s, native_hz)
         os.environ.pop("WATTLENS_BENCH_TRAIN", None)
     return out
 
@@ -533,8 +749,9 @@ def suite_markdown(suite: dict, args: argparse.Namespace, load: tuple[float, flo
         f"{os.cpu_count()} CPUs; load average (1 min) at start / end {load[0]:.1f} / "
         f"{load[1]:.1f} — a shared, busy machine: read the spreads, not just the means.",
         "",
-        "StackSampler defaults (50 Hz --nonblocking, 5 s windows, 5 Hz blocking calibration, 1 Hz "
-        "native reads once a backward is seen) attached to a child that also runs an in-process "
+        "StackSampler defaults (50 Hz --nonblocking, 5 s windows, 5 Hz blocking calibration, "
+        f"{args.native_hz or 1} Hz native reads once a backward is seen"
+        + ("" if args.native_hz in (None, 1) else " (the default is 1 Hz)") + ") attached to a child that also runs an in-process "
         "hook timer (pre/post hooks on every module, same span). Self share (the class path's own "
         "time, its child modules' excluded) = self time / wall (timer) and self samples / all "
         "samples, lost reads added back (sampler). Top five class paths by timer self share. "
@@ -589,13 +806,14 @@ def suite_markdown(suite: dict, args: argparse.Namespace, load: tuple[float, flo
                 lines.append(f"| {p} | | {100 * v:.1f} % |")
         ops = Counter(t["backward_ops"])
         n_ops = sum(ops.values())
-        lines += ["", f"Backward by autograd op ({n_ops} native reads at 1 Hz; share of the "
+        lines += ["", f"Backward by autograd op ({n_ops} native reads at {t.get('native_hz', 1)} Hz; share of the "
                   "backward ± binomial se): " + ", ".join(
                       f"{op} {100 * n / n_ops:.0f} % ± {100 * (n / n_ops * (1 - n / n_ops) / n_ops) ** 0.5:.0f}"
                       for op, n in ops.most_common(8)) if n_ops else "", "",
                   "Optimizer parts by tensor op (the same native reads): " + (", ".join(
                       f"{k} {n}" for k, n in Counter(t.get("optimizer_ops", {})).most_common(8))
                       or "none seen"), "",
+                  *backward_class_markdown(t),
                   f"Time attributed to module classes or named autograd ops: "
                   f"{100 * (t['named_share'] or 0):.1f} % (goal ≥ 80 %; optimizer parts named "
                   "by torch's update function count as named, `optimizer/step (other)` does "
@@ -603,6 +821,60 @@ def suite_markdown(suite: dict, args: argparse.Namespace, load: tuple[float, flo
                   "the first native reads arrived, the engine's own work and Python outside "
                   "modules.", ""]
     return "\n".join(lines)
+
+
+def backward_class_markdown(t: dict) -> list[str]:
+    """The backward by module class (attach mode, forward-op mix) against the reference timer
+    of each class path's autograd nodes, as shares of the backward."""
+    parts = t.get("backward_parts") or []
+    ref_s = t.get("hook_backward") or {}
+    wall_s = t["hook"].get("[backward]", 0.0) * t.get("hook_wall_s", 0.0)
+    timed = sum(ref_s.values())
+    if not parts or timed <= 0:
+        return ["Backward by module class: no native forward evidence or no reference timing "
+                "in this run.", ""]
+    # both as shares of the whole backward: the reference's untimed rest is gradient accumulation
+    # and the engine's own work, which the estimate keeps as op rows
+    denom = wall_s if wall_s > timed else timed
+    ref = {p: v / denom for p, v in ref_s.items()}
+    est = {p["name"]: p for p in parts if p["kind"] == "class"}
+    est_reads = {p["name"]: p for p in t.get("backward_parts_reads") or [] if p["kind"] == "class"}
+    n_fwd = sum(t.get("forward_ops", {}).values())
+    n_bw = sum(t["backward_ops"].values())
+    mapped = sum(p["share"] for p in est.values())
+    lines = [
+        f"Backward by module class (attach mode: each autograd op's {n_bw} native backward reads "
+        "split over the class paths in proportion to each class's sampled forward time × the "
+        f"share of its native forward reads ({n_fwd} in all) that ran the same op; method "
+        "`estimate: forward-op mix`; the last column weighs the classes by those native "
+        "reads alone), against the reference: "
+        "an in-process timer of every autograd node of the forward's graph (pre/post hooks), "
+        "each node charged to the class path innermost when it was created (autograd sequence "
+        "numbers, as the agent does in run mode). Shares of the backward; the estimate's "
+        f"shares are of all backward reads ({100 * mapped:.1f} % mapped to classes, the rest "
+        f"stays by op), the reference's of the backward's wall time (its timed nodes: "
+        f"{100 * timed / denom:.0f} %; the rest is gradient accumulation and the engine's own "
+        "work). ± = the estimate's standard error (delta method over the two binomial counts).",
+        "",
+        "| class path (backward) | reference | attach estimate | estimate − reference, pp "
+        "| native reads alone: estimate − reference, pp |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for p in sorted(set(ref) | set(est), key=lambda q: -max(ref.get(q, 0.0), est.get(q, {}).get("share", 0.0))):
+        r, e = ref.get(p, 0.0), est.get(p, {}).get("share", 0.0)
+        if max(r, e) < 0.005:
+            continue
+        se = est.get(p, {}).get("se")
+        alt = est_reads.get(p)
+        alt_text = (f"{100 * (alt['share'] - r):+.1f} ± {100 * alt['se']:.1f}" if alt
+                    else "(no estimate)")
+        lines.append(f"| `{p}` | {100 * r:.1f} % | {100 * e:.1f} % | {100 * (e - r):+.1f}"
+                     + (f" ± {100 * se:.1f}" if se is not None else " (no estimate)")
+                     + f" | {alt_text} |")
+    kept = [p for p in parts if p["kind"] == "op"]
+    lines += ["", "Kept by op (no forward evidence, or evidence outside modules): " + ", ".join(
+        f"{p['name']} {100 * p['share']:.1f} %" for p in kept[:8]) + ".", ""]
+    return lines
 
 
 def measure_overhead(rounds: int, phase_s: float, configs: list[str], window_s: float,
@@ -973,6 +1245,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=None,
                     help="--overhead-only: seconds attached before measuring (default 0.5; "
                     "with --train one window + 1.5 s, so the native reads have started)")
+    ap.add_argument("--native-hz", type=int, default=None,
+                    help="native (backward) reads per second in --suite (default: the sampler's)")
+    ap.add_argument("--calibration-ab", action="store_true",
+                    help="calibration on and off side by side on the Llama-style decoder, "
+                    "--runs times (writes benchmarks/results/stacks_calibration.md)")
+    ap.add_argument("--cal-vocab", type=int, default=32000,
+                    help="vocabulary of the --calibration-ab model (default 32000, LlamaConfig's "
+                    "own default: the LM head is the long call of the issue)")
     args = ap.parse_args(argv)
     args.argv = argv
 
@@ -986,13 +1266,24 @@ def main(argv: list[str] | None = None) -> int:
         worker_torch_profiler(args.rounds, args.block)
         return 0
 
+    if args.calibration_ab:
+        load0 = os.getloadavg()[0]
+        runs = measure_calibration(args.runs, args.acc_seconds, args.window, args.cal_vocab)
+        md = calibration_markdown(runs, args, (load0, os.getloadavg()[0]))
+        path = HERE / "results" / "stacks_calibration.md"
+        path.write_text(md + "\n", encoding="utf-8")
+        (path.with_suffix(".json")).write_text(json.dumps(runs, indent=1), encoding="utf-8")
+        print(md)
+        return 0
     if args.suite:
         load0 = os.getloadavg()[0]
         suite = measure_suite([a for a in args.archs.split(",") if a], args.runs,
-                              args.acc_seconds, args.train_seconds, args.window)
+                              args.acc_seconds, args.train_seconds, args.window, args.native_hz)
         md = suite_markdown(suite, args, (load0, os.getloadavg()[0]))
         path = args.suite_output
         path.write_text(md + "\n", encoding="utf-8")
+        path.with_suffix(".json").write_text(json.dumps(suite, indent=1, default=str),
+                                             encoding="utf-8")
         print(md)
         return 0
     if args.overhead_only and args.from_json is not None:  # rewrite a saved run's table

@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["core", "stacks", "agent_overhead", "gui", "actions", "regression", "ranks", "pg"]
+ORDER = ["core", "stacks", "agent_overhead", "gui", "actions", "regression", "ranks", "attach_ranks", "pg", "node"]
 SECTION = {"agent_overhead": "agent"}
-# sections written by a benchmark's other modes (not run by run_all), collected after its own
-EXTRA = {"stacks": ["stacks_overhead_llama", "stacks_overhead_llama_train"],
-         "agent_overhead": ["agent_floor"]}
+#: Sections in RESULTS.md order: the benchmarks' own, plus summaries written by a benchmark mode
+#: (bench_stacks.py --calibration-ab / backward by class) that keep their own file.
+COLLECT = ["core", "stacks", "agent_overhead", "agent_floor", "gui", "actions", "regression",
+           "stacks_issue14", "stacks_overhead_llama", "stacks_overhead_llama_train", "ranks",
+           "rank_split", "attach_ranks", "pg", "node"]
 
 
 def collect() -> Path:
@@ -28,11 +30,10 @@ def collect() -> Path:
              "which machine it ran. On machines without RAPL or NVML, energy figures come from the "
              "CPU power model and are labelled *estimated*; ratios of throughput and CPU time are "
              "measured.", ""]
-    for name in ORDER:
-        for section in [SECTION.get(name, name), *EXTRA.get(name, [])]:
-            f = HERE / "results" / f"{section}.md"
-            if f.exists():
-                parts += [f.read_text().strip(), ""]
+    for name in COLLECT:
+        f = HERE / "results" / f"{SECTION.get(name, name)}.md"
+        if f.exists():
+            parts += [f.read_text().strip(), ""]
     out = HERE / "RESULTS.md"
     out.write_text("\n".join(parts))
     return out

@@ -9,6 +9,10 @@ does not check out is dropped and logged, never executed; a bad client never sto
 
 Energy: ``energy_between(t0_ns, t1_ns)`` gives the target's attributed energy between two
 ``time.monotonic_ns()`` instants (or None when the sampler has not caught up / cannot tell).
+A rank of a torch.distributed job gets its own energy, ``rank_energy_between(rank, t0_ns, t1_ns)``
+(its process's CPU time and GPU device share: :mod:`wattlens.profiler.rank_energy`); where that
+has no figure for the rank (it raises LookupError), the fallback is an equal split, the target's
+energy ÷ the ranks on the host.
 Steps get their own window's energy; layer rows share their window's energy by time, plus a
 bucket row "outside modules" for the rest, so the rows' ``self_energy_j`` add up to the window's
 energy (conservation). Records whose energy is not known yet wait in a small FIFO and are retried
@@ -65,6 +69,7 @@ _MAX_LOGGED_DROPS = 20  # per client; later drops are counted, not logged one by
 
 JOB_FIELDS = ("rank", "local_rank", "world_size")
 EnergyBetween = Callable[[int, int], "float | None"]
+RankEnergyBetween = Callable[[int, int, int], "float | None"]  # (rank, t0_ns, t1_ns); LookupError: none
 
 
 @dataclass
@@ -90,8 +95,9 @@ class _Client:
 
     @property
     def energy_split(self) -> int:
-        """Ranks on this host sharing the target's energy (1 outside a job): each rank's windows
-        get an equal share, so summing ranks counts the job's energy once (an estimate)."""
+        """Ranks on this host sharing the target's energy (1 outside a job): the fallback when a
+        rank has no energy of its own, an equal share, so summing ranks counts the job's energy
+        once (an estimate)."""
         n = (self.hello or {}).get("local_world_size")
         return n if isinstance(n, int) and n > 1 and "rank" in self.job else 1
 
@@ -122,6 +128,7 @@ class AgentServer:
         on_event: Callable[[EventRecord], None] | None = None,
         on_hello: Callable[[dict[str, Any]], None] | None = None,
         energy_between: EnergyBetween | None = None,
+        rank_energy_between: RankEnergyBetween | None = None,
         energy_wait_s: float = 5.0,
         hello_timeout_s: float = 10.0,
         runtime_parent: str | os.PathLike[str] | None = None,
@@ -131,6 +138,7 @@ class AgentServer:
         self._on_event = on_event
         self._on_hello = on_hello
         self._energy_between = energy_between
+        self._rank_energy_between = rank_energy_between
         self._energy_wait_s = energy_wait_s
         self._hello_timeout_s = hello_timeout_s
         self.token = secrets.token_hex(32)
@@ -515,6 +523,22 @@ class AgentServer:
             return None
         return None if value is None else float(value)
 
+    def _item_energy(self, item: _Pending, t0_ns: int, t1_ns: int) -> float | None:
+        """A record's energy: its rank's own (per-rank split) or, without one, the target's ÷
+        the ranks on the host (equal split; a process outside a job has split 1)."""
+        rank = item.job.get("rank")
+        if rank is not None and self._rank_energy_between is not None:
+            try:
+                return self._rank_energy_between(rank, t0_ns, t1_ns)
+            except LookupError:
+                pass
+            except Exception as exc:
+                if not self._energy_error_logged:
+                    self._energy_error_logged = True
+                    log.warning("agent link: rank_energy_between failed (%s); equal split used", exc)
+        e = self._energy(t0_ns, t1_ns)
+        return None if e is None else e / item.split
+
     def _flush_pending(self, *, final: bool) -> None:
         """Emit waiting records in order; the head waits until its energy is known or it expires."""
         now = time.monotonic()
@@ -525,8 +549,7 @@ class AgentServer:
                 spans = [(s["t_start_ns"], s["t_end_ns"]) for s in item.msg["steps"]]
             else:
                 spans = [(item.msg["t_start_ns"], item.msg["t_end_ns"])]
-            energies = [self._energy(t0, t1) for t0, t1 in spans]
-            energies = [e if e is None else e / item.split for e in energies]
+            energies = [self._item_energy(item, t0, t1) for t0, t1 in spans]
             if any(e is None for e in energies) and not give_up:
                 return
             self._pending.popleft()

@@ -90,6 +90,7 @@ class GpuTracker:
         self.util_supported = True
         self._pending_j = 0.0  # energy waiting for the first sample
         self.notes: dict[str, str] = {}  # flags worth telling the user once (MPS sums)
+        self.last_procs: dict | None = None  # host PID -> memory of the last tick (the per-rank split)
         mig, _ = device.mig_enabled()
         self.mig = bool(mig)
 
@@ -143,6 +144,7 @@ class GpuTracker:
         """(the target's energy this interval, its GPU memory in bytes or None, whether idle
         power was newly measured, the reason memory is None)."""
         procs, preason = self.device.running_processes()
+        self.last_procs = procs
         new_idle = self._observe_idle(t_ns, procs, d_e)
         idle_known = self.idle_w is not None
         host, ns_reason = self.pidns.to_host(target_pids)

@@ -52,6 +52,7 @@ class Target:
         self._last_scan_ns = 0
         self._wall_clock = wall_clock
         self._members: dict[int, psutil.Process] = {pid: self.proc}
+        self._parent: dict[int, int | None] = {pid: None}  # member → its parent PID (per-rank grouping)
         self._new: set[int] = set()  # members found but not yet read
         self._gone: set[int] = set()  # members that exited: never re-added
         self._cpu_seen: dict[int, float] = {}  # last CPU seconds read per member
@@ -90,6 +91,10 @@ class Target:
                 if child.pid not in self._members and child.pid not in self._gone:
                     self._members[child.pid] = child
                     self._new.add(child.pid)
+                    try:
+                        self._parent[child.pid] = child.ppid()
+                    except (psutil.Error, AttributeError):
+                        self._parent[child.pid] = None
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
 
@@ -112,6 +117,16 @@ class Target:
                 self._forget(pid)
         self._last_read_wall = read_wall
         return total + self._cpu_dead_s
+
+    def member_cpu_s(self) -> dict[int, float]:
+        """Each live member's CPU seconds as counted in the last ``cpu_time_s()`` (from when it was
+        seen, as in the tree's total): what the per-rank split shares CPU energy by."""
+        return {pid: s - self._cpu_base.get(pid, 0.0) for pid, s in self._cpu_seen.items()
+                if pid in self._members}
+
+    def parents(self) -> dict[int, int | None]:
+        """Member PID → its parent's PID (None for the root or when unreadable)."""
+        return dict(self._parent)
 
     def _unseen_part(self, p, cpu_s: float) -> float:
         """The CPU seconds of a newly found member that belong to earlier, recorded intervals."""

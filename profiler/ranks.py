@@ -10,19 +10,40 @@ minus collectives) ÷ the median of the ranks' busy times. In a synchronous job 
 takes as long as the slowest one's, because the others wait for it inside collectives, so the
 step time alone cannot show a straggler; the busy time can (1.0: no straggler).
 
-A rank's step energy is the target's attributed energy over that rank's step span divided by the
-ranks on its host (``LOCAL_WORLD_SIZE``; agentlink does the split): an equal-share estimate, so
-that summing the ranks counts the job's energy once. The energy ranks spend waiting is an
-estimate too: their collective time × their mean power (step energy ÷ step time).
+A rank's energy is its own process's (:mod:`wattlens.profiler.rank_energy`: the target's CPU
+energy by the rank's CPU time, the GPU energy of the device it uses by its per-process share),
+stored as the series ``rank/<r>/energy_j``; its steps get that series' energy over their span
+(agentlink). ``rank/other/energy_j`` holds what no rank was charged (launcher, start-up), so the
+ranks plus "other" add up to the job's attributed energy. A session without those series (older,
+or ranks whose processes were not followed) falls back to an equal split, labelled so: step
+energy = the target's energy over the step ÷ ranks on the host, rank total = job ÷ ranks. The
+energy ranks spend waiting is an estimate: their collective time × their mean power (step energy
+÷ step time).
+
+:func:`per_rank` is the one function every surface (``show``, reports, the app's rank table, the
+advisor's features) reads.
 """
 
 from __future__ import annotations
 
 import bisect
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from wattlens.profiler import rank_energy
 from wattlens.profiler.records import EventRecord, StepRecord
+
+NO_SERIES_REASON = ("no per-rank energy series in this session (recorded before per-rank attribution, "
+                    "or the ranks' processes were not followed)")
+
+
+def session_ranks(steps: Sequence[StepRecord], events: Iterable[EventRecord], series: Mapping) -> dict | None:
+    """:func:`per_rank` of a stored session, its steps' energy filled in as the report fills it
+    (``figures.fill_step_energy``): what ``show``, the reports, the app and the advisor all read."""
+    from wattlens.profiler.figures import fill_step_energy
+    from wattlens.profiler.summary import target_energy_between
+
+    return per_rank(fill_step_energy(steps, target_energy_between(series)), events, series)
 
 
 def rank_steps(steps: Sequence[StepRecord]) -> dict[int, list[StepRecord]]:
@@ -55,12 +76,16 @@ def step_collective_s(rows: Sequence[StepRecord], calls: Sequence[tuple[str, int
     return per_step
 
 
-def per_rank(steps: Sequence[StepRecord], events: Iterable[EventRecord] = ()) -> dict | None:
-    """The per-rank table and job figures, or None when no step carries a rank."""
+def per_rank(steps: Sequence[StepRecord], events: Iterable[EventRecord] = (),
+             series: Mapping | None = None) -> dict | None:
+    """The per-rank table and job figures, or None when no step carries a rank. ``series``: the
+    session's series (key → (t, values)) for each rank's energy and the job's total."""
     by_rank = rank_steps(steps)
     if not by_rank:
         return None
+    events = list(events)
     calls = collective_calls(events)
+    devices = rank_devices(events)
     ranks = []
     for rank, rows in sorted(by_rank.items()):
         rows = sorted(rows, key=lambda s: s.t_start_ns)
@@ -74,6 +99,7 @@ def per_rank(steps: Sequence[StepRecord], events: Iterable[EventRecord] = ()) ->
         ranks.append({
             "rank": rank,
             "local_rank": rows[0].local_rank,
+            "device": devices.get(rank),
             "steps": len(rows),
             "mean_step_s": mean_step_s,
             "collective_s_per_step": mean_coll_s,
@@ -84,6 +110,7 @@ def per_rank(steps: Sequence[StepRecord], events: Iterable[EventRecord] = ()) ->
             "energy_per_step_reason": None if energies else "no step of this rank has a measured energy",
         })
     world = max((s.world_size for s in steps if s.world_size is not None), default=None)
+    energy = rank_totals(ranks, events, series or {})
     spread, slowest, median_s = straggler(ranks)
     return {
         "world_size": world,
@@ -94,10 +121,52 @@ def per_rank(steps: Sequence[StepRecord], events: Iterable[EventRecord] = ()) ->
         "slowest_rank": slowest,
         "median_busy_s": median_s,
         "waiting_energy_j_per_step": _waiting_energy(ranks, slowest),
-        "method": ("agent step timing and torch.distributed collective timing per rank; step energy "
-                   "estimated as the target's energy over the rank's step span ÷ ranks on the host; "
-                   "waiting energy estimated as the other ranks' collective time × their mean power"),
+        **energy,
+        "method": ("agent step timing and torch.distributed collective timing per rank; energy: "
+                   f"{energy['energy_method']}; waiting energy estimated as the other ranks' collective "
+                   "time × their mean power"),
     }
+
+
+def _last(series: Mapping, key: str) -> float | None:
+    s = series.get(key)
+    return float(s[1][-1]) if s is not None and len(s[1]) else None
+
+
+def rank_totals(ranks: list[dict], events: Sequence[EventRecord], series: Mapping) -> dict:
+    """Each rank's whole-session energy (into its row: ``energy_j``, ``energy_method``,
+    ``energy_reasons``) and the job's: total, the "other" part, the method in words."""
+    job_j = _last(series, "target/energy_j")
+    methods: dict[int, list[str]] = {}
+    reasons: dict[int, list[str]] = {}
+    for e in events:
+        if e.kind == "rank-energy" and isinstance(e.data.get("rank"), int):
+            methods.setdefault(e.data["rank"], []).append(e.data.get("method"))
+            if e.data.get("reason"):
+                reasons.setdefault(e.data["rank"], []).append(e.data["reason"])
+    own = {r["rank"]: _last(series, rank_energy.series_key(r["rank"])) for r in ranks}
+    if all(v is not None for v in own.values()):
+        for r in ranks:
+            r["energy_j"] = own[r["rank"]]
+            r["energy_method"] = " + ".join(dict.fromkeys(m for m in methods.get(r["rank"], []) if m)) or None
+            r["energy_reasons"] = list(dict.fromkeys(reasons.get(r["rank"], [])))
+        return {"job_energy_j": job_j, "other_energy_j": _last(series, rank_energy.series_key(rank_energy.OTHER)),
+                "energy_method": rank_energy.METHOD, "energy_fallback_reason": None}
+    for r in ranks:
+        r["energy_j"] = None if job_j is None else job_j / len(ranks)
+        r["energy_method"] = rank_energy.EQUAL_METHOD
+        r["energy_reasons"] = [NO_SERIES_REASON]
+    return {"job_energy_j": job_j, "other_energy_j": None if job_j is None else 0.0,
+            "energy_method": rank_energy.EQUAL_METHOD, "energy_fallback_reason": NO_SERIES_REASON}
+
+
+def rank_devices(events: Iterable[EventRecord]) -> dict[int, str]:
+    """rank → the device its main model is on ("cuda:1", "cpu"), from the agents' hellos."""
+    out: dict[int, str] = {}
+    for e in events:
+        if e.kind == "agent-hello" and isinstance(e.data.get("rank"), int) and isinstance(e.data.get("device"), str):
+            out[e.data["rank"]] = e.data["device"]
+    return out
 
 
 def straggler(ranks: Sequence[dict]) -> tuple[float | None, int | None, float | None]:

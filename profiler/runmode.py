@@ -29,6 +29,7 @@ from wattlens.profiler.agentlink import AgentServer
 from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.launch import launch
 from wattlens.profiler.process import Target
+from wattlens.profiler.rank_energy import RankSplit, series_key
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
 from wattlens.profiler.session import END_STATUSES, ProfilingSession, StopSignals, run_until_end
 from wattlens.profiler.sources import Discovery
@@ -58,6 +59,8 @@ class RunSession:
         # live changes (apply / revert / batch_size): id -> what we know, filled from the agent's
         # answers on the listener thread; store rows are written from the caller's thread only
         self.actions: dict[str, dict[str, Any]] = {}
+        # each rank's energy from its own process (rank_energy.py); fed by the sampler once it runs
+        self.rank_split = RankSplit()
 
     # ---- agent callbacks (listener thread) ----------------------------------------------------
     def _on_step(self, step: StepRecord) -> None:
@@ -88,6 +91,8 @@ class RunSession:
         self._deliver(ev)
 
     def _on_hello(self, info: dict[str, Any]) -> None:
+        if isinstance(info.get("rank"), int) and isinstance(info.get("pid"), int):
+            self.rank_split.register(info["pid"], info["rank"], _rank_device(info))
         self.agent_info = dict(info)
         self.agent_hellos[info.get("pid")] = self.agent_info
         self._deliver(EventRecord(time.monotonic_ns(), "agent-hello", "agent reported its process and models",
@@ -108,11 +113,18 @@ class RunSession:
     def _energy_between(self, t0_ns: int, t1_ns: int) -> float | None:
         return self.session.attributed_energy_between(t0_ns, t1_ns) if self.session else None
 
+    def _rank_energy_between(self, rank: int, t0_ns: int, t1_ns: int) -> float | None:
+        """The rank's own energy in [t0, t1]; LookupError when it has none (equal split then)."""
+        if self.session is None or self.session.target is None or not self.rank_split.has(rank):
+            raise LookupError(rank)
+        return self.session.attributed_energy_between(t0_ns, t1_ns, key=series_key(rank))
+
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> int:
         self.server = AgentServer(on_step=self._on_step, on_layer_costs=self._on_layers,
                                   on_event=self._on_event, on_hello=self._on_hello,
-                                  energy_between=self._energy_between)
+                                  energy_between=self._energy_between,
+                                  rank_energy_between=self._rank_energy_between)
         try:
             self.proc = launch(self.command, cwd=self.cwd, env=self.env, server=self.server,
                                stdout=self.stdout, stderr=self.stderr)
@@ -125,6 +137,9 @@ class RunSession:
                 settings={"command": self.command, "cwd": str(self.cwd) if self.cwd else None},
                 grid_g_per_kwh=self.grid_g_per_kwh)
             sid = self.session.start()
+            self.rank_split.declare = self.session.writer.put
+            self.rank_split.on_event = self.session.writer.put
+            self.session.sampler.rank_split = self.rank_split
         except BaseException:
             self.server.stop()
             if self.proc is not None and self.proc.poll() is None and self.session is None:
@@ -296,6 +311,18 @@ class RunSession:
             signals: StopSignals | None = None) -> dict:
         """Block until the command exits or the duration passes (Ctrl-C or SIGTERM stop measuring)."""
         return run_until_end(self, poll_s, on_tick, signals)
+
+
+def _rank_device(info: Mapping[str, Any]) -> int | None:
+    """The GPU index a rank uses: its main model's ``cuda:N``, else (device not reported yet, or
+    bare ``cuda``) its LOCAL_RANK, the usual one-device-per-rank mapping; None on CPU."""
+    device = info.get("device")
+    if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    if device is None or device == "cuda":
+        local = info.get("local_rank")
+        return local if isinstance(local, int) else None
+    return None
 
 
 def _j_per_sample(steps: Sequence[StepRecord]) -> tuple[float | None, int]:

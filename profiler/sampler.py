@@ -88,6 +88,8 @@ class Sampler:
         # why the sampling thread ended before stop() was asked: the session must not be stored
         # as completed when it stopped measuring early (issue 9)
         self.failure: str | None = None
+        # the per-rank split of a torch.distributed job (rank_energy.RankSplit), set by run mode
+        self.rank_split = None
 
     # ---- what the sampler produces -------------------------------------------------------
     def series_specs(self) -> list[SeriesSpec]:
@@ -212,6 +214,7 @@ class Sampler:
                 else:  # no full span yet (a window edge right after start): the short one, bounded
                     target_share_cpu = attribution.cpu_share(d_tgt, d_busy)
         first = self.ticks == 0
+        tick_j: dict[str, float] = {}  # source id → the target's energy this tick (for the rank split)
         target_power_w = 0.0
         target_power_known = False
         for src in self.sources:
@@ -264,6 +267,7 @@ class Sampler:
                 self._violation("target-within-source", bad, t_ns, sid)
                 continue
             self._target_energy_j[sid] += att.energy_j
+            tick_j[sid] = att.energy_j
             add(SamplePoint(f"target/{sid}/energy_j", t_ns, self._target_energy_j[sid]))
             if dt_s > 0:
                 p_w = att.energy_j / dt_s
@@ -273,6 +277,8 @@ class Sampler:
                     target_power_known = True
         if self.target is not None:
             add(SamplePoint("target/energy_j", t_ns, self._target_total_j()))
+            if self.rank_split is not None and not first:
+                points += self._split_ranks(t_ns, tick_j)
             if target_power_known:
                 add(SamplePoint("target/power_w", t_ns, target_power_w))
             if target_cpu_pct is not None:
@@ -293,6 +299,31 @@ class Sampler:
         if not self.cpu_in_gpu:
             return sum(self._target_energy_j.values())
         return sum(self._target_energy_j[s.id] for s in self.sources if s.kind == "gpu")
+
+    def _split_ranks(self, t_ns: int, tick_j: dict[str, float]) -> list[SamplePoint]:
+        """Hand this tick's attributed energy to the per-rank split (profiler/rank_energy.py)."""
+        from wattlens.profiler.rank_energy import GpuTick
+
+        cpu = [tick_j[s.id] for s in self.sources
+               if s.kind != "gpu" and s.id in tick_j and not self.cpu_in_gpu]
+        gpus = []
+        for s in self.sources:
+            if s.kind != "gpu" or s.id not in tick_j:
+                continue
+            tr = self._gpu.get(s.id)
+            sm = on = None
+            if tr is not None:
+                ours = self.target.pids()
+                host, _ = tr.pidns.to_host(ours)
+                if host:
+                    if tr.shares is not None:
+                        sm = {p: tr.shares.get(h, 0.0) for p, h in host.items()}
+                    if tr.last_procs is not None:
+                        on = {p for p, h in host.items() if h in tr.last_procs}
+            gpus.append(GpuTick(s.id, getattr(getattr(s, "device", None), "index", None), tick_j[s.id], sm, on))
+        return self.rank_split.tick(t_ns, cpu_s_by_pid=self.target.member_cpu_s(), parents=self.target.parents(),
+                                    cpu_j=sum(cpu) if cpu else None, gpus=gpus,
+                                    target_total_j=self._target_total_j())
 
     def gpu_tracker(self, src) -> GpuTracker:
         tr = self._gpu.get(src.id)

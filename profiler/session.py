@@ -124,21 +124,25 @@ class ProfilingSession:
 
     def _start_stacks(self) -> None:
         try:
-            from wattlens.profiler.stacks.sampler import StackSampler
+            from wattlens.profiler.stacks.follow import RankFollower
         except ImportError as exc:  # the module is optional at this layer
             self.note(f"no layer figures: stack sampling is not available ({exc})")
             return
         kwargs = {}
         if self.stack_rate_hz:
             kwargs["rate_hz"] = self.stack_rate_hz
-        self.stack_sampler = StackSampler(
+        # one py-spy sampler per rank process of the target's tree (the target itself when it is
+        # not a launcher), each rank's rows with its own share of the target's energy
+        self.stack_sampler = RankFollower(
             self.target.pid, on_window=self.add_layer_costs, energy_between=self.attributed_energy_between,
             gpu=any(s.kind == "gpu" for s in self.discovery.usable), **kwargs)
+        self.stack_sampler.start()
         if not self.stack_sampler.available:
             self.note(f"no layer figures: {self.stack_sampler.reason}")
             self.stack_sampler = None
             return
-        self.stack_sampler.start()
+        for message in self.stack_sampler.start_notes():  # e.g. one rank py-spy may not read
+            self.note(message)
 
     def _gpu_keys(self) -> dict[str, str]:
         """GPU source id → the key its idle power is remembered under (NVML UUID, else name+id)."""
@@ -199,9 +203,10 @@ class ProfilingSession:
     def on_steps(self, cb: Callable[[StepRecord], None]) -> None:
         self._on_steps.append(cb)
 
-    def attributed_energy_between(self, t0_ns: int, t1_ns: int) -> float | None:
-        """Target energy in [t0, t1] from the live series; None until the sampler has passed t1."""
-        buf = self.rings.get("target/energy_j")
+    def attributed_energy_between(self, t0_ns: int, t1_ns: int, key: str = "target/energy_j") -> float | None:
+        """Target energy (or another cumulative series': ``key``, e.g. a rank's) in [t0, t1] from
+        the live series; None until the sampler has passed t1."""
+        buf = self.rings.get(key)
         if buf is None:
             return None
         last = buf.last()
@@ -239,17 +244,10 @@ class ProfilingSession:
                 self.stack_sampler.stop()
             except Exception:  # noqa: BLE001
                 log.exception("stack sampler did not stop cleanly")
-            if not self.stack_sampler.available:  # it gave up after start (e.g. not a Python process)
-                n = self.stack_sampler.windows
-                self.note(f"no layer figures{f' after {n} window(s)' if n else ''}: {self.stack_sampler.reason}")
-            else:  # how many stack reads were lost and how that was handled, for show/report
-                message = self.stack_sampler.loss_message()
+            # why a sampler stopped early, lost reads and backward split, per sampled process
+            for kind, message, data in self.stack_sampler.stop_notes():
                 self.notes.append(message)
-                self.event("stack-reads", message, **self.stack_sampler.loss.summary())
-                backward = self.stack_sampler.backward_message()
-                if backward is not None:
-                    self.notes.append(backward)
-                    self.event("backward-ops", backward, ops=dict(self.stack_sampler.backward_ops))
+                self.event(kind, message, **data)
         if self.sampler is not None:
             self.sampler.stop()
             self._remember_gpu_idle()

@@ -22,7 +22,8 @@ def test_advise_json_on_a_real_session_is_one_document_and_is_stored(torch_child
     assert doc["features"]["layer_method"] is None and "layers" in doc["features"]["reasons"]
     rules = {r["rule"] for r in doc["recommendations"]} | {s["rule"] for s in doc["silent_rules"]}
     assert rules == {"batch-size", "quantize-int8", "bf16", "prune-heads", "prune-mlp", "prune-layers",
-                     "prune-unstructured", "input-pipeline", "straggler", "collective-share"}
+                     "prune-unstructured", "input-pipeline", "straggler", "collective-share", "idle-rank",
+                     "fewer-ranks"}
     for rec in doc["recommendations"]:
         assert rec["evidence"] and rec["confidence"] in ("low", "medium", "high")
         ps = rec["predicted_saving"]

@@ -173,6 +173,21 @@ def test_windows_without_energy_get_it_when_the_series_has_it():
     assert sum(b.value for b in tree.bars()) == pytest.approx(8.0)
 
 
+def test_a_rank_window_without_energy_is_never_given_the_whole_targets_energy():
+    """A window sampled from one rank of a job covers that rank only: the whole target's energy
+    over its span belongs to every rank at once, so giving it to one rank's window would count the
+    job's energy once per rank. Such a window stays counted by time."""
+    from dataclasses import replace
+
+    s = SeriesSet(0, [SeriesInfo("target/energy_j", "J", "attributed (estimated)")])
+    s.extend_ns("target/energy_j", np.array([10**8, 2 * 10**9]), np.array([1.0, 17.0]))
+    tree = LayerTree()
+    tree.add([replace(r, rank=0) for r in _window(10**9, 2 * 10**9, None)], energy_between=s.energy_between_ns)
+    tree.add([replace(r, rank=1) for r in _window(10**9 + 1, 2 * 10**9, 4.0)], energy_between=s.energy_between_ns)
+    assert tree.resolve(s.energy_between_ns) == 0
+    assert tree.total_energy_j == pytest.approx(4.0)  # rank 1's own energy; rank 0's window: time only
+
+
 def test_agent_instance_paths_form_a_tree():
     rows = [LayerCost(0, 10**9, p, "instance", "agent-timing", t, t, t, st, st, phase=ph)
             for p, t, st, ph in (("", 0.8, 0.1, "forward"), ("0", 0.5, 0.5, "forward"),

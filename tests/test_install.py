@@ -87,6 +87,7 @@ def test_wheel_ships_the_resources_and_the_agent_bootstrap_and_no_tests(dist):
     names = zipfile.ZipFile(dist["wheel"]).namelist()
     for needed in ("wattlens/resources/cpu_tdp.json", "wattlens/resources/wattlens.svg",
                    "wattlens/profiler/agent/bootstrap/sitecustomize.py",
+                   "wattlens/profiler/store/migrations/versions/0001_baseline.py",  # loaded from source
                    "wattlens/app/_version.py", f"wattlens-{__version__}.dist-info/licenses/LICENSE"):
         assert needed in names, needed
     # every agent module the target's interpreter loads from source

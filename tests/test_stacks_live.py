@@ -45,7 +45,7 @@ def top_counts(windows) -> dict[str, int]:
 
 
 def sample_child(mode: str, sample_s: float, *, window_s: float = 1.0, rate_hz: float = 100,
-                 until=None):
+                 until=None, **options):
     """Sample for ``sample_s``, then on until ``until(windows)`` holds (at most MAX_SAMPLE_S)."""
     child = subprocess.Popen(
         [sys.executable, str(WORKLOAD), mode, "120"],
@@ -69,6 +69,7 @@ def sample_child(mode: str, sample_s: float, *, window_s: float = 1.0, rate_hz: 
             window_s=window_s,
             on_window=windows.append,
             energy_between=energy_between,
+            **options,
         )
         sampler.start()
         assert sampler.available, sampler.reason
@@ -160,3 +161,47 @@ def test_training_loop_buckets():
     for bucket in (BUCKET_DATA, BUCKET_OPTIMIZER, BUCKET_BACKWARD):
         assert totals.get(bucket, 0) > 0, (bucket, totals)
     assert totals.get("Sequential", 0) > 0  # the forward itself
+
+
+def test_attached_training_loop_stores_backward_rows_by_module_class(tmp_path):
+    """A real Llama-style training loop: the backward rows name module classes (LlamaMLP's
+    Linears) under a labelled method, no row claims more than the backward bucket had, and they
+    survive the store. Native reads at 20 Hz so the evidence comes within seconds."""
+    from wattlens.profiler.stacks import backward_map
+    from wattlens.profiler.store import Store
+
+    def mlp_rows(windows) -> list:
+        return [r for rows in windows for r in rows
+                if r.path.startswith(f"{BUCKET_BACKWARD}/") and "LlamaMLP" in r.path]
+
+    windows, _, sampler = sample_child("llama_train", 3.0, until=lambda w: bool(mlp_rows(w)),
+                                       native_hz=20)
+    rows_mlp = mlp_rows(windows)
+    assert rows_mlp, (sampler.backward_ops, sampler.forward_ops)
+    assert {r.method for r in rows_mlp} == {backward_map.METHOD}
+    assert all(r.phase == "backward" and r.granularity == "bucket" for r in rows_mlp)
+    for rows in windows:
+        bucket = next((r for r in rows if r.path == BUCKET_BACKWARD), None)
+        kids = [r for r in rows if r.path.startswith(f"{BUCKET_BACKWARD}/")]
+        if bucket is None:
+            assert not kids
+            continue
+        assert all(k.energy_j <= bucket.energy_j + 1e-12 and k.time_s <= bucket.time_s + 1e-12
+                   for k in kids)
+        if kids:  # the children share out the bucket, nothing more
+            assert sum(k.energy_j for k in kids) == pytest.approx(bucket.energy_j)
+            assert bucket.self_energy_j == 0.0
+    message = sampler.backward_message()
+    assert message is not None and backward_map.METHOD in message
+    classes = sampler.backward_classes()  # the session event's data: share and se per class
+    assert any("LlamaMLP" in path for path in classes), classes
+    assert all(0 < share <= 1 and se > 0 for share, se in classes.values())
+
+    store = Store(tmp_path / "s.db")
+    sid, _ = store.create_session(name="t", kind="attach", started_at=time.time(),
+                                  start_ns=time.monotonic_ns())
+    store.write_batch(sid, [], layer_costs=[r for rows in windows for r in rows])
+    stored = [r for r in store.layer_costs(sid) if "LlamaMLP" in r.path
+              and r.path.startswith(f"{BUCKET_BACKWARD}/")]
+    store.close()
+    assert stored and {r.method for r in stored} == {backward_map.METHOD}

@@ -16,6 +16,8 @@ from wattlens.advisor.rules import (
     bf16,
     collective_share,
     dataloader,
+    fewer_ranks,
+    idle_rank,
     prune_heads,
     prune_layers,
     prune_mlp,
@@ -25,7 +27,8 @@ from wattlens.advisor.rules import (
 )
 
 RULES: tuple[ModuleType, ...] = (batch_size, quantize_int8, bf16, prune_heads, prune_mlp, prune_layers,
-                                 prune_unstructured, dataloader, straggler, collective_share)
+                                 prune_unstructured, dataloader, straggler, collective_share,
+                                 idle_rank, fewer_ranks)
 
 
 def evaluate_all(features: SessionFeatures) -> tuple[list[Recommendation], list[dict[str, str]]]:

@@ -12,6 +12,7 @@ from wattlens.app.gui.models.live_model import Card
 from wattlens.app.gui.models.series_model import SeriesSet, power_curves, util_curves
 from wattlens.app.gui.qt_layers import QtLayerView
 from wattlens.app.gui.qt_plots import QtTimePlot
+from wattlens.app.gui.qt_ranks import QtRankTable
 from wattlens.app.gui.qt_widgets import QtCards
 from wattlens.app.gui.theme import PLOT
 
@@ -38,6 +39,7 @@ class QtSessionPanel(QWidget):
         self.tabs = QTabWidget(self)
         self.tabs.addTab(plots, "Power and utilisation")
         self.tabs.addTab(self.layers, "Layers")
+        self.ranks = QtRankTable(self)  # a tab only for a multi-rank session (set_ranks)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.cards)
@@ -45,6 +47,16 @@ class QtSessionPanel(QWidget):
 
     def set_layers(self, tree: LayerTree) -> None:
         self.layers.set_tree(tree)
+
+    def set_ranks(self, ranks: dict | None) -> None:
+        """The per-rank table (profiler.ranks.per_rank), as a "Ranks" tab only when the session
+        is a multi-rank job."""
+        shown = self.ranks.set_ranks(ranks)
+        at = self.tabs.indexOf(self.ranks)
+        if shown and at < 0:
+            self.tabs.insertTab(self.tabs.indexOf(self.layers) + 1, self.ranks, "Ranks")
+        elif not shown and at >= 0:
+            self.tabs.removeTab(at)
 
     def set_cards(self, cards: list[Card]) -> None:
         self.cards.set_cards(cards)

@@ -95,6 +95,7 @@ class QtSessionDetail(QWidget):
         self.panel.clear()
         self.panel.set_cards(stored.cards(grid))
         self.panel.set_layers(stored.layers)
+        self.panel.set_ranks(stored.ranks)
         ends = np.array([(s.t_end_ns - stored.series.start_ns) / 1e9 for s in stored.steps])
         self.panel.draw(stored.series, None, ends)
 

@@ -11,7 +11,8 @@ import time
 from wattlens.app.present import outcomes, read_recommendations
 from wattlens.app.report.headline import headline
 from wattlens.profiler.figures import fill_step_energy
-from wattlens.profiler.ranks import per_rank
+from wattlens.profiler.rank_layers import per_rank_layers
+from wattlens.profiler.ranks import session_ranks
 from wattlens.profiler.summary import summarize, target_energy_between, top_layers
 
 REPORT_SCHEMA_VERSION = 1
@@ -41,7 +42,8 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
                    for s in session["series"]],
         "summary": summary,
         "steps": [_step_dict(s) for s in steps],
-        "ranks": per_rank(steps, events),
+        "ranks": session_ranks(steps, events, series),
+        "rank_layers": per_rank_layers(layers),
         "layers": top_layers(layers, n=None),
         "events": [{"t_s": (e.t_ns - session["start_ns"]) / 1e9, "kind": e.kind, "message": e.message}
                    for e in events],

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wattlens.app.report.output import check_output_path, write_output
+from wattlens.app.report.rank_layers import HEADER as RANK_LAYER_HEADER
+from wattlens.app.report.rank_layers import rank_layer_lines, rank_layer_rows
 from wattlens.app.report.ranks import HEADER as RANK_HEADER
 from wattlens.app.report.ranks import job_lines, rank_rows
 from wattlens.profiler.errors import BadInputError
@@ -128,6 +130,12 @@ def render_markdown(report: dict) -> str:
                   "|" + "---|" * len(RANK_HEADER)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines += [""] + job_lines(report.get("ranks"))
+    rows = rank_layer_rows(report.get("rank_layers"))
+    if rows:
+        lines += ["", "## Layers per rank", "", "| " + " | ".join(RANK_LAYER_HEADER) + " |",
+                  "|" + "---|" * len(RANK_LAYER_HEADER)]
+        lines += ["| " + " | ".join(md_text(x) for x in r) + " |" for r in rows]
+        lines += [""] + rank_layer_lines(report.get("rank_layers"))
     if report.get("layers"):
         lines += ["", "## Costliest layers", "", "| Module | Kind | Method | Time | Self share | Energy |",
                   "|---|---|---|---|---|---|"]

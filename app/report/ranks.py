@@ -1,9 +1,10 @@
 """The per-rank section of a torch.distributed job's report, as plain rows every renderer shares
-(``report["ranks"]``, built by :func:`wattlens.profiler.ranks.per_rank`)."""
+(``report["ranks"]``, built by :func:`wattlens.profiler.ranks.per_rank`): ``show``, Markdown,
+HTML/PDF and the app's rank table all print these rows, so they show the same figures."""
 
 from __future__ import annotations
 
-HEADER = ("Rank", "Steps", "Mean step", "In collectives / step", "Collective share", "J/step (est. share)")
+HEADER = ("Rank", "Steps", "Mean step", "Collective share", "Busy / step", "Energy", "Energy method")
 
 
 def _num(value, unit: str, scale: float = 1.0, digits: int = 3) -> str:
@@ -11,14 +12,28 @@ def _num(value, unit: str, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def rank_rows(ranks: dict | None) -> list[tuple[str, ...]]:
-    """One row per rank (see :data:`HEADER`); empty when the session is not a multi-rank job."""
+    """One row per rank (see :data:`HEADER`), then "other" (launcher, start-up: what no rank was
+    charged) and the job total; empty when the session is not a multi-rank job."""
     if not ranks:
         return []
-    return [(str(r["rank"]), str(r["steps"]), _num(r["mean_step_s"], "ms", 1e3),
-             _num(r["collective_s_per_step"], "ms", 1e3),
+    rows = [(str(r["rank"]), str(r["steps"]), _num(r["mean_step_s"], "ms", 1e3),
              "n/a" if r["collective_share"] is None else f"{r['collective_share'] * 100:.0f} %",
-             _num(r["energy_per_step_j"], "J"))
+             _num(r["busy_s_per_step"], "ms", 1e3), _num(r.get("energy_j"), "J"),
+             _method(r))
             for r in ranks["ranks"]]
+    if ranks.get("other_energy_j") is not None:
+        rows.append(("other", "", "", "", "", _num(ranks["other_energy_j"], "J"),
+                     "launcher, start-up and processes outside the ranks"))
+    rows.append(("job", str(max(r["steps"] for r in ranks["ranks"])), "", "", "",
+                 _num(ranks.get("job_energy_j"), "J"), "the target's attributed energy"))
+    return rows
+
+
+def _method(r: dict) -> str:
+    text = r.get("energy_method") or "n/a"
+    if r.get("energy_reasons"):
+        text += " (" + "; ".join(r["energy_reasons"]) + ")"
+    return text
 
 
 def job_lines(ranks: dict | None) -> list[str]:
@@ -27,6 +42,8 @@ def job_lines(ranks: dict | None) -> list[str]:
         return []
     out = [f"World size {ranks['world_size'] if ranks['world_size'] is not None else 'n/a'}, "
            f"{ranks['ranks_seen']} rank(s) reported steps."]
+    if ranks.get("energy_fallback_reason"):
+        out.append(f"Rank energy is an equal split: {ranks['energy_fallback_reason']}.")
     if ranks["straggler_spread"] is not None:
         out.append(f"Straggler spread {ranks['straggler_spread']:.2f} (slowest busy step time ÷ median): "
                    f"rank {ranks['slowest_rank']} is the slowest.")

@@ -33,6 +33,7 @@ from wattlens.app.report.rich_view import (
     layers_table,
     methods_glossary,
     overview_rows,
+    ranks_table,
     recommendation_views,
     series_table,
     sources_table,
@@ -158,6 +159,11 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
             out.append(f"<figure>{_svg(specs[name])}<figcaption>{_e(caption)}</figcaption></figure>")
     out.append("</section>")
 
+    ranks = ranks_table(report)
+    if ranks:
+        out.append('<section id="ranks"><h2>Per rank</h2>' + _table_html(ranks[0]))
+        out += [f'<p class="note">{_e(line)}</p>' for line in ranks[1]]
+        out.append("</section>")
     steps = steps_table(report)
     out.append('<section id="steps"><h2>Energy per step, sample and token</h2>')
     if steps:

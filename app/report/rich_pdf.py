@@ -34,6 +34,7 @@ from wattlens.app.report.rich_view import (
     layers_table,
     methods_glossary,
     overview_rows,
+    ranks_table,
     recommendation_views,
     sources_table,
     steps_table,
@@ -280,6 +281,12 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
                 doc.plot(specs["steps"])
         else:
             doc.para(NO_STEPS, color="#5b6670")
+        ranks = ranks_table(report)
+        if ranks:
+            doc.heading("Per rank", size=11)
+            doc.table(ranks[0])
+            for line in ranks[1]:
+                doc.para(line, size=8.5, color="#5b6670")
         doc.heading("Costliest layers", size=11)
         layers = layers_table(report)
         if layers:

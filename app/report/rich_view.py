@@ -12,6 +12,7 @@ import numpy as np
 
 from wattlens.app import present
 from wattlens.app.report.formats import fmt
+from wattlens.profiler.stacks import backward_map
 
 MAX_PLOT_POINTS = 2000  # per line; longer series keep each bucket's min and max (peaks survive)
 METHOD_TEXT = {
@@ -21,6 +22,7 @@ METHOD_TEXT = {
     "attributed": "the target's share: CPU-time share of CPU/DRAM energy, SM share × dynamic power of GPU energy",
     "stack-sampling": "CPU-side time share by module class, from sampled Python stacks (py-spy)",
     "agent-timing": "per-module timings from the in-process agent (perf_counter on CPU, CUDA events on GPU)",
+    backward_map.METHOD: backward_map.METHOD_TEXT,
 }
 NO_STEPS = ("n/a — no training or inference steps were reported for this session (steps come from the "
             "in-process agent: use `wattlens run`).")
@@ -274,6 +276,18 @@ def steps_table(report: dict) -> Table | None:
                        Fig(fmt(st.get("energy_per_token_j"), "J"), est), fmt(st.get("samples")), fmt(st.get("tokens"))]
     return Table(["Steps", "With energy", "Mean step time", "J / step", "J / sample", "J / token", "Samples", "Tokens"],
                  [row], [0.1, 0.11, 0.14, 0.14, 0.14, 0.14, 0.11, 0.12], set(range(8)))
+
+
+def ranks_table(report: dict) -> tuple[Table, list[str]] | None:
+    """The per-rank table of a torch.distributed job (rows from ``app/report/ranks.py``, the same
+    ``show`` prints) and the job lines under it; None for a single-process session."""
+    from wattlens.app.report.ranks import HEADER, job_lines, rank_rows
+
+    rows = rank_rows(report.get("ranks"))
+    if not rows:
+        return None
+    return (Table(list(HEADER), [list(r) for r in rows], [0.07, 0.07, 0.11, 0.12, 0.11, 0.11, 0.41], {1, 2, 3, 4, 5}),
+            job_lines(report.get("ranks")))
 
 
 def costliest_layers(report: dict) -> list[dict]:

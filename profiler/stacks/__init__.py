@@ -11,6 +11,9 @@ GPU kernel time; the in-process agent is the tool for per-instance device timing
 - :mod:`.lost`: failed and torn reads added back where exact (blocking) reads say they fell.
 - :mod:`.tree`: the module-class tree learned in attach mode; torn paths dropped and counted.
 - :mod:`.native`: the backward split by autograd op from ``py-spy --native`` reads.
+- :mod:`.follow`: :class:`~.follow.RankFollower`, one StackSampler per rank process of an
+  attached tree (:mod:`.workers` finds them; :mod:`.cpu_split` gives each its energy share).
+- :mod:`.backward_map`: those ops charged to module classes by the ops the forward reads saw.
 
 No torch import here: the stack side reads another process and never needs it.
 """

@@ -16,8 +16,10 @@ The same native reads split the optimizer step's parts (``optimizer/_single_tens
 named from the Python frames by ``parse.optimizer_part``) by the tensor op the update called
 (:func:`optimizer_ops`, :func:`split_optimizer`): pooled, an estimate like the backward's.
 
-What is not done: mapping ops back to module classes (an ``MmBackward0`` belongs to whichever
-Linear issued the matmul; the autograd graph's names do not say which), so ops stay op classes.
+The same reads in the *forward* say which module class issues which op; :mod:`.backward_map`
+uses them to charge each op's backward reads to module classes (an ``MmBackward0`` belongs to
+whichever Linear issued the matmul: the autograd graph's names do not say which, the forward
+reads do, in proportion). Ops with no forward evidence stay op rows.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ _NODE_RE = re.compile(r"(?:^|::)([A-Za-z0-9_]+Backward\d*|AccumulateGrad)::")
 _BLAS_RE = re.compile(r"^(?:mkl_blas|mkl_|openblas|dgemm|sgemm|cblas_|bli_|dnnl_)|gemm", re.I)
 
 
+def is_blas_leaf(part: str) -> bool:
+    """Is this native frame (as py-spy printed it) a BLAS kernel (MKL, OpenBLAS, oneDNN gemm)?"""
+    return _BLAS_RE.search(part.split(" (", 1)[0]) is not None
+
+
 def autograd_node(parts: Iterable[str]) -> str | None:
     """What the innermost frames of a native stack say the backward is doing (frames as py-spy
     printed them): the innermost autograd node, else a BLAS kernel leaf, else the engine's
@@ -73,7 +80,7 @@ def autograd_node(parts: Iterable[str]) -> str | None:
             other = GRAD_ACCUMULATION
     if found is not None:
         return found
-    if _BLAS_RE.search(leaf.split(" (", 1)[0]):
+    if is_blas_leaf(leaf):
         return BLAS_UNWOUND
     return other
 

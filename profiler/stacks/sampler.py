@@ -36,6 +36,7 @@ Nothing here raises on a target we cannot read: :attr:`StackSampler.available` t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -52,6 +53,7 @@ from pathlib import Path
 
 from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.records import LayerCost
+from wattlens.profiler.stacks import backward_map
 from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
 from wattlens.profiler.stacks.native import (
     NATIVE_FIRST_WINDOW_S,
@@ -60,7 +62,6 @@ from wattlens.profiler.stacks.native import (
     backward_ops,
     op_shares,
     optimizer_ops,
-    split_backward,
     split_optimizer,
 )
 from wattlens.profiler.stacks.parse import (
@@ -210,6 +211,7 @@ class StackSampler:
     ``nonblocking`` chooses py-spy's mode (see the module docstring); ``pyspy_path`` overrides
     the search for the py-spy binary; ``source_resolver`` maps file names in py-spy's output to
     readable paths (default: the names themselves). ``samples`` / ``errors`` count py-spy's reads.
+    ``rank`` (the process's torch.distributed rank, when it is one) is written into every row.
 
     ``on_window(rows)`` and ``energy_between(start_ns, end_ns)`` are called from the sampler's own
     thread, once per window, after the window has ended; ``energy_between`` returns the target's
@@ -231,6 +233,7 @@ class StackSampler:
         nonblocking: bool = DEFAULT_NONBLOCKING,
         calibration_hz: int = CALIBRATION_RATE_HZ,
         native_hz: int = NATIVE_RATE_HZ,
+        rank: int | None = None,
     ):
         if not 1 <= rate_hz <= 1000 or rate_hz != int(rate_hz):
             raise BadInputError(
@@ -242,6 +245,7 @@ class StackSampler:
                 f"stack window {window_s!r} s is too short", hint="use 0.2 s or more (default 5)"
             )
         self.pid = int(pid)
+        self.rank = rank
         self.rate_hz = float(rate_hz)
         self.window_s = float(window_s)
         self.gpu = gpu
@@ -254,6 +258,10 @@ class StackSampler:
         self.native_hz = int(native_hz) if native_hz > 0 else 0
         self.backward_ops: Counter[str] = Counter()
         self.optimizer_ops: Counter[tuple[str, str]] = Counter()  # (part, tensor op) -> reads
+        # the same reads in the forward: (class path, tensor op) -> reads, to map ops to classes
+        self.forward_ops: Counter[tuple[str, str]] = Counter()
+        # forward self samples per class path, pooled (backward_map weighs the classes by them)
+        self.forward_time: Counter[str] = Counter()
         self._native_thread: threading.Thread | None = None
         self._native_proc: subprocess.Popen[str] | None = None
         self._on_window = on_window
@@ -285,6 +293,11 @@ class StackSampler:
         """One line: why there are no layer figures, and what to do. None while available."""
         return self._reason
 
+    @property
+    def exited(self) -> bool:
+        """True when sampling stopped because the process exited."""
+        return self._reason == _exited_reason(self.pid)
+
     def _give_up(self, reason: str) -> None:
         if self._reason is None:
             self._reason = reason
@@ -312,13 +325,23 @@ class StackSampler:
         self._thread.start()
         self._first.wait(wait_s)
 
-    def stop(self) -> None:
-        """Stop sampling; the window in progress is cut short, processed and handed over."""
+    def wait_attached(self, timeout_s: float) -> bool:
+        """Wait until py-spy has attached for the first window (or the sampler gave up)."""
+        return self._first.wait(timeout_s)
+
+    def request_stop(self) -> None:
+        """Ask the window in progress to end now, without waiting (several samplers stop together)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         with self._lock:
             native = self._native_proc
         if native is not None and native.poll() is None:
             native.send_signal(signal.SIGINT)  # it writes what it has read so far
+
+    def stop(self) -> None:
+        """Stop sampling; the window in progress is cut short, processed and handed over."""
+        self.request_stop()
         if self._native_thread is not None:
             self._native_thread.join(_STOP_TIMEOUT_S + 5.0)
         thread = self._thread
@@ -371,10 +394,22 @@ class StackSampler:
         if not shares:
             return None
         top = ", ".join(f"{op} {p:.0%} ± {se:.0%}" for op, (p, se) in list(shares.items())[:5])
+        with self._lock:  # the native thread adds to these
+            ops, fwd = Counter(self.backward_ops), Counter(self.forward_ops)
+            fwd_time = Counter(self.forward_time)
+        by_class = backward_map.class_message(ops, fwd, fwd_time)
         return (
             f"backward split by autograd op from {sum(self.backward_ops.values())} native "
             f"blocking reads at {self.native_hz} Hz (estimate, binomial standard error): {top}"
-        )
+        ) + (f"; {by_class}" if by_class else "")
+
+    def backward_classes(self) -> dict[str, list[float]]:
+        """{class path: [share of the backward, standard error]} (:mod:`.backward_map`)."""
+        with self._lock:
+            ops, fwd = Counter(self.backward_ops), Counter(self.forward_ops)
+            fwd_time = Counter(self.forward_time)
+        return {p.name: [p.share, p.se]
+                for p in backward_map.backward_by_class(ops, fwd, fwd_time) if p.kind == "class"}
 
     # ----------------------------------------------------------------- native reads
 
@@ -423,9 +458,11 @@ class StackSampler:
                 return
             ops = backward_ops(raw, self._index)
             opt_ops = optimizer_ops(raw, self._index)
+            fwd_ops = backward_map.forward_ops(raw, self._index)
             with self._lock:
                 self.backward_ops.update(ops)
                 self.optimizer_ops.update(opt_ops)
+                self.forward_ops.update(fwd_ops)
             duration_s = NATIVE_WINDOW_S
 
     def _command(self, output: str, *, calibration: bool = False) -> list[str]:
@@ -605,6 +642,8 @@ class StackSampler:
         counts = self._counts(raw, failed, calibration_raw)
         if any(att.bucket == BUCKET_BACKWARD for att in counts):
             self._maybe_start_native()  # a training job: break its backward down
+        with self._lock:
+            self.forward_time.update(backward_map.forward_time(counts))
         rows = aggregate(
             counts,
             window_start_ns=t_start_ns,
@@ -615,7 +654,11 @@ class StackSampler:
         with self._lock:
             ops = Counter(self.backward_ops)
             opt_ops = Counter(self.optimizer_ops)
-        rows = split_optimizer(split_backward(rows, ops), opt_ops)
+            fwd_ops = Counter(self.forward_ops)
+            fwd_time = Counter(self.forward_time)
+        rows = split_optimizer(backward_map.split_backward(rows, ops, fwd_ops, fwd_time), opt_ops)
+        if self.rank is not None:
+            rows = [dataclasses.replace(r, rank=self.rank) for r in rows]
         if self.loss.torn:
             log.debug("torn stacks dropped so far: %s", dict(self.tree.torn_paths))
         if rows:

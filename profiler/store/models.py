@@ -1,6 +1,8 @@
 """SQLAlchemy 2.0 models of a wattlens database. Only :mod:`wattlens.profiler.store` uses them.
 
-Bump SCHEMA_VERSION on any incompatible change and add a migration in ``Store._migrate``.
+Every change here needs an Alembic revision in ``migrations/versions/`` (``python -m
+wattlens.profiler.store.migrations new "what changed"`` writes it); tests/test_store_migrations.py
+fails while the revisions and these models differ.
 """
 
 from __future__ import annotations
@@ -8,9 +10,14 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 3  # 2: gpu_idle (opening a version-1 file adds the table); 3: rank columns
-# (steps.rank/local_rank/world_size, layer_costs.rank) and actions.source_session_id. Opening an
-# older file adds missing tables and every missing nullable column (NULL in older rows).
+#: The head Alembic revision (migrations/versions/): a database stamped with it is opened without
+#: importing Alembic; any other is upgraded on open.
+SCHEMA_REVISION = "0003_ranks_and_action_link"
+#: ``meta.schema_version``, kept in step with the revision for wattlens versions from before
+#: Alembic, which refuse a larger number: bump it with a revision those versions could not use.
+#: 1: baseline; 2: gpu_idle; 3: rank columns (steps.rank/local_rank/world_size, layer_costs.rank)
+#: and actions.source_session_id.
+SCHEMA_VERSION = 3
 APP_ID = "wattlens"
 # Column types hold on SQLite and PostgreSQL alike: monotonic ns, FLOPs and parameter counts are
 # BIGINT (they pass 2^31; SQLite stores any integer, a PostgreSQL INTEGER would overflow).
@@ -150,7 +157,6 @@ class ActionRow(Base):
     source_session_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
 
-#: Columns added to existing tables since version 1: (table, column, SQL type), added on open.
 class MeasurementRow(Base):
     """One measured operating point (batch-size sweep row or A/B result): regression input."""
 

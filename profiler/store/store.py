@@ -1,7 +1,8 @@
 """``Store``: the only code in wattlens that speaks SQL.
 
 SQLite by default (a file in the platform's user data dir), or any SQLAlchemy URL given with
-``--db`` / ``WATTLENS_DB``. WAL mode, a schema version checked on open, batched inserts through
+``--db`` / ``WATTLENS_DB``. WAL mode, the schema brought to the head Alembic revision on open
+(``migrations/``; an up-to-date database is only read, without importing Alembic), batched inserts through
 SQLAlchemy Core (the ORM is too slow for 100k samples/s). A file that is not a wattlens
 database is refused with a one-line error and never written to. Sessions left ``running`` by a
 profiler that no longer exists reopen as ``interrupted`` with their data.
@@ -16,21 +17,26 @@ import sqlite3
 import stat
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import psutil
-from sqlalchemy import case, create_engine, delete, event, func, insert, inspect, select, update
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import (
-    ArgumentError,
-    DatabaseError,
-    IntegrityError,
-    NoSuchModuleError,
-    OperationalError,
-    ProgrammingError,
+from sqlalchemy import (
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
 )
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
 from wattlens.profiler.errors import (
     BadInputError,
@@ -44,6 +50,8 @@ from wattlens.profiler.records import EventRecord, LayerCost, SeriesSpec, StepRe
 from wattlens.profiler.store import models as m
 from wattlens.profiler.summary import summarize
 
+BUSY_TIMEOUT_MS = 5000  # an SQLite writer waits this long for another's lock before "locked"
+UPGRADE_LOCK_WAIT_MS = 120_000  # while opening: others may be creating or upgrading the same file
 DB_FIX = "choose another file with --db PATH (or WATTLENS_DB); the file was left untouched"
 NO_DB_HINT = "record one with `wattlens attach PID`, `wattlens run -- COMMAND` or `wattlens demo`"
 DAMAGED_HINT = ("restore it from a backup, or salvage it with `sqlite3 FILE .recover`, and use another "
@@ -71,9 +79,21 @@ def resolve_db(db: str | os.PathLike | None) -> str:
     return f"sqlite:///{Path(text).expanduser().absolute()}"
 
 
-def _probe_sqlite_file(path: Path, display: str) -> str:
-    """What the file at ``path`` is: "missing", "empty" (0 bytes or no tables) or "ours"; raises a
-    one-line error for anything else.
+class Stamp(NamedTuple):
+    """What a wattlens database says its schema is: ``meta.schema_version`` (what wattlens before
+    Alembic read) and its Alembic revision (None in a database from before Alembic)."""
+
+    schema_version: str | None
+    revision: str | None
+
+    @property
+    def current(self) -> bool:
+        return self.revision == m.SCHEMA_REVISION and self.schema_version == str(m.SCHEMA_VERSION)
+
+
+def _probe_sqlite_file(path: Path, display: str) -> tuple[str, Stamp | None]:
+    """What the file at ``path`` is: "missing", "empty" (0 bytes or no tables) or "ours" (with its
+    stamp); raises a one-line error for anything else.
 
     Only SQLite ever opens the file, read-only and without any pragma: closing a descriptor that
     Python opened on a database file would drop every POSIX lock this process holds on it (SQLite,
@@ -83,7 +103,7 @@ def _probe_sqlite_file(path: Path, display: str) -> str:
     try:
         st = path.stat()
     except FileNotFoundError:
-        return "missing"
+        return "missing", None
     except OSError as exc:  # a folder on the way is a file, or may not be searched
         raise StoreError(f"cannot use database {display}: {exc.strerror or exc}",
                          hint="fix the permissions or choose a writable location with --db PATH (or WATTLENS_DB)") from None
@@ -92,7 +112,7 @@ def _probe_sqlite_file(path: Path, display: str) -> str:
     if not stat.S_ISREG(st.st_mode):
         raise CorruptDatabaseError(f"{display} is not a regular file", hint=DB_FIX)
     if st.st_size == 0:
-        return "empty"
+        return "empty", None
     if not os.access(path, os.R_OK):
         raise StoreError(f"cannot read database {display}: permission denied",
                          hint="fix its permissions or choose another file with --db")
@@ -117,7 +137,7 @@ def _probe_sqlite_file(path: Path, display: str) -> str:
                                            hint=DB_FIX) from None
             raise _damaged(display, exc) from None
         if not tables:
-            return "empty"
+            return "empty", None
         if "meta" not in tables:
             raise CorruptDatabaseError(f"{display} is a database of another program "
                                        f"(tables: {', '.join(sorted(tables)[:5])})", hint=DB_FIX)
@@ -127,10 +147,16 @@ def _probe_sqlite_file(path: Path, display: str) -> str:
             if "no such column" in str(exc):
                 raise CorruptDatabaseError(f"{display} is a database of another program", hint=DB_FIX) from None
             raise _damaged(display, exc) from None
+        check_meta(meta, display)
+        revision = None
+        if "alembic_version" in tables:
+            try:
+                revision = (con.execute("SELECT version_num FROM alembic_version").fetchone() or (None,))[0]
+            except sqlite3.DatabaseError as exc:
+                raise _damaged(display, exc) from None
     finally:
         con.close()
-    check_meta(meta, display)
-    return "ours"
+    return "ours", Stamp(meta.get("schema_version"), revision)
 
 
 def check_meta(meta: dict, display: str) -> None:
@@ -169,17 +195,6 @@ def _json(value) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
-def _missing_columns(inspector, tables: set[str]) -> list:
-    """The model's nullable columns (added since a file's version) that its existing tables lack."""
-    missing = []
-    for table in m.Base.metadata.sorted_tables:
-        if table.name not in tables:
-            continue
-        have = {col["name"] for col in inspector.get_columns(table.name)}
-        missing += [col for col in table.columns if col.name not in have and col.nullable]
-    return missing
-
-
 class Store:
     """``create=False`` is for commands that only read (``sessions``, ``show``, ``report``,
     ``advise``, ``doctor``): a missing database is then :class:`NoDatabaseError` and nothing is
@@ -195,7 +210,7 @@ class Store:
         self.is_sqlite = url.get_backend_name() == "sqlite"
         in_memory = not url.database or url.database == ":memory:"
         self.path: Path | None = Path(url.database) if self.is_sqlite and not in_memory else None
-        state = self._probe(create) if self.path is not None else None
+        state, stamp = self._probe(create) if self.path is not None else (None, None)
         try:
             self.engine: Engine = create_engine(self.url, future=True)
         except NoSuchModuleError:
@@ -209,7 +224,7 @@ class Store:
         if self.is_sqlite:  # the file is ours or new (probed above): WAL may be switched on now
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            self._open_schema(state)
+            self._open_schema(state, stamp, create)
         except (DatabaseError, sqlite3.DatabaseError) as exc:
             self.engine.dispose()
             text = str(getattr(exc, "orig", exc))
@@ -230,9 +245,9 @@ class Store:
                 if create:
                     raise  # a reader of a read-only file still reads; a writer must be told
 
-    def _probe(self, create: bool) -> str:
+    def _probe(self, create: bool) -> tuple[str, Stamp | None]:
         try:
-            state = _probe_sqlite_file(self.path, str(self.path))
+            state, stamp = _probe_sqlite_file(self.path, str(self.path))
             if state == "missing":
                 if not create:
                     raise NoDatabaseError(f"there are no sessions yet: {self.path} does not exist", hint=NO_DB_HINT)
@@ -243,7 +258,7 @@ class Store:
         except StoreError as exc:
             exc.exit_code = 2  # a path that cannot be used is bad input
             raise
-        return state
+        return state, stamp
 
     @property
     def display_name(self) -> str:
@@ -259,58 +274,108 @@ class Store:
             raise _damaged(self.display_name, ctx.original_exception)
 
     # ---- schema -------------------------------------------------------------------------------
-    def _open_schema(self, state: str | None) -> None:
-        """``state``: the probe's finding for an SQLite file (which already checked meta), None for a
-        server database (checked here). Missing tables are created under an exclusive lock, so
-        processes opening a new database at once do not race."""
-        tables = set(inspect(self.engine).get_table_names())
-        if state is None and tables:
-            if "meta" not in tables:
-                raise CorruptDatabaseError(f"{self.display_name} is a database of another program "
-                                           f"(tables: {', '.join(sorted(tables)[:5])})", hint=DB_FIX)
+    def _open_schema(self, state: str | None, stamp: Stamp | None, create: bool = True) -> None:
+        """``state``/``stamp``: the probe's finding for an SQLite file (which already checked meta),
+        None for a server database (checked here). A database at the head revision is only read;
+        anything else is created or upgraded by the migrations (``_upgrade_schema``). A reader
+        (``create=False``) that may not write a database of this schema version from before
+        Alembic reads it as it is (its tables are the ones this wattlens reads)."""
+        if state is None:
             with self.engine.connect() as c:
-                check_meta(dict(c.execute(select(m.Meta.key, m.Meta.value)).all()), self.display_name)
-        if (set(m.Base.metadata.tables) <= tables and not _missing_columns(inspect(self.engine), tables)
-                and self._schema_version() >= m.SCHEMA_VERSION):
+                stamp = self._read_stamp(c)
+        if stamp is not None and stamp.current:
             return
-        for attempt in range(3):
-            try:
-                self._create_schema()
+        from wattlens.profiler.store import migrations  # Alembic: only on this path
+
+        script = migrations.script_directory()  # the revision files, read before taking the lock
+        try:
+            migrations.check_known(stamp.revision if stamp else None, script)  # refused before any lock
+            self._upgrade_schema(script)
+        except CorruptDatabaseError:
+            raise
+        except (StoreError, DatabaseError) as exc:
+            if not create and stamp is not None and stamp.schema_version == str(m.SCHEMA_VERSION):
                 return
-            except (OperationalError, IntegrityError, ProgrammingError):
-                if self.is_sqlite or attempt == 2:  # a server DB: another process created it first
-                    raise
+            if isinstance(exc, StoreError):
+                raise
+            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]  # a server's message spans lines
+            raise StoreError(f"cannot bring database {self.display_name} to this wattlens's schema: {first}",
+                             hint="open it once as a user allowed to change its tables (e.g. its owner)") from None
+        except migrations.UnknownRevisionError as exc:
+            raise CorruptDatabaseError(
+                f"{self.display_name} was written by a newer wattlens (schema revision {exc.revision!r}, "
+                f"this one knows up to {exc.head!r})", hint="upgrade wattlens, or use another file with --db") from None
 
-    def _schema_version(self) -> int:
-        with self.engine.connect() as c:
-            raw = c.execute(select(m.Meta.value).where(m.Meta.key == "schema_version")).scalar()
-        return int(raw or 0)  # check_meta has already refused a non-numeric one
+    def _read_stamp(self, c) -> Stamp | None:
+        """A server database's stamp (refusing another program's database or a newer schema);
+        None for an empty one."""
+        tables = set(inspect(c).get_table_names())
+        if not tables:
+            return None
+        if "meta" not in tables:
+            raise CorruptDatabaseError(f"{self.display_name} is a database of another program "
+                                       f"(tables: {', '.join(sorted(tables)[:5])})", hint=DB_FIX)
+        meta = dict(c.execute(select(m.Meta.key, m.Meta.value)).all())
+        check_meta(meta, self.display_name)
+        revision = None
+        if "alembic_version" in tables:
+            revision = c.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return Stamp(meta.get("schema_version"), revision)
 
-    def _create_schema(self) -> None:
+    def _upgrade_schema(self, script) -> None:
+        """Create or upgrade the schema to the head revision, under a lock that every opener takes
+        (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction-level advisory lock), then look
+        again: N processes opening a new or an old database at once run the migrations once."""
+        from wattlens.profiler.store import migrations
+
         with self.engine.connect() as c:
             if self.is_sqlite:
+                raw = c.connection.driver_connection
+                raw.execute(f"PRAGMA busy_timeout={UPGRADE_LOCK_WAIT_MS}")  # others may be upgrading it
+                # A revision that rebuilds a table (SQLite cannot ALTER most things) drops the old one:
+                # with foreign keys on, that would cascade-delete every row referencing it. Off for
+                # the migration (SQLite's own recipe, "Making Other Kinds Of Table Schema Changes").
+                raw.execute("PRAGMA foreign_keys=OFF")
                 c.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first, then look again
-            tables = set(inspect(c).get_table_names())
-            if tables and "meta" not in tables:
-                raise CorruptDatabaseError(f"{self.display_name} is a database of another program", hint=DB_FIX)
-            if "meta" in tables:
-                check_meta(dict(c.execute(select(m.Meta.key, m.Meta.value)).all()), self.display_name)
-            m.Base.metadata.create_all(c)  # only the tables that are missing (added since: same version)
-            for col in _missing_columns(inspect(c), tables):  # additive: NULL in older rows
-                ddl = col.type.compile(dialect=c.dialect)
-                c.exec_driver_sql(f'ALTER TABLE {col.table.name} ADD COLUMN "{col.name}" {ddl}')
-            if "meta" not in tables:
-                c.execute(insert(m.Meta), [
-                    {"key": "app", "value": m.APP_ID},
-                    {"key": "schema_version", "value": str(m.SCHEMA_VERSION)},
-                    {"key": "created_at", "value": str(time.time())},
-                ])
-            else:
-                meta = dict(c.execute(select(m.Meta.key, m.Meta.value)).all())
-                if int(meta.get("schema_version", "0")) < m.SCHEMA_VERSION:  # additive so far: all there now
-                    c.execute(update(m.Meta).where(m.Meta.key == "schema_version")
-                              .values(value=str(m.SCHEMA_VERSION)))
-            c.commit()
+            elif self.engine.dialect.name == "postgresql":
+                c.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": migrations.PG_LOCK_KEY})
+            try:
+                stamp = self._read_stamp(c)
+                if stamp is not None and stamp.current:
+                    c.rollback()  # another process did it while this one waited
+                    return
+                legacy = None
+                if stamp is not None and stamp.revision is None:  # from before Alembic
+                    legacy = int(stamp.schema_version or "0")
+                    if legacy not in migrations.LEGACY_REVISIONS:
+                        raise CorruptDatabaseError(
+                            f"{self.display_name} has schema version {legacy} but no Alembic revision",
+                            hint=DAMAGED_HINT)
+                migrations.upgrade(c, script, stamp.revision if stamp else None, legacy)
+                self._stamp_meta(c, new=stamp is None)
+                c.commit()
+            finally:
+                if self.is_sqlite:  # the pooled connection goes back as _sqlite_pragmas made it
+                    with suppress(sqlite3.Error):
+                        c.rollback()  # nothing left open (a no-op after the commit)
+                        raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                        raw.execute("PRAGMA foreign_keys=ON")
+
+    @staticmethod
+    def _stamp_meta(c, *, new: bool) -> None:
+        """``meta`` after the migrations: who owns the database and ``schema_version`` (older
+        wattlens versions read it), kept in step with the revision."""
+        if new:
+            c.execute(insert(m.Meta), [
+                {"key": "app", "value": m.APP_ID},
+                {"key": "schema_version", "value": str(m.SCHEMA_VERSION)},
+                {"key": "created_at", "value": str(time.time())},
+            ])
+            return
+        updated = c.execute(update(m.Meta).where(m.Meta.key == "schema_version")
+                            .values(value=str(m.SCHEMA_VERSION))).rowcount
+        if not updated:
+            c.execute(insert(m.Meta), [{"key": "schema_version", "value": str(m.SCHEMA_VERSION)}])
 
     def close(self) -> None:
         self.engine.dispose()
@@ -648,7 +713,7 @@ def _map_operational(store: Store, exc: OperationalError) -> StoreError:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout=5000")  # first: switching to WAL waits for other openers too
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # first: switching to WAL waits for other openers too
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field, replace
 from wattlens.app.gui.models.signal import Signal
 from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost
+from wattlens.profiler.stacks import backward_map
 
 METHOD_TEXT = {
     "stack-sampling": "stack sampling (py-spy): CPU-side time share by module class × target energy",
     "agent-timing": "in-process agent: per-module timing × target energy",
+    backward_map.METHOD: backward_map.METHOD_TEXT,
 }
 
 
@@ -139,8 +141,10 @@ class LayerTree:
             self._add_time(wrows)
             if any(r.self_energy_j is not None for r in wrows):
                 self._add_energy(wrows)
-            else:
+            elif all(r.rank is None for r in wrows):
                 self.pending[win] = wrows
+            # else: one rank's window; the target's energy over its span is every rank's, so it
+            # stays counted by time (the sampler gives a rank's window its own share when it can)
         if self.pending and energy_between is not None:
             self._resolve(energy_between)
         self.changed.emit()

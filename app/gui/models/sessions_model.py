@@ -13,6 +13,7 @@ from wattlens.app.gui.models.live_model import Card, cards, unavailable_dicts
 from wattlens.app.gui.models.series_model import SeriesSet, infos_from_specs
 from wattlens.app.gui.models.signal import Signal
 from wattlens.app.report.data import compare_summaries
+from wattlens.profiler.ranks import session_ranks
 from wattlens.profiler.records import EventRecord, StepRecord
 from wattlens.profiler.sources.base import source_dict
 from wattlens.profiler.summary import summarize
@@ -98,6 +99,7 @@ class StoredSession:
     summary: dict
     sources: list[dict] = field(default_factory=list)
     unavailable: list[dict] = field(default_factory=list)
+    ranks: dict | None = None  # profiler.ranks.session_ranks: the per-rank table of a multi-rank job
 
     @property
     def id(self) -> int:
@@ -149,8 +151,9 @@ def load_stored_session(store, session_id: int, *, grid_g_per_kwh: float | None 
     summary = summarize(session, data, steps, layer_rows, grid_g_per_kwh=grid_g_per_kwh)
     summary["notes"] = (session.get("summary") or {}).get("notes", [])
     unavailable = unavailable_dicts((session.get("settings") or {}).get("unavailable", []))
+    ranks = session_ranks(steps, events, data)
     tick("done", 1.0)
-    return StoredSession(session, series, steps, layers, events, summary, sources, unavailable)
+    return StoredSession(session, series, steps, layers, events, summary, sources, unavailable, ranks)
 
 
 @dataclass(frozen=True)
