@@ -1122,7 +1122,8 @@ def overhead_only_markdown(ovh: dict, args: argparse.Namespace, loads: tuple[flo
     lines = [
         f"## Attach mode's own-core slowdown: {model}, {kind}",
         "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({os.cpu_count()} CPUs, "
+        f"Run {ovh.get('run_at') or time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} "
+        f"({os.cpu_count()} CPUs, "
         f"shared with other jobs; load average (1 min) at start / end {loads[0]:.1f} / "
         f"{loads[1]:.1f}). Batch {BATCH} x {SEQ} tokens, CPU, 1 intra-op thread, in a child "
         f"process. Command: `{' '.join(['bench_stacks.py', *args.argv])}`. {args.rounds} rounds; "
@@ -1287,10 +1288,12 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
         return 0
     if args.overhead_only and args.from_json is not None:  # rewrite a saved run's table
-        saved = json.loads(args.from_json.read_text(encoding="utf-8"))
+        path = args.from_json
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        args = ap.parse_args(saved["argv"])  # the run's own options (model, phase, rounds)
         args.settle, args.argv = saved["settle_s"], saved["argv"]
         md = overhead_only_markdown(saved, args, tuple(saved["loads"]))
-        args.from_json.with_suffix(".md").write_text(md, encoding="utf-8")
+        path.with_suffix(".md").write_text(md, encoding="utf-8")
         print(md)
         return 0
     if args.overhead_only:
@@ -1302,7 +1305,8 @@ def main(argv: list[str] | None = None) -> int:
         load0 = os.getloadavg()[0]
         ovh = measure_overhead(args.rounds, args.phase_seconds,
                                args.overhead_configs.split(","), args.window, args.settle)
-        ovh.update(settle_s=args.settle, loads=[load0, os.getloadavg()[0]], argv=args.argv)
+        ovh.update(settle_s=args.settle, loads=[load0, os.getloadavg()[0]], argv=args.argv,
+                   run_at=time.strftime("%Y-%m-%d %H:%M"))
         md = overhead_only_markdown(ovh, args, (load0, os.getloadavg()[0]))
         out = args.output if args.output != RESULTS else (
             HERE / "results" / f"stacks_overhead_{args.arch}{'_train' if args.train else ''}.md")
