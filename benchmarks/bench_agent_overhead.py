@@ -504,6 +504,12 @@ def floor_markdown(res: dict[str, dict], pc: dict, tiny: str, loads: tuple[float
               + (f"; the wrapper before this change (git {pc['baseline']}) "
                  f"{pc['us_per_call']['before']:.2f} µs" if "before" in pc["us_per_call"] else "")
               + f". The {tiny} makes {pc['calls_per_forward']} module calls per forward.", "",
+              "Why a call costs more inside a model: the wrapper's added CPU per call on a "
+              "30-module chain (median [95 % CI], µs) "
+              + "; ".join(f"{'with' if w else 'without'} a 2 MB tensor streamed through the "
+                          f"cache by each module, {'with' if k else 'without'} keyword arguments: "
+                          f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+                          for w, k, (m, lo, hi) in pc.get("memory", [])) + ".", "",
               "Python function calls inside the tracker per forward of the tiny model (windows "
               "every 16 forwards; `sys.setprofile`, a count the load does not change): "
               + "; ".join(f"{label}: {sum(c.values()):.1f} ("
@@ -514,6 +520,67 @@ def floor_markdown(res: dict[str, dict], pc: dict, tiny: str, loads: tuple[float
     if note:
         lines += ["", note]
     return "\n".join(lines)
+
+
+def bench_percall_memory(rounds: int = 60) -> list[tuple[bool, bool, tuple[float, float, float]]]:
+    """Why a call costs more inside a model than on the compute-free chain: the wrapper's added
+    CPU per call (median and bootstrap CI over alternated rounds, thread CPU) on a 30-module
+    chain, with and without keyword arguments, and with and without each module streaming a
+    2 MB tensor through the cache (``mul_`` in place), as a model's own work does between calls.
+    Returns (memory work, kwargs, (median, low, high) µs per call)."""
+    import torch
+    from common import bootstrap_median_ci
+    from transformers import GPT2Config  # noqa: F401  (loads torch._dynamo as the real runs do)
+
+    from wattlens.profiler.agent.tracker import Tracker
+
+    big = torch.randn(512, 1024)
+
+    class Leaf(torch.nn.Module):
+        def __init__(self, work: bool) -> None:
+            super().__init__()
+            self.work = work
+
+        def forward(self, x, a=None, b=None, c=None):
+            if self.work:
+                big.mul_(1.0000001)
+            return x
+
+    class Chain(torch.nn.Module):
+        def __init__(self, work: bool, kw: bool) -> None:
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.ones(1))
+            self.kw = kw
+            self.leaves = torch.nn.ModuleList(Leaf(work) for _ in range(30))
+
+        def forward(self, x):
+            for leaf in self.leaves:
+                x = leaf(x, a=1, b=2, c=3) if self.kw else leaf(x)
+            return x
+
+    x = torch.ones(2)
+    tracker = Tracker(torch, lambda m: None, _raise, count_flops="off")
+    tracker.watch(torch.nn.Linear(1, 1))  # the chain is not the main model: calls only
+    out = []
+    with torch.no_grad():
+        for work in (False, True):
+            for kw in (False, True):
+                model, n = Chain(work, kw), (4 if work else 40)
+                on: list[float] = []
+                off: list[float] = []
+                for r in range(rounds):
+                    for state in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                        if state == "on":
+                            tracker.install()
+                        c0 = time.thread_time_ns()
+                        for _ in range(n):
+                            model(x)
+                        (on if state == "on" else off).append((time.thread_time_ns() - c0) / n / 31)
+                        if state == "on":
+                            tracker.uninstall()
+                out.append((work, kw, bootstrap_median_ci([(a - b) / 1e3 for a, b in
+                                                           zip(on, off, strict=True)])))
+    return out
 
 
 def main_floor() -> None:
@@ -531,6 +598,7 @@ def main_floor() -> None:
            for n in names[::-1]}
     pc = bench_percall(MODELS[tiny][0], rounds=40, baseline=baseline)
     pc["calls"] = {"now": count_agent_calls(MODELS[tiny][0])}
+    pc["memory"] = bench_percall_memory()
     if baseline is not None:
         pc["calls"][f"git {baseline}"] = count_agent_calls(MODELS[tiny][0],
                                                            baseline_tracker(baseline))
