@@ -877,13 +877,17 @@ def backward_class_markdown(t: dict) -> list[str]:
     return lines
 
 
-def measure_overhead(rounds: int, phase_s: float, configs: list[str], window_s: float) -> dict:
+def measure_overhead(rounds: int, phase_s: float, configs: list[str], window_s: float,
+                     settle_s: float = 0.5) -> dict:
     """``configs``: "50" (50 Hz, blocking), "100:nb" (100 Hz, --nonblocking), or "none" (a second
-    no-profiler condition: the A/A control that shows the method's own bias and noise)."""
+    no-profiler condition: the A/A control that shows the method's own bias and noise).
+    ``settle_s``: wait after attaching before measuring (a training job's native reads start
+    only after the first window saw a backward, so they need more than one window)."""
     conditions = ["off"] + configs
-    child = LoopChild(rounds * len(conditions) * (phase_s + 5) + 120)
+    child = LoopChild(rounds * len(conditions) * (phase_s + settle_s + 5) + 120)
     per_round: list[dict] = []
     pyspy_cpu: dict[str, list[float]] = {c: [] for c in configs}
+    readers: dict[str, list[dict]] = {c: [] for c in configs}
     try:
         for r in range(rounds):
             order = conditions[r % len(conditions) :] + conditions[: r % len(conditions)]
@@ -896,7 +900,7 @@ def measure_overhead(rounds: int, phase_s: float, configs: list[str], window_s: 
                     sampler.start()
                     if not sampler.available:
                         raise RuntimeError(sampler.reason)
-                time.sleep(0.5)
+                time.sleep(settle_s)
                 w0, cpu0, delay0 = child.schedstat()
                 time.sleep(phase_s)
                 w1, cpu1, delay1 = child.schedstat()
@@ -904,7 +908,12 @@ def measure_overhead(rounds: int, phase_s: float, configs: list[str], window_s: 
                     sampler.stop()
                     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                     used = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
-                    pyspy_cpu[cond].append(used / (phase_s + 0.5))
+                    pyspy_cpu[cond].append(used / (phase_s + settle_s))
+                    readers[cond].append({  # which readers ran in this phase
+                        "calibration_reads": sampler.loss.calibration_reads,
+                        "native_reads": sum(sampler.backward_ops.values())
+                        + sum(sampler.optimizer_ops.values()),
+                        "native_started": sampler._native_thread is not None})
                 time.sleep(0.5)  # let the last iterations' time stamps arrive
                 its = child.iterations(w0, w1)
                 if its is None:
@@ -938,6 +947,7 @@ def measure_overhead(rounds: int, phase_s: float, configs: list[str], window_s: 
         "off_cpu_share": [g["off"]["cpu_share"] for g in per_round if "off" in g],
         "off_stopped_share": [g["off"]["stopped_share"] for g in per_round if "off" in g],
         "pyspy_core_share": {_label(c): v for c, v in pyspy_cpu.items()},
+        "readers": {_label(c): v for c, v in readers.items()},
         "per_round": per_round,
     }
 
@@ -1096,6 +1106,98 @@ def write_markdown(acc: dict, ovh: dict, tp: dict, args: argparse.Namespace) -> 
     return "\n".join(lines)
 
 
+def overhead_only_markdown(ovh: dict, args: argparse.Namespace, loads: tuple[float, float]) -> str:
+    """``--overhead-only``: the own-core slowdown of the default sampler with its bootstrap 95 %
+    CI beside the A/A control, and the pause share of the blocking reads (issue 14: <= 1 %)."""
+    from common import bootstrap_median_ci
+
+    from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ as CALIBRATION_HZ
+    from wattlens.profiler.stacks.native import NATIVE_RATE_HZ as NATIVE_HZ
+
+    kind = "training loop (forward, backward, AdamW)" if args.train else "inference (no_grad)"
+    model = {"llama": "Llama-style decoder (4 blocks, d=256)", "bert": "BERT-style encoder "
+             "(4 layers, d=256)"}.get(args.arch, "GPT-2-style model ({}, {}, {})".format(*_model_size()))
+    configs = {_label(c): c for c in args.overhead_configs.split(",")}
+    per_round = [g for g in ovh["per_round"] if "off" in g]
+    lines = [
+        f"## Attach mode's own-core slowdown: {model}, {kind}",
+        "",
+        f"Run {ovh.get('run_at') or time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} "
+        f"({os.cpu_count()} CPUs, "
+        f"shared with other jobs; load average (1 min) at start / end {loads[0]:.1f} / "
+        f"{loads[1]:.1f}). Batch {BATCH} x {SEQ} tokens, CPU, 1 intra-op thread, in a child "
+        f"process. Command: `{' '.join(['bench_stacks.py', *args.argv])}`. {args.rounds} rounds; "
+        f"each round measures every condition for {args.phase_seconds:g} s in rotating order "
+        f"after {args.settle:g} s attached.",
+        "",
+        "The sampler is the default `wattlens attach` one: 50 Hz --nonblocking reads, "
+        f"{CALIBRATION_HZ} Hz blocking calibration reads, and {NATIVE_HZ} Hz blocking native "
+        "reads that start once a window saw a backward (training only). *Own core* = throughput with / without the sampler "
+        "after removing the time the target sat runnable but waiting for a CPU "
+        "(/proc/PID/task/PID/schedstat), so other jobs' load drops out and py-spy's pauses stay "
+        "in; slowdown = 1 − own-core ratio. *Paused* = the share of wall time the target's "
+        "thread was neither running nor waiting to run (stopped by py-spy's blocking reads), "
+        "minus the same share in the paired no-profiler phase. Medians over rounds with "
+        "percentile-bootstrap 95 % confidence intervals (2000 resamples of the rounds); the "
+        "A/A control is a second no-profiler phase in the same rotation.",
+        "",
+        "| condition | own-core ratio [95 % CI] | slowdown [95 % CI] | paused (beyond no "
+        "profiler) [95 % CI] | CPU per iteration | wall clock | py-spy CPU (one core) | "
+        "blocking reads per phase (calibration / native) | pause per blocking read (ms, "
+        "approx.) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    verdict = None
+    for cond, kinds in ovh["ratios"].items():
+        own = kinds["own_core_iter_s"]
+        if not own:
+            continue
+        med, lo, hi = bootstrap_median_ci(own)
+        config = configs[cond]
+        pause = [g[config]["stopped_share"] - g["off"]["stopped_share"]
+                 for g in per_round if config in g]
+        pm, pl, ph = bootstrap_median_ci(pause) if pause else (0.0, 0.0, 0.0)
+        cpu = ovh["pyspy_core_share"].get(cond, [])
+        rd = ovh["readers"].get(cond, [])
+        # stopped time over the attached span (settle + phase) / blocking reads in that span
+        per_read = [g[config]["stopped_share"] * (args.phase_seconds + args.settle) * 1e3 / n
+                    for g, r in zip([g for g in ovh["per_round"] if config in g], rd,
+                                    strict=False)
+                    if (n := r["calibration_reads"] + r["native_reads"])]
+        reads = (f"{statistics.median(r['calibration_reads'] for r in rd):.0f} / "
+                 f"{statistics.median(r['native_reads'] for r in rd):.0f}"
+                 + ("" if all(r["native_started"] for r in rd) else
+                    f" (native started in {sum(r['native_started'] for r in rd)} of {len(rd)})")
+                 if rd else "n/a")
+        name = cond if config == "none" else (
+            f"StackSampler {cond} + {CALIBRATION_HZ} Hz calibration"
+            + (f" + {NATIVE_HZ} Hz native" if args.train else ""))
+        lines.append(
+            f"| {name} | {med:.4f} [{lo:.4f}, {hi:.4f}] | {100 * (1 - med):+.2f} % "
+            f"[{100 * (1 - hi):+.2f}, {100 * (1 - lo):+.2f}] | {100 * pm:.2f} % "
+            f"[{100 * pl:.2f}, {100 * ph:.2f}] | {_med(kinds['cpu_iter_s'])} | "
+            f"{_med(kinds['wall_iter_s'])} | {_pct(statistics.median(cpu)) if cpu else 'n/a'} "
+            f"| {reads} | {f'{statistics.median(per_read):.1f}' if per_read else 'n/a'} |")
+        if cond != _label("none"):
+            verdict = (cond, 1 - med, 1 - hi, 1 - lo)
+    off_share = statistics.median(ovh["off_cpu_share"]) if ovh["off_cpu_share"] else float("nan")
+    lines += ["", f"Without a profiler the target got {_pct(off_share)} of a CPU (median); "
+              f"baseline {statistics.median(ovh['off_it_per_s']):.2f} it/s wall clock. The "
+              "pause per blocking read is the stopped time over the attached span divided by "
+              "the blocking reads counted in it (approximate: the counts cover whole phases). "
+              "A blocking read stops the target until py-spy has read it, and py-spy needs a "
+              "CPU to do so: where the cores are busy with other jobs, the target stays stopped "
+              "while py-spy waits for one, so the paused share here grows with the machine's "
+              "load (the *own core* correction removes the target's own waiting, not py-spy's)."]
+    if verdict is not None:
+        cond, slow, slow_lo, slow_hi = verdict
+        shown = "shown" if slow_hi <= 0.01 else "NOT shown"
+        lines += ["", f"Goal (issue 14): target slowdown in attach mode ≤ 1 % (own-core figure). "
+                  f"{cond}: {100 * slow:+.2f} % (95 % CI {100 * slow_lo:+.2f} … "
+                  f"{100 * slow_hi:+.2f} %) — ≤ 1 % {shown} (CI upper bound)."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -1134,6 +1236,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite-output", type=Path, default=HERE / "results" / "stacks_arch.md")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--train-seconds", type=float, default=60.0)
+    ap.add_argument("--overhead-only", action="store_true",
+                    help="only the overhead conditions, with bootstrap CIs (issue 14's own-core "
+                    "figure); writes benchmarks/results/stacks_overhead_<arch>[_train].md")
+    ap.add_argument("--arch", choices=ARCHS, default="gpt2", help="--overhead-only's model")
+    ap.add_argument("--train", action="store_true", help="--overhead-only: a training loop")
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="--overhead-only: rewrite the table of a saved run (its .json)")
+    ap.add_argument("--settle", type=float, default=None,
+                    help="--overhead-only: seconds attached before measuring (default 0.5; "
+                    "with --train one window + 1.5 s, so the native reads have started)")
     ap.add_argument("--native-hz", type=int, default=None,
                     help="native (backward) reads per second in --suite (default: the sampler's)")
     ap.add_argument("--calibration-ab", action="store_true",
@@ -1173,6 +1285,33 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(md + "\n", encoding="utf-8")
         path.with_suffix(".json").write_text(json.dumps(suite, indent=1, default=str),
                                              encoding="utf-8")
+        print(md)
+        return 0
+    if args.overhead_only and args.from_json is not None:  # rewrite a saved run's table
+        path = args.from_json
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        args = ap.parse_args(saved["argv"])  # the run's own options (model, phase, rounds)
+        args.settle, args.argv = saved["settle_s"], saved["argv"]
+        md = overhead_only_markdown(saved, args, tuple(saved["loads"]))
+        path.with_suffix(".md").write_text(md, encoding="utf-8")
+        print(md)
+        return 0
+    if args.overhead_only:
+        os.environ["WATTLENS_BENCH_ARCH"] = args.arch  # the loop child builds this model
+        if args.train:
+            os.environ["WATTLENS_BENCH_TRAIN"] = "1"
+        if args.settle is None:
+            args.settle = args.window + 1.5 if args.train else 0.5
+        load0 = os.getloadavg()[0]
+        ovh = measure_overhead(args.rounds, args.phase_seconds,
+                               args.overhead_configs.split(","), args.window, args.settle)
+        ovh.update(settle_s=args.settle, loads=[load0, os.getloadavg()[0]], argv=args.argv,
+                   run_at=time.strftime("%Y-%m-%d %H:%M"))
+        md = overhead_only_markdown(ovh, args, (load0, os.getloadavg()[0]))
+        out = args.output if args.output != RESULTS else (
+            HERE / "results" / f"stacks_overhead_{args.arch}{'_train' if args.train else ''}.md")
+        out.write_text(md, encoding="utf-8")
+        (out.with_suffix(".json")).write_text(json.dumps(ovh, default=str), encoding="utf-8")
         print(md)
         return 0
     if args.quick:

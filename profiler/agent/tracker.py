@@ -934,10 +934,10 @@ class _CallWrapper:
     ``__call__`` (only if nobody replaced ours since, so we never undo someone else's patch).
     While torch.compile traces, the wrapper calls straight through (as the hooks do).
 
-    Nearly every call (CPU timing, a module already counted in this window, not the main model)
-    takes an inline fast path that does _enter/_exit's work without calling them: the two
-    method calls and their per-call lookups were most of what is left of the floor on a tiny
-    model. The same two clock reads per call, so per-instance times are exactly the hook path's.
+    Nearly every call (CPU timing, a module already named, not the main model) takes an inline
+    fast path that does _enter/_exit's work without calling them, a module's first call in a
+    window included (its accumulators are reset inline, as _touch does): the method calls and
+    their per-call lookups were most of what is left of the floor on a tiny model. The same two clock reads per call, so per-instance times are exactly the hook path's.
     """
 
     def __init__(self, module_cls: Any, tracker: Tracker) -> None:
@@ -951,16 +951,23 @@ class _CallWrapper:
         def __call__(module: Any, *args: Any, **kwargs: Any) -> Any:
             if not tracker._on or (tracker._dynamo_loaded and tracker._is_compiling()):
                 return orig(module, *args, **kwargs)  # off, or torch.compile is tracing
-            # The fast path, nearly every call: CPU timing, a module already named and already
-            # counted in this window, not the main model, no forward segments or input shape
-            # to note. It does exactly what _enter/_exit do in that case, inline: no method
+            # The fast path, nearly every call: CPU timing, a module already named (its first
+            # call in a window resets its accumulators here), not the main model, no forward
+            # segments or input shape to note. It does exactly what _enter/_exit do in that case, inline: no method
             # calls, no per-call lookups beyond the module's info. Anything else, at entry or
             # at exit, takes the general path.
             if not (tracker._cuda or tracker._seg_on or tracker._need_shape):
                 info = infos_get(id(module))
-                if info is not None and info.win == tracker._win and info is not tracker._main:
+                if info is not None and info is not tracker._main:
                     stack = getattr(tls, "stack", None)
                     if stack is not None:
+                        if info.win != tracker._win:
+                            # its first call in this window: what _touch does, inline (the
+                            # general path for it cost every module a round trip per window)
+                            info.win = tracker._win
+                            info.fw_incl = info.fw_self = info.fw_calls = 0
+                            info.bw_self = info.bw_calls = 0
+                            tracker._touched.append(info)
                         frame = [info, 0, 0, module]
                         stack.append(frame)
                         frame[1] = t0 = perf_ns()
