@@ -114,3 +114,16 @@ def test_split_optimizer_keeps_the_window_energy():
     assert (mul.n_samples, add.n_samples) == (4, 1)
     assert sum(r.self_energy_j for r in out.values()) == pytest.approx(50.0)
     assert split_optimizer(rows, Counter()) == rows  # no native reads: unchanged
+
+
+def test_native_runs_grow_so_their_start_up_stop_is_paid_rarely():
+    """Each native py-spy stops the target once while it loads symbols (~0.65 s measured): the runs
+    start short (the split starts early) and grow, so a long session pays that stop a few times."""
+    from wattlens.profiler.stacks.native import native_run_s
+
+    runs = [native_run_s(n) for n in range(12)]
+    assert runs[0] <= 5 and runs == sorted(runs) and runs[-1] >= 300
+    starts_in_10_min, t, n = 0, 0, 0
+    while t < 600:
+        t, n, starts_in_10_min = t + native_run_s(n), n + 1, starts_in_10_min + 1
+    assert starts_in_10_min <= 7  # 20 s runs would start 30 times

@@ -8,7 +8,11 @@ so a native sample in the backward says which operation's gradient is being comp
 
 Native reads must pause the target (blocking) and cost ~5 ms each on a busy 2-core machine, so
 they run at :data:`NATIVE_RATE_HZ` (1 Hz: ~0.5 % pause) and only once the target has shown a
-backward pass. Their counts are pooled over the session and split each window's ``backward``
+backward pass. Each native py-spy also stops the target once, at its first read, while it loads
+the symbols of torch's libraries: about 0.65 s on a Llama-style training loop here (one 0.89 s
+iteration against 0.23 s around it, load ≈ 3), far more than all its later reads. So one py-spy
+runs for longer and longer (:func:`native_run_s`: 5 s, so the split starts early, then 20, 60,
+180 and 300 s each): that stop costs ~13 % of the first 5 s but ~0.2 % of a 300 s run. Their counts are pooled over the session and split each window's ``backward``
 bucket in those proportions (:func:`split_backward`): the op rows are an *estimate* whose
 uncertainty is binomial in the pooled count (:func:`op_shares`), reported with them.
 
@@ -40,8 +44,14 @@ from wattlens.profiler.stacks.parse import (
 )
 
 NATIVE_RATE_HZ = 1
-NATIVE_WINDOW_S = 20  # one py-spy per 20 s: its start-up (symbol loading) is paid rarely
-NATIVE_FIRST_WINDOW_S = 5  # but the first one short, so the split starts early in a session
+#: Length of the n-th native py-spy run (the last repeats): its start-up stop is paid rarely.
+NATIVE_RUNS_S = (5, 20, 60, 180, 300)
+
+
+def native_run_s(n: int) -> int:
+    """Seconds the ``n``-th (0-based) native py-spy of a session records."""
+    return NATIVE_RUNS_S[min(n, len(NATIVE_RUNS_S) - 1)]
+
 ENGINE_OTHER = "autograd engine (other)"
 PYTHON_FUNCTION = "autograd.Function (Python)"
 # A BLAS kernel straight under the Python frames: the unwinder could not get through the

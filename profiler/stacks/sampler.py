@@ -56,10 +56,9 @@ from wattlens.profiler.records import LayerCost
 from wattlens.profiler.stacks import backward_map
 from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
 from wattlens.profiler.stacks.native import (
-    NATIVE_FIRST_WINDOW_S,
     NATIVE_RATE_HZ,
-    NATIVE_WINDOW_S,
     backward_ops,
+    native_run_s,
     op_shares,
     optimizer_ops,
     split_optimizer,
@@ -424,8 +423,10 @@ class StackSampler:
         assert self._exe is not None and self._tmpdir is not None
         out_path = os.path.join(self._tmpdir.name, "native.txt")
         env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
-        duration_s = NATIVE_FIRST_WINDOW_S
+        runs = 0
         while not self._stop.is_set() and self.available:
+            duration_s = native_run_s(runs)
+            runs += 1
             cmd = [
                 self._exe, "record", "--pid", str(self.pid), "--rate", str(self.native_hz),
                 "--duration", str(duration_s), "--format", "raw", "--native", "--threads",
@@ -463,7 +464,6 @@ class StackSampler:
                 self.backward_ops.update(ops)
                 self.optimizer_ops.update(opt_ops)
                 self.forward_ops.update(fwd_ops)
-            duration_s = NATIVE_WINDOW_S
 
     def _command(self, output: str, *, calibration: bool = False) -> list[str]:
         assert self._exe is not None
