@@ -126,12 +126,13 @@ def measure(pid: int, args: list[str], db: Path) -> float:
 
 def bench_cost(folder: Path) -> tuple[list[str], int]:
     work = subprocess.Popen([sys.executable, "-c", WORKLOAD], stdout=subprocess.PIPE, text=True)
-    assert work.stdout.readline().strip() == "ready"
     port = free_port()
-    prom = Prometheus([f"127.0.0.1:{port}"], folder / "prom-cost")
     results: dict[str, list[float]] = {k: [] for k in CONFIGS}
     loads = []
-    try:
+    prom = None
+    try:  # the workload never outlives the benchmark, whatever fails
+        assert work.stdout.readline().strip() == "ready"
+        prom = Prometheus([f"127.0.0.1:{port}"], folder / "prom-cost")
         for _ in range(ROUNDS):
             for name, args in CONFIGS.items():
                 loads.append(os.getloadavg()[0])
@@ -139,7 +140,8 @@ def bench_cost(folder: Path) -> tuple[list[str], int]:
                                              folder / "cost.db"))
         scrapes = prom.scrapes()
     finally:
-        prom.stop()
+        if prom is not None:
+            prom.stop()
         work.kill()
         work.wait()
     base = statistics.median(results["power only (--no-stacks)"])
