@@ -53,14 +53,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from wattlens.profiler.records import LayerCost
-from wattlens.profiler.stacks.native import BLAS_UNWOUND, is_blas_leaf
+from wattlens.profiler.stacks.native import BLAS_UNWOUND, is_blas_leaf, native_reads
 from wattlens.profiler.stacks.parse import (
     BUCKET_BACKWARD,
     BUCKET_OTHER,
     Attribution,
     SourceIndex,
     classify,
-    parse_frame,
 )
 
 # LayerCost.method of a backward row charged to a module class (store column: 30 characters)
@@ -149,12 +148,7 @@ def forward_ops(raw_text: str, index: SourceIndex | None = None) -> Counter[tupl
     """
     index = index if index is not None else SourceIndex()
     out: Counter[tuple[str, str]] = Counter()
-    for line in raw_text.splitlines():
-        stack, sep, count_text = line.rpartition(" ")
-        if not sep or not count_text.isdigit() or int(count_text) <= 0:
-            continue
-        parts = stack.split(";")
-        frames = [f for f in (parse_frame(p) for p in parts) if f is not None]
+    for parts, frames, count in native_reads(raw_text):
         if not frames:
             continue
         att = classify(frames, index)
@@ -164,7 +158,7 @@ def forward_ops(raw_text: str, index: SourceIndex | None = None) -> Counter[tupl
             owner = OUTSIDE_MODULES
         else:
             continue  # backward, optimizer, data loading, idle: not a forward
-        out[(owner, forward_op(parts) or NO_OP)] += int(count_text)
+        out[(owner, forward_op(parts) or NO_OP)] += count
     return out
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 from wattlens.profiler.records import LayerCost
@@ -65,6 +65,17 @@ OPTIMIZER_NO_OP = "no tensor op on the stack"
 _TENSOR_OP_RE = re.compile(r"THPVariable_([A-Za-z0-9_]+)")
 _NODE_RE = re.compile(r"(?:^|::)([A-Za-z0-9_]+Backward\d*|AccumulateGrad)::")
 _BLAS_RE = re.compile(r"^(?:mkl_blas|mkl_|openblas|dgemm|sgemm|cblas_|bli_|dnnl_)|gemm", re.I)
+
+
+def native_reads(raw_text: str) -> Iterator[tuple[list[str], list, int]]:
+    """Each stack of a ``py-spy record --native --format raw`` file: its ``;``-separated parts
+    (native and Python), the Python frames among them (``parse.parse_frame``), and its count."""
+    for line in raw_text.splitlines():
+        stack, sep, count_text = line.rpartition(" ")
+        if not sep or not count_text.isdigit() or int(count_text) <= 0:
+            continue
+        parts = stack.split(";")
+        yield parts, [f for f in (parse_frame(p) for p in parts) if f is not None], int(count_text)
 
 
 def is_blas_leaf(part: str) -> bool:
@@ -104,19 +115,14 @@ def backward_ops(raw_text: str, index: SourceIndex | None = None) -> Counter[str
     """
     index = index if index is not None else SourceIndex()
     out: Counter[str] = Counter()
-    for line in raw_text.splitlines():
-        stack, sep, count_text = line.rpartition(" ")
-        if not sep or not count_text.isdigit() or int(count_text) <= 0:
-            continue
-        parts = stack.split(";")
-        frames = [f for f in (parse_frame(p) for p in parts) if f is not None]
+    for parts, frames, count in native_reads(raw_text):
         in_backward = classify(frames, index).bucket == BUCKET_BACKWARD
         node = autograd_node(parts)
         engine_thread = not frames and node not in (None, BLAS_UNWOUND)
         if not (in_backward or engine_thread):
             continue  # a forward (whose frames may name nodes it creates), or other work
         node = node or ENGINE_OTHER
-        out[node] += int(count_text)
+        out[node] += count
     return out
 
 
@@ -178,18 +184,13 @@ def optimizer_ops(raw_text: str, index: SourceIndex | None = None) -> Counter[tu
     ``_foreach_add_``), else :data:`OPTIMIZER_NO_OP`."""
     index = index if index is not None else SourceIndex()
     out: Counter[tuple[str, str]] = Counter()
-    for line in raw_text.splitlines():
-        stack, sep, count_text = line.rpartition(" ")
-        if not sep or not count_text.isdigit() or int(count_text) <= 0:
-            continue
-        parts = stack.split(";")
-        frames = [f for f in (parse_frame(p) for p in parts) if f is not None]
+    for parts, frames, count in native_reads(raw_text):
         att = classify(frames, index)
         if att.bucket != BUCKET_OPTIMIZER or att.detail is None:
             continue
         op = next((m.group(1) for m in map(_TENSOR_OP_RE.search, parts) if m is not None),
                   OPTIMIZER_NO_OP)
-        out[(att.detail, op)] += int(count_text)
+        out[(att.detail, op)] += count
     return out
 
 
