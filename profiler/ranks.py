@@ -156,7 +156,8 @@ def rank_totals(ranks: list[dict], events: Sequence[EventRecord], series: Mappin
         r["energy_j"] = None if job_j is None else job_j / len(ranks)
         r["energy_method"] = rank_energy.EQUAL_METHOD
         r["energy_reasons"] = [NO_SERIES_REASON]
-    return {"job_energy_j": job_j, "other_energy_j": None if job_j is None else 0.0,
+    # the launcher's part is inside the equal shares: "other" is not separated (None, not 0 J)
+    return {"job_energy_j": job_j, "other_energy_j": None,
             "energy_method": rank_energy.EQUAL_METHOD, "energy_fallback_reason": NO_SERIES_REASON}
 
 

@@ -203,6 +203,8 @@ def test_a_session_without_rank_series_says_its_energy_is_an_equal_split():
     job = per_rank(steps, [], {"target/energy_j": (np.array([0, 100]), np.array([0.0, 12.0]))})
     assert [r["energy_j"] for r in job["ranks"]] == [6.0, 6.0]
     assert job["energy_method"] == rank_energy.EQUAL_METHOD and job["energy_fallback_reason"] == NO_SERIES_REASON
+    # the equal split puts the launcher's part inside the ranks: "other" is not measured, so not 0 J
+    assert job["other_energy_j"] is None
 
 
 def test_a_ranks_device_comes_from_its_model_else_its_local_rank():
