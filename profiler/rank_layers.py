@@ -20,8 +20,9 @@ METHODS = {
     "stack-sampling": "py-spy stack sampling of each rank process; a rank's window energy is the "
                       "target's attributed energy over the window × that process's share of the "
                       "tree's CPU time (estimate; the launcher's own share is in no rank)",
-    "agent-timing": "agent timing in each rank; a rank's window energy is the target's energy ÷ "
-                    "the ranks on the host (equal-share estimate)",
+    "agent-timing": "agent timing in each rank; a rank's window energy is that rank's own energy "
+                    "over the window (its CPU time and GPU device share, profiler/rank_energy.py), "
+                    "else the target's ÷ the ranks on the host (labelled equal-share fallback)",
 }
 
 

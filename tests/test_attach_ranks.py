@@ -149,3 +149,11 @@ def test_rank_layer_rows_say_each_rank_and_the_job_total():
     lines = rank_layer_lines(out)
     assert lines[0].startswith("Job layer energy 10 J over 2 rank(s) (1 rank(s) without measured energy")
     assert rank_layer_rows(None) == [] and rank_layer_lines(None) == []
+
+
+def test_the_agents_root_instance_is_named_in_the_rank_table():
+    """Run mode's rows are agent instance paths; the root's is empty and must not show as a blank."""
+    from wattlens.app.report.rank_layers import short_path
+
+    assert short_path("") == "(model root)"
+    assert short_path("M/LlamaDecoderLayer/LlamaMLP") == "LlamaDecoderLayer/LlamaMLP"

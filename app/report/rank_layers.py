@@ -12,8 +12,8 @@ def _j(value) -> str:
 
 def short_path(path: str) -> str:
     """The last two classes of a module-class path ("LlamaMLP/Linear"): a leaf class alone is
-    ambiguous."""
-    return "/".join(path.split("/")[-2:])
+    ambiguous. The agent's root instance has the empty path: "(model root)", as every view says."""
+    return "/".join(path.split("/")[-2:]) or "(model root)"
 
 
 def rank_layer_rows(rank_layers: dict | None) -> list[tuple[str, ...]]:
