@@ -6,18 +6,13 @@ the features read the model's dtype, device and module table from.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
+from tests.agent_sessions import record_agent_session
 from wattlens.advisor.features import extract_features
 from wattlens.advisor.rules import evaluate_all
-from wattlens.profiler.agentlink import AgentServer
-from wattlens.profiler.launch import launch
-from wattlens.profiler.process import Target
-from wattlens.profiler.session import ProfilingSession
-from wattlens.profiler.sources import discover
 from wattlens.profiler.store import Store
 
 CHILD = """
@@ -64,38 +59,9 @@ with torch.no_grad():
 @pytest.fixture(scope="module")
 def agent_session(tmp_path_factory):
     store = Store(tmp_path_factory.mktemp("agent") / "w.db")
-    holder: dict = {}
-
-    def put(item):
-        s = holder.get("s")
-        if s is not None and s.writer is not None:
-            s.writer.put(item)
-
-    server = AgentServer(
-        on_step=lambda st: holder["s"].add_step(st),
-        on_layer_costs=lambda rows: holder["s"].add_layer_costs(rows),
-        on_event=put,
-        on_hello=lambda info: holder["s"].event("agent-hello", "agent connected", **info),
-        energy_between=lambda a, b: holder["s"].attributed_energy_between(a, b),
-        energy_wait_s=1.0)
     script = tmp_path_factory.mktemp("child") / "child.py"
     script.write_text(CHILD)
-    child = launch([sys.executable, str(script), "8"], server=server, stdout=subprocess.PIPE, text=True)
-    try:
-        session = ProfilingSession(store, target=Target(child.pid), kind="run", name="agent run",
-                                   discovery=discover(gpu=False))
-        holder["s"] = session
-        sid = session.start()
-        assert child.stdout.readline().strip() == "ready"
-        child.wait(timeout=120)
-        server.stop()
-        session.stop("target-exited", "the target finished")
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=10)
-        child.stdout.close()
-        server.stop()
+    sid = record_agent_session(store, [sys.executable, str(script), "8"], name="agent run", wait_s=120)
     yield store, sid
     store.close()
 

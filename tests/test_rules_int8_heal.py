@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.agent_sessions import record_agent_session
 from tests.test_actions_helpers import save_char_tokenizer, save_hf, tiny_gpt2
 from wattlens.advisor.features import extract_features
 from wattlens.advisor.optimize import QualityLossError, optimize
 from wattlens.advisor.rules import evaluate_all
 from wattlens.app.cli import build_parser
-from wattlens.profiler.agentlink import AgentServer
 from wattlens.profiler.errors import BadInputError
-from wattlens.profiler.launch import launch
-from wattlens.profiler.process import Target
-from wattlens.profiler.session import ProfilingSession
-from wattlens.profiler.sources import discover
 from wattlens.profiler.store import Store
 
 TEXT = Path(__file__).parent / "fixtures" / "text" / "heal.txt"
@@ -72,38 +67,8 @@ def _llama(folder: Path) -> Path:
 
 
 def _agent_session(store: Store, script: Path, folder: Path, name: str, seconds: float = 8.0) -> int:
-    holder: dict = {}
-
-    def put(item):
-        s = holder.get("s")
-        if s is not None and s.writer is not None:
-            s.writer.put(item)
-
-    server = AgentServer(
-        on_step=lambda st: holder["s"].add_step(st),
-        on_layer_costs=lambda rows: holder["s"].add_layer_costs(rows),
-        on_event=put,
-        on_hello=lambda info: holder["s"].event("agent-hello", "agent connected", **info),
-        energy_between=lambda a, b: holder["s"].attributed_energy_between(a, b),
-        energy_wait_s=1.0)
-    child = launch([sys.executable, str(script), str(seconds), str(folder)], server=server,
-                   stdout=subprocess.PIPE, text=True)
-    try:
-        session = ProfilingSession(store, target=Target(child.pid), kind="run", name=name,
-                                   discovery=discover(gpu=False))
-        holder["s"] = session
-        sid = session.start()
-        assert child.stdout.readline().strip() == "ready"
-        child.wait(timeout=300)
-        server.stop()
-        session.stop("target-exited", "the target finished")
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=10)
-        child.stdout.close()
-        server.stop()
-    return sid
+    return record_agent_session(store, [sys.executable, str(script), str(seconds), str(folder)],
+                                name=name, wait_s=300)
 
 
 @pytest.fixture(scope="module")
