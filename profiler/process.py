@@ -1,6 +1,7 @@
 """The target: a PID and its children, followed over time, and its share of CPU time.
 
-psutil is the only thing that reads /proc here. Children are rescanned at most once a second
+psutil is the only thing that reads /proc here; a process's CPU time is read from its CPU-time
+clock where the kernel offers one (:func:`process_cpu_s`). Children are rescanned at most once a second
 (``children(recursive=True)`` walks every PID on the host, too costly at 10 Hz).
 
 A child found by a rescan may have run for up to a second before it was found. Its CPU time from
@@ -14,12 +15,41 @@ previous reading is counted whole: all its time falls in the current interval.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 
 import psutil
 
 from wattlens.profiler.errors import TargetAccessError, TargetNotFoundError
+
+
+def _process_cpu_clock(pid: int) -> int:
+    """The clock id of process ``pid``'s CPU time (Linux: ``MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)``,
+    what glibc's ``clock_getcpuclockid`` returns)."""
+    return ((~pid) << 3) | 2
+
+
+_HAS_CPU_CLOCK = sys.platform.startswith("linux") and hasattr(time, "clock_gettime_ns")
+
+
+def process_cpu_s(proc: psutil.Process) -> float:
+    """User + system CPU seconds of a process, threads that exited included.
+
+    On Linux it is read from the process's CPU-time clock, to the nanosecond: /proc (and psutil)
+    give it in 10-ms clock ticks, so a short span of a light process read 0 — a DDP rank that
+    computed for 8 ms of a 96-ms tick was charged 0 J for its step. The clock is also ~100x
+    cheaper to read. Elsewhere, or where the clock cannot be read (the process is gone: psutil then
+    raises ``NoSuchProcess``), psutil's figure. Anything that is not a real ``psutil.Process``
+    (the fakes in tests) is read through its ``cpu_times()``.
+    """
+    if _HAS_CPU_CLOCK and type(proc) is psutil.Process:
+        try:
+            return time.clock_gettime_ns(_process_cpu_clock(proc.pid)) / 1e9
+        except OSError:
+            pass
+    t = proc.cpu_times()
+    return t.user + t.system
 
 
 class Target:
@@ -106,8 +136,7 @@ class Target:
         total = 0.0
         for pid, p in list(self._members.items()):
             try:
-                t = p.cpu_times()
-                cpu_s = t.user + t.system
+                cpu_s = process_cpu_s(p)
                 if pid in self._new:
                     self._new.discard(pid)
                     self._cpu_base[pid] = self._unseen_part(p, cpu_s)

@@ -7,10 +7,10 @@ the same rules that charged the target:
 - CPU (and DRAM): by CPU time. Each member of the target's process tree belongs to the rank whose
   process is its nearest ancestor (a rank's DataLoader workers count as the rank); the tick's
   attributed CPU energy is shared by the groups' CPU seconds. A process's CPU time advances in
-  10-ms clock ticks, and ticks come as often as step ends ask for them, so the shares are measured
-  over spans of at least ``min_span_s`` (as the sampler measures the target's CPU share) and
-  apply to every tick until the next span completes; a share from a few ms would charge a rank
-  0 J for a step it computed in.
+  10-ms clock ticks, and ticks come as often as step ends ask for them, so each tick's shares are
+  measured over a window of at least ``min_span_s`` that ends at the tick and slides with the
+  ticks (as the sampler measures the target's CPU share over a span); a share from a few ms
+  would charge a rank 0 J for a step it computed in.
 - GPU: by the driver's per-process SM utilisation on each device (the same samples that gave the
   target its share): a rank gets the part of the device's attributed energy its processes used.
   Where the driver has no per-process figure, a device held by one rank's processes alone is that
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -84,7 +85,7 @@ class RankSplit:
                  clock_ns: Callable[[], int] = time.monotonic_ns, min_span_s: float = MIN_SPAN_S) -> None:
         self.declare = declare
         self._min_span_ns = int(min_span_s * 1e9)
-        self._span: tuple[int, dict[int, float]] | None = None  # (start ns, CPU s per PID at start)
+        self._cpu_history: deque[tuple[int, dict[int, float]]] = deque()  # (tick ns, CPU s per PID)
         self.on_event = on_event
         self._clock = clock_ns
         self._lock = threading.Lock()
@@ -168,21 +169,27 @@ class RankSplit:
             self._method(t_ns, r, CPU_BY_TIME, None)
 
     def _cpu_fractions(self, t_ns: int, cpu_s: Mapping[int, float], group: Mapping[int, int]) -> dict:
-        """Each group's share of the tree's CPU seconds over the last span of ≥ min_span_s (the
-        current, shorter one only until a first span completes)."""
-        if self._span is None:
-            self._span = (t_ns, dict(cpu_s))  # a member first seen later counts whole: the Target did too
-        start_ns, base = self._span
+        """Each group's share of the tree's CPU seconds over a window that ends at this tick and
+        reaches back to the newest earlier tick at least ``min_span_s`` old (before there is one:
+        every member's CPU time since the sampler first saw it).
+
+        The window slides with the ticks, so a rank's share follows what it does now: fractions
+        from the last *completed* span lagged by up to two spans, and a 1.2-s loop in which rank 0
+        did 20x rank 1's work was charged 2.9x (the start-up's even split carried into it)."""
+        hist = self._cpu_history
+        if not hist:
+            hist.append((t_ns, {}))  # CPU seconds since first seen
+        hist.append((t_ns, dict(cpu_s)))
+        while len(hist) > 2 and t_ns - hist[1][0] >= self._min_span_ns:
+            hist.popleft()  # the next one is old enough to be the window's start
+        base = hist[0][1]
         d: dict[int | str, float] = {}
         for pid, s in cpu_s.items():
             who = group.get(pid, OTHER)
             d[who] = d.get(who, 0.0) + max(0.0, s - base.get(pid, 0.0))
         total = sum(d.values())
-        if t_ns - start_ns >= self._min_span_ns and total > 0:
+        if total > 0:
             self._last_cpu_frac = {k: v / total for k, v in d.items()}
-            self._span = (t_ns, dict(cpu_s))
-        elif self._last_cpu_frac is None and total > 0:
-            return {k: v / total for k, v in d.items()}
         return self._last_cpu_frac or {}
 
     def _split_gpu(self, t_ns, g: GpuTick, group, ranks, charged) -> None:

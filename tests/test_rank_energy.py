@@ -176,6 +176,30 @@ def test_cpu_energy_is_split_by_each_ranks_cpu_time_with_children_counted_to_the
     assert [e.data["method"] for e in events] == [rank_energy.CPU_BY_TIME] * 2
 
 
+def test_a_ranks_cpu_share_follows_what_it_does_now_not_a_span_that_ended_earlier():
+    """Rank 0 computes for 1 s, then rank 1 for 1 s (ticks every 50 ms): once the window of
+    ``min_span_s`` lies inside a phase, every tick's CPU energy is the busy rank's alone."""
+    split = RankSplit(clock_ns=lambda: 0, min_span_s=0.3)
+    split.register(10, 0)
+    split.register(20, 1)
+    parents, cpu = {1: None, 10: 1, 20: 1}, {1: 0.0, 10: 0.0, 20: 0.0}
+    last = {0: 0.0, 1: 0.0}
+    by_phase: dict[int, list[dict[int, float]]] = {0: [], 1: []}
+    for i in range(1, 41):
+        t_ns, busy = i * 50_000_000, (0 if i <= 20 else 1)
+        cpu[10 if busy == 0 else 20] += 0.05
+        pts = {p.key: p.value for p in split.tick(t_ns, cpu_s_by_pid=dict(cpu), parents=parents, cpu_j=1.0,
+                                                   gpus=[], target_total_j=float(i))}
+        got = {r: pts[series_key(r)] - last[r] for r in (0, 1)}
+        last = {r: pts[series_key(r)] for r in (0, 1)}
+        since_phase_s = (i - (1 if busy == 0 else 21)) * 0.05
+        if since_phase_s >= 0.3:
+            by_phase[busy].append(got)
+    for busy in (0, 1):
+        assert by_phase[busy], "no tick had a window inside its phase"
+        assert all(g[busy] == pytest.approx(1.0) and g[1 - busy] == pytest.approx(0.0) for g in by_phase[busy])
+
+
 def test_equal_split_is_a_labelled_fallback_when_a_rank_pid_is_not_in_the_tree():
     now = [0]
     split, events = RankSplit(clock_ns=lambda: now[0]), []

@@ -7,7 +7,7 @@ rank's own attributed energy. Shares are computed from one set of readings of ev
 ranks' shares (plus the launcher's, which no worker owns) add up to 1 and summing the ranks' rows
 counts the job's energy once.
 
-A member's CPU seconds (user + system, ``psutil``) are read every ``read_s`` by the follower and
+A member's CPU seconds (user + system, :func:`~wattlens.profiler.process.process_cpu_s`) are read every ``read_s`` by the follower and
 whenever a share is asked for past the last reading, and interpolated linearly to a window's ends.
 A member counts from its first reading (before it, its CPU time belongs to intervals already
 recorded, as in :mod:`wattlens.profiler.process`); one that exited keeps its last reading.
@@ -23,16 +23,17 @@ from collections.abc import Callable
 
 import psutil
 
+from wattlens.profiler.process import process_cpu_s
+
 _KEEP = 2048  # readings kept per member (≥ 10 min at the follower's 0.25 s cadence)
 
 
 def read_cpu_s(proc: psutil.Process) -> float | None:
     """User + system CPU seconds of one process; None once it has exited or is unreadable."""
     try:
-        t = proc.cpu_times()
+        return process_cpu_s(proc)
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return None
-    return t.user + t.system
 
 
 class CpuSplit:
