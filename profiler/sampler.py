@@ -11,10 +11,12 @@ value remembered for that GPU from an earlier session (``known_idle_w``), never 
 minimum (see :mod:`wattlens.profiler.gpu_share`). Where a GPU's energy covers the CPU too
 (GH200), CPU sources are left out of ``target/energy_j`` so nothing is counted twice.
 
-CPU times advance in clock ticks (10 ms), and callers may ask for a tick at any moment (a step's
-end, a measurement window's edge), so two ticks can be a millisecond apart. The target's CPU rate
-and CPU share are therefore measured over spans of at least ``min_cpu_span_s`` (most of one
-interval): a shorter tick reuses the share of the last full span and stores no CPU percentage.
+Callers may ask for a tick at any moment (a step's end, a measurement window's edge), so two ticks
+can be a millisecond apart, and the machine's busy time (/proc/stat) advances in 10-ms clock ticks
+per CPU (the target's own CPU time is read to the ns where the kernel allows:
+``process.process_cpu_s``). The target's CPU rate and CPU share are therefore measured over spans
+of at least ``min_cpu_span_s`` (most of one interval): a shorter tick reuses the share of the last
+full span and stores no CPU percentage.
 Every tick passes the checks in ``invariants.py`` before anything is stored.
 """
 
