@@ -130,14 +130,20 @@ def summarize(doc: dict) -> dict:
     return out
 
 
+def _native_schedule() -> str:
+    from wattlens.profiler.stacks.native import NATIVE_RUNS, native_run
+
+    return ", ".join(f"{native_run(n)[0]} s at {native_run(n)[1]} Hz" for n in range(len(NATIVE_RUNS))) + ", ..."
+
+
 def render(doc: dict, s: dict, command: str) -> str:
     sl = doc["slice_s"]
     lines = [
         "One child runs the Llama-style training loop (4 blocks, d=256, batch 2 x 128, forward + "
         "backward + AdamW, CPU, 1 intra-op thread) throughout; nothing attached for "
         f"{doc['off_s']:.0f} s, then ONE default `wattlens attach` StackSampler (50 Hz --nonblocking, "
-        "5 Hz blocking calibration, 1 Hz native reads in runs of 5, 20, 60, ... s once a backward is "
-        f"seen) for {doc['attached_for_s']:.0f} s, then nothing again for {doc['off_s']:.0f} s; "
+        "5 Hz blocking calibration, native reads once a backward is seen: "
+        f"{_native_schedule()}) for {doc['attached_for_s']:.0f} s, then nothing again for {doc['off_s']:.0f} s; "
         f"{sl:.0f}-s slices. Command: `{command}`. Load average (1, 5, 15 min) at the end: "
         + ", ".join(f"{x:.1f}" for x in doc["load"]) + " on 2 CPUs.",
         "",

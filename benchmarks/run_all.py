@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["core", "stacks", "agent_overhead", "gui", "actions", "regression", "ranks", "attach_ranks", "pg", "node"]
+ORDER = ["core", "stacks", "attach_long", "agent_overhead", "gui", "actions", "regression", "ranks",
+         "attach_ranks", "pg", "node"]
 SECTION = {"agent_overhead": "agent"}
 #: Sections in RESULTS.md order: the benchmarks' own, plus summaries written by a benchmark mode
 #: (bench_stacks.py --calibration-ab / backward by class) that keep their own file.
 COLLECT = ["core", "stacks", "agent_overhead", "agent_floor", "gui", "actions", "regression",
-           "stacks_issue14", "stacks_overhead_llama", "stacks_overhead_llama_train", "ranks",
+           "stacks_issue14", "stacks_overhead_llama", "stacks_overhead_llama_train", "attach_long_train", "ranks",
            "rank_split", "attach_ranks", "pg", "store_open", "node"]
 
 

@@ -6,13 +6,15 @@ autograd engine runs one generated node per operation —
 ``torch::autograd::generated::MmBackward0::apply``, ``SiluBackward0``, ``NllLossBackward0`` ... —
 so a native sample in the backward says which operation's gradient is being computed.
 
-Native reads must pause the target (blocking) and cost ~5 ms each on a busy 2-core machine, so
-they run at :data:`NATIVE_RATE_HZ` (1 Hz: ~0.5 % pause) and only once the target has shown a
-backward pass. Each native py-spy also stops the target once, at its first read, while it loads
-the symbols of torch's libraries: about 0.65 s on a Llama-style training loop here (one 0.89 s
-iteration against 0.23 s around it, load ≈ 3), far more than all its later reads. So one py-spy
-runs for longer and longer (:func:`native_run_s`: 5 s, so the split starts early, then 20, 60,
-180 and 300 s each): that stop costs ~13 % of the first 5 s but ~0.2 % of a 300 s run. Their counts are pooled over the session and split each window's ``backward``
+Native reads must pause the target (blocking) and cost ~1-5 ms each on a 2-core machine, so
+they run at :data:`NATIVE_RATE_HZ` (1 Hz) and only once the target has shown a backward pass.
+Each native py-spy also stops the target once, at its first read, while it loads the symbols of
+torch's libraries (0.3-0.65 s on a Llama-style training loop here), and slows it for a few
+seconds more while it reads them: benchmarks/bench_attach_long.py measured +14-16 % own-core
+slowdown over the 10-s slices with a start against 0.4-1.0 % paused in the slices without one.
+A start costs far more than all of a run's later reads, so the runs are few (:func:`native_run`):
+a first short one at a higher rate (5 s at 10 Hz: ~50 reads, so the split starts early on a
+pool that can carry it), then 120 s, then 300 s each at the steady rate. Their counts are pooled over the session and split each window's ``backward``
 bucket in those proportions (:func:`split_backward`): the op rows are an *estimate* whose
 uncertainty is binomial in the pooled count (:func:`op_shares`), reported with them.
 
@@ -44,13 +46,15 @@ from wattlens.profiler.stacks.parse import (
 )
 
 NATIVE_RATE_HZ = 1
-#: Length of the n-th native py-spy run (the last repeats): its start-up stop is paid rarely.
-NATIVE_RUNS_S = (5, 20, 60, 180, 300)
+#: (seconds, rate in Hz or None for the steady rate) of the n-th native py-spy run; the last
+#: repeats. Its start-up stop is paid rarely; the first run reads fast so the split starts early.
+NATIVE_RUNS = ((5, 10), (120, None), (300, None))
 
 
-def native_run_s(n: int) -> int:
-    """Seconds the ``n``-th (0-based) native py-spy of a session records."""
-    return NATIVE_RUNS_S[min(n, len(NATIVE_RUNS_S) - 1)]
+def native_run(n: int, steady_hz: int = NATIVE_RATE_HZ) -> tuple[int, int]:
+    """(seconds, rate in Hz) of the ``n``-th (0-based) native py-spy of a session."""
+    seconds, hz = NATIVE_RUNS[min(n, len(NATIVE_RUNS) - 1)]
+    return seconds, max(hz or 0, steady_hz)
 
 ENGINE_OTHER = "autograd engine (other)"
 PYTHON_FUNCTION = "autograd.Function (Python)"

@@ -58,7 +58,7 @@ from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
 from wattlens.profiler.stacks.native import (
     NATIVE_RATE_HZ,
     backward_ops,
-    native_run_s,
+    native_run,
     op_shares,
     optimizer_ops,
     split_optimizer,
@@ -399,7 +399,8 @@ class StackSampler:
         by_class = backward_map.class_message(ops, fwd, fwd_time)
         return (
             f"backward split by autograd op from {sum(self.backward_ops.values())} native "
-            f"blocking reads at {self.native_hz} Hz (estimate, binomial standard error): {top}"
+            f"blocking reads ({native_run(0, self.native_hz)[1]} Hz for the first "
+            f"{native_run(0)[0]} s, then {self.native_hz} Hz; estimate, binomial standard error): {top}"
         ) + (f"; {by_class}" if by_class else "")
 
     def backward_classes(self) -> dict[str, list[float]]:
@@ -425,10 +426,10 @@ class StackSampler:
         env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
         runs = 0
         while not self._stop.is_set() and self.available:
-            duration_s = native_run_s(runs)
+            duration_s, rate_hz = native_run(runs, self.native_hz)
             runs += 1
             cmd = [
-                self._exe, "record", "--pid", str(self.pid), "--rate", str(self.native_hz),
+                self._exe, "record", "--pid", str(self.pid), "--rate", str(rate_hz),
                 "--duration", str(duration_s), "--format", "raw", "--native", "--threads",
                 "--full-filenames", "--output", out_path,
             ]  # fmt: skip
