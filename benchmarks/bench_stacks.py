@@ -742,6 +742,8 @@ def measure_suite(archs: list[str], runs: int, seconds: float, train_seconds: fl
 
 
 def suite_markdown(suite: dict, args: argparse.Namespace, load: tuple[float, float]) -> str:
+    from wattlens.profiler.stacks.native import native_run
+
     lines = [
         "## Same-run comparison on three architectures and a training loop (issue 14)",
         "",
@@ -750,8 +752,10 @@ def suite_markdown(suite: dict, args: argparse.Namespace, load: tuple[float, flo
         f"{load[1]:.1f} — a shared, busy machine: read the spreads, not just the means.",
         "",
         "StackSampler defaults (50 Hz --nonblocking, 5 s windows, 5 Hz blocking calibration, "
-        f"{args.native_hz or 1} Hz native reads once a backward is seen"
-        + ("" if args.native_hz in (None, 1) else " (the default is 1 Hz)") + ") attached to a child that also runs an in-process "
+        "native reads once a backward is seen: "
+        + ", ".join(f"{s_} s at {hz} Hz" for s_, hz in (native_run(n, args.native_hz or 1) for n in range(3)))
+        + ", ..." + ("" if args.native_hz in (None, 1) else " (the default steady rate is 1 Hz)")
+        + ") attached to a child that also runs an in-process "
         "hook timer (pre/post hooks on every module, same span). Self share (the class path's own "
         "time, its child modules' excluded) = self time / wall (timer) and self samples / all "
         "samples, lost reads added back (sampler). Top five class paths by timer self share. "
@@ -806,7 +810,7 @@ def suite_markdown(suite: dict, args: argparse.Namespace, load: tuple[float, flo
                 lines.append(f"| {p} | | {100 * v:.1f} % |")
         ops = Counter(t["backward_ops"])
         n_ops = sum(ops.values())
-        lines += ["", f"Backward by autograd op ({n_ops} native reads at {t.get('native_hz', 1)} Hz; share of the "
+        lines += ["", f"Backward by autograd op ({n_ops} native reads; share of the "
                   "backward ± binomial se): " + ", ".join(
                       f"{op} {100 * n / n_ops:.0f} % ± {100 * (n / n_ops * (1 - n / n_ops) / n_ops) ** 0.5:.0f}"
                       for op, n in ops.most_common(8)) if n_ops else "", "",

@@ -14,8 +14,10 @@ seconds more while it reads them: benchmarks/bench_attach_long.py measured +14-1
 slowdown over the 10-s slices with a start against 0.4-1.0 % paused in the slices without one.
 A start costs far more than all of a run's later reads, so the runs are few (:func:`native_run`):
 a first short one at a higher rate (5 s at 10 Hz: ~50 reads, so the split starts early on a
-pool that can carry it), then 120 s, then 300 s each at the steady rate. Their counts are pooled over the session and split each window's ``backward``
-bucket in those proportions (:func:`split_backward`): the op rows are an *estimate* whose
+pool that can carry it), then 120 s, then 300 s each at the steady rate. Their counts are
+pooled over the session and split each window's ``backward`` bucket in those proportions; the
+windows that close while the first run is still reading wait for it (a few seconds, at most its
+length + 10 s) so their backward is split too (:func:`split_backward`): the op rows are an *estimate* whose
 uncertainty is binomial in the pooled count (:func:`op_shares`), reported with them.
 
 The same native reads split the optimizer step's parts (``optimizer/_single_tensor_adamw`` ...,

@@ -87,6 +87,7 @@ _STARTED_MARK = "Sampling process"
 _MIN_RUN_S = 0.05  # py-spy installs its SIGINT handler just after printing the mark
 _START_TIMEOUT_S = 20.0  # py-spy retries attaching for a few seconds before giving up
 _STOP_TIMEOUT_S = 15.0
+_NATIVE_HOLD_SLACK_S = 10.0  # beyond the first native run's length: its start, stop and parse
 _MAX_FAILED_STARTS = 3
 _SUMMARY_RE = re.compile(r"Samples: (\d+) Errors: (\d+)")
 
@@ -263,6 +264,11 @@ class StackSampler:
         self.forward_time: Counter[str] = Counter()
         self._native_thread: threading.Thread | None = None
         self._native_proc: subprocess.Popen[str] | None = None
+        # windows whose backward waits for the first native reads (sampler thread only), and
+        # until when they may wait (the first native run's length, plus its start and stop)
+        self._held: list[list[LayerCost]] = []
+        self.native_hold_until_ns = 0
+        self.native_pooled_ns: int | None = None  # when the first native reads were pooled
         self._on_window = on_window
         self._energy_between = energy_between
         self._pyspy_path = pyspy_path
@@ -382,6 +388,11 @@ class StackSampler:
             self._give_up(f"stack sampling failed ({exc}): attach again, or use --no-stacks")
         finally:
             self._first.set()
+            if self._held:  # the native py-spy was asked to stop: its reads split them
+                native = self._native_thread
+                if native is not None:
+                    native.join(_STOP_TIMEOUT_S + 5.0)
+                self._flush_held()
 
     def loss_message(self) -> str:
         """One line: how many stack reads were lost (failed, torn) and how that was handled."""
@@ -415,6 +426,8 @@ class StackSampler:
 
     def _maybe_start_native(self) -> None:
         if self.native_hz and self._native_thread is None and not self._stop.is_set():
+            first_s = native_run(0, self.native_hz)[0]
+            self.native_hold_until_ns = time.monotonic_ns() + int((first_s + _NATIVE_HOLD_SLACK_S) * 1e9)
             self._native_thread = threading.Thread(
                 target=self._native_loop, name=f"wattlens-native-{self.pid}", daemon=True
             )
@@ -465,6 +478,8 @@ class StackSampler:
                 self.backward_ops.update(ops)
                 self.optimizer_ops.update(opt_ops)
                 self.forward_ops.update(fwd_ops)
+                if self.native_pooled_ns is None and ops:
+                    self.native_pooled_ns = time.monotonic_ns()
 
     def _command(self, output: str, *, calibration: bool = False) -> list[str]:
         assert self._exe is not None
@@ -652,6 +667,36 @@ class StackSampler:
             rate_hz=self.rate_hz,
             window_energy_j=energy_j,
         )
+        if self.loss.torn:
+            log.debug("torn stacks dropped so far: %s", dict(self.tree.torn_paths))
+        if not rows:
+            return
+        if self._waits_for_native(rows):
+            self._held.append(rows)
+            return
+        self._flush_held()
+        self._deliver(rows)
+
+    def _waits_for_native(self, rows: list[LayerCost]) -> bool:
+        """A window with a backward (and every window after one held) waits while the first
+        native run is reading: held a few seconds, its backward is split like the later ones'
+        instead of stored as one bucket (11 % of a 60-s training attach was, measured)."""
+        native = self._native_thread
+        if native is None or not native.is_alive() or time.monotonic_ns() > self.native_hold_until_ns:
+            return False
+        with self._lock:
+            if self.backward_ops:
+                return False
+        return bool(self._held) or any(
+            r.granularity == "bucket" and r.path == BUCKET_BACKWARD for r in rows)
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, []
+        for rows in held:
+            self._deliver(rows)
+
+    def _deliver(self, rows: list[LayerCost]) -> None:
+        """Split the window's backward and optimizer by the pooled native reads, hand it over."""
         with self._lock:
             ops = Counter(self.backward_ops)
             opt_ops = Counter(self.optimizer_ops)
@@ -660,14 +705,11 @@ class StackSampler:
         rows = split_optimizer(backward_map.split_backward(rows, ops, fwd_ops, fwd_time), opt_ops)
         if self.rank is not None:
             rows = [dataclasses.replace(r, rank=self.rank) for r in rows]
-        if self.loss.torn:
-            log.debug("torn stacks dropped so far: %s", dict(self.tree.torn_paths))
-        if rows:
-            self.windows += 1
-            try:
-                self._on_window(rows)
-            except Exception:  # the consumer's fault: keep sampling, say so once per window
-                log.exception("on_window failed for the window ending %d", t_end_ns)
+        self.windows += 1
+        try:
+            self._on_window(rows)
+        except Exception:  # the consumer's fault: keep sampling, say so once per window
+            log.exception("on_window failed for the window ending %d", rows[0].window_end_ns)
 
     def _counts(self, raw: str, failed: int, calibration_raw: str) -> dict:
         """One window's samples per attribution: torn paths dropped, lost reads added back."""
