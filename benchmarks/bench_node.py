@@ -178,7 +178,7 @@ def bench_dashboard(folder: Path, duration_s: float = 150.0) -> list[str]:
         proc.wait(timeout=120)
         prom.stop()
     rows = [f"Dashboard: `{out.relative_to(ROOT)}`, {end - start:.0f} s of a 2-rank gloo DDP job "
-            "(rank 1 sleeps 50 ms per step) under `wattlens run --metrics-port`, scraped every 1 s by "
+            "(rank 1 runs extra matrix products each step) under `wattlens run --metrics-port`, scraped every 1 s by "
             "Prometheus; series per panel:", ""]
     rows += [f"- {title}: {n}" for title, n in counts.items()]
     return rows

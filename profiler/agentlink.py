@@ -262,6 +262,11 @@ class AgentServer:
         except OSError:
             pass
         self._thread.join(5.0)
+        if not self._thread.is_alive():  # the listener is ours alone now
+            try:  # an agent that connected while the listener was stopping: its records count too
+                self._accept()
+            except OSError:
+                pass
         for client in list(self._clients.values()):
             self._read_rest(client)
         for client in list(self._clients.values()):

@@ -92,14 +92,20 @@ def stored_db_template(tmp_path_factory, torch_loop):
     from wattlens.profiler.sources import discover
     from wattlens.profiler.store import Store
 
+    def until_a_window(s) -> None:
+        """py-spy may take seconds to attach on a busy machine: the session with layers ends
+        (completed) once a window was stored, not after a fixed time that attaching could use up."""
+        if s.stack_sampler is not None and s.stack_sampler.windows > 0:
+            s.duration_s = s.elapsed_s()
+
     path = tmp_path_factory.mktemp("stored") / "sessions.db"
     store = Store(path)
-    for name, stacks, duration_s in (("with layers", True, 2.0), ("baseline", False, 1.2)):
+    for name, stacks, duration_s in (("with layers", True, 120.0), ("baseline", False, 1.2)):
         s = ProfilingSession(store, target=Target(torch_loop.pid), name=name, interval_s=0.05,
                              duration_s=duration_s, discovery=discover(gpu=False), stacks=stacks,
                              stack_rate_hz=100)
         s.start()
-        s.run(poll_s=0.05)
+        s.run(poll_s=0.05, on_tick=until_a_window if stacks else None)
     store.close()
     return path
 

@@ -28,7 +28,7 @@ def energy_between(t0_ns: int, t1_ns: int) -> float:
     return (t1_ns - t0_ns) * 1e-9 * POWER_W
 
 
-def run_child(tmp_path: Path, script: str, *, python: str = sys.executable, timeout_s: float = 90,
+def run_child(tmp_path: Path, script: str, *, python: str = sys.executable, timeout_s: float = 300,
               env_extra: dict | None = None, on_server=None, expect_rc: int | None = 0):
     """Run ``script`` under launch(); return (completed output, collector)."""
     path = tmp_path / "user_script.py"

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -59,12 +60,27 @@ def test_attach_end_to_end_json_then_show_sessions_and_reports(torch_child, db_p
     assert (tmp_path / "r.csv").read_text().splitlines()[0] == "session_id,series,unit,method,t_s,value"
 
 
-def test_target_that_exits_ends_the_session_as_target_exited(torch_child, db_path):
-    child = torch_child(1.5, "--exit-code", "3")
-    r = run_cli("attach", str(child.pid), "--duration", "30", "--no-stacks", "--db", str(db_path), "--json")
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
-    assert doc["status"] == "target-exited" and doc["duration_s"] < 30  # ended by the exit, not the duration
+def test_target_that_exits_ends_the_session_as_target_exited(torch_child, db_path, tmp_path):
+    stop = tmp_path / "stop"  # the child exits when told, once wattlens is measuring it: a fixed
+    child = torch_child(600, "--exit-code", "3", "--stop-file", str(stop))  # lifetime races start-up
+    attach = subprocess.Popen(
+        [sys.executable, "-m", "wattlens.app", "attach", str(child.pid), "--duration", "600", "--no-stacks",
+         "--db", str(db_path), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in attach.stderr:  # "wattlens: measuring PID ..." once the session started
+            seen.append(line)
+            if "measuring PID" in line:
+                break
+        time.sleep(1.0)  # a few ticks of data before the exit
+        stop.touch()
+        out, err = attach.communicate(timeout=300)
+    finally:
+        if attach.poll() is None:
+            attach.kill()
+    assert attach.returncode == 0, "".join(seen) + err
+    doc = json.loads(out)
+    assert doc["status"] == "target-exited" and doc["duration_s"] < 600  # ended by the exit, not the duration
     s = json.loads(run_cli("show", str(doc["session_id"]), "--db", str(db_path), "--json").stdout)
     assert "exited" in s["session"]["end_reason"]
     assert s["summary"]["energy_j"] > 0  # the data measured before the exit is kept

@@ -3,6 +3,9 @@ unusable database, a target that exits, a command that does not exist."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from PySide6.QtWidgets import QApplication
 
 from wattlens.app.gui.models.run_model import LaunchRequest
@@ -57,13 +60,17 @@ def test_choosing_a_folder_as_database_in_settings(gui, make_window, qtbot, tmp_
 def test_target_exit_ends_the_session_with_a_notice(gui, make_window, qtbot, tmp_path):
     w = make_window()
     w.settings.update(stacks=False, interval_s=0.05)
-    child = gui.start_busy_child(1.5)
+    # the child exits when told (stdin closed), once the session runs: a fixed lifetime raced start-up
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         w.attach(child.pid)
         run = gui.wait_for_run(qtbot, w)
-        qtbot.waitUntil(lambda: w.run is None, timeout=20000)
+        child.stdin.close()
+        qtbot.waitUntil(lambda: w.run is None, timeout=60000)
     finally:
-        child.wait()
+        if child.poll() is None and not child.stdin.closed:
+            child.stdin.close()
+        child.wait(timeout=30)
     assert w.messages.level == "info"
     assert f"the target process {child.pid} exited with exit code 0" in w.messages.text
     gui.assert_one_line(w.messages.text)

@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent("""
 def test_gui_process_never_imports_torch(tmp_path):
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QT_LOGGING_RULES": "qt.qpa.*=false"}
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "gui.db")], capture_output=True,
-                         text=True, timeout=120, env=env)
+                         text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("HEAVY="))
     assert line == "HEAVY=", f"the GUI imported: {line[6:]}"
@@ -82,7 +82,7 @@ VOID_CALLS = textwrap.dedent("""
 
 def test_gui_survives_many_void_qt_calls():
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QT_LOGGING_RULES": "qt.qpa.*=false"}
-    out = subprocess.run([sys.executable, "-c", VOID_CALLS], capture_output=True, text=True, timeout=120, env=env)
+    out = subprocess.run([sys.executable, "-c", VOID_CALLS], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, f"the interpreter aborted: {out.stderr[-1500:]}"
     assert "PROTECTED=" in out.stdout
 
@@ -92,6 +92,6 @@ def test_wattlens_gui_command_opens_the_window(tmp_path):
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QT_LOGGING_RULES": "qt.qpa.*=false",
            "WATTLENS_GUI_EXIT_AFTER_PAINT": "1", "WATTLENS_SETTINGS": str(tmp_path / "settings.ini")}
     out = subprocess.run([sys.executable, "-m", "wattlens.app", "gui", "--db", str(tmp_path / "gui.db")],
-                         capture_output=True, text=True, timeout=120, env=env)
+                         capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-1500:]
     assert "first-paint-monotonic=" in out.stderr

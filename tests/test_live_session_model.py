@@ -48,10 +48,12 @@ def test_start_watch_stop_a_real_session(tmp_path, child):
 
 
 def test_a_target_that_exits_is_seen_by_watch(tmp_path):
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
     store = Store(tmp_path / "w.db")
     live = LiveSession()
+    # the child exits when told (stdin closed), after the attach: a fixed lifetime raced start-up
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     live.started(live.start_work(lambda: LiveRun.attach(store, GuiSettings(stacks=False), p.pid))(), None)
+    p.stdin.close()
     p.wait(timeout=30)
     end = live.watch().end
     assert end is not None and end[0] == "target-exited"

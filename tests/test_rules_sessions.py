@@ -89,8 +89,9 @@ def _record(store: Store, pid: int | None, *, layers: dict[str, int] | None = No
 def recorded(tmp_path_factory):
     """Sessions recorded once for the module: {label: session id} and the store."""
     store = Store(tmp_path_factory.mktemp("rules") / "w.db")
-    child = subprocess.Popen([sys.executable, "-c", INFERENCE_CHILD, "60"], stdout=subprocess.PIPE, text=True)
-    trainer = start_torch_child(60)
+    # children that outlive every recording however slow the machine (they are killed below)
+    child = subprocess.Popen([sys.executable, "-c", INFERENCE_CHILD, "600"], stdout=subprocess.PIPE, text=True)
+    trainer = start_torch_child(600)
     try:
         assert child.stdout.readline().strip() == "ready"
         ids = {

@@ -165,9 +165,9 @@ def test_stop_flushes_the_partial_window():
     windows: list = []
     try:
         sampler = make_sampler(child.pid, windows, window_s=30.0)
-        sampler.start()  # returns once py-spy has attached: the window has begun
+        sampler.start()  # returns once py-spy has attached (or after 10 s: a busy machine may be slower)
+        assert sampler.wait_attached(120) and sampler.available, sampler.reason
         t_started_ns = time.monotonic_ns()
-        assert sampler.available, sampler.reason
         time.sleep(1.0)
         t_stop_ns = time.monotonic_ns()
         sampler.stop()

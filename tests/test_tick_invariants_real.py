@@ -51,7 +51,7 @@ def test_run_of_a_threaded_target_with_a_loader_worker_stores_only_possible_tick
 
 def test_attach_to_a_threaded_target_with_a_loader_worker_stores_only_possible_ticks(tmp_path):
     db = tmp_path / "w.db"
-    proc = subprocess.Popen([sys.executable, str(WORKLOADS / "threads_loader.py"), "8"],
+    proc = subprocess.Popen([sys.executable, str(WORKLOADS / "threads_loader.py"), "120"],  # killed below
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"

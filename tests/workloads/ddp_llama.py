@@ -1,7 +1,9 @@
 """A 2-rank DDP job (gloo, CPU) of a tiny Llama-style model built from a config, for `torchrun`.
 
-argv: STEPS [SLOW_RANK]. The slow rank sleeps 50 ms per step after its backward pass, before the
-loss is averaged across ranks with dist.all_reduce, so the other ranks wait for it there.
+argv: STEPS [SLOW_RANK]. The slow rank computes extra matrix products after its backward pass
+(about twice a step's own work), before the loss is averaged across ranks with dist.all_reduce,
+so the other ranks wait for it there. Compute rather than a sleep: on a loaded machine both
+grow together, so the slow rank's lead holds at any load.
 Unchanged user code: no wattlens import.
 """
 
@@ -24,12 +26,14 @@ model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediat
 ddp = torch.nn.parallel.DistributedDataParallel(model)
 opt = torch.optim.SGD(ddp.parameters(), lr=1e-3)
 x = torch.randint(0, 128, (2, 16))
+a = torch.randn(256, 256)
 t0 = time.perf_counter()
 for _ in range(steps):
     loss = ddp(input_ids=x, labels=x).loss
     loss.backward()
     if rank == slow_rank:
-        time.sleep(0.05)
+        for _ in range(60):
+            a = torch.tanh(a @ a)  # extra work only the slow rank does
     avg = loss.detach().clone()
     dist.all_reduce(avg)  # the mean loss, for logging
     opt.step()

@@ -1,8 +1,8 @@
 """A 2-rank gloo job (CPU) for the per-rank energy and distributed-advice tests, for `torchrun`.
 
 argv: STEPS MODE. MODE "heavy0": rank 0 runs extra matmuls every step (it burns more CPU; rank 1
-waits for it in the loss all_reduce). MODE "comm": little compute per step and a large all_reduce
-(16 MB) every step, so both ranks spend most of each step in the collective. MODE "even": the
+waits for it in the loss all_reduce). MODE "comm": a little compute per step (the same on both ranks) and a
+large all_reduce (16 MB) every step, so both ranks spend most of each step in the collective. MODE "even": the
 same small work on both ranks. Unchanged user code: no wattlens import.
 """
 
@@ -28,6 +28,8 @@ for _ in range(steps):
         for _ in range(60):
             a = torch.tanh(a @ a)  # extra work only rank 0 does
     if mode == "comm":
+        for _ in range(6):  # the same few ms of work on both ranks: their busy times stay alike
+            a = torch.tanh(a @ a)  # at any load (a ~1-ms busy time is half noise)
         dist.all_reduce(big)
     avg = loss.detach().clone()
     dist.all_reduce(avg)
