@@ -253,15 +253,18 @@ def test_live_model_from_a_real_session(tmp_path, torch_loop):
     run.start()
     try:
         m = LiveModel(run.session, grid_g_per_kwh=400.0)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120  # a bound against a hang, not a speed requirement
         while m.series.last("target/energy_j") is None and time.monotonic() < deadline:
             time.sleep(0.1)
             m.pull()
         t, v = m.series.get("cpu-model/power_w")
         assert len(t) >= 2 and np.all(np.diff(t) > 0) and np.all(v > 0)
         n_before = len(t)
-        time.sleep(0.3)
-        assert m.pull() > 0 and len(m.series.get("cpu-model/power_w")[0]) > n_before  # only new points
+        pulled = 0
+        while pulled == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pulled = m.pull()
+        assert pulled > 0 and len(m.series.get("cpu-model/power_w")[0]) > n_before  # only new points
         cards = {c.title: c for c in m.cards()}
         assert "J ·" in cards["Energy, target process"].value and "Wh" in cards["Energy, target process"].value
         assert "cpu-time share" in cards["Energy, target process"].detail

@@ -648,6 +648,9 @@ class StackSampler:
         failed: int = 0,
         calibration_raw: str = "",
     ) -> None:
+        counts = self._counts(raw, failed, calibration_raw)
+        if sum(counts.values()) <= 0:
+            return  # nothing read (a window cut right after it began): no rows, no energy asked
         try:
             energy_j = self._energy_between(t_start_ns, t_end_ns)
         except Exception:
@@ -655,7 +658,6 @@ class StackSampler:
                 "energy_between(%d, %d) failed; window energy unknown", t_start_ns, t_end_ns
             )
             energy_j = None
-        counts = self._counts(raw, failed, calibration_raw)
         if any(att.bucket == BUCKET_BACKWARD for att in counts):
             self._maybe_start_native()  # a training job: break its backward down
         with self._lock:
