@@ -141,7 +141,7 @@ def main_split() -> None:
         "| Sampler tick without the rank split | with the rank split (8 ranks) | Ratio |", "|---|---|---|",
         f"| {plain_us:.0f} µs | {split_us:.0f} µs | {split_us / plain_us:.3f} |", "",
         "Medians of 20 interleaved batches of 20 ticks each on a shared machine; the tick reads every "
-        "member's CPU time (psutil) in both, the split adds the grouping and the shares (children rescanned once a second, as in a session).",
+        "member's CPU time (its process CPU-time clock, process.process_cpu_s) in both, the split adds the grouping and the shares (children rescanned once a second, as in a session).",
     ])
     print(write_section("rank_split", "Per-rank energy split on the sampler thread (issue 12)", body))
 
