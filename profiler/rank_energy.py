@@ -6,11 +6,11 @@ the same rules that charged the target:
 
 - CPU (and DRAM): by CPU time. Each member of the target's process tree belongs to the rank whose
   process is its nearest ancestor (a rank's DataLoader workers count as the rank); the tick's
-  attributed CPU energy is shared by the groups' CPU seconds. A process's CPU time advances in
-  10-ms clock ticks, and ticks come as often as step ends ask for them, so each tick's shares are
-  measured over a window of at least ``min_span_s`` that ends at the tick and slides with the
-  ticks (as the sampler measures the target's CPU share over a span); a share from a few ms
-  would charge a rank 0 J for a step it computed in.
+  attributed CPU energy is shared by the groups' CPU seconds. Ticks come as often as step ends
+  ask for them, and over a few ms a rank's CPU time says little (it may be between two bursts; /proc
+  counts it in 10-ms clock ticks where its CPU-time clock cannot be read), so each tick's shares
+  are measured over a window of at least ``min_span_s`` that ends at the tick and slides with the
+  ticks; a share from a few ms would charge a rank 0 J for a step it computed in.
 - GPU: by the driver's per-process SM utilisation on each device (the same samples that gave the
   target its share): a rank gets the part of the device's attributed energy its processes used.
   Where the driver has no per-process figure, a device held by one rank's processes alone is that
