@@ -658,7 +658,8 @@ class StackSampler:
                 "energy_between(%d, %d) failed; window energy unknown", t_start_ns, t_end_ns
             )
             energy_j = None
-        if any(att.bucket == BUCKET_BACKWARD for att in counts):
+        has_backward = any(att.bucket == BUCKET_BACKWARD for att in counts)
+        if has_backward:
             self._maybe_start_native()  # a training job: break its backward down
         with self._lock:
             self.forward_time.update(backward_map.forward_time(counts))
@@ -673,13 +674,13 @@ class StackSampler:
             log.debug("torn stacks dropped so far: %s", dict(self.tree.torn_paths))
         if not rows:
             return
-        if self._waits_for_native(rows):
+        if self._waits_for_native(has_backward):
             self._held.append(rows)
             return
         self._flush_held()
         self._deliver(rows)
 
-    def _waits_for_native(self, rows: list[LayerCost]) -> bool:
+    def _waits_for_native(self, has_backward: bool) -> bool:
         """A window with a backward (and every window after one held) waits while the first
         native run is reading: held a few seconds, its backward is split like the later ones'
         instead of stored as one bucket (11 % of a 60-s training attach was, measured)."""
@@ -689,8 +690,7 @@ class StackSampler:
         with self._lock:
             if self.backward_ops:
                 return False
-        return bool(self._held) or any(
-            r.granularity == "bucket" and r.path == BUCKET_BACKWARD for r in rows)
+        return bool(self._held) or has_backward
 
     def _flush_held(self) -> None:
         held, self._held = self._held, []
