@@ -142,3 +142,133 @@ def test_a_raise_on_the_fast_path_pops_its_frame_and_timing_goes_on():
         tracker.uninstall()
     assert failures == []
     assert sum(r["calls"] for r in sink.rows("0")) == 3 and sum(r["calls"] for r in sink.rows("1")) == 2
+
+
+class _Probe(torch.nn.Module):
+    """Notes which function called its forward, and with what."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.callers: list[str] = []
+
+    def forward(self, x, scale=1.0):
+        import sys
+
+        self.callers.append(sys._getframe(1).f_code.co_name)
+        return self.fc(x) * scale
+
+
+def _installed():
+    sink, failures = Sink(), []
+    tracker = Tracker(torch, sink, failures.append, window_ns=10**15, count_flops="off")
+    tracker.install()
+    return tracker, sink, failures
+
+
+def _warm(model, x) -> None:
+    """Two calls: the first names the modules (general path), the second takes the fast path."""
+    model(x)
+    model(x)
+
+
+def test_without_hooks_the_wrapper_calls_forward_itself():
+    tracker, sink, failures = _installed()
+    outer = torch.nn.Sequential(_Probe())
+    try:
+        with torch.no_grad():
+            _warm(outer, torch.ones(1, 4))
+            outer[0].callers.clear()
+            out = outer[0](torch.ones(1, 4), scale=2.0)  # keyword arguments pass through
+        tracker.finish()
+    finally:
+        tracker.uninstall()
+    assert failures == []
+    assert outer[0].callers == ["__call__"]  # ours, not torch's _call_impl
+    with torch.no_grad():
+        assert torch.equal(out, outer[0].fc(torch.ones(1, 4)) * 2.0)
+    assert sum(r["calls"] for r in sink.rows("0") if r["phase"] == "forward") == 3
+
+
+@pytest.mark.parametrize("kind", ["forward_pre", "forward_pre_kwargs", "forward", "full_backward",
+                                  "global_forward_pre", "global_forward", "global_full_backward"])
+def test_every_kind_of_hook_still_runs_and_its_module_is_still_timed(kind):
+    tracker, sink, failures = _installed()
+    model = torch.nn.Sequential(_Probe(), torch.nn.ReLU())
+    fired: list[str] = []
+    x = torch.ones(2, 4, requires_grad=True)
+    try:
+        _warm(model, x)  # the hook is added once the module is on the fast path
+        probe = model[0]
+        if kind == "forward_pre":
+            handle = probe.register_forward_pre_hook(lambda m, a: fired.append(kind))
+        elif kind == "forward_pre_kwargs":
+            handle = probe.register_forward_pre_hook(
+                lambda m, a, k: (fired.append(kind), (a, {**k, "scale": 3.0}))[1], with_kwargs=True)
+        elif kind == "forward":
+            handle = probe.register_forward_hook(lambda m, a, o: fired.append(kind))
+        elif kind == "full_backward":
+            handle = probe.register_full_backward_hook(lambda m, gi, go: fired.append(kind))
+        elif kind == "global_forward_pre":
+            handle = torch.nn.modules.module.register_module_forward_pre_hook(
+                lambda m, a: fired.append(kind) if m is probe else None)
+        elif kind == "global_forward":
+            handle = torch.nn.modules.module.register_module_forward_hook(
+                lambda m, a, o: fired.append(kind) if m is probe else None)
+        else:
+            handle = torch.nn.modules.module.register_module_full_backward_hook(
+                lambda m, gi, go: fired.append(kind) if m is probe else None)
+        try:
+            probe.callers.clear()
+            out = model(x)
+            out.sum().backward()
+        finally:
+            handle.remove()
+        tracker.finish()
+    finally:
+        tracker.uninstall()
+    assert failures == []
+    assert fired == [kind]
+    assert len(probe.callers) == 1 and probe.callers[0] != "__call__"  # torch's path runs hooks
+    if kind == "forward_pre_kwargs":  # what the hook changed reached forward
+        assert torch.allclose(out, torch.relu(probe.fc(torch.ones(2, 4)) * 3.0))
+    assert sum(r["calls"] for r in sink.rows("0") if r["phase"] == "forward") == 3
+
+
+def test_a_compiled_module_and_a_jit_trace_keep_torchs_path():
+    tracker, sink, failures = _installed()
+    model = torch.nn.Sequential(_Probe())
+    try:
+        with torch.no_grad():
+            _warm(model, torch.ones(1, 4))
+            probe = model[0]
+            # what Module.compile() sets: calls must go to it, not to forward
+            probe._compiled_call_impl = lambda *a, **k: torch.zeros(1, 4)
+            assert torch.equal(model(torch.ones(1, 4)), torch.zeros(1, 4))
+            probe._compiled_call_impl = None
+            probe.callers.clear()
+            traced = torch.jit.trace(model, torch.ones(1, 4), check_trace=False)
+            assert probe.callers == ["_slow_forward"]  # the tracer's path, not ours
+            assert torch.allclose(traced(torch.ones(1, 4)), model(torch.ones(1, 4)))
+        tracker.finish()
+    finally:
+        tracker.uninstall()
+    assert failures == []
+
+
+def test_a_class_with_its_own_call_impl_keeps_it():
+    class Custom(torch.nn.Linear):
+        def _call_impl(self, *args, **kwargs):
+            return super()._call_impl(*args, **kwargs) + 1.0
+
+    tracker, sink, failures = _installed()
+    model = torch.nn.Sequential(Custom(2, 2))
+    try:
+        with torch.no_grad():
+            _warm(model, torch.ones(1, 2))
+            got = model(torch.ones(1, 2))
+            want = torch.nn.functional.linear(torch.ones(1, 2), model[0].weight, model[0].bias) + 1.0
+        tracker.finish()
+    finally:
+        tracker.uninstall()
+    assert failures == [] and torch.allclose(got, want)

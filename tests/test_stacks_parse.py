@@ -142,6 +142,21 @@ def test_same_class_nested_through_call_impl_stays_two_levels(index):
     assert forward_path(frames, index) == ("Sequential", "Sequential", "Linear")
 
 
+def test_the_run_mode_agents_wrapper_marks_a_new_module_call(index):
+    # the agent's nn.Module.__call__ wrapper calls forward itself: no _call_impl in between
+    agent = ("_CallWrapper.__init__.<locals>.__call__",
+             "/venv/lib/python3.11/site-packages/wattlens/profiler/agent/tracker.py", 990)
+    frames = _frames(
+        agent,
+        ("Sequential.forward", "/s/torch/nn/modules/container.py", 250),
+        agent,
+        ("Sequential.forward", "/s/torch/nn/modules/container.py", 250),
+        agent,
+        ("Linear.forward", "/s/torch/nn/modules/linear.py", 134),
+    )
+    assert forward_path(frames, index) == ("Sequential", "Sequential", "Linear")
+
+
 def test_forward_calling_its_own_forward_impl_is_one_level(index):
     frames = _frames(
         *GLUE,

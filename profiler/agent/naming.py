@@ -24,6 +24,7 @@ class ModInfo:
     __slots__ = (
         "path", "cls", "ref", "parent", "root", "params", "bytes", "win",
         "fw_incl", "fw_self", "fw_calls", "bw_self", "bw_calls", "flops_pc", "is_root", "dev",
+        "direct",
     )
 
     def __init__(self, path: str, cls: str, module: Any, parent: ModInfo | None,
@@ -44,6 +45,7 @@ class ModInfo:
         self.bw_calls = 0
         self.flops_pc: int | None = None  # forward FLOPs per call, inclusive
         self.dev: Any = UNKNOWN_DEVICE  # the CUDA device its events are recorded on (agent/tracker.py)
+        self.direct = False  # its class calls forward through torch's own machinery (tracker.py)
 
 
 def _dead() -> None:

@@ -297,6 +297,13 @@ def forward_class(frame: Frame, index: SourceIndex) -> str | None:
     return f"{parts[-1]}@{_norm(frame.filename).rsplit('/', 1)[-1]}"
 
 
+def _is_agent_call(frame: Frame) -> bool:
+    """The run-mode agent's ``nn.Module.__call__`` wrapper, which calls ``forward`` itself (no
+    ``_call_impl`` frame) when the module has no hooks: it, too, marks a new module call."""
+    return frame.function == "__call__" and _norm(frame.filename).endswith(
+        "/wattlens/profiler/agent/tracker.py")
+
+
 def forward_path(frames: Sequence[Frame], index: SourceIndex) -> tuple[str, ...]:
     """The chain of module classes on the stack, outermost first.
 
@@ -307,7 +314,7 @@ def forward_path(frames: Sequence[Frame], index: SourceIndex) -> tuple[str, ...]
     path: list[str] = []
     new_call = True
     for frame in frames:
-        if frame.function in _CALL_GLUE:
+        if frame.function in _CALL_GLUE or _is_agent_call(frame):
             new_call = True
             continue
         cls = forward_class(frame, index)
