@@ -45,8 +45,9 @@ def top_counts(windows) -> dict[str, int]:
 
 
 def sample_child(mode: str, sample_s: float, *, window_s: float = 1.0, rate_hz: float = 100,
-                 until=None, **options):
-    """Sample for ``sample_s``, then on until ``until(windows)`` holds (at most MAX_SAMPLE_S)."""
+                 until=None, until_sampler=None, **options):
+    """Sample for ``sample_s``, then on until ``until(windows)`` and ``until_sampler(sampler)``
+    hold (at most MAX_SAMPLE_S)."""
     child = subprocess.Popen(
         [sys.executable, str(WORKLOAD), mode, "120"],
         stdout=subprocess.PIPE,
@@ -75,7 +76,9 @@ def sample_child(mode: str, sample_s: float, *, window_s: float = 1.0, rate_hz: 
         assert sampler.available, sampler.reason
         time.sleep(sample_s)
         deadline = time.monotonic() + MAX_SAMPLE_S
-        while until is not None and not until(list(windows)) and time.monotonic() < deadline:
+        while ((until is not None and not until(list(windows)))
+               or (until_sampler is not None and not until_sampler(sampler))) \
+                and time.monotonic() < deadline:
             time.sleep(0.25)
         sampler.stop()
     finally:
@@ -174,8 +177,14 @@ def test_attached_training_loop_stores_backward_rows_by_module_class(tmp_path):
         return [r for rows in windows for r in rows
                 if r.path.startswith(f"{BUCKET_BACKWARD}/") and "LlamaMLP" in r.path]
 
-    windows, _, sampler = sample_child("llama_train", 3.0, until=lambda w: bool(mlp_rows(w)),
-                                       native_hz=20)
+    windows, _, sampler = sample_child(
+        "llama_train", 3.0, until=lambda w: bool(mlp_rows(w)), native_hz=20, native_pool_reads=1,
+        until_sampler=lambda smp: smp.native_paused_note is not None)
+    # a pool of 1 read is full after the first run: the native loop waits for its refresh
+    # (10 min away), and stop() woke it (the thread is gone, the session did not wait it out)
+    assert sampler.native_paused_note is not None, sampler.backward_ops
+    assert sampler._native_thread is not None and not sampler._native_thread.is_alive()
+    assert "native reads paused after" in (sampler.backward_message() or "")
     rows_mlp = mlp_rows(windows)
     assert rows_mlp, (sampler.backward_ops, sampler.forward_ops)
     assert {r.method for r in rows_mlp} == {backward_map.METHOD}

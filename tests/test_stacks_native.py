@@ -135,3 +135,22 @@ def test_native_runs_are_few_so_their_start_up_stop_is_paid_rarely():
         return n
 
     assert starts_within(60) <= 2 and starts_within(180) <= 3 and starts_within(600) <= 4
+
+
+def test_native_reads_become_rare_refreshes_once_the_pool_carries_the_split():
+    """The steady 1-Hz reads still pause the target (~5 ms each): once the pooled backward reads
+    bound every op share's standard error to 2.5 pp they stop, but for a short refresh run every
+    10 minutes; a pool of 0 (the cap switched off) never stops them."""
+    from wattlens.profiler.stacks.native import (
+        NATIVE_POOL_BACKWARD_READS,
+        native_run,
+        native_schedule,
+    )
+
+    assert 0.5 / NATIVE_POOL_BACKWARD_READS ** 0.5 <= 0.025
+    for n in range(5):  # before the pool is full: the runs of native_run, back to back
+        assert native_schedule(n, NATIVE_POOL_BACKWARD_READS - 1) == (0.0, *native_run(n))
+    wait_s, run_s, hz = native_schedule(3, NATIVE_POOL_BACKWARD_READS)
+    assert wait_s >= 300 and run_s <= 60 and hz == 1
+    assert run_s * hz / (wait_s + run_s) < 0.15  # a small fraction of the steady reads
+    assert native_schedule(3, 10**6, pool_reads=0) == (0.0, *native_run(3))

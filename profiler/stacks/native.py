@@ -14,7 +14,11 @@ seconds more while it reads them: benchmarks/bench_attach_long.py measured +14-1
 slowdown over the 10-s slices with a start against 0.4-1.0 % paused in the slices without one.
 A start costs far more than all of a run's later reads, so the runs are few (:func:`native_run`):
 a first short one at a higher rate (5 s at 10 Hz: ~50 reads, so the split starts early on a
-pool that can carry it), then 120 s, then 300 s each at the steady rate. Their counts are
+pool that can carry it), then 120 s, then 300 s each at the steady rate. The steady reads still
+pause the target ~0.5 % of its time (1 Hz at ~5 ms a read), so they stop once the pool is large
+enough (:data:`NATIVE_POOL_BACKWARD_READS`, about 12 minutes into a training job) but for a
+short refresh run every 10 minutes (:func:`native_schedule`); from then on a long attach costs
+the target the calibration reads and little more. Their counts are
 pooled over the session and split each window's ``backward`` bucket in those proportions; the
 windows that close while the first run is still reading wait for it (a few seconds, at most its
 length + 10 s) so their backward is split too (:func:`split_backward`): the op rows are an *estimate* whose
@@ -53,10 +57,30 @@ NATIVE_RATE_HZ = 1
 NATIVE_RUNS = ((5, 10), (120, None), (300, None))
 
 
+#: Once this many backward reads are pooled, the split is known to a few points (the binomial
+#: standard error of any op's share is at most 0.5 / sqrt(400) = 2.5 pp) and the native reads stop
+#: paying for themselves: they stop, but for one :data:`NATIVE_REFRESH_RUN_S` run every
+#: :data:`NATIVE_REFRESH_EVERY_S`, which keeps the pool following a job that changes.
+NATIVE_POOL_BACKWARD_READS = 400
+NATIVE_REFRESH_EVERY_S = 600
+NATIVE_REFRESH_RUN_S = 60
+
+
 def native_run(n: int, steady_hz: int = NATIVE_RATE_HZ) -> tuple[int, int]:
     """(seconds, rate in Hz) of the ``n``-th (0-based) native py-spy of a session."""
     seconds, hz = NATIVE_RUNS[min(n, len(NATIVE_RUNS) - 1)]
     return seconds, max(hz or 0, steady_hz)
+
+
+def native_schedule(n: int, pooled_backward_reads: int, steady_hz: int = NATIVE_RATE_HZ,
+                    pool_reads: int = NATIVE_POOL_BACKWARD_READS) -> tuple[float, int, int]:
+    """(seconds to wait first, seconds, rate in Hz) of the ``n``-th native py-spy run, given the
+    backward reads pooled so far: the runs of :data:`NATIVE_RUNS` back to back until the pool
+    holds ``pool_reads``, then a short refresh run every :data:`NATIVE_REFRESH_EVERY_S`."""
+    seconds, hz = native_run(n, steady_hz)
+    if pool_reads and pooled_backward_reads >= pool_reads:
+        return float(NATIVE_REFRESH_EVERY_S), NATIVE_REFRESH_RUN_S, steady_hz
+    return 0.0, seconds, hz
 
 ENGINE_OTHER = "autograd engine (other)"
 PYTHON_FUNCTION = "autograd.Function (Python)"

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import re
 import shutil
@@ -56,9 +57,13 @@ from wattlens.profiler.records import LayerCost
 from wattlens.profiler.stacks import backward_map
 from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
 from wattlens.profiler.stacks.native import (
+    NATIVE_POOL_BACKWARD_READS,
     NATIVE_RATE_HZ,
+    NATIVE_REFRESH_EVERY_S,
+    NATIVE_REFRESH_RUN_S,
     backward_ops,
     native_run,
+    native_schedule,
     op_shares,
     optimizer_ops,
     split_optimizer,
@@ -233,6 +238,7 @@ class StackSampler:
         nonblocking: bool = DEFAULT_NONBLOCKING,
         calibration_hz: int = CALIBRATION_RATE_HZ,
         native_hz: int = NATIVE_RATE_HZ,
+        native_pool_reads: int = NATIVE_POOL_BACKWARD_READS,
         rank: int | None = None,
     ):
         if not 1 <= rate_hz <= 1000 or rate_hz != int(rate_hz):
@@ -256,6 +262,9 @@ class StackSampler:
         self.tree = TreeGuard()
         # native (C++) reads that split the backward by autograd op; started on the first backward
         self.native_hz = int(native_hz) if native_hz > 0 else 0
+        # pooled backward reads after which native runs become rare refreshes (0: never)
+        self.native_pool_reads = max(0, int(native_pool_reads))
+        self.native_paused_note: str | None = None  # said once, when that happened
         self.backward_ops: Counter[str] = Counter()
         self.optimizer_ops: Counter[tuple[str, str]] = Counter()  # (part, tensor op) -> reads
         # the same reads in the forward: (class path, tensor op) -> reads, to map ops to classes
@@ -411,7 +420,9 @@ class StackSampler:
         return (
             f"backward split by autograd op from {sum(self.backward_ops.values())} native "
             f"blocking reads ({native_run(0, self.native_hz)[1]} Hz for the first "
-            f"{native_run(0)[0]} s, then {self.native_hz} Hz; estimate, binomial standard error): {top}"
+            f"{native_run(0)[0]} s, then {self.native_hz} Hz"
+            + (f"; {self.native_paused_note}" if self.native_paused_note else "")
+            + f"; estimate, binomial standard error): {top}"
         ) + (f"; {by_class}" if by_class else "")
 
     def backward_classes(self) -> dict[str, list[float]]:
@@ -439,7 +450,20 @@ class StackSampler:
         env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
         runs = 0
         while not self._stop.is_set() and self.available:
-            duration_s, rate_hz = native_run(runs, self.native_hz)
+            with self._lock:
+                pooled = sum(self.backward_ops.values())
+            wait_s, duration_s, rate_hz = native_schedule(runs, pooled, self.native_hz,
+                                                          self.native_pool_reads)
+            if wait_s:
+                if not self.native_paused_note:
+                    self.native_paused_note = (
+                        f"native reads paused after {pooled} backward reads (the op split's standard "
+                        f"error is at most {50 / math.sqrt(pooled):.1f} pp): one "
+                        f"{NATIVE_REFRESH_RUN_S}-s run every {NATIVE_REFRESH_EVERY_S // 60} min "
+                        "keeps it current")
+                    log.info("%s", self.native_paused_note)
+                if self._stop.wait(wait_s):
+                    return
             runs += 1
             cmd = [
                 self._exe, "record", "--pid", str(self.pid), "--rate", str(rate_hz),
