@@ -425,7 +425,7 @@ def bench_floor(dims, rounds: int, window_cpu_s: float = 0.1, per_switch: int = 
         n -= n % per_switch
         gc.callbacks.append(on_gc)
         try:
-            for r in range(rounds):
+            for _ in range(rounds):
                 block = {st: 0 for st in states}
                 for cycle in range(n // per_switch):
                     for st in rng.sample(states, len(states)):  # a new order every cycle

@@ -272,3 +272,37 @@ def test_a_class_with_its_own_call_impl_keeps_it():
     finally:
         tracker.uninstall()
     assert failures == [] and torch.allclose(got, want)
+
+
+def test_a_transformers_model_gives_the_same_outputs_and_gradients_under_the_agent():
+    """GPT-2 from transformers calls its modules with many keyword arguments, overrides
+    ``__call__`` in its blocks, and records hidden states and attentions with hooks when asked:
+    under the agent (most calls take the direct path) every output and gradient is identical."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64,
+                                       n_positions=16, attn_pdrop=0.0, embd_pdrop=0.0,
+                                       resid_pdrop=0.0, attn_implementation="eager"))
+    ids = torch.randint(0, 64, (2, 8))
+
+    def run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(input_ids=ids, labels=ids, output_hidden_states=True, output_attentions=True)
+        out.loss.backward()
+        tensors = [out.loss, out.logits, *out.hidden_states, *out.attentions]
+        return [t.detach().clone() for t in tensors], [p.grad.clone() for p in model.parameters()]
+
+    want_out, want_grad = run()
+    tracker, sink, failures = _installed()
+    try:
+        run()  # names every module (general path); the calls after it take the direct path
+        got_out, got_grad = run()
+        tracker.finish()
+    finally:
+        tracker.uninstall()
+    assert failures == []
+    assert len(got_out) == len(want_out) == 2 + 3 + 2
+    assert all(torch.equal(a, b) for a, b in zip(got_out, want_out, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(got_grad, want_grad, strict=True))
+    assert sink.rows("transformer.h.1.mlp.c_fc")  # and the modules were timed
