@@ -45,7 +45,7 @@ class ModInfo:
         self.bw_calls = 0
         self.flops_pc: int | None = None  # forward FLOPs per call, inclusive
         self.dev: Any = UNKNOWN_DEVICE  # the CUDA device its events are recorded on (agent/tracker.py)
-        self.direct = False  # its class calls forward through torch's own machinery (tracker.py)
+        self.direct: bool | None = None  # its class keeps torch's call machinery (tracker.py)
 
 
 def _dead() -> None:

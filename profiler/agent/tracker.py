@@ -957,8 +957,8 @@ class _CallWrapper:
     ``torch.jit.trace``, whose class keeps torch's call machinery, has its ``forward`` called by
     the wrapper itself: the checks torch's ``_call_impl`` makes, without its two frames
     (``_direct_forward_probes``). That made the wrapper cheaper than the machinery it skips on a
-    compute-free chain (0.75 vs 1.27 us added per call) and cut the tiny GPT-2's floor by 1.4 to
-    2.9 pp (benchmarks/results/agent_floor.md). Anything else goes through the original
+    compute-free chain (about 0.8 vs 1.3-1.4 us added per call) and cut the tiny GPT-2's floor by
+    1.4 to 3.1 pp (benchmarks/results/agent_floor.md). Anything else goes through the original
     ``__call__``, so hooks, ``Module.compile()`` and tracing behave exactly as without wattlens.
     """
 
@@ -992,14 +992,16 @@ class _CallWrapper:
                             info.fw_incl = info.fw_self = info.fw_calls = 0
                             info.bw_self = info.bw_calls = 0
                             tracker._touched.append(info)
-                            info.direct = plain(type(module))
                         frame = [info, 0, 0, module]
                         stack.append(frame)
                         frame[1] = t0 = perf_ns()
                         try:
                             # torch's own no-hook path, without its two frames (and their
                             # re-packing of the keyword arguments): the same checks, then forward
-                            if (info.direct and module._compiled_call_impl is None
+                            direct = info.direct
+                            if direct is None:  # once per module, whichever path met it first
+                                direct = info.direct = plain(type(module))
+                            if (direct and module._compiled_call_impl is None
                                     and not (module._forward_pre_hooks or module._forward_hooks
                                              or module._backward_pre_hooks or module._backward_hooks)
                                     and not (g_fpre or g_fpost or g_bpre or g_bpost)
