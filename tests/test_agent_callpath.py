@@ -306,3 +306,33 @@ def test_a_transformers_model_gives_the_same_outputs_and_gradients_under_the_age
     assert all(torch.equal(a, b) for a, b in zip(got_out, want_out, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(got_grad, want_grad, strict=True))
     assert sink.rows("transformer.h.1.mlp.c_fc")  # and the modules were timed
+
+
+PROFILER_WITH_STACK = """
+import torch
+from wattlens.profiler.agent.tracker import Tracker
+
+failures = []
+tracker = Tracker(torch, lambda msg: None, failures.append, count_flops="off")
+tracker.install()
+model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+with torch.no_grad():
+    model(torch.ones(1, 4))  # named: the next calls take the wrapper's fast path
+    with torch.profiler.profile(with_stack=True) as prof:
+        model(torch.ones(1, 4))
+tracker.uninstall()
+print(sum(e.name.startswith("nn.Module:") for e in prof.events()), failures)
+"""
+
+
+def test_torch_profiler_with_stack_runs_in_a_program_under_the_agent():
+    """torch.profiler's stack recorder reads the local ``self`` of any nn.Module.__call__ frame:
+    the wrapper's first parameter named otherwise crashed the user's program (a segfault)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PROFILER_WITH_STACK], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    n_module_events, failures = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(n_module_events) >= 2 and failures == "[]"  # Sequential and Linear, at least

@@ -142,10 +142,13 @@ def test_same_class_nested_through_call_impl_stays_two_levels(index):
     assert forward_path(frames, index) == ("Sequential", "Sequential", "Linear")
 
 
-def test_the_run_mode_agents_wrapper_marks_a_new_module_call(index):
+@pytest.mark.parametrize("tracker_file", [
+    "/venv/lib/python3.11/site-packages/wattlens/profiler/agent/tracker.py",  # installed
+    "/home/me/checkout/profiler/agent/tracker.py",  # editable: the checkout's own layout
+])
+def test_the_run_mode_agents_wrapper_marks_a_new_module_call(index, tracker_file):
     # the agent's nn.Module.__call__ wrapper calls forward itself: no _call_impl in between
-    agent = ("_CallWrapper.__init__.<locals>.__call__",
-             "/venv/lib/python3.11/site-packages/wattlens/profiler/agent/tracker.py", 990)
+    agent = ("_CallWrapper.__init__.<locals>.__call__", tracker_file, 990)
     frames = _frames(
         agent,
         ("Sequential.forward", "/s/torch/nn/modules/container.py", 250),

@@ -24,7 +24,6 @@ class ModInfo:
     __slots__ = (
         "path", "cls", "ref", "parent", "root", "params", "bytes", "win",
         "fw_incl", "fw_self", "fw_calls", "bw_self", "bw_calls", "flops_pc", "is_root", "dev",
-        "direct",
     )
 
     def __init__(self, path: str, cls: str, module: Any, parent: ModInfo | None,
@@ -45,7 +44,6 @@ class ModInfo:
         self.bw_calls = 0
         self.flops_pc: int | None = None  # forward FLOPs per call, inclusive
         self.dev: Any = UNKNOWN_DEVICE  # the CUDA device its events are recorded on (agent/tracker.py)
-        self.direct: bool | None = None  # its class keeps torch's call machinery (tracker.py)
 
 
 def _dead() -> None:

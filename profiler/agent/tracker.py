@@ -969,19 +969,22 @@ class _CallWrapper:
         infos_get = tracker._infos.get
         tls = tracker._tls
         perf_ns = _perf_ns
-        plain, tracing, (g_fpre, g_fpost, g_bpre, g_bpost) = _direct_forward_probes(
+        call_impl, wrapped, tracing, (g_fpre, g_fpost, g_bpre, g_bpost) = _direct_forward_probes(
             tracker.torch, module_cls, orig)
 
-        def __call__(module: Any, *args: Any, **kwargs: Any) -> Any:
+        # The first parameter must be named ``self``: torch.profiler's stack recorder
+        # (with_stack=True) takes any frame of nn.Module.__call__ for torch's own and reads its
+        # local ``self``; under another name it crashed the profiled program (a segfault).
+        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
             if not tracker._on or (tracker._dynamo_loaded and tracker._is_compiling()):
-                return orig(module, *args, **kwargs)  # off, or torch.compile is tracing
+                return orig(self, *args, **kwargs)  # off, or torch.compile is tracing
             # The fast path, nearly every call: CPU timing, a module already named (its first
             # call in a window resets its accumulators here), not the main model, no forward
             # segments or input shape to note. It does exactly what _enter/_exit do in that case, inline: no method
             # calls, no per-call lookups beyond the module's info. Anything else, at entry or
             # at exit, takes the general path.
             if not (tracker._cuda or tracker._seg_on or tracker._need_shape):
-                info = infos_get(id(module))
+                info = infos_get(id(self))
                 if info is not None and info is not tracker._main:
                     stack = getattr(tls, "stack", None)
                     if stack is not None:
@@ -992,25 +995,24 @@ class _CallWrapper:
                             info.fw_incl = info.fw_self = info.fw_calls = 0
                             info.bw_self = info.bw_calls = 0
                             tracker._touched.append(info)
-                        frame = [info, 0, 0, module]
+                        frame = [info, 0, 0, self]
                         stack.append(frame)
                         frame[1] = t0 = perf_ns()
                         try:
                             # torch's own no-hook path, without its two frames (and their
                             # re-packing of the keyword arguments): the same checks, then forward
-                            direct = info.direct
-                            if direct is None:  # once per module, whichever path met it first
-                                direct = info.direct = plain(type(module))
-                            if (direct and module._compiled_call_impl is None
-                                    and not (module._forward_pre_hooks or module._forward_hooks
-                                             or module._backward_pre_hooks or module._backward_hooks)
+                            cls = type(self)  # per call, as torch looks _call_impl up per call
+                            if (cls._call_impl is call_impl and cls._wrapped_call_impl is wrapped
+                                    and self._compiled_call_impl is None
+                                    and not (self._forward_pre_hooks or self._forward_hooks
+                                             or self._backward_pre_hooks or self._backward_hooks)
                                     and not (g_fpre or g_fpost or g_bpre or g_bpost)
                                     and tracing() is None):
-                                out = module.forward(*args, **kwargs)
+                                out = self.forward(*args, **kwargs)
                             else:
-                                out = orig(module, *args, **kwargs)
+                                out = orig(self, *args, **kwargs)
                         except BaseException:
-                            post(module, args, None)
+                            post(self, args, None)
                             raise
                         t1 = perf_ns()
                         if (stack and stack[-1] is frame and info.win == tracker._win
@@ -1023,15 +1025,15 @@ class _CallWrapper:
                             if stack:
                                 stack[-1][2] += incl
                         else:
-                            exit_(t1, module, args, out)
+                            exit_(t1, self, args, out)
                         return out
-            pre(module, args)
+            pre(self, args)
             try:
-                out = orig(module, *args, **kwargs)
+                out = orig(self, *args, **kwargs)
             except BaseException:
-                post(module, args, None)
+                post(self, args, None)
                 raise
-            post(module, args, out)
+            post(self, args, out)
             return out
 
         self._wrapper = __call__
@@ -1043,7 +1045,7 @@ class _CallWrapper:
 
 
 def _direct_forward_probes(torch: Any, module_cls: Any, orig: Any
-                           ) -> tuple[Callable[[type], bool], Callable[[], Any], tuple[dict, ...]]:
+                           ) -> tuple[Any, Any, Callable[[], Any], tuple[dict, ...]]:
     """What the wrapper needs to take torch's no-hook path itself: ``module.forward(...)``.
 
     torch's ``Module.__call__`` (``_wrapped_call_impl``) calls ``_call_impl``, which calls
@@ -1052,11 +1054,12 @@ def _direct_forward_probes(torch: Any, module_cls: Any, orig: Any
     same checks and calling ``forward`` saves two Python frames and two re-packings of the call's
     keyword arguments per module call: more than the agent's own timing costs inside a model.
 
-    Returns (``plain(cls)``: the class uses torch's call machinery unchanged, and the ``__call__``
-    being wrapped is torch's own, not somebody else's patch; ``tracing()``, None when no trace
-    runs; torch's four global forward/backward hook dicts, which torch changes in place and never
-    rebinds). Where any of this cannot be found (another torch), ``plain`` is always False and
-    every call goes through the original ``__call__``.
+    Returns (torch's ``_call_impl`` and ``_wrapped_call_impl``: a module's class must still have
+    both, looked up at each call as torch does, or the call goes through them; ``tracing()``,
+    None when no trace runs; torch's four global forward/backward hook dicts, which torch changes
+    in place and never rebinds). Where any of this cannot be found (another torch), or the
+    ``__call__`` being wrapped is not torch's own (somebody else's patch), the first two are
+    sentinels no class has and every call goes through the original ``__call__``.
     """
     mm = sys.modules.get(module_cls.__module__)
     wrapped = getattr(module_cls, "_wrapped_call_impl", None)
@@ -1067,13 +1070,8 @@ def _direct_forward_probes(torch: Any, module_cls: Any, orig: Any
     tracing = getattr(getattr(torch, "_C", None), "_get_tracing_state", None)
     if (wrapped is None or orig is not wrapped or call_impl is None or tracing is None
             or not all(isinstance(d, dict) for d in dicts)):
-        return (lambda cls: False), (lambda: None), ({}, {}, {}, {})
-
-    def plain(cls: type) -> bool:
-        return getattr(cls, "_wrapped_call_impl", None) is wrapped \
-            and getattr(cls, "_call_impl", None) is call_impl
-
-    return plain, tracing, tuple(dicts)
+        return object(), object(), (lambda: None), ({}, {}, {}, {})
+    return call_impl, wrapped, tracing, tuple(dicts)
 
 
 def _compiling_probe(torch: Any) -> Callable[[], bool]:

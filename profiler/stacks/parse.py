@@ -300,8 +300,9 @@ def forward_class(frame: Frame, index: SourceIndex) -> str | None:
 def _is_agent_call(frame: Frame) -> bool:
     """The run-mode agent's ``nn.Module.__call__`` wrapper, which calls ``forward`` itself (no
     ``_call_impl`` frame) when the module has no hooks: it, too, marks a new module call."""
+    # installed: .../wattlens/profiler/agent/tracker.py; editable: <checkout>/profiler/agent/...
     return frame.function == "__call__" and _norm(frame.filename).endswith(
-        "/wattlens/profiler/agent/tracker.py")
+        "/profiler/agent/tracker.py")
 
 
 def forward_path(frames: Sequence[Frame], index: SourceIndex) -> tuple[str, ...]:

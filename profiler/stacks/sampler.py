@@ -347,8 +347,8 @@ class StackSampler:
         """Ask the window in progress to end now, without waiting (several samplers stop together)."""
         if self._stop.is_set():
             return
-        self._stop.set()
-        with self._lock:
+        with self._lock:  # with the native thread's start: exactly one of us signals py-spy
+            self._stop.set()
             native = self._native_proc
         if native is not None and native.poll() is None:
             native.send_signal(signal.SIGINT)  # it writes what it has read so far
@@ -480,6 +480,9 @@ class StackSampler:
                 return
             with self._lock:
                 self._native_proc = proc
+                stopping = self._stop.is_set()  # request_stop() ran before: it saw no process
+            if stopping:
+                proc.send_signal(signal.SIGINT)
             try:
                 _, err = proc.communicate(timeout=duration_s + _START_TIMEOUT_S + _STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
