@@ -12,6 +12,8 @@ per-instance times agree with torch.profiler.
     python benchmarks/bench_agent_overhead.py   → benchmarks/results/agent.md
     python benchmarks/bench_agent_overhead.py --floor [--baseline REV]
                                                          → benchmarks/results/agent_floor.md
+    python benchmarks/bench_agent_overhead.py --main-path
+                                                         → benchmarks/results/agent_main_path.md
 """
 
 from __future__ import annotations
@@ -612,6 +614,77 @@ def main_floor() -> None:
     print(path.read_text())
 
 
+MAIN_PATH_METHODS = ("_enter", "_main_start", "_shape_from", "_steps_on_forward", "_boundary",
+                     "_close_step", "_close_window", "_emit_layers", "_open", "_exit", "_main_end")
+
+
+def main_path(forwards: int = 600) -> None:
+    """``--main-path``: where the main model's own handling goes (the step boundary), inside a
+    real forward loop of the tiny GPT-2 with the default 100-ms windows: each of the tracker's
+    methods on that path is wrapped by a perf_counter_ns timer, inclusive of what it calls (the
+    timer adds ~0.1-0.3 us a call). The cost of one method here is its cost in the cache state
+    a forward leaves behind, which the in-cache figure (a loop calling it alone) hides."""
+    import functools
+    import queue
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from wattlens.profiler.agent import tracker as tracker_mod
+
+    tiny = [n for n in MODELS if n.startswith("tiny")][0]
+    L, E, H, B, T, V = MODELS[tiny][0]
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
+                                       n_positions=128)).eval()
+    x = torch.randint(0, V, (B, T))
+    spent: dict[str, int] = {}
+    calls: dict[str, int] = {}
+    originals = {name: getattr(tracker_mod.Tracker, name) for name in MAIN_PATH_METHODS}
+
+    def timed(name: str, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter_ns()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0) + time.perf_counter_ns() - t0
+                calls[name] = calls.get(name, 0) + 1
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(tracker_mod.Tracker, name, timed(name, fn))
+    sent: queue.SimpleQueue = queue.SimpleQueue()
+    tracker = tracker_mod.Tracker(torch, sent.put, _raise, count_flops="off")
+    try:
+        tracker.install()
+        with torch.no_grad():
+            for _ in range(20):
+                model(x)
+            spent.clear()
+            calls.clear()
+            c0 = time.thread_time_ns()
+            for _ in range(forwards):
+                model(x)
+            cpu_us = (time.thread_time_ns() - c0) / forwards / 1e3
+        tracker.uninstall()
+    finally:
+        for name, fn in originals.items():
+            setattr(tracker_mod.Tracker, name, fn)
+    rows = ["| method (inclusive of what it calls) | µs per forward | calls per forward |",
+            "|---|---:|---:|"]
+    for name in sorted(spent, key=lambda n: -spent[n]):
+        rows.append(f"| `{name}` | {spent[name] / forwards / 1e3:.1f} | {calls[name] / forwards:.2f} |")
+    body = (f"**{tiny}**, {forwards} forwards under the agent (100-ms windows, count_flops off): "
+            f"{cpu_us:.0f} µs CPU per forward, timers included. Load average (1 min): "
+            f"{os.getloadavg()[0]:.1f} on 2 cores.\n\n" + "\n".join(rows))
+    path = write_section("agent_main_path", "Agent: the main model's step boundary, method by "
+                         "method (issue 14, run mode)", body)
+    print(path.read_text())
+
+
 def _write_workload() -> Path:
     path = Path(tempfile.gettempdir()) / "wattlens_bench_agent_workload.py"
     path.write_text(textwrap.dedent(WORKLOAD))
@@ -772,5 +845,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     t0 = time.time()
-    main_floor() if "--floor" in sys.argv[1:] else main()
+    if "--floor" in sys.argv[1:]:
+        main_floor()
+    elif "--main-path" in sys.argv[1:]:
+        main_path()
+    else:
+        main()
     print(f"took {time.time() - t0:.0f} s", file=sys.stderr)
