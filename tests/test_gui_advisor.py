@@ -211,7 +211,15 @@ def test_closing_the_window_stops_a_running_apply(make_window, qtbot, advised_db
     assert w.pool.pool.activeThreadCount() == 0
     assert not (tmp_path / "copy" / "config.json").exists()
     store = Store(advised_db, recover=False)
-    try:  # the child was interrupted (Ctrl-C), so it closed its own session
-        assert store.session(3)["status"] == "failed"
+    try:  # Ctrl-C'd, the child closes its own session as failed; if it was too slow for the
+        # grace period (a loaded machine), it was killed and its session is still 'running'
+        status = store.session(3)["status"]
     finally:
         store.close()
+    assert status in ("failed", "running"), status
+    if status == "running":  # killed: nothing is lost, the next open marks it interrupted
+        store = Store(advised_db)
+        try:
+            assert store.session(3)["status"] == "interrupted"
+        finally:
+            store.close()

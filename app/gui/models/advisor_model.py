@@ -27,6 +27,12 @@ from wattlens.app.gui.models.signal import Signal
 from wattlens.app.present import Outcome
 from wattlens.profiler.errors import ActionError
 
+#: How long a Ctrl-C'd optimize child may take to close its session as failed before it is
+#: killed. A CI run of the GUI test next to another test suite (four jobs on two cores) took
+#: more than the 3 s this was; a killed child's session is not lost either: it stays 'running'
+#: until the database is next opened, which marks it 'interrupted' (Store.recover_interrupted).
+STOP_GRACE_S = 10.0
+
 
 @dataclass(frozen=True)
 class RecommendationView:
@@ -246,7 +252,7 @@ def run_optimize(argv: list[str], *, on_line: Callable[[str], None] | None = Non
                 stopped = True
                 proc.send_signal(signal.SIGINT)  # Ctrl-C: the child closes its session as failed
                 try:
-                    proc.wait(timeout=3.0)
+                    proc.wait(timeout=STOP_GRACE_S)
                 except subprocess.TimeoutExpired:
                     proc.kill()
             time.sleep(poll_s)
