@@ -52,6 +52,17 @@ def _slices(child, seconds: float, slice_s: float, label: str, sampler=None) -> 
     return out
 
 
+def _paused(wall: int, on_cpu: int, waiting: int) -> float:
+    """The share of ``wall`` the target was neither running nor waiting to run (stopped)."""
+    return max(0.0, (wall - on_cpu - waiting) / wall)
+
+
+def _own_core_iter_s(its: tuple[int, int], wall: int, waiting: int) -> float:
+    """Wall time per iteration without the share spent waiting for a CPU."""
+    n, span_ns = its
+    return span_ns * (wall - waiting) / wall / n / 1e9
+
+
 def _finish(child, rows: list[dict]) -> list[dict]:
     """Own-core time per iteration and paused share per slice (the stamps arrive a bit late)."""
     time.sleep(1.0)
@@ -59,11 +70,10 @@ def _finish(child, rows: list[dict]) -> list[dict]:
     for r in rows:
         its = child.iterations(r["w0"], r["w1"])
         wall = r["w1"] - r["w0"]
-        r["paused"] = max(0.0, (wall - r["on_cpu"] - r["waiting"]) / wall)
+        r["paused"] = _paused(wall, r["on_cpu"], r["waiting"])
         if its is None:
             continue
-        n, span_ns = its
-        r["own_core_iter_s"] = span_ns * (wall - r["waiting"]) / wall / n / 1e9
+        r["own_core_iter_s"] = _own_core_iter_s(its, wall, r["waiting"])
         r["cpu_share"] = r["on_cpu"] / wall
         done.append(r)
     return done
@@ -175,10 +185,9 @@ def measure_parts(rounds: int, phase_s: float = 8.0) -> dict:
                 its = child.iterations(w0, w1)
                 if its is None:
                     continue
-                n, span_ns = its
                 wall, waiting = w1 - w0, delay1 - delay0
-                got[name] = {"own_core_iter_s": span_ns * (wall - waiting) / wall / n / 1e9,
-                             "paused": max(0.0, (wall - (cpu1 - cpu0) - waiting) / wall)}
+                got[name] = {"own_core_iter_s": _own_core_iter_s(its, wall, waiting),
+                             "paused": _paused(wall, cpu1 - cpu0, waiting)}
             per_round.append(got)
     finally:
         child.close()
