@@ -154,6 +154,113 @@ def test_exception_in_forward_unwinds_and_steps_continue(make_tracker):
     assert tracker._tls.stack == []
 
 
+def test_steps_and_windows_inside_a_window_follow_the_rule_exactly(make_tracker, monkeypatch):
+    """Steps and windows boundary by boundary, with windows longer than a step (the other
+    tests close one per step): a step runs from one inference forward's start to the next one's,
+    a training forward with no optimizer yet is no boundary, a forward that raises still counts,
+    a window closes at the first boundary at least ``window_ns`` after it opened, commands run at
+    every boundary seeing the count of closed steps. The clock is the test's: every time is
+    known."""
+    from wattlens.profiler.agent import tracker as tracker_mod
+
+    now = [1_000]
+    monkeypatch.setattr(tracker_mod, "_monotonic_ns", lambda: now[0])
+    seen: list[int] = []
+    tracker, sink = make_tracker(window_ns=50, on_boundary=lambda: seen.append(tracker.steps_done))
+
+    class Flaky(Net):
+        fail_at = -1
+
+        def forward(self, x):
+            if self.fail_at == 0:
+                self.fail_at = -1
+                raise ValueError("user error")
+            self.fail_at -= 1
+            return super().forward(x)
+
+    net = Flaky().eval()
+    batches = []
+    for i in range(14):
+        now[0] = 1_000 + 10 * i
+        if i == 7:  # a training forward in the middle: counted into the open step (auto mode)
+            net.train()
+            batches.append(6)
+            net(torch.randn(6, 16))
+            net.eval()
+            continue
+        batches.append(i + 1)
+        with torch.no_grad():
+            if i == 3:  # a forward that raises still ends its step's forward
+                net.fail_at = 0
+                with pytest.raises(ValueError, match="user error"):
+                    net(torch.randn(i + 1, 16))
+            else:
+                net(torch.randn(i + 1, 16))
+    now[0] = 1_000 + 10 * 14 + 5
+    tracker.finish()  # the last step ends where the last forward ended (here, as it began)
+
+    # forward 7 (training, no optimizer yet) is no boundary: it belongs to step 6, which runs
+    # from forward 6's start to forward 8's and takes its samples from the training forward
+    starts = [1_000 + 10 * i for i in range(14) if i != 7]
+    steps = sink.steps()
+    assert [s["step"] for s in steps] == list(range(13))
+    assert [(s["t_start_ns"], s["t_end_ns"]) for s in steps] == list(
+        zip(starts, starts[1:] + [1_130], strict=True))
+    assert [s["samples"] for s in steps] == batches[:6] + [6] + batches[8:]
+    assert seen == list(range(13))  # once per boundary, with the count of closed steps
+    layers = sink.of("layers")
+    assert [(m["first_step"], m["last_step"]) for m in layers] == [(0, 4), (5, 8), (9, 12)]
+    assert [(m["t_start_ns"], m["t_end_ns"]) for m in layers] == [
+        (1_000, 1_050), (1_050, 1_100), (1_100, 1_130)]
+    # the raising forward's call of ``head`` never happened; every other forward's did
+    head_calls = [r["calls"] for m in layers for r in m["rows"] if r["path"] == "head"]
+    assert head_calls == [4, 5, 4]  # forwards 0-4 (3 raised), 5-9, 10-13
+    assert tracker._tls.stack == []
+
+
+def test_explicit_steps_and_watch_inside_a_window_keep_the_steps_before_them(make_tracker, monkeypatch):
+    """agent.step() or watch() in the middle of a window of inference steps: the steps before
+    it keep their order and times, the step it closes ends at it, nothing is lost or counted
+    twice."""
+    from wattlens.profiler.agent import tracker as tracker_mod
+
+    now = [0]
+    monkeypatch.setattr(tracker_mod, "_monotonic_ns", lambda: now[0])
+    tracker, sink = make_tracker(window_ns=10**6)
+    net = Net().eval()
+    with torch.no_grad():
+        for i in range(3):
+            now[0] = 100 * i
+            net(torch.randn(2, 16))
+        now[0] = 250
+        tracker.explicit_step(None, None)  # closes the third forward's step here
+        now[0] = 300
+        net(torch.randn(2, 16))
+        now[0] = 350
+        tracker.explicit_step(7, None)
+    assert tracker.steps_done == 4
+    now[0] = 400
+    tracker.finish()
+    assert [(s["t_start_ns"], s["t_end_ns"], s["samples"]) for s in sink.steps()] == [
+        (0, 100, 2), (100, 200, 2), (200, 250, 2), (250, 350, 7)]
+    tracker.uninstall()
+
+    tracker2, sink2 = make_tracker(window_ns=10**6)
+    other = Net().eval()
+    with torch.no_grad():
+        for i in range(3):
+            now[0] = 1_000 + 100 * i
+            net(torch.randn(3, 16))
+        now[0] = 1_250
+        tracker2.watch(other)
+        now[0] = 1_300
+        other(torch.randn(5, 16))
+    now[0] = 1_320
+    tracker2.finish()
+    assert [(s["t_start_ns"], s["t_end_ns"], s["samples"]) for s in sink2.steps()] == [
+        (1_000, 1_100, 3), (1_100, 1_200, 3), (1_200, 1_300, 3), (1_300, 1_300, 5)]
+
+
 def test_dynamic_and_loss_modules_are_named_by_caller(make_tracker):
     class Dyn(torch.nn.Module):
         def __init__(self):
