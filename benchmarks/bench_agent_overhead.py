@@ -494,6 +494,20 @@ def floor_markdown(res: dict[str, dict], pc: dict, tiny: str, loads: tuple[float
                   f"close on the model thread {d['model thread'] - d['wrapper only']:.0f}; JSON "
                   f"encoding (writer thread) {d['target process'] - d['model thread']:.0f}; the "
                   f"host's side {d['whole chain'] - d['target process']:.0f}.", ""]
+        before = next((st for st in r["cpu_ns"] if st.startswith("target process, ")), None)
+        if before is not None:
+            # per round, this change / the baseline: the round's machine state cancels out,
+            # which the two ratios to "off" above (each with its own spread) do not
+            paired = [a / b for a, b in zip(r["cpu_ns"]["target process"], r["cpu_ns"][before],
+                                            strict=True)]
+            pm, plo, phi = bootstrap_median_ci(paired)
+            dus = [(a - b) / 1e3 for a, b in zip(r["cpu_ns"]["target process"],
+                                                  r["cpu_ns"][before], strict=True)]
+            lines += [f"This change against {before.split(', ', 1)[1]}, paired per round (the "
+                      f"target process, CPU per forward, this change / before): {pm:.4f} "
+                      f"[{plo:.4f}, {phi:.4f}] (= {100 * (pm - 1):+.2f} % [{100 * (plo - 1):+.2f}, "
+                      f"{100 * (phi - 1):+.2f}]; {statistics.median(dus):+.1f} µs per forward, "
+                      "median of the paired differences).", ""]
     t = res[tiny]
     med, lo, hi = bootstrap_median_ci(t["ratio"]["target process"])
     aa = bootstrap_median_ci(t["ratio"]["off (A/A)"])

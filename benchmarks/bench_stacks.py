@@ -34,6 +34,8 @@ Run:  .venv/bin/python benchmarks/bench_stacks.py            (about 8 minutes)
       node (--archs "" for the loop alone, --native-hz to raise the native read rate).
       --calibration-ab [--runs 3 --acc-seconds 40 --cal-vocab 32000]: two samplers side by
       side on the Llama-style decoder, calibration on (5 Hz) and off, against the same timer.
+      --backward-reference [--runs 3]: the backward reference timer of --suite against
+      torch.profiler, per autograd node, in one process (about a minute).
 Writes benchmarks/results/stacks.md (--suite: benchmarks/results/stacks_arch.md; --calibration-ab:
 benchmarks/results/stacks_calibration.md).
 """
@@ -192,6 +194,7 @@ class BackwardTimer:
         self.segs: list[tuple[int, str | None]] = []
         self.lo = 0
         self.totals: Counter = Counter()
+        self.by_node: Counter = Counter()  # the same time by autograd node name (MulBackward0)
 
     def forward_start(self) -> None:
         self.lo = self.seq()
@@ -218,15 +221,17 @@ class BackwardTimer:
                 owner = owners[bisect.bisect_right(keys, seq) - 1] or OUTSIDE
                 cell = [0.0]
                 node.register_prehook(partial(self._pre, cell))
-                node.register_hook(partial(self._post, cell, owner))
+                node.register_hook(partial(self._post, cell, owner, node.name()))
             todo.extend(nxt for nxt, _ in node.next_functions)
 
     @staticmethod
     def _pre(cell, grad_outputs):
         cell[0] = time.perf_counter()
 
-    def _post(self, cell, owner, grad_inputs, grad_outputs):
-        self.totals[owner] += time.perf_counter() - cell[0]
+    def _post(self, cell, owner, name, grad_inputs, grad_outputs):
+        dt = time.perf_counter() - cell[0]
+        self.totals[owner] += dt
+        self.by_node[name] += dt
 
 
 def worker_loop(seconds: float, hooks: bool) -> None:
@@ -371,6 +376,86 @@ def worker_torch_profiler(rounds: int, block_iters: int) -> None:
 
 
 # ----------------------------------------------------------------------------- the parent
+
+
+def measure_backward_reference(rounds: int, steps: int) -> dict:
+    """Is the backward reference itself right? The BackwardTimer (pre/post hooks on every
+    autograd node, what --suite compares the attach estimate with) against torch.profiler's
+    ``autograd::engine::evaluate_function: <node>`` events (no Python hooks on the nodes), per
+    autograd node name, on the Llama-style training loop, in this process: ``rounds`` rounds
+    of ``steps`` training steps under each, taking turns. Shares are of the sum over the node
+    names both see (the nodes made by the forward: AccumulateGrad is not among them)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ["WATTLENS_BENCH_ARCH"] = "llama"
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model, ids = _build_arch(torch, "llama")
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    bw = BackwardTimer(torch)
+    HookTimer(model, on_boundary=bw.boundary)
+    timed = {"on": False}
+
+    def step() -> None:
+        bw.forward_start()  # the forward hooks run in both states; only the timer hooks nodes
+        loss = model(ids, labels=ids).loss
+        if timed["on"]:
+            bw.hook_graph(loss.grad_fn)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    timer_s: Counter = Counter()
+    prof_s: Counter = Counter()
+    owners: Counter = Counter()
+    prefix = "autograd::engine::evaluate_function: "
+    for _ in range(rounds):
+        bw.by_node, bw.totals = Counter(), Counter()
+        timed["on"] = True
+        for _ in range(steps):
+            step()
+        timed["on"] = False
+        timer_s.update(bw.by_node)
+        owners.update(bw.totals)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        for e in prof.key_averages():
+            if e.key.startswith(prefix):
+                prof_s[e.key[len(prefix):].rsplit("::", 1)[-1]] += e.cpu_time_total / 1e6
+    both = set(timer_s) & set(prof_s)
+    return {"rounds": rounds, "steps": steps,
+            "timer_s": {k: timer_s[k] for k in both}, "profiler_s": {k: prof_s[k] for k in both},
+            "timer_only": sorted(set(timer_s) - both), "profiler_only": sorted(set(prof_s) - both),
+            "owners_s": dict(owners)}
+
+
+def backward_reference_markdown(r: dict, loads: tuple[float, float]) -> str:
+    t_sum, p_sum = sum(r["timer_s"].values()), sum(r["profiler_s"].values())
+    o_sum = sum(r["owners_s"].values())
+    lines = ["## The backward reference checked against torch.profiler (issue 14)", "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M')}; Python {platform.python_version()}, "
+             f"{os.cpu_count()} CPUs; load average (1 min) at start / end {loads[0]:.1f} / "
+             f"{loads[1]:.1f}. Command: `bench_stacks.py --backward-reference`.", "",
+             "The Llama-style training loop of `--suite` (4 blocks, d=256, batch 2 x 128, AdamW, "
+             f"one thread), in one process: {r['rounds']} rounds of {r['steps']} steps under the "
+             "reference timer (pre/post hooks on every autograd node) and under torch.profiler "
+             "(its `evaluate_function` event per node, no Python hooks), taking turns. Share of "
+             "the backward's timed nodes, by autograd node name:", "",
+             "| autograd node | reference timer | torch.profiler | timer − profiler, pp |",
+             "|---|---:|---:|---:|"]
+    for k in sorted(r["timer_s"], key=lambda k: -r["profiler_s"][k])[:14]:
+        a, b = 100 * r["timer_s"][k] / t_sum, 100 * r["profiler_s"][k] / p_sum
+        lines.append(f"| {k} | {a:.1f} % | {b:.1f} % | {a - b:+.1f} |")
+    lines += ["", "The reference by class path (what `--suite` compares the attach estimate "
+              "with), from the same timed steps: "
+              + ", ".join(f"`{k}` {100 * v / o_sum:.1f} %"
+                          for k, v in Counter(r["owners_s"]).most_common(10)) + "."]
+    return "\n".join(lines)
 
 
 def _spawn(*args: str) -> subprocess.Popen:
@@ -1255,6 +1340,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-ab", action="store_true",
                     help="calibration on and off side by side on the Llama-style decoder, "
                     "--runs times (writes benchmarks/results/stacks_calibration.md)")
+    ap.add_argument("--backward-reference", action="store_true",
+                    help="the backward reference timer against torch.profiler per autograd node "
+                    "(writes benchmarks/results/backward_reference.md)")
     ap.add_argument("--cal-vocab", type=int, default=32000,
                     help="vocabulary of the --calibration-ab model (default 32000, LlamaConfig's "
                     "own default: the LM head is the long call of the issue)")
@@ -1271,6 +1359,14 @@ def main(argv: list[str] | None = None) -> int:
         worker_torch_profiler(args.rounds, args.block)
         return 0
 
+    if args.backward_reference:
+        load0 = os.getloadavg()[0]
+        ref = measure_backward_reference(args.runs * 2, 5)
+        md = backward_reference_markdown(ref, (load0, os.getloadavg()[0]))
+        path = HERE / "results" / "backward_reference.md"
+        path.write_text(md + "\n", encoding="utf-8")
+        print(md)
+        return 0
     if args.calibration_ab:
         load0 = os.getloadavg()[0]
         runs = measure_calibration(args.runs, args.acc_seconds, args.window, args.cal_vocab)
