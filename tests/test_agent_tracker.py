@@ -261,6 +261,157 @@ def test_explicit_steps_and_watch_inside_a_window_keep_the_steps_before_them(mak
         (1_000, 1_100, 3), (1_100, 1_200, 3), (1_200, 1_300, 3), (1_300, 1_300, 5)]
 
 
+class Leaf(torch.nn.Module):
+    """Spends ``cost`` on the test's clock."""
+
+    def __init__(self, now: list[int], cost: int) -> None:
+        super().__init__()
+        self.now, self.cost = now, cost
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        self.now[0] += self.cost
+        return x
+
+
+class Pair(torch.nn.Module):
+    def __init__(self, now: list[int]) -> None:
+        super().__init__()
+        self.now = now
+        self.a, self.b = Leaf(now, 5), Leaf(now, 3)
+
+    def forward(self, x):
+        self.now[0] += 2
+        return self.b(self.a(self.a(x)))  # ``a`` twice
+
+
+class Top(torch.nn.Module):
+    def __init__(self, now: list[int]) -> None:
+        super().__init__()
+        self.now = now
+        self.p, self.q = Pair(now), Leaf(now, 7)
+
+    def forward(self, x):
+        self.now[0] += 1
+        return self.q(self.p(x))
+
+
+#: (inclusive, self, calls) per forward of Top on the test's clock
+TOP_TIMES = {"": (23, 1, 1), "p": (15, 2, 1), "p.a": (10, 10, 2), "p.b": (3, 3, 1), "q": (7, 7, 1)}
+
+
+@pytest.mark.parametrize("call_path", ["wrap", "hooks"])
+@pytest.mark.parametrize("window_ns", [0, 10**15])
+def test_inclusive_and_self_times_are_exact(make_tracker, monkeypatch, call_path, window_ns):
+    """On a clock that only moves inside forwards, every module's inclusive time, self time
+    (inclusive minus its children's) and calls come out exactly, on either call path, with a
+    window per step or one for all."""
+    from wattlens.profiler.agent import tracker as tracker_mod
+
+    now = [0]
+    monkeypatch.setattr(tracker_mod, "_perf_ns", lambda: now[0])
+    tracker, sink = make_tracker(call_path=call_path, window_ns=window_ns)
+    top = Top(now)
+    with torch.no_grad():
+        for _ in range(3):
+            top(torch.zeros(2, 1))
+    tracker.finish()
+    layers = sink.of("layers")
+    per = 1 if window_ns == 0 else 3  # forwards per window
+    assert len(layers) == 3 // per
+    for m in layers:
+        got = {r["path"]: (r["time_ns"], r["self_time_ns"], r["calls"]) for r in m["rows"]}
+        assert got == {p: (i * per, s * per, c * per) for p, (i, s, c) in TOP_TIMES.items()}
+
+
+def test_calls_on_other_threads_are_all_counted(make_tracker):
+    """Modules called on other threads, while the main model runs on this one, are timed on
+    their own threads' stacks, and every call is counted."""
+    import threading
+
+    tracker, sink = make_tracker(window_ns=10**15)
+    main, side = Net().eval(), Net(n=1).eval()
+    x = torch.randn(2, 16)
+    start = threading.Barrier(3)
+
+    def work() -> None:
+        start.wait()
+        with torch.no_grad():
+            for _ in range(60):
+                side(x)
+
+    with torch.no_grad():
+        main(x)  # the main model
+        side(x)
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        start.wait()
+        for _ in range(30):
+            main(x)
+        for t in threads:
+            t.join()
+        main(x)
+    tracker.finish()
+    assert sum(r["calls"] for r in sink.rows("head")) == 32
+    assert sum(r["calls"] for r in sink.rows("@Net.head")) == 121
+    assert sum(r["calls"] for r in sink.rows("@Net.blocks.0.fc")) == 121
+
+
+def test_a_finished_call_does_not_keep_its_module_alive(make_tracker):
+    """The tracker keeps no module alive: a model the program drops is freed at once, before
+    the window it ran in closes."""
+    import gc
+    import weakref
+
+    tracker, sink = make_tracker(window_ns=10**15)
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        Net().eval()(x)  # the main model (dropped too: steps need not go on)
+        side = Net().eval()
+        side(x)
+        gone = weakref.ref(side.blocks[0].fc)
+        del side
+        gc.collect()
+        assert gone() is None
+    tracker.finish()
+    assert sum(r["calls"] for r in sink.rows("@Net.blocks.0.fc")) == 1
+
+
+def test_a_call_whose_exit_never_came_is_dropped_with_its_children(make_tracker, monkeypatch):
+    """With global hooks, a post-hook can be skipped (a call entered while tracing, say): the
+    caller's exit drops the calls above it. The dropped call gets no row, and its children's
+    time is not taken off the caller's self time (it never reached the caller)."""
+    from wattlens.profiler.agent import tracker as tracker_mod
+
+    now = [0]
+    monkeypatch.setattr(tracker_mod, "_perf_ns", lambda: now[0])
+    tracker, sink = make_tracker(call_path="hooks", window_ns=10**15)
+    inner = torch.nn.Linear(1, 1)
+    mid = torch.nn.Sequential(inner)
+    root = torch.nn.Sequential(mid, torch.nn.Linear(1, 1))
+    x = torch.zeros(1, 1)
+    with torch.no_grad():
+        root(x)  # names everything and makes ``root`` the main model
+        for module, t, enter in [(root, 100, True), (root[1], 101, True), (root[1], 103, False),
+                                 (mid, 104, True), (inner, 105, True), (inner, 108, False),
+                                 (root, 110, False),  # ``mid`` never exited
+                                 (root, 200, True), (mid, 201, True), (inner, 202, True),
+                                 (inner, 204, False), (mid, 207, False), (root, 210, False)]:
+            now[0] = t
+            if enter:
+                tracker._pre(module, (x,))
+            else:
+                tracker._post(module, (x,), x)
+    tracker.finish()
+    rows = {r["path"]: (r["time_ns"], r["self_time_ns"], r["calls"])
+            for r in sink.of("layers")[-1]["rows"]}
+    # (the first forward ran at a standing clock: calls, no time)
+    # the first manual call: root 10, self 8 (its children: root[1]'s 2, not inner's 3); the
+    # second: root 10, self 4; mid 6, self 4 (its child: inner's 2 only)
+    assert rows == {"": (20, 12, 3), "1": (2, 2, 2), "0": (6, 4, 2), "0.0": (5, 5, 3)}
+
+
 def test_dynamic_and_loss_modules_are_named_by_caller(make_tracker):
     class Dyn(torch.nn.Module):
         def __init__(self):
