@@ -13,9 +13,10 @@ A rank of a torch.distributed job gets its own energy, ``rank_energy_between(ran
 (its process's CPU time and GPU device share: :mod:`wattlens.profiler.rank_energy`); where that
 has no figure for the rank (it raises LookupError), the fallback is an equal split, the target's
 energy ÷ the ranks on the host.
-Steps get their own window's energy; layer rows share their window's energy by time, plus a
-bucket row "outside modules" for the rest, so the rows' ``self_energy_j`` add up to the window's
-energy (conservation). Records whose energy is not known yet wait in a small FIFO and are retried
+Steps get their own window's energy; layer rows share their window's energy by time, with a
+bucket row "optimizer" for the timed ``optimizer.step()`` calls (where the agent timed them) and
+a bucket row "outside modules" for the rest, so the rows' ``self_energy_j`` add up to the
+window's energy (conservation). Records whose energy is not known yet wait in a small FIFO and are retried
 for ``energy_wait_s`` before they go out with ``energy_j=None``.
 
 All callbacks run on the listener thread, in arrival order. ``on_hello`` is called when an agent
@@ -60,6 +61,7 @@ from wattlens.profiler.agent.protocol import (
 )
 from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
+from wattlens.profiler.stacks.parse import BUCKET_OPTIMIZER
 
 log = logging.getLogger(__name__)
 
@@ -656,7 +658,8 @@ class AgentServer:
 
 
 def layer_costs(msg: dict[str, Any], energy_j: float | None, *, rank: int | None = None) -> list[LayerCost]:
-    """Turn one ``layers`` message into LayerCost rows plus the "outside modules" bucket.
+    """Turn one ``layers`` message into LayerCost rows plus the "optimizer" (when the agent timed
+    optimizer steps) and "outside modules" buckets.
 
     Energy is shared by self time (``figures.split_window_energy``): the base is the window
     length, or the sum of self times when they exceed it (overlapping threads / GPU streams); the
@@ -665,7 +668,8 @@ def layer_costs(msg: dict[str, Any], energy_j: float | None, *, rank: int | None
     t0, t1 = msg["t_start_ns"], msg["t_end_ns"]
     dur_ns = t1 - t0
     rows = msg["rows"]
-    self_total_ns = sum(r["self_time_ns"] for r in rows)
+    opt_ns = msg.get("optimizer_ns") or 0
+    self_total_ns = sum(r["self_time_ns"] for r in rows) + opt_ns
     bucket_ns = dur_ns - self_total_ns if self_total_ns < dur_ns else 0
     out = [
         LayerCost(
@@ -676,6 +680,12 @@ def layer_costs(msg: dict[str, Any], energy_j: float | None, *, rank: int | None
         )
         for r in rows
     ]
+    if opt_ns:  # optimizer.step(), timed by the agent (the same bucket attach mode names)
+        out.append(LayerCost(
+            window_start_ns=t0, window_end_ns=t1, path=BUCKET_OPTIMIZER, granularity="bucket",
+            method="agent-timing", time_s=opt_ns / 1e9, share=opt_ns / dur_ns,
+            self_time_s=opt_ns / 1e9, phase="", rank=rank,
+        ))
     out.append(LayerCost(
         window_start_ns=t0, window_end_ns=t1, path=OUTSIDE_MODULES, granularity="bucket",
         method="agent-timing", time_s=bucket_ns / 1e9, share=bucket_ns / dur_ns,

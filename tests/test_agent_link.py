@@ -267,6 +267,26 @@ def test_layer_costs_conserve_window_energy():
     assert all(r.energy_j is None for r in layer_costs(msg, None))
 
 
+def test_the_optimizer_step_is_its_own_bucket():
+    """A window's timed optimizer.step() becomes the "optimizer" bucket (as attach mode names
+    it), taken out of "outside modules"; the window's energy is still conserved."""
+    t0 = 1_000_000_000
+    msg = {"t_start_ns": t0, "t_end_ns": t0 + 100_000_000, "optimizer_ns": 30_000_000,
+           "optimizer_calls": 2, "rows": [
+               {"path": "", "phase": "forward", "time_ns": 50_000_000, "self_time_ns": 50_000_000},
+           ]}
+    rows = layer_costs(msg, 4.0)
+    by = {r.path: r for r in rows}
+    assert (by["optimizer"].granularity, by["optimizer"].method) == ("bucket", "agent-timing")
+    assert by["optimizer"].self_time_s == pytest.approx(0.03)
+    assert by["optimizer"].self_energy_j == pytest.approx(1.2)
+    assert by[OUTSIDE_MODULES].self_time_s == pytest.approx(0.02)
+    assert rows[-1].path == OUTSIDE_MODULES
+    assert sum(r.self_energy_j for r in rows) == pytest.approx(4.0, rel=1e-12)
+    del msg["optimizer_ns"]
+    assert "optimizer" not in {r.path for r in layer_costs(msg, 4.0)}
+
+
 def test_launch_command_not_found(server):
     with pytest.raises(BadInputError) as err:
         launch(["no-such-command-wattlens"], server=server)

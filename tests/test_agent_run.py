@@ -133,6 +133,8 @@ def test_gpt2_training_loop_steps_by_optimizer_with_backward(tmp_path):
     assert bw and all(r.time_s > 0 and r.flops is None for r in bw)
     block = rows_for(sink, "transformer.h.0", "backward")
     assert block and all(r.time_s >= r.self_time_s for r in block)
+    opt = rows_for(sink, "optimizer", "")  # AdamW's step, timed: the bucket attach mode names
+    assert opt and all(r.granularity == "bucket" and r.self_time_s > 0 for r in opt)
     assert_conserved(sink)
 
 

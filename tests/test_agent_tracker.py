@@ -486,6 +486,101 @@ def test_training_steps_by_optimizer_and_backward_attribution(make_tracker):
     assert root_bw and all(r["time_ns"] >= r["self_time_ns"] for r in root_bw)
 
 
+class Clocked(torch.optim.SGD):
+    """SGD whose step spends ``cost`` on the test's clock (and runs the closure it is given)."""
+
+    def __init__(self, params, now: list[int], cost: int, inner=None) -> None:
+        super().__init__(params, lr=0.01)
+        self.now, self.cost, self.inner, self.fail = now, cost, inner, False
+
+    def step(self, closure=None):
+        self.now[0] += self.cost
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("step failed")
+        if closure is not None:
+            closure()
+        if self.inner is not None:
+            self.inner.step()
+            return None
+        return super().step()
+
+
+@pytest.fixture
+def test_clock(monkeypatch):
+    from wattlens.profiler.agent import tracker as tracker_mod
+
+    now = [0]
+    monkeypatch.setattr(tracker_mod, "_perf_ns", lambda: now[0])
+    return now
+
+
+def optimizer_windows(sink: Sink) -> list[tuple[int | None, int | None]]:
+    return [(m.get("optimizer_ns"), m.get("optimizer_calls")) for m in sink.of("layers")]
+
+
+def test_optimizer_steps_are_timed_into_their_window(make_tracker, test_clock):
+    """optimizer.step() is timed into the window it ends in (the "optimizer" bucket), once per
+    step although a subclass calling super().step() runs torch's hooks twice; a step that
+    raised is not timed (its time stays outside modules) and the next one is."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # SGD.step itself is now hooked too
+    tracker, sink = make_tracker()  # a window per step
+    net = Net()
+    opt = Clocked(net.parameters(), test_clock, 7)
+    x = torch.randn(4, 16)
+    for i in range(4):
+        net(x).sum().backward()
+        opt.fail = i == 1
+        try:
+            opt.step()
+        except RuntimeError:
+            pass
+    tracker.finish()
+    # the failed step marks no step: its forward and the next one share a window
+    assert optimizer_windows(sink) == [(7, 1), (7, 1), (7, 1)]
+    assert len(sink.steps()) == 3
+
+
+def test_an_optimizer_inside_another_is_one_step(make_tracker, test_clock):
+    """A wrapper optimizer whose step calls another's: one step, timed once, whole."""
+    tracker, sink = make_tracker()
+    net = Net()
+    inner = Clocked(net.parameters(), test_clock, 7)
+    outer = Clocked(net.parameters(), test_clock, 3, inner=inner)
+    x = torch.randn(4, 16)
+    for _ in range(3):
+        net(x).sum().backward()
+        outer.step()
+    tracker.finish()
+    assert optimizer_windows(sink) == [(10, 1)] * 3
+    assert len(sink.steps()) == 3
+
+
+def test_an_optimizer_step_that_runs_the_model_is_not_timed(make_tracker, test_clock):
+    """A step given a closure (LBFGS) runs the model inside it: its time is the model's (rows)
+    and is not timed again as the optimizer's; it still marks the steps."""
+    tracker, sink = make_tracker()
+    net = Net()
+    opt = Clocked(net.parameters(), test_clock, 7)
+    x = torch.randn(4, 16)
+
+    def closure():
+        opt.zero_grad()
+        loss = net(x).sum()
+        loss.backward()
+        return loss
+
+    for i in range(4):
+        opt.fail = i == 1  # a step that raises: the steps after it are still marked
+        try:
+            opt.step(closure)
+        except RuntimeError:
+            pass
+    tracker.finish()
+    assert all(t == (None, None) for t in optimizer_windows(sink))
+    assert len(sink.steps()) == 3
+
+
 def test_training_without_optimizer_falls_back_to_forwards(make_tracker):
     tracker, sink = make_tracker()
     net = Net()

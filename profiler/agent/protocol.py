@@ -162,6 +162,9 @@ AGENT_MESSAGES: dict[str, Schema] = {
         "last_step": (_opt(_is_nonneg_int), False),
         "timing": (_is_str, True),
         "rows": (_list_of(_obj(_ROW)), True),
+        # optimizer.step() time in the window (CPU timing; absent when none was timed)
+        "optimizer_ns": (_opt(_is_nonneg_int), False),
+        "optimizer_calls": (_opt(_is_nonneg_int), False),
     },
     "event": {
         "t_ns": (_is_nonneg_int, True),

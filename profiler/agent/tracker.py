@@ -127,6 +127,13 @@ class Tracker:
         self._last_main_end: int | None = None
         self._first_main: int | None = None
 
+        # optimizer steps, timed on CPU (the window's "optimizer" bucket): the step in progress
+        # (its optimizer's id and start), and the window's sums
+        # [id, start or None (untimed), depth, torch's step wrapper frame]
+        self._opt_running: list[Any] | None = None
+        self._opt_ns = 0
+        self._opt_calls = 0
+
         # steps
         self._mode = "auto"  # auto | optimizer | explicit
         self._opt_ref: Any = None
@@ -171,6 +178,9 @@ class Tracker:
         register_opt = getattr(optimizer_module, "register_optimizer_step_post_hook", None)
         if register_opt is not None:
             self._handles.append(register_opt(self._opt_post))
+            register_pre = getattr(optimizer_module, "register_optimizer_step_pre_hook", None)
+            if register_pre is not None:
+                self._handles.append(register_pre(self._opt_pre))
 
     def uninstall(self) -> None:
         self._on = False
@@ -652,10 +662,44 @@ class Tracker:
         elif self._step_open is None:
             self._open(t)
 
+    def _opt_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Note the start of ``optimizer.step()``, timed unless it cannot be told apart from the
+        model's own time: a step given a closure (LBFGS) runs forwards and backwards inside it,
+        and on CUDA the step's kernels run after it returns (those stay in "outside modules").
+        A step inside another optimizer's step (a wrapper) is part of that one."""
+        if not self._on:
+            return None
+        try:
+            caller = sys._getframe(1)  # torch's step wrapper
+            running = self._opt_running
+            if running is not None and _on_stack(running[3], caller):
+                if running[0] == id(optimizer):
+                    running[2] += 1  # a subclass's step calling super().step(): hooked twice
+                return None  # inside a step already running
+            # (a step still noted but no longer running raised: its post-hook never came)
+            # torch passes step()'s own arguments: (optimizer, closure?) and its keywords
+            closure = args[1] if len(args) > 1 else kwargs.get("closure")
+            timed = closure is None and not self._cuda
+            self._opt_running = [id(optimizer), _perf_ns() if timed else None, 1, caller]
+        except Exception as exc:
+            self._fail(exc)
+        return None
+
     def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self._on:
             return None
         try:
+            running = self._opt_running
+            if running is not None:
+                if running[0] != id(optimizer):
+                    return None  # a step inside another optimizer's: neither timed nor a step
+                running[2] -= 1
+                if running[2] > 0:
+                    return None  # the inner of a step hooked twice (super().step())
+                self._opt_running = None
+                if running[1] is not None:  # before the boundary: this step's window
+                    self._opt_ns += _perf_ns() - running[1]
+                    self._opt_calls += 1
             t = _monotonic_ns()
             self._last_opt = t
             if self._mode == "explicit":
@@ -687,6 +731,7 @@ class Tracker:
             self._win_start = t
             self._win += 1  # lazily resets every module's accumulators
             self._touched = []
+            self._opt_ns = self._opt_calls = 0
             self._win_steps = []
             self._win_shapes = set()
             if self._cuda:
@@ -752,6 +797,9 @@ class Tracker:
             self._bw_events = []
             self._poll_cuda()
             return
+        if self._opt_calls:
+            window["optimizer_ns"] = self._opt_ns
+            window["optimizer_calls"] = self._opt_calls
         fw: dict[ModInfo, list[int]] = {}
         bw: dict[ModInfo, list[int]] = {}
         for info in self._touched:
@@ -894,6 +942,16 @@ def _unwind(stack: list[Any], module: Any) -> bool:
         if stack[i][3] is module:
             del stack[i + 1:]
             return True
+    return False
+
+
+def _on_stack(frame: Any, start: Any) -> bool:
+    """Is ``frame`` one of ``start``'s callers (or ``start`` itself)?"""
+    f = start
+    while f is not None:
+        if f is frame:
+            return True
+        f = f.f_back
     return False
 
 
