@@ -58,5 +58,8 @@ def test_a_single_process_session_has_no_ranks_tab(make_window, qtbot, stored_db
     w = make_window(stored_db)
     panel = _open(w, qtbot, 1)
     assert panel.tabs.indexOf(panel.ranks) < 0
+    # nor an empty rank table drawn over the first card (it was, at the panel's top left)
+    assert panel.isVisible() and not panel.ranks.isVisible()
     panel.set_ranks(None)  # idempotent
     assert panel.tabs.indexOf(panel.ranks) < 0
+    assert not panel.ranks.isVisible()

@@ -40,6 +40,7 @@ class QtSessionPanel(QWidget):
         self.tabs.addTab(plots, "Power and utilisation")
         self.tabs.addTab(self.layers, "Layers")
         self.ranks = QtRankTable(self)  # a tab only for a multi-rank session (set_ranks)
+        self.ranks.hide()  # until then: a child in no layout is drawn over the cards
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.cards)
