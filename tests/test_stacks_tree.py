@@ -119,3 +119,37 @@ def test_a_path_torn_below_the_root_is_dropped():
     guard = TreeGuard()
     kept, dropped = guard.filter(Counter({real: 900, rootless: 1}))
     assert dropped == 1 and rootless not in kept and kept[real] == 900
+
+
+def test_a_child_under_a_class_the_exact_reads_saw_only_as_a_leaf_is_torn():
+    """With few samples the share tests let a torn path through: the torn read itself makes the
+    norm look like a parent. Once a blocking read has seen the norm, always as a leaf, the path
+    is dropped."""
+    real = Attribution(("M", "Layer", "Attention", "Linear"))
+    norm = Attribution(("M", "Layer", "Norm"))
+    torn = Attribution(("M", "Layer", "Norm", "Attention", "Linear"))
+    first_window = Counter({real: 100, norm: 3, torn: 1})  # the norm: 3 samples and 1 torn "child"
+    kept, dropped = TreeGuard().filter(first_window)
+    assert torn in kept and dropped == 0  # the share tests alone let it through
+    guard = TreeGuard()
+    guard.learn_exact(Counter({norm: 1, real: 8}))  # one exact read in the norm, no child
+    kept, dropped = guard.filter(first_window)
+    assert torn not in kept and dropped == 1 and kept[real] == 100 and kept[norm] == 3
+
+
+def test_the_backward_split_forgets_a_path_judged_torn_later():
+    """The backward is split over the class paths' pooled forward time; a path let in by an
+    earlier window and judged torn since leaves that pool at the next window."""
+    sampler = StackSampler(
+        MAIN_TID,
+        on_window=lambda rows: None,
+        energy_between=lambda a, b: None,
+        source_resolver=resolver,
+    )
+    torn_key = "GPT2LMHeadModel/GPT2Model/GPT2Block/LayerNorm/GPT2Attention/Conv1D"
+    sampler.forward_time[torn_key] = 3  # as if a first, thin window had let it through
+    raw = gpt2_raw()
+    sampler._emit(raw, 0, 5_000_000_000, calibration_raw=raw)
+    assert torn_key not in sampler.forward_time
+    real = [k for k in sampler.forward_time if k.endswith("GPT2Attention/Conv1D")]
+    assert real and all(sampler.forward_time[k] > 0 for k in real)

@@ -690,6 +690,11 @@ class StackSampler:
             self._maybe_start_native()  # a training job: break its backward down
         with self._lock:
             self.forward_time.update(backward_map.forward_time(counts))
+            # a path let through by an earlier window and judged torn since stops feeding the
+            # backward's split (the tree is only written on this thread)
+            for key in [k for k in self.forward_time if k != backward_map.OUTSIDE_MODULES
+                        and not self.tree.plausible(tuple(k.split("/")))]:
+                del self.forward_time[key]
         rows = aggregate(
             counts,
             window_start_ns=t_start_ns,
