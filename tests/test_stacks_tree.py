@@ -153,3 +153,32 @@ def test_the_backward_split_forgets_a_path_judged_torn_later():
     assert torn_key not in sampler.forward_time
     real = [k for k in sampler.forward_time if k.endswith("GPT2Attention/Conv1D")]
     assert real and all(sampler.forward_time[k] > 0 for k in real)
+
+
+def test_a_module_glued_under_its_sibling_is_torn():
+    """The exact reads have the attention beside the output block; a path with the attention
+    inside the output block (a stack read as one returned and the other began) is torn, even
+    where its counts alone pass."""
+    attn = Attribution(("M", "Att", "Self", "Linear"))
+    out_self = Attribution(("M", "Att", "Out"))
+    out_lin = Attribution(("M", "Att", "Out", "Linear"))
+    torn = Attribution(("M", "Att", "Out", "Self", "Linear"))
+    counts = Counter({attn: 200, out_self: 10, out_lin: 10, torn: 2})
+    kept, dropped = TreeGuard().filter(counts)
+    assert torn in kept  # the share tests alone keep it: 2 of the output block's 22 samples
+    guard = TreeGuard()
+    guard.learn_exact(Counter({attn: 20, out_lin: 2}))
+    kept, dropped = guard.filter(counts)
+    assert torn not in kept and dropped == 2 and kept[attn] == 200 and kept[out_lin] == 10
+
+
+def test_a_leaf_class_beside_a_block_and_inside_its_mlp_is_kept():
+    """Class paths repeat leaf classes: a Linear beside the block's MLP and one inside it are
+    both real, so the sibling test leaves leaves alone."""
+    side = Attribution(("M", "Block", "Linear"))
+    mlp_act = Attribution(("M", "Block", "MLP", "Act"))
+    mlp_lin = Attribution(("M", "Block", "MLP", "Linear"))  # rare so far, not yet read exactly
+    guard = TreeGuard()
+    guard.learn_exact(Counter({side: 20, mlp_act: 3}))
+    kept, dropped = guard.filter(Counter({side: 300, mlp_act: 40, mlp_lin: 10}))
+    assert dropped == 0 and kept[mlp_lin] == 10
