@@ -47,3 +47,50 @@ def test_class_row_tooltip_explains_the_linear_row():
     assert "Linear modules that GPT2LMHeadModel.forward calls directly" in text
     assert "classes, not attribute names" in text
     assert "outside any module" in node_tooltip("optimizer", "bucket")
+
+
+def test_a_bucket_part_is_labelled_by_its_end_and_its_bucket():
+    """The backward split by class (``backward/<class path>``) and the optimizer's parts read as
+    their last two classes and their bucket, so ``LlamaMLP/Linear (backward)`` is not taken for
+    the forward's ``LlamaMLP/Linear`` when the chart shortens a long label from the left."""
+    mlp = "Llama/Model/Layer/LlamaMLP/Linear"
+    rows = [LayerCost(0, 10**9, mlp, "class", "stack-sampling", 0.3, 0.3, 3.0, 0.3, 3.0),
+            LayerCost(0, 10**9, "backward/" + mlp, "bucket", "estimate: forward-op mix", 0.4, 0.4,
+                      4.0, 0.4, 4.0, phase="backward"),
+            LayerCost(0, 10**9, "backward/MulBackward0", "bucket", "estimate: forward-op mix",
+                      0.1, 0.1, 1.0, 0.1, 1.0, phase="backward"),
+            LayerCost(0, 10**9, "optimizer/_single_tensor_adam/addcdiv_", "bucket",
+                      "stack-sampling", 0.1, 0.1, 1.0, 0.1, 1.0),
+            LayerCost(0, 10**9, "python (other)", "bucket", "stack-sampling", 0.1, 0.1, 1.0, 0.1,
+                      1.0)]
+    tree = LayerTree()
+    tree.add(rows)
+    assert [b.label for b in tree.bars()] == [
+        "LlamaMLP/Linear (backward)", "LlamaMLP/Linear", "MulBackward0 (backward)",
+        "_single_tensor_adam/addcdiv_ (optimizer)", "[python (other)]"]
+
+
+def test_a_bucket_s_parts_nest_under_it():
+    """The backward's split (by class path and by op) and the optimizer's parts sit under their
+    bucket in the tree, named from there, not as top-level rows with the whole path."""
+    def bucket(path, method, self_e, phase=""):
+        return LayerCost(0, 10**9, path, "bucket", method, 0.5, 0.5, 5.0, self_e / 10, self_e,
+                         phase=phase)
+
+    mlp = "Llama/Model/Layer/LlamaMLP/Linear"
+    tree = LayerTree()
+    tree.add([bucket("backward", "stack-sampling", 0.0, "backward"),
+              bucket("backward/" + mlp, "estimate: forward-op mix", 4.0, "backward"),
+              # its own share only: not the container of the Linear row's
+              bucket("backward/Llama/Model/Layer/LlamaMLP", "estimate: forward-op mix", 0.5,
+                     "backward"),
+              bucket("backward/MulBackward0", "estimate: forward-op mix", 1.0, "backward"),
+              bucket("optimizer", "stack-sampling", 0.0),
+              bucket("optimizer/_single_tensor_adam", "stack-sampling", 0.0),
+              bucket("optimizer/_single_tensor_adam/addcdiv_", "stack-sampling", 2.0)])
+    roots = {n.path: n for n in tree.roots()}
+    assert set(roots) == {"backward", "optimizer"}
+    assert sorted(c.name for c in roots["backward"].children) == [
+        mlp.rsplit("/", 1)[0], mlp, "MulBackward0"]
+    (adam,) = roots["optimizer"].children
+    assert adam.name == "_single_tensor_adam" and [c.name for c in adam.children] == ["addcdiv_"]

@@ -30,9 +30,10 @@ ROOT_NAME = "(model root)"
 def parent_path(path: str, granularity: str) -> str | None:
     """The parent node's path, or None for a top-level node. Class paths (stack sampling) are
     ``A/B/C``; instance paths (the agent) are ``named_modules()`` names, ``""`` being the model's
-    root and ``@Class`` another root-level module."""
+    root and ``@Class`` another root-level module; a bucket's parts are ``bucket/part``
+    (``backward/<class path>``, ``optimizer/_fused_adamw/mul_``) under their bucket."""
     if granularity == "bucket":
-        return None
+        return path.rsplit("/", 1)[0] if "/" in path else None
     if granularity == "class":
         return path.rsplit("/", 1)[0] if "/" in path else None
     if path == "":
@@ -213,7 +214,8 @@ class LayerTree:
         )
 
     def roots(self) -> list[LayerNode]:
-        """The module-path tree (buckets are top-level leaves), each level sorted by share."""
+        """The module-path tree (buckets at the top, their parts under them), each level sorted
+        by share."""
         nodes = {key: self._node(key, a) for key, a in self._agg.items()}
         roots: list[LayerNode] = []
         for (path, gran, phase), node in nodes.items():
@@ -222,6 +224,12 @@ class LayerTree:
             while up is not None and parent is None:  # the nearest ancestor that has a row
                 # (containers such as ModuleList run no forward of their own and have none)
                 parent = nodes.get((up, gran, phase))
+                if (parent is not None and gran == "bucket" and "/" in up
+                        and parent.self_time_s):
+                    # a part with time of its own is a leaf of its bucket's split (the
+                    # backward by class path: each row holds its own share only), not a
+                    # container of the parts below it, whose time it does not include
+                    parent = None
                 if parent is None and phase == "backward":  # no backward row there: the forward one
                     parent = nodes.get((up, gran, "forward"))
                 if parent is None:
@@ -229,6 +237,8 @@ class LayerTree:
             if parent is not None and gran == "instance":
                 rel = path[len(up) + 1:] if up else path  # "h.1" under "transformer"
                 node.name = rel + (f" ({phase})" if phase and phase != "forward" else "")
+            elif parent is not None and gran == "bucket":  # "LlamaModel/…/Linear" under "backward"
+                node.name = path[len(up) + 1:]
             (parent.children if parent is not None else roots).append(node)
 
         def order(ns: list[LayerNode]) -> None:
@@ -252,7 +262,10 @@ class LayerTree:
             if not value:
                 continue
             label = short_name(path, gran, parts=2 if gran == "class" else 3)
-            if gran == "bucket":
+            bucket, _, part = path.partition("/")
+            if gran == "bucket" and part:  # a bucket's part: backward/<class path or op>, ...
+                label = f"{short_name(part, 'class', parts=2)} ({bucket})"
+            elif gran == "bucket":
                 label = f"[{label}]"
             elif phase and phase != "forward":
                 label += f" ({phase})"
