@@ -94,3 +94,14 @@ def test_a_bucket_s_parts_nest_under_it():
         mlp.rsplit("/", 1)[0], mlp, "MulBackward0"]
     (adam,) = roots["optimizer"].children
     assert adam.name == "_single_tensor_adam" and [c.name for c in adam.children] == ["addcdiv_"]
+
+
+def test_a_long_row_name_keeps_both_ends(qtbot):
+    """The Module column cuts a long class path in the middle, never its last classes."""
+    from PySide6.QtCore import Qt
+
+    from wattlens.app.gui.qt_layers import QtLayerView
+
+    view = QtLayerView(LayerTree())
+    qtbot.addWidget(view)
+    assert view.table.textElideMode() == Qt.ElideMiddle

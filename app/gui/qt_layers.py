@@ -48,6 +48,9 @@ class QtLayerView(QWidget):
         self.table.setHeaderLabels(list(COLUMNS))
         self.table.setSortingEnabled(True)
         self.table.setUniformRowHeights(True)
+        # a long class path keeps both ends ("LlamaForCausalLM/…/LlamaMLP/Linear"): its last
+        # classes say what the row is
+        self.table.setTextElideMode(Qt.ElideMiddle)
         header = self.table.header()
         header.setSectionResizeMode(0, QHeaderView.Stretch)
         for c in range(1, len(COLUMNS)):
