@@ -581,6 +581,107 @@ def test_an_optimizer_step_that_runs_the_model_is_not_timed(make_tracker, test_c
     assert len(sink.steps()) == 3
 
 
+def test_a_step_that_raises_keeps_nothing_of_the_program_alive(make_tracker):
+    """The step in progress is noted without its frames: after a step that raised (an out of
+    memory at the first Adam step, caught by the program), the model it trained can go."""
+    import gc
+    import weakref
+
+    make_tracker()
+
+    def attempt():
+        net = Net()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+
+        def fail(optimizer, args, kwargs):
+            raise MemoryError("out of memory")
+
+        handle = opt.register_step_pre_hook(fail)  # after the agent's global pre-hook
+        net(torch.randn(2, 16)).sum().backward()
+        try:
+            opt.step()
+        except MemoryError:
+            pass
+        handle.remove()
+        return weakref.ref(net)
+
+    gone = attempt()
+    gc.collect()
+    assert gone() is None
+
+
+def test_steps_on_two_threads_are_told_apart(make_tracker):
+    """Each thread notes its own step in progress: a step on another thread, meanwhile, is
+    not taken for an inner step or for the end of this one."""
+    import threading
+
+    tracker, sink = make_tracker(window_ns=10**15)
+    net, other = Net(), Net(n=1)
+    started, done = threading.Event(), threading.Event()
+
+    class Slow(torch.optim.SGD):
+        def step(self, closure=None):
+            started.set()
+            done.wait(5)  # the other thread steps while this one is inside its step
+            return super().step()
+
+    opt = Slow(net.parameters(), lr=0.01)
+    side = torch.optim.SGD(other.parameters(), lr=0.01)
+
+    def background():
+        started.wait(5)
+        for _ in range(20):
+            other(torch.randn(2, 16)).sum().backward()
+            side.step()
+        done.set()
+
+    x = torch.randn(2, 16)
+    done.set()
+    net(x).sum().backward()
+    opt.step()  # alone: the first optimizer to finish a step, so the one that marks steps
+    for _ in range(3):
+        started.clear()
+        done.clear()
+        t = threading.Thread(target=background)
+        t.start()
+        net(x).sum().backward()
+        opt.step()
+        t.join()
+    tracker.finish()
+    assert len(sink.steps()) == 4  # one per Slow step, none lost, none doubled
+
+
+def test_a_failure_inside_an_optimizer_hook_never_reaches_the_step(make_tracker):
+    """The agent switching itself off inside its optimizer hook (here: its message sink fails
+    at the step boundary) leaves torch's hook loop intact: the user's step() returns, and the
+    hooks registered after the agent's still run."""
+    failures: list[BaseException] = []
+
+    def broken_sink(msg):
+        if msg["type"] == "steps":
+            raise OSError("socket gone")
+
+    tracker = Tracker(torch, broken_sink, failures.append, window_ns=0, count_flops="off")
+    tracker.install()
+    after: list[int] = []
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    later = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: after.append(1))
+    try:
+        net = Net()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        for _ in range(3):
+            net(torch.randn(2, 16)).sum().backward()
+            opt.step()  # must not raise
+    finally:
+        later.remove()
+        tracker.uninstall()
+    assert len(failures) == 1 and isinstance(failures[0], OSError)
+    assert after == [1, 1, 1]
+    assert not tracker._opt_handles  # the last uninstall, outside the hooks, removed them
+
+
 def test_training_without_optimizer_falls_back_to_forwards(make_tracker):
     tracker, sink = make_tracker()
     net = Net()

@@ -74,8 +74,11 @@ def test_a_bucket_s_parts_nest_under_it():
     """The backward's split (by class path and by op) and the optimizer's parts sit under their
     bucket in the tree, named from there, not as top-level rows with the whole path."""
     def bucket(path, method, self_e, phase=""):
-        return LayerCost(0, 10**9, path, "bucket", method, 0.5, 0.5, 5.0, self_e / 10, self_e,
-                         phase=phase)
+        # a split part holds its own time only (time = self time); a bucket or a part split
+        # further holds more than its own
+        time_s = self_e / 10 if self_e else 0.5
+        return LayerCost(0, 10**9, path, "bucket", method, time_s, time_s, 5.0, self_e / 10,
+                         self_e, phase=phase)
 
     mlp = "Llama/Model/Layer/LlamaMLP/Linear"
     tree = LayerTree()
@@ -105,3 +108,23 @@ def test_a_long_row_name_keeps_both_ends(qtbot):
     view = QtLayerView(LayerTree())
     qtbot.addWidget(view)
     assert view.table.textElideMode() == Qt.ElideMiddle
+
+
+def test_a_part_split_in_some_windows_only_holds_its_parts():
+    """An optimizer part stays whole in the windows before the native reads arrive and is split
+    by op after: over the session it holds more than its own time, and its ops sit under it
+    (beside it, the parts under the bucket added up to more than the bucket)."""
+    rows = [  # window 1: the part whole; window 2: split, the op holds its time
+        LayerCost(0, 10**9, "optimizer", "bucket", "stack-sampling", 0.2, 0.2, 2.0, 0.0, 0.0),
+        LayerCost(0, 10**9, "optimizer/adam", "bucket", "stack-sampling", 0.2, 0.2, 2.0, 0.2, 2.0),
+        LayerCost(10**9, 2 * 10**9, "optimizer", "bucket", "stack-sampling", 0.2, 0.2, 2.0, 0.0, 0.0),
+        LayerCost(10**9, 2 * 10**9, "optimizer/adam", "bucket", "stack-sampling", 0.2, 0.2, 2.0,
+                  0.0, 0.0),
+        LayerCost(10**9, 2 * 10**9, "optimizer/adam/mul_", "bucket", "stack-sampling", 0.2, 0.2,
+                  2.0, 0.2, 2.0)]
+    tree = LayerTree()
+    tree.add(rows)
+    (opt,) = tree.roots()
+    (adam,) = opt.children
+    assert [c.name for c in adam.children] == ["mul_"]
+    assert sum(c.time_s for c in opt.children) <= opt.time_s

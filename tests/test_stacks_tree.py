@@ -182,3 +182,15 @@ def test_a_leaf_class_beside_a_block_and_inside_its_mlp_is_kept():
     guard.learn_exact(Counter({side: 20, mlp_act: 3}))
     kept, dropped = guard.filter(Counter({side: 300, mlp_act: 40, mlp_lin: 10}))
     assert dropped == 0 and kept[mlp_lin] == 10
+
+
+def test_a_container_inside_its_own_class_is_kept():
+    """torch's containers nest in themselves and beside each other: a Sequential in a
+    Sequential is real, though a Sequential also sits beside its parent."""
+    backbone = Attribution(("Net", "Sequential", "Linear"))
+    head_self = Attribution(("Net", "Head", "Sequential"))
+    nested = Attribution(("Net", "Head", "Sequential", "Sequential", "Linear"))
+    guard = TreeGuard()
+    guard.learn_exact(Counter({backbone: 30, head_self: 2, Attribution(("Net", "Sequential")): 1}))
+    kept, dropped = guard.filter(Counter({backbone: 900, head_self: 20, nested: 30}))
+    assert dropped == 0 and kept[nested] == 30

@@ -129,8 +129,9 @@ class Tracker:
 
         # optimizer steps, timed on CPU (the window's "optimizer" bucket): the step in progress
         # (its optimizer's id and start), and the window's sums
-        # [id, start or None (untimed), depth, torch's step wrapper frame]
-        self._opt_running: list[Any] | None = None
+        # (per thread, self._tls.opt: the outermost step running, (id, start or None if untimed))
+        self._in_opt_hook = 0  # > 0 while torch runs our optimizer hooks (see uninstall)
+        self._opt_handles: list[Any] = []
         self._opt_ns = 0
         self._opt_calls = 0
 
@@ -175,22 +176,31 @@ class Tracker:
             optimizer_module = importlib.import_module("torch.optim.optimizer")
         except ImportError:
             optimizer_module = None
+        for handle in self._opt_handles:  # left by an uninstall inside one of them
+            handle.remove()
+        self._opt_handles = []
         register_opt = getattr(optimizer_module, "register_optimizer_step_post_hook", None)
         if register_opt is not None:
-            self._handles.append(register_opt(self._opt_post))
+            self._opt_handles.append(register_opt(self._opt_post))
             register_pre = getattr(optimizer_module, "register_optimizer_step_pre_hook", None)
             if register_pre is not None:
-                self._handles.append(register_pre(self._opt_pre))
+                self._opt_handles.append(register_pre(self._opt_pre))
 
     def uninstall(self) -> None:
+        """Remove the agent's hooks. Called inside one of its optimizer hooks (a failure there),
+        those stay, switched off: torch is iterating over their dicts, and removing one would
+        raise in the user's ``step()``; the next install removes them."""
         self._on = False
         self._seg_on = False
-        for handle in self._handles:
+        handles = self._handles if self._in_opt_hook else self._handles + self._opt_handles
+        for handle in handles:
             try:
                 handle.remove()
             except Exception:
                 pass
         self._handles = []
+        if not self._in_opt_hook:
+            self._opt_handles = []
         self._exit_flop_mode()
 
     def _fail(self, exc: BaseException) -> None:
@@ -663,43 +673,39 @@ class Tracker:
             self._open(t)
 
     def _opt_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Note the start of ``optimizer.step()``, timed unless it cannot be told apart from the
-        model's own time: a step given a closure (LBFGS) runs forwards and backwards inside it,
-        and on CUDA the step's kernels run after it returns (those stay in "outside modules").
-        A step inside another optimizer's step (a wrapper) is part of that one."""
+        """Note the start of ``optimizer.step()`` (per thread), timed unless it cannot be told
+        apart from the model's own time: a step given a closure (LBFGS) runs forwards and
+        backwards inside it, and on CUDA the step's kernels run after it returns (those stay in
+        "outside modules"). A step inside another step (a wrapper optimizer, or a subclass's
+        step calling ``super().step()``: torch hooks both) is part of the outer one."""
         if not self._on:
             return None
+        self._in_opt_hook += 1
         try:
-            caller = sys._getframe(1)  # torch's step wrapper
-            running = self._opt_running
-            if running is not None and _on_stack(running[3], caller):
-                if running[0] == id(optimizer):
-                    running[2] += 1  # a subclass's step calling super().step(): hooked twice
-                return None  # inside a step already running
-            # (a step still noted but no longer running raised: its post-hook never came)
+            if _inner_step(sys._getframe(1)):
+                return None
             # torch passes step()'s own arguments: (optimizer, closure?) and its keywords
             closure = args[1] if len(args) > 1 else kwargs.get("closure")
             timed = closure is None and not self._cuda
-            self._opt_running = [id(optimizer), _perf_ns() if timed else None, 1, caller]
+            # replaces what a step that raised left (its post-hook never came)
+            self._tls.opt = (id(optimizer), _perf_ns() if timed else None)
         except Exception as exc:
             self._fail(exc)
+        finally:
+            self._in_opt_hook -= 1
         return None
 
     def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self._on:
             return None
+        self._in_opt_hook += 1
         try:
-            running = self._opt_running
-            if running is not None:
-                if running[0] != id(optimizer):
-                    return None  # a step inside another optimizer's: neither timed nor a step
-                running[2] -= 1
-                if running[2] > 0:
-                    return None  # the inner of a step hooked twice (super().step())
-                self._opt_running = None
-                if running[1] is not None:  # before the boundary: this step's window
-                    self._opt_ns += _perf_ns() - running[1]
-                    self._opt_calls += 1
+            if _inner_step(sys._getframe(1)):
+                return None  # a step inside another: neither timed nor a step of its own
+            running = self._tls.__dict__.pop("opt", None)
+            if running is not None and running[0] == id(optimizer) and running[1] is not None:
+                self._opt_ns += _perf_ns() - running[1]  # before the boundary: this window's
+                self._opt_calls += 1
             t = _monotonic_ns()
             self._last_opt = t
             if self._mode == "explicit":
@@ -715,6 +721,8 @@ class Tracker:
             self._boundary(t)
         except Exception as exc:
             self._fail(exc)
+        finally:
+            self._in_opt_hook -= 1
         return None
 
     def explicit_step(self, samples: int | None, tokens: int | None) -> None:
@@ -945,11 +953,14 @@ def _unwind(stack: list[Any], module: Any) -> bool:
     return False
 
 
-def _on_stack(frame: Any, start: Any) -> bool:
-    """Is ``frame`` one of ``start``'s callers (or ``start`` itself)?"""
-    f = start
+def _inner_step(wrapper: Any) -> bool:
+    """Is this optimizer step (``wrapper``: the frame of torch's step wrapper calling our hook)
+    running inside another one on this thread? torch wraps every optimizer class's ``step`` with
+    the same function, so an outer step is a caller frame with the same code."""
+    code = wrapper.f_code
+    f = wrapper.f_back
     while f is not None:
-        if f is frame:
+        if f.f_code is code:
             return True
         f = f.f_back
     return False

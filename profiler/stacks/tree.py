@@ -29,8 +29,10 @@ the tree, so :class:`TreeGuard` learns it:
   elsewhere, is a module with modules of its own (the exact reads saw it as a parent), and sits,
   in the exact reads, beside the parent it is found under (``LlamaDecoderLayer/LlamaAttention``
   exists, so ``LlamaDecoderLayer/LlamaRMSNorm/LlamaAttention`` is torn; likewise
-  ``BertAttention/BertSelfOutput/BertSelfAttention``). Leaf classes are left out of this test:
-  a ``Linear`` beside a block and another inside its MLP are both real.
+  ``BertAttention/BertSelfOutput/BertSelfAttention``). Leaf classes are left out of this test
+  (a ``Linear`` beside a block and another inside its MLP are both real), and so are a class
+  inside itself and torch's generic containers (:data:`GENERIC_CONTAINERS`: a ``Sequential``
+  in a ``Sequential`` beside another one is real).
 
 Replayed over captured windows (20 s of 100 Hz reads each of a Llama training loop, GPT-2 and
 BERT inference, drawn as 12 windows of 250 non-blocking and 25 blocking reads, 100 draws), the
@@ -61,6 +63,8 @@ MIN_EDGE_SHARE = 0.05
 MIN_CLASS_SHARE = 0.05
 MIN_ROOT_SHARE = 0.005
 MIN_PARENT_SHARE = 0.2
+#: torch's own containers nest anywhere, themselves included: the sibling test leaves them out
+GENERIC_CONTAINERS = frozenset({"Sequential", "ModuleList", "ModuleDict"})
 
 
 class TreeGuard:
@@ -105,7 +109,9 @@ class TreeGuard:
                 continue
             if self.exact_seen[parent_cls] and not self.exact_inner[parent_cls]:
                 return False  # mostly elsewhere, under a class the exact reads saw only as a leaf
-            if self.exact_inner[prefix[-1]] and prefix[:-2] + prefix[-1:] in self.trusted:
+            child = prefix[-1]
+            if (child != parent_cls and child not in GENERIC_CONTAINERS and self.exact_inner[child]
+                    and prefix[:-2] + (child,) in self.trusted):
                 return False  # mostly elsewhere, and the exact reads have it beside its parent
             leaf_parent = self.class_inner[parent_cls] < MIN_PARENT_SHARE * self.class_seen[parent_cls]
             if leaf_parent or n_child < MIN_EDGE_SHARE * n_parent:

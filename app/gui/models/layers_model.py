@@ -225,8 +225,8 @@ class LayerTree:
                 # (containers such as ModuleList run no forward of their own and have none)
                 parent = nodes.get((up, gran, phase))
                 if (parent is not None and gran == "bucket" and "/" in up
-                        and parent.self_time_s):
-                    # a part with time of its own is a leaf of its bucket's split (the
+                        and parent.time_s <= parent.self_time_s * (1 + 1e-9)):
+                    # a part whose time is all its own is a leaf of its bucket's split (the
                     # backward by class path: each row holds its own share only), not a
                     # container of the parts below it, whose time it does not include
                     parent = None
