@@ -127,13 +127,12 @@ class Tracker:
         self._last_main_end: int | None = None
         self._first_main: int | None = None
 
-        # optimizer steps, timed on CPU (the window's "optimizer" bucket): the step in progress
-        # (its optimizer's id and start), and the window's sums
-        # (per thread, self._tls.opt: the outermost step running, (id, start or None if untimed))
-        self._in_opt_hook = 0  # > 0 while torch runs our optimizer hooks (see uninstall)
-        self._opt_handles: list[Any] = []
+        # optimizer steps, timed on CPU: the window's sums (its "optimizer" bucket). The step in
+        # progress is per thread: self._tls.opt = (optimizer id, start or None when untimed).
         self._opt_ns = 0
         self._opt_calls = 0
+        self._opt_handles: list[Any] = []  # the step hooks, apart: see uninstall
+        self._in_opt_hook = 0  # > 0 while torch runs one of them
 
         # steps
         self._mode = "auto"  # auto | optimizer | explicit
