@@ -70,6 +70,12 @@ def test_attach_shows_live_samples_and_pause_never_stops_recording(gui, make_win
     s.close()
 
 
+def per_step_card(view) -> str:
+    """The live "Energy per step" card's value, the cards drawn afresh."""
+    view.frame(force_cards=True)
+    return dict((t, v) for t, v, _ in view.panel.cards.texts())["Energy per step"]
+
+
 def test_layers_and_steps_arrive_from_other_threads(gui, make_window, qtbot, torch_loop):
     w = make_window()
     w.settings.update(stack_rate_hz=100)
@@ -87,15 +93,10 @@ def test_layers_and_steps_arrive_from_other_threads(gui, make_window, qtbot, tor
     qtbot.waitUntil(lambda: len(view.model.steps) == 1, timeout=5000)
     view.redraw()
     assert len(view.panel.power_plot.markers.xvals) == 1 and "step ends" in view.panel.power_plot.note
-
-    def per_step() -> str:
-        view.frame(force_cards=True)
-        return dict((t, v) for t, v, _ in view.panel.cards.texts())["Energy per step"]
-
     # the step's energy is known once the power samples have passed its end: on a busy machine
     # that can be a tick after the step arrives ("n/a" and "1 steps, 0 with energy" until then)
-    qtbot.waitUntil(lambda: "J/step" in per_step(), timeout=30000)
-    assert "J/sample" in per_step()
+    qtbot.waitUntil(lambda: "J/step" in per_step_card(view), timeout=30000)
+    assert "J/sample" in per_step_card(view)
     # layer rows cross from the stack thread through the bridge: wait for the first window rather
     # than a fixed time (how many stacks py-spy reads in 1.5 s depends on the machine's load)
     qtbot.waitUntil(lambda: len(view.model.layers) > 0, timeout=120000)
@@ -146,9 +147,8 @@ def test_run_mode_shows_steps_and_agent_layers_and_can_end_the_program(gui, make
     view = w.live_view
     assert view.end_program.isVisibleTo(view) and "Program output:" in view.log_label.text()
     qtbot.waitUntil(lambda: len(view.model.steps) >= 3 and len(view.model.layers) > 0, timeout=60000)
-    view.frame(force_cards=True)
-    per_step = dict((t, v) for t, v, _ in view.panel.cards.texts())["Energy per step"]
-    assert "J/step" in per_step and "J/sample" in per_step, per_step
+    qtbot.waitUntil(lambda: "J/step" in per_step_card(view), timeout=30000)  # a step with energy
+    assert "J/sample" in per_step_card(view), per_step_card(view)
     plot = view.panel.power_plot
     assert len(plot.markers.xvals) >= 1 or "too dense to mark" in plot.note  # hundreds of steps a second
     assert "in-process agent" in view.panel.layers.caption.text()
