@@ -36,10 +36,10 @@ the tree, so :class:`TreeGuard` learns it:
 
 Replayed over captured windows (20 s of 100 Hz reads each of a Llama training loop, GPT-2 and
 BERT inference, drawn as 12 windows of 250 non-blocking and 25 blocking reads, 100 draws), the
-last two tests cut the torn samples kept from 353 to 12 (Llama), 202 to 21 (GPT-2) and 2954 to
+last two rules cut the torn samples kept from 353 to 12 (Llama), 202 to 21 (GPT-2) and 2954 to
 1143 (BERT); real samples dropped stayed 7 and 2 of 300,000 (Llama, GPT-2) and rose from 1 to
-29 on BERT (its prediction head, before a blocking read saw its child). What BERT keeps is a leaf glued under its parent's
-sibling (``BertOutput/GELUActivation``; the GELU belongs to ``BertIntermediate``) and a module
+29 on BERT (its prediction head, before a blocking read saw its child). What BERT keeps is a
+leaf glued under its parent's sibling (``BertOutput/GELUActivation``; the GELU belongs to ``BertIntermediate``) and a module
 under the wrong grandparent: no test here catches those.
 
 A path with an edge judged torn is dropped and counted (:attr:`TreeGuard.torn`); its samples
@@ -85,10 +85,7 @@ class TreeGuard:
         for att, n in counts.items():
             for depth in range(1, len(att.path) + 1):
                 self.trusted.add(att.path[:depth])
-            for cls in set(att.path):
-                self.exact_seen[cls] += n
-            for cls in set(att.path[:-1]):
-                self.exact_inner[cls] += n
+            _count_classes(att.path, n, self.exact_seen, self.exact_inner)
 
     def plausible(self, path: tuple[str, ...]) -> bool:
         """Does ``path`` fit the tree as known now (every sample so far)? An empty path does."""
@@ -127,10 +124,7 @@ class TreeGuard:
         for att, n in counts.items():
             for depth in range(1, len(att.path) + 1):
                 self.seen[att.path[:depth]] += n
-            for cls in set(att.path):
-                self.class_seen[cls] += n
-            for cls in set(att.path[:-1]):
-                self.class_inner[cls] += n
+            _count_classes(att.path, n, self.class_seen, self.class_inner)
         kept: Counter[Attribution] = Counter()
         dropped = 0
         for att, n in counts.items():
@@ -141,3 +135,12 @@ class TreeGuard:
             kept[att] += n
         self.torn += dropped
         return kept, dropped
+
+
+def _count_classes(path: tuple[str, ...], n: int, seen: Counter[str], inner: Counter[str]) -> None:
+    """Add ``n`` samples of ``path`` to each class on it (``seen``) and to each class with a
+    module below it there (``inner``)."""
+    for cls in set(path):
+        seen[cls] += n
+    for cls in set(path[:-1]):
+        inner[cls] += n
