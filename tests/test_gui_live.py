@@ -95,7 +95,19 @@ def test_layers_and_steps_arrive_from_other_threads(gui, make_window, qtbot, tor
     assert len(view.panel.power_plot.markers.xvals) == 1 and "step ends" in view.panel.power_plot.note
     # the step's energy is known once the power samples have passed its end: on a busy machine
     # that can be a tick after the step arrives ("n/a" and "1 steps, 0 with energy" until then)
-    qtbot.waitUntil(lambda: "J/step" in per_step_card(view), timeout=30000)
+    try:
+        qtbot.waitUntil(lambda: "J/step" in per_step_card(view), timeout=30000)
+    except qtbot.TimeoutError:
+        t, _ = view.model.series.get("target/energy_j")
+        cards = {c: (v, why) for c, v, why in view.panel.cards.texts()}
+        pytest.fail(f"no step energy: card {cards['Energy per step']}; step ends at "
+                    f"{(t1 - view.model.series.start_ns) / 1e9!r} s, target energy {len(t)} samples "
+                    f"{t[:2]}…{t[-2:]}; series start {view.model.series.start_ns} session start {t0}; "
+                    f"ended {view.model.ended}; sampler ticks {run.session.sampler.ticks} running "
+                    f"{run.session.sampler.running} error {run.session.sampler.error!r} failure "
+                    f"{run.session.sampler.failure}; ring's last {run.session.rings.get('target/energy_j').last()}; "
+                    f"last of each series "
+                    f"{[(k, view.model.series.data[k].last()) for k in view.model.series.keys()]}")
     assert "J/sample" in per_step_card(view)
     # layer rows cross from the stack thread through the bridge: wait for the first window rather
     # than a fixed time (how many stacks py-spy reads in 1.5 s depends on the machine's load)
