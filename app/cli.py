@@ -212,6 +212,8 @@ def _open_store(args, create: bool = True):
 
 
 def print_summary(summary: dict) -> None:
+    from wattlens.app.gui.models.format import share_with_se
+
     print(f"session {summary['session_id']} — {summary.get('name')}: {summary['status']}, "
           f"{_fmt(summary.get('duration_s'), 's')}")
     for s in summary["sources"]:
@@ -234,9 +236,8 @@ def print_summary(summary: dict) -> None:
     if layers:
         print(f"  costliest layers ({layers[0]['method']}; self = without the modules inside it):")
     for lr in layers:
-        share = f"{lr['self_share'] * 100:5.1f} %" if lr.get("self_share") is not None else "  n/a"
-        if lr.get("self_share_se") is not None:  # sampled: ± one standard error between windows
-            share += f" ± {lr['self_share_se'] * 100:.1f}"
+        # sampled: ± one standard error (between windows, and a split's pooled native reads)
+        share = share_with_se(lr.get("self_share"), lr.get("self_share_se")).rjust(7)
         print(f"    {share}  self {_fmt(lr['self_energy_j'], 'J'):>9}  {lr['path'] or '(model root)'}"
               f"{' [' + lr['phase'] + ']' if lr.get('phase') == 'backward' else ''}")
     if any(s["method"] == "estimated" for s in summary["sources"]):

@@ -674,7 +674,7 @@ def layer_costs(msg: dict[str, Any], energy_j: float | None, *, rank: int | None
     out = [
         LayerCost(
             window_start_ns=t0, window_end_ns=t1, path=r["path"], granularity="instance",
-            method="agent-timing", time_s=r["time_ns"] / 1e9, share=r["time_ns"] / dur_ns,
+            method=figures.AGENT_TIMING, time_s=r["time_ns"] / 1e9, share=r["time_ns"] / dur_ns,
             self_time_s=r["self_time_ns"] / 1e9, phase=r["phase"], flops=r.get("flops"),
             params=r.get("params"), rank=rank,
         )
@@ -683,12 +683,12 @@ def layer_costs(msg: dict[str, Any], energy_j: float | None, *, rank: int | None
     if opt_ns:  # optimizer.step(), timed by the agent (the same bucket attach mode names)
         out.append(LayerCost(
             window_start_ns=t0, window_end_ns=t1, path=BUCKET_OPTIMIZER, granularity="bucket",
-            method="agent-timing", time_s=opt_ns / 1e9, share=opt_ns / dur_ns,
+            method=figures.AGENT_TIMING, time_s=opt_ns / 1e9, share=opt_ns / dur_ns,
             self_time_s=opt_ns / 1e9, phase="", rank=rank,
         ))
     out.append(LayerCost(
         window_start_ns=t0, window_end_ns=t1, path=OUTSIDE_MODULES, granularity="bucket",
-        method="agent-timing", time_s=bucket_ns / 1e9, share=bucket_ns / dur_ns,
+        method=figures.AGENT_TIMING, time_s=bucket_ns / 1e9, share=bucket_ns / dur_ns,
         self_time_s=bucket_ns / 1e9, phase="", rank=rank,
     ))
     return figures.split_window_energy(out, energy_j)

@@ -17,6 +17,7 @@ import numpy as np
 from wattlens.profiler.records import LayerCost, StepRecord
 
 JOULES_PER_KWH = 3.6e6
+AGENT_TIMING = "agent-timing"  # LayerCost.method of the in-process agent's exact timings
 
 EnergyBetween = Callable[[int, int], "float | None"]
 
@@ -35,6 +36,77 @@ def energy_between(t: np.ndarray, cumulative_j: np.ndarray, t0: float, t1: float
             return None
         return e1 - float(np.interp(t0, t, cumulative_j))
     return e1 if since_baseline else None
+
+
+class SelfShareSE:
+    """The standard error of each sampled node's self share of the sampled time, kept up to date
+    as windows arrive: the summary (so ``show``, the reports and the exports) and the live layer
+    tree read the same figure.
+
+    The share is a ratio of sums over windows (the node's self time / all self time), so its
+    standard error is the ratio estimator's, sqrt(k/(k-1) · Σ_w (x_w − r·y_w)²) / Σ_w y_w over the
+    k windows: it covers the sampling noise and the window-to-window changes of the workload, and
+    needs 2 windows or more. It is kept as sums (Σx, Σx², Σxy per node; Σy, Σy²), so a window is
+    added once and never revisited.
+
+    A part of a row split by pooled native reads (``split_se_s`` set: the backward by op or
+    module class, the optimizer's parts by tensor op) shares the pool's estimate with every
+    window, so that error does not average out between windows: Σ_w split_se_s_w / Σ_w y_w (the
+    windows taken as fully correlated, an upper bound) is added in quadrature, from the first
+    window on. Agent timings are exact: no entry.
+    """
+
+    def __init__(self, key: Callable[[LayerCost], tuple[str, str, str]] | None = None) -> None:
+        self.key = key or (lambda lc: (lc.path, lc.granularity, lc.phase))  # what a node is
+        self.k = 0
+        self.sum_y = self.sum_y2 = 0.0
+        self._x: dict[tuple[str, str, str], list[float]] = {}  # [Σx, Σx², Σxy, Σ split_se_s]
+
+    def add_window(self, rows: Iterable[LayerCost]) -> None:
+        """The rows of one window (its agent-timed rows are left out)."""
+        x: dict[tuple[str, str, str], list[float]] = {}
+        for lc in rows:
+            if lc.method == AGENT_TIMING:
+                continue
+            a = x.setdefault(self.key(lc), [0.0, 0.0])
+            a[0] += lc.self_time_s or 0.0
+            a[1] += lc.split_se_s or 0.0
+        if not x:
+            return
+        y = sum(a[0] for a in x.values())
+        self.k += 1
+        self.sum_y += y
+        self.sum_y2 += y * y
+        for key, (xw, split_s) in x.items():
+            acc = self._x.setdefault(key, [0.0, 0.0, 0.0, 0.0])
+            acc[0] += xw
+            acc[1] += xw * xw
+            acc[2] += xw * y
+            acc[3] += split_s
+
+    def get(self, key: tuple[str, str, str]) -> float | None:
+        """The standard error of a node's self share (its ``key``); None where unknown (fewer
+        than 2 windows and no split, or not sampled)."""
+        acc = self._x.get(key)
+        if acc is None or self.sum_y <= 0:
+            return None
+        sx, sx2, sxy, split_s = acc
+        var = (split_s / self.sum_y) ** 2
+        if self.k >= 2:
+            r = sx / self.sum_y
+            ss = max(0.0, sx2 - 2.0 * r * sxy + r * r * self.sum_y2)
+            var += self.k / (self.k - 1) * ss / self.sum_y ** 2
+        elif not split_s:
+            return None
+        return float(np.sqrt(var))
+
+    def all(self) -> dict[tuple[str, str, str], float]:
+        out = {}
+        for key in self._x:
+            se = self.get(key)
+            if se is not None:
+                out[key] = se
+        return out
 
 
 def split_window_energy(rows: Sequence[LayerCost], energy_j: float | None) -> list[LayerCost]:

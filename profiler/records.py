@@ -64,6 +64,10 @@ class LayerCost:
     flops: int | None = None
     params: int | None = None
     rank: int | None = None  # the torch.distributed rank of the process it came from (None: not a job)
+    # a part of a row split by pooled native reads (``backward/<op or class path>``,
+    # ``optimizer/<part>/<op>``): the standard error of the time it got from that split, in
+    # seconds (the split row's time × the standard error of the part's fraction)
+    split_se_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

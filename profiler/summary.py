@@ -177,31 +177,12 @@ def top_layers(layers: Sequence[LayerCost], n: int | None = 10) -> list[dict]:
 
 
 def _self_share_se(layers: Sequence[LayerCost]) -> dict[tuple[str, str, str], float]:
-    """Standard error of each stack-sampled node's self share, from the spread between windows.
-
-    The share over the session is a ratio of sums over windows (node's self time / all self
-    time), so its standard error is the ratio estimator's: sqrt(k/(k-1) * sum_w (x_w - r*y_w)^2)
-    / sum_w y_w over the k windows. It covers the sampling noise and the window-to-window changes
-    of the workload; it needs 2 windows or more. Agent timings are exact: no entry for them.
-    """
-    per_window: dict[int, dict[tuple[str, str, str], float]] = {}
+    """Standard error of each sampled node's self share (``figures.SelfShareSE``), the rows
+    taken window by window."""
+    per_window: dict[int, list[LayerCost]] = {}
     for lc in layers:
-        if lc.method != "stack-sampling":
-            continue
-        w = per_window.setdefault(lc.window_start_ns, {})
-        key = (lc.path, lc.granularity, lc.phase)
-        w[key] = w.get(key, 0.0) + (lc.self_time_s or 0.0)
-    k = len(per_window)
-    if k < 2:
-        return {}
-    totals = {w: sum(v.values()) for w, v in per_window.items()}
-    grand = sum(totals.values())
-    if grand <= 0:
-        return {}
-    keys = {key for v in per_window.values() for key in v}
-    out: dict[tuple[str, str, str], float] = {}
-    for key in keys:
-        r = sum(v.get(key, 0.0) for v in per_window.values()) / grand
-        ss = sum((v.get(key, 0.0) - r * totals[w]) ** 2 for w, v in per_window.items())
-        out[key] = float(np.sqrt(k / (k - 1) * ss)) / grand
-    return out
+        per_window.setdefault(lc.window_start_ns, []).append(lc)
+    acc = figures.SelfShareSE()
+    for rows in per_window.values():
+        acc.add_window(rows)
+    return acc.all()

@@ -37,7 +37,7 @@ def test_nanosecond_times_ranks_and_large_counts_round_trip(any_db):
     for s in steps:
         w.put(s)
     lc = LayerCost(BIG_NS, BIG_NS + 10**9, "LlamaModel/LlamaDecoderLayer", "class", "stack-sampling", 1.0, 0.5,
-                   2.0, 0.2, 0.4, 10, flops=7 * 10**12, params=3 * 10**9, rank=1)
+                   2.0, 0.2, 0.4, 10, flops=7 * 10**12, params=3 * 10**9, rank=1, split_se_s=0.0625)
     w.put(lc)
     w.put(EventRecord(BIG_NS + 5, "note", "hello ünïcode", {"k": [1, 2], "s": "é"}))
     w.stop()

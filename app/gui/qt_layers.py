@@ -14,11 +14,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from wattlens.app.gui.models.format import si
+from wattlens.app.gui.models.format import share_with_se, si
 from wattlens.app.gui.models.layers_model import LayerNode, LayerTree, node_tooltip
 from wattlens.app.gui.qt_widgets import QtBarChart
 
-COLUMNS = ("Module", "Energy share", "Energy", "Self energy", "Time", "Time share")
+COLUMNS = ("Module", "Energy share", "Energy", "Self energy", "Self share", "Time", "Time share")
+SELF_SHARE_TIP = ("Self share: the node's own time (without the modules inside it) as a share of all "
+                  "the time profiled, as `wattlens show` and the reports print it; sampled rows carry "
+                  "± one standard error (the spread between windows, and the pooled native reads' "
+                  "error where the backward or the optimizer was split by them)")
 _SORT_ROLE = Qt.UserRole + 1
 
 
@@ -46,6 +50,7 @@ class QtLayerView(QWidget):
         self.table = QTreeWidget(self)
         self.table.setColumnCount(len(COLUMNS))
         self.table.setHeaderLabels(list(COLUMNS))
+        self.table.headerItem().setToolTip(COLUMNS.index("Self share"), SELF_SHARE_TIP)
         self.table.setSortingEnabled(True)
         self.table.setUniformRowHeights(True)
         # a long class path keeps both ends ("LlamaForCausalLM/…/LlamaMLP/Linear"): its last
@@ -100,7 +105,7 @@ class QtLayerView(QWidget):
             self._expand(item, 0)
         self.table.setSortingEnabled(True)
         self.table.blockSignals(False)
-        self.table.sortByColumn(1 if tree.energy_known else 5, Qt.DescendingOrder)
+        self.table.sortByColumn(1 if tree.energy_known else COLUMNS.index("Time share"), Qt.DescendingOrder)
         what = "energy" if tree.energy_known else "time"
         self.bars.set_bars(tree.bars(12), f"Where the {what} goes: self {what} per module, top 12")
 
@@ -122,11 +127,12 @@ class QtLayerView(QWidget):
 
     def _item(self, node: LayerNode) -> QTreeWidgetItem:
         it = _Item([node.name, _share(node.energy_share), si(node.energy_j, "J"), si(node.self_energy_j, "J"),
-                    si(node.time_s, "s"), _share(node.time_share)])
+                    share_with_se(node.self_time_share, node.self_share_se), si(node.time_s, "s"),
+                    _share(node.time_share)])
         it.setData(0, Qt.UserRole, f"{node.granularity}:{node.phase}:{node.path}")
         it.setData(0, _SORT_ROLE, node.name)
         for col, value in ((1, node.energy_share), (2, node.energy_j), (3, node.self_energy_j),
-                           (4, node.time_s), (5, node.time_share)):
+                           (4, node.self_time_share), (5, node.time_s), (6, node.time_share)):
             it.setData(col, _SORT_ROLE, -1.0 if value is None else float(value))
             it.setTextAlignment(col, Qt.AlignRight | Qt.AlignVCenter)
         it.setToolTip(0, node_tooltip(node.path, node.granularity))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from wattlens.app.gui.models.format import share_with_se
 from wattlens.app.report.output import check_output_path, write_output
 from wattlens.app.report.rank_layers import HEADER as RANK_LAYER_HEADER
 from wattlens.app.report.rank_layers import rank_layer_lines, rank_layer_rows
@@ -62,13 +63,13 @@ def write_csv(store, session_id: int, path: Path, what: str = "samples") -> None
         if what == "layers":
             w.writerow(["session_id", "window_start_s", "window_end_s", "path", "granularity", "phase",
                         "method", "time_s", "self_time_s", "share", "energy_j", "self_energy_j",
-                        "n_samples", "flops", "params"])
+                        "n_samples", "flops", "params", "split_se_s"])
             for lc in store.layer_costs(session_id):
                 w.writerow([session_id, f"{(lc.window_start_ns - start) / 1e9:.6f}",
                             f"{(lc.window_end_ns - start) / 1e9:.6f}", lc.path, lc.granularity, lc.phase,
                             lc.method, _cell(lc.time_s), _cell(lc.self_time_s), _cell(lc.share),
                             _cell(lc.energy_j), _cell(lc.self_energy_j), _cell(lc.n_samples),
-                            _cell(lc.flops), _cell(lc.params)])
+                            _cell(lc.flops), _cell(lc.params), _cell(lc.split_se_s)])
             return
         meta = {s["key"]: s for s in session["series"]}
         data = store.series_data(session_id)
@@ -140,7 +141,7 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Costliest layers", "", "| Module | Kind | Method | Time | Self share | Energy |",
                   "|---|---|---|---|---|---|"]
         for lr in report["layers"]:
-            share = f"{lr['self_share'] * 100:.1f} %" if lr.get("self_share") is not None else "n/a"
+            share = share_with_se(lr.get("self_share"), lr.get("self_share_se"))
             lines.append(f"| `{lr['path']}` | {lr['granularity']} | {lr['method']} | {fmt(lr['time_s'], 's')} | "
                          f"{share} | {fmt(lr['energy_j'], 'J')} |")
     lines += _markdown_advice(report)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wattlens.app import present
+from wattlens.app.gui.models.format import share_with_se
 from wattlens.app.report.formats import fmt
 from wattlens.profiler.stacks import backward_map
 
@@ -316,7 +317,7 @@ def layers_table(report: dict) -> Table | None:
     for lr in layers:
         rows.append([lr.get("path") or "(model root)", str(lr.get("granularity") or "n/a"), str(lr.get("phase") or ""),
                      Method(lr.get("method") or "n/a"), fmt(lr.get("time_s"), "s"), fmt(lr.get("self_time_s"), "s"),
-                     _pct(lr.get("self_share")), Fig(fmt(lr.get("energy_j"), "J"), est and lr.get("energy_j") is not None),
+                     share_with_se(lr.get("self_share"), lr.get("self_share_se")), Fig(fmt(lr.get("energy_j"), "J"), est and lr.get("energy_j") is not None),
                      Fig(fmt(lr.get("self_energy_j"), "J"), est and lr.get("self_energy_j") is not None)])
     return Table(["Module", "Kind", "Phase", "Method", "Time", "Self time", "Self share", "Energy", "Self energy"],
                  rows, [0.22, 0.07, 0.07, 0.13, 0.08, 0.08, 0.08, 0.135, 0.135], {4, 5, 6, 7, 8})

@@ -300,7 +300,8 @@ def split_backward(
     The bucket row stays as the parent (inclusive figures unchanged, self figures 0); each child
     gets its part's share of it, so summing ``self_energy_j`` still gives the window's energy and
     no child claims more than the bucket; ``n_samples`` of a child = the native reads behind it
-    (rounded). Without native reads the rows are returned unchanged.
+    (rounded), ``split_se_s`` the standard error of its time (the bucket's time × its share's).
+    Without native reads the rows are returned unchanged.
     """
     parts = backward_by_class(ops, forward, forward_time)
     if not parts:
@@ -321,7 +322,7 @@ def split_backward(
                 method=METHOD if part.kind == "class" else row.method,
                 time_s=row.time_s * frac, share=row.share * frac, energy_j=energy_j,
                 self_time_s=row.time_s * frac, self_energy_j=energy_j,
-                n_samples=round(part.reads)))
+                n_samples=round(part.reads), split_se_s=row.time_s * part.se))
     return out
 
 

@@ -161,10 +161,13 @@ def op_shares(ops: Counter[str]) -> dict[str, tuple[float, float]]:
     total = sum(ops.values())
     if total <= 0:
         return {}
-    return {
-        op: (n / total, math.sqrt((n / total) * (1 - n / total) / total))
-        for op, n in ops.most_common()
-    }
+    return {op: (n / total, binomial_se(n, total)) for op, n in ops.most_common()}
+
+
+def binomial_se(k: float, n: float) -> float:
+    """Standard error of the proportion k/n of n independent reads."""
+    p = k / n
+    return math.sqrt(p * (1.0 - p) / n)
 
 
 def split_backward(rows: list[LayerCost], ops: Counter[str]) -> list[LayerCost]:
@@ -173,7 +176,8 @@ def split_backward(rows: list[LayerCost], ops: Counter[str]) -> list[LayerCost]:
     The bucket row stays as the parent (inclusive figures unchanged, self figures 0) and each
     child ``backward/<Op>`` gets the op's pooled share of it; ``n_samples`` of a child is the
     number of native reads behind its share. Summing ``self_energy_j`` still gives the window's
-    energy. Without native reads the rows are returned unchanged.
+    energy; ``split_se_s`` the binomial standard error of its time. Without native reads the
+    rows are returned unchanged.
     """
     total = sum(ops.values())
     if total <= 0:
@@ -202,6 +206,7 @@ def split_backward(rows: list[LayerCost], ops: Counter[str]) -> list[LayerCost]:
                     self_time_s=row.time_s * frac,
                     self_energy_j=None if row.energy_j is None else row.energy_j * frac,
                     n_samples=n,
+                    split_se_s=row.time_s * binomial_se(n, total),
                 )
             )
     return out
@@ -228,7 +233,8 @@ def split_optimizer(rows: list[LayerCost], ops: Counter[tuple[str, str]]) -> lis
     """Each ``optimizer/<part>`` row with native reads gets one child ``optimizer/<part>/<op>``
     per tensor op, in the pooled proportions of those reads (an estimate, like the backward's
     split); the part row keeps its inclusive figures and gives its self figures to the
-    children, so the window's energy still adds up. Parts without native reads stay whole."""
+    children, so the window's energy still adds up (``split_se_s``: the binomial standard
+    error of each child's time). Parts without native reads stay whole."""
     by_part: dict[str, Counter[str]] = {}
     for (part, op), n in ops.items():
         if n > 0:
@@ -250,5 +256,6 @@ def split_optimizer(rows: list[LayerCost], ops: Counter[tuple[str, str]]) -> lis
             out.append(replace(
                 row, path=f"{row.path}/{op}", time_s=self_t * frac, share=row.share * frac,
                 energy_j=None if self_e is None else self_e * frac, self_time_s=self_t * frac,
-                self_energy_j=None if self_e is None else self_e * frac, n_samples=n))
+                self_energy_j=None if self_e is None else self_e * frac, n_samples=n,
+                split_se_s=self_t * binomial_se(n, total)))
     return out

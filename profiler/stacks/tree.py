@@ -7,8 +7,10 @@ the tree, so :class:`TreeGuard` learns it:
 
 - **trusted edges** come from the blocking calibration reads (:mod:`.lost`): the target is paused
   while they are read, so their stacks are exact, and every parent -> child step in them exists;
-- **a root** (the outermost class) must be common among all samples (:data:`MIN_ROOT_SHARE`) or
-  trusted: a stack torn under the root reads as a sub-path alone (``LlamaDecoderLayer/…``);
+- **a root** (the outermost class) must be common among all samples (:data:`MIN_ROOT_SHARE`, and
+  :data:`MIN_ROOT_SAMPLES` at least: in a training job's first short window one sample can be
+  over the share) or trusted: a stack torn under the root reads as a sub-path alone
+  (``LlamaDecoderLayer/…``, ``BertLMPredictionHead/Linear``);
 - **an edge only non-blocking reads saw** is torn when its child class is seen almost only
   elsewhere (under :data:`MIN_CLASS_SHARE` of all the samples in which that class appears) *and*
   the parent gives no reason to hold it: the edge is a small minority under the parent (under
@@ -62,6 +64,7 @@ from wattlens.profiler.stacks.parse import Attribution
 MIN_EDGE_SHARE = 0.05
 MIN_CLASS_SHARE = 0.05
 MIN_ROOT_SHARE = 0.005
+MIN_ROOT_SAMPLES = 3
 MIN_PARENT_SHARE = 0.2
 #: torch's own containers nest anywhere, themselves included: the sibling test leaves them out
 GENERIC_CONTAINERS = frozenset({"Sequential", "ModuleList", "ModuleDict"})
@@ -93,7 +96,7 @@ class TreeGuard:
 
     def _plausible(self, path: tuple[str, ...]) -> bool:
         roots = sum(n for p, n in self.seen.items() if len(p) == 1)
-        if path[:1] not in self.trusted and self.seen[path[:1]] < MIN_ROOT_SHARE * roots:
+        if path[:1] not in self.trusted and self.seen[path[:1]] < max(MIN_ROOT_SHARE * roots, MIN_ROOT_SAMPLES):
             return False  # a stack torn below the model's root: "Block/MLP/Linear" alone
         for depth in range(2, len(path) + 1):
             prefix = path[:depth]

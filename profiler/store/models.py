@@ -12,7 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: The head Alembic revision (migrations/versions/): a database stamped with it is opened without
 #: importing Alembic; any other is upgraded on open.
-SCHEMA_REVISION = "0003_ranks_and_action_link"
+SCHEMA_REVISION = "0004_split_se_s"
 #: ``meta.schema_version``, kept in step with the revision for wattlens versions from before
 #: Alembic, which refuse a larger number: bump it with a revision those versions could not use.
 #: 1: baseline; 2: gpu_idle; 3: rank columns (steps.rank/local_rank/world_size, layer_costs.rank)
@@ -106,6 +106,7 @@ class LayerCostRow(Base):
     flops: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     params: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    split_se_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class StepRow(Base):

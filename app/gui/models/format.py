@@ -27,6 +27,15 @@ def pct(value: float | None, digits: int = 0, missing: str = "n/a") -> str:
     return missing if value is None else f"{value:.{digits}f} %"
 
 
+def share_with_se(share: float | None, se: float | None = None, missing: str = "n/a") -> str:
+    """A share and, where it is sampled, its standard error in points: ``"9.1 % ± 1.0"`` (the
+    CLI, the reports and the layers view print a sampled share the same way)."""
+    if share is None:
+        return missing
+    shown = se is not None and (share > 0 or se > 0)  # a node with no time of its own: no "± 0.0"
+    return f"{share * 100:.1f} %" + (f" ± {se * 100:.1f}" if shown else "")
+
+
 def duration(seconds: float | None, missing: str = "n/a") -> str:
     """``83.4`` → ``"1 min 23 s"``; under a minute keeps one decimal."""
     if seconds is None:

@@ -73,6 +73,11 @@ def node_tooltip(path: str, granularity: str) -> str:
     return f"{path or ROOT_NAME} (module instance, from the in-process agent)"
 
 
+def _key(lc: LayerCost) -> tuple[str, str, str]:
+    """A node of the tree: a bucket has no phase (its parts carry the backward's)."""
+    return (lc.path, lc.granularity, lc.phase if lc.granularity != "bucket" else "")
+
+
 def _self_time(lc: LayerCost) -> float:
     if lc.self_time_s is not None:
         return lc.self_time_s
@@ -93,6 +98,7 @@ class LayerNode:
     time_share: float | None = None  # inclusive time / total time
     self_energy_share: float | None = None
     self_time_share: float | None = None
+    self_share_se: float | None = None  # standard error of self_time_share (sampled rows only)
     children: list[LayerNode] = field(default_factory=list)
 
     @property
@@ -122,6 +128,7 @@ class LayerTree:
         # window's end, before the power sampler has passed it): filled in by ``resolve``
         self.pending: dict[tuple[int, int], list[LayerCost]] = {}
         self.resolved_windows = 0
+        self._se = figures.SelfShareSE(_key)  # what `show` and the reports print beside each share
         self.changed = Signal()
 
     def __len__(self) -> int:
@@ -140,6 +147,7 @@ class LayerTree:
             windows.setdefault((lc.window_start_ns, lc.window_end_ns), []).append(lc)
         for win, wrows in windows.items():
             self._add_time(wrows)
+            self._se.add_window(wrows)
             if any(r.self_energy_j is not None for r in wrows):
                 self._add_energy(wrows)
             elif all(r.rank is None for r in wrows):
@@ -192,8 +200,7 @@ class LayerTree:
                 self.energy_known = True
 
     def _entry(self, lc: LayerCost) -> dict:
-        key = (lc.path, lc.granularity, lc.phase if lc.granularity != "bucket" else "")
-        return self._agg.setdefault(key, {"time_s": 0.0, "self_time_s": 0.0, "energy_j": None,
+        return self._agg.setdefault(_key(lc), {"time_s": 0.0, "self_time_s": 0.0, "energy_j": None,
                                           "self_energy_j": None})
 
     # ---- views of the data ------------------------------------------------------------------------
@@ -211,6 +218,7 @@ class LayerTree:
             time_share=(a["time_s"] / t_tot) if t_tot else None,
             self_energy_share=(a["self_energy_j"] / e_tot) if e_tot and a["self_energy_j"] is not None else None,
             self_time_share=(a["self_time_s"] / t_tot) if t_tot else None,
+            self_share_se=self._se.get(key),
         )
 
     def roots(self) -> list[LayerNode]:
