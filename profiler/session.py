@@ -90,6 +90,7 @@ class ProfilingSession:
         self.start_ns = 0
         self.started_at = 0.0
         self.summary: dict | None = None
+        self.stored_layers: list[LayerCost] | None = None  # the layer rows as stored, once ended
         self._on_layers: list[Callable[[list[LayerCost]], None]] = []
         self._on_steps: list[Callable[[StepRecord], None]] = []
         self.exit_code: int | None = None
@@ -215,6 +216,19 @@ class ProfilingSession:
             self.sampler.tick()  # a window that ended after the last tick: read now, do not guess
         return buf.energy_between(t0_ns, t1_ns, since_baseline=True)
 
+    def _store_final_split(self) -> None:
+        """Each window's backward and optimizer parts as the whole session's native reads split
+        them (what the session's note says), in place of the split the window got when it closed."""
+        try:
+            parents, rows = self.stack_sampler.final_split()
+            if parents:
+                self.store.replace_split_rows(self.session_id, parents, rows)
+        except StoreError as exc:
+            self.note(f"the backward's split is stored as each window had it (the final split "
+                      f"could not be written: {exc.message})")
+        except Exception:  # noqa: BLE001 - the windows' own split stays; the session still ends
+            log.exception("the final backward split failed; each window's own split is kept")
+
     def elapsed_s(self) -> float:
         return (time.monotonic_ns() - self.start_ns) / 1e9
 
@@ -267,6 +281,8 @@ class ProfilingSession:
             lost = loss_text(loss, self.start_ns)
             status, reason = "partial", (f"{reason}; {lost}" if reason else lost)
             self.status, self.end_reason = status, reason
+        if loss is None and self.stack_sampler is not None:
+            self._store_final_split()
         session = {"id": self.session_id, "name": self.name, "status": status, "duration_s": duration_s,
                    "target_pid": self.target.pid if self.target else None,
                    "sources": [source_dict(s, covers_cpu=bool(getattr(getattr(s, "device", None), "covers_cpu", False)))
@@ -279,6 +295,7 @@ class ProfilingSession:
             series = self.store.series_data(self.session_id) if loss is not None else live
             steps = self.store.steps(self.session_id)
             layers = self.store.layer_costs(self.session_id)
+            self.stored_layers = layers  # what the app's live view shows once the session ended
             if steps or layers or loss is not None:
                 self.summary = summarize(session, series, steps, layers,
                                          reasons=self.sampler.reasons if self.sampler else None,

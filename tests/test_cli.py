@@ -128,3 +128,30 @@ def test_doctor_json_lists_usable_and_unavailable_with_fixes():
     assert any(s["id"] == "cpu-model" for s in doc["usable"])
     assert all(u["fix"] for u in doc["unavailable"])
     assert {c["name"].split()[0] for c in doc["checks"]} >= {"py-spy", "database"}
+
+
+def test_attached_training_stores_the_backward_split_its_note_states(torch_child, db_path):
+    """The backward rows of every stored window add up to what the session's backward-ops event
+    says (the whole pool), not to the few reads pooled when an early window closed."""
+    from wattlens.profiler.store import Store
+
+    child = torch_child(60)
+    r = run_cli("attach", str(child.pid), "--duration", "12", "--db", str(db_path), "--json", timeout=180)
+    assert r.returncode == 0, r.stderr
+    sid = json.loads(r.stdout)["session_id"]
+    store = Store(db_path)
+    events = [e for e in store.events(sid) if e.kind == "backward-ops"]
+    layers = store.layer_costs(sid)
+    store.close()
+    if not events or not events[-1].data["classes"]:
+        pytest.skip("no native read reached the backward in 12 s on this machine (busy)")
+    classes = events[-1].data["classes"]  # {class path: [share of the backward, se]}
+    buckets = [r for r in layers if r.path == "backward"]
+    assert buckets, [r.path for r in layers]
+    for bucket in buckets:
+        kids = {r.path.removeprefix("backward/"): r for r in layers
+                if r.window_start_ns == bucket.window_start_ns and r.path.startswith("backward/")}
+        assert sum(k.time_s for k in kids.values()) == pytest.approx(bucket.time_s)  # shared out
+        for path, (share, se) in classes.items():
+            assert kids[path].time_s == pytest.approx(bucket.time_s * share), (path, bucket.window_start_ns)
+            assert kids[path].split_se_s == pytest.approx(bucket.time_s * se)

@@ -68,3 +68,47 @@ def test_a_failed_start_frees_the_slot_with_one_line(tmp_path):
         work()
     text = live.start_failed(err.value)
     assert not live.busy and "\n" not in text and "PID" in text
+
+
+def test_once_ended_the_live_layers_read_as_the_stored_session(tmp_path, torch_child):
+    """A training job's windows are split by the native reads pooled as each closed; at the end
+    the stored rows are split by the whole pool. The live view then shows the stored figures,
+    the same as the Sessions view that loads them."""
+    import time
+
+    from wattlens.app.gui.models.layers_model import LayerTree
+
+    child = torch_child(60)
+    store = Store(tmp_path / "w.db")
+    live = LiveSession()
+    work = live.start_work(lambda: LiveRun.attach(store, GuiSettings(stacks=True), child.pid))
+    model = live.started(work(), None)
+    model.session.on_layers(lambda rows: model.add_layers(rows))  # the bridge's job, inline
+    deadline = time.monotonic() + 120  # a bound against a hang, not a speed requirement
+    while not any(k.startswith("backward/") for k in _paths(model.layers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        model.pull()
+    live.stop_work(False, "stopped", "stopped by the user")()
+    live.stopped("stopped", "stopped by the user")
+    stored = LayerTree()
+    stored.add(store.layer_costs(model.session.session_id), model.series.energy_between_ns)
+    store.close()
+    assert len(stored) > 0 and _figures(model.layers) == _figures(stored)
+
+
+def _nodes(tree):
+    def walk(nodes):
+        for n in nodes:
+            yield n
+            yield from walk(n.children)
+
+    return list(walk(tree.roots()))
+
+
+def _paths(tree) -> set[str]:
+    return {n.path for n in _nodes(tree)}
+
+
+def _figures(tree) -> dict:
+    return {(n.path, n.granularity, n.phase): (round(n.time_s, 9), n.energy_j and round(n.energy_j, 9))
+            for n in _nodes(tree)}

@@ -215,5 +215,21 @@ def test_attached_training_loop_stores_backward_rows_by_module_class(tmp_path):
     store.write_batch(sid, [], layer_costs=[r for rows in windows for r in rows])
     stored = [r for r in store.layer_costs(sid) if "LlamaMLP" in r.path
               and r.path.startswith(f"{BUCKET_BACKWARD}/")]
-    store.close()
     assert stored and {r.method for r in stored} == {backward_map.METHOD}
+
+    # at the session's end every window is split again by the whole pool, as its note says
+    parents, final = sampler.final_split()
+    assert {(p.window_start_ns, p.path) for p in parents} >= {
+        (r.window_start_ns, r.path) for rows in windows for r in rows if r.path == BUCKET_BACKWARD}
+    store.replace_split_rows(sid, parents, final)
+    after = store.layer_costs(sid)
+    store.close()
+    untouched = [r for rows in windows for r in rows if not r.path.startswith((BUCKET_BACKWARD, "optimizer/"))]
+    assert sorted(r.path for r in after if not r.path.startswith((BUCKET_BACKWARD, "optimizer/"))) == \
+        sorted(r.path for r in untouched)
+    for bucket in (r for r in after if r.path == BUCKET_BACKWARD):
+        kids = {r.path.removeprefix(f"{BUCKET_BACKWARD}/"): r for r in after
+                if r.window_start_ns == bucket.window_start_ns and r.path.startswith(f"{BUCKET_BACKWARD}/")}
+        for path, (share, se) in classes.items():
+            assert kids[path].time_s == pytest.approx(bucket.time_s * share)
+            assert kids[path].split_se_s == pytest.approx(bucket.time_s * se)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,57 @@ def test_native_reads_become_rare_refreshes_once_the_pool_carries_the_split():
     assert wait_s >= 300 and run_s <= 60 and hz == 1
     assert run_s * hz / (wait_s + run_s) < 0.15  # a small fraction of the steady reads
     assert native_schedule(3, 10**6, pool_reads=0) == (0.0, *native_run(3))
+
+
+def _bucket(w: int, path: str, time_s: float, rank: int | None = None):
+    from wattlens.profiler.records import LayerCost
+
+    return LayerCost(window_start_ns=w, window_end_ns=w + 5, path=path, granularity="bucket",
+                     method="stack-sampling", time_s=time_s, share=0.5, energy_j=2 * time_s,
+                     self_time_s=time_s, self_energy_j=2 * time_s, phase="backward", rank=rank)
+
+
+def test_the_session_end_splits_every_window_by_the_whole_pool_and_the_store_keeps_that(tmp_path):
+    """A window is split by the native reads pooled when it closes; the first ones by few. At the
+    end every window is split again by the whole pool (what the session's note says), and the
+    store replaces those rows, and only those."""
+    import time
+
+    from wattlens.profiler.records import LayerCost
+    from wattlens.profiler.stacks.sampler import StackSampler
+    from wattlens.profiler.store import Store
+
+    delivered: list[list[LayerCost]] = []
+    sampler = StackSampler(1, on_window=delivered.append, energy_between=lambda a, b: None, rank=3)
+    forward = LayerCost(0, 5, "M/Linear", "class", "stack-sampling", 1.0, 0.5, 2.0, 1.0, 2.0)
+    sampler.backward_ops.update({"MmBackward0": 1, "SiluBackward0": 3})  # the first few reads
+    sampler._deliver([forward, _bucket(0, BUCKET_BACKWARD, 4.0)])
+    sampler.backward_ops.update({"MmBackward0": 29, "SiluBackward0": 7})  # the session: 30 / 10
+    sampler._deliver([dataclass_replace(forward, window_start_ns=10, window_end_ns=15),
+                      _bucket(10, BUCKET_BACKWARD, 2.0)])
+    first = {r.path: r for r in delivered[0]}
+    assert first["backward/MmBackward0"].time_s == pytest.approx(1.0)  # 1 of 4 reads
+
+    parents, rows = sampler.final_split()
+    assert [(p.window_start_ns, p.path, p.rank) for p in parents] == [(0, BUCKET_BACKWARD, 3), (10, BUCKET_BACKWARD, 3)]
+    by = {(r.window_start_ns, r.path): r for r in rows}
+    assert by[(0, "backward/MmBackward0")].time_s == pytest.approx(3.0)  # 30 of 40 reads
+    assert by[(0, "backward/MmBackward0")].split_se_s == pytest.approx(4.0 * math.sqrt(0.75 * 0.25 / 40))
+    assert by[(10, "backward/SiluBackward0")].energy_j == pytest.approx(4.0 * 0.25)
+    assert by[(0, BUCKET_BACKWARD)].self_time_s == 0.0 and by[(0, BUCKET_BACKWARD)].rank == 3
+
+    store = Store(tmp_path / "s.db")
+    sid, _ = store.create_session(name="t", kind="attach", started_at=time.time(), start_ns=0)
+    other, _ = store.create_session(name="o", kind="attach", started_at=time.time(), start_ns=0)
+    for s in (sid, other):
+        store.write_batch(s, [], layer_costs=[r for w in delivered for r in w])
+    store.replace_split_rows(sid, parents, rows)
+    after = {(r.window_start_ns, r.path): r for r in store.layer_costs(sid)}
+    assert len(store.layer_costs(sid)) == len(store.layer_costs(other))  # the same rows, re-split
+    assert after[(0, "backward/MmBackward0")].time_s == pytest.approx(3.0)
+    assert after[(0, "M/Linear")] == dataclass_replace(forward, rank=3)  # the forward is not touched
+    assert {(r.window_start_ns, r.path): r.time_s for r in store.layer_costs(other)}[
+        (0, "backward/MmBackward0")] == pytest.approx(1.0)  # nor is another session
+    store.close()
+
+

@@ -198,6 +198,16 @@ class RankFollower:
                 out.append(f"no layer figures for {worker.label()}: {s.reason}")
         return out
 
+    def final_split(self) -> tuple[list[LayerCost], list[LayerCost]]:
+        """Every sampled process's :meth:`StackSampler.final_split`, together."""
+        parents: list[LayerCost] = []
+        rows: list[LayerCost] = []
+        for _worker, s in self._list():
+            p, r = s.final_split()
+            parents += p
+            rows += r
+        return parents, rows
+
     def stop_notes(self) -> list[tuple[str, str, dict]]:
         """(event kind, one line, data) to store at the end: per sampled process, why it stopped
         early, its lost reads and its backward split (as a single sampler says them)."""

@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    or_,
     select,
     text,
     update,
@@ -537,6 +538,23 @@ class Store:
                 c.execute(insert(m.EventRow), [
                     {"session_id": session_id, "t_ns": e.t_ns, "kind": e.kind, "message": e.message,
                      "data_json": _json(e.data)} for e in events])
+
+    def replace_split_rows(self, session_id: int, parents: Sequence[LayerCost],
+                           rows: Sequence[LayerCost]) -> None:
+        """Replace, in one transaction, the stored rows of the parents (a window's bucket row that
+        pooled native reads split: ``backward``, ``optimizer/<part>``) and of their parts
+        (``<parent>/…``) by ``rows``: the same windows split again by the session's whole pool.
+        Rows go by window and path, whatever their rank: give every sampled process's parents."""
+        t = m.LayerCostRow.__table__
+        paths = sorted({p.path for p in parents})
+        of_parents = or_(*[(t.c.path == x) | t.c.path.startswith(x + "/", autoescape=True) for x in paths])
+        windows = sorted({p.window_start_ns for p in parents})
+        with self._begin() as c:
+            for i in range(0, len(windows), 500):  # an hour of 5-s windows: a few statements
+                c.execute(delete(t).where(t.c.session_id == session_id, t.c.granularity == "bucket",
+                                          t.c.window_start_ns.in_(windows[i:i + 500]), of_parents))
+            if rows:
+                c.execute(insert(m.LayerCostRow), [_layer_dict(session_id, lc) for lc in rows])
 
     def add_event(self, session_id: int, ev: EventRecord) -> None:
         self.write_batch(session_id, (), events=[ev])

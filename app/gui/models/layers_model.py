@@ -131,6 +131,14 @@ class LayerTree:
         self._se = figures.SelfShareSE(_key)  # what `show` and the reports print beside each share
         self.changed = Signal()
 
+    def reset(self, rows: Iterable[LayerCost],
+              energy_between: Callable[[int, int], float | None] | None = None) -> None:
+        """The figures of ``rows`` alone (a session's rows as stored), in place of all so far."""
+        changed = self.changed
+        self.__init__()
+        self.changed = changed  # the views stay connected
+        self.add(rows, energy_between)
+
     def __len__(self) -> int:
         return len(self._agg)
 

@@ -212,6 +212,9 @@ class LiveModel:
         self.steps_changed.emit()
 
     def mark_ended(self, status: str, reason: str | None) -> None:
+        stored = getattr(self.session, "stored_layers", None)
+        if stored:  # as stored: the backward split again by the session's whole pool of reads
+            self.layers.reset(stored, self.series.energy_between_ns)
         self.ended = (status, reason)
         self.ended_changed.emit()
 
