@@ -87,3 +87,24 @@ def test_sessions_list_pane_shows_many_rows(make_window, qtbot, stored_db):
     power, legend, util = p.power_plot.geometry(), p.power_plot.legend.geometry(), p.util_plot.geometry()
     assert power.bottom() < util.top(), f"the plots overlap: power {power}, utilisation {util}"
     assert legend.bottom() <= power.height(), "the power legend lies inside its own plot's area"
+
+
+def test_the_picker_holds_still_while_the_pointer_is_over_it(make_window, qtbot, gui):
+    """A process that starts moves the rows; with the pointer over the list (the user is about to
+    click one), the automatic rescan waits, so the row under the pointer stays the same process."""
+    from PySide6.QtCore import Qt
+
+    w = make_window()
+    av = w.attach_view
+    qtbot.waitUntil(lambda: bool(av.model.all()) and not av._scanning, timeout=20000)
+    av.table.viewport().setAttribute(Qt.WA_UnderMouse, True)  # what Qt sets when the pointer enters
+    rows_before = [p.pid for p in av.table_model.rows]
+    busy = gui.start_busy_child(120)
+    try:
+        av._on_auto_refresh()  # the timer's tick, at once
+        qtbot.wait(3 * 2000)  # more ticks of the real timer
+        assert av.model.get(busy.pid) is None and [p.pid for p in av.table_model.rows] == rows_before
+        av.table.viewport().setAttribute(Qt.WA_UnderMouse, False)  # the pointer leaves
+        qtbot.waitUntil(lambda: av.model.get(busy.pid) is not None, timeout=30000)
+    finally:
+        end_process(busy)

@@ -215,7 +215,8 @@ class QtAttachView(QWidget):
         self.python_only.setChecked(model.python_only)
         self.python_only.toggled.connect(model.set_python_only)
         self.refresh_button = QPushButton("Refresh", self)
-        self.refresh_button.setToolTip(f"The list also refreshes by itself every {AUTO_REFRESH_MS / 1000:g} s")
+        self.refresh_button.setToolTip(f"The list also refreshes by itself every {AUTO_REFRESH_MS / 1000:g} s, "
+                                       "except while the pointer is over it: rows stay put while you pick one")
         self.refresh_button.clicked.connect(self.refresh)
         self.auto_refresh = QTimer(self)
         self.auto_refresh.setInterval(AUTO_REFRESH_MS)
@@ -262,7 +263,10 @@ class QtAttachView(QWidget):
 
     def _on_auto_refresh(self) -> None:
         """Timer tick: rescan in a worker while the screen is shown (never blocks the UI thread)."""
-        if self.isVisible() and not self._scanning and self._torch_pending <= 0:
+        # not while the pointer is over the list: a process that starts or ends moves the rows,
+        # and the row under the pointer would be another process when the click comes
+        if (self.isVisible() and not self._scanning and self._torch_pending <= 0
+                and not self.table.viewport().underMouse()):
             try:
                 self.refresh()
             except RuntimeError:  # the window is closing: its pool takes no more work
