@@ -23,6 +23,11 @@ def test_fit_path_label_keeps_whole_components():
     short = fit_path_label(label, 9, n)
     assert len(short) <= 9 and short.startswith("New") and short.endswith("on") and "…" in short
     assert fit_path_label("h.0.mlp.c_proj (backward)", 20, n) == "….c_proj (backward)"
+    # too narrow for the parent whole: cut in its middle, so two Linears' bars still differ
+    inter, out = "BertIntermediate/Linear (backward)", "BertOutput/Linear (backward)"
+    assert fit_path_label(inter, 28, n) == "BertI…iate/Linear (backward)"
+    assert fit_path_label(out, 26, n) == "Bert…put/Linear (backward)"
+    assert fit_path_label(inter, 24, n) == "…/Linear (backward)"  # a parent under 6 letters says nothing
 
 
 def test_bar_chart_labels_in_a_narrow_view(qtbot):
@@ -38,8 +43,10 @@ def test_bar_chart_labels_in_a_narrow_view(qtbot):
     labels = chart.shown_labels()
     gelu = [s for s in labels if "NewGELUActivation" in s]
     assert gelu and all(s.endswith("NewGELUActivation") and not s.startswith("…2") for s in gelu), labels
-    for s in labels:  # either whole, or whole components after "…/"
-        assert s in {b.label for b in chart.bars} or s.startswith("…/"), s
+    for s, bar in zip(labels, chart.bars, strict=True):
+        # whole; or whole components after "…/"; or the last one whole under its parent cut short
+        last = bar.label.rsplit("/", 1)[-1]
+        assert s == bar.label or s.startswith("…/") or ("…" in s and s.endswith("/" + last)), s
 
 
 def test_class_row_tooltip_explains_the_linear_row():

@@ -131,18 +131,33 @@ class QtCards(QWidget):
         self._cards.append((frame, title, value, detail))
 
 
+MIN_PARENT_CHARS = 6  # a parent class cut shorter than this says nothing: "…/" instead
+
+
 def fit_path_label(label: str, width: float, measure: Callable[[str], float]) -> str:
     """``label`` if it fits in ``width``, else its last whole path components after "…/" (the
     class or attribute name is never cut: "…/NewGELUActivation", not "…2MLP/NewGELUActivation"),
-    the phase suffix kept; a single component too long is elided in the middle."""
+    then the last one under its parent cut in the middle ("BertInte…iate/Linear"), the phase
+    suffix kept; a single component too long is elided in the middle."""
     if measure(label) <= width:
         return label
     m = re.fullmatch(r"(.*?)((?: \([\w -]+\))?)", label)
     core, suffix = m.group(1), m.group(2)
     sep = "/" if "/" in core else "."
     comps = core.split(sep)
-    for k in range(len(comps) - 1, 0, -1):
+    for k in range(len(comps) - 1, 1, -1):
         candidate = "…" + sep + sep.join(comps[-k:]) + suffix
+        if measure(candidate) <= width:
+            return candidate
+    if len(comps) > 1:
+        # the parent cut in its middle still tells "BertInte…iate/Linear" from "BertOutput/Linear"
+        # (five bars of "…/Linear (backward)" did not)
+        parent, tail = comps[-2], sep + comps[-1] + suffix
+        for n in range(len(parent) - 1, MIN_PARENT_CHARS - 1, -1):
+            candidate = parent[: (n + 1) // 2] + "…" + parent[len(parent) - n // 2:] + tail
+            if measure(candidate) <= width:
+                return candidate
+        candidate = "…" + tail
         if measure(candidate) <= width:
             return candidate
     last = comps[-1] + suffix
