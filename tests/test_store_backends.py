@@ -200,3 +200,31 @@ def test_a_postgresql_database_of_another_program_is_refused(pg_url):
     engine.dispose()
     with pytest.raises(CorruptDatabaseError, match="another program"):
         Store(pg_url)
+
+
+def test_a_final_split_replaces_only_its_rows(any_db):
+    """The end-of-session re-split (profiler/session.py) on both backends: the backward's and an
+    optimizer part's rows of the given windows are swapped; a forward row whose class path starts
+    like a bucket, another window and another session keep theirs ('_' is no wildcard)."""
+    store = Store(any_db)
+    sid, _ = _session(store)
+    other, _ = _session(store, "other")
+
+    def lc(w, path, t, gran="bucket"):
+        return LayerCost(BIG_NS + w, BIG_NS + w + 1, path, gran, "stack-sampling", t, 0.1, None, t, None)
+
+    old = [lc(0, "backward", 0.0), lc(0, "backward/MmBackward0", 1.0), lc(0, "optimizer/_single_tensor_adam", 0.0),
+           lc(0, "optimizer/_single_tensor_adam/mul_", 0.5), lc(0, "optimizer/_singleXtensor_adam/mul_", 0.5),
+           lc(0, "backwardish/Linear", 2.0, "class"), lc(9, "backward/MmBackward0", 1.0)]
+    for s in (sid, other):
+        store.write_batch(s, [], layer_costs=old)
+    parents = [lc(0, "backward", 1.0), lc(0, "optimizer/_single_tensor_adam", 0.5)]
+    new = [lc(0, "backward", 0.0), lc(0, "backward/SiluBackward0", 1.0), lc(0, "optimizer/_single_tensor_adam", 0.0),
+           lc(0, "optimizer/_single_tensor_adam/add_", 0.5)]
+    store.replace_split_rows(sid, parents, new)
+    got = sorted((r.window_start_ns - BIG_NS, r.path) for r in store.layer_costs(sid))
+    assert got == sorted([(0, "backward"), (0, "backward/SiluBackward0"), (0, "optimizer/_single_tensor_adam"),
+                          (0, "optimizer/_single_tensor_adam/add_"), (0, "optimizer/_singleXtensor_adam/mul_"),
+                          (0, "backwardish/Linear"), (9, "backward/MmBackward0")])
+    assert len(store.layer_costs(other)) == len(old)
+    store.close()
