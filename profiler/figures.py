@@ -56,8 +56,10 @@ class SelfShareSE:
     window on. Agent timings are exact: no entry.
     """
 
-    def __init__(self, key: Callable[[LayerCost], tuple[str, str, str]] | None = None) -> None:
+    def __init__(self, key: Callable[[LayerCost], tuple[str, str, str]] | None = None,
+                 self_time_s: Callable[[LayerCost], float] | None = None) -> None:
         self.key = key or (lambda lc: (lc.path, lc.granularity, lc.phase))  # what a node is
+        self.self_time_s = self_time_s or (lambda lc: lc.self_time_s or 0.0)  # as the share counts it
         self.k = 0
         self.sum_y = self.sum_y2 = 0.0
         self._x: dict[tuple[str, str, str], list[float]] = {}  # [Σx, Σx², Σxy, Σ split_se_s]
@@ -69,7 +71,7 @@ class SelfShareSE:
             if lc.method == AGENT_TIMING:
                 continue
             a = x.setdefault(self.key(lc), [0.0, 0.0])
-            a[0] += lc.self_time_s or 0.0
+            a[0] += self.self_time_s(lc)
             a[1] += lc.split_se_s or 0.0
         if not x:
             return

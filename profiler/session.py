@@ -8,6 +8,7 @@ thread (CLI loop or GUI timer) only polls ``end_condition()`` and reads ring buf
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import platform
@@ -216,18 +217,31 @@ class ProfilingSession:
             self.sampler.tick()  # a window that ended after the last tick: read now, do not guess
         return buf.energy_between(t0_ns, t1_ns, since_baseline=True)
 
-    def _store_final_split(self) -> None:
+    def _store_final_split(self, writer_done: bool) -> bool:
         """Each window's backward and optimizer parts as the whole session's native reads split
-        them (what the session's note says), in place of the split the window got when it closed."""
+        them (what the session's note says), in place of the split the window got when it closed.
+        True when stored; not when some rows could not be written (or may still be), nor when a
+        sampler still runs: then each window keeps its own split, and the session says so."""
+        why = None
         try:
-            parents, rows = self.stack_sampler.final_split()
+            parents, rows = self.stack_sampler.final_split() if writer_done else ([], [])
             if parents:
                 self.store.replace_split_rows(self.session_id, parents, rows)
+                return True
+            if not writer_done:
+                why = "not all rows were written"
         except StoreError as exc:
-            self.note(f"the backward's split is stored as each window had it (the final split "
-                      f"could not be written: {exc.message})")
-        except Exception:  # noqa: BLE001 - the windows' own split stays; the session still ends
+            why = f"it could not be written: {exc.message}"
+        except Exception as exc:  # noqa: BLE001 - the windows' own split stays; the session still ends
             log.exception("the final backward split failed; each window's own split is kept")
+            why = f"it failed: {exc}"
+        if why is not None and self.stack_sampler.backward_pooled():
+            message = (f"the backward's split is stored as each window had it when it closed, not by "
+                       f"the whole session's native reads ({why})")
+            self.notes.append(message)  # the writer has stopped: the event goes straight to the store
+            with contextlib.suppress(StoreError):
+                self.store.add_event(self.session_id, EventRecord(time.monotonic_ns(), "note", message, {}))
+        return False
 
     def elapsed_s(self) -> float:
         return (time.monotonic_ns() - self.start_ns) / 1e9
@@ -281,8 +295,10 @@ class ProfilingSession:
             lost = loss_text(loss, self.start_ns)
             status, reason = "partial", (f"{reason}; {lost}" if reason else lost)
             self.status, self.end_reason = status, reason
-        if loss is None and self.stack_sampler is not None:
-            self._store_final_split()
+        final_split = False
+        if self.stack_sampler is not None:
+            final_split = self._store_final_split(
+                loss is None and self.writer is not None and not self.writer.outlived_stop)
         session = {"id": self.session_id, "name": self.name, "status": status, "duration_s": duration_s,
                    "target_pid": self.target.pid if self.target else None,
                    "sources": [source_dict(s, covers_cpu=bool(getattr(getattr(s, "device", None), "covers_cpu", False)))
@@ -295,7 +311,8 @@ class ProfilingSession:
             series = self.store.series_data(self.session_id) if loss is not None else live
             steps = self.store.steps(self.session_id)
             layers = self.store.layer_costs(self.session_id)
-            self.stored_layers = layers  # what the app's live view shows once the session ended
+            if final_split:  # what the app's live view shows once the session ended
+                self.stored_layers = layers
             if steps or layers or loss is not None:
                 self.summary = summarize(session, series, steps, layers,
                                          reasons=self.sampler.reasons if self.sampler else None,

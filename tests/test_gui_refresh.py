@@ -90,21 +90,34 @@ def test_sessions_list_pane_shows_many_rows(make_window, qtbot, stored_db):
 
 
 def test_the_picker_holds_still_while_the_pointer_is_over_it(make_window, qtbot, gui):
-    """A process that starts moves the rows; with the pointer over the list (the user is about to
-    click one), the automatic rescan waits, so the row under the pointer stays the same process."""
-    from PySide6.QtCore import Qt
+    """A process that starts moves the rows; while the pointer moves over the list (the user is
+    about to click one), the automatic rescan waits, so the row under the pointer stays the same
+    process. A pointer left resting there does not freeze the list."""
+    from PySide6.QtCore import QEvent, QPointF, Qt
+    from PySide6.QtGui import QMouseEvent
+    from PySide6.QtWidgets import QApplication
+
+    from wattlens.app.gui import qt_attach
 
     w = make_window()
     av = w.attach_view
     qtbot.waitUntil(lambda: bool(av.model.all()) and not av._scanning, timeout=20000)
-    av.table.viewport().setAttribute(Qt.WA_UnderMouse, True)  # what Qt sets when the pointer enters
+    viewport = av.table.viewport()
+    viewport.setAttribute(Qt.WA_UnderMouse, True)  # what Qt sets when the pointer enters
+
+    def move():
+        QApplication.sendEvent(viewport, QMouseEvent(QEvent.MouseMove, QPointF(20, 20), QPointF(20, 20),
+                                                     Qt.NoButton, Qt.NoButton, Qt.NoModifier))
+
     rows_before = [p.pid for p in av.table_model.rows]
     busy = gui.start_busy_child(120)
     try:
-        av._on_auto_refresh()  # the timer's tick, at once
-        qtbot.wait(3 * 2000)  # more ticks of the real timer
+        for _ in range(4):  # the pointer keeps moving across several of the timer's ticks
+            move()
+            av._on_auto_refresh()
+            qtbot.wait(qt_attach.AUTO_REFRESH_MS)
         assert av.model.get(busy.pid) is None and [p.pid for p in av.table_model.rows] == rows_before
-        av.table.viewport().setAttribute(Qt.WA_UnderMouse, False)  # the pointer leaves
+        av._pointer_moved_at -= qt_attach.POINTER_HOLD_S  # resting still, over the list
         qtbot.waitUntil(lambda: av.model.get(busy.pid) is not None, timeout=30000)
     finally:
         end_process(busy)

@@ -209,3 +209,25 @@ def test_the_session_end_splits_every_window_by_the_whole_pool_and_the_store_kee
     store.close()
 
 
+
+
+def test_no_final_split_while_the_samplers_thread_still_runs():
+    """stop() gave up on a hung py-spy: a window may still be delivered after the final split,
+    so there is none (each window keeps the split it had)."""
+    import threading
+
+    from wattlens.profiler.stacks.sampler import StackSampler
+
+    sampler = StackSampler(1, on_window=lambda rows: None, energy_between=lambda a, b: None)
+    sampler.backward_ops.update({"MmBackward0": 3})
+    sampler._deliver([_bucket(0, BUCKET_BACKWARD, 1.0)])
+    assert sampler.final_split()[0]
+    release = threading.Event()
+    sampler._thread = threading.Thread(target=release.wait)
+    sampler._thread.start()
+    try:
+        assert sampler.final_split() == ([], [])
+    finally:
+        release.set()
+        sampler._thread.join()
+    assert sampler.final_split()[0]

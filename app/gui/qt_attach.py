@@ -4,8 +4,9 @@ a command under wattlens. Listing processes and reading /proc/PID/maps run in wo
 from __future__ import annotations
 
 import os
+import time
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, QTimer, Signal
+from PySide6.QtCore import QAbstractTableModel, QEvent, QModelIndex, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -41,6 +42,7 @@ from wattlens.profiler.errors import BadInputError
 COLUMNS = ("PID", "Name", "Python", "torch", "CPU %", "GPU memory", "Memory (RSS)", "User", "Command")
 TORCH_BATCH = 16
 AUTO_REFRESH_MS = 2000  # the list rescans itself (in a worker) while the screen is shown
+POINTER_HOLD_S = 5.0  # no rescan while the pointer moved over the list this recently
 
 
 def scan(exclude: set[int]) -> tuple[list[ProcessInfo], GpuState]:
@@ -207,6 +209,9 @@ class QtAttachView(QWidget):
             h.setSectionResizeMode(c, QHeaderView.ResizeToContents)
         h.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.Stretch)
         self.table.doubleClicked.connect(self._on_double_clicked)
+        self.table.viewport().setMouseTracking(True)
+        self.table.viewport().installEventFilter(self)
+        self._pointer_moved_at = float("-inf")
         self.gpu_label = QLabel(self)
         self.gpu_label.setWordWrap(True)
         self.status = QLabel(self)
@@ -216,7 +221,7 @@ class QtAttachView(QWidget):
         self.python_only.toggled.connect(model.set_python_only)
         self.refresh_button = QPushButton("Refresh", self)
         self.refresh_button.setToolTip(f"The list also refreshes by itself every {AUTO_REFRESH_MS / 1000:g} s, "
-                                       "except while the pointer is over it: rows stay put while you pick one")
+                                       "except while the pointer moves over it: rows stay put while you pick one")
         self.refresh_button.clicked.connect(self.refresh)
         self.auto_refresh = QTimer(self)
         self.auto_refresh.setInterval(AUTO_REFRESH_MS)
@@ -263,15 +268,25 @@ class QtAttachView(QWidget):
 
     def _on_auto_refresh(self) -> None:
         """Timer tick: rescan in a worker while the screen is shown (never blocks the UI thread)."""
-        # not while the pointer is over the list: a process that starts or ends moves the rows,
-        # and the row under the pointer would be another process when the click comes
-        if (self.isVisible() and not self._scanning and self._torch_pending <= 0
-                and not self.table.viewport().underMouse()):
+        if self.isVisible() and not self._scanning and self._torch_pending <= 0 and not self._picking():
             try:
                 self.refresh()
             except RuntimeError:  # the window is closing: its pool takes no more work
                 self._scanning = False
                 self.auto_refresh.stop()
+
+    def _picking(self) -> bool:
+        """Is the user about to click a row (the pointer moved over the list in the last few
+        seconds)? A rescan then would move the rows: a process that starts or ends shifts them,
+        and the row under the pointer would be another process when the click comes. A pointer
+        left resting on the list does not stop the list from following new processes."""
+        return (self.table.viewport().underMouse()
+                and time.monotonic() - self._pointer_moved_at < POINTER_HOLD_S)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() in (QEvent.MouseMove, QEvent.Enter) and obj is self.table.viewport():
+            self._pointer_moved_at = time.monotonic()
+        return super().eventFilter(obj, event)
 
     def selected_pid(self) -> int | None:
         rows = self.table.selectionModel().selectedRows()

@@ -208,6 +208,10 @@ class RankFollower:
             rows += r
         return parents, rows
 
+    def backward_pooled(self) -> bool:
+        """Did any sampled process pool native reads (a split to speak of)?"""
+        return any(s.backward_ops or s.optimizer_ops for _worker, s in self._list())
+
     def stop_notes(self) -> list[tuple[str, str, dict]]:
         """(event kind, one line, data) to store at the end: per sampled process, why it stopped
         early, its lost reads and its backward split (as a single sampler says them)."""

@@ -412,16 +412,19 @@ class StackSampler:
         of the whole session): after :meth:`stop`, so that what is stored reads as the session's
         note does. A window was split by the reads pooled when it closed — the first windows by
         a few dozen (a class read 11 % of the job there and 4 % over the session) — and the
-        whole pool is the better estimate for every window. Nothing when no native read came."""
+        whole pool is the better estimate for every window. Nothing when no native read came, or
+        while the sampler's thread still runs (it could deliver a window after this)."""
         with self._lock:
             ops = Counter(self.backward_ops)
             opt_ops = Counter(self.optimizer_ops)
             fwd_ops = Counter(self.forward_ops)
             fwd_time = Counter(self.forward_time)
-        if not ops and not opt_ops:
-            return [], []
-        parents = [r for window in self._split_parents for r in window]
-        rows = [r for window in self._split_parents
+        thread = self._thread
+        if (not ops and not opt_ops) or (thread is not None and thread.is_alive()):
+            return [], []  # no pool; or py-spy hung past stop() and a window may still come
+        windows = list(self._split_parents)
+        parents = [r for window in windows for r in window]
+        rows = [r for window in windows
                 for r in split_optimizer(backward_map.split_backward(window, ops, fwd_ops, fwd_time), opt_ops)]
         return parents, rows
 

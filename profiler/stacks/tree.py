@@ -10,7 +10,9 @@ the tree, so :class:`TreeGuard` learns it:
 - **a root** (the outermost class) must be common among all samples (:data:`MIN_ROOT_SHARE`, and
   :data:`MIN_ROOT_SAMPLES` at least: in a training job's first short window one sample can be
   over the share) or trusted: a stack torn under the root reads as a sub-path alone
-  (``LlamaDecoderLayer/…``, ``BertLMPredictionHead/Linear``);
+  (``LlamaDecoderLayer/…``, ``BertLMPredictionHead/Linear``). A real second root (a loss
+  module called outside the model) is dropped only until it is seen 3 times or a calibration
+  read vouches for it, in the first windows;
 - **an edge only non-blocking reads saw** is torn when its child class is seen almost only
   elsewhere (under :data:`MIN_CLASS_SHARE` of all the samples in which that class appears) *and*
   the parent gives no reason to hold it: the edge is a small minority under the parent (under

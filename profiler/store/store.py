@@ -47,6 +47,7 @@ from wattlens.profiler.errors import (
     StoreError,
     WattlensError,
 )
+from wattlens.profiler.figures import AGENT_TIMING
 from wattlens.profiler.records import EventRecord, LayerCost, SeriesSpec, StepRecord
 from wattlens.profiler.store import models as m
 from wattlens.profiler.summary import summarize
@@ -544,15 +545,23 @@ class Store:
         """Replace, in one transaction, the stored rows of the parents (a window's bucket row that
         pooled native reads split: ``backward``, ``optimizer/<part>``) and of their parts
         (``<parent>/…``) by ``rows``: the same windows split again by the session's whole pool.
-        Rows go by window and path, whatever their rank: give every sampled process's parents."""
+        Rows go by window, path and rank (a process's windows only); the agent's never."""
         t = m.LayerCostRow.__table__
-        paths = sorted({p.path for p in parents})
-        of_parents = or_(*[(t.c.path == x) | t.c.path.startswith(x + "/", autoescape=True) for x in paths])
-        windows = sorted({p.window_start_ns for p in parents})
+        by_rank: dict[int | None, tuple[set[str], set[int]]] = {}
+        for p in parents:
+            paths, windows = by_rank.setdefault(p.rank, (set(), set()))
+            paths.add(p.path)
+            windows.add(p.window_start_ns)
         with self._begin() as c:
-            for i in range(0, len(windows), 500):  # an hour of 5-s windows: a few statements
-                c.execute(delete(t).where(t.c.session_id == session_id, t.c.granularity == "bucket",
-                                          t.c.window_start_ns.in_(windows[i:i + 500]), of_parents))
+            for rank, (paths, windows) in by_rank.items():
+                of_parents = or_(*[(t.c.path == x) | t.c.path.startswith(x + "/", autoescape=True)
+                                   for x in sorted(paths)])
+                of_rank = t.c.rank.is_(None) if rank is None else t.c.rank == rank
+                starts = sorted(windows)
+                for i in range(0, len(starts), 500):  # an hour of 5-s windows: a few statements
+                    c.execute(delete(t).where(
+                        t.c.session_id == session_id, t.c.granularity == "bucket", of_rank,
+                        t.c.method != AGENT_TIMING, t.c.window_start_ns.in_(starts[i:i + 500]), of_parents))
             if rows:
                 c.execute(insert(m.LayerCostRow), [_layer_dict(session_id, lc) for lc in rows])
 

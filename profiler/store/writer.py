@@ -54,6 +54,7 @@ class StoreWriter:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.outlived_stop = False  # its thread was still writing when stop() gave up waiting
         self._samples: list[tuple[int, int, float]] = []
         self._layers: list[LayerCost] = []
         self._steps: list[StepRecord] = []
@@ -80,6 +81,7 @@ class StoreWriter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+            self.outlived_stop = self._thread.is_alive()  # still in a write: it may yet commit
             self._thread = None
         self._drain()
         self._flush()

@@ -118,6 +118,10 @@ class Bar:
 
 class LayerTree:
     def __init__(self) -> None:
+        self.changed = Signal()
+        self._clear()
+
+    def _clear(self) -> None:
         self._agg: dict[tuple[str, str, str], dict] = {}
         self.methods: set[str] = set()
         self.windows: set[tuple[int, int]] = set()
@@ -128,15 +132,12 @@ class LayerTree:
         # window's end, before the power sampler has passed it): filled in by ``resolve``
         self.pending: dict[tuple[int, int], list[LayerCost]] = {}
         self.resolved_windows = 0
-        self._se = figures.SelfShareSE(_key)  # what `show` and the reports print beside each share
-        self.changed = Signal()
+        self._se = figures.SelfShareSE(_key, _self_time)  # what `show` and the reports print beside each share
 
     def reset(self, rows: Iterable[LayerCost],
               energy_between: Callable[[int, int], float | None] | None = None) -> None:
         """The figures of ``rows`` alone (a session's rows as stored), in place of all so far."""
-        changed = self.changed
-        self.__init__()
-        self.changed = changed  # the views stay connected
+        self._clear()  # the views stay connected to ``changed``
         self.add(rows, energy_between)
 
     def __len__(self) -> int:

@@ -215,6 +215,7 @@ class LiveModel:
         stored = getattr(self.session, "stored_layers", None)
         if stored:  # as stored: the backward split again by the session's whole pool of reads
             self.layers.reset(stored, self.series.energy_between_ns)
+            self.session.stored_layers = None  # read once: do not keep a second copy of every row
         self.ended = (status, reason)
         self.ended_changed.emit()
 
