@@ -51,6 +51,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.records import LayerCost
@@ -414,19 +415,19 @@ class StackSampler:
         a few dozen (a class read 11 % of the job there and 4 % over the session) — and the
         whole pool is the better estimate for every window. Nothing when no native read came, or
         while the sampler's thread still runs (it could deliver a window after this)."""
-        with self._lock:
-            ops = Counter(self.backward_ops)
-            opt_ops = Counter(self.optimizer_ops)
-            fwd_ops = Counter(self.forward_ops)
-            fwd_time = Counter(self.forward_time)
+        pools = self._pools()
         thread = self._thread
-        if (not ops and not opt_ops) or (thread is not None and thread.is_alive()):
+        if (not pools.backward and not pools.optimizer) or (thread is not None and thread.is_alive()):
             return [], []  # no pool; or py-spy hung past stop() and a window may still come
         windows = list(self._split_parents)
-        parents = [r for window in windows for r in window]
-        rows = [r for window in windows
-                for r in split_optimizer(backward_map.split_backward(window, ops, fwd_ops, fwd_time), opt_ops)]
-        return parents, rows
+        return ([r for window in windows for r in window],
+                [r for window in windows for r in _split(window, pools)])
+
+    def _pools(self) -> _Pools:
+        """A copy of the pooled native reads and forward times (the native thread adds to them)."""
+        with self._lock:
+            return _Pools(Counter(self.backward_ops), Counter(self.optimizer_ops),
+                          Counter(self.forward_ops), Counter(self.forward_time))
 
     def loss_message(self) -> str:
         """One line: how many stack reads were lost (failed, torn) and how that was handled."""
@@ -438,10 +439,8 @@ class StackSampler:
         if not shares:
             return None
         top = ", ".join(f"{op} {p:.0%} ± {se:.0%}" for op, (p, se) in list(shares.items())[:5])
-        with self._lock:  # the native thread adds to these
-            ops, fwd = Counter(self.backward_ops), Counter(self.forward_ops)
-            fwd_time = Counter(self.forward_time)
-        by_class = backward_map.class_message(ops, fwd, fwd_time)
+        pools = self._pools()
+        by_class = backward_map.class_message(pools.backward, pools.forward, pools.forward_time)
         return (
             f"backward split by autograd op from {sum(self.backward_ops.values())} native "
             f"blocking reads ({native_run(0, self.native_hz)[1]} Hz for the first "
@@ -452,11 +451,9 @@ class StackSampler:
 
     def backward_classes(self) -> dict[str, list[float]]:
         """{class path: [share of the backward, standard error]} (:mod:`.backward_map`)."""
-        with self._lock:
-            ops, fwd = Counter(self.backward_ops), Counter(self.forward_ops)
-            fwd_time = Counter(self.forward_time)
-        return {p.name: [p.share, p.se]
-                for p in backward_map.backward_by_class(ops, fwd, fwd_time) if p.kind == "class"}
+        pools = self._pools()
+        return {p.name: [p.share, p.se] for p in backward_map.backward_by_class(
+            pools.backward, pools.forward, pools.forward_time) if p.kind == "class"}
 
     # ----------------------------------------------------------------- native reads
 
@@ -756,17 +753,13 @@ class StackSampler:
 
     def _deliver(self, rows: list[LayerCost]) -> None:
         """Split the window's backward and optimizer by the pooled native reads, hand it over."""
-        with self._lock:
-            ops = Counter(self.backward_ops)
-            opt_ops = Counter(self.optimizer_ops)
-            fwd_ops = Counter(self.forward_ops)
-            fwd_time = Counter(self.forward_time)
+        pools = self._pools()
         if self.rank is not None:
             rows = [dataclasses.replace(r, rank=self.rank) for r in rows]
         parents = [r for r in rows if _splittable(r)]
         if parents:
             self._split_parents.append(parents)
-        rows = split_optimizer(backward_map.split_backward(rows, ops, fwd_ops, fwd_time), opt_ops)
+        rows = _split(rows, pools)
         self.windows += 1
         try:
             self._on_window(rows)
@@ -783,6 +776,19 @@ class StackSampler:
         self.tree.learn_exact(cal)
         kept, torn = self.tree.filter(counts)
         return self.loss.correct(kept, failed=failed, torn=torn, calibration=cal)
+
+
+class _Pools(NamedTuple):
+    backward: Counter[str]  # native backward reads per autograd op
+    optimizer: Counter[tuple[str, str]]  # native optimizer reads per (part, tensor op)
+    forward: Counter[tuple[str, str]]  # native forward reads per (class path, op)
+    forward_time: Counter[str]  # sampled forward self time per class path
+
+
+def _split(rows: list[LayerCost], pools: _Pools) -> list[LayerCost]:
+    """A window's rows with its backward and optimizer parts split by the pooled native reads."""
+    return split_optimizer(backward_map.split_backward(rows, pools.backward, pools.forward, pools.forward_time),
+                           pools.optimizer)
 
 
 def _splittable(row: LayerCost) -> bool:
