@@ -84,9 +84,13 @@ def test_layers_and_steps_arrive_from_other_threads(gui, make_window, qtbot, tor
     view = w.live_view
     assert run.session.stack_sampler is not None, f"py-spy did not attach: {run.session.notes}"
     # a step from the agent's thread (run mode sends these): it becomes a marker and per-step figures
-    qtbot.waitUntil(lambda: view.model.series.last("target/energy_j") is not None, timeout=60000)
+    # the step ends at a real sample's own time in ns, after the baseline (so it has energy to
+    # show). Not t0 + int(end_s() * 1e9): float seconds times 1e9, truncated, is 1 ns short for
+    # some offsets, and while the view holds only the baseline that step ended before every
+    # sample, so its energy stayed unknown ("n/a") for good
+    qtbot.waitUntil(lambda: len(run.session.rings.get("target/energy_j") or ()) >= 2, timeout=60000)
     t0 = run.session.start_ns
-    t1 = t0 + int(view.model.series.end_s() * 1e9)
+    t1 = run.session.rings.get("target/energy_j").last()[0]
     th = threading.Thread(target=run.session.add_step, args=(StepRecord(0, t0, t1, samples=32),))
     th.start()
     th.join()
