@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from wattlens.profiler.stacks.parse import Attribution, SourceIndex, window_counts
+from wattlens.profiler.stacks.parse import Attribution, SourceIndex, window_counts, window_reads
 from wattlens.profiler.stacks.sampler import StackSampler
 from wattlens.profiler.stacks.tree import TreeGuard
 
@@ -209,3 +209,70 @@ def test_a_container_inside_its_own_class_is_kept():
     guard.learn_exact(Counter({backbone: 30, head_self: 2, Attribution(("Net", "Sequential")): 1}))
     kept, dropped = guard.filter(Counter({backbone: 900, head_self: 20, nested: 30}))
     assert dropped == 0 and kept[nested] == 30
+
+
+# The lines each module was at (py-spy's file:line): a BERT-like layer whose output block's
+# dense call (m.py:61) is read while the intermediate block's GELU runs. Frames as py-spy 0.4
+# writes them for Python 3.11, the call glue included.
+_GLUE = "Module._call_impl (torch/nn/modules/module.py:1789)"
+
+
+def _line(count: int, *frames: str) -> str:
+    out = ["<module> (train.py:10)"]
+    for f in frames:
+        out += [f, _GLUE]
+    return ";".join(out[:-1]) + f" {count}"
+
+
+EXACT = "\n".join([
+    _line(6, "Net.forward (m.py:5)", "Layer.forward (m.py:20)", "Intermediate.forward (m.py:40)",
+          "Linear.forward (lin.py:9)"),
+    _line(2, "Net.forward (m.py:5)", "Layer.forward (m.py:20)", "Intermediate.forward (m.py:41)",
+          "GELU.forward (act.py:3)"),
+    _line(5, "Net.forward (m.py:5)", "Layer.forward (m.py:21)", "Output.forward (m.py:61)",
+          "Linear.forward (lin.py:9)"),
+]) + "\n"
+TORN_GELU = _line(2, "Net.forward (m.py:5)", "Layer.forward (m.py:21)", "Output.forward (m.py:61)",
+                  "GELU.forward (act.py:3)")
+TORN_UNDER_LINEAR = _line(1, "Net.forward (m.py:5)", "Layer.forward (m.py:21)", "Output.forward (m.py:61)",
+                          "Linear.forward (lin.py:9)", "GELU.forward (act.py:3)")
+
+
+def test_a_leaf_glued_under_its_parents_sibling_is_torn_by_the_line_it_was_read_at():
+    """``Output/GELU`` passes every test on classes: the GELU is a leaf, and 2 of its 12 samples
+    are not few. But the output block was at its dense call (m.py:61), where the exact reads saw
+    it call a Linear 5 times and never anything else: a line of a forward calls one module."""
+    window = EXACT * 8 + TORN_GELU + "\n"
+    kept, dropped = TreeGuard().filter(window_counts(window))  # classes only
+    assert dropped == 0 and any(att.path[-2:] == ("Output", "GELU") for att in kept)
+    guard = TreeGuard()
+    guard.learn_exact(window_reads(EXACT))
+    kept, dropped = guard.filter(window_reads(window))
+    assert dropped == 2 and guard.torn_paths["Net/Layer/Output/GELU"] == 2
+    assert kept == window_counts(EXACT * 8)  # every real read kept
+
+
+def test_a_child_under_the_line_where_the_exact_reads_saw_a_leaf_is_torn():
+    """The innermost module's line counts too: Linear's lin.py:9 was the innermost frame in 11
+    exact reads, so a GELU below it there is a stack read while it changed."""
+    guard = TreeGuard()
+    guard.learn_exact(window_reads(EXACT))
+    kept, dropped = guard.filter(window_reads(EXACT * 8 + TORN_UNDER_LINEAR + "\n"))
+    assert dropped == 1 and not any("GELU" in att.path[:-1] or att.path[-2:] == ("Linear", "GELU")
+                                    for att in kept)
+
+
+def test_a_line_with_few_exact_reads_or_a_trusted_path_is_not_judged_by_its_line():
+    """Under MIN_SITE_READS exact reads at a line say nothing yet; and a path an exact read has
+    seen is real whatever lines a read caught it at."""
+    guard = TreeGuard()
+    few = "\n".join(EXACT.splitlines()[:1] + [EXACT.splitlines()[2].replace(" 5", " 2")]) + "\n"
+    guard.learn_exact(window_reads(few))  # the dense call read twice only
+    kept, dropped = guard.filter(window_reads(EXACT * 8 + TORN_GELU + "\n"))
+    assert dropped == 0
+    guard = TreeGuard()
+    guard.learn_exact(window_reads(EXACT))
+    odd_line = _line(3, "Net.forward (m.py:5)", "Layer.forward (m.py:21)", "Output.forward (m.py:61)",
+                     "Linear.forward (lin.py:9)").replace("m.py:21", "m.py:20")  # a real path, odd line
+    kept, dropped = guard.filter(window_reads(EXACT * 8 + odd_line + "\n"))
+    assert dropped == 0 and kept[Attribution(("Net", "Layer", "Output", "Linear"))] == 5 * 8 + 3

@@ -33,6 +33,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost
@@ -127,6 +128,28 @@ class Attribution:
         if self.bucket is None:
             return "/".join(self.path)
         return self.bucket if self.detail is None else f"{self.bucket}/{self.detail}"
+
+
+class Read(NamedTuple):
+    """One stack's attribution with where each module on its path was when the stack was read.
+
+    ``sites[i]`` is ``"file:line"`` of the innermost frame of ``path[i]``'s own code: for a module
+    with a module below it, the line that called that child; for the innermost module, the line it
+    was running. Empty for a bucket. :class:`~wattlens.profiler.stacks.tree.TreeGuard` uses them:
+    a line of a forward calls one module (or none), so a child found at a line where the exact
+    reads always saw another is a stack read while it changed.
+    """
+
+    att: Attribution
+    sites: tuple[str, ...] = ()
+
+
+def collapse(reads: Mapping[Read, float]) -> Counter[Attribution]:
+    """Samples per attribution, the read sites dropped."""
+    out: Counter[Attribution] = Counter()
+    for read, n in reads.items():
+        out[read.att] += n
+    return out
 
 
 # --------------------------------------------------------------------------- parsing
@@ -312,7 +335,13 @@ def forward_path(frames: Sequence[Frame], index: SourceIndex) -> tuple[str, ...]
     (``forward`` calling ``_forward_impl``) and give one path element; a ``_call_impl`` between
     them means a new module call, so nested modules of one class stay separate.
     """
+    return forward_chain(frames, index)[0]
+
+
+def forward_chain(frames: Sequence[Frame], index: SourceIndex) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(:func:`forward_path`, each element's site: ``"file:line"`` of its innermost frame)."""
     path: list[str] = []
+    sites: list[str] = []
     new_call = True
     for frame in frames:
         if frame.function in _CALL_GLUE or _is_agent_call(frame):
@@ -321,10 +350,14 @@ def forward_path(frames: Sequence[Frame], index: SourceIndex) -> tuple[str, ...]
         cls = forward_class(frame, index)
         if cls is None:
             continue
+        site = f"{frame.filename}:{frame.line}"
         if new_call or not path or path[-1] != cls:
             path.append(cls)
+            sites.append(site)
+        else:
+            sites[-1] = site
         new_call = False
-    return tuple(path)
+    return tuple(path), tuple(sites)
 
 
 def is_sync_wait(frames: Sequence[Frame], index: SourceIndex) -> bool:
@@ -408,19 +441,24 @@ def classify(frames: Sequence[Frame], index: SourceIndex, *, gpu: bool = False) 
     optimizer / backward (the outermost such frame decides, so a Dataset's ``__getitem__`` under
     the DataLoader is data loading) > idle > python (other).
     """
+    return classify_read(frames, index, gpu=gpu).att
+
+
+def classify_read(frames: Sequence[Frame], index: SourceIndex, *, gpu: bool = False) -> Read:
+    """:func:`classify`, with the sites of a module-class path (:class:`Read`)."""
     if gpu and is_sync_wait(frames, index):
-        return Attribution((), BUCKET_GPU_WAIT)
-    path = forward_path(frames, index)
+        return Read(Attribution((), BUCKET_GPU_WAIT))
+    path, sites = forward_chain(frames, index)
     if path:
-        return Attribution(path)
+        return Read(Attribution(path), sites)
     bucket = _outermost_bucket(frames)
     if bucket == BUCKET_OPTIMIZER:
-        return Attribution((), bucket, optimizer_part(frames))
+        return Read(Attribution((), bucket, optimizer_part(frames)))
     if bucket is not None:
-        return Attribution((), bucket)
+        return Read(Attribution((), bucket))
     if is_idle(frames, index):
-        return Attribution((), BUCKET_IDLE)
-    return Attribution((), BUCKET_OTHER)
+        return Read(Attribution((), BUCKET_IDLE))
+    return Read(Attribution((), BUCKET_OTHER))
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -441,7 +479,18 @@ def attribute(
     gpu: bool = False,
     target_pid: int | None = None,
 ) -> Counter[Attribution]:
-    """Count samples per attribution.
+    """Count samples per attribution (:func:`attribute_reads`, the sites dropped)."""
+    return collapse(attribute_reads(samples, index=index, gpu=gpu, target_pid=target_pid))
+
+
+def attribute_reads(
+    samples: Iterable[StackSample],
+    *,
+    index: SourceIndex | None = None,
+    gpu: bool = False,
+    target_pid: int | None = None,
+) -> Counter[Read]:
+    """Count samples per :class:`Read` (an attribution and its path's sites).
 
     Threads: the main thread counts in full, its blocked time as ``idle``, so its samples cover
     the whole window. Another Python thread counts only while it does model work (a forward,
@@ -452,15 +501,16 @@ def attribute(
     thread). Their real work outside the model is the part we give up.
     """
     index = index if index is not None else SourceIndex()
-    counts: Counter[Attribution] = Counter()
+    counts: Counter[Read] = Counter()
     for sample in samples:
-        att = classify(sample.frames, index, gpu=gpu)
+        read = classify_read(sample.frames, index, gpu=gpu)
+        bucket = read.att.bucket
         if not _is_main_thread(sample, target_pid) and (
-            att.bucket in (BUCKET_IDLE, BUCKET_OTHER)
-            or (att.bucket == BUCKET_DATA and is_idle(sample.frames, index))
+            bucket in (BUCKET_IDLE, BUCKET_OTHER)
+            or (bucket == BUCKET_DATA and is_idle(sample.frames, index))
         ):
             continue
-        counts[att] += sample.count
+        counts[read] += sample.count
     return counts
 
 
@@ -566,7 +616,18 @@ def window_counts(
     index: SourceIndex | None = None,
 ) -> Counter[Attribution]:
     """py-spy raw text of one window -> samples per attribution."""
-    return attribute(parse_raw(raw_text), index=index, gpu=gpu, target_pid=target_pid)
+    return collapse(window_reads(raw_text, gpu=gpu, target_pid=target_pid, index=index))
+
+
+def window_reads(
+    raw_text: str,
+    *,
+    gpu: bool = False,
+    target_pid: int | None = None,
+    index: SourceIndex | None = None,
+) -> Counter[Read]:
+    """py-spy raw text of one window -> samples per :class:`Read`."""
+    return attribute_reads(parse_raw(raw_text), index=index, gpu=gpu, target_pid=target_pid)
 
 
 def window_costs(

@@ -75,7 +75,8 @@ from wattlens.profiler.stacks.parse import (
     SourceIndex,
     SourceResolver,
     aggregate,
-    window_counts,
+    collapse,
+    window_reads,
 )
 from wattlens.profiler.stacks.tree import TreeGuard
 
@@ -768,14 +769,15 @@ class StackSampler:
 
     def _counts(self, raw: str, failed: int, calibration_raw: str) -> dict:
         """One window's samples per attribution: torn paths dropped, lost reads added back."""
-        counts = window_counts(raw, gpu=self.gpu, target_pid=self.pid, index=self._index)
+        reads = window_reads(raw, gpu=self.gpu, target_pid=self.pid, index=self._index)
         if not self.nonblocking:  # the target was paused for every read: all stacks are exact
-            self.tree.learn_exact(counts)
+            self.tree.learn_exact(reads)
+            counts = collapse(reads)
             return self.loss.correct(counts, failed=failed, torn=0, calibration=counts)
-        cal = window_counts(calibration_raw, gpu=self.gpu, target_pid=self.pid, index=self._index)
+        cal = window_reads(calibration_raw, gpu=self.gpu, target_pid=self.pid, index=self._index)
         self.tree.learn_exact(cal)
-        kept, torn = self.tree.filter(counts)
-        return self.loss.correct(kept, failed=failed, torn=torn, calibration=cal)
+        kept, torn = self.tree.filter(reads)
+        return self.loss.correct(kept, failed=failed, torn=torn, calibration=collapse(cal))
 
 
 class _Pools(NamedTuple):

@@ -36,15 +36,24 @@ the tree, so :class:`TreeGuard` learns it:
   ``BertAttention/BertSelfOutput/BertSelfAttention``). Leaf classes are left out of this test
   (a ``Linear`` beside a block and another inside its MLP are both real), and so are a class
   inside itself and torch's generic containers (:data:`GENERIC_CONTAINERS`: a ``Sequential``
-  in a ``Sequential`` beside another one is real).
+  in a ``Sequential`` beside another one is real);
+- **a line that calls another module**: a forward's line calls one module (or none: the
+  innermost module's own code), so the exact reads map each (class, ``file:line``) to what they
+  found below it (:attr:`TreeGuard.sites`). A read of a path no exact read has seen, with a
+  module at a line the exact reads saw :data:`MIN_SITE_READS` times or more and never with
+  that child below, is torn. This catches what every test on classes lets through: a leaf
+  glued under its parent's sibling (``BertOutput/GELUActivation``: the output block was at its
+  ``dense`` call, where the exact reads only ever saw a ``Linear``), and a child under a
+  ``Linear``'s own line. A path an exact read has seen is never judged by its lines (a read can
+  catch a parent's line a moment after its child returned).
 
-Replayed over captured windows (20 s of 100 Hz reads each of a Llama training loop, GPT-2 and
-BERT inference, drawn as 12 windows of 250 non-blocking and 25 blocking reads, 100 draws), the
-last two rules cut the torn samples kept from 353 to 12 (Llama), 202 to 21 (GPT-2) and 2954 to
-1143 (BERT); real samples dropped stayed 7 and 2 of 300,000 (Llama, GPT-2) and rose from 1 to
-29 on BERT (its prediction head, before a blocking read saw its child). What BERT keeps is a
-leaf glued under its parent's sibling (``BertOutput/GELUActivation``; the GELU belongs to ``BertIntermediate``) and a module
-under the wrong grandparent: no test here catches those.
+Replayed over captured windows (20 to 40 s of 100 Hz non-blocking and blocking reads each: a
+Llama training loop, GPT-2 and BERT inference, BERT training; drawn as 12 windows of 250
+non-blocking and 25 blocking reads, 100 draws: 300,000 samples per capture), the torn samples
+kept fall from 15 / 0 / 1093 / 328 (the tests on classes) to 15 / 0 / 39 / 88 with the line
+test; real samples dropped rise from 11 / 5 / 69 / 20 to 735 / 446 / 796 / 312, at most 0.27 %
+of the samples, more of them in the first windows (a real path not yet read exactly, caught at
+a line an instant after its module returned) and all of them spread back as lost reads.
 
 A path with an edge judged torn is dropped and counted (:attr:`TreeGuard.torn`); its samples
 become lost reads, which :class:`~wattlens.profiler.stacks.lost.LossAccount` spreads like the
@@ -61,13 +70,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from wattlens.profiler.stacks.parse import Attribution
+from wattlens.profiler.stacks.parse import Attribution, Read
 
 MIN_EDGE_SHARE = 0.05
 MIN_CLASS_SHARE = 0.05
 MIN_ROOT_SHARE = 0.005
 MIN_ROOT_SAMPLES = 3
 MIN_PARENT_SHARE = 0.2
+#: exact reads at a forward's line before a child never seen there marks a read torn
+MIN_SITE_READS = 3
 #: torch's own containers nest anywhere, themselves included: the sibling test leaves them out
 GENERIC_CONTAINERS = frozenset({"Sequential", "ModuleList", "ModuleDict"})
 
@@ -82,24 +93,37 @@ class TreeGuard:
         self.class_inner: Counter[str] = Counter()  # ... with a module below it
         self.exact_seen: Counter[str] = Counter()  # blocking reads in which each class is on the path
         self.exact_inner: Counter[str] = Counter()  # ... with a module below it
+        # (class, "file:line") -> what the exact reads found below it there: a child class, or
+        # None where it was the innermost module
+        self.sites: dict[tuple[str, str], Counter[str | None]] = {}
         self.torn = 0  # samples dropped, session total
         self.torn_paths: Counter[str] = Counter()  # which paths, for the log and the tests
 
-    def learn_exact(self, counts: Mapping[Attribution, int]) -> None:
-        """Stacks read with the target paused (blocking): every prefix is a real path."""
-        for att, n in counts.items():
+    def learn_exact(self, counts: Mapping[Attribution, int] | Mapping[Read, int]) -> None:
+        """Stacks read with the target paused (blocking): every prefix is a real path, and each
+        module's line called the module below it (or ran its own code, for the innermost)."""
+        for read, n in counts.items():
+            att, sites = _split(read)
             for depth in range(1, len(att.path) + 1):
                 self.trusted.add(att.path[:depth])
             _count_classes(att.path, n, self.exact_seen, self.exact_inner)
+            if len(sites) == len(att.path):
+                for i, (cls, site) in enumerate(zip(att.path, sites, strict=True)):
+                    below = att.path[i + 1] if i + 1 < len(att.path) else None
+                    self.sites.setdefault((cls, site), Counter())[below] += n
 
     def plausible(self, path: tuple[str, ...]) -> bool:
         """Does ``path`` fit the tree as known now (every sample so far)? An empty path does."""
         return not path or self._plausible(path)
 
-    def _plausible(self, path: tuple[str, ...]) -> bool:
+    def _plausible(self, path: tuple[str, ...], sites: tuple[str, ...] = ()) -> bool:
         roots = sum(n for p, n in self.seen.items() if len(p) == 1)
         if path[:1] not in self.trusted and self.seen[path[:1]] < max(MIN_ROOT_SHARE * roots, MIN_ROOT_SAMPLES):
             return False  # a stack torn below the model's root: "Block/MLP/Linear" alone
+        if sites and path not in self.trusted and any(
+                _other_child_at_site(self.sites.get((cls, site)), child)
+                for cls, site, child in zip(path[:-1], sites[:-1], path[1:], strict=True)):
+            return False  # a module's line that, in the exact reads, calls another module or none
         for depth in range(2, len(path) + 1):
             prefix = path[:depth]
             if prefix in self.trusted:
@@ -120,26 +144,40 @@ class TreeGuard:
                 return False
         return True
 
-    def filter(self, counts: Mapping[Attribution, int]) -> tuple[Counter[Attribution], int]:
+    def filter(self, counts: Mapping[Attribution, int] | Mapping[Read, int]
+               ) -> tuple[Counter[Attribution], int]:
         """(the counts whose path fits the tree, the number of samples dropped as torn).
 
         The window's own non-blocking samples join the session's evidence first, so a path is
-        judged on everything seen so far. Buckets have no path and always pass.
+        judged on everything seen so far. Buckets have no path and always pass. Reads with their
+        sites (:class:`~wattlens.profiler.stacks.parse.Read`) are judged each on its own lines too.
         """
-        for att, n in counts.items():
-            for depth in range(1, len(att.path) + 1):
-                self.seen[att.path[:depth]] += n
-            _count_classes(att.path, n, self.class_seen, self.class_inner)
+        for read, n in counts.items():
+            path = _split(read)[0].path
+            for depth in range(1, len(path) + 1):
+                self.seen[path[:depth]] += n
+            _count_classes(path, n, self.class_seen, self.class_inner)
         kept: Counter[Attribution] = Counter()
         dropped = 0
-        for att, n in counts.items():
-            if att.bucket is None and not self._plausible(att.path):
+        for read, n in counts.items():
+            att, sites = _split(read)
+            if att.bucket is None and not self._plausible(att.path, sites if len(sites) == len(att.path) else ()):
                 dropped += n
                 self.torn_paths[att.key] += n
                 continue
             kept[att] += n
         self.torn += dropped
         return kept, dropped
+
+
+def _split(read: Attribution | Read) -> tuple[Attribution, tuple[str, ...]]:
+    return (read.att, read.sites) if isinstance(read, Read) else (read, ())
+
+
+def _other_child_at_site(below: Counter[str | None] | None, child: str) -> bool:
+    """The exact reads saw this line at least :data:`MIN_SITE_READS` times, never calling
+    ``child`` from it."""
+    return below is not None and below.total() >= MIN_SITE_READS and child not in below
 
 
 def _count_classes(path: tuple[str, ...], n: int, seen: Counter[str], inner: Counter[str]) -> None:
