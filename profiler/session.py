@@ -217,6 +217,28 @@ class ProfilingSession:
             self.sampler.tick()  # a window that ended after the last tick: read now, do not guess
         return buf.energy_between(t0_ns, t1_ns, since_baseline=True)
 
+    def _store_final_tree(self, writer_done: bool) -> bool:
+        """Fold away the class rows of paths that the whole session's exact reads show torn (a
+        window let them through while its exact reads were few); say so in a note. True when
+        rows were replaced. Skipped, as the final split is, when not every row was written."""
+        if not writer_done:
+            return False
+        try:
+            old, new, notes = self.stack_sampler.final_tree()
+            if old:
+                self.store.replace_rows(self.session_id, old, new)
+        except StoreError as exc:
+            old, notes = [], [f"class paths found torn at the end are stored as the windows had them "
+                              f"(they could not be written: {exc.message})"]
+        except Exception as exc:  # noqa: BLE001 - the windows' rows stay; the session still ends
+            log.exception("the final check of the stored class paths failed")
+            old, notes = [], [f"the final check of the stored class paths failed: {exc}"]
+        for message in notes:
+            self.notes.append(message)  # the writer has stopped: the event goes straight to the store
+            with contextlib.suppress(StoreError):
+                self.store.add_event(self.session_id, EventRecord(time.monotonic_ns(), "note", message, {}))
+        return bool(old)
+
     def _store_final_split(self, writer_done: bool) -> bool:
         """Each window's backward and optimizer parts as the whole session's native reads split
         them (what the session's note says), in place of the split the window got when it closed.
@@ -295,10 +317,11 @@ class ProfilingSession:
             lost = loss_text(loss, self.start_ns)
             status, reason = "partial", (f"{reason}; {lost}" if reason else lost)
             self.status, self.end_reason = status, reason
-        final_split = False
+        final_rows = False  # the layer rows were re-written at the end (torn paths, the split)
         if self.stack_sampler is not None:
-            final_split = self._store_final_split(
-                loss is None and self.writer is not None and not self.writer.outlived_stop)
+            writer_done = loss is None and self.writer is not None and not self.writer.outlived_stop
+            final_tree = self._store_final_tree(writer_done)  # first: torn paths leave the split's pool
+            final_rows = self._store_final_split(writer_done) or final_tree
         session = {"id": self.session_id, "name": self.name, "status": status, "duration_s": duration_s,
                    "target_pid": self.target.pid if self.target else None,
                    "sources": [source_dict(s, covers_cpu=bool(getattr(getattr(s, "device", None), "covers_cpu", False)))
@@ -311,7 +334,7 @@ class ProfilingSession:
             series = self.store.series_data(self.session_id) if loss is not None else live
             steps = self.store.steps(self.session_id)
             layers = self.store.layer_costs(self.session_id)
-            if final_split:  # what the app's live view shows once the session ended
+            if final_rows:  # what the app's live view shows once the session ended
                 self.stored_layers = layers
             if steps or layers or loss is not None:
                 self.summary = summarize(session, series, steps, layers,

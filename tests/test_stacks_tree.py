@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from wattlens.profiler.stacks.parse import Attribution, SourceIndex, window_counts, window_reads
 from wattlens.profiler.stacks.sampler import StackSampler
 from wattlens.profiler.stacks.tree import TreeGuard
@@ -276,3 +278,76 @@ def test_a_line_with_few_exact_reads_or_a_trusted_path_is_not_judged_by_its_line
                      "Linear.forward (lin.py:9)").replace("m.py:21", "m.py:20")  # a real path, odd line
     kept, dropped = guard.filter(window_reads(EXACT * 8 + odd_line + "\n"))
     assert dropped == 0 and kept[Attribution(("Net", "Layer", "Output", "Linear"))] == 5 * 8 + 3
+
+
+def test_a_torn_read_let_through_early_is_folded_away_at_the_end(tmp_path):
+    """The first window's exact reads never saw the output block's dense line, so the torn GELU
+    passed and became rows; the next window's did. At the end the whole session's evidence
+    judges it again: its rows go, their time and energy to the output block (which held them
+    inclusively already), the window's totals unchanged, the store swaps just those rows, and
+    the backward's pool forgets the path."""
+    import time
+
+    from wattlens.profiler.store import Store
+
+    delivered: list[list] = []
+    sampler = StackSampler(MAIN_TID, on_window=delivered.append, energy_between=lambda a, b: 10.0,
+                           source_resolver=resolver)
+    torn_key = "Net/Layer/Output/GELU"
+    sampler._emit(EXACT * 8 + TORN_GELU + "\n", 0, 5_000_000_000, calibration_raw=EXACT.splitlines()[0] + "\n")
+    assert torn_key in {r.path for r in delivered[0]}  # let through: one exact read, elsewhere
+    assert sampler.final_tree() == ([], [])  # the session's evidence so far agrees
+    sampler._emit(EXACT * 8, 5_000_000_000, 10_000_000_000, calibration_raw=EXACT)
+    assert torn_key not in {r.path for r in delivered[1]}
+    old, new = sampler.final_tree()
+    assert sorted(r.path for r in old) == ["Net/Layer/Output", torn_key]
+    assert [r.path for r in new] == ["Net/Layer/Output"] and torn_key not in sampler.forward_time
+    before = {r.path: r for r in delivered[0]}
+    (output,) = new
+    assert output.self_time_s == pytest.approx(before["Net/Layer/Output"].self_time_s + before[torn_key].self_time_s)
+    assert output.self_energy_j == pytest.approx(before["Net/Layer/Output"].self_energy_j
+                                                 + before[torn_key].self_energy_j)
+    assert output.time_s == before["Net/Layer/Output"].time_s  # inclusive: it held them already
+    assert "1 class path(s)" in sampler.final_tree_note and torn_key in sampler.final_tree_note
+
+    store = Store(tmp_path / "s.db")
+    sid, _ = store.create_session(name="t", kind="attach", started_at=time.time(), start_ns=0)
+    store.write_batch(sid, [], layer_costs=[r for rows in delivered for r in rows])
+    store.replace_rows(sid, old, new)
+    after = store.layer_costs(sid)
+    store.close()
+    first = [r for r in after if r.window_start_ns == 0]
+    assert torn_key not in {r.path for r in after}
+    assert len(first) == len(delivered[0]) - 1 and len(after) == len(first) + len(delivered[1])
+    assert sum(r.self_time_s for r in first) == pytest.approx(sum(r.self_time_s for r in delivered[0]))
+    assert sum(r.self_energy_j for r in first) == pytest.approx(10.0)  # still the window's energy
+
+
+def test_folding_a_path_torn_from_its_root_and_keeping_one_with_a_read_that_fits():
+    """A path torn below the model's root gives its time to the window's largest root, whose
+    inclusive figures grow by it; a path one of whose kept reads still fits is kept."""
+    from wattlens.profiler.records import LayerCost
+    from wattlens.profiler.stacks.sampler import fold_torn
+
+    def lc(path, incl, self_s):
+        return LayerCost(0, 5, path, "class", "stack-sampling", incl, incl / 10, incl, self_s, self_s, n_samples=int(incl * 10))
+
+    rows = [lc("Net", 9.0, 1.0), lc("Net/Block", 8.0, 8.0), lc("Block", 0.5, 0.2), lc("Block/Linear", 0.3, 0.3),
+            lc("Aux", 0.5, 0.5)]
+    old, new = fold_torn(rows, {("Block",), ("Block", "Linear")})
+    assert sorted(r.path for r in old) == ["Block", "Block/Linear", "Net"]
+    (net,) = new
+    assert net.self_time_s == pytest.approx(1.5) and net.time_s == pytest.approx(9.5)
+    assert net.share == pytest.approx(0.95) and net.n_samples == 95 and net.energy_j == pytest.approx(9.5)
+    assert sum(r.self_time_s for r in rows) == pytest.approx(
+        sum(r.self_time_s for r in rows if r.path not in {o.path for o in old}) + net.self_time_s)
+    assert fold_torn(rows, set()) == ([], [])
+    assert fold_torn([lc("Block", 1.0, 1.0)], {("Block",)}) == ([], [])  # no root to fold into
+
+    guard = TreeGuard()
+    guard.learn_exact(window_reads(EXACT))
+    guard.kept_reads.update(window_reads(EXACT * 8 + TORN_GELU + "\n"))
+    assert guard.final_torn() == {("Net", "Layer", "Output", "GELU")}
+    # the same path read once more at a line the exact reads never saw: that read fits
+    guard.kept_reads.update(window_reads(TORN_GELU.replace("m.py:61", "m.py:62") + "\n"))
+    assert guard.final_torn() == set()

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.conftest import run_cli
+from wattlens.profiler.figures import AGENT_TIMING
 from wattlens.profiler.records import EventRecord, LayerCost, SamplePoint, SeriesSpec, StepRecord
 from wattlens.profiler.store import Store
 from wattlens.profiler.store.writer import StoreWriter
@@ -226,5 +227,28 @@ def test_a_final_split_replaces_only_its_rows(any_db):
     assert got == sorted([(0, "backward"), (0, "backward/SiluBackward0"), (0, "optimizer/_single_tensor_adam"),
                           (0, "optimizer/_single_tensor_adam/add_"), (0, "optimizer/_singleXtensor_adam/mul_"),
                           (0, "backwardish/Linear"), (9, "backward/MmBackward0")])
+    assert len(store.layer_costs(other)) == len(old)
+    store.close()
+
+
+def test_replace_rows_swaps_only_the_named_rows(any_db):
+    """The end-of-session fold of torn class paths (StackSampler.final_tree) on both backends:
+    the named rows of the given window, path and rank go and their replacements come; the agent's
+    row of the same path, another rank, another window and another session keep theirs."""
+    store = Store(any_db)
+    sid, _ = _session(store)
+    other, _ = _session(store, "other")
+
+    def lc(w, path, t, rank=None, method="stack-sampling"):
+        return LayerCost(BIG_NS + w, BIG_NS + w + 1, path, "class", method, t, 0.1, None, t, None, rank=rank)
+
+    old = [lc(0, "M/Out", 1.0), lc(0, "M/Out/GELU", 0.2), lc(0, "M/Out", 1.0, rank=1),
+           lc(0, "M/Out", 1.0, method=AGENT_TIMING), lc(9, "M/Out/GELU", 0.2)]
+    for s in (sid, other):
+        store.write_batch(s, [], layer_costs=old)
+    store.replace_rows(sid, [lc(0, "M/Out", 1.0), lc(0, "M/Out/GELU", 0.2)], [lc(0, "M/Out", 1.2)])
+    got = sorted((r.window_start_ns - BIG_NS, r.path, r.rank or 0, r.method, r.self_time_s) for r in store.layer_costs(sid))
+    assert got == sorted([(0, "M/Out", 0, "stack-sampling", 1.2), (0, "M/Out", 1, "stack-sampling", 1.0),
+                          (0, "M/Out", 0, AGENT_TIMING, 1.0), (9, "M/Out/GELU", 0, "stack-sampling", 0.2)])
     assert len(store.layer_costs(other)) == len(old)
     store.close()

@@ -200,13 +200,24 @@ class RankFollower:
 
     def final_split(self) -> tuple[list[LayerCost], list[LayerCost]]:
         """Every sampled process's :meth:`StackSampler.final_split`, together."""
-        parents: list[LayerCost] = []
-        rows: list[LayerCost] = []
+        return self._together(StackSampler.final_split)
+
+    def final_tree(self) -> tuple[list[LayerCost], list[LayerCost], list[str]]:
+        """Every sampled process's :meth:`StackSampler.final_tree`, together, and its notes."""
+        old, new = self._together(StackSampler.final_tree)
+        single = self._single_root()
+        return old, new, [("" if single else f"{worker.label()}: ") + s.final_tree_note
+                          for worker, s in self._list() if s.final_tree_note]
+
+    def _together(self, method: Callable[[StackSampler], tuple[list[LayerCost], list[LayerCost]]]
+                  ) -> tuple[list[LayerCost], list[LayerCost]]:
+        old: list[LayerCost] = []
+        new: list[LayerCost] = []
         for _worker, s in self._list():
-            p, r = s.final_split()
-            parents += p
-            rows += r
-        return parents, rows
+            o, n = method(s)
+            old += o
+            new += n
+        return old, new
 
     def backward_pooled(self) -> bool:
         """Did any sampled process pool native reads (a split to speak of)?"""

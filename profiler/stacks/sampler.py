@@ -282,6 +282,10 @@ class StackSampler:
         # each delivered window's rows that the native reads split (its backward bucket, its
         # optimizer parts), before the split: split again by the whole session's pool at the end
         self._split_parents: list[list[LayerCost]] = []
+        # each delivered window's class rows (non-blocking reads only): folded at the end where
+        # the whole session's evidence shows a path torn (final_tree)
+        self._class_rows: list[list[LayerCost]] = []
+        self.final_tree_note: str | None = None
         self.native_hold_until_ns = 0
         self.native_pooled_ns: int | None = None  # when the first native reads were pooled
         self._on_window = on_window
@@ -423,6 +427,39 @@ class StackSampler:
         windows = list(self._split_parents)
         return ([r for window in windows for r in window],
                 [r for window in windows for r in _split(window, pools)])
+
+    def final_tree(self) -> tuple[list[LayerCost], list[LayerCost]]:
+        """(the stored class rows to replace, their replacements): the rows of the class paths
+        that the whole session's evidence shows torn (:meth:`TreeGuard.final_torn`), folded into
+        their nearest ancestor that is not, after :meth:`stop` and before :meth:`final_split`
+        (those paths leave the backward's pool too). A window let a torn read through while its
+        exact reads were few; by the end there are hundreds. Nothing while the sampler's thread
+        still runs (a window could come after this)."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return [], []
+        torn = self.tree.final_torn()
+        if not torn:
+            return [], []
+        keys = {"/".join(p) for p in torn}
+        with self._lock:
+            for key in keys & set(self.forward_time):
+                del self.forward_time[key]
+        old: list[LayerCost] = []
+        new: list[LayerCost] = []
+        for rows in self._class_rows:
+            o, n = fold_torn(rows, torn)
+            old += o
+            new += n
+        folded = {r.path for r in old} & keys
+        if folded:
+            samples = sum(self.tree.kept_reads[r] for r in self.tree.kept_reads if r.att.path in torn)
+            self.final_tree_note = (
+                f"{len(folded)} class path(s) that the whole session's exact reads show torn "
+                f"({samples} sample(s), let through while those reads were few) were folded into "
+                f"the nearest module above them: {', '.join(sorted(folded)[:5])}"
+                + (" …" if len(folded) > 5 else ""))
+        return old, new
 
     def _pools(self) -> _Pools:
         """A copy of the pooled native reads and forward times (the native thread adds to them)."""
@@ -760,6 +797,8 @@ class StackSampler:
         parents = [r for r in rows if _splittable(r)]
         if parents:
             self._split_parents.append(parents)
+        if self.nonblocking:
+            self._class_rows.append([r for r in rows if r.granularity == "class"])
         rows = _split(rows, pools)
         self.windows += 1
         try:
@@ -791,6 +830,46 @@ def _split(rows: list[LayerCost], pools: _Pools) -> list[LayerCost]:
     """A window's rows with its backward and optimizer parts split by the pooled native reads."""
     return split_optimizer(backward_map.split_backward(rows, pools.backward, pools.forward, pools.forward_time),
                            pools.optimizer)
+
+
+def fold_torn(rows: list[LayerCost], torn: set[tuple[str, ...]]) -> tuple[list[LayerCost], list[LayerCost]]:
+    """(a window's class rows to replace, their replacements): each row of a torn path goes, its
+    self time and energy to its nearest ancestor that is not torn (whose inclusive figures
+    already hold them); a path torn from its root gives them to the window's largest other root,
+    inclusive figures too. The window's totals do not change. Nothing when no row is torn, or
+    when every root is (nowhere to fold to)."""
+    by_path = {tuple(r.path.split("/")): r for r in rows}
+    gone = [p for p in by_path if p in torn]
+    roots = [p for p in by_path if len(p) == 1 and p not in torn]
+    if not gone or not roots:
+        return [], []
+    largest_root = max(roots, key=lambda p: (by_path[p].time_s, p))
+    grow: dict[tuple[str, ...], list[LayerCost]] = {}
+    for p in gone:
+        to = p[:-1]
+        while to and to in torn:
+            to = to[:-1]
+        grow.setdefault(to or largest_root, []).append(by_path[p])
+    new = []
+    for to, moved in grow.items():
+        r = by_path[to]
+        self_s = sum(m.self_time_s or 0.0 for m in moved)
+        self_j = [m.self_energy_j for m in moved if m.self_energy_j is not None]
+        r2 = dataclasses.replace(
+            r, self_time_s=(r.self_time_s or 0.0) + self_s,
+            self_energy_j=r.self_energy_j + sum(self_j) if r.self_energy_j is not None else None)
+        if len(to) == 1 and any(len(m_path) == 1 for m_path in
+                                (tuple(m.path.split("/")) for m in moved)):
+            # another root's samples: this root's inclusive figures grow by them too
+            extra = [m for m in moved if len(m.path.split("/")) == 1]
+            r2 = dataclasses.replace(
+                r2, time_s=r2.time_s + sum(m.time_s for m in extra),
+                share=r2.share + sum(m.share for m in extra),
+                n_samples=(r2.n_samples or 0) + sum(m.n_samples or 0 for m in extra),
+                energy_j=(r2.energy_j + sum(m.energy_j or 0.0 for m in extra)
+                          if r2.energy_j is not None else None))
+        new.append(r2)
+    return [by_path[p] for p in gone] + [by_path[to] for to in grow], new
 
 
 def _splittable(row: LayerCost) -> bool:

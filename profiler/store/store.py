@@ -565,6 +565,22 @@ class Store:
             if rows:
                 c.execute(insert(m.LayerCostRow), [_layer_dict(session_id, lc) for lc in rows])
 
+    def replace_rows(self, session_id: int, old: Sequence[LayerCost], new: Sequence[LayerCost]) -> None:
+        """Replace, in one transaction, the stored rows that ``old`` names (by window, path,
+        granularity and rank; the agent's never) by ``new``: a window's class rows with the torn
+        paths folded away (``StackSampler.final_tree``)."""
+        t = m.LayerCostRow.__table__
+        keys = sorted({(r.window_start_ns, r.path, r.granularity, r.rank) for r in old},
+                      key=lambda k: (k[0], k[1], k[2], -1 if k[3] is None else k[3]))
+        with self._begin() as c:
+            for w, path, gran, rank in keys:
+                c.execute(delete(t).where(
+                    t.c.session_id == session_id, t.c.window_start_ns == w, t.c.path == path,
+                    t.c.granularity == gran, t.c.rank.is_(None) if rank is None else t.c.rank == rank,
+                    t.c.method != AGENT_TIMING))
+            if new:
+                c.execute(insert(m.LayerCostRow), [_layer_dict(session_id, lc) for lc in new])
+
     def add_event(self, session_id: int, ev: EventRecord) -> None:
         self.write_batch(session_id, (), events=[ev])
 
