@@ -858,10 +858,8 @@ def fold_torn(rows: list[LayerCost], torn: set[tuple[str, ...]]) -> tuple[list[L
         r2 = dataclasses.replace(
             r, self_time_s=(r.self_time_s or 0.0) + self_s,
             self_energy_j=r.self_energy_j + sum(self_j) if r.self_energy_j is not None else None)
-        if len(to) == 1 and any(len(m_path) == 1 for m_path in
-                                (tuple(m.path.split("/")) for m in moved)):
-            # another root's samples: this root's inclusive figures grow by them too
-            extra = [m for m in moved if len(m.path.split("/")) == 1]
+        extra = [m for m in moved if "/" not in m.path]  # another root: its inclusive figures too
+        if extra:
             r2 = dataclasses.replace(
                 r2, time_s=r2.time_s + sum(m.time_s for m in extra),
                 share=r2.share + sum(m.share for m in extra),
