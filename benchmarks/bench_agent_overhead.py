@@ -12,6 +12,8 @@ per-instance times agree with torch.profiler.
     python benchmarks/bench_agent_overhead.py   → benchmarks/results/agent.md
     python benchmarks/bench_agent_overhead.py --floor [--baseline REV]
                                                          → benchmarks/results/agent_floor.md
+    python benchmarks/bench_agent_overhead.py --wrapper-ab REV
+                                                         → benchmarks/results/agent_wrapper_ab.md
     python benchmarks/bench_agent_overhead.py --main-path
                                                          → benchmarks/results/agent_main_path.md
 """
@@ -782,6 +784,114 @@ def bench_agreement(dims, rounds: int = 4, iters: int = 10) -> list[tuple[str, .
             for path in paths.values() if path in alone_a and path in alone_p and path in both_p]
 
 
+def bench_wrapper_ab(dims, rev: str, reps: int = 1000, seed: int = 1) -> dict:
+    """The tracker now against the tracker at git ``rev``, switched every forward.
+
+    ``bench_floor`` switches every 4 forwards and its per-round ratios carry about ±1 % of
+    noise: too coarse for a change worth 20 µs per forward. Here every state gets one forward
+    at a time, in a new random order each repetition, so load bursts hit all states alike; the
+    figure per state is this thread's CPU time of 2 forwards, after 1 unmeasured forward that
+    absorbs what a switch costs (assigning ``nn.Module.__call__`` invalidates the type caches
+    of every Module class, and the first forward after it pays for refilling them: a cost of
+    the benchmark, not of a run). Reported per state: the mean over repetitions of the paired
+    difference to "off" in the same repetition (10 % trimmed each side), with its standard
+    error. The trackers stay switched on throughout; the "target process" ones have windows
+    ``len(states)`` times the default 100 ms, so each closes over about as many of its own
+    forwards as in a real run.
+    """
+    import math
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from wattlens.profiler.agent.protocol import encode
+    from wattlens.profiler.agent.tracker import Tracker
+
+    torch.set_num_threads(1)
+    L, E, H, B, T, V = dims
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
+                                       n_positions=128)).eval()
+    x = torch.randint(0, V, (B, T))
+    module_cls = torch.nn.Module
+    orig = module_cls.__call__
+    before_cls = baseline_tracker(rev)
+    names = ["off", "off (A/A)", f"wrapper only, {rev}", "wrapper only, now",
+             f"target process, {rev}", "target process, now"]
+    window_ns = 100_000_000 * len(names)
+    wrappers: dict[str, object] = {"off": orig, "off (A/A)": orig}
+    for name in names[2:]:
+        cls = Tracker if name.endswith("now") else before_cls
+        if name.startswith("wrapper"):
+            tracker = cls(torch, lambda m: None, _raise, count_flops="off", window_ns=10**18)
+            tracker.watch(torch.nn.Linear(1, 1))  # another main model: GPT-2 makes no steps
+        else:
+            tracker = cls(torch, encode, _raise, count_flops="off", window_ns=window_ns)
+        tracker.install()
+        wrappers[name] = module_cls.__call__
+        module_cls.__call__ = orig  # the tracker stays on; its wrapper is assigned per forward
+    rng = random.Random(seed)
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    try:
+        with torch.no_grad():
+            for name in names:
+                module_cls.__call__ = wrappers[name]
+                for _ in range(3):  # names the modules, opens the first window
+                    model(x)
+            for _ in range(reps):
+                for name in rng.sample(names, len(names)):
+                    module_cls.__call__ = wrappers[name]
+                    model(x)
+                    c0 = time.thread_time_ns()
+                    model(x)
+                    model(x)
+                    cpu[name].append((time.thread_time_ns() - c0) / 2e3)
+    finally:
+        module_cls.__call__ = orig
+
+    def trimmed_mean_se(values: list[float]) -> tuple[float, float]:
+        v = sorted(values)
+        k = len(v) // 10
+        v = v[k:len(v) - k]
+        return statistics.fmean(v), statistics.pstdev(v) / math.sqrt(len(v))
+
+    off = cpu["off"]
+    added = {n: trimmed_mean_se([a - b for a, b in zip(cpu[n], off, strict=True)])
+             for n in names}
+    change = {kind: trimmed_mean_se([a - b for a, b in zip(
+        cpu[f"{kind}, now"], cpu[f"{kind}, {rev}"], strict=True)])
+        for kind in ("wrapper only", "target process")}
+    return {"names": names, "added_us": added, "change_us": change, "reps": reps,
+            "off_us": statistics.median(off), "rev": rev}
+
+
+def main_wrapper_ab() -> None:
+    """``--wrapper-ab REV``: the tracker now against git REV, switched every forward (~3 min)."""
+    argv = sys.argv[1:]
+    rev = argv[argv.index("--wrapper-ab") + 1]
+    tiny = list(MODELS)[-1]
+    load_before = os.getloadavg()[0]
+    r = bench_wrapper_ab(MODELS[tiny][0], rev)
+    off = r["off_us"]
+    lines = [f"**{tiny}**: {off / 1e3:.2f} ms CPU per forward without the agent (median); "
+             f"{r['reps']} repetitions of one forward per state.", "",
+             "| state | added CPU per forward (µs, paired with off, trimmed mean ± SE) | "
+             "as % of off |", "|---|---:|---:|"]
+    for name in r["names"][1:]:
+        mean, se = r["added_us"][name]
+        lines.append(f"| {name} | {mean:+.1f} ± {se:.1f} | {100 * mean / off:+.2f} % |")
+    lines.append("")
+    for kind, (mean, se) in r["change_us"].items():
+        lines.append(f"- {kind}: now − {rev}, paired per repetition: {mean:+.1f} ± {se:.1f} µs "
+                     f"per forward ({100 * mean / off:+.2f} % of off).")
+    lines += ["", "Method: `bench_wrapper_ab` in benchmarks/bench_agent_overhead.py. Load "
+              f"average (1 min) at start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+              "on 2 cores."]
+    path = write_section("agent_wrapper_ab", f"Agent wrapper: now against {rev}, switched "
+                         "every forward (issue 14, run mode)", "\n".join(lines))
+    print(path.read_text())
+
+
 def _raise(exc: BaseException) -> None:
     raise exc
 
@@ -861,6 +971,8 @@ if __name__ == "__main__":
     t0 = time.time()
     if "--floor" in sys.argv[1:]:
         main_floor()
+    elif "--wrapper-ab" in sys.argv[1:]:
+        main_wrapper_ab()
     elif "--main-path" in sys.argv[1:]:
         main_path()
     else:

@@ -256,6 +256,52 @@ def test_a_compiled_module_and_a_jit_trace_keep_torchs_path():
     assert failures == []
 
 
+def test_a_traced_function_takes_torchs_path_and_traced_calls_are_not_timed():
+    """torch.jit.trace of a function (not a module) that calls a module: the tracer's
+    ``_slow_forward`` runs (scope names in the graph), and the calls made while tracing are
+    neither timed nor steps (tracing is not a real forward)."""
+    tracker, sink, failures = _installed()
+    model = torch.nn.Sequential(_Probe()).requires_grad_(False)  # a function's constants
+    try:
+        with torch.no_grad():
+            _warm(model, torch.ones(1, 4))
+            probe = model[0]
+            probe.callers.clear()
+            traced = torch.jit.trace(lambda x: model(x) * 2.0, torch.ones(1, 4), check_trace=False)
+            assert probe.callers == ["_slow_forward"]
+            assert torch.allclose(traced(torch.ones(1, 4)), model(torch.ones(1, 4)) * 2.0)
+        tracker.finish()
+    finally:
+        tracker.uninstall()
+    assert failures == []
+    assert [s["step"] for s in sink.steps()] == [0, 1, 2]  # the two warm calls and the last one
+    assert sum(r["calls"] for r in sink.rows("0") if r["phase"] == "forward") == 3
+
+
+def test_a_module_without_torchs_hook_dicts_fails_as_it_does_without_the_agent():
+    """The direct path reads a module's hook dicts from its ``__dict__``; one that lacks them
+    (deleted, or never set up) goes through torch's own path and gets torch's own error."""
+    def broken() -> torch.nn.Sequential:
+        model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        del model[0]._forward_hooks
+        return model
+
+    with pytest.raises(AttributeError) as without:
+        broken()(torch.ones(1, 2))
+    tracker, sink, failures = _installed()
+    try:
+        model = broken()
+        with torch.no_grad():
+            model[0]._forward_hooks = {}
+            _warm(model, torch.ones(1, 2))  # named while whole: the next call is on the fast path
+            del model[0]._forward_hooks
+            with pytest.raises(AttributeError) as under:
+                model(torch.ones(1, 2))
+    finally:
+        tracker.uninstall()
+    assert failures == [] and str(under.value) == str(without.value)
+
+
 def test_a_class_with_its_own_call_impl_keeps_it():
     class Custom(torch.nn.Linear):
         def _call_impl(self, *args, **kwargs):
