@@ -12,7 +12,7 @@ per-instance times agree with torch.profiler.
     python benchmarks/bench_agent_overhead.py   → benchmarks/results/agent.md
     python benchmarks/bench_agent_overhead.py --floor [--baseline REV]
                                                          → benchmarks/results/agent_floor.md
-    python benchmarks/bench_agent_overhead.py --wrapper-ab REV
+    python benchmarks/bench_agent_overhead.py --wrapper-ab REV [--processes N] [--reps R]
                                                          → benchmarks/results/agent_wrapper_ab.md
     python benchmarks/bench_agent_overhead.py --main-path
                                                          → benchmarks/results/agent_main_path.md
@@ -784,7 +784,7 @@ def bench_agreement(dims, rounds: int = 4, iters: int = 10) -> list[tuple[str, .
             for path in paths.values() if path in alone_a and path in alone_p and path in both_p]
 
 
-def bench_wrapper_ab(dims, rev: str, reps: int = 1000, seed: int = 1) -> dict:
+def bench_wrapper_ab(dims, rev: str, reps: int = 1000, seed: int = 1, warm: int = 1) -> dict:
     """The tracker now against the tracker at git ``rev``, switched every forward.
 
     ``bench_floor`` switches every 4 forwards and its per-round ratios carry about ±1 % of
@@ -797,7 +797,8 @@ def bench_wrapper_ab(dims, rev: str, reps: int = 1000, seed: int = 1) -> dict:
     difference to "off" in the same repetition (10 % trimmed each side), with its standard
     error. The trackers stay switched on throughout; the "target process" ones have windows
     ``len(states)`` times the default 100 ms, so each closes over about as many of its own
-    forwards as in a real run.
+    forwards as in a real run. ``warm=0`` measures the 2 forwards right after the switch
+    instead (what the switch itself costs shows as the difference).
     """
     import math
 
@@ -841,7 +842,8 @@ def bench_wrapper_ab(dims, rev: str, reps: int = 1000, seed: int = 1) -> dict:
             for _ in range(reps):
                 for name in rng.sample(names, len(names)):
                     module_cls.__call__ = wrappers[name]
-                    model(x)
+                    for _ in range(warm):
+                        model(x)
                     c0 = time.thread_time_ns()
                     model(x)
                     model(x)
@@ -866,24 +868,66 @@ def bench_wrapper_ab(dims, rev: str, reps: int = 1000, seed: int = 1) -> dict:
 
 
 def main_wrapper_ab() -> None:
-    """``--wrapper-ab REV``: the tracker now against git REV, switched every forward (~3 min)."""
+    """``--wrapper-ab REV [--processes N] [--reps R]``: the tracker now against git REV,
+    switched every forward, in N fresh processes (default 5 x 600 repetitions, ~4 min).
+
+    One process's figures carry a bias of their own, larger than their standard error: where
+    its objects landed in memory and its string-hash seed decide which of the tracker's data
+    share cache sets (two processes of the same code read the target process 24 µs apart).
+    So each process is one measurement, and the figures are the mean over processes with the
+    standard error from their spread."""
+    import json
+    import math
+
     argv = sys.argv[1:]
     rev = argv[argv.index("--wrapper-ab") + 1]
     tiny = list(MODELS)[-1]
+    if "--one" in argv:  # a child: one process's measurement, as JSON on the last line
+        reps = int(argv[argv.index("--reps") + 1])
+        r = bench_wrapper_ab(MODELS[tiny][0], rev, reps=reps)
+        print(json.dumps({**r, "added_us": {k: v[0] for k, v in r["added_us"].items()},
+                          "change_us": {k: v[0] for k, v in r["change_us"].items()}}))
+        return
+    n_proc = int(argv[argv.index("--processes") + 1]) if "--processes" in argv else 5
+    reps = int(argv[argv.index("--reps") + 1]) if "--reps" in argv else 600
     load_before = os.getloadavg()[0]
-    r = bench_wrapper_ab(MODELS[tiny][0], rev)
-    off = r["off_us"]
-    lines = [f"**{tiny}**: {off / 1e3:.2f} ms CPU per forward without the agent (median); "
-             f"{r['reps']} repetitions of one forward per state.", "",
-             "| state | added CPU per forward (µs, paired with off, trimmed mean ± SE) | "
-             "as % of off |", "|---|---:|---:|"]
-    for name in r["names"][1:]:
-        mean, se = r["added_us"][name]
-        lines.append(f"| {name} | {mean:+.1f} ± {se:.1f} | {100 * mean / off:+.2f} % |")
+    runs = []
+    for _ in range(n_proc):
+        done = subprocess.run([sys.executable, __file__, "--wrapper-ab", rev, "--one",
+                               "--reps", str(reps)], capture_output=True, text=True, check=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    names = runs[0]["names"]
+
+    def pct(key: str, table: str = "added_us") -> list[float]:
+        return [100 * r[table][key] / r["off_us"] for r in runs]
+
+    def mean_se(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+    off_ms = statistics.median(r["off_us"] for r in runs) / 1e3
+    lines = [f"**{tiny}**: {off_ms:.2f} ms CPU per forward without the agent (median of the "
+             f"processes); {n_proc} fresh processes x {reps} repetitions of one forward per "
+             "state.", "",
+             "| state | added CPU per forward, % of off: mean over processes ± SE | "
+             "each process |", "|---|---:|---|"]
+    for name in names[1:]:
+        m, se = mean_se(pct(name))
+        lines.append(f"| {name} | {m:+.2f} % ± {se:.2f} | "
+                     f"{', '.join(f'{v:+.2f}' for v in pct(name))} |")
     lines.append("")
-    for kind, (mean, se) in r["change_us"].items():
-        lines.append(f"- {kind}: now − {rev}, paired per repetition: {mean:+.1f} ± {se:.1f} µs "
-                     f"per forward ({100 * mean / off:+.2f} % of off).")
+    for kind in runs[0]["change_us"]:
+        m, se = mean_se(pct(kind, "change_us"))
+        lines.append(f"- {kind}: now − {rev}, paired per repetition in each process: "
+                     f"{m:+.2f} % ± {se:.2f} of off (each process: "
+                     f"{', '.join(f'{v:+.2f}' for v in pct(kind, 'change_us'))}).")
+    m, se = mean_se(pct("target process, now"))
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36}.get(n_proc, 2.26)
+    hi = m + t * se
+    lines += ["", f"Goal (issue 14): run mode ≤ 5 % on the {tiny}. The target process (model "
+              f"thread + its writer thread's encoding) now: {m:+.2f} %, 95 % CI (t, "
+              f"{n_proc - 1} df) {m - t * se:+.2f} … {hi:+.2f} % — ≤ 5 % "
+              f"{'shown' if hi <= 5 else 'NOT shown'} by this method (agent_floor.md has the "
+              "coarser one, which switches every 4 forwards)."]
     lines += ["", "Method: `bench_wrapper_ab` in benchmarks/bench_agent_overhead.py. Load "
               f"average (1 min) at start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
               "on 2 cores."]
