@@ -258,8 +258,8 @@ def test_a_compiled_module_and_a_jit_trace_keep_torchs_path():
 
 def test_a_traced_function_takes_torchs_path_and_traced_calls_are_not_timed():
     """torch.jit.trace of a function (not a module) that calls a module: the tracer's
-    ``_slow_forward`` runs (scope names in the graph), and the calls made while tracing are
-    neither timed nor steps (tracing is not a real forward)."""
+    ``_slow_forward`` runs, and the calls made while tracing are neither timed nor steps
+    (tracing is not a real forward)."""
     tracker, sink, failures = _installed()
     model = torch.nn.Sequential(_Probe()).requires_grad_(False)  # a function's constants
     try:
@@ -276,6 +276,74 @@ def test_a_traced_function_takes_torchs_path_and_traced_calls_are_not_timed():
     assert failures == []
     assert [s["step"] for s in sink.steps()] == [0, 1, 2]  # the two warm calls and the last one
     assert sum(r["calls"] for r in sink.rows("0") if r["phase"] == "forward") == 3
+
+
+class _TracesItsChild(torch.nn.Module):
+    """Traces its submodule inside its own forward (the thread's call stack is not empty)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sub = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+        self.graph_scopes: list[str] = []
+
+    def forward(self, x):
+        traced = torch.jit.trace(self.sub, x, check_trace=False)
+        self.graph_scopes = [line.split("scope: ")[1].strip()
+                             for line in str(traced.inlined_graph).splitlines()
+                             if "scope: " in line]
+        return self.sub(x)
+
+
+def _scopes_traced_inside_a_forward() -> list[str]:
+    model = torch.nn.Sequential(_TracesItsChild())
+    with torch.no_grad():
+        model(torch.ones(1, 4))
+        model(torch.ones(1, 4))  # the second time every module is named: the fast path
+    return model[0].graph_scopes
+
+
+def test_a_trace_started_inside_a_forward_records_the_same_scopes_as_without_the_agent():
+    without = _scopes_traced_inside_a_forward()
+    tracker, sink, failures = _installed()
+    try:
+        under = _scopes_traced_inside_a_forward()
+        tracker.finish()
+    finally:
+        tracker.uninstall()
+    assert failures == []
+    assert without and under == without  # torch's _slow_forward ran for the traced module
+
+
+@pytest.mark.parametrize("call_path", ["wrap", "hooks"])
+def test_a_frame_left_by_an_uninstall_mid_forward_does_not_hide_a_later_trace(call_path):
+    """A forward that switches the agent off leaves its callers' frames behind (their exits
+    are skipped); installing again starts clean, so a trace from the top is still seen as one:
+    torch's path, untimed, on both call paths."""
+    sink, failures = Sink(), []
+    tracker = Tracker(torch, sink, failures.append, window_ns=10**15, count_flops="off",
+                      call_path=call_path)
+
+    class SwitchesOff(torch.nn.Module):
+        def forward(self, x):
+            tracker.uninstall()
+            return x
+
+    tracker.install()
+    try:
+        with torch.no_grad():
+            torch.nn.Sequential(SwitchesOff())(torch.ones(1, 4))
+        tracker.install()
+        model = torch.nn.Sequential(_Probe()).requires_grad_(False)
+        with torch.no_grad():
+            _warm(model, torch.ones(1, 4))
+            model[0].callers.clear()
+            torch.jit.trace(model, torch.ones(1, 4), check_trace=False)
+        assert model[0].callers == ["_slow_forward"]
+        tracker.finish()
+    finally:
+        tracker.uninstall()
+    assert failures == []
+    assert sum(r["calls"] for r in sink.rows("0") if r["phase"] == "forward") == 2  # the warm ones
 
 
 def test_a_module_without_torchs_hook_dicts_fails_as_it_does_without_the_agent():

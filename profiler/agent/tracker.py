@@ -90,6 +90,8 @@ class Tracker:
         self._handles: list[Any] = []
         self._tls = threading.local()
         self._is_compiling = _compiling_probe(torch)
+        self._tracing = getattr(getattr(torch, "_C", None), "_get_tracing_state", None) or (
+            lambda: None)
         self._dynamo_loaded = "torch._dynamo" in sys.modules
         self._seq = getattr(getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
 
@@ -163,6 +165,9 @@ class Tracker:
     def install(self) -> None:
         mm = self.torch.nn.modules.module
         self._on = True
+        # Frames left by calls that never came back through us (an uninstall during a forward)
+        # would hide a thread's outermost call, where a torch.jit.trace is looked for.
+        self._tls = threading.local()
         if self._call_path == "wrap":
             self._handles.append(_CallWrapper(mm.Module, self))
         else:
@@ -212,6 +217,8 @@ class Tracker:
             return None
         if self._dynamo_loaded and self._is_compiling():
             return None  # being traced by torch.compile: stay out of its graph
+        if not getattr(self._tls, "stack", None) and self._tracing() is not None:
+            return None  # a torch.jit.trace from outside any module call: untimed, as the wrapper
         self._enter(module, args)
         return None
 
@@ -1035,9 +1042,11 @@ class _CallWrapper:
     ``torch._C._get_tracing_state()`` (a pybind11 call, ~0.5 us) is asked only at a thread's
     outermost module call: a ``torch.jit.trace`` (or ONNX export) started there runs wholly on
     torch's path, untimed. Together about 20-30 us per forward of the tiny GPT-2 (its 31 calls).
-    The one case they do not cover: a trace started *inside* a module's forward runs the traced
-    modules' ``forward`` rather than torch's ``_slow_forward``, which records the same ops
-    without the module scope names in the graph.
+    A trace started *inside* a module's forward is told per call, cheaply, by
+    ``torch.jit._trace._trace_module_map`` (a module attribute): it is set while a module is
+    traced, and only then does torch's ``_slow_forward`` differ from ``forward`` (it records the
+    module's scope). That map is global, so another thread's trace sends this thread's calls
+    through torch's path meanwhile: slower, the same result.
     """
 
     def __init__(self, module_cls: Any, tracker: Tracker) -> None:
@@ -1047,8 +1056,8 @@ class _CallWrapper:
         infos_get = tracker._infos.get
         tls = tracker._tls
         perf_ns = _perf_ns
-        call_impl, wrapped, tracing, (g_fpre, g_fpost, g_bpre, g_bpost) = _direct_forward_probes(
-            tracker.torch, module_cls, orig)
+        call_impl, wrapped, tracing, trace_mod, (g_fpre, g_fpost, g_bpre, g_bpost) = (
+            _direct_forward_probes(tracker.torch, module_cls, orig))
 
         # The first parameter must be named ``self``: torch.profiler's stack recorder
         # (with_stack=True) takes any frame of nn.Module.__call__ for torch's own and reads its
@@ -1092,6 +1101,7 @@ class _CallWrapper:
                         except KeyError:  # not a Module torch set up: torch's path says why
                             hooked = True
                         if (not hooked and not (g_fpre or g_fpost or g_bpre or g_bpost)
+                                and trace_mod._trace_module_map is None
                                 and cls._call_impl is call_impl and cls._wrapped_call_impl is wrapped
                                 and d.get("_compiled_call_impl", cls._compiled_call_impl) is None):
                             out = self.forward(*args, **kwargs)
@@ -1131,7 +1141,7 @@ class _CallWrapper:
 
 
 def _direct_forward_probes(torch: Any, module_cls: Any, orig: Any
-                           ) -> tuple[Any, Any, Callable[[], Any], tuple[dict, ...]]:
+                           ) -> tuple[Any, Any, Callable[[], Any], Any, tuple[dict, ...]]:
     """What the wrapper needs to take torch's no-hook path itself: ``module.forward(...)``.
 
     torch's ``Module.__call__`` (``_wrapped_call_impl``) calls ``_call_impl``, which calls
@@ -1142,8 +1152,10 @@ def _direct_forward_probes(torch: Any, module_cls: Any, orig: Any
 
     Returns (torch's ``_call_impl`` and ``_wrapped_call_impl``: a module's class must still have
     both, looked up at each call as torch does, or the call goes through them; ``tracing()``,
-    None when no trace runs; torch's four global forward/backward hook dicts, which torch changes
-    in place and never rebinds). Where any of this cannot be found (another torch), or the
+    None when no trace runs; ``torch.jit._trace``, whose ``_trace_module_map`` is set while a
+    module is being traced (the only case in which torch's ``_slow_forward`` does more than call
+    ``forward``: it records the module's scope name); torch's four global forward/backward hook
+    dicts, which torch changes in place and never rebinds). Where any of this cannot be found (another torch), or the
     ``__call__`` being wrapped is not torch's own (somebody else's patch), the first two are
     sentinels no class has and every call goes through the original ``__call__``.
     """
@@ -1154,10 +1166,21 @@ def _direct_forward_probes(torch: Any, module_cls: Any, orig: Any
         "_global_forward_pre_hooks", "_global_forward_hooks",
         "_global_backward_pre_hooks", "_global_backward_hooks")]
     tracing = getattr(getattr(torch, "_C", None), "_get_tracing_state", None)
+    trace_mod = sys.modules.get("torch.jit._trace")
     if (wrapped is None or orig is not wrapped or call_impl is None or tracing is None
+            or not hasattr(trace_mod, "_trace_module_map")
             or not all(isinstance(d, dict) for d in dicts)):
-        return object(), object(), (lambda: None), ({}, {}, {}, {})
-    return call_impl, wrapped, tracing, tuple(dicts)
+        return object(), object(), (lambda: None), _NO_TRACE_MAP, ({}, {}, {}, {})
+    return call_impl, wrapped, tracing, trace_mod, tuple(dicts)
+
+
+class _NoTraceMap:
+    """Stands in for torch.jit._trace where it cannot be found: a map always set, so every
+    call takes torch's own path (the probes' sentinels send them there anyway)."""
+    _trace_module_map: dict = {}
+
+
+_NO_TRACE_MAP = _NoTraceMap()
 
 
 def _compiling_probe(torch: Any) -> Callable[[], bool]:
