@@ -128,6 +128,21 @@ def bench_throughput(dims, seconds: float, rounds: int = 6) -> dict:
             "wall_ratio": statistics.median(wall), "cpu_ratio": statistics.median(cpu), **counts}
 
 
+def gpt2_model(dims) -> tuple:
+    """(model, input) of the GPT-2-style CPU workload these benchmarks time in-process: one
+    intra-op thread, seeded weights and token ids, eval mode. ``dims``: a MODELS entry's
+    (n_layer, n_embd, n_head, batch, seq, vocab)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.set_num_threads(1)
+    L, E, H, B, T, V = dims
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
+                                       n_positions=128)).eval()
+    return model, torch.randint(0, V, (B, T))
+
+
 def bench_inprocess(dims, forwards: int, rounds: int, call_paths=("wrap",)) -> dict:
     """The agent's whole CPU chain, alternated on/off in this process, model thread CPU time.
 
@@ -138,19 +153,13 @@ def bench_inprocess(dims, forwards: int, rounds: int, call_paths=("wrap",)) -> d
     change wall-clock rounds by tens of percent, but hardly the CPU a fixed piece of work takes.
     """
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     from wattlens.profiler.agent.protocol import AGENT_MESSAGES, decode, encode, validate
     from wattlens.profiler.agent.tracker import Tracker
     from wattlens.profiler.agentlink import layer_costs
     from wattlens.profiler.records import StepRecord
 
-    torch.set_num_threads(1)
-    L, E, H, B, T, V = dims
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
-                                       n_positions=128)).eval()
-    x = torch.randint(0, V, (B, T))
+    model, x = gpt2_model(dims)
     counts = {"windows": 0, "rows": 0}
 
     def emit(msg: dict) -> None:  # agent writer thread + AgentServer, inline
@@ -248,9 +257,7 @@ def bench_percall(tiny_dims, rounds: int = 20, leaves: int = 200,
                     trackers[state].uninstall()
     med = {k: statistics.median(v) for k, v in us.items()}
     # calls per forward of the tiny model (every module call goes through __call__)
-    L, E, H, B, T, V = tiny_dims
-    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
-                                       n_positions=128)).eval()
+    model, x = gpt2_model(tiny_dims)
     calls = [0]
     orig = torch.nn.Module.__call__
 
@@ -261,7 +268,7 @@ def bench_percall(tiny_dims, rounds: int = 20, leaves: int = 200,
     torch.nn.Module.__call__ = counting
     try:
         with torch.no_grad():
-            model(torch.randint(0, V, (B, T)))
+            model(x)
     finally:
         torch.nn.Module.__call__ = orig
     diffs = {k: [a - b for a, b in zip(v, us["off"], strict=True)] for k, v in us.items()}
@@ -307,16 +314,11 @@ def count_agent_calls(dims, tracker_cls=None, forwards: int = 64, per_window: in
     every ``per_window`` forwards), counted with ``sys.setprofile``: a count of work that the
     machine's load does not change, to set beside the CPU ratios."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     if tracker_cls is None:
         from wattlens.profiler.agent.tracker import Tracker as tracker_cls
     source = sys.modules[tracker_cls.__module__].__file__
-    L, E, H, B, T, V = dims
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
-                                       n_positions=128)).eval()
-    x = torch.randint(0, V, (B, T))
+    model, x = gpt2_model(dims)
     tracker = tracker_cls(torch, lambda m: None, _raise, count_flops="off", window_ns=10**18)
     calls: dict[str, int] = {}
 
@@ -365,19 +367,13 @@ def bench_floor(dims, rounds: int, window_cpu_s: float = 0.1, per_switch: int = 
     import queue
 
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     from wattlens.profiler.agent.protocol import AGENT_MESSAGES, decode, encode, validate
     from wattlens.profiler.agent.tracker import Tracker
     from wattlens.profiler.agentlink import layer_costs
     from wattlens.profiler.records import StepRecord
 
-    torch.set_num_threads(1)
-    L, E, H, B, T, V = dims
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
-                                       n_positions=128)).eval()
-    x = torch.randint(0, V, (B, T))
+    model, x = gpt2_model(dims)
     counts = {"windows": 0, "rows": 0, "messages": 0}
     sent: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -644,17 +640,11 @@ def main_path(forwards: int = 600) -> None:
     import queue
 
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     from wattlens.profiler.agent import tracker as tracker_mod
 
     tiny = [n for n in MODELS if n.startswith("tiny")][0]
-    L, E, H, B, T, V = MODELS[tiny][0]
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
-                                       n_positions=128)).eval()
-    x = torch.randint(0, V, (B, T))
+    model, x = gpt2_model(MODELS[tiny][0])
     spent: dict[str, int] = {}
     calls: dict[str, int] = {}
     originals = {name: getattr(tracker_mod.Tracker, name) for name in MAIN_PATH_METHODS}
@@ -716,16 +706,10 @@ def bench_agreement(dims, rounds: int = 4, iters: int = 10) -> list[tuple[str, .
     """
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     from wattlens.profiler.agent.tracker import Tracker
 
-    torch.set_num_threads(1)
-    L, E, H, B, T, V = dims
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
-                                       n_positions=128)).eval()
-    x = torch.randint(0, V, (B, T))
+    model, x = gpt2_model(dims)
     paths = {m: p for p, m in model.named_modules()}
 
     def wrap(mod, path):
@@ -803,17 +787,11 @@ def bench_wrapper_ab(dims, rev: str, reps: int = 1000, seed: int = 1, warm: int 
     import math
 
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     from wattlens.profiler.agent.protocol import encode
     from wattlens.profiler.agent.tracker import Tracker
 
-    torch.set_num_threads(1)
-    L, E, H, B, T, V = dims
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=E, n_head=H, vocab_size=V,
-                                       n_positions=128)).eval()
-    x = torch.randint(0, V, (B, T))
+    model, x = gpt2_model(dims)
     module_cls = torch.nn.Module
     orig = module_cls.__call__
     before_cls = baseline_tracker(rev)
