@@ -899,6 +899,7 @@ def main_wrapper_ab() -> None:
                      f"{m:+.2f} % ± {se:.2f} of off (each process: "
                      f"{', '.join(f'{v:+.2f}' for v in pct(kind, 'change_us'))}).")
     m, se = mean_se(pct("target process, now"))
+    # Student's t, 97.5 % quantile, n_proc - 1 df (beyond 10 processes 2.26, df 9: an upper bound)
     t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36}.get(n_proc, 2.26)
     hi = m + t * se
     lines += ["", f"Goal (issue 14): run mode ≤ 5 % on the {tiny}. The target process (model "

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 from . import flops as _flops
@@ -1056,7 +1057,8 @@ class _CallWrapper:
         infos_get = tracker._infos.get
         tls = tracker._tls
         perf_ns = _perf_ns
-        call_impl, wrapped, tracing, trace_mod, (g_fpre, g_fpost, g_bpre, g_bpost) = (
+        tracing = tracker._tracing
+        call_impl, wrapped, trace_mod, (g_fpre, g_fpost, g_bpre, g_bpost) = (
             _direct_forward_probes(tracker.torch, module_cls, orig))
 
         # The first parameter must be named ``self``: torch.profiler's stack recorder
@@ -1141,7 +1143,7 @@ class _CallWrapper:
 
 
 def _direct_forward_probes(torch: Any, module_cls: Any, orig: Any
-                           ) -> tuple[Any, Any, Callable[[], Any], Any, tuple[dict, ...]]:
+                           ) -> tuple[Any, Any, Any, tuple[dict, ...]]:
     """What the wrapper needs to take torch's no-hook path itself: ``module.forward(...)``.
 
     torch's ``Module.__call__`` (``_wrapped_call_impl``) calls ``_call_impl``, which calls
@@ -1151,11 +1153,12 @@ def _direct_forward_probes(torch: Any, module_cls: Any, orig: Any
     keyword arguments per module call: more than the agent's own timing costs inside a model.
 
     Returns (torch's ``_call_impl`` and ``_wrapped_call_impl``: a module's class must still have
-    both, looked up at each call as torch does, or the call goes through them; ``tracing()``,
-    None when no trace runs; ``torch.jit._trace``, whose ``_trace_module_map`` is set while a
-    module is being traced (the only case in which torch's ``_slow_forward`` does more than call
-    ``forward``: it records the module's scope name); torch's four global forward/backward hook
-    dicts, which torch changes in place and never rebinds). Where any of this cannot be found (another torch), or the
+    both, looked up at each call as torch does, or the call goes through them;
+    ``torch.jit._trace``, whose ``_trace_module_map`` is set while a module is being traced (the
+    only case in which torch's ``_slow_forward`` does more than call ``forward``: it records the
+    module's scope name); torch's four global forward/backward hook dicts, which torch changes in
+    place and never rebinds). Whether a trace runs at all is the tracker's ``_tracing()``, asked
+    at a thread's outermost call. Where any of this cannot be found (another torch), or the
     ``__call__`` being wrapped is not torch's own (somebody else's patch), the first two are
     sentinels no class has and every call goes through the original ``__call__``.
     """
@@ -1165,22 +1168,13 @@ def _direct_forward_probes(torch: Any, module_cls: Any, orig: Any
     dicts = [getattr(mm, name, None) for name in (
         "_global_forward_pre_hooks", "_global_forward_hooks",
         "_global_backward_pre_hooks", "_global_backward_hooks")]
-    tracing = getattr(getattr(torch, "_C", None), "_get_tracing_state", None)
     trace_mod = sys.modules.get("torch.jit._trace")
-    if (wrapped is None or orig is not wrapped or call_impl is None or tracing is None
+    if (wrapped is None or orig is not wrapped or call_impl is None
             or not hasattr(trace_mod, "_trace_module_map")
             or not all(isinstance(d, dict) for d in dicts)):
-        return object(), object(), (lambda: None), _NO_TRACE_MAP, ({}, {}, {}, {})
-    return call_impl, wrapped, tracing, trace_mod, tuple(dicts)
-
-
-class _NoTraceMap:
-    """Stands in for torch.jit._trace where it cannot be found: a map always set, so every
-    call takes torch's own path (the probes' sentinels send them there anyway)."""
-    _trace_module_map: dict = {}
-
-
-_NO_TRACE_MAP = _NoTraceMap()
+        # a stand-in trace module whose map is always set: torch's own path, as the sentinels
+        return object(), object(), SimpleNamespace(_trace_module_map={}), ({}, {}, {}, {})
+    return call_impl, wrapped, trace_mod, tuple(dicts)
 
 
 def _compiling_probe(torch: Any) -> Callable[[], bool]:
