@@ -235,7 +235,8 @@ class BackwardTimer:
 
 
 def worker_loop(seconds: float, hooks: bool) -> None:
-    """Forward passes until stdin closes (or ``seconds``), one monotonic_ns line per iteration.
+    """Forward passes until stdin closes (or ``seconds``), one line per iteration: its end's
+    monotonic_ns and the main thread's CPU time so far (thread_time_ns), space-separated.
     With ``hooks``: stdin lines "reset"/"report" control a HookTimer; reports are JSON lines.
     With WATTLENS_BENCH_TRAIN=1 each iteration is a training step (forward with labels,
     backward, AdamW), and the timer also times the backward and the optimizer step."""
@@ -259,7 +260,7 @@ def worker_loop(seconds: float, hooks: bool) -> None:
         t_end = time.monotonic() + seconds
         while not stop.is_set() and time.monotonic() < t_end:
             model(ids)
-            out = f"{time.monotonic_ns()}\n"
+            out = f"{time.monotonic_ns()} {time.thread_time_ns()}\n"
             while not requests.empty() and timer is not None:
                 req = requests.get()
                 if req == "reset":
@@ -309,7 +310,7 @@ def worker_train(seconds: float, hooks: bool) -> None:
     t_end = time.monotonic() + seconds
     while not stop.is_set() and time.monotonic() < t_end:
         step()
-        out = f"{time.monotonic_ns()}\n"
+        out = f"{time.monotonic_ns()} {time.thread_time_ns()}\n"
         while not requests.empty() and timer is not None:
             req = requests.get()
             if req == "reset":
@@ -480,6 +481,7 @@ class LoopChild:
         if line.strip() != "ready":
             raise RuntimeError(f"worker did not start: {line!r}")
         self.stamps_ns: list[int] = []
+        self.thread_cpu_ns: list[int] = []  # the worker's main thread CPU time at each stamp
         self.reports: queue.SimpleQueue = queue.SimpleQueue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -488,8 +490,10 @@ class LoopChild:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             line = line.strip()
-            if line.isdigit():
-                self.stamps_ns.append(int(line))
+            stamp, _, cpu = line.partition(" ")
+            if stamp.isdigit() and cpu.isdigit():
+                self.thread_cpu_ns.append(int(cpu))  # first: a reader sees stamps_ns[i] with it
+                self.stamps_ns.append(int(stamp))
             elif line.startswith("{"):
                 self.reports.put(json.loads(line))
 
@@ -510,6 +514,12 @@ class LoopChild:
         if len(inside) < 3:
             return None
         return len(inside) - 1, inside[-1] - inside[0]
+
+    def per_iteration(self, start_ns: int, end_ns: int) -> list[tuple[int, int]]:
+        """(wall ns, main-thread CPU ns) of each iteration that began and ended inside [start, end]."""
+        stamps, cpu = list(self.stamps_ns), self.thread_cpu_ns[:len(self.stamps_ns)]
+        return [(stamps[i] - stamps[i - 1], cpu[i] - cpu[i - 1]) for i in range(1, len(stamps))
+                if start_ns <= stamps[i - 1] and stamps[i] <= end_ns]
 
     def close(self) -> None:
         if self.proc.stdin is not None:
