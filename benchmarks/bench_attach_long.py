@@ -214,7 +214,7 @@ def _phase(child, w0: int, w1: int, s0: tuple[int, int, int], s1: tuple[int, int
         return None
     wall, on_cpu, waiting = s1[0] - s0[0], s1[1] - s0[1], s1[2] - s0[2]
     cpu = [c / 1e9 for _, c in its]
-    return {"n": len(its), "own_core_iter_s": statistics.fmean(w for w, _ in its) / 1e9 * (wall - waiting) / wall,
+    return {"n": len(its), "own_core_iter_s": _own_core_iter_s((len(its), sum(w for w, _ in its)), wall, waiting),
             "cpu_iter_s": statistics.fmean(cpu), "cpu_iter_trim_s": _trimmed_mean(cpu),
             "paused": _paused(wall, on_cpu, waiting)}
 
