@@ -228,7 +228,7 @@ def measure_alternate(seconds: float, phase_s: float, aa_every: int, amplify: in
     speed wanders by ~10 % over tens of seconds here, on its own) is slower than a phase, so each
     attached phase is compared with the mean of the nothing-attached phases on either side.
 
-    ``amplify`` K > 1 adds phases (taking turns with the 1x ones) where every part of the
+    ``amplify`` K > 1 turns three attached phases in four into ones where every part of the
     attach's work is multiplied by K — both read rates, and the number of windows (each K times
     shorter: K py-spy starts and stops per phase) — so that an effect too small to see through
     the target's drift at 1x becomes about K times larger. The CPU the attach used beside the
@@ -243,7 +243,7 @@ def measure_alternate(seconds: float, phase_s: float, aa_every: int, amplify: in
     guard_s = 0.5  # after each phase: a stopped py-spy's exit is not counted in the next phase
     child = LoopChild(seconds + 120)
     phases: list[dict] = []
-    marks: list[tuple[str, int, int, tuple, tuple]] = []
+    marks: list[tuple[str, int, int, tuple, tuple, float]] = []
     stop_s: list[float] = [0.3]
     try:
         time.sleep(10.0)  # past the first iterations (allocator warm-up)
