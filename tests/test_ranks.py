@@ -46,8 +46,10 @@ def test_two_rank_ddp_job_stores_ranks_collectives_and_names_the_straggler(db_pa
     assert job["world_size"] == 2 and job["ranks_seen"] == 2 and job["collectives_timed"]
     by_rank = {x["rank"]: x for x in job["ranks"]}
     assert by_rank[0]["collective_s_by_op"]["all_reduce"] > 0 and by_rank[1]["collective_s_by_op"]["all_reduce"] > 0
-    # rank 1 computes extra products each step before the loss all_reduce: rank 0 waits there for it
-    assert by_rank[0]["collective_s_per_step"] > by_rank[1]["collective_s_per_step"] + 0.02
+    # rank 1 computes extra products each step before the loss all_reduce: rank 0 waits there for
+    # it. A ratio, not a margin in seconds: on a busy machine every duration here shrinks or grows
+    # with the CPU each rank gets (CI beside a busy loop read 15.2 ms against 2.5 ms)
+    assert by_rank[0]["collective_s_per_step"] > 2 * by_rank[1]["collective_s_per_step"]
     assert job["slowest_rank"] == 1 and job["straggler_spread"] > 1.15
 
     a = run_cli("advise", str(sid), "--db", str(db_path), "--json")
