@@ -107,6 +107,12 @@ def _cpu_s(who: int) -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _beside_cpu_s() -> float:
+    """CPU seconds used so far beside the target: this process (the sampler's threads) and its
+    reaped children (py-spy's processes)."""
+    return _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)
+
+
 def measure(off_s: float, attach_s: float, slice_s: float, native_pool: int | None = None,
             busy_s: float = 0.0) -> dict:
     os.environ["WATTLENS_BENCH_ARCH"] = "llama"
@@ -124,7 +130,7 @@ def measure(off_s: float, attach_s: float, slice_s: float, native_pool: int | No
             sampler.native_pool_reads = native_pool
         pool = sampler.native_pool_reads
         t_attach = time.monotonic()
-        cpu0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)
+        cpu0 = _beside_cpu_s()
         sampler.start()
         if not sampler.available:
             raise RuntimeError(sampler.reason)
@@ -132,7 +138,7 @@ def measure(off_s: float, attach_s: float, slice_s: float, native_pool: int | No
         sampler.stop()
         attached_for_s = time.monotonic() - t_attach
         # py-spy's processes (all reaped by stop()) and the sampler's threads in this process
-        side_share = (_cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - cpu0) / attached_for_s
+        side_share = (_beside_cpu_s() - cpu0) / attached_for_s
         if busy_s > 0:  # the control: the same CPU use on the other core, no profiler
             spin = _busy(min(1.0, side_share))
             try:
@@ -260,7 +266,7 @@ def measure_alternate(seconds: float, phase_s: float, aa_every: int, amplify: in
                 else:
                     kind, n_x = cycle[n_x % len(cycle)], n_x + 1
             k += 1
-            side0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)
+            side0 = _beside_cpu_s()
             s0 = child.schedstat()
             if kind in ("on", "amp"):
                 x = amplify if kind == "amp" else 1
@@ -277,7 +283,7 @@ def measure_alternate(seconds: float, phase_s: float, aa_every: int, amplify: in
             else:  # as long as an attached phase: its sampling and its (median) stop
                 time.sleep(phase_s + statistics.median(stop_s))
             s1 = child.schedstat()
-            side_s = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - side0
+            side_s = _beside_cpu_s() - side0
             marks.append((kind, s0[0], s1[0], s0, s1, side_s))
             time.sleep(guard_s)
         time.sleep(1.0)  # the last stamps arrive
@@ -291,18 +297,30 @@ def measure_alternate(seconds: float, phase_s: float, aa_every: int, amplify: in
             "load": os.getloadavg()}
 
 
-ALT_METRICS = {  # figure: (phase key, what it says)
+ALT_METRICS = {  # phase key: what it says
     "own_core_iter_s": "own-core time per iteration (the goal's figure: on-CPU + stopped)",
     "cpu_iter_s": "main-thread CPU time per iteration (mean)",
     "cpu_iter_trim_s": "main-thread CPU time per iteration (10 % trimmed mean)",
 }
 
 
-def summarize_alternate(doc: dict, batches: int = 10) -> dict:
-    """Per condition (on, aa) and figure: each phase against the mean of the nothing-attached
-    phases on either side, − 1; the mean of those with a 95 % interval from batch means
-    (consecutive phases share a neighbour, so they are not independent: ``batches`` runs of
-    consecutive phases are)."""
+BATCHES = 10  # batch means per figure
+T95 = 2.262  # Student's t for a 95 % interval, BATCHES - 1 = 9 degrees of freedom
+
+
+def _batch_mean(d: list[float]) -> tuple[float, float]:
+    """(mean, standard error) of ``d`` from the means of :data:`BATCHES` runs of consecutive
+    values (neighbouring phases share a nothing-attached neighbour, so they are not independent;
+    runs of them are)."""
+    size = len(d) // BATCHES
+    means = [statistics.fmean(d[b * size:(b + 1) * size]) for b in range(BATCHES)]
+    return statistics.fmean(d), statistics.stdev(means) / math.sqrt(BATCHES)
+
+
+def summarize_alternate(doc: dict) -> dict:
+    """Per condition (on, amp, aa) and figure: each phase against the mean of the
+    nothing-attached phases on either side, − 1 (points for shares); their mean with a 95 %
+    interval from batch means; and the 1x cost scaled from the amplified phases."""
     ph = doc["phases"]
     out: dict = {}
     for kind in ("on", "amp", "aa"):
@@ -314,14 +332,10 @@ def summarize_alternate(doc: dict, batches: int = 10) -> dict:
                 d = [ph[i][key] - (ph[i - 1][key] + ph[i + 1][key]) / 2 for i in idx]
             else:
                 d = [ph[i][key] / ((ph[i - 1][key] + ph[i + 1][key]) / 2) - 1 for i in idx]
-            if len(d) < 2 * batches:
+            if len(d) < 2 * BATCHES:
                 continue
-            size = len(d) // batches
-            means = [statistics.fmean(d[b * size:(b + 1) * size]) for b in range(batches)]
-            se = statistics.stdev(means) / math.sqrt(batches)
-            t = 2.262 if batches == 10 else 2.0  # Student's t, 9 degrees of freedom
-            est = statistics.fmean(d)
-            res[key] = {"mean": est, "se": se, "ci": (est - t * se, est + t * se), "phases": len(d),
+            est, se = _batch_mean(d)
+            res[key] = {"mean": est, "se": se, "ci": (est - T95 * se, est + T95 * se), "phases": len(d),
                         "sd_phase": statistics.stdev(d)}
         out[kind] = res
     on, amp = out.get("on", {}), out.get("amp", {})
@@ -332,9 +346,8 @@ def summarize_alternate(doc: dict, batches: int = 10) -> dict:
         cpu = amp["cpu_iter_s"]
         est = on["paused"]["mean"] + ratio * cpu["mean"]
         se = math.hypot(on["paused"]["se"], ratio * cpu["se"])
-        t = 2.262 if batches == 10 else 2.0
         out["scaled"] = {"ratio": ratio, "on_cpu": ratio * cpu["mean"], "on_cpu_se": ratio * cpu["se"],
-                         "own_core": est, "se": se, "ci": (est - t * se, est + t * se)}
+                         "own_core": est, "se": se, "ci": (est - T95 * se, est + T95 * se)}
     return out
 
 
@@ -367,7 +380,7 @@ def render_alternate(doc: dict, s: dict, command: str) -> str:
         "iteration less the share the target sat runnable but waiting for a CPU "
         "(/proc/PID/task/PID/schedstat); *paused* = the share of the phase the target was "
         "stopped; *beside* = CPU used by the attach (py-spy's processes and the sampler's "
-        "threads) per second, beyond the neighbours. 95 % intervals from 10 batch means of "
+        f"threads) per second, beyond the neighbours. 95 % intervals from {BATCHES} batch means of "
         "consecutive phases (Student's t).",
         "",
         "| figure | attached (1x) − 1 [95 % CI] | " + (f"amplified {k}x − 1 [95 % CI] | " if k > 1 else "")
@@ -398,8 +411,7 @@ def render_alternate(doc: dict, s: dict, command: str) -> str:
                       f"plus the paused share measured at 1x: own-core slowdown {sc['own_core']:+.2%} "
                       f"(95 % CI {sc['ci'][0]:+.2%} … {sc['ci'][1]:+.2%}): ≤ 1 % {verdict} (CI upper "
                       "bound). This assumes the on-CPU cost grows in proportion to the work done "
-                      "beside the target (reads, starts, parses); the amplified phases' own direct "
-                      "figure above is the check on it."]
+                      "beside the target (reads, starts, parses)."]
     return "\n".join(lines)
 
 

@@ -517,7 +517,8 @@ class LoopChild:
 
     def per_iteration(self, start_ns: int, end_ns: int) -> list[tuple[int, int]]:
         """(wall ns, main-thread CPU ns) of each iteration that began and ended inside [start, end]."""
-        stamps, cpu = list(self.stamps_ns), self.thread_cpu_ns[:len(self.stamps_ns)]
+        stamps = list(self.stamps_ns)
+        cpu = self.thread_cpu_ns[:len(stamps)]
         return [(stamps[i] - stamps[i - 1], cpu[i] - cpu[i - 1]) for i in range(1, len(stamps))
                 if start_ns <= stamps[i - 1] and stamps[i] <= end_ns]
 
