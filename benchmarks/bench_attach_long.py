@@ -23,6 +23,9 @@ Run:  .venv/bin/python benchmarks/bench_attach_long.py   (about 5 minutes: 60 + 
       (short attached / nothing-attached phases taking turns, some amplified 20x: the own-core
       cost once native reads pause, to a few tenths of a percent; 20 minutes;
       writes benchmarks/results/attach_alternate_train.md)
+      .venv/bin/python benchmarks/bench_attach_long.py --alternate 20 --arch gpt2 --infer --amplify 20 --aa-every 5
+      (the same on an inference loop, where the attach never starts native reads:
+      writes benchmarks/results/attach_alternate_gpt2_infer.md; --arch bert likewise)
 Writes benchmarks/results/attach_long_train.md and .json.
 """
 
@@ -154,6 +157,7 @@ def measure(off_s: float, attach_s: float, slice_s: float, native_pool: int | No
         child.close()
     return {"rows": rows, "readers": readers, "attached_for_s": attached_for_s, "slice_s": slice_s,
             "native_pool": pool, "native_paused": sampler.native_paused_note,
+            "native_runs": sampler.native_runs, "native_budget": sampler.native_budget,
             "side_core_share": side_share, "busy_s": busy_s,
             "off_s": off_s, "attach_s": attach_s, "load": os.getloadavg()}
 
@@ -225,7 +229,8 @@ def _phase(child, w0: int, w1: int, s0: tuple[int, int, int], s1: tuple[int, int
             "paused": _paused(wall, on_cpu, waiting)}
 
 
-def measure_alternate(seconds: float, phase_s: float, aa_every: int, amplify: int = 1) -> dict:
+def measure_alternate(seconds: float, phase_s: float, aa_every: int, amplify: int = 1,
+                      arch: str = "llama", train: bool = True) -> dict:
     """Short phases taking turns: nothing attached, then one attach window, then nothing, then
     another window ... (every ``aa_every``-th of those a second nothing-attached phase: the A/A
     control). Each attached phase spans one whole window's life: py-spy's start (the phase begins
@@ -239,9 +244,16 @@ def measure_alternate(seconds: float, phase_s: float, aa_every: int, amplify: in
     shorter: K py-spy starts and stops per phase) — so that an effect too small to see through
     the target's drift at 1x becomes about K times larger. The CPU the attach used beside the
     target (py-spy's processes, the sampler's threads) is counted per phase, so the scaling back
-    to 1x rests on a measured ratio rather than on K."""
-    os.environ["WATTLENS_BENCH_ARCH"] = "llama"
-    os.environ["WATTLENS_BENCH_TRAIN"] = "1"
+    to 1x rests on a measured ratio rather than on K.
+
+    ``arch`` and ``train`` choose the child's loop (bench_stacks' worker). An inference loop never
+    shows a backward, so the default attach never starts native reads there: its attached phases
+    are then the whole attach, first seconds included."""
+    os.environ["WATTLENS_BENCH_ARCH"] = arch
+    if train:
+        os.environ["WATTLENS_BENCH_TRAIN"] = "1"
+    else:
+        os.environ.pop("WATTLENS_BENCH_TRAIN", None)
     from bench_stacks import LoopChild, _sampler
 
     from wattlens.profiler.stacks.sampler import DEFAULT_WINDOW_S
@@ -293,8 +305,146 @@ def measure_alternate(seconds: float, phase_s: float, aa_every: int, amplify: in
     finally:
         child.close()
     return {"phases": phases, "phase_s": phase_s, "aa_every": aa_every, "seconds": seconds, "amplify": amplify,
+            "arch": arch, "train": train,
             "stop_s": statistics.median(stop_s[1:]) if len(stop_s) > 1 else None,
             "load": os.getloadavg()}
+
+
+def measure_native_runs(seconds: float, aa_every: int = 5, run_s: int = 5, hz: int = 10) -> dict:
+    """What one native py-spy run costs the training target, against what the sampler's budget
+    counts for it (the run's py-spy CPU time, from ``wait4``). Phases take turns as in
+    :func:`measure_alternate`: nothing attached, then one native run of the first run's shape
+    (``run_s`` s at ``hz`` Hz, ``record --native``: its start's symbol loading, its reads, its
+    output), then nothing ... (every ``aa_every``-th an A/A control). Per native phase: the
+    target's own-core time and stopped time lost against the mean of its neighbours, in seconds,
+    and the py-spy's CPU seconds."""
+    import subprocess
+    import tempfile
+
+    os.environ["WATTLENS_BENCH_ARCH"] = "llama"
+    os.environ["WATTLENS_BENCH_TRAIN"] = "1"
+    from bench_stacks import LoopChild
+
+    from wattlens.profiler.stacks.sampler import find_pyspy
+
+    exe = find_pyspy()
+    if exe is None:
+        raise RuntimeError("py-spy not found")
+    child = LoopChild(seconds + 120)
+    marks: list[tuple[str, int, int, tuple, tuple, float]] = []
+    lengths: list[float] = [run_s + 1.0]
+    phases: list[dict] = []
+    out = tempfile.mkdtemp(prefix="wattlens-bench-native-")
+    try:
+        time.sleep(10.0)  # past the first iterations (allocator warm-up)
+        t_end = time.monotonic() + seconds
+        k = 0
+        while time.monotonic() < t_end:
+            kind = "off"
+            if k % 2:
+                kind = "aa" if aa_every and (k // 2) % aa_every == aa_every - 1 else "on"
+            k += 1
+            s0 = child.schedstat()
+            cpu_s = 0.0
+            if kind == "on":
+                proc = subprocess.Popen(
+                    [exe, "record", "--pid", str(child.pid), "--rate", str(hz), "--duration", str(run_s),
+                     "--format", "raw", "--native", "--threads", "--full-filenames",
+                     "--output", os.path.join(out, "native.txt")],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                _, _, usage = os.wait4(proc.pid, 0)
+                proc.returncode = 0
+                cpu_s = usage.ru_utime + usage.ru_stime
+                lengths.append((time.monotonic_ns() - s0[0]) / 1e9)
+            else:  # as long as a native phase (median so far)
+                time.sleep(statistics.median(lengths))
+            s1 = child.schedstat()
+            marks.append((kind, s0[0], s1[0], s0, s1, cpu_s))
+            time.sleep(0.5)
+        time.sleep(1.0)  # the last stamps arrive
+        for kind, w0, w1, s0, s1, cpu_s in marks:
+            got = _phase(child, w0, w1, s0, s1)
+            phases.append({"kind": kind, "wall_s": (w1 - w0) / 1e9, "pyspy_cpu_s": cpu_s, **(got or {"n": 0})})
+    finally:
+        child.close()
+    return {"phases": phases, "run_s": run_s, "hz": hz, "aa_every": aa_every, "seconds": seconds,
+            "load": os.getloadavg()}
+
+
+def summarize_native_runs(doc: dict) -> dict:
+    """Per native phase (and A/A phase), in seconds against the mean of its two neighbours: the
+    own-core time lost, the stopped time, and the py-spy's CPU; means with 95 % intervals from
+    batch means."""
+    ph = doc["phases"]
+    out: dict = {}
+    for kind in ("on", "aa"):
+        idx = [i for i in range(1, len(ph) - 1) if ph[i]["kind"] == kind and ph[i]["n"]
+               and ph[i - 1]["n"] and ph[i + 1]["n"]]
+        figs = {
+            "own_core_lost_s": [(ph[i]["own_core_iter_s"] / ((ph[i - 1]["own_core_iter_s"]
+                                 + ph[i + 1]["own_core_iter_s"]) / 2) - 1) * ph[i]["wall_s"] for i in idx],
+            "stopped_s": [(ph[i]["paused"] - (ph[i - 1]["paused"] + ph[i + 1]["paused"]) / 2)
+                          * ph[i]["wall_s"] for i in idx],
+            "pyspy_cpu_s": [ph[i]["pyspy_cpu_s"] for i in idx],
+        }
+        res = {}
+        for key, d in figs.items():
+            if len(d) < 2 * BATCHES:
+                continue
+            est, se = _batch_mean(d)
+            res[key] = {"mean": est, "se": se, "ci": (est - T95 * se, est + T95 * se), "phases": len(d)}
+        out[kind] = res
+    return out
+
+
+def _cell_s(v: dict | None) -> str:
+    return f"{v['mean']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]" if v else "n/a"
+
+
+def render_native_runs(doc: dict, s: dict, command: str) -> str:
+    count = {k: sum(p["kind"] == k for p in doc["phases"]) for k in ("on", "aa")}
+    lines = [
+        "One child runs the Llama-style training loop (4 blocks, d=256, batch 2 x 128, forward + "
+        "backward + AdamW, CPU, 1 intra-op thread) throughout. Phases take turns: nothing attached, "
+        f"then one native py-spy run of the sampler's first-run shape ({doc['run_s']} s at {doc['hz']} Hz, "
+        "`record --native`: its start's symbol loading with the target stopped, its blocking reads, "
+        f"its output), then nothing, ... Every {doc['aa_every']}th native slot is a third nothing-"
+        f"attached phase instead (A/A). {count['on']} native and {count['aa']} A/A phases in "
+        f"{doc['seconds'] / 60:.0f} minutes. Command: `{command}`. Load average (1, 5, 15 min) at the "
+        "end: " + ", ".join(f"{x:.1f}" for x in doc["load"]) + " on 2 CPUs.",
+        "",
+        "Per phase, in seconds, against the mean of the nothing-attached phases on either side; "
+        f"95 % intervals from {BATCHES} batch means (Student's t). The sampler's budget "
+        "(`native.NATIVE_BUDGET`) counts a run's py-spy CPU time.",
+        "",
+        "| figure (seconds per run) | native run [95 % CI] | A/A control [95 % CI] |",
+        "| --- | ---: | ---: |",
+    ]
+    names = {"pyspy_cpu_s": "py-spy's CPU time (what the budget counts)",
+             "stopped_s": "target stopped, beyond its neighbours",
+             "own_core_lost_s": "target's own-core time lost (stopped + slower on-CPU work)"}
+    for key, label in names.items():
+        on, aa = s.get("on", {}).get(key), s.get("aa", {}).get(key)
+        lines.append(f"| {label} | {_cell_s(on)} | {_cell_s(aa)} |")
+    on = s.get("on", {})
+    if "own_core_lost_s" in on and "pyspy_cpu_s" in on:
+        r = on["own_core_lost_s"]["mean"] / on["pyspy_cpu_s"]["mean"]
+        lines += ["", f"Own-core time lost per second of py-spy CPU: {r:.2f} (upper end of the "
+                      f"interval: {on['own_core_lost_s']['ci'][1] / on['pyspy_cpu_s']['mean']:.2f})."]
+    return "\n".join(lines)
+
+
+WORKLOADS = {  # --arch: the child's model (bench_stacks._build_model)
+    "llama": "a Llama-style decoder (4 blocks, d=256, batch 2 x 128)",
+    "gpt2": "GPT-2 (6 layers, d=384, batch 2 x 128)",
+    "bert": "a BERT-style encoder (4 layers, d=256, batch 2 x 128)",
+}
+
+
+def alternate_name(arch: str, train: bool) -> str:
+    """The result file's stem for ``--alternate`` on this loop."""
+    return "attach_alternate_train" if (arch, train) == ("llama", True) else \
+        f"attach_alternate_{arch}{'_train' if train else '_infer'}"
 
 
 ALT_METRICS = {  # phase key: what it says
@@ -358,12 +508,15 @@ def _cell(v: dict | None) -> str:
 def render_alternate(doc: dict, s: dict, command: str) -> str:
     count = {k: sum(p["kind"] == k for p in doc["phases"]) for k in ("on", "amp", "aa")}
     k = doc.get("amplify", 1)
+    arch, train = doc.get("arch", "llama"), doc.get("train", True)
+    state = ("once its native reads have paused (the state a long attach reaches)" if train else
+             "as it is from its first second: an inference loop shows no backward, so no native "
+             "reads start")
     lines = [
-        "One child runs the Llama-style training loop (4 blocks, d=256, batch 2 x 128, forward + "
-        "backward + AdamW, CPU, 1 intra-op thread) throughout. Short phases take turns: nothing "
+        f"One child runs {WORKLOADS[arch]}: {'forward + backward + AdamW' if train else 'forward only, no_grad'}, "
+        "CPU, 1 intra-op thread, throughout. Short phases take turns: nothing "
         "attached, then an attached phase, then nothing, ... Each attached phase is one whole "
-        "window of the default `wattlens attach` sampler once its native reads have paused (the "
-        "state a long attach reaches): py-spy's start (the phase begins before it), "
+        f"window of the default `wattlens attach` sampler {state}: py-spy's start (the phase begins before it), "
         f"{doc['phase_s']:.1f} s of 50 Hz --nonblocking and 5 Hz blocking calibration reads, "
         f"their stop and parse (median {doc['stop_s'] or 0:.2f} s)."
         + (f" Three attached phases in four are amplified {k}x instead: {50 * k} Hz and {5 * k} Hz "
@@ -400,7 +553,7 @@ def render_alternate(doc: dict, s: dict, command: str) -> str:
     if own:
         verdict = "shown" if own["ci"][1] <= 0.01 else "NOT shown"
         lines.append(f"Goal (issue 14): target slowdown in attach mode ≤ 1 % (own-core figure). "
-                     f"Measured directly at 1x once native reads pause: {own['mean']:+.2%} (95 % CI "
+                     f"Measured directly at 1x{' once native reads pause' if train else ''}: {own['mean']:+.2%} (95 % CI "
                      f"{own['ci'][0]:+.2%} … {own['ci'][1]:+.2%}): ≤ 1 % {verdict} (CI upper bound).")
     sc = s.get("scaled")
     if sc:
@@ -446,7 +599,9 @@ def summarize(doc: dict) -> dict:
     out = {"off_slices": len(off), "off_iter_s": base,
            "off_spread": (min(off) / base - 1, max(off) / base - 1)}
     spans = {}
-    for first_s in (60, 120, len(att) * doc["slice_s"]):
+    total_s = len(att) * doc["slice_s"]
+    off_paused = statistics.fmean(r["paused"] for r in rows if r["phase"].startswith("off"))
+    for first_s in [x for x in (60, 120, 300, 600) if x < total_s] + [total_s]:
         k = max(1, round(first_s / doc["slice_s"]))
         part = att[:k]
         if len(part) < k:
@@ -456,10 +611,13 @@ def summarize(doc: dict) -> dict:
         # iteration; slices are equal in length, so the mean of slice slowdowns is close to it
         mean_slow = statistics.fmean(slow)
         paused = statistics.fmean(r["paused"] for r in part)
-        off_paused = statistics.fmean(r["paused"] for r in rows if r["phase"].startswith("off"))
-        # noise: the same statistic over the off slices (each against the median of the others)
         spans[int(first_s)] = {"slowdown": mean_slow, "paused_beyond_off": paused - off_paused,
                                "slices": len(part)}
+    # over the whole attach, in seconds: the target's stopped time and its own-core time lost
+    # beyond no profiler, against what the native py-spys' CPU said (the sampler's budget)
+    out["paused_beyond_off_s"] = sum((r["paused"] - off_paused) * (r["w1"] - r["w0"]) / 1e9 for r in att)
+    out["own_core_lost_s"] = sum((1 - base / r["own_core_iter_s"]) * (r["w1"] - r["w0"]) / 1e9 for r in att)
+    out["native_cpu_s"] = sum(c for c, _ in doc.get("native_runs", []))
     steady = att[max(1, round(30 / doc["slice_s"])):]  # past the first native runs' start-up
     if steady:
         med, lo, hi = bootstrap_median_ci([1 - base / r["own_core_iter_s"] for r in steady])
@@ -488,7 +646,7 @@ def render(doc: dict, s: dict, command: str) -> str:
         "backward + AdamW, CPU, 1 intra-op thread) throughout; nothing attached for "
         f"{doc['off_s']:.0f} s, then ONE default `wattlens attach` StackSampler (50 Hz --nonblocking, "
         "5 Hz blocking calibration, native reads once a backward is seen: "
-        f"{_native_schedule()}; paused for a 60-s refresh every 10 min once {doc.get('native_pool', 400)} "
+        f"{_native_schedule()}, each run after the first held back to keep within the budget; paused for a 60-s refresh every 10 min once {doc.get('native_pool', 400)} "
         "backward reads are pooled"
         + (" (default 400, ~12 min into this job: set lower here to measure the state a long "
            "attach reaches)" if doc.get("native_pool", 400) != 400 else "")
@@ -507,6 +665,14 @@ def render(doc: dict, s: dict, command: str) -> str:
         "| attach of | slowdown (own core) | paused beyond no profiler |",
         "| --- | ---: | ---: |",
     ]
+    if doc.get("native_runs"):
+        cal = doc["readers"]["calibration_reads"]
+        lines[2] += (f" {len(doc['native_runs'])} native runs (budget {doc['native_budget']:.2%} of the "
+                     f"attach after the first): their py-spy's CPU time {s['native_cpu_s']:.2f} s "
+                     "(what the sampler counts against the budget); over the attach the target was "
+                     f"stopped {s['paused_beyond_off_s']:.2f} s beyond no profiler, its {cal} "
+                     f"calibration reads included, and lost {s['own_core_lost_s']:.1f} s of own-core "
+                     "time (against the median nothing-attached slice: the drift's noise included).")
     for first_s, v in s["spans"].items():
         lines.append(f"| first {first_s} s | {v['slowdown']:+.2%} | {v['paused_beyond_off']:.2%} |")
     if "steady" in s:
@@ -544,21 +710,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alternate", type=float, default=0.0, metavar="MINUTES",
                     help="instead: short attached and nothing-attached phases taking turns for "
                          "MINUTES (writes benchmarks/results/attach_alternate_train.md)")
+    ap.add_argument("--native-runs", type=float, default=0.0, metavar="MINUTES",
+                    help="instead: native py-spy runs (the first run's shape) taking turns with "
+                         "nothing attached for MINUTES: their cost to the target against their CPU "
+                         "(writes benchmarks/results/attach_native_runs_train.md)")
     ap.add_argument("--phase", type=float, default=4.5, help="--alternate: seconds of sampling per phase")
     ap.add_argument("--amplify", type=int, default=1, metavar="K",
                     help="--alternate: K times the attach's reads and windows (an effect K times larger)")
+    ap.add_argument("--arch", choices=tuple(WORKLOADS), default="llama", help="--alternate: the child's model")
+    ap.add_argument("--infer", action="store_true",
+                    help="--alternate: an inference loop instead of training (no native reads ever start)")
     ap.add_argument("--aa-every", type=int, default=4,
                     help="--alternate: every Nth phase between two nothing-attached ones is an A/A control")
     args = ap.parse_args(argv)
     command = "bench_attach_long.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.alternate:
-        doc = measure_alternate(args.alternate * 60, args.phase, args.aa_every, args.amplify)
-        s = summarize_alternate(doc)
-        (HERE / "results" / "attach_alternate_train.json").write_text(
+    if args.native_runs:
+        doc = measure_native_runs(args.native_runs * 60, args.aa_every)
+        s = summarize_native_runs(doc)
+        (HERE / "results" / "attach_native_runs_train.json").write_text(
             json.dumps({"doc": doc, "summary": s}, indent=1))
+        body = render_native_runs(doc, s, command.strip())
+        write_section("attach_native_runs_train", "What one native py-spy run costs the target, "
+                      "against its CPU time (the budget's measure): Llama-style training loop", body)
+        print(body)
+        return 0
+    if args.alternate:
+        train = not args.infer
+        doc = measure_alternate(args.alternate * 60, args.phase, args.aa_every, args.amplify,
+                                args.arch, train)
+        s = summarize_alternate(doc)
+        name = alternate_name(args.arch, train)
+        (HERE / "results" / f"{name}.json").write_text(json.dumps({"doc": doc, "summary": s}, indent=1))
         body = render_alternate(doc, s, command.strip())
-        write_section("attach_alternate_train", "Attach mode's own-core slowdown, attached and "
-                      "nothing-attached phases taking turns: Llama-style training loop", body)
+        loop = f"{WORKLOADS[args.arch].split(' (')[0]}, {'training' if train else 'inference'} loop"
+        write_section(name, "Attach mode's own-core slowdown, attached and "
+                      f"nothing-attached phases taking turns: {loop}", body)
         print(body)
         return 0
     if args.parts:

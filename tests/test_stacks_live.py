@@ -157,6 +157,33 @@ def test_plain_module_paths_and_sleeping_main_thread():
     assert set(totals) <= {"TinyNet", BUCKET_IDLE, "python (other)"}, totals
 
 
+def test_native_runs_after_the_first_wait_for_the_budget():
+    """No pool cap, so only the budget can hold the second native run back: at a budget of
+    0.01 % the first run's measured cost (tenths of a second of py-spy CPU) buys it an hour of
+    waiting, so no second py-spy starts while the windows go on (without the budget it would
+    start at once); the first run itself was not held back."""
+    seen: dict[str, int] = {}
+    second: list[bool] = []
+
+    def first_run_done_and_three_windows_more(smp) -> bool:
+        if not smp.native_runs:
+            return False
+        if smp._native_proc is not None:
+            second.append(True)
+        return smp.windows >= seen.setdefault("windows", smp.windows) + 3
+
+    _, _, sampler = sample_child(
+        "llama_train", 1.0, native_hz=20, native_pool_reads=0, native_budget=1e-4,
+        until_sampler=first_run_done_and_three_windows_more)
+    assert "windows" in seen, "the first native run never ended"
+    assert not second, "a second native run started despite the budget"
+    assert len(sampler.native_runs) == 1, sampler.native_runs
+    cpu_s, reads = sampler.native_runs[0]
+    assert cpu_s > 0 and reads == 5 * 20
+    assert sum(sampler.backward_ops.values()) > 0  # its reads were pooled
+    assert "keep within 0.01%" in (sampler.backward_message() or "")
+
+
 def test_training_loop_buckets():
     wanted = (BUCKET_DATA, BUCKET_OPTIMIZER, BUCKET_BACKWARD, "Sequential")
     windows, _, _ = sample_child("train", 2.5, until=lambda w: all(top_counts(w).get(b, 0) > 0 for b in wanted))
@@ -185,6 +212,9 @@ def test_attached_training_loop_stores_backward_rows_by_module_class(tmp_path):
     assert sampler.native_paused_note is not None, sampler.backward_ops
     assert sampler._native_thread is not None and not sampler._native_thread.is_alive()
     assert "native reads paused after" in (sampler.backward_message() or "")
+    # what the run held the target, from its py-spy's own CPU time (wait4), is measured and said
+    assert len(sampler.native_runs) == 1 and sampler.native_runs[0][0] > 0, sampler.native_runs
+    assert "native runs held the target about" in (sampler.backward_message() or "")
     rows_mlp = mlp_rows(windows)
     assert rows_mlp, (sampler.backward_ops, sampler.forward_ops)
     assert {r.method for r in rows_mlp} == {backward_map.METHOD}

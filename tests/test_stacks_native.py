@@ -157,6 +157,32 @@ def test_native_reads_become_rare_refreshes_once_the_pool_carries_the_split():
     assert native_schedule(3, 10**6, pool_reads=0) == (0.0, *native_run(3))
 
 
+def test_native_runs_after_the_first_keep_the_target_within_the_budget():
+    """A native run's cost (its py-spy's CPU, spent with the target stopped) counts against a
+    share of the attach's time: the next run waits until, once it ends, the total stays within
+    it. The first run is never held back (the split in the first minute needs it)."""
+    from wattlens.profiler.stacks.native import (
+        NATIVE_BUDGET,
+        native_budget_wait,
+        native_next_cost_s,
+    )
+
+    assert 0 < NATIVE_BUDGET <= 0.005
+    # the measured shape of a training attach: a first run of 50 reads costing 0.84 s (its
+    # start ~0.5 s), then runs of 120 reads at 1 Hz
+    runs = [(0.84, 50)]
+    next_s = native_next_cost_s(runs, 120)
+    assert next_s == pytest.approx(0.84 / 50 * 120)  # per read, start included: errs high
+    wait_s = native_budget_wait(0.84, 15.0, next_s, 120.0)
+    assert (0.84 + next_s) / (15.0 + wait_s + 120.0) == pytest.approx(NATIVE_BUDGET)
+    # spent within budget already, and the next run fits: no wait
+    assert native_budget_wait(0.1, 1000.0, 0.5, 120.0) == 0.0
+    # a cheap-per-read long run does not make a short run look free: it still pays a start
+    assert native_next_cost_s([(0.84, 50), (2.5, 300)], 60) == 0.84
+    assert native_next_cost_s([], 60) == 0.0
+    assert native_budget_wait(100.0, 1.0, 100.0, 1.0, budget=0) == 0.0  # budget off
+
+
 def _bucket(w: int, path: str, time_s: float, rank: int | None = None):
     from wattlens.profiler.records import LayerCost
 

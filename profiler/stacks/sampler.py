@@ -58,11 +58,14 @@ from wattlens.profiler.records import LayerCost
 from wattlens.profiler.stacks import backward_map
 from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
 from wattlens.profiler.stacks.native import (
+    NATIVE_BUDGET,
     NATIVE_POOL_BACKWARD_READS,
     NATIVE_RATE_HZ,
     NATIVE_REFRESH_EVERY_S,
     NATIVE_REFRESH_RUN_S,
     backward_ops,
+    native_budget_wait,
+    native_next_cost_s,
     native_run,
     native_schedule,
     op_shares,
@@ -242,6 +245,7 @@ class StackSampler:
         calibration_hz: int = CALIBRATION_RATE_HZ,
         native_hz: int = NATIVE_RATE_HZ,
         native_pool_reads: int = NATIVE_POOL_BACKWARD_READS,
+        native_budget: float = NATIVE_BUDGET,
         rank: int | None = None,
     ):
         if not 1 <= rate_hz <= 1000 or rate_hz != int(rate_hz):
@@ -268,6 +272,13 @@ class StackSampler:
         # pooled backward reads after which native runs become rare refreshes (0: never)
         self.native_pool_reads = max(0, int(native_pool_reads))
         self.native_paused_note: str | None = None  # said once, when that happened
+        # the share of the attach's time native runs after the first may hold the target (0: no cap)
+        self.native_budget = max(0.0, float(native_budget))
+        # (CPU seconds of the native py-spy, reads asked of it) per finished native run: the CPU
+        # is spent with the target stopped, so it measures what the native reads cost the target
+        self.native_runs: list[tuple[float, int]] = []
+        self._t_start_ns: int | None = None
+        self._t_stop_ns: int | None = None  # when stopping was asked
         self.backward_ops: Counter[str] = Counter()
         self.optimizer_ops: Counter[tuple[str, str]] = Counter()  # (part, tensor op) -> reads
         # the same reads in the forward: (class path, tensor op) -> reads, to map ops to classes
@@ -343,6 +354,7 @@ class StackSampler:
             self._give_up(_exited_reason(self.pid))
             return
         self._tmpdir = tempfile.TemporaryDirectory(prefix="wattlens-stacks-")
+        self._t_start_ns = time.monotonic_ns()
         self._thread = threading.Thread(
             target=self._run, name=f"wattlens-stacks-{self.pid}", daemon=True
         )
@@ -357,17 +369,24 @@ class StackSampler:
         """Ask the window in progress to end now, without waiting (several samplers stop together)."""
         if self._stop.is_set():
             return
-        with self._lock:  # with the native thread's start: exactly one of us signals py-spy
+        with self._lock:  # with the native thread's start and reap: one of us signals py-spy
+            self._t_stop_ns = time.monotonic_ns()
             self._stop.set()
             native = self._native_proc
-        if native is not None and native.poll() is None:
-            native.send_signal(signal.SIGINT)  # it writes what it has read so far
+            if native is not None and native.returncode is None:  # not reaped (by _reap): ours
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(native.pid, signal.SIGINT)  # it writes what it has read so far
 
     def stop(self) -> None:
         """Stop sampling; the window in progress is cut short, processed and handed over."""
         self.request_stop()
         if self._native_thread is not None:
             self._native_thread.join(_STOP_TIMEOUT_S + 5.0)
+            with self._lock:  # a native py-spy hung past its stop: do not leave it attached
+                native = self._native_proc
+                if native is not None and native.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(native.pid, signal.SIGKILL)
         thread = self._thread
         if thread is not None:
             thread.join(_START_TIMEOUT_S + _STOP_TIMEOUT_S)
@@ -406,6 +425,8 @@ class StackSampler:
             log.exception("stack sampler thread failed")
             self._give_up(f"stack sampling failed ({exc}): attach again, or use --no-stacks")
         finally:
+            with self._lock:  # the target exited, or stopping was asked: the attach's end
+                self._t_stop_ns = self._t_stop_ns or time.monotonic_ns()
             self._first.set()
             if self._held:  # the native py-spy was asked to stop: its reads split them
                 native = self._native_thread
@@ -484,8 +505,19 @@ class StackSampler:
             f"blocking reads ({native_run(0, self.native_hz)[1]} Hz for the first "
             f"{native_run(0)[0]} s, then {self.native_hz} Hz"
             + (f"; {self.native_paused_note}" if self.native_paused_note else "")
+            + (f"; {self.native_cost_message()}" if self.native_runs else "")
             + f"; estimate, binomial standard error): {top}"
         ) + (f"; {by_class}" if by_class else "")
+
+    def native_cost_message(self) -> str:
+        """What the native reads held the target, measured by the native py-spys' CPU time."""
+        spent_s = sum(c for c, _ in self.native_runs)
+        elapsed_s = ((self._t_stop_ns or time.monotonic_ns()) - (self._t_start_ns or 0)) / 1e9
+        cap = (f"; runs after the first wait to keep within {self.native_budget:.2%}"
+               if self.native_budget else "")
+        return (f"{len(self.native_runs)} native runs held the target about {spent_s:.1f} s "
+                f"({spent_s / max(elapsed_s, 1e-9):.2%} of the attach; py-spy's CPU time, spent "
+                f"with the target stopped){cap}")
 
     def backward_classes(self) -> dict[str, list[float]]:
         """{class path: [share of the backward, standard error]} (:mod:`.backward_map`)."""
@@ -514,27 +546,41 @@ class StackSampler:
                 pooled = sum(self.backward_ops.values())
             wait_s, duration_s, rate_hz = native_schedule(runs, pooled, self.native_hz,
                                                           self.native_pool_reads)
-            if wait_s:
-                if not self.native_paused_note:
-                    self.native_paused_note = (
-                        f"native reads paused after {pooled} backward reads (the op split's standard "
-                        f"error is at most {50 / math.sqrt(pooled):.1f} pp): one "
-                        f"{NATIVE_REFRESH_RUN_S}-s run every {NATIVE_REFRESH_EVERY_S // 60} min "
-                        "keeps it current")
-                    log.info("%s", self.native_paused_note)
-                if self._stop.wait(wait_s):
+            if wait_s and not self.native_paused_note:
+                self.native_paused_note = (
+                    f"native reads paused after {pooled} backward reads (the op split's standard "
+                    f"error is at most {50 / math.sqrt(pooled):.1f} pp): one "
+                    f"{NATIVE_REFRESH_RUN_S}-s run every {NATIVE_REFRESH_EVERY_S // 60} min "
+                    "keeps it current")
+                log.info("%s", self.native_paused_note)
+            if runs and self._t_start_ns is not None:  # the first run waits for nothing
+                if len(self.native_runs) < runs:  # a run's cost could not be read: the budget
+                    log.info("native py-spy's CPU time could not be read: no more native runs "
+                             "(the budget could not be kept)")
                     return
+                spent_s = sum(c for c, _ in self.native_runs)
+                elapsed_s = (time.monotonic_ns() - self._t_start_ns) / 1e9
+                next_s = native_next_cost_s(self.native_runs, duration_s * rate_hz)
+                budget_wait_s = native_budget_wait(spent_s, elapsed_s, next_s, duration_s, self.native_budget)
+                if budget_wait_s > wait_s:
+                    log.debug("native run %d waits %.0f s: its reads would exceed %.2f %% of the attach",
+                              runs, budget_wait_s, 100 * self.native_budget)
+                    wait_s = budget_wait_s
+            if wait_s and self._stop.wait(wait_s):
+                return
             runs += 1
             cmd = [
                 self._exe, "record", "--pid", str(self.pid), "--rate", str(rate_hz),
                 "--duration", str(duration_s), "--format", "raw", "--native", "--threads",
                 "--full-filenames", "--output", out_path,
             ]  # fmt: skip
+            err_path = out_path + ".stderr"
             try:
-                proc = subprocess.Popen(
-                    cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, text=True, start_new_session=True,
-                )  # fmt: skip
+                with open(err_path, "w+", encoding="utf-8", errors="replace") as err_file:
+                    proc = subprocess.Popen(
+                        cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                        stderr=err_file, text=True, start_new_session=True,
+                    )  # fmt: skip
             except OSError as exc:
                 log.warning("native py-spy could not be started: %s", exc.strerror)
                 return
@@ -542,14 +588,18 @@ class StackSampler:
                 self._native_proc = proc
                 stopping = self._stop.is_set()  # request_stop() ran before: it saw no process
             if stopping:
-                proc.send_signal(signal.SIGINT)
-            try:
-                _, err = proc.communicate(timeout=duration_s + _START_TIMEOUT_S + _STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
+                os.kill(proc.pid, signal.SIGINT)
+            cpu_s = self._reap(proc, duration_s + _START_TIMEOUT_S + _STOP_TIMEOUT_S)
             with self._lock:
                 self._native_proc = None
+            if cpu_s is not None:
+                self.native_runs.append((cpu_s, duration_s * rate_hz))
+            try:
+                with open(err_path, encoding="utf-8", errors="replace") as fh:
+                    err = fh.read()
+                os.unlink(err_path)
+            except OSError:
+                err = ""
             try:
                 with open(out_path, encoding="utf-8", errors="replace") as fh:
                     raw = fh.read()
@@ -567,6 +617,29 @@ class StackSampler:
                 self.forward_ops.update(fwd_ops)
                 if self.native_pooled_ns is None and ops:
                     self.native_pooled_ns = time.monotonic_ns()
+
+    def _reap(self, proc: subprocess.Popen[str], timeout_s: float) -> float | None:
+        """Wait for a native py-spy to end (killed after ``timeout_s``); its CPU seconds, from
+        ``wait4`` (None if someone else reaped it). Reaped under the lock, so :meth:`request_stop`
+        never signals a process id that is no longer ours."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._stop.is_set():  # asked to stop: it has its stop timeout, as stop() waits
+                deadline = min(deadline, time.monotonic() + _STOP_TIMEOUT_S)
+            with self._lock:
+                try:
+                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                except ChildProcessError:
+                    if proc.returncode is None:
+                        proc.returncode = -1
+                    return None
+                if pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    return usage.ru_utime + usage.ru_stime
+                if time.monotonic() > deadline:  # hung: it is still ours (not reaped)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGKILL)
+            time.sleep(0.05)
 
     def _command(self, output: str, *, calibration: bool = False) -> list[str]:
         assert self._exe is not None
