@@ -212,9 +212,9 @@ def test_attached_training_loop_stores_backward_rows_by_module_class(tmp_path):
     assert sampler.native_paused_note is not None, sampler.backward_ops
     assert sampler._native_thread is not None and not sampler._native_thread.is_alive()
     assert "native reads paused after" in (sampler.backward_message() or "")
-    # what the run held the target, from its py-spy's own CPU time (wait4), is measured and said
+    # what the run cost the target, from its py-spy's own CPU time (wait4), is measured and said
     assert len(sampler.native_runs) == 1 and sampler.native_runs[0][0] > 0, sampler.native_runs
-    assert "native runs held the target about" in (sampler.backward_message() or "")
+    assert "native runs cost the target about" in (sampler.backward_message() or "")
     rows_mlp = mlp_rows(windows)
     assert rows_mlp, (sampler.backward_ops, sampler.forward_ops)
     assert {r.method for r in rows_mlp} == {backward_map.METHOD}

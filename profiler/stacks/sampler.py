@@ -59,6 +59,7 @@ from wattlens.profiler.stacks import backward_map
 from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
 from wattlens.profiler.stacks.native import (
     NATIVE_BUDGET,
+    NATIVE_OWN_CORE_PER_CPU_S,
     NATIVE_POOL_BACKWARD_READS,
     NATIVE_RATE_HZ,
     NATIVE_REFRESH_EVERY_S,
@@ -275,7 +276,7 @@ class StackSampler:
         # the share of the attach's time native runs after the first may hold the target (0: no cap)
         self.native_budget = max(0.0, float(native_budget))
         # (CPU seconds of the native py-spy, reads asked of it) per finished native run: the CPU
-        # is spent with the target stopped, so it measures what the native reads cost the target
+        # is spent with the target stopped, so it is what the native reads' cost is counted from
         self.native_runs: list[tuple[float, int]] = []
         self._t_start_ns: int | None = None
         self._t_stop_ns: int | None = None  # when stopping was asked
@@ -510,14 +511,16 @@ class StackSampler:
         ) + (f"; {by_class}" if by_class else "")
 
     def native_cost_message(self) -> str:
-        """What the native reads held the target, measured by the native py-spys' CPU time."""
-        spent_s = sum(c for c, _ in self.native_runs)
+        """What the native reads cost the target: their py-spys' CPU time, measured, times the
+        measured own-core time per CPU second."""
+        spent_s = NATIVE_OWN_CORE_PER_CPU_S * sum(c for c, _ in self.native_runs)
         elapsed_s = ((self._t_stop_ns or time.monotonic_ns()) - (self._t_start_ns or 0)) / 1e9
         cap = (f"; runs after the first wait to keep within {self.native_budget:.2%}"
                if self.native_budget else "")
-        return (f"{len(self.native_runs)} native runs held the target about {spent_s:.1f} s "
-                f"({spent_s / max(elapsed_s, 1e-9):.2%} of the attach; py-spy's CPU time, spent "
-                f"with the target stopped){cap}")
+        return (f"{len(self.native_runs)} native runs cost the target about {spent_s:.1f} s "
+                f"({spent_s / max(elapsed_s, 1e-9):.2%} of the attach; estimated: "
+                f"{NATIVE_OWN_CORE_PER_CPU_S} × their py-spy's CPU time, spent with the target "
+                f"stopped){cap}")
 
     def backward_classes(self) -> dict[str, list[float]]:
         """{class path: [share of the backward, standard error]} (:mod:`.backward_map`)."""
@@ -558,9 +561,9 @@ class StackSampler:
                     log.info("native py-spy's CPU time could not be read: no more native runs "
                              "(the budget could not be kept)")
                     return
-                spent_s = sum(c for c, _ in self.native_runs)
+                spent_s = NATIVE_OWN_CORE_PER_CPU_S * sum(c for c, _ in self.native_runs)
                 elapsed_s = (time.monotonic_ns() - self._t_start_ns) / 1e9
-                next_s = native_next_cost_s(self.native_runs, duration_s * rate_hz)
+                next_s = NATIVE_OWN_CORE_PER_CPU_S * native_next_cost_s(self.native_runs, duration_s * rate_hz)
                 budget_wait_s = native_budget_wait(spent_s, elapsed_s, next_s, duration_s, self.native_budget)
                 if budget_wait_s > wait_s:
                     log.debug("native run %d waits %.0f s: its reads would exceed %.2f %% of the attach",
