@@ -617,7 +617,7 @@ def summarize(doc: dict) -> dict:
     # beyond no profiler, against what the native py-spys' CPU said (the sampler's budget)
     out["paused_beyond_off_s"] = sum((r["paused"] - off_paused) * (r["w1"] - r["w0"]) / 1e9 for r in att)
     out["own_core_lost_s"] = sum((1 - base / r["own_core_iter_s"]) * (r["w1"] - r["w0"]) / 1e9 for r in att)
-    out["native_cpu_s"] = sum(c for c, _ in doc.get("native_runs", []))
+    out["native_cpu_s"] = sum(run[0] for run in doc.get("native_runs", []))
     steady = att[max(1, round(30 / doc["slice_s"])):]  # past the first native runs' start-up
     if steady:
         med, lo, hi = bootstrap_median_ci([1 - base / r["own_core_iter_s"] for r in steady])

@@ -33,6 +33,15 @@ def _process_cpu_clock(pid: int) -> int:
 _HAS_CPU_CLOCK = sys.platform.startswith("linux") and hasattr(time, "clock_gettime_ns")
 
 
+def pid_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (:func:`process_cpu_s`), or None when
+    it cannot be read (gone, or not ours to read)."""
+    try:
+        return process_cpu_s(psutil.Process(pid))
+    except (psutil.Error, OSError):
+        return None
+
+
 def process_cpu_s(proc: psutil.Process) -> float:
     """User + system CPU seconds of a process, threads that exited included.
 

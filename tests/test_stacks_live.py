@@ -178,8 +178,11 @@ def test_native_runs_after_the_first_wait_for_the_budget():
     assert "windows" in seen, "the first native run never ended"
     assert not second, "a second native run started despite the budget"
     assert len(sampler.native_runs) == 1, sampler.native_runs
-    cpu_s, reads = sampler.native_runs[0]
+    cpu_s, reads, per_read_s = sampler.native_runs[0]
     assert cpu_s > 0 and reads == 5 * 20
+    # the CPU per read, measured past the run's start (2 s into its 5 s): what the next run's
+    # estimate rests on
+    assert per_read_s is not None and 0 < per_read_s < cpu_s
     assert sum(sampler.backward_ops.values()) > 0  # its reads were pooled
     assert "keep within 0.01%" in (sampler.backward_message() or "")
 

@@ -165,21 +165,33 @@ def test_native_runs_after_the_first_keep_the_target_within_the_budget():
         NATIVE_BUDGET,
         native_budget_wait,
         native_next_cost_s,
+        native_read_cost_s,
     )
 
     assert 0 < NATIVE_BUDGET <= 0.005
-    # the measured shape of a training attach: a first run of 50 reads costing 0.84 s (its
-    # start ~0.5 s), then runs of 120 reads at 1 Hz
-    runs = [(0.84, 50)]
-    next_s = native_next_cost_s(runs, 120)
-    assert next_s == pytest.approx(0.84 / 50 * 120)  # per read, start included: errs high
-    wait_s = native_budget_wait(0.84, 15.0, next_s, 120.0)
-    assert (0.84 + next_s) / (15.0 + wait_s + 120.0) == pytest.approx(NATIVE_BUDGET)
+    # the measured shape of a training attach: a first run of 50 reads costing 0.86 s of py-spy
+    # CPU, its start ~0.65 s of it (attach_native_runs_train.md), then runs of 120 reads at 1 Hz
+    unsplit = [(0.86, 50, None)]  # the per-read CPU could not be measured: start counted per read
+    assert native_next_cost_s(unsplit, 120) == pytest.approx(0.86 / 50 * 120)
+    split = [(0.86, 50, 0.0033)]  # measured after the start: the start is 0.86 - 50 x 3.3 ms
+    next_s = native_next_cost_s(split, 120)
+    assert next_s == pytest.approx(0.86 - 50 * 0.0033 + 120 * 0.0033)
+    assert next_s < native_next_cost_s(unsplit, 120)  # the second run waits less
+    wait_s = native_budget_wait(0.86, 15.0, next_s, 120.0)
+    assert (0.86 + next_s) / (15.0 + wait_s + 120.0) == pytest.approx(NATIVE_BUDGET)
     # spent within budget already, and the next run fits: no wait
     assert native_budget_wait(0.1, 1000.0, 0.5, 120.0) == 0.0
-    # a cheap-per-read long run does not make a short run look free: it still pays a start
-    assert native_next_cost_s([(0.84, 50), (2.5, 300)], 60) == 0.84
+    # the largest start and per-read cost seen count (errs on the target's side) ...
+    runs = [(0.86, 50, 0.0033), (1.5, 300, 0.004)]
+    assert native_next_cost_s(runs, 60) == pytest.approx(max(0.86 - 50 * 0.0033, 1.5 - 300 * 0.004) + 60 * 0.004)
+    # ... and a short run never looks cheaper than the cheapest run so far (it pays a start)
+    assert native_next_cost_s([(0.86, 50, None), (2.5, 300, None)], 60) == 0.86
+    assert native_next_cost_s([(0.86, 50, 0.0), (0.9, 300, None)], 1) == 0.86
     assert native_next_cost_s([], 60) == 0.0
+    # the per-read CPU: after the mark, over the reads after it; none without a mark or reads
+    assert native_read_cost_s(0.86, 0.76, 30) == pytest.approx(0.1 / 30)
+    assert native_read_cost_s(0.86, None, 30) is None and native_read_cost_s(0.86, 0.86, 0.4) is None
+    assert native_read_cost_s(0.86, 0.9, 30) == 0.0  # clock noise never makes it negative
     assert native_budget_wait(100.0, 1.0, 100.0, 1.0, budget=0) == 0.0  # budget off
 
 
@@ -257,3 +269,22 @@ def test_no_final_split_while_the_samplers_thread_still_runs():
         release.set()
         sampler._thread.join()
     assert sampler.final_split()[0]
+
+
+def test_a_processes_cpu_so_far_is_read_by_pid_and_none_once_it_is_gone():
+    """The native runs' per-read cost is read from their py-spy's CPU 2 s in (``pid_cpu_s``):
+    a live process's CPU time grows with the work it does; a reaped one reads None, not 0."""
+    import subprocess
+    import sys
+
+    from wattlens.profiler.process import pid_cpu_s
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                             "while time.process_time() - t < 0.3: pass\nprint('done', flush=True)\n"
+                             "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert busy.stdout is not None and busy.stdout.readline().strip() == "done"
+    cpu_s = pid_cpu_s(busy.pid)
+    assert cpu_s is not None and cpu_s >= 0.3
+    busy.communicate("")
+    assert pid_cpu_s(busy.pid) is None

@@ -22,7 +22,9 @@ from its CPU time, read with ``wait4`` (times :data:`NATIVE_OWN_CORE_PER_CPU_S`,
 target also runs slower for a moment after a start), and the next run waits until, once it ends,
 the runs will have cost it no more than that share (:func:`native_budget_wait`). The first
 run waits for nothing (its cost counts): it is the price of a split within the first minute. On
-the Llama-style training loop here the second run then comes about half an hour in.
+the Llama-style training loop here the second run then comes about a quarter of an hour in
+(the next run's cost is estimated as a start plus its reads, the CPU per read measured 2 s into
+each run, past its start: :func:`native_next_cost_s`).
 Once the pool is large enough (:data:`NATIVE_POOL_BACKWARD_READS`) the runs stop, but for a short
 refresh run every 10 minutes (:func:`native_schedule`); from then on a long attach costs the
 target the calibration reads and little more. Their counts are
@@ -99,15 +101,33 @@ def native_budget_wait(spent_s: float, elapsed_s: float, next_cost_s: float, nex
     return max(0.0, (spent_s + next_cost_s) / budget - elapsed_s - next_run_s)
 
 
-def native_next_cost_s(runs: list[tuple[float, int]], next_reads: int) -> float:
-    """The next run's CPU, estimated from the runs so far (``(cpu_s, reads)`` each): the last
-    one's per read, its start included (an overestimate for a run of more reads: the budget errs
-    on the target's side), and never less than the cheapest run so far (a run pays its start
-    however few its reads)."""
+def native_next_cost_s(runs: list[tuple[float, int, float | None]], next_reads: int) -> float:
+    """The next run's CPU, estimated from the runs so far (``(cpu_s, reads, cpu_per_read_s)``
+    each; the per-read CPU measured after the run's start, or None). A run's start costs far more
+    than a read (~0.65 s against ~3.3 ms of py-spy CPU: attach_native_runs_train.md), so with the
+    per-read figures: the largest start seen plus the largest per-read CPU seen times
+    ``next_reads``. Without them: the last run's cost per read, its start included (an
+    overestimate for a run of more reads). Never less than the cheapest run so far (a run pays
+    its start however few its reads). Both err on the target's side."""
     if not runs:
         return 0.0
-    last_s, last_reads = runs[-1]
-    return max(last_s / max(1, last_reads) * next_reads, min(c for c, _ in runs))
+    cheapest = min(c for c, _, _ in runs)
+    measured = [(c, r, p) for c, r, p in runs if p is not None]
+    if measured:
+        per_read = max(p for _, _, p in measured)
+        start = max(max(0.0, c - p * r) for c, r, p in measured)
+        return max(start + per_read * next_reads, cheapest)
+    last_s, last_reads, _ = runs[-1]
+    return max(last_s / max(1, last_reads) * next_reads, cheapest)
+
+
+def native_read_cost_s(cpu_s: float, mark_cpu_s: float | None, reads_after_mark: float) -> float | None:
+    """The CPU one read cost in a run: its CPU after a mark taken once the start was past
+    (``mark_cpu_s``) over the reads made after it. None without a mark or reads after it. A start
+    not yet done at the mark only raises the figure (errs on the target's side)."""
+    if mark_cpu_s is None or reads_after_mark < 1:
+        return None
+    return max(0.0, cpu_s - mark_cpu_s) / reads_after_mark
 
 
 def native_run(n: int, steady_hz: int = NATIVE_RATE_HZ) -> tuple[int, int]:

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from wattlens.profiler.errors import BadInputError
+from wattlens.profiler.process import pid_cpu_s
 from wattlens.profiler.records import LayerCost
 from wattlens.profiler.stacks import backward_map
 from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
@@ -67,6 +68,7 @@ from wattlens.profiler.stacks.native import (
     backward_ops,
     native_budget_wait,
     native_next_cost_s,
+    native_read_cost_s,
     native_run,
     native_schedule,
     op_shares,
@@ -100,6 +102,7 @@ _MIN_RUN_S = 0.05  # py-spy installs its SIGINT handler just after printing the 
 _START_TIMEOUT_S = 20.0  # py-spy retries attaching for a few seconds before giving up
 _STOP_TIMEOUT_S = 15.0
 _NATIVE_HOLD_SLACK_S = 10.0  # beyond the first native run's length: its start, stop and parse
+_NATIVE_MARK_S = 2.0  # into a native run, its start is done (~0.65 s of py-spy CPU): per-read cost after
 _MAX_FAILED_STARTS = 3
 _SUMMARY_RE = re.compile(r"Samples: (\d+) Errors: (\d+)")
 
@@ -275,9 +278,10 @@ class StackSampler:
         self.native_paused_note: str | None = None  # said once, when that happened
         # the share of the attach's time native runs after the first may hold the target (0: no cap)
         self.native_budget = max(0.0, float(native_budget))
-        # (CPU seconds of the native py-spy, reads asked of it) per finished native run: the CPU
-        # is spent with the target stopped, so it is what the native reads' cost is counted from
-        self.native_runs: list[tuple[float, int]] = []
+        # (CPU seconds of the native py-spy, reads asked of it, CPU per read after its start or
+        # None) per finished native run: the CPU is spent with the target stopped, so it is what
+        # the native reads' cost is counted from
+        self.native_runs: list[tuple[float, int, float | None]] = []
         self._t_start_ns: int | None = None
         self._t_stop_ns: int | None = None  # when stopping was asked
         self.backward_ops: Counter[str] = Counter()
@@ -513,7 +517,7 @@ class StackSampler:
     def native_cost_message(self) -> str:
         """What the native reads cost the target: their py-spys' CPU time, measured, times the
         measured own-core time per CPU second."""
-        spent_s = NATIVE_OWN_CORE_PER_CPU_S * sum(c for c, _ in self.native_runs)
+        spent_s = NATIVE_OWN_CORE_PER_CPU_S * sum(c for c, _, _ in self.native_runs)
         elapsed_s = ((self._t_stop_ns or time.monotonic_ns()) - (self._t_start_ns or 0)) / 1e9
         cap = (f"; runs after the first wait to keep within {self.native_budget:.2%}"
                if self.native_budget else "")
@@ -561,7 +565,7 @@ class StackSampler:
                     log.info("native py-spy's CPU time could not be read: no more native runs "
                              "(the budget could not be kept)")
                     return
-                spent_s = NATIVE_OWN_CORE_PER_CPU_S * sum(c for c, _ in self.native_runs)
+                spent_s = NATIVE_OWN_CORE_PER_CPU_S * sum(c for c, _, _ in self.native_runs)
                 elapsed_s = (time.monotonic_ns() - self._t_start_ns) / 1e9
                 next_s = NATIVE_OWN_CORE_PER_CPU_S * native_next_cost_s(self.native_runs, duration_s * rate_hz)
                 budget_wait_s = native_budget_wait(spent_s, elapsed_s, next_s, duration_s, self.native_budget)
@@ -592,11 +596,15 @@ class StackSampler:
                 stopping = self._stop.is_set()  # request_stop() ran before: it saw no process
             if stopping:
                 os.kill(proc.pid, signal.SIGINT)
-            cpu_s = self._reap(proc, duration_s + _START_TIMEOUT_S + _STOP_TIMEOUT_S)
+            cpu_s, mark_cpu_s, after_mark_s = self._reap(
+                proc, duration_s + _START_TIMEOUT_S + _STOP_TIMEOUT_S,
+                mark_after_s=_NATIVE_MARK_S if duration_s >= 2 * _NATIVE_MARK_S else None)
             with self._lock:
                 self._native_proc = None
             if cpu_s is not None:
-                self.native_runs.append((cpu_s, duration_s * rate_hz))
+                reads_after = min(duration_s * rate_hz, after_mark_s * rate_hz)
+                self.native_runs.append((cpu_s, duration_s * rate_hz,
+                                         native_read_cost_s(cpu_s, mark_cpu_s, reads_after)))
             try:
                 with open(err_path, encoding="utf-8", errors="replace") as fh:
                     err = fh.read()
@@ -621,12 +629,23 @@ class StackSampler:
                 if self.native_pooled_ns is None and ops:
                     self.native_pooled_ns = time.monotonic_ns()
 
-    def _reap(self, proc: subprocess.Popen[str], timeout_s: float) -> float | None:
-        """Wait for a native py-spy to end (killed after ``timeout_s``); its CPU seconds, from
-        ``wait4`` (None if someone else reaped it). Reaped under the lock, so :meth:`request_stop`
-        never signals a process id that is no longer ours."""
-        deadline = time.monotonic() + timeout_s
+    def _reap(self, proc: subprocess.Popen[str], timeout_s: float, mark_after_s: float | None = None
+              ) -> tuple[float | None, float | None, float]:
+        """Wait for a native py-spy to end (killed after ``timeout_s``): its CPU seconds, from
+        ``wait4`` (None if someone else reaped it); its CPU seconds ``mark_after_s`` into the run
+        (its start's symbol loading done, on a machine not starved), or None; and the seconds it
+        ran after that mark. Reaped under the lock, so :meth:`request_stop` never signals a
+        process id that is no longer ours."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        mark_cpu_s: float | None = None
+        t_mark = 0.0
         while True:
+            if mark_after_s is not None and mark_cpu_s is None and time.monotonic() - t0 >= mark_after_s:
+                t_mark = time.monotonic()
+                mark_cpu_s = pid_cpu_s(proc.pid)
+                if mark_cpu_s is None:
+                    mark_after_s = None
             if self._stop.is_set():  # asked to stop: it has its stop timeout, as stop() waits
                 deadline = min(deadline, time.monotonic() + _STOP_TIMEOUT_S)
             with self._lock:
@@ -635,10 +654,11 @@ class StackSampler:
                 except ChildProcessError:
                     if proc.returncode is None:
                         proc.returncode = -1
-                    return None
+                    return None, None, 0.0
                 if pid:
                     proc.returncode = os.waitstatus_to_exitcode(status)
-                    return usage.ru_utime + usage.ru_stime
+                    after_s = time.monotonic() - t_mark if mark_cpu_s is not None else 0.0
+                    return usage.ru_utime + usage.ru_stime, mark_cpu_s, after_s
                 if time.monotonic() > deadline:  # hung: it is still ours (not reaped)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(proc.pid, signal.SIGKILL)
