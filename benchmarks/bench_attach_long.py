@@ -47,6 +47,15 @@ sys.path.insert(0, str(HERE))
 from common import bootstrap_median_ci, write_section  # noqa: E402
 
 
+def _loop_env(arch: str, train: bool) -> None:
+    """Which loop bench_stacks' worker child runs: ``arch``'s model, training or inference."""
+    os.environ["WATTLENS_BENCH_ARCH"] = arch
+    if train:
+        os.environ["WATTLENS_BENCH_TRAIN"] = "1"
+    else:
+        os.environ.pop("WATTLENS_BENCH_TRAIN", None)
+
+
 def _slices(child, seconds: float, slice_s: float, label: str, sampler=None) -> list[dict]:
     out = []
     t_end = time.monotonic() + seconds
@@ -118,8 +127,7 @@ def _beside_cpu_s() -> float:
 
 def measure(off_s: float, attach_s: float, slice_s: float, native_pool: int | None = None,
             busy_s: float = 0.0) -> dict:
-    os.environ["WATTLENS_BENCH_ARCH"] = "llama"
-    os.environ["WATTLENS_BENCH_TRAIN"] = "1"
+    _loop_env("llama", train=True)
     from bench_stacks import LoopChild, _sampler
 
     from wattlens.profiler.stacks.sampler import DEFAULT_WINDOW_S
@@ -173,8 +181,7 @@ PARTS = {  # condition: (sampler config, StackSampler options); None: nothing at
 def measure_parts(rounds: int, phase_s: float = 8.0) -> dict:
     """Each part of the attach alone, taking turns with nothing attached (rotating order), on one
     training child: own-core time per iteration and the paused share per phase."""
-    os.environ["WATTLENS_BENCH_ARCH"] = "llama"
-    os.environ["WATTLENS_BENCH_TRAIN"] = "1"
+    _loop_env("llama", train=True)
     from bench_stacks import LoopChild, _sampler
 
     names = ["off", *PARTS]
@@ -249,11 +256,7 @@ def measure_alternate(seconds: float, phase_s: float, aa_every: int, amplify: in
     ``arch`` and ``train`` choose the child's loop (bench_stacks' worker). An inference loop never
     shows a backward, so the default attach never starts native reads there: its attached phases
     are then the whole attach, first seconds included."""
-    os.environ["WATTLENS_BENCH_ARCH"] = arch
-    if train:
-        os.environ["WATTLENS_BENCH_TRAIN"] = "1"
-    else:
-        os.environ.pop("WATTLENS_BENCH_TRAIN", None)
+    _loop_env(arch, train)
     from bench_stacks import LoopChild, _sampler
 
     from wattlens.profiler.stacks.sampler import DEFAULT_WINDOW_S
@@ -321,11 +324,10 @@ def measure_native_runs(seconds: float, aa_every: int = 5, run_s: int = 5, hz: i
     import subprocess
     import tempfile
 
-    os.environ["WATTLENS_BENCH_ARCH"] = "llama"
-    os.environ["WATTLENS_BENCH_TRAIN"] = "1"
+    _loop_env("llama", train=True)
     from bench_stacks import LoopChild
 
-    from wattlens.profiler.stacks.sampler import find_pyspy
+    from wattlens.profiler.stacks.sampler import find_pyspy, native_command
 
     exe = find_pyspy()
     if exe is None:
@@ -347,11 +349,9 @@ def measure_native_runs(seconds: float, aa_every: int = 5, run_s: int = 5, hz: i
             s0 = child.schedstat()
             cpu_s = 0.0
             if kind == "on":
-                proc = subprocess.Popen(
-                    [exe, "record", "--pid", str(child.pid), "--rate", str(hz), "--duration", str(run_s),
-                     "--format", "raw", "--native", "--threads", "--full-filenames",
-                     "--output", os.path.join(out, "native.txt")],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                proc = subprocess.Popen(native_command(exe, child.pid, hz, run_s, os.path.join(out, "native.txt")),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
                 _, _, usage = os.wait4(proc.pid, 0)
                 proc.returncode = 0
                 cpu_s = usage.ru_utime + usage.ru_stime
@@ -378,8 +378,7 @@ def summarize_native_runs(doc: dict) -> dict:
     ph = doc["phases"]
     out: dict = {}
     for kind in ("on", "aa"):
-        idx = [i for i in range(1, len(ph) - 1) if ph[i]["kind"] == kind and ph[i]["n"]
-               and ph[i - 1]["n"] and ph[i + 1]["n"]]
+        idx = _between_neighbours(ph, kind)
         figs = {
             "own_core_lost_s": [(ph[i]["own_core_iter_s"] / ((ph[i - 1]["own_core_iter_s"]
                                  + ph[i + 1]["own_core_iter_s"]) / 2) - 1) * ph[i]["wall_s"] for i in idx],
@@ -387,13 +386,7 @@ def summarize_native_runs(doc: dict) -> dict:
                           * ph[i]["wall_s"] for i in idx],
             "pyspy_cpu_s": [ph[i]["pyspy_cpu_s"] for i in idx],
         }
-        res = {}
-        for key, d in figs.items():
-            if len(d) < 2 * BATCHES:
-                continue
-            est, se = _batch_mean(d)
-            res[key] = {"mean": est, "se": se, "ci": (est - T95 * se, est + T95 * se), "phases": len(d)}
-        out[kind] = res
+        out[kind] = {key: _interval(d) for key, d in figs.items() if len(d) >= 2 * BATCHES}
     return out
 
 
@@ -467,6 +460,18 @@ def _batch_mean(d: list[float]) -> tuple[float, float]:
     return statistics.fmean(d), statistics.stdev(means) / math.sqrt(BATCHES)
 
 
+def _between_neighbours(ph: list[dict], kind: str) -> list[int]:
+    """Indices of the ``kind`` phases with iterations, whose neighbours on both sides have some."""
+    return [i for i in range(1, len(ph) - 1) if ph[i]["kind"] == kind and ph[i]["n"]
+            and ph[i - 1]["n"] and ph[i + 1]["n"]]
+
+
+def _interval(d: list[float]) -> dict:
+    """Mean of ``d`` with its standard error and 95 % interval (batch means, Student's t)."""
+    est, se = _batch_mean(d)
+    return {"mean": est, "se": se, "ci": (est - T95 * se, est + T95 * se), "phases": len(d)}
+
+
 def summarize_alternate(doc: dict) -> dict:
     """Per condition (on, amp, aa) and figure: each phase against the mean of the
     nothing-attached phases on either side, − 1 (points for shares); their mean with a 95 %
@@ -475,8 +480,7 @@ def summarize_alternate(doc: dict) -> dict:
     out: dict = {}
     for kind in ("on", "amp", "aa"):
         res = {}
-        idx = [i for i in range(1, len(ph) - 1) if ph[i]["kind"] == kind and ph[i]["n"]
-               and ph[i - 1]["n"] and ph[i + 1]["n"]]
+        idx = _between_neighbours(ph, kind)
         for key in (*ALT_METRICS, "paused", "side_cpu_share"):
             if key in ("paused", "side_cpu_share"):
                 d = [ph[i][key] - (ph[i - 1][key] + ph[i + 1][key]) / 2 for i in idx]
@@ -484,9 +488,7 @@ def summarize_alternate(doc: dict) -> dict:
                 d = [ph[i][key] / ((ph[i - 1][key] + ph[i + 1][key]) / 2) - 1 for i in idx]
             if len(d) < 2 * BATCHES:
                 continue
-            est, se = _batch_mean(d)
-            res[key] = {"mean": est, "se": se, "ci": (est - T95 * se, est + T95 * se), "phases": len(d),
-                        "sd_phase": statistics.stdev(d)}
+            res[key] = {**_interval(d), "sd_phase": statistics.stdev(d)}
         out[kind] = res
     on, amp = out.get("on", {}), out.get("amp", {})
     if all(k in on for k in ("paused", "side_cpu_share")) and "cpu_iter_s" in amp:

@@ -107,6 +107,20 @@ _MAX_FAILED_STARTS = 3
 _SUMMARY_RE = re.compile(r"Samples: (\d+) Errors: (\d+)")
 
 
+def native_command(exe: str, pid: int, rate_hz: int, duration_s: int, output: str) -> list[str]:
+    """The ``py-spy record --native`` command of one native run (raw stacks into ``output``)."""
+    return [exe, "record", "--pid", str(pid), "--rate", str(rate_hz), "--duration", str(duration_s),
+            "--format", "raw", "--native", "--threads", "--full-filenames", "--output", output]
+
+
+def _signal_unreaped(proc: subprocess.Popen[str], sig: int) -> None:
+    """Signal ``proc`` if it is not reaped yet (its pid is still ours). Call with the sampler's
+    lock held (the native thread reaps under it: ``StackSampler._reap``), or from that thread."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+
+
 def find_pyspy(explicit: str | os.PathLike[str] | None = None) -> str | None:
     """The py-spy executable: ``explicit`` if given (and only it), else on PATH, else next to the
     running interpreter (a venv's ``bin/`` is often not on PATH), else in the user scripts folder
@@ -378,9 +392,8 @@ class StackSampler:
             self._t_stop_ns = time.monotonic_ns()
             self._stop.set()
             native = self._native_proc
-            if native is not None and native.returncode is None:  # not reaped (by _reap): ours
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(native.pid, signal.SIGINT)  # it writes what it has read so far
+            if native is not None:
+                _signal_unreaped(native, signal.SIGINT)  # it writes what it has read so far
 
     def stop(self) -> None:
         """Stop sampling; the window in progress is cut short, processed and handed over."""
@@ -388,10 +401,8 @@ class StackSampler:
         if self._native_thread is not None:
             self._native_thread.join(_STOP_TIMEOUT_S + 5.0)
             with self._lock:  # a native py-spy hung past its stop: do not leave it attached
-                native = self._native_proc
-                if native is not None and native.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(native.pid, signal.SIGKILL)
+                if self._native_proc is not None:
+                    _signal_unreaped(self._native_proc, signal.SIGKILL)
         thread = self._thread
         if thread is not None:
             thread.join(_START_TIMEOUT_S + _STOP_TIMEOUT_S)
@@ -514,10 +525,14 @@ class StackSampler:
             + f"; estimate, binomial standard error): {top}"
         ) + (f"; {by_class}" if by_class else "")
 
+    def _native_spent_s(self) -> float:
+        """What the finished native runs cost the target (own-core seconds, estimated)."""
+        return NATIVE_OWN_CORE_PER_CPU_S * sum(c for c, _, _ in self.native_runs)
+
     def native_cost_message(self) -> str:
         """What the native reads cost the target: their py-spys' CPU time, measured, times the
         measured own-core time per CPU second."""
-        spent_s = NATIVE_OWN_CORE_PER_CPU_S * sum(c for c, _, _ in self.native_runs)
+        spent_s = self._native_spent_s()
         elapsed_s = ((self._t_stop_ns or time.monotonic_ns()) - (self._t_start_ns or 0)) / 1e9
         cap = (f"; runs after the first wait to keep within {self.native_budget:.2%}"
                if self.native_budget else "")
@@ -565,7 +580,7 @@ class StackSampler:
                     log.info("native py-spy's CPU time could not be read: no more native runs "
                              "(the budget could not be kept)")
                     return
-                spent_s = NATIVE_OWN_CORE_PER_CPU_S * sum(c for c, _, _ in self.native_runs)
+                spent_s = self._native_spent_s()
                 elapsed_s = (time.monotonic_ns() - self._t_start_ns) / 1e9
                 next_s = NATIVE_OWN_CORE_PER_CPU_S * native_next_cost_s(self.native_runs, duration_s * rate_hz)
                 budget_wait_s = native_budget_wait(spent_s, elapsed_s, next_s, duration_s, self.native_budget)
@@ -576,11 +591,7 @@ class StackSampler:
             if wait_s and self._stop.wait(wait_s):
                 return
             runs += 1
-            cmd = [
-                self._exe, "record", "--pid", str(self.pid), "--rate", str(rate_hz),
-                "--duration", str(duration_s), "--format", "raw", "--native", "--threads",
-                "--full-filenames", "--output", out_path,
-            ]  # fmt: skip
+            cmd = native_command(self._exe, self.pid, rate_hz, duration_s, out_path)
             err_path = out_path + ".stderr"
             try:
                 with open(err_path, "w+", encoding="utf-8", errors="replace") as err_file:
@@ -595,7 +606,7 @@ class StackSampler:
                 self._native_proc = proc
                 stopping = self._stop.is_set()  # request_stop() ran before: it saw no process
             if stopping:
-                os.kill(proc.pid, signal.SIGINT)
+                _signal_unreaped(proc, signal.SIGINT)
             cpu_s, mark_cpu_s, after_mark_s = self._reap(
                 proc, duration_s + _START_TIMEOUT_S + _STOP_TIMEOUT_S,
                 mark_after_s=_NATIVE_MARK_S if duration_s >= 2 * _NATIVE_MARK_S else None)
@@ -659,9 +670,8 @@ class StackSampler:
                     proc.returncode = os.waitstatus_to_exitcode(status)
                     after_s = time.monotonic() - t_mark if mark_cpu_s is not None else 0.0
                     return usage.ru_utime + usage.ru_stime, mark_cpu_s, after_s
-                if time.monotonic() > deadline:  # hung: it is still ours (not reaped)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(proc.pid, signal.SIGKILL)
+                if time.monotonic() > deadline:  # hung
+                    _signal_unreaped(proc, signal.SIGKILL)
             time.sleep(0.05)
 
     def _command(self, output: str, *, calibration: bool = False) -> list[str]:
