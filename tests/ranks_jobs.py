@@ -25,9 +25,11 @@ def record_job(db: Path, mode: str, steps: int = 30) -> int:
 
 @pytest.fixture(scope="session")
 def heavy_rank0_job(tmp_path_factory) -> tuple[Path, int]:
-    """Rank 0 runs extra matmuls every step; rank 1 waits for it in the loss all_reduce."""
+    """Rank 0 runs extra matmuls every step; rank 1 waits for it in the loss all_reduce. 100 steps
+    (~1.6 s of them, quiet): the per-rank CPU shares are measured over windows of 0.3 s or more, so
+    over 30 steps (0.5 s) the start-up, where both ranks burn alike, took half a step's window."""
     db = tmp_path_factory.mktemp("ranks") / "heavy0.db"
-    return db, record_job(db, "heavy0")
+    return db, record_job(db, "heavy0", steps=100)
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from pytestqt.exceptions import TimeoutError
+
 from tests.conftest import run_cli
 from tests.gui_fixtures import end_process
+from wattlens.app.gui import qt_sessions
 
 pytest_plugins = ["tests.gui_fixtures"]
 
@@ -83,10 +86,32 @@ def test_sessions_list_pane_shows_many_rows(make_window, qtbot, stored_db):
     qtbot.waitUntil(lambda: sv.stack.currentWidget() is sv.detail, timeout=30000)
     qtbot.wait(50)
     assert sv.table.viewport().height() // row_h >= 4, "an opened session leaves the list four rows or more"
-    p = sv.detail.panel
-    power, legend, util = p.power_plot.geometry(), p.power_plot.legend.geometry(), p.util_plot.geometry()
-    assert power.bottom() < util.top(), f"the plots overlap: power {power}, utilisation {util}"
-    assert legend.bottom() <= power.height(), "the power legend lies inside its own plot's area"
+    d = sv.detail
+    p = d.panel
+
+    def apart() -> bool:  # the layout settles over a few event-loop passes (longer on a busy machine)
+        return p.power_plot.geometry().bottom() < p.util_plot.geometry().top()
+
+    def assert_apart() -> None:
+        try:
+            qtbot.waitUntil(apart, timeout=10000)
+        except TimeoutError:
+            pass  # the assertion below says how they overlap
+        power, util = p.power_plot.geometry(), p.util_plot.geometry()
+        assert power.bottom() < util.top(), f"the plots overlap: power {power}, utilisation {util}"
+        assert p.power_plot.legend.geometry().bottom() <= power.height(), "the legend lies inside its own plot"
+
+    assert_apart()
+    # however many notes a session has and however they wrap, they scroll in a few lines' height
+    # and leave the plots the room they need (a long note once pushed them over each other)
+    stored = d.stored
+    stored.summary["notes"] = [f"note {i}: " + "a long note that wraps over the width of the window " * 4
+                               for i in range(8)]
+    d.show_session(stored, None)
+    qtbot.waitUntil(lambda: d.notes.text().count("•") == 6, timeout=10000)
+    assert_apart()
+    line = d.notes.fontMetrics().lineSpacing()
+    assert d.notes_area.height() <= qt_sessions.NOTES_LINES * line + 4 < d.notes.height(), "the notes scroll"
 
 
 def test_the_picker_holds_still_while_the_pointer_is_over_it(make_window, qtbot, gui):

@@ -9,6 +9,7 @@ import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QFrame,
     QHBoxLayout,
     QHeaderView,
     QInputDialog,
@@ -17,6 +18,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSplitter,
     QStackedWidget,
     QTableWidget,
@@ -64,6 +66,9 @@ def _load_pair(store, a_id: int, b_id: int, grid: float | None, progress=None) -
     return compare_sessions(a, b)
 
 
+NOTES_LINES = 4  # the most lines of a stored session's notes shown at once (the rest scroll)
+
+
 class QtSessionDetail(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -74,15 +79,24 @@ class QtSessionDetail(QWidget):
         f = self.headline.font()
         f.setBold(True)
         self.headline.setFont(f)
-        self.notes = QLabel(self)
+        self.notes = QLabel()
         self.notes.setWordWrap(True)
+        self.notes.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        # notes scroll within at most NOTES_LINES lines: however many there are (and however they
+        # wrap), they never take the height the plots need (the plots were drawn over each other)
+        self.notes_area = QScrollArea(self)
+        self.notes_area.setWidgetResizable(True)
+        self.notes_area.setFrameShape(QFrame.NoFrame)
+        self.notes_area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.notes_area.setWidget(self.notes)
+        self.notes_area.setMaximumHeight(NOTES_LINES * self.notes.fontMetrics().lineSpacing() + 4)
         from wattlens.app.gui.qt_session_panel import QtSessionPanel
 
         self.panel = QtSessionPanel(self)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.headline)
-        lay.addWidget(self.notes)
+        lay.addWidget(self.notes_area)
         lay.addWidget(self.panel, 1)
 
     def show_session(self, stored: StoredSession, grid: float | None) -> None:
@@ -91,7 +105,7 @@ class QtSessionDetail(QWidget):
         notes = list(stored.summary.get("notes") or [])
         notes += [e.message for e in stored.events if e.kind in ("source-unavailable", "warning")]
         self.notes.setText("\n".join(f"• {n}" for n in notes[:6]))
-        self.notes.setVisible(bool(notes))
+        self.notes_area.setVisible(bool(notes))
         self.panel.clear()
         self.panel.set_cards(stored.cards(grid))
         self.panel.set_layers(stored.layers)
