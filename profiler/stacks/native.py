@@ -9,7 +9,10 @@ so a native sample in the backward says which operation's gradient is being comp
 Native reads must pause the target (blocking) and cost ~1-5 ms each on a 2-core machine, so
 they run at :data:`NATIVE_RATE_HZ` (1 Hz) and only once the target has shown a backward pass.
 Each native py-spy also stops the target once, at its first read, while it loads the symbols of
-torch's libraries (0.3-0.65 s on a Llama-style training loop here), and slows it for a few
+torch's libraries (0.3-0.65 s on a Llama-style training loop here: py-spy 0.4 reads a library's
+whole symbol table the first time it names an address in it, and names addresses while the thread
+is locked, in remoteprocess's ``Symbolicator::symbolicate``; its ``merge_native_thread`` carries a
+TODO to do that outside the lock, so only a py-spy change moves it), and slows it for a few
 seconds more while it reads them: benchmarks/bench_attach_long.py measured +14-16 % own-core
 slowdown over the 10-s slices with a start against 0.4-1.0 % paused in the slices without one.
 A start costs far more than all of a run's later reads, so the runs are few (:func:`native_run`):
