@@ -68,6 +68,12 @@ def test_attach_shows_live_samples_and_pause_never_stops_recording(gui, make_win
     s = Store(tmp_path / "gui.db")
     assert s.session(run.session.session_id)["status"] == "stopped"
     s.close()
+    # the ended session's duration reads the same here as in the Sessions list (not a clock's 00:00:NN)
+    view.frame(force_cards=True)
+    sv = w.sessions_view
+    sv.refresh()
+    qtbot.waitUntil(lambda: bool(sv.model.rows) and sv.model.rows[0].duration_s is not None, timeout=20000)
+    assert view.elapsed.text() == sv.model.rows[0].duration_text, (view.elapsed.text(), sv.model.rows[0].duration_s)
 
 
 def per_step_card(view) -> str:

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from wattlens.app.gui.models.format import clock
+from wattlens.app.gui.models.format import clock, duration
 from wattlens.app.gui.models.live_model import LiveModel
 from wattlens.app.gui.qt_bridge import QtSessionBridge
 
@@ -160,7 +160,9 @@ class QtLiveView(QWidget):
         self._frame += 1
         if force_cards or self._frame % CARDS_EVERY == 0:
             self.panel.set_cards(m.cards())
-            self.elapsed.setText(clock(m.elapsed_s()))
+            # a clock while it runs; once ended, the stored duration as the Sessions list reads it
+            # (the clock truncates: 99.6 s read 00:01:39 here and 1 min 40 s there)
+            self.elapsed.setText(clock(m.elapsed_s()) if m.ended is None else duration(m.elapsed_s()))
         self.frame_times_s.append(time.perf_counter() - t0)
         if len(self.frame_times_s) > 4096:
             del self.frame_times_s[:2048]
