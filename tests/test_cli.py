@@ -142,7 +142,16 @@ def test_attached_training_stores_the_backward_split_its_note_states(torch_child
     store = Store(db_path)
     events = [e for e in store.events(sid) if e.kind == "backward-ops"]
     layers = store.layer_costs(sid)
+    from wattlens.app.report.data import build_report
+    from wattlens.app.report.paused import NOTE
+
+    paused = build_report(store, sid)["paused"]
     store.close()
+    # the report shades each native run where it stopped the target, and says their cost as the note does
+    runs = [r for e in events for r in e.data["native_runs"]]
+    assert len(paused["spans_s"]) == len(runs) >= 1 and all(0 <= a < b for a, b in paused["spans_s"])
+    cost = paused["note"].removeprefix(NOTE + ": ").removesuffix(" (estimated)")
+    assert cost in events[-1].message, (paused["note"], events[-1].message)
     if not events or not events[-1].data["classes"]:
         pytest.skip("no native read reached the backward in 12 s on this machine (busy)")
     classes = events[-1].data["classes"]  # {class path: [share of the backward, se]}

@@ -122,6 +122,13 @@ def test_layers_and_steps_arrive_from_other_threads(gui, make_window, qtbot, tor
     # layer rows cross from the stack thread through the bridge: wait for the first window rather
     # than a fixed time (how many stacks py-spy reads in 1.5 s depends on the machine's load)
     qtbot.waitUntil(lambda: len(view.model.layers) > 0, timeout=120000)
+    # the training loop's backward starts a native run, which stops the target: shaded from its start
+    qtbot.waitUntil(lambda: bool(run.session.stack_sampler.native_run_spans()), timeout=60000)
+    view.redraw()
+    spans, note = view.model.paused_spans()
+    shaded = [tuple(region.getRegion()) for region in view.panel.power_plot.spans]
+    assert len(shaded) == len(spans) >= 1 and shaded[0][0] == pytest.approx(spans[0][0])
+    assert view.panel.power_plot.span_note == note and note.startswith("shaded: native stack reads")
     view.stop_button.click()
     qtbot.waitUntil(lambda: w.run is None, timeout=120000)
     layers = view.panel.layers

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
 from PySide6.QtWidgets import QInputDialog, QMessageBox
 
@@ -131,3 +132,45 @@ def test_export_default_path_follows_the_choice(make_window, qtbot, stored_db, t
     ev._on_path_edited("")
     ev.choose(2, "csv")
     assert ev.path.text() == str(tmp_path / "mine.csv"), "a path the user typed keeps its name"
+
+
+def test_a_stored_training_attach_shades_where_native_reads_stopped_the_target(make_window, qtbot, torch_child,
+                                                                                 tmp_path):
+    """Native stack reads stop the target (their dip shows in the target's curves): the opened
+    session shades each native run's span and says, under the power plot, what the runs cost the
+    target — the figure the backward note states."""
+    from tests.conftest import run_cli
+
+    db = tmp_path / "train.db"
+    child = torch_child(60)
+    r = run_cli("attach", str(child.pid), "--duration", "12", "--db", str(db), "--json", timeout=180)
+    assert r.returncode == 0, r.stderr
+    sid = json.loads(r.stdout)["session_id"]
+    store = Store(db)
+    events = store.events(sid)
+    store.close()
+    runs = [run for e in events for run in (e.data.get("native_runs") or ())]
+    assert runs, [e.kind for e in events]  # the training loop's first backward starts the first run
+    w = make_window(db)
+    sv = _sessions_ready(w, qtbot, 1)
+    sv.open_session(sid)
+    qtbot.waitUntil(lambda: sv.stack.currentWidget() is sv.detail, timeout=30000)
+    d = sv.detail
+    start_ns, duration_s = d.stored.series.start_ns, d.stored.session["duration_s"]
+    for plot in (d.panel.power_plot, d.panel.util_plot):
+        shaded = [tuple(region.getRegion()) for region in plot.spans]
+        assert len(shaded) == len(runs)
+        for (x0, x1), run in zip(shaded, runs, strict=True):
+            assert x0 == (run["t_start_ns"] - start_ns) / 1e9 and x1 == (run["t_end_ns"] - start_ns) / 1e9
+            assert 0 <= x0 < x1 <= duration_s + 1.0  # within the session (its end is a little after stop)
+    note = d.panel.power_plot.span_note
+    assert note.startswith("shaded: native stack reads") and re.search(r"\d+ native runs? cost the target about", note)
+    assert d.panel.util_plot.span_note == "", "said once, under the power plot"
+    spent = note.split("about ")[1].split(" s")[0]
+    told = [e.message for e in events if re.search(r"native runs? cost the target about", e.message)]
+    assert told and f"cost the target about {spent} s" in told[0], (note, told)  # one figure, both places
+    path = os.path.join(os.environ.get("WATTLENS_SCREENSHOTS", str(tmp_path)), "native_spans.png")
+    w.resize(1280, 860)
+    qtbot.wait(100)
+    assert w.grab().save(path)
+    print(f"screenshot: {path}")

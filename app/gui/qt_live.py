@@ -170,7 +170,8 @@ class QtLiveView(QWidget):
     def redraw(self) -> None:
         m = self.model
         if m is not None:
-            self.panel.draw(m.series, self.window_s, m.step_ends_s(), live=m.ended is None)
+            self.panel.draw(m.series, self.window_s, m.step_ends_s(), live=m.ended is None,
+                            paused=m.paused_spans())
 
     # ---- handlers ------------------------------------------------------------------------------
     def _on_window_changed(self, index: int) -> None:

@@ -1,6 +1,7 @@
 """A time plot for power and utilisation: pyqtgraph with clip-to-view and peak downsampling, the
 x axis in seconds since the session start, the y axis from zero with its unit, a legend *outside*
-the data (a label under the plot: long method names never hide a curve), and step markers.
+the data (a label under the plot: long method names never hide a curve), step markers, and
+shaded spans (where wattlens itself paused the target).
 
 Ranges are set by the caller each frame (no per-frame auto-range: computing data bounds of long
 series is what makes live plots slow).
@@ -53,6 +54,8 @@ class QtTimePlot(QWidget):
         # room under the legend: the next plot's top tick label ("100" of utilisation) never touches it
         self.legend.setContentsMargins(4, 0, 4, 10)
         self.note = ""
+        self.spans: list[pg.LinearRegionItem] = []  # shaded time spans (set_spans)
+        self.span_note = ""
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(2)
@@ -88,7 +91,29 @@ class QtTimePlot(QWidget):
     def clear(self) -> None:
         self.remove_missing(set())
         self.set_markers(np.empty(0))
+        self.set_spans([], "")
         self._x = self._y1 = None
+
+    def set_spans(self, spans_s: list[tuple[float, float]], note: str) -> None:
+        """Shade these (start, end) spans, in seconds, behind the curves, and say what they are
+        in the legend (``note``)."""
+        if len(spans_s) == len(self.spans):  # live: the same runs, the last one perhaps longer
+            for region, span in zip(self.spans, spans_s, strict=True):
+                if tuple(region.getRegion()) != tuple(span):
+                    region.setRegion(span)
+        else:
+            for region in self.spans:
+                self.item.removeItem(region)
+            self.spans = []
+            for x0, x1 in spans_s:
+                region = pg.LinearRegionItem((x0, x1), movable=False, brush=self._span_brush(),
+                                             pen=pg.mkPen(None))
+                region.setZValue(-10)  # behind the curves
+                self.item.addItem(region, ignoreBounds=True)
+                self.spans.append(region)
+        if note != self.span_note:
+            self.span_note = note
+            self._update_legend()
 
     def set_markers(self, xs: np.ndarray) -> None:
         self.markers.setXVals(list(map(float, xs)))
@@ -123,6 +148,11 @@ class QtTimePlot(QWidget):
             pen.setStyle(Qt.DashLine)
         return pen
 
+    def _span_brush(self):
+        color = pg.mkColor(PLOT[self.theme].markers)
+        color.setAlpha(60)
+        return pg.mkBrush(color)
+
     def set_note(self, text: str) -> None:
         """A last legend entry in grey (what the step ticks are, or why they are hidden)."""
         if text != self.note:
@@ -136,6 +166,8 @@ class QtTimePlot(QWidget):
             parts.append(f'<span style="color:{color}; font-weight:bold">━━</span>&nbsp;{html.escape(label)}')
         if self.note:
             parts.append(f'<span style="color:{PLOT[self.theme].markers}">┃ {html.escape(self.note)}</span>')
+        if self.span_note:
+            parts.append(f'<span style="color:{PLOT[self.theme].markers}">▒ {html.escape(self.span_note)}</span>')
         self.legend.setText("&nbsp;&nbsp;&nbsp; ".join(parts))
 
     def legend_texts(self) -> list[str]:
@@ -151,4 +183,6 @@ class QtTimePlot(QWidget):
             ax.setTextPen(c.foreground)
         self.item.showGrid(x=True, y=True, alpha=c.grid_alpha)
         self.markers.setPen(pg.mkPen(c.markers, width=1))
+        for region in self.spans:
+            region.setBrush(self._span_brush())
         self.item.titleLabel.setText(self.item.titleLabel.text, color=c.foreground)

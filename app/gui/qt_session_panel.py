@@ -69,7 +69,7 @@ class QtSessionPanel(QWidget):
         self.cards.set_cards([])
 
     def draw(self, series: SeriesSet, window_s: float | None, step_ends_s: np.ndarray | None = None,
-             *, live: bool = False) -> None:
+             *, live: bool = False, paused: tuple[list[tuple[float, float]], str] | None = None) -> None:
         """Draw the last ``window_s`` seconds (None: everything).
 
         Live, the time axis moves in steps of a tenth of the window (the data run into head-room on
@@ -79,6 +79,9 @@ class QtSessionPanel(QWidget):
         t_end = series.end_s()
         x0, x1 = self._x_range(t_end, window_s, live)
         palette = PLOT[self.theme].series
+        if paused is not None:  # spans where wattlens stopped the target (StoredSession.paused_spans)
+            self.power_plot.set_spans(*paused)
+            self.util_plot.set_spans(paused[0], "")  # said once, under the power plot
         for plot, specs in ((self.power_plot, power_curves(series)), (self.util_plot, util_curves(series))):
             y_max = 0.0
             columns = max(200, plot.item.getViewBox().width() or plot.plot.width())

@@ -111,7 +111,7 @@ class QtSessionDetail(QWidget):
         self.panel.set_layers(stored.layers)
         self.panel.set_ranks(stored.ranks)
         ends = np.array([(s.t_end_ns - stored.series.start_ns) / 1e9 for s in stored.steps])
-        self.panel.draw(stored.series, None, ends)
+        self.panel.draw(stored.series, None, ends, paused=stored.paused_spans())
 
     def set_theme(self, theme: str) -> None:
         self.panel.set_theme(theme)

@@ -10,12 +10,18 @@ import time
 
 from wattlens.app.present import outcomes, read_recommendations
 from wattlens.app.report.headline import headline
+from wattlens.app.report.paused import native_pauses
 from wattlens.profiler.figures import fill_step_energy
 from wattlens.profiler.rank_layers import per_rank_layers
 from wattlens.profiler.ranks import session_ranks
 from wattlens.profiler.summary import summarize, target_energy_between, top_layers
 
 REPORT_SCHEMA_VERSION = 1
+
+
+def _paused(events, start_ns: int) -> dict:
+    spans, note = native_pauses((e.data for e in events), start_ns)
+    return {"spans_s": [list(x) for x in spans], "note": note}
 
 
 def build_report(store, session_id: int, *, compare_id: int | None = None,
@@ -47,6 +53,7 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
         "layers": top_layers(layers, n=None),
         "events": [{"t_s": (e.t_ns - session["start_ns"]) / 1e9, "kind": e.kind, "message": e.message}
                    for e in events],
+        "paused": _paused(events, session["start_ns"]),
         "recommendations": store.recommendations(session_id),
         "actions": store.actions(session_id),
         "comparison": None,

@@ -35,7 +35,13 @@ _RC = {
 }
 
 
-def _draw_lines(ax, lines: Sequence[Line], title: str, ylabel: str, xlabel: str) -> None:
+def _draw_lines(ax, lines: Sequence[Line], title: str, ylabel: str, xlabel: str,
+                paused: dict | None = None) -> None:
+    """``paused``: the report's spans where wattlens stopped the target, shaded (the app's plots
+    shade them too), with their line in the legend."""
+    for i, (x0, x1) in enumerate((paused or {}).get("spans_s") or ()):
+        ax.axvspan(x0, x1, color="#888888", alpha=0.22, lw=0, zorder=0,
+                   label=paused["note"] if i == 0 else None)
     for ln in lines:
         label = f"{ln.label} ({ln.unit})" + (" — estimated" if ln.estimated else "")
         ax.plot(ln.t_s, ln.value, color=ln.color, lw=2.2 if ln.bold else 1.3,
@@ -124,10 +130,13 @@ def plot_specs(report: dict, series_data) -> dict[str, PlotSpec]:
     lines, xlabel = timelines(report, series_data)
     flags = estimate_flags(report)
 
+    paused = report.get("paused") or {}
+
     def time_plot(name: str, title: str, ylabel: str, h: float) -> PlotSpec:
-        rows = len(lines[name])
+        shade = paused if name == "power" and paused.get("spans_s") and lines[name] else None
+        rows = len(lines[name]) + (1 if shade else 0)
         return PlotSpec(name, h, 0.75, 0.5 + (LEGEND_ROW_IN * rows + 0.05 if rows else 0.0),
-                        lambda ax: _draw_lines(ax, lines[name], title, ylabel, xlabel))
+                        lambda ax: _draw_lines(ax, lines[name], title, ylabel, xlabel, shade))
 
     specs = {"power": time_plot("power", "Power over time", "power (W)", 2.2),
              "energy": time_plot("energy", "Cumulative energy", "energy (J)", 1.9)}

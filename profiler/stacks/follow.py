@@ -219,6 +219,11 @@ class RankFollower:
             new += n
         return old, new
 
+    def native_run_spans(self) -> list[dict]:
+        """Every sampled process's native runs (:meth:`StackSampler.native_run_spans`), for the
+        live plots to shade while the session runs."""
+        return [span for _worker, s in self._list() for span in s.native_run_spans()]
+
     def backward_pooled(self) -> bool:
         """Did any sampled process pool native reads (a split to speak of)?"""
         return any(s.backward_ops or s.optimizer_ops for _worker, s in self._list())
@@ -249,7 +254,12 @@ class RankFollower:
                     continue
             out.append(("stack-reads", who + s.loss_message(), {**s.loss.summary(), **data}))
             backward = s.backward_message()
+            spans = s.native_run_spans()  # where native reads paused it (the plots shade them)
             if backward is not None:
                 out.append(("backward-ops", who + backward, {"ops": dict(s.backward_ops),
-                                                              "classes": s.backward_classes(), **data}))
+                                                              "classes": s.backward_classes(),
+                                                              "native_runs": spans, **data}))
+            elif spans:  # runs that pooled no backward read: their cost is said all the same
+                out.append(("native-runs", who + s.native_cost_message() + "; no backward read was pooled",
+                            {"native_runs": spans, **data}))
         return out

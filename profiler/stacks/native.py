@@ -104,6 +104,12 @@ def native_budget_wait(spent_s: float, elapsed_s: float, next_cost_s: float, nex
     return max(0.0, (spent_s + next_cost_s) / budget - elapsed_s - next_run_s)
 
 
+def native_cost_phrase(runs: int, spent_s: float) -> str:
+    """How the cost of the native runs is said, in the backward note and under the plots that
+    shade the runs (one wording, one rounding: the two read the same)."""
+    return f"{runs} native run{'' if runs == 1 else 's'} cost the target about {spent_s:.1f} s"
+
+
 def native_next_cost_s(runs: list[tuple[float, int, float | None]], next_reads: int) -> float:
     """The next run's CPU, estimated from the runs so far (``(cpu_s, reads, cpu_per_read_s)``
     each; the per-read CPU measured after the run's start, or None). A run's start costs far more

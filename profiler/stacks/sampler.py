@@ -51,7 +51,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from wattlens.profiler.errors import BadInputError
 from wattlens.profiler.process import pid_cpu_s
@@ -67,6 +67,7 @@ from wattlens.profiler.stacks.native import (
     NATIVE_REFRESH_RUN_S,
     backward_ops,
     native_budget_wait,
+    native_cost_phrase,
     native_next_cost_s,
     native_read_cost_s,
     native_run,
@@ -296,6 +297,9 @@ class StackSampler:
         # None) per finished native run: the CPU is spent with the target stopped, so it is what
         # the native reads' cost is counted from
         self.native_runs: list[tuple[float, int, float | None]] = []
+        # [start, end (None while it runs) in monotonic ns, py-spy CPU seconds or None] of every
+        # native run started: where the target was paused, for the plots
+        self.native_spans: list[list] = []
         self._t_start_ns: int | None = None
         self._t_stop_ns: int | None = None  # when stopping was asked
         self.backward_ops: Counter[str] = Counter()
@@ -536,10 +540,20 @@ class StackSampler:
         elapsed_s = ((self._t_stop_ns or time.monotonic_ns()) - (self._t_start_ns or 0)) / 1e9
         cap = (f"; runs after the first wait to keep within {self.native_budget:.2%}"
                if self.native_budget else "")
-        return (f"{len(self.native_runs)} native runs cost the target about {spent_s:.1f} s "
+        return (f"{native_cost_phrase(len(self.native_runs), spent_s)} "
                 f"({spent_s / max(elapsed_s, 1e-9):.2%} of the attach; estimated: "
                 f"{NATIVE_OWN_CORE_PER_CPU_S} × their py-spy's CPU time, spent with the target "
                 f"stopped){cap}")
+
+    def native_run_spans(self) -> list[dict[str, Any]]:
+        """Each native run as stored with the session (the plots shade them): its start and end
+        (monotonic ns, the samples' clock; a run still going ends now) and what it cost the
+        target (estimated as in :meth:`native_cost_message`; None while it runs or where its CPU
+        time could not be read)."""
+        now_ns = time.monotonic_ns()
+        return [{"t_start_ns": t0, "t_end_ns": now_ns if t1 is None else t1,
+                 "target_cost_s": None if cpu_s is None else NATIVE_OWN_CORE_PER_CPU_S * cpu_s}
+                for t0, t1, cpu_s in list(self.native_spans)]
 
     def backward_classes(self) -> dict[str, list[float]]:
         """{class path: [share of the backward, standard error]} (:mod:`.backward_map`)."""
@@ -592,6 +606,8 @@ class StackSampler:
                 return
             runs += 1
             cmd = native_command(self._exe, self.pid, rate_hz, duration_s, out_path)
+            span = [time.monotonic_ns(), None, None]
+            self.native_spans.append(span)  # shaded from its start on, live
             err_path = out_path + ".stderr"
             try:
                 with open(err_path, "w+", encoding="utf-8", errors="replace") as err_file:
@@ -612,6 +628,7 @@ class StackSampler:
                 mark_after_s=_NATIVE_MARK_S if duration_s >= 2 * _NATIVE_MARK_S else None)
             with self._lock:
                 self._native_proc = None
+            span[1:] = [time.monotonic_ns(), cpu_s]
             if cpu_s is not None:
                 reads_after = min(duration_s * rate_hz, after_mark_s * rate_hz)
                 self.native_runs.append((cpu_s, duration_s * rate_hz,

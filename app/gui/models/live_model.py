@@ -23,6 +23,7 @@ from wattlens.app.gui.models.series_model import (
     short_source,
 )
 from wattlens.app.gui.models.signal import Signal
+from wattlens.app.report.paused import native_pauses
 from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost, StepRecord
 from wattlens.profiler.sources.base import source_dict
@@ -196,6 +197,13 @@ class LiveModel:
         if self.ended is not None and self.session.summary:
             return float(self.session.summary.get("duration_s") or self.series.end_s())
         return self.session.elapsed_s()
+
+    def paused_spans(self) -> tuple[list[tuple[float, float]], str]:
+        """Where wattlens's native stack reads stopped the target so far (a run going on ends
+        now), and the legend's line: as the stored session will show them."""
+        sampler = getattr(self.session, "stack_sampler", None)
+        runs = sampler.native_run_spans() if sampler is not None else []
+        return native_pauses([{"native_runs": runs}], self.series.start_ns)
 
     def pull(self) -> int:
         """New points since the last pull (called by the view's timer, 10–20 Hz)."""

@@ -13,6 +13,7 @@ from wattlens.app.gui.models.live_model import Card, cards, unavailable_dicts
 from wattlens.app.gui.models.series_model import SeriesSet, infos_from_specs
 from wattlens.app.gui.models.signal import Signal
 from wattlens.app.report.data import compare_summaries
+from wattlens.app.report.paused import native_pauses
 from wattlens.profiler.ranks import session_ranks
 from wattlens.profiler.records import EventRecord, StepRecord
 from wattlens.profiler.sources.base import source_dict
@@ -119,6 +120,11 @@ class StoredSession:
         end = f" — {s['end_reason']}" if s.get("end_reason") else ""
         return (f"Session {s['id']}: {s['name']} · {_target_text(s)} · {when} · "
                 f"{duration(s.get('duration_s'))} · {s['status']}{end}")
+
+    def paused_spans(self) -> tuple[list[tuple[float, float]], str]:
+        """Where wattlens's native stack reads stopped the target, for the plots to shade, and the
+        legend's line (:func:`wattlens.app.report.paused.native_pauses`)."""
+        return native_pauses((e.data for e in self.events), self.series.start_ns)
 
     def main_power_key(self) -> str | None:
         """The series to overlay in a comparison: the target's power, else the first source's."""
