@@ -39,7 +39,10 @@ def _draw_lines(ax, lines: Sequence[Line], title: str, ylabel: str, xlabel: str,
                 paused: dict | None = None) -> None:
     """``paused``: the report's spans where wattlens stopped the target, shaded (the app's plots
     shade them too), with their line in the legend."""
+    t_last = max((float(ln.t_s[-1]) for ln in lines if len(ln.t_s)), default=None)
     for i, (x0, x1) in enumerate((paused or {}).get("spans_s") or ()):
+        if t_last is not None:  # a run the stop cut short ends after the last sample: not past the curves
+            x1 = min(x1, t_last)
         ax.axvspan(x0, x1, color="#888888", alpha=0.22, lw=0, zorder=0,
                    label=paused["note"] if i == 0 else None)
     for ln in lines:

@@ -242,6 +242,7 @@ class RankFollower:
         for worker, s in items:
             who = "" if single else f"{worker.label()}: "
             data = {} if single else {"rank": worker.rank, "pid": worker.pid}
+            spans = s.native_run_spans()  # where native reads paused it (the plots shade them)
             if not s.available:
                 if not single and s.windows and s.exited:
                     out.append(("note", f"{worker.label()} exited during the session after "
@@ -251,15 +252,24 @@ class RankFollower:
                     what = "no layer figures" if single else f"no layer figures for {worker.label()}"
                     out.append(("note", f"{what}{after}: {s.reason}", data))
                 if single or not s.windows:  # a single sampler says only why it stopped
+                    if spans:  # and where it paused the target, which happened all the same
+                        out.append(_native_runs_event(who, s, spans, data, ""))
                     continue
             out.append(("stack-reads", who + s.loss_message(), {**s.loss.summary(), **data}))
             backward = s.backward_message()
-            spans = s.native_run_spans()  # where native reads paused it (the plots shade them)
             if backward is not None:
                 out.append(("backward-ops", who + backward, {"ops": dict(s.backward_ops),
                                                               "classes": s.backward_classes(),
                                                               "native_runs": spans, **data}))
             elif spans:  # runs that pooled no backward read: their cost is said all the same
-                out.append(("native-runs", who + s.native_cost_message() + "; no backward read was pooled",
-                            {"native_runs": spans, **data}))
+                out.append(_native_runs_event(who, s, spans, data, "; no backward read was pooled"))
         return out
+
+
+def _native_runs_event(who: str, s: StackSampler, spans: list[dict], data: dict,
+                       why: str) -> tuple[str, str, dict]:
+    """The native runs of a sampler without a backward note (no backward read pooled, or it
+    stopped early): where they paused the target, and their cost where it was read."""
+    said = (s.native_cost_message() if s.native_runs else
+            f"{len(spans)} native stack read run(s) stopped the target; their cost could not be read")
+    return ("native-runs", f"{who}{said}{why}", {"native_runs": spans, **data})

@@ -607,7 +607,6 @@ class StackSampler:
             runs += 1
             cmd = native_command(self._exe, self.pid, rate_hz, duration_s, out_path)
             span = [time.monotonic_ns(), None, None]
-            self.native_spans.append(span)  # shaded from its start on, live
             err_path = out_path + ".stderr"
             try:
                 with open(err_path, "w+", encoding="utf-8", errors="replace") as err_file:
@@ -618,6 +617,7 @@ class StackSampler:
             except OSError as exc:
                 log.warning("native py-spy could not be started: %s", exc.strerror)
                 return
+            self.native_spans.append(span)  # started: shaded from its start on, live
             with self._lock:
                 self._native_proc = proc
                 stopping = self._stop.is_set()  # request_stop() ran before: it saw no process
