@@ -722,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", choices=tuple(WORKLOADS), default="llama", help="--alternate: the child's model")
     ap.add_argument("--infer", action="store_true",
                     help="--alternate: an inference loop instead of training (no native reads ever start)")
+    ap.add_argument("--tag", default="", help="--alternate: a replicate's suffix for the result files "
+                    "(attach_alternate_train_TAG.md), so a rerun does not replace the first run")
     ap.add_argument("--aa-every", type=int, default=4,
                     help="--alternate: every Nth phase between two nothing-attached ones is an A/A control")
     args = ap.parse_args(argv)
@@ -741,12 +743,13 @@ def main(argv: list[str] | None = None) -> int:
         doc = measure_alternate(args.alternate * 60, args.phase, args.aa_every, args.amplify,
                                 args.arch, train)
         s = summarize_alternate(doc)
-        name = alternate_name(args.arch, train)
+        name = alternate_name(args.arch, train) + (f"_{args.tag}" if args.tag else "")
         (HERE / "results" / f"{name}.json").write_text(json.dumps({"doc": doc, "summary": s}, indent=1))
         body = render_alternate(doc, s, command.strip())
         loop = f"{WORKLOADS[args.arch].split(' (')[0]}, {'training' if train else 'inference'} loop"
         write_section(name, "Attach mode's own-core slowdown, attached and "
-                      f"nothing-attached phases taking turns: {loop}", body)
+                      f"nothing-attached phases taking turns: {loop}"
+                      + (f" (run {args.tag})" if args.tag else ""), body)
         print(body)
         return 0
     if args.parts:

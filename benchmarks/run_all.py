@@ -23,7 +23,7 @@ SECTION = {"agent_overhead": "agent"}
 COLLECT = ["core", "stacks", "agent_overhead", "agent_floor", "agent_wrapper_ab", "agent_main_path", "gui", "actions", "regression",
            "stacks_issue14", "backward_reference", "stacks_overhead_llama", "stacks_overhead_llama_train",
            "attach_long_train", "attach_long_train_pooled", "attach_parts_train", "attach_alternate_train",
-           "attach_alternate_gpt2_infer", "attach_alternate_bert_infer", "attach_native_runs_train",
+           "attach_alternate_train_rep2", "attach_alternate_gpt2_infer", "attach_alternate_bert_infer", "attach_native_runs_train",
            "ranks",
            "rank_split", "attach_ranks", "pg", "store_open", "node"]
 

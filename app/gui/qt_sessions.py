@@ -89,7 +89,7 @@ class QtSessionDetail(QWidget):
         self.notes_area.setFrameShape(QFrame.NoFrame)
         self.notes_area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.notes_area.setWidget(self.notes)
-        self.notes_area.setMaximumHeight(NOTES_LINES * self.notes.fontMetrics().lineSpacing() + 4)
+        self.notes_area.setMaximumHeight(NOTES_LINES * self.notes.fontMetrics().lineSpacing())  # whole lines: no sliver of a fifth
         from wattlens.app.gui.qt_session_panel import QtSessionPanel
 
         self.panel = QtSessionPanel(self)
