@@ -234,7 +234,7 @@ def print_summary(summary: dict) -> None:
               f"{_fmt(st['energy_per_sample_j'], 'J')}/sample, {_fmt(st['energy_per_token_j'], 'J')}/token")
     layers = (summary.get("top_layers") or [])[:5]
     if layers:
-        print(f"  costliest layers ({layers[0]['method']}; self = without the modules inside it):")
+        print(f"  costliest layers ({layers[0]['method']}; self = without the modules inside it; % = self time share):")
     for lr in layers:
         # sampled: ± one standard error (between windows, and a split's pooled native reads)
         share = share_with_se(lr.get("self_share"), lr.get("self_share_se")).rjust(7)

@@ -74,14 +74,14 @@ def risk_text(risk: Risk) -> str:
 
 
 def value_text(value, unit: str) -> str:
-    """An evidence value with its unit: fractions as percent, floats to 4 significant digits."""
+    """An evidence value with its unit: fractions (unit "fraction", or "fraction of ...") as percent, floats to 4 significant digits."""
     if value is None:
         return "n/a"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int | float):
-        if unit == "fraction":
-            return f"{value * 100:.1f} %"
+        if unit == "fraction" or unit.startswith("fraction "):  # "fraction of sampled time"
+            return f"{value * 100:.1f} % {unit[len('fraction '):]}".rstrip()
         number = f"{value:.4g}" if isinstance(value, float) else f"{value:,}"
         return f"{number} {unit}".rstrip()
     return f"{value} {unit}".rstrip()

@@ -57,3 +57,12 @@ def test_outcome_sits_beside_its_recommendation_and_is_flagged_outside_the_inter
     lines = m.recommendations[0].outcome_lines
     assert lines[1] == f"predicted: {outside.predicted}" and lines[2] == f"measured: {outside.measured}"
     assert lines[3].startswith("FLAGGED")
+
+
+def test_a_share_reads_as_a_percent_in_the_evidence_as_in_the_layer_table():
+    # The layer rules' evidence is "fraction of sampled time"; it read "0.1213 fraction of sampled
+    # time" beside a table that says "12.1 %" for the same figure.
+    top = Evidence("self time share of lm_head", 0.1213, "fraction of sampled time", "agent timing")
+    assert present.evidence_text(top) == "self time share of lm_head: 12.1 % of sampled time  [agent timing]"
+    assert present.value_text(0.5, "fraction") == "50.0 %"
+    assert present.value_text(0.5, "fractions") == "0.5 fractions"  # only the unit named so

@@ -115,7 +115,7 @@ def test_the_layers_view_prints_the_share_and_error_that_show_prints(qtbot):
 
     view = QtLayerView(tree)
     qtbot.addWidget(view)
-    col = COLUMNS.index("Self share")
+    col = COLUMNS.index("Self time share")
     texts = {}
     for i in range(view.table.topLevelItemCount()):
         top = view.table.topLevelItem(i)

@@ -1,5 +1,5 @@
 """The Export screen: a stored session (optionally compared with another) to html, pdf, md,
-json or csv through ``write_report``, in a worker with progress."""
+json, csv (samples, steps or layers) or a trace through ``write_report``, in a worker with progress."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from wattlens.app.gui.models.errors import error_text
 from wattlens.app.gui.models.export_model import available_formats, default_path, run_export
 from wattlens.app.gui.models.sessions_model import SessionsModel
+from wattlens.app.report.formats import CSV_WHAT, CSV_WHAT_TEXT
 
 
 class QtExportView(QWidget):
@@ -53,6 +54,10 @@ class QtExportView(QWidget):
                 item.setToolTip(f.reason)
         first_ok = next((i for i, f in enumerate(self.formats) if f.available), 0)
         self.format_box.setCurrentIndex(first_ok)
+        # what a CSV holds (`wattlens report --what`): offered only while CSV is chosen
+        self.csv_box = QComboBox(self)
+        for what in CSV_WHAT:
+            self.csv_box.addItem(CSV_WHAT_TEXT[what], what)
         self.path = QLineEdit(self)
         self.path.textEdited.connect(self._on_path_edited)
         browse = QPushButton("Browse…", self)
@@ -86,6 +91,8 @@ class QtExportView(QWidget):
         form.addRow("Session:", self.session_box)
         form.addRow("Compare with:", self.compare_box)
         form.addRow("Format:", self.format_box)
+        form.addRow("CSV table:", self.csv_box)
+        self._form = form
         form.addRow("Save to:", path_row)
         lay = QVBoxLayout(self)
         lay.addWidget(intro)
@@ -103,6 +110,7 @@ class QtExportView(QWidget):
         self.session_box.currentIndexChanged.connect(self._fill_compare)
         self.compare_box.currentIndexChanged.connect(self._update_path)
         self.format_box.currentIndexChanged.connect(self._update_path)
+        self.csv_box.currentIndexChanged.connect(self._update_path)
         sessions.changed.connect(self._on_sessions_changed)
         self._on_sessions_changed()
 
@@ -110,11 +118,16 @@ class QtExportView(QWidget):
     def selected(self) -> tuple[int | None, int | None, str]:
         return self.session_box.currentData(), self.compare_box.currentData(), self.format_box.currentData()
 
-    def choose(self, session_id: int, fmt: str, path: str | None = None, compare_id: int | None = None) -> None:
+    def csv_what(self) -> str:
+        return self.csv_box.currentData() or CSV_WHAT[0]
+
+    def choose(self, session_id: int, fmt: str, path: str | None = None, compare_id: int | None = None,
+               what: str = "samples") -> None:
         self.session_box.setCurrentIndex(max(0, self.session_box.findData(session_id)))
         self._fill_compare()
         self.compare_box.setCurrentIndex(max(0, self.compare_box.findData(compare_id)))
         self.format_box.setCurrentIndex(max(0, self.format_box.findData(fmt)))
+        self.csv_box.setCurrentIndex(max(0, self.csv_box.findData(what)))
         if path is not None:
             self.path.setText(path)
             self._path_edited = True
@@ -125,13 +138,14 @@ class QtExportView(QWidget):
 
     def _update_path(self, *_args) -> None:
         sid, cid, fmt = self.selected()
+        self._form.setRowVisible(self.csv_box, fmt == "csv")
         if sid is None or fmt is None:
             return
         if self._path_edited and self.path.text().strip():
             base, _ext = os.path.splitext(self.path.text().strip())
             self.path.setText(f"{base}.{fmt}")
             return
-        self.path.setText(str(default_path(self._folder(), sid, fmt, cid)))
+        self.path.setText(str(default_path(self._folder(), sid, fmt, cid, self.csv_what())))
 
     def _on_path_edited(self, _text: str) -> None:
         self._path_edited = True
@@ -166,7 +180,9 @@ class QtExportView(QWidget):
             box.addItem(none_text, None)
         for r in self.sessions.rows:
             if r.id != exclude:
-                box.addItem(f"{r.id}: {r.name} — {r.started_text}, {r.energy_text}", r.id)
+                # both energies, named: a bare "2.5 kJ" read as the target's (it was the machine's)
+                box.addItem(f"{r.id}: {r.name} — {r.started_text}, {r.duration_text}, "
+                            f"target {r.target_energy_text}, machine {r.energy_text}", r.id)
         i = box.findData(keep)
         box.setCurrentIndex(i if i >= 0 else 0)
         box.blockSignals(False)
@@ -188,9 +204,11 @@ class QtExportView(QWidget):
         self.progress.setValue(0)
         self.progress.show()
         self.open_button.hide()
-        self.result.setText(f"exporting session {sid} as {fmt}…")
+        what = self.csv_what() if fmt == "csv" else "samples"
+        self.result.setText(f"exporting session {sid} as {fmt}" + (f" ({what})" if fmt == "csv" else "") + "…")
         self.pool.submit(run_export, store, sid, fmt, path, compare_id=cid, grid_g_per_kwh=self.get_grid(),
-                         on_done=self._on_done, on_error=self._on_failed, on_progress=self._on_progress)
+                         what=what, on_done=self._on_done, on_error=self._on_failed,
+                         on_progress=self._on_progress)
 
     def _on_progress(self, text: str, fraction: float) -> None:
         self.progress.setValue(int(fraction * 100))

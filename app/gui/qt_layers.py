@@ -18,8 +18,8 @@ from wattlens.app.gui.models.format import share_with_se, si
 from wattlens.app.gui.models.layers_model import LayerNode, LayerTree, node_tooltip
 from wattlens.app.gui.qt_widgets import QtBarChart
 
-COLUMNS = ("Module", "Energy share", "Energy", "Self energy", "Self share", "Time", "Time share")
-SELF_SHARE_TIP = ("Self share: the node's own time (without the modules inside it) as a share of all "
+COLUMNS = ("Module", "Energy share", "Energy", "Self energy", "Self time share", "Time", "Time share")
+SELF_SHARE_TIP = ("Self time share: the node's own time (without the modules inside it) as a share of all "
                   "the time profiled, as `wattlens show` and the reports print it; sampled rows carry "
                   "± one standard error (the spread between windows, and the pooled native reads' "
                   "error where the backward or the optimizer was split by them)")
@@ -50,7 +50,7 @@ class QtLayerView(QWidget):
         self.table = QTreeWidget(self)
         self.table.setColumnCount(len(COLUMNS))
         self.table.setHeaderLabels(list(COLUMNS))
-        self.table.headerItem().setToolTip(COLUMNS.index("Self share"), SELF_SHARE_TIP)
+        self.table.headerItem().setToolTip(COLUMNS.index("Self time share"), SELF_SHARE_TIP)
         self.table.setSortingEnabled(True)
         self.table.setUniformRowHeights(True)
         # a long class path keeps both ends ("LlamaForCausalLM/…/LlamaMLP/Linear"): its last

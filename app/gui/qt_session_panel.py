@@ -23,7 +23,8 @@ class QtSessionPanel(QWidget):
         self.theme = "light"
         self.cards = QtCards(columns=4, parent=self)
         self.power_plot = QtTimePlot("power", "W", self)
-        self.util_plot = QtTimePlot("utilisation", "%", self, y_floor_max=100.0)
+        # "util.": the stored view gives this plot ~70 px, and "utilisation (%)" was cut there
+        self.util_plot = QtTimePlot("util.", "%", self, y_floor_max=100.0)
         self.util_plot.item.getAxis("left").enableAutoSIPrefix(False)
         # small enough that both fit the Sessions detail under an 8-row list: a splitter given less
         # than its children's minimums overlaps them (the power legend drawn over the % axis)

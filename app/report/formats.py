@@ -21,6 +21,10 @@ from wattlens.app.report.ranks import job_lines, rank_rows
 from wattlens.profiler.errors import BadInputError
 
 CSV_WHAT = ("samples", "steps", "layers")  # what `--format csv --what ...` exports
+#: what each CSV table holds, as the app's Export screen offers it
+CSV_WHAT_TEXT = {"samples": "power samples: every stored sample (series, unit, method, time, value)",
+                 "steps": "steps: one row per step with its energy",
+                 "layers": "layers: one row per module, phase and window"}
 
 
 def fmt(value, unit: str = "", digits: int = 3, missing: str = "n/a") -> str:
@@ -138,7 +142,7 @@ def render_markdown(report: dict) -> str:
         lines += ["| " + " | ".join(md_text(x) for x in r) + " |" for r in rows]
         lines += [""] + rank_layer_lines(report.get("rank_layers"))
     if report.get("layers"):
-        lines += ["", "## Costliest layers", "", "| Module | Kind | Method | Time | Self share | Energy |",
+        lines += ["", "## Costliest layers", "", "| Module | Kind | Method | Time | Self time share | Energy |",
                   "|---|---|---|---|---|---|"]
         for lr in report["layers"]:
             share = share_with_se(lr.get("self_share"), lr.get("self_share_se"))
@@ -271,7 +275,7 @@ FORMATS: dict[str, ReportFormat] = {f.name: f for f in (
     ReportFormat("pdf", "PDF report", _prepare_rich("pdf"), needs_rich=True),
     ReportFormat("md", "Markdown summary", _prepare_md),
     ReportFormat("json", "JSON (the full report document: every step and layer row)", _prepare_json),
-    ReportFormat("csv", "CSV (samples; --what steps or layers for those)", _prepare_csv),
+    ReportFormat("csv", "CSV tables: power samples, steps or layers (one per file)", _prepare_csv),
     ReportFormat("trace", "Chrome trace JSON (Perfetto, chrome://tracing): steps, layers, power",
                  _prepare_trace),
 )}

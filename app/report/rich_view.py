@@ -319,7 +319,7 @@ def layers_table(report: dict) -> Table | None:
                      Method(lr.get("method") or "n/a"), fmt(lr.get("time_s"), "s"), fmt(lr.get("self_time_s"), "s"),
                      share_with_se(lr.get("self_share"), lr.get("self_share_se")), Fig(fmt(lr.get("energy_j"), "J"), est and lr.get("energy_j") is not None),
                      Fig(fmt(lr.get("self_energy_j"), "J"), est and lr.get("self_energy_j") is not None)])
-    return Table(["Module", "Kind", "Phase", "Method", "Time", "Self time", "Self share", "Energy", "Self energy"],
+    return Table(["Module", "Kind", "Phase", "Method", "Time", "Self time", "Self time share", "Energy", "Self energy"],
                  rows, [0.22, 0.07, 0.07, 0.13, 0.08, 0.08, 0.08, 0.135, 0.135], {4, 5, 6, 7, 8})
 
 

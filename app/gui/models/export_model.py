@@ -28,13 +28,17 @@ def available_formats() -> list[FormatChoice]:
     return out
 
 
-def default_path(folder: str | Path, session_id: int, fmt: str, compare_id: int | None = None) -> Path:
+def default_path(folder: str | Path, session_id: int, fmt: str, compare_id: int | None = None,
+                 what: str = "samples") -> Path:
     stem = f"wattlens-session-{session_id}" + (f"-vs-{compare_id}" if compare_id is not None else "")
+    if fmt == "csv" and what != "samples":
+        stem += f"-{what}"  # each CSV table its own file
     return Path(folder).expanduser() / f"{stem}.{'trace.json' if fmt == 'trace' else fmt}"
 
 
 def run_export(store, session_id: int, fmt: str, path: str | Path, *, compare_id: int | None = None,
-               grid_g_per_kwh: float | None = None, progress=None) -> Path:
-    """``write_report`` with progress; errors are WattlensErrors with one line (shown as is)."""
+               grid_g_per_kwh: float | None = None, progress=None, what: str = "samples") -> Path:
+    """``write_report`` with progress; errors are WattlensErrors with one line (shown as is).
+    ``what``: the CSV's table (``CSV_WHAT``), as `wattlens report --what`."""
     return write_report(store, session_id, fmt, path, compare_id=compare_id,
-                        grid_g_per_kwh=grid_g_per_kwh, progress=progress)
+                        grid_g_per_kwh=grid_g_per_kwh, progress=progress, what=what)
