@@ -94,6 +94,38 @@ def test_signal_to_attach_stops_cleanly_with_summary_and_no_temp_folder(signum, 
     assert child.poll() is None  # attach never touches its target
 
 
+@pytest.mark.skipif(find_pyspy() is None, reason="needs py-spy")
+def test_sigkill_of_attach_leaves_no_py_spy_on_the_target(torch_child, db_path, private_tmp):
+    """A killed profiler must not leave its samplers attached: the calibration py-spy is a
+    blocking one (it pauses the target 5 times a second), and both were left running, orphaned,
+    until the target ended. Its window folder goes at the next sampler's start."""
+    import psutil
+
+    from wattlens.profiler.stacks.sampler import sweep_stale_tmp
+
+    child = torch_child(300)
+    proc = start_wattlens(["attach", str(child.pid), "--db", str(db_path), "--json", "--interval", "0.1"],
+                          private_tmp)
+    wait_for_line(proc, "measuring PID")
+    deadline = time.monotonic() + CAP_S
+    spies: list[psutil.Process] = []
+    while len(spies) < 2 and time.monotonic() < deadline:  # the window's and the calibration's
+        spies = [p for p in psutil.Process(proc.pid).children(recursive=True) if "py-spy" in p.name()]
+        time.sleep(0.1)
+    assert len(spies) >= 2, "the window and calibration py-spy never started"
+    left = [n for n in os.listdir(private_tmp) if n.startswith("wattlens-stacks-")]
+    assert left == [f for f in left if f.startswith(f"wattlens-stacks-{proc.pid}-")] != []
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+    gone, alive = psutil.wait_procs(spies, timeout=CAP_S)
+    assert alive == [], [p.cmdline() for p in alive]
+    assert child.poll() is None  # the target runs on, released
+    assert sweep_stale_tmp(private_tmp) == len(left)  # its owner is dead: the folder goes
+    assert [n for n in os.listdir(private_tmp) if n.startswith("wattlens-stacks-")] == []
+
+
 # ------------------------------------------------------------------ signals to `wattlens run`
 SLEEPER = "import time; print('ready', flush=True); time.sleep(300)"
 

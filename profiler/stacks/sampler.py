@@ -114,6 +114,47 @@ def native_command(exe: str, pid: int, rate_hz: int, duration_s: int, output: st
             "--format", "raw", "--native", "--threads", "--full-filenames", "--output", output]
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_starter() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the py-spy child when the thread that started
+    it ends: if wattlens is killed (SIGKILL, OOM, a crash), no py-spy stays attached to the target
+    (a calibration or native one would go on pausing it, and its output file growing, until the
+    target ends). The signal follows the starting *thread*, not the process, so each py-spy is
+    started by the thread that waits for it and reaps it (``_one_window``, ``_native_loop``).
+    None where prctl is unavailable (then a killed wattlens can leave py-spy behind, as before).
+    prctl is looked up here, before the fork: the child runs only the call."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent, sig = os.getpid(), int(signal.SIGKILL)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:  # wattlens died between the fork and the prctl
+            os._exit(1)
+
+    return preexec
+
+
+def sweep_stale_tmp(tmp_root: str | None = None) -> int:
+    """Remove the py-spy window folders of wattlens processes that no longer run (a SIGKILLed
+    one cannot remove its own); they are named ``wattlens-stacks-<pid>-…``. Returns how many."""
+    root = Path(tmp_root or tempfile.gettempdir())
+    removed = 0
+    with contextlib.suppress(OSError):
+        for path in root.glob("wattlens-stacks-*-*"):
+            owner = path.name.split("-")[2]
+            if owner.isdigit() and int(owner) != os.getpid() and not _pid_alive(int(owner)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += not path.exists()
+    return removed
+
+
 def _signal_unreaped(proc: subprocess.Popen[str], sig: int) -> None:
     """Signal ``proc`` if it is not reaped yet (its pid is still ours). Call with the sampler's
     lock held (the native thread reaps under it: ``StackSampler._reap``), or from that thread."""
@@ -376,7 +417,8 @@ class StackSampler:
         if not _pid_alive(self.pid):
             self._give_up(_exited_reason(self.pid))
             return
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="wattlens-stacks-")
+        sweep_stale_tmp()
+        self._tmpdir = tempfile.TemporaryDirectory(prefix=f"wattlens-stacks-{os.getpid()}-")
         self._t_start_ns = time.monotonic_ns()
         self._thread = threading.Thread(
             target=self._run, name=f"wattlens-stacks-{self.pid}", daemon=True
@@ -613,6 +655,7 @@ class StackSampler:
                     proc = subprocess.Popen(
                         cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                         stderr=err_file, text=True, start_new_session=True,
+                        preexec_fn=_die_with_starter(),
                     )  # fmt: skip
             except OSError as exc:
                 log.warning("native py-spy could not be started: %s", exc.strerror)
@@ -726,6 +769,7 @@ class StackSampler:
                 stderr=subprocess.PIPE,
                 text=True,
                 start_new_session=True,  # a Ctrl-C in the user's terminal is ours to forward
+                preexec_fn=_die_with_starter(),
             )
         except OSError as exc:
             self._give_up(f"py-spy could not be started ({exc.strerror}): {INSTALL_HINT}")
@@ -746,6 +790,7 @@ class StackSampler:
                     stderr=subprocess.PIPE,
                     text=True,
                     start_new_session=True,
+                    preexec_fn=_die_with_starter(),
                 )
             except OSError as exc:  # the window goes on without calibration
                 log.warning("calibration py-spy could not be started: %s", exc.strerror)
