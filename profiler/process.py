@@ -66,15 +66,25 @@ class Target:
     counting exited children through the last value seen for them."""
 
     def __init__(self, pid: int, *, rescan_s: float = 1.0, process: psutil.Process | None = None,
-                 wall_clock: Callable[[], float] = time.time):
+                 wall_clock: Callable[[], float] = time.time, exited_ok: bool = False):
         """``process`` (a ``psutil.Process`` or anything with its ``children``, ``cpu_times``,
         ``create_time``, ``cmdline``, ``name``, ``is_running`` and ``status``) replaces the OS
-        lookup of ``pid``; ``wall_clock`` is the clock ``create_time()`` is on. Tests fake both."""
+        lookup of ``pid``; ``wall_clock`` is the clock ``create_time()`` is on. Tests fake both.
+        ``exited_ok``: a process that has already exited but is not reaped yet (a zombie: our own
+        launched child, `wattlens run -- true`) is a target whose session ends at once; else it is
+        refused, as to attach to it would measure nothing."""
         if pid <= 0:
             raise TargetNotFoundError(f"PID {pid} is not a valid process id — pass a positive PID (see `ps aux`)")
         try:
             self.proc = process if process is not None else psutil.Process(pid)
-            self.cmdline = self.proc.cmdline()
+            try:
+                self.cmdline = self.proc.cmdline()
+            except psutil.ZombieProcess:  # exited, not reaped: its command line is gone
+                if not exited_ok:
+                    raise TargetNotFoundError(
+                        f"process {pid} has already exited (a zombie its parent has not reaped)",
+                        hint="attach to a running process: see `ps aux` or `wattlens gui`'s picker") from None
+                self.cmdline = []
             self.name = self.proc.name()
             self._create_time = self.proc.create_time()
         except psutil.NoSuchProcess:

@@ -128,8 +128,8 @@ class RunSession:
         try:
             self.proc = launch(self.command, cwd=self.cwd, env=self.env, server=self.server,
                                stdout=self.stdout, stderr=self.stderr)
-            target = Target(self.proc.pid)
-            if not target.cmdline:  # read straight after exec: /proc may not have it yet
+            target = Target(self.proc.pid, exited_ok=True)  # a command may end before this
+            if not target.cmdline:  # read straight after exec: /proc may not have it yet, or it ended
                 target.cmdline = list(self.command)
             self.session = ProfilingSession(
                 self.store, target=target, kind="run", name=self.name, interval_s=self.interval_s,

@@ -99,6 +99,8 @@ def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
     if session.get("target_pid") is not None:
         attributed = [s for s in sources_out if s["attributed_energy_j"] is not None]
         att_methods = sorted({s["method"] for s in attributed})
+        if not attributed:  # only the total's 0-J baseline: no source's energy was attributed
+            target_j = target_span = None
         rules = []
         if any(s["kind"] in ("cpu", "dram") for s in attributed):
             rules.append("cpu-time share (CPU/DRAM)")
@@ -116,7 +118,9 @@ def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
             "mean_cpu_pct": _mean(series, "target/cpu_pct"),
         }
         if target_j is None:
-            out["target"]["reason"] = "no attributed samples were recorded"
+            out["target"]["reason"] = next(
+                (s["attributed_reason"] for s in sources_out if s.get("attributed_reason")),
+                "no attributed samples were recorded")
     if grid_g_per_kwh is not None and out["energy_j"] is not None:
         basis_j = target_j if target_j is not None else total_j
         out["co2_g"] = figures.co2_g(basis_j, grid_g_per_kwh)
