@@ -29,17 +29,28 @@ def _pyspy_check() -> dict:
 
 
 def _db_check(db) -> dict:
+    """What `run`/`attach` would meet at the database: its pages checked as a writer checks them
+    (the writer's time budget), and the store's own check of where it is or would be created
+    (``check_writable``: a folder that cannot be created or written, a read-only file)."""
     from wattlens.profiler.errors import NoDatabaseError, WattlensError
-    from wattlens.profiler.store import Store, resolve_db
+    from wattlens.profiler.store import Store, check_writable, resolve_db
+    from wattlens.profiler.store.store import WRITE_CHECK_S
 
     try:
-        store = Store(db, create=False)  # looking never creates it
-        n = len(store.sessions())
-        store.close()
+        try:
+            store = Store(db, create=False, check_s=WRITE_CHECK_S)  # looking never creates it
+        except NoDatabaseError:
+            check_writable(db)
+            return {"name": "database", "ok": True,
+                    "detail": f"{resolve_db(db)} (none yet: the first session creates it)"}
+        try:
+            if store.damage is not None:
+                raise store.damage  # the same line `run` and `attach` would refuse it with
+            n = len(store.sessions())
+        finally:
+            store.close()
+        check_writable(db)
         return {"name": "database", "ok": True, "detail": f"{resolve_db(db)} ({n} sessions)"}
-    except NoDatabaseError:
-        return {"name": "database", "ok": True,
-                "detail": f"{resolve_db(db)} (none yet: the first session creates it)"}
     except WattlensError as exc:
         return {"name": "database", "ok": False, "detail": exc.message, "fix": exc.hint}
 

@@ -40,6 +40,7 @@ import ctypes
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -417,8 +418,22 @@ def fake_proc(root: Path, *, in_container: bool, pids=(), host_view: Path | None
     return root
 
 
+class _RemovedAtTeardown(dict):
+    """Temp folders keyed by path, each removed when its key is deleted: ``install`` puts one here
+    with ``monkeypatch.setitem``, whose undo (the test's teardown, or ``MonkeyPatch.undo()``)
+    deletes the key, so the folder lives exactly as long as the fake it belongs to."""
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        shutil.rmtree(key, ignore_errors=True)
+
+
+_TEMP_FOLDERS = _RemovedAtTeardown()
+
+
 def install(monkeypatch, gpus: list[FakeGpu], *, proc_root: Path | None = None, **kw):
-    """Put the model behind the NVML wrapper, and a /proc matching its PID namespace."""
+    """Put the model behind the NVML wrapper, and a /proc matching its PID namespace (without
+    ``proc_root``, a temp folder removed when ``monkeypatch`` is undone)."""
     from wattlens.profiler import pidns
     from wattlens.profiler.sources import nvml
 
@@ -427,7 +442,9 @@ def install(monkeypatch, gpus: list[FakeGpu], *, proc_root: Path | None = None, 
     monkeypatch.setattr(nvml, "_load_pynvml", lambda: fake)
     if proc_root is None:
         offset = gpus[0].pid_offset if gpus else 0
-        proc_root = fake_proc(Path(tempfile.mkdtemp(prefix="wattlens-proc-")), in_container=offset != 0)
+        proc_root = Path(tempfile.mkdtemp(prefix="wattlens-proc-"))
+        monkeypatch.setitem(_TEMP_FOLDERS, str(proc_root), True)  # undone (removed) after PROC_ROOT
+        fake_proc(proc_root, in_container=offset != 0)
     monkeypatch.setattr(pidns, "PROC_ROOT", str(proc_root))
     return fake
 

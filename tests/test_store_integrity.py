@@ -578,3 +578,174 @@ def test_a_killed_profilers_session_lists_the_figures_show_computes(db_path):
     shown = json.loads(run_cli("show", str(sid), "--json", "--db", str(db_path)).stdout)
     assert listed["status"] == shown["session"]["status"] == "interrupted"
     assert listed["energy_j"] is not None and listed["energy_j"] == pytest.approx(shown["summary"]["energy_j"])
+
+
+# ---- damaged pages, a full disk at start, an unwritable location: found before anything is written --
+def _damaged_copy(db: Path, *, where: str = "middle", seed: int = 7) -> str:
+    """A real store with three sessions of samples, then 20 kB of random bytes over its middle (as
+    a failing disk or a bad copy leaves it), or over the first page of the ``sessions`` table.
+    Returns the damaged file's sha256."""
+    import random
+
+    store = Store(db)
+    for k in range(3):
+        sid, series = store.create_session(
+            name=f"s{k}", kind="attach", started_at=time.time(), start_ns=0,
+            sources=[{"id": "cpu-model", "kind": "cpu", "method": "estimated", "label": "CPU"}],
+            series=[SeriesSpec("cpu-model/energy_j", "J", "estimated", "cpu-model")])
+        store.write_batch(sid, [(series["cpu-model/energy_j"], i, float(i)) for i in range(40_000)])
+        store.finish_session(sid, status="completed", end_reason="done", ended_at=time.time(), duration_s=1.0)
+    store.close()
+    con = sqlite3.connect(db)
+    page = con.execute("PRAGMA page_size").fetchone()[0]
+    root = con.execute("SELECT rootpage FROM sqlite_master WHERE name='sessions'").fetchone()[0]
+    con.close()
+    raw = bytearray(db.read_bytes())
+    rng = random.Random(seed)
+    at, size = (len(raw) // 2, 20_000) if where == "middle" else ((root - 1) * page, page)
+    raw[at:at + size] = rng.randbytes(size)
+    db.write_bytes(bytes(raw))
+    assert not Path(f"{db}-wal").exists()
+    return hashlib.sha256(db.read_bytes()).hexdigest()
+
+
+def test_run_and_attach_refuse_a_damaged_database_untouched_and_listing_warns(tmp_path):
+    """Reported: `show` called the file damaged while `run` wrote a session into it and `sessions`
+    listed it without a word. Now the writers check its pages first and refuse it, byte-identical."""
+    db = tmp_path / "c1.db"
+    digest = _damaged_copy(db)
+    r = run_cli("run", "--db", str(db), "--", sys.executable, "-c", "pass")
+    line = _one_line_exit_2(r, "is damaged", "malformed", "recover", "--db")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        assert _one_line_exit_2(run_cli("attach", str(sleeper.pid), "--duration", "1", "--no-stacks",
+                                        "--db", str(db)), "is damaged") == line
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    listed = run_cli("sessions", "--json", "--db", str(db))
+    assert listed.returncode == 0 and sorted(s["id"] for s in json.loads(listed.stdout)) == [1, 2, 3]
+    assert listed.stderr.strip().splitlines() == [line.replace("error: ", "", 1)]  # the same line, as a warning
+    doc = run_cli("doctor", "--json", "--db", str(db))
+    check = next(c for c in json.loads(doc.stdout)["checks"] if c["name"] == "database")
+    assert not check["ok"] and "is damaged" in check["detail"] and "recover" in check["fix"]
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+    wal = tmp_path / "c1.db-wal"  # (the listing's own read connection may leave an empty one)
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_damage_outside_the_samples_is_found_however_short_the_check(tmp_path):
+    """Every table but `samples` is checked in full whatever the time budget (samples and the
+    rest of the file within it); a reader keeps the damage it found and does not write."""
+    from wattlens.profiler.store import store as store_module
+
+    db = tmp_path / "w.db"
+    digest = _damaged_copy(db, where="sessions")
+    with pytest.raises(CorruptDatabaseError, match="is damaged"):
+        Store(db, check_s=1e-6)
+    reader = Store(db, create=False, check_s=1e-6)
+    assert reader.damage is not None and "is damaged" in str(reader.damage)
+    reader.close()
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+    assert store_module.READ_CHECK_S <= store_module.WRITE_CHECK_S
+
+
+def _full_filesystem(monkeypatch, under: Path) -> None:
+    """The OS says the filesystem holding ``under`` has no free block left (os.statvfs, the call
+    the store asks); everything else is real."""
+    real = os.statvfs
+
+    def statvfs(path):
+        st = real(path)
+        if not str(Path(path).absolute()).startswith(str(under)):
+            return st
+        return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, 0, 0, st.f_files, st.f_ffree,
+                                  st.f_favail, st.f_flag, st.f_namemax))
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+def test_a_full_disk_at_start_is_said_as_such(tmp_path, monkeypatch, capsys):
+    """Reported: `run` on a full disk said "disk I/O error — check its permissions". SQLite's real
+    I/O error on the -shm file it must create (a FIFO there fails the same way as ENOSPC does) with
+    the OS saying the filesystem is full: one line that says the disk is full, nothing written."""
+    from wattlens.app import cli
+
+    db = tmp_path / "f.db"
+    store = Store(db)
+    _session(store)
+    store.close()
+    os.mkfifo(f"{db}-shm")
+    before = db.read_bytes()
+    assert cli.main(["run", "--db", str(db), "--", sys.executable, "-c", "pass"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "disk I/O error" in err[0] and "is full" not in err[0]  # space left: not full
+    _full_filesystem(monkeypatch, tmp_path)
+    assert cli.main(["run", "--db", str(db), "--", sys.executable, "-c", "pass"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the disk holding {db} is full — free some space" in err[0], err
+    assert "permissions" not in err[0] and "holds unwritten samples" not in err[0]
+    assert db.read_bytes() == before
+
+
+def test_a_really_full_disk_at_start_is_one_line_and_leaves_the_database_untouched(tiny_disk):
+    db = tiny_disk / "f.db"
+    store = Store(db)
+    _session(store)
+    store.close()
+    before = db.read_bytes()
+    try:
+        with open(tiny_disk / "filler", "wb") as f:
+            while True:
+                f.write(bytes(4096))
+                f.flush()
+    except OSError:  # the disk is full
+        pass
+    for target in (db, tiny_disk / "new.db"):
+        r = run_cli("run", "--db", str(target), "--", sys.executable, "-c", "pass")
+        _one_line_exit_2(r, f"the disk holding {target} is full", "free some space", "nothing was written")
+    assert db.read_bytes() == before
+
+
+def test_doctor_says_a_database_cannot_be_created_where_run_would_refuse_it(tmp_path, monkeypatch):
+    """Reported: doctor said "none yet: the first session creates it" for a folder that could not
+    be written, then run/attach refused it. The folder is made unwritable at the OS boundary
+    (os.access, as a read-only mount answers it; root passes every permission check)."""
+    from wattlens.app.doctor import doctor
+    from wattlens.profiler.errors import StoreError
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
+        False if Path(p) == folder and mode & os.W_OK else real(p, mode, **kw)))
+    for db in (folder / "x.db", folder / "sub" / "x.db"):
+        check = next(c for c in doctor(db=str(db))["checks"] if c["name"] == "database")
+        with pytest.raises(StoreError) as refused:
+            Store(db)
+        assert not check["ok"] and "not writable" in check["detail"] and "--db" in check["fix"]
+        assert (check["detail"], check["fix"]) == (refused.value.message, refused.value.hint)
+    assert list(folder.iterdir()) == []
+    fine = tmp_path / "fine" / "x.db"
+    check = next(c for c in doctor(db=str(fine))["checks"] if c["name"] == "database")
+    assert check["ok"] and "none yet" in check["detail"] and not fine.parent.exists()
+
+
+def test_doctor_on_a_read_only_mount_says_what_run_says(tmp_path):
+    """As root: a read-only bind mount, through the real CLI; nothing is created there."""
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    r = subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(ro)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot make a read-only bind mount here ({r.stderr.strip() or r.returncode})")
+    try:
+        for db in (ro / "x.db", ro / "sub" / "x.db"):
+            doc = run_cli("doctor", "--json", "--db", str(db))
+            check = next(c for c in json.loads(doc.stdout)["checks"] if c["name"] == "database")
+            assert not check["ok"] and "read-only filesystem" in check["detail"], check
+            line = _one_line_exit_2(run_cli("run", "--db", str(db), "--", sys.executable, "-c", "pass"))
+            assert line == f"wattlens: error: {check['detail']} — {check['fix']}"
+        assert list(src.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
