@@ -12,12 +12,14 @@ cleanly (docs/reliability.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # the reader of our output left: as a tool that SIGPIPE ended
 
 
 class _Parser(argparse.ArgumentParser):
@@ -212,7 +214,7 @@ def _open_store(args, create: bool = True):
 
 
 def print_summary(summary: dict) -> None:
-    from wattlens.app.gui.models.format import share_with_se
+    from wattlens.app.gui.models.format import layer_label, share_with_se
 
     print(f"session {summary['session_id']} — {summary.get('name')}: {summary['status']}, "
           f"{_fmt(summary.get('duration_s'), 's')}")
@@ -238,8 +240,7 @@ def print_summary(summary: dict) -> None:
     for lr in layers:
         # sampled: ± one standard error (between windows, and a split's pooled native reads)
         share = share_with_se(lr.get("self_share"), lr.get("self_share_se")).rjust(7)
-        print(f"    {share}  self {_fmt(lr['self_energy_j'], 'J'):>9}  {lr['path'] or '(model root)'}"
-              f"{' [' + lr['phase'] + ']' if lr.get('phase') == 'backward' else ''}")
+        print(f"    {share}  self {_fmt(lr['self_energy_j'], 'J'):>9}  {layer_label(lr['path'], lr.get('phase'))}")
     if any(s["method"] == "estimated" for s in summary["sources"]):
         print("  note: 'estimated' figures come from a CPU power model (TDP × load), not a meter.")
     for n in summary.get("notes") or []:
@@ -606,10 +607,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if os.environ.get("WATTLENS_DEBUG") else logging.WARNING,
                         format="wattlens: %(message)s", stream=sys.stderr)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that left (`| head`) is met here, not at exit
+        return code
     except KeyboardInterrupt:
         print("wattlens: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`wattlens show 1 | head -2`): what it wanted it got,
+        # and anything stored was stored before the output. Silent, with the status of a tool that
+        # SIGPIPE ended (128 + 13), as the shell expects; stdout points at /dev/null so that the
+        # interpreter's last flush does not fail again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into one line
         from wattlens.profiler.errors import WattlensError
 

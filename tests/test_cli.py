@@ -198,3 +198,16 @@ def test_attached_training_stores_the_backward_split_its_note_states(torch_child
         for path, (share, se) in classes.items():
             assert kids[path].time_s == pytest.approx(bucket.time_s * share), (path, bucket.window_start_ns)
             assert kids[path].split_se_s == pytest.approx(bucket.time_s * se)
+
+
+def test_a_reader_that_leaves_is_not_an_internal_error(db_path):
+    """`wattlens show 1 | head -2`: the reader closes the pipe; it printed 'internal error:
+    BrokenPipeError … please report it' and exited 1."""
+    assert run_cli("run", "--db", str(db_path), "--", "true").returncode == 0
+    for args in (["show", "1"], ["sessions"], ["advise", "1"]):
+        p = subprocess.Popen([sys.executable, "-m", "wattlens.app", *args, "--db", str(db_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p.stdout.close()  # the reader is gone before the first line
+        err = p.stderr.read()
+        p.stderr.close()
+        assert p.wait(timeout=120) == 128 + 13 and err == "", (args, err)

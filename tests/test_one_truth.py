@@ -63,6 +63,23 @@ def test_every_report_format_prints_the_numbers_of_show(session, tmp_path):
             assert fmt(value, unit) in text, f"{name} report lacks {fmt(value, unit)}"
 
 
+def test_the_markdown_layer_table_prints_the_self_energy_of_show(session, tmp_path):
+    """The Markdown table printed each row's inclusive energy where `show` prints the self
+    energy beside the same share (transformer.h.0.attn: 37.9 J there, 22.3 J in show), had no
+    phase (a backward row read as a second forward row) and an empty name for the model root."""
+    from wattlens.app.gui.models.format import layer_label
+
+    db, sid, shown = session
+    text = write_report(Store(db), sid, "md", tmp_path / "r.md").read_text()
+    table = text.split("## Costliest layers", 1)[1]
+    rows = {line.split("|")[1].strip(" `"): line for line in table.splitlines() if line.startswith("| `")}
+    assert "" not in rows and "(model root)" in rows
+    assert shown["top_layers"]
+    for lr in shown["top_layers"][:5]:
+        cells = [c.strip() for c in rows[layer_label(lr["path"])].split("|")[1:-1]]
+        assert cells[2] == lr["phase"] and cells[-1] == fmt(lr["self_energy_j"], "J"), (lr, cells)
+
+
 # ---- complete exports: every step and layer row, CSV of each, a Chrome trace -------------------
 def _layer_keys(store, sid) -> set[tuple[str, str, str]]:
     return {(lc.path, lc.granularity, lc.phase) for lc in store.layer_costs(sid)}

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from wattlens.app.gui.models.format import share_with_se
+from wattlens.app.gui.models.format import layer_label, share_with_se
 from wattlens.app.report.output import check_output_path, write_output
 from wattlens.app.report.rank_layers import HEADER as RANK_LAYER_HEADER
 from wattlens.app.report.rank_layers import rank_layer_lines, rank_layer_rows
@@ -142,12 +142,16 @@ def render_markdown(report: dict) -> str:
         lines += ["| " + " | ".join(md_text(x) for x in r) + " |" for r in rows]
         lines += [""] + rank_layer_lines(report.get("rank_layers"))
     if report.get("layers"):
-        lines += ["", "## Costliest layers", "", "| Module | Kind | Method | Time | Self time share | Energy |",
-                  "|---|---|---|---|---|---|"]
+        # the HTML/PDF table's columns: a backward row beside its forward row of the same path,
+        # and the self energy that `wattlens show` prints beside the share
+        lines += ["", "## Costliest layers", "",
+                  "| Module | Kind | Phase | Method | Time | Self time share | Energy | Self energy |",
+                  "|---|---|---|---|---|---|---|---|"]
         for lr in report["layers"]:
             share = share_with_se(lr.get("self_share"), lr.get("self_share_se"))
-            lines.append(f"| `{lr['path']}` | {lr['granularity']} | {lr['method']} | {fmt(lr['time_s'], 's')} | "
-                         f"{share} | {fmt(lr['energy_j'], 'J')} |")
+            lines.append(f"| `{layer_label(lr['path'])}` | {lr['granularity']} | {lr.get('phase') or ''} | "
+                         f"{lr['method']} | {fmt(lr['time_s'], 's')} | {share} | {fmt(lr['energy_j'], 'J')} | "
+                         f"{fmt(lr.get('self_energy_j'), 'J')} |")
     lines += _markdown_advice(report)
     lines += _markdown_comparison(report)
     if summ.get("notes"):

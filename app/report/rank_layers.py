@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from wattlens.app.gui.models.format import ROOT_NAME
+
 HEADER = ("Rank", "Windows", "Covered", "Layer energy", "Costliest layers (self share)")
 
 
@@ -13,7 +15,7 @@ def _j(value) -> str:
 def short_path(path: str) -> str:
     """The last two classes of a module-class path ("LlamaMLP/Linear"): a leaf class alone is
     ambiguous. The agent's root instance has the empty path: "(model root)", as every view says."""
-    return "/".join(path.split("/")[-2:]) or "(model root)"
+    return "/".join(path.split("/")[-2:]) or ROOT_NAME
 
 
 def rank_layer_rows(rank_layers: dict | None) -> list[tuple[str, ...]]:

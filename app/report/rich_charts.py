@@ -7,6 +7,7 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from wattlens.app.gui.models.format import ROOT_NAME, layer_label
 from wattlens.app.report.formats import fmt
 from wattlens.app.report.rich_view import (
     Line,
@@ -81,7 +82,8 @@ def _draw_layers(ax, layers: Sequence[dict], estimated: bool) -> None:
     key, unit, words = layer_bar_key(layers)
     rows = [lr for lr in layers if lr.get(key) is not None][::-1]
     values = [float(lr[key]) for lr in rows]
-    labels = [_short_path(str(lr.get("path") or "(model root)")) for lr in rows]
+    # a backward row has its forward row's path: the label says which it is, as `show` does
+    labels = [layer_label(_short_path(str(lr.get("path") or ROOT_NAME)), lr.get("phase")) for lr in rows]
     ax.barh(range(len(rows)), values, color="#1f77b4")
     ax.set_yticks(range(len(rows)), labels)
     ax.grid(axis="y", visible=False)

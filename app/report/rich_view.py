@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wattlens.app import present
-from wattlens.app.gui.models.format import share_with_se
+from wattlens.app.gui.models.format import layer_label, share_with_se
 from wattlens.app.report.formats import fmt
 from wattlens.profiler.stacks import backward_map
 
@@ -315,7 +315,7 @@ def layers_table(report: dict) -> Table | None:
     est = estimate_flags(report)["derived"]
     rows: list[list[Cell]] = []
     for lr in layers:
-        rows.append([lr.get("path") or "(model root)", str(lr.get("granularity") or "n/a"), str(lr.get("phase") or ""),
+        rows.append([layer_label(lr.get("path")), str(lr.get("granularity") or "n/a"), str(lr.get("phase") or ""),
                      Method(lr.get("method") or "n/a"), fmt(lr.get("time_s"), "s"), fmt(lr.get("self_time_s"), "s"),
                      share_with_se(lr.get("self_share"), lr.get("self_share_se")), Fig(fmt(lr.get("energy_j"), "J"), est and lr.get("energy_j") is not None),
                      Fig(fmt(lr.get("self_energy_j"), "J"), est and lr.get("self_energy_j") is not None)])

@@ -8,6 +8,15 @@ JOULES_PER_WH = 3600.0
 _PREFIXES = [(1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")]
 
 
+ROOT_NAME = "(model root)"  # the agent's root instance, whose path is empty
+
+
+def layer_label(path: str | None, phase: str | None = None) -> str:
+    """A layer row's name as every view prints it: the empty path is the model root, and a
+    backward row says so (its forward row has the same path)."""
+    return (path or ROOT_NAME) + (" [backward]" if phase == "backward" else "")
+
+
 def si(value: float | None, unit: str, digits: int = 3, missing: str = "n/a") -> str:
     """``si(0.00342, "Wh")`` → ``"3.42 mWh"``; three significant digits; None → ``missing``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

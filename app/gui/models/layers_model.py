@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+from wattlens.app.gui.models.format import ROOT_NAME
 from wattlens.app.gui.models.signal import Signal
 from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost
@@ -24,7 +25,6 @@ METHOD_TEXT = {
 }
 
 
-ROOT_NAME = "(model root)"
 
 
 def parent_path(path: str, granularity: str) -> str | None:
