@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import psutil
 
-from wattlens.profiler.errors import TargetAccessError, TargetNotFoundError
+from wattlens.profiler.errors import BadInputError, TargetAccessError, TargetNotFoundError
 
 
 def _process_cpu_clock(pid: int) -> int:
@@ -61,6 +61,18 @@ def process_cpu_s(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
+def tree_children(root: psutil.Process) -> list[psutil.Process]:
+    """``root``'s descendants (``children(recursive=True)``), without wattlens itself and its own
+    children (py-spy): attached to an ancestor of wattlens (the shell it was started from), they
+    are not the target's work, and must never be measured or stack-sampled as it. Every walk of a
+    target's tree goes through here. Raises what ``children`` raises (the root has gone)."""
+    children = root.children(recursive=True)
+    if any(c.pid == os.getpid() for c in children):
+        ours = {os.getpid()} | {c.pid for c in psutil.Process().children(recursive=True)}
+        children = [c for c in children if c.pid not in ours]
+    return children
+
+
 class Target:
     """A process tree rooted at ``pid``. ``cpu_time_s()`` is the tree's user+system CPU time,
     counting exited children through the last value seen for them."""
@@ -75,6 +87,9 @@ class Target:
         refused, as to attach to it would measure nothing."""
         if pid <= 0:
             raise TargetNotFoundError(f"PID {pid} is not a valid process id — pass a positive PID (see `ps aux`)")
+        if pid == os.getpid() and process is None:
+            raise BadInputError(f"PID {pid} is wattlens itself",
+                                hint="pass the PID of your training or inference process (see `ps aux`)")
         try:
             self.proc = process if process is not None else psutil.Process(pid)
             try:
@@ -136,7 +151,7 @@ class Target:
             return
         self._last_scan_ns = now
         try:
-            for child in self.proc.children(recursive=True):
+            for child in tree_children(self.proc):
                 if child.pid not in self._members and child.pid not in self._gone:
                     self._members[child.pid] = child
                     self._new.add(child.pid)

@@ -211,3 +211,19 @@ def test_a_reader_that_leaves_is_not_an_internal_error(db_path):
         err = p.stderr.read()
         p.stderr.close()
         assert p.wait(timeout=120) == 128 + 13 and err == "", (args, err)
+
+
+def test_attach_to_its_own_shell_measures_the_shell_not_wattlens(db_path):
+    """`wattlens attach $$` from a script: the shell's tree holds wattlens and its py-spy, which
+    were measured (and stack-sampled) as the target's work; `exec wattlens attach $$` is wattlens
+    itself, which was measured without a word."""
+    cmd = f"{sys.executable} -m wattlens.app attach $$ --duration 3 --json --db {db_path}"
+    r = subprocess.run(["bash", "-c", f"{cmd}; true"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    shell = doc["target"]["pid"]
+    assert doc["target"]["mean_cpu_pct"] < 5, doc["target"]  # an idle shell; wattlens was ~20-50 %
+    # the stack sampler looked for Python in the shell's tree and found wattlens
+    assert any(f"process {shell} does not look like a Python program" in n for n in doc["notes"]), doc["notes"]
+    r = subprocess.run(["bash", "-c", f"exec {cmd}"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "is wattlens itself" in r.stderr, r.stderr

@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 import psutil
 
+from wattlens.profiler.process import tree_children
 from wattlens.profiler.records import LayerCost
 from wattlens.profiler.stacks.cpu_split import CpuSplit
 from wattlens.profiler.stacks.sampler import (
@@ -162,7 +163,7 @@ class RankFollower:
         with self._lock:
             workers = list(self.samplers)
         try:
-            members = {p.pid: p for p in [self._root, *self._root.children(recursive=True)]}
+            members = {p.pid: p for p in [self._root, *tree_children(self._root)]}
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             members = {}
         self.cpu.set_owners(owners(self._root, workers), members)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from wattlens.profiler.process import tree_children
+
 LAUNCHER_MARKS = ("torchrun", "torch.distributed.run", "torch.distributed.launch",
                   "torch/distributed/run.py", "torch/distributed/launch.py")
 HELPER_MARKS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver",
@@ -93,7 +95,7 @@ def find_workers(root: psutil.Process) -> list[Worker]:
     """The processes of ``root``'s tree to sample (see the module docstring); empty while a
     launcher has not started its workers yet, or when ``root`` has exited."""
     try:
-        children = root.children(recursive=True)
+        children = tree_children(root)
     except _GONE:
         return []
     procs = {root.pid: root, **{c.pid: c for c in children}}
@@ -143,7 +145,7 @@ def owners(root: psutil.Process, workers: Iterable[int]) -> dict[int, int | None
     nearest worker ancestor), or None (the launcher and its helpers: time no worker spent)."""
     workers = set(workers)
     try:
-        members = [root, *root.children(recursive=True)]
+        members = [root, *tree_children(root)]
     except _GONE:
         return {}
     parent: dict[int, int | None] = {}
