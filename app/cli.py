@@ -411,8 +411,11 @@ def cmd_sessions(args) -> int:
     rows = store.sessions(host=args.host)
     if args.json:
         _emit_json([{k: r[k] for k in ("id", "name", "kind", "status", "host", "target_pid", "started_at",
-                                        "duration_s")} | {"energy_j": (r["summary"] or {}).get("energy_j"),
-                                                          "target_energy_j": ((r["summary"] or {}).get("target") or {}).get("energy_j")}
+                                        "duration_s")}
+                    | {"energy_j": (r["summary"] or {}).get("energy_j"),
+                       "energy_method": (r["summary"] or {}).get("energy_method"),
+                       "target_energy_j": ((r["summary"] or {}).get("target") or {}).get("energy_j"),
+                       "target_energy_method": ((r["summary"] or {}).get("target") or {}).get("method")}
                     for r in rows])
         return EXIT_OK
     if not rows and args.host is not None:
@@ -424,13 +427,19 @@ def cmd_sessions(args) -> int:
     import datetime as dt
 
     hosts = len({r["host"] for r in rows}) > 1  # a shared store: say which host recorded each
-    print(f"{'ID':>4}  {'started':<19}  {'duration':>9}  {'status':<14} {'energy':>10}  "
-          + ("host / name" if hosts else "name"))
+    # both energies with their method, as the app's list and `show` give them: the machine's (its
+    # sources' method) and the target's (its attributed share of that)
+    print(f"{'ID':>4}  {'started':<19}  {'duration':>9}  {'status':<14} {'target':>10} {'machine':>10}  "
+          f"{'method':<10} " + ("host / name" if hosts else "name"))
     for r in rows:
         started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        energy = (r["summary"] or {}).get("energy_j")
+        summary = r["summary"] or {}
         print(f"{r['id']:>4}  {started:<19}  {_fmt(r['duration_s'], 's'):>9}  {r['status']:<14} "
-              f"{_fmt(energy, 'J'):>10}  " + (f"{r['host']} / {r['name']}" if hosts else r["name"]))
+              f"{_fmt((summary.get('target') or {}).get('energy_j'), 'J'):>10} {_fmt(summary.get('energy_j'), 'J'):>10}  "
+              f"{summary.get('energy_method') or 'n/a':<10} " + (f"{r['host']} / {r['name']}" if hosts else r["name"]))
+    if any("estimated" in ((r["summary"] or {}).get("energy_method") or "") for r in rows):
+        print("estimated: a CPU power model (TDP × load), not a meter; target: its attributed share "
+              "of the machine's energy (`wattlens show ID` says how)")
     return EXIT_OK
 
 

@@ -44,6 +44,12 @@ def test_attach_end_to_end_json_then_show_sessions_and_reports(torch_child, db_p
 
     listing = json.loads(run_cli("sessions", "--db", str(db_path), "--json").stdout)
     assert [s["id"] for s in listing] == [sid] and listing[0]["name"] == "e2e"
+    # both energies with their method, as `show` gives them (the listing gave bare joules)
+    assert (listing[0]["energy_j"], listing[0]["energy_method"]) == (doc["energy_j"], doc["energy_method"])
+    assert (listing[0]["target_energy_j"], listing[0]["target_energy_method"]) == (
+        doc["target"]["energy_j"], doc["target"]["method"])
+    text = run_cli("sessions", "--db", str(db_path)).stdout
+    assert "estimated" in text and "target" in text and "machine" in text, text
 
     show = run_cli("show", str(sid), "--db", str(db_path))
     assert show.returncode == 0 and "estimated" in show.stdout and "target energy" in show.stdout
