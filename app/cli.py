@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--format", required=True, choices=list(FORMATS),
                     help="; ".join(f"{f.name}: {f.text}" for f in FORMATS.values()))
     rp.add_argument("--what", choices=CSV_WHAT, help="csv only: samples (default), steps or layers")
-    rp.add_argument("-o", "--output", required=True, metavar="PATH")
+    rp.add_argument("-o", "--output", required=True, metavar="PATH", help="the file to write; - for stdout")
     rp.add_argument("--compare", type=ID, metavar="ID", help="compare with another session")
     rp.add_argument("--grid", type=GRID, metavar="G_PER_KWH", help="grid carbon intensity for CO2")
     _add_db(rp)
@@ -502,11 +502,26 @@ def _print_rank_layers(rank_layers: dict | None) -> None:
 
 
 def cmd_report(args) -> int:
-    from wattlens.app.report.formats import write_report
+    from wattlens.app.report.formats import COMPARE_FORMATS, write_report
 
     if args.what is not None and args.format != "csv":
         raise _usage("--what goes with --format csv")
+    if args.compare is not None and args.format not in COMPARE_FORMATS:
+        raise _usage(f"--compare goes with --format {', '.join(COMPARE_FORMATS)} "
+                     f"(a {args.format} export holds one session)")
+    if args.compare is not None and args.compare == args.id:
+        raise _usage(f"--compare {args.compare} is the session itself: compare with another session")
     store = _open_store_with(args, args.id)
+    if args.output == "-":  # the report on stdout (`-o -`), written whole first: never half a file
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="wattlens-report-") as tmp:
+            path = write_report(store, args.id, args.format, os.path.join(tmp, f"report.{args.format}"),
+                                compare_id=args.compare, grid_g_per_kwh=args.grid, what=args.what or "samples")
+            with open(path, "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer)
+        return EXIT_OK
     path = write_report(store, args.id, args.format, args.output, compare_id=args.compare,
                         grid_g_per_kwh=args.grid, what=args.what or "samples")
     print(path)

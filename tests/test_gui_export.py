@@ -70,8 +70,9 @@ def test_export_screen_writes_each_csv_table(make_window, qtbot, stored_db, tmp_
     qtbot.waitUntil(lambda: ev.session_box.count() == 2, timeout=20000)
     ev.choose(1, "md")
     assert not ev.csv_box.isVisibleTo(ev), "the CSV table choice shows only for CSV"
-    ev.choose(1, "csv", what="layers")
+    ev.choose(1, "csv", what="layers", compare_id=2)
     assert ev.csv_box.isVisibleTo(ev)
+    assert not ev.compare_box.isEnabled(), "a CSV holds one session: no comparison offered"
     assert ev.path.text().endswith("wattlens-session-1-layers.csv"), ev.path.text()
     written = {}
     for what in ("layers", "steps", "samples"):

@@ -4,6 +4,7 @@ print the same energy, mean power and energy per step (the figures come from one
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -126,6 +127,21 @@ def test_what_without_csv_is_a_one_line_usage_error(session, tmp_path):
     r = run_cli("report", str(sid), "--db", str(db), "--format", "md", "--what", "steps", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--what" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_comparison_where_it_cannot_be_is_a_usage_error_and_dash_is_stdout(session, tmp_path):
+    """`--compare` with csv was silently ignored, and a session compared with itself accepted;
+    `-o -` wrote a file named '-'."""
+    db, sid, _ = session
+    for extra in (["--format", "csv", "--compare", str(sid + 1)], ["--format", "md", "--compare", str(sid)]):
+        r = run_cli("report", str(sid), "--db", str(db), *extra, "-o", str(tmp_path / "x"))
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--compare" in r.stderr, r.stderr
+        assert not (tmp_path / "x").exists()
+    r = subprocess.run([sys.executable, "-m", "wattlens.app", "report", str(sid), "--db", str(db),
+                        "--format", "md", "-o", "-"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == write_report(Store(db), sid, "md", tmp_path / "r.md").read_text()
+    assert not (tmp_path / "-").exists()
 
 
 def test_trace_has_steps_layer_tracks_power_counters_and_events(session, tmp_path):

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 from wattlens.app.gui.models.errors import error_text
 from wattlens.app.gui.models.export_model import available_formats, default_path, run_export
 from wattlens.app.gui.models.sessions_model import SessionsModel
-from wattlens.app.report.formats import CSV_WHAT, CSV_WHAT_TEXT
+from wattlens.app.report.formats import COMPARE_FORMATS, CSV_WHAT, CSV_WHAT_TEXT
 
 
 class QtExportView(QWidget):
@@ -139,6 +139,13 @@ class QtExportView(QWidget):
     def _update_path(self, *_args) -> None:
         sid, cid, fmt = self.selected()
         self._form.setRowVisible(self.csv_box, fmt == "csv")
+        # a CSV or trace holds one session: no comparison offered (it was silently left out)
+        self.compare_box.setEnabled(fmt in COMPARE_FORMATS)
+        self.compare_box.setToolTip("" if fmt in COMPARE_FORMATS else
+                                    f"a {(fmt or '').upper()} export holds one session; compare in "
+                                    f"{', '.join(f.upper() for f in COMPARE_FORMATS)}")
+        if fmt not in COMPARE_FORMATS:
+            cid = None
         if sid is None or fmt is None:
             return
         if self._path_edited and self.path.text().strip():
@@ -197,7 +204,7 @@ class QtExportView(QWidget):
         if not path:
             self.result.setText("choose where to save the report")
             return
-        if cid == sid:
+        if cid == sid or fmt not in COMPARE_FORMATS:
             cid = None
         self._running = True
         self.export_button.setEnabled(False)

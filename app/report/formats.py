@@ -20,6 +20,7 @@ from wattlens.app.report.ranks import HEADER as RANK_HEADER
 from wattlens.app.report.ranks import job_lines, rank_rows
 from wattlens.profiler.errors import BadInputError
 
+COMPARE_FORMATS = ("html", "pdf", "md", "json")  # the formats whose report holds a comparison
 CSV_WHAT = ("samples", "steps", "layers")  # what `--format csv --what ...` exports
 #: what each CSV table holds, as the app's Export screen offers it
 CSV_WHAT_TEXT = {"samples": "power samples: every stored sample (series, unit, method, time, value)",
