@@ -17,26 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from wattlens.advisor.recommend import Evidence, PredictedSaving, Recommendation, Risk
+from wattlens.profiler.figures import change_pct, direction  # one wording, also for live applies
 
 NOT_WORTH_IT = "not worth it yet"
-
-
-def change_pct(saving: float | None) -> str:
-    """A saving fraction as the signed change of energy: 0.548 → "−54.8 %" (U+2212 minus)."""
-    if saving is None:
-        return "n/a"
-    change = -saving * 100.0
-    if abs(change) < 0.05:
-        return "±0.0 %"
-    return f"{'−' if change < 0 else '+'}{abs(change):.1f} %"
-
-
-def direction(saving: float | None) -> str:
-    if saving is None:
-        return ""
-    if abs(saving) < 0.0005:
-        return "no change"
-    return "saving" if saving > 0 else "costs more"
 
 
 def saving_text(saving: float | None, basis: str = "energy per sample") -> str:

@@ -147,3 +147,21 @@ def co2_g(energy_j: float | None, grid_g_per_kwh: float | None) -> float | None:
     if energy_j is None or grid_g_per_kwh is None:
         return None
     return energy_j / JOULES_PER_KWH * grid_g_per_kwh
+
+
+def change_pct(saving: float | None) -> str:
+    """A saving fraction as the signed change of energy: 0.548 → "−54.8 %" (U+2212 minus)."""
+    if saving is None:
+        return "n/a"
+    change = -saving * 100.0
+    if abs(change) < 0.05:
+        return "±0.0 %"
+    return f"{'−' if change < 0 else '+'}{abs(change):.1f} %"
+
+
+def direction(saving: float | None) -> str:
+    if saving is None:
+        return ""
+    if abs(saving) < 0.0005:
+        return "no change"
+    return "saving" if saving > 0 else "costs more"

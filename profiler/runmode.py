@@ -17,9 +17,11 @@ end. A command that outlives the grace keeps running (the end reason says so, wi
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +29,7 @@ from typing import Any
 
 from wattlens.profiler.agentlink import AgentServer
 from wattlens.profiler.errors import BadInputError
+from wattlens.profiler.figures import change_pct, direction
 from wattlens.profiler.launch import launch
 from wattlens.profiler.process import Target
 from wattlens.profiler.rank_energy import RankSplit, series_key
@@ -243,9 +246,10 @@ class RunSession:
                 after = [s for s in steps if s.t_start_ns >= t_on and (t_next is None or s.t_end_ns <= t_next)]
                 b, nb = _j_per_sample(before)
                 f, nf = _j_per_sample(after)
+                saving, interval = _saving_interval(before, after)
                 result.update(before_j_per_sample=b, after_j_per_sample=f, before_steps=nb, after_steps=nf,
-                              energy_method=energy_method,
-                              measured_text=_measured_text(b, nb, f, nf, energy_method))
+                              energy_method=energy_method, saving_fraction=saving, saving_interval=interval,
+                              measured_text=_measured_text(b, nb, f, nf, energy_method, saving, interval))
             self.store.update_action(a["row"], status=status, result=result)
             out.append(result)
         return out
@@ -332,12 +336,34 @@ def _j_per_sample(steps: Sequence[StepRecord]) -> tuple[float | None, int]:
     return (sum(s.energy_j or 0.0 for s in usable) / samples if samples else None), len(usable)
 
 
+def _saving_interval(before: Sequence[StepRecord], after: Sequence[StepRecord]
+                     ) -> tuple[float | None, list[float] | None]:
+    """The saving in energy per sample (before − after) / before, as the totals give it, and its
+    95 % interval from the spread of the steps' own J/sample (the difference of the two means,
+    its standard error from both sides; steps taken as independent, so a drifting job reads
+    narrower than it is). The interval is None with fewer than 2 usable steps on a side."""
+    b, _ = _j_per_sample(before)
+    f, _ = _j_per_sample(after)
+    if not b or f is None:
+        return None, None
+    saving = (b - f) / b
+    per = [[s.energy_j / s.samples for s in side if s.energy_j is not None and s.samples]
+           for side in (before, after)]
+    if min(len(p) for p in per) < 2:
+        return saving, None
+    se = math.sqrt(sum(statistics.variance(p) / len(p) for p in per))
+    return saving, [saving - 1.96 * se / b, saving + 1.96 * se / b]
+
+
 def _measured_text(before: float | None, n_before: int, after: float | None, n_after: int,
-                   energy_method: str | None = None) -> str:
+                   energy_method: str | None = None, saving: float | None = None,
+                   interval: Sequence[float] | None = None) -> str:
     if before is None or after is None:
         missing = "before" if before is None else "after"
         return (f"not measured: no {missing} steps with energy and a sample count "
                 f"({n_before} before, {n_after} after)")
-    change = (after - before) / before * 100 if before else float("nan")
+    ci = (f", 95 % CI {change_pct(max(interval))} … {change_pct(min(interval))}" if interval
+          else ", no interval (fewer than 2 steps on a side)")
     return (f"{before:.4g} J/sample over {n_before} steps before -> {after:.4g} J/sample over "
-            f"{n_after} steps after ({change:+.1f}%; step energy {energy_method or 'of unknown method'})")
+            f"{n_after} steps after: {change_pct(saving)} energy per sample ({direction(saving)}){ci}; "
+            f"step energy {energy_method or 'of unknown method'}")

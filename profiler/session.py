@@ -122,6 +122,9 @@ class ProfilingSession:
             self.event("source-unavailable", f"{u.source_id}: {u.reason} — {u.fix}")
         if self.want_stacks and self.target is not None:
             self._start_stacks()
+        elif self.kind == "attach" and self.target is not None:  # said, as every other reason is
+            self.note("no layer figures: stack sampling was switched off for this session (--no-stacks, "
+                      "or the app's setting); attach with it on for per-layer figures")
         return self.session_id
 
     def _start_stacks(self) -> None:

@@ -40,6 +40,7 @@ def test_attach_end_to_end_json_then_show_sessions_and_reports(torch_child, db_p
     assert doc["target"]["energy_j"] > 0
     assert doc["target"]["energy_j"] <= doc["energy_j"] + 1e-9  # attributed ≤ measured
     assert doc["target"]["mean_cpu_pct"] > 0  # the child is busy (how busy depends on the machine load)
+    assert any("stack sampling was switched off" in n for n in doc["notes"]), doc["notes"]  # why no layers
     sid = doc["session_id"]
 
     listing = json.loads(run_cli("sessions", "--db", str(db_path), "--json").stdout)

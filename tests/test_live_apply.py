@@ -103,6 +103,13 @@ def test_run_apply_quantize_then_revert_reports_before_after_and_restores_output
     assert action["before_j_per_sample"] > 0 and action["after_j_per_sample"] > 0
     assert action["before_steps"] >= first - 1 and action["after_steps"] >= back - first - 2
     assert "J/sample" in action["measured_text"] and action["predicted_text"] == "no prediction (live apply)"
+    # the change as every other measured saving reads: signed, with its direction and interval
+    # (it read a bare "(-0.9%)")
+    b, f = action["before_j_per_sample"], action["after_j_per_sample"]
+    assert action["saving_fraction"] == pytest.approx((b - f) / b)
+    low, high = action["saving_interval"]
+    assert low < action["saving_fraction"] < high
+    assert "energy per sample (" in action["measured_text"] and "95 % CI" in action["measured_text"]
     store = Store(db)
     (row,) = store.actions(doc["session_id"])
     assert row["kind"] == "quantize-int8" and row["status"] == "reverted"
