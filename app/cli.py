@@ -249,10 +249,11 @@ def print_summary(summary: dict) -> None:
 
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_attach(args) -> int:
-    from wattlens.profiler.process import Target
+    from wattlens.profiler.process import Target, refuse_self
     from wattlens.profiler.session import ProfilingSession
     from wattlens.profiler.sources import discover
 
+    refuse_self(args.pid)
     target = Target(args.pid)
     store = _open_store(args)
     exporter = _start_metrics(args)

@@ -73,6 +73,15 @@ def tree_children(root: psutil.Process) -> list[psutil.Process]:
     return children
 
 
+def refuse_self(pid: int) -> None:
+    """What `attach` (the CLI, the app) checks first: a user's PID that is wattlens itself is
+    refused in one line (`exec wattlens attach $$` measured itself without a word). Target itself
+    takes our own PID: `optimize` measures its A/B rounds in this process."""
+    if pid == os.getpid():
+        raise BadInputError(f"PID {pid} is wattlens itself",
+                            hint="pass the PID of your training or inference process (see `ps aux`)")
+
+
 class Target:
     """A process tree rooted at ``pid``. ``cpu_time_s()`` is the tree's user+system CPU time,
     counting exited children through the last value seen for them."""
@@ -87,9 +96,6 @@ class Target:
         refused, as to attach to it would measure nothing."""
         if pid <= 0:
             raise TargetNotFoundError(f"PID {pid} is not a valid process id — pass a positive PID (see `ps aux`)")
-        if pid == os.getpid() and process is None:
-            raise BadInputError(f"PID {pid} is wattlens itself",
-                                hint="pass the PID of your training or inference process (see `ps aux`)")
         try:
             self.proc = process if process is not None else psutil.Process(pid)
             try:

@@ -85,9 +85,10 @@ class LiveRun:
                discovery=None) -> LiveRun:
         """Build (not start) a session on a running PID. Raises TargetNotFoundError /
         TargetAccessError with the one-line fix."""
-        from wattlens.profiler.process import Target
+        from wattlens.profiler.process import Target, refuse_self
         from wattlens.profiler.session import ProfilingSession
 
+        refuse_self(pid)
         target = Target(pid)
         return cls(ProfilingSession(
             store, target=target, kind="attach", name=name, interval_s=settings.interval_s,
