@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from wattlens.advisor.blocks import config_blocks, count_blocks
 from wattlens.advisor.regression import AbPoint, SweepPoint
 from wattlens.profiler import figures
 from wattlens.profiler.ranks import session_ranks
@@ -186,6 +187,9 @@ class SessionFeatures:
     # the user's own text, given to `wattlens advise` (the rules put it in their commands)
     calibration_text: str | None = None
     heal_text: str | None = None
+    # the model's repeated blocks (decoder/encoder layers) and where the count comes from
+    n_blocks: int | None = None
+    n_blocks_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -335,6 +339,24 @@ def _model_event(events: Sequence[EventRecord]) -> dict | None:
         return None
     main = [d for d in candidates if d.get("main")]
     return (main or candidates)[-1]
+
+
+def _block_count(model_info: dict | None, layers: Sequence[LayerCost], model_path: str | None
+                 ) -> tuple[int | None, str | None]:
+    """(number of repeated blocks, where it was read): the agent's module table, else its
+    per-instance layer rows, else the model folder's config.json."""
+    modules = (model_info or {}).get("modules")
+    if isinstance(modules, list):
+        n = count_blocks(str(m.get("path", "")) for m in modules if isinstance(m, dict))
+        if n:
+            return n, "agent module table"
+    n = count_blocks(r.path for r in layers if r.granularity == "instance")
+    if n:
+        return n, "agent layer timing"
+    n = config_blocks(model_path)
+    if n:
+        return n, f"{model_path}/config.json"
+    return None, None
 
 
 def _flops_event(events: Sequence[EventRecord]) -> int | None:
@@ -681,6 +703,10 @@ def extract_features(store, session_id: int, *, calibration_text: str | None = N
 
     model_path = settings.get("model")
     kind, _ = model_kind(model_path)
+    n_blocks, n_blocks_source = _block_count(model_info, layers, model_path)
+    if n_blocks is None:
+        reasons["n_blocks"] = ("the session does not show how many blocks the model has (the agent's "
+                               "module table under `wattlens run`, or a model folder's config.json, does)")
     outcomes = optimize_outcomes(store, session_id)
 
     ranks = session_ranks(steps, events, series)
@@ -709,4 +735,5 @@ def extract_features(store, session_id: int, *, calibration_text: str | None = N
         dtype=dtype, device=device, is_training=is_training, training_evidence=training_evidence,
         ranks=ranks, reasons=reasons, model_path=model_path, model_kind=kind,
         optimize_results=outcomes, calibration_text=calibration_text, heal_text=heal_text,
+        n_blocks=n_blocks, n_blocks_source=n_blocks_source,
     )

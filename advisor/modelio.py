@@ -220,6 +220,16 @@ PICKLE_RISK = (
 )
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """A torch.save archive (zip: ``PK``) or a pickle of protocol ≥ 2 (``\\x80``), by its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head == b"PK" or head[:1] == b"\x80"
+
+
 def _load_module_file(path: Path, *, trust_pickle: bool = False) -> nn.Module:
     """A whole module saved with ``torch.save(model)``.
 
@@ -227,6 +237,7 @@ def _load_module_file(path: Path, *, trust_pickle: bool = False) -> nn.Module:
     containers, no code runs). A whole module needs the full unpickler, which runs code from the
     file: that is done only when the caller says the file is trusted (``--trust-pickle``).
     """
+    check_model_file(path)
     if path.suffix == ".safetensors":
         raise ModelLoadError(
             f"{path} holds only weights, no architecture",
@@ -235,6 +246,9 @@ def _load_module_file(path: Path, *, trust_pickle: bool = False) -> nn.Module:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _looks_like_torch_file(path):
+            raise ModelLoadError(f"{path} is not a readable torch file (neither a torch.save archive nor a pickle)",
+                                 hint=_FOLDER_HINT) from exc
         if not trust_pickle:
             raise ModelLoadError(
                 f"{path} is a pickled module and was not loaded: {PICKLE_RISK}",
@@ -490,6 +504,20 @@ def _versions() -> dict[str, str]:
 
         versions["wattlens"] = version("wattlens")
     return versions
+
+
+_SOURCE_SUFFIXES = (".py", ".pyw", ".ipynb")
+
+
+def check_model_file(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a MODEL that is a Python script or notebook (not a saved model)."""
+    p = Path(path).expanduser()
+    if p.is_file() and p.suffix.lower() in _SOURCE_SUFFIXES:
+        kind = "a Jupyter notebook" if p.suffix.lower() == ".ipynb" else "a Python source file"
+        raise ModelLoadError(
+            f"{p} is {kind}, not a saved model: optimize reads a model, it does not run code",
+            hint="give the Hugging Face folder your script loads (config.json + weights), or a file "
+                 "your script writes with torch.save(model, 'model.pt')")
 
 
 def check_out_dir(out_dir: str | os.PathLike, model_path: str | os.PathLike | None = None) -> Path:

@@ -151,6 +151,16 @@ class WindowResult:
     attributed_method: str
     source_energy_j: dict[str, float | None]
     reason: str | None
+    #: the span the meter integrated over (its tick at the window's start to its tick at the end);
+    #: None when the meter does not say
+    meter_duration_s: float | None = None
+
+    @property
+    def span_s(self) -> float:
+        """The shorter of the work's span and the meter's: how long the energy figure is measured."""
+        if self.meter_duration_s is None:
+            return self.duration_s
+        return min(self.duration_s, self.meter_duration_s)
 
 
 def _sync(device: torch.device) -> None:
@@ -184,6 +194,7 @@ def measure_window(meter: Any, key: str, model: nn.Module, inputs: ModelInputs, 
         attributed_method=m.attributed_method,
         source_energy_j=dict(m.energy_j),
         reason=reason,
+        meter_duration_s=getattr(m, "duration_s", None),
     )
 
 
@@ -208,14 +219,20 @@ class ArmResult:
     round_latency_per_sample_s: tuple[float, ...]
     #: whole-machine energy per sample per source (includes other processes): context only
     source_energy_per_sample_j: dict[str, float | None] = field(default_factory=dict)
+    #: samples each round ran (a re-measured round runs more batches than the first ones)
+    round_samples: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class Verification:
     """The measured effect of a candidate against its baseline, with the predicted one beside it.
 
-    ``saving_fraction`` = 1 − E_candidate/E_baseline per sample (positive = candidate uses less);
-    its interval is a ``confidence`` t-interval over the per-round paired savings.
+    ``saving_fraction`` = 1 − E_candidate/E_baseline per sample (positive = candidate uses less),
+    the two per-sample energies being the arms' ``energy_per_sample_j`` (see :func:`paired_saving`
+    for the estimator and its interval). It is None, with ``saving_reason``, when no sound figure
+    came out (energy unavailable, or no round's window long enough for the meter).
+    ``n_rounds`` counts the rounds the figure rests on; ``refused_rounds`` says why others were
+    left out, ``round_batches`` how many batches each counted round ran.
     ``predicted_saving`` is filled later by the advisor's regression (:meth:`with_prediction`).
     """
 
@@ -238,6 +255,10 @@ class Verification:
     predicted_saving_interval: tuple[float, float] | None = None
     prediction_method: str | None = None
     notes: tuple[str, ...] = ()
+    #: the shortest window a round may have: max(min_window_s, MIN_WINDOW_INTERVALS × meter interval)
+    required_window_s: float | None = None
+    round_batches: tuple[int, ...] = ()
+    refused_rounds: tuple[str, ...] = ()
 
     def with_prediction(self, saving: float | None, interval: tuple[float, float] | None = None,
                         method: str | None = None) -> Verification:
@@ -276,18 +297,53 @@ def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, fl
     return (mean - half, mean + half)
 
 
-def paired_saving(base: list[float | None], cand: list[float | None], confidence: float = 0.95
+def ratio_saving(base: list[float], cand: list[float], weights: list[float] | None = None,
+                 confidence: float = 0.95) -> tuple[float, tuple[float, float] | None]:
+    """1 − R with R = Σ wᵢ·candᵢ / Σ wᵢ·baseᵢ (a ratio of pooled totals), and its interval.
+
+    The interval is the ratio estimator's linearised (delta-method) one: with the paired residuals
+    dᵢ = wᵢ·candᵢ − R·wᵢ·baseᵢ, SE(R) = √(n · Σdᵢ² / (n − 1)) / Σ wᵢ·baseᵢ, Student-t with n − 1
+    degrees of freedom (Cochran, *Sampling Techniques*, §6.4). None with fewer than two rounds.
+    """
+    w = weights if weights is not None else [1.0] * len(base)
+    tb = [wi * b for wi, b in zip(w, base, strict=True)]
+    tc = [wi * c for wi, c in zip(w, cand, strict=True)]
+    ratio = sum(tc) / sum(tb)
+    n = len(tb)
+    if n < 2:
+        return 1.0 - ratio, None
+    from scipy.stats import t as student_t
+
+    resid = [c - ratio * b for b, c in zip(tb, tc, strict=True)]
+    se = math.sqrt(n * sum(d * d for d in resid) / (n - 1)) / sum(tb)
+    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * se
+    return 1.0 - ratio, (1.0 - ratio - half, 1.0 - ratio + half)
+
+
+def paired_saving(base: list[float | None], cand: list[float | None], confidence: float = 0.95,
+                  samples: list[int] | None = None
                   ) -> tuple[float | None, tuple[float, float] | None, str | None]:
-    """Mean per-round saving 1 − cand/base with its interval, or None and why."""
+    """The energy saving per sample from per-round energies per sample (A and B of a round ran the
+    same ``samples``), with its interval, or None and why.
+
+    Estimator: the ratio of the arms' pooled energies per sample, 1 − ΣE_B/ΣE_A over the rounds
+    (:func:`ratio_saving`, weights = samples per round), not the mean of per-round ratios. Why:
+    it is exactly 1 − (candidate J/sample) / (baseline J/sample) as the result prints them, so the
+    saving and the two figures beside it cannot disagree; and each round weighs by its energy, so
+    a disturbed or short round (a per-round ratio is unbounded as its baseline tends to 0 — one
+    13-ms window once read +1435 %) moves the figure in proportion to what it measured instead of
+    dominating it. Its interval is the ratio estimator's delta-method t-interval over the paired
+    rounds: honest, i.e. wide, when rounds disagree or are few.
+    """
+    if not base:
+        return None, None, "no round was measured"
     if any(v is None for v in base + cand):
         return None, None, "energy was not available in every round"
     if any(v <= 0 for v in base):
         return None, None, "the baseline's attributed energy was zero in a round (window too short?)"
-    savings = [1.0 - c / b for b, c in zip(base, cand, strict=True)]
-    mean = sum(savings) / len(savings)
-    interval = t_interval(savings, confidence)
+    saving, interval = ratio_saving(base, cand, [float(n) for n in samples] if samples else None, confidence)
     reason = None if interval else "one round gives no interval; use n_rounds ≥ 2"
-    return mean, interval, reason
+    return saving, interval, reason
 
 
 # --------------------------------------------------------------------------- the A/B run
@@ -337,7 +393,77 @@ def _arm(label: str, model: nn.Module, windows: list[WindowResult], peak_mem_byt
         round_energy_per_sample_j=per_round,
         round_latency_per_sample_s=tuple(w.duration_s / w.samples for w in windows),
         source_energy_per_sample_j=by_source,
+        round_samples=tuple(w.samples for w in windows),
     )
+
+
+#: a round's window must last at least this many meter intervals. The meter attributes energy to
+#: this process by its CPU-time share measured over spans of ≥ 0.8 interval and reuses the last
+#: share for a shorter span (profiler/process.py): a window of one or two intervals is mostly
+#: edge, and one shorter than an interval is not measured at all.
+MIN_WINDOW_INTERVALS = 5
+#: measurements of one round (the first one and the re-measurements with more batches) before
+#: the round is refused
+ROUND_ATTEMPTS = 3
+#: a re-measurement runs at most this many times the batches of the window before it
+MAX_GROWTH = 20
+
+
+def required_window_s(meter: Any, min_window_s: float) -> float:
+    """The shortest window a round may have with ``meter``: ``min_window_s``, and at least
+    ``MIN_WINDOW_INTERVALS`` of the meter's sampling interval."""
+    interval = getattr(meter, "interval_s", None)
+    floor = MIN_WINDOW_INTERVALS * interval if isinstance(interval, int | float) and interval > 0 else 0.0
+    return max(min_window_s, floor)
+
+
+def window_problem(w: WindowResult, required_s: float) -> str | None:
+    """Why ``w`` cannot give a sound energy figure (too short, zero energy), or None."""
+    if w.span_s < required_s:
+        meter = "" if w.meter_duration_s is None else f", the meter's {w.meter_duration_s:.3g} s"
+        return (f"its window lasted {w.duration_s:.3g} s{meter}, shorter than the {required_s:.3g} s "
+                f"a measurement needs")
+    if w.attributed_energy_j is not None and w.attributed_energy_j <= 0:
+        return "the meter attributed no energy to its window"
+    return None
+
+
+def _grown(n: int, windows: dict[str, WindowResult], required_s: float) -> int | None:
+    """Batches for a re-measurement that would fill ``required_s``, or None when more batches
+    cannot help (the work lasted long enough; the meter's span or energy is what failed)."""
+    work = min(w.duration_s for w in windows.values())
+    if work >= required_s:
+        return None
+    factor = min(MAX_GROWTH, max(2.0, 1.25 * required_s / max(work, 1e-6)))
+    return max(n + 1, math.ceil(n * factor))
+
+
+def measure_round(meter: Any, r: int, models: dict[str, nn.Module], inputs: ModelInputs, n_batches: int,
+                  required_s: float) -> tuple[dict[str, WindowResult], bool, int, list[str]]:
+    """One A/B round: each arm in turn, the same ``n_batches`` each.
+
+    A round whose window is too short for the meter (or that the meter attributes no energy to)
+    is measured again with more batches, both arms, up to ``ROUND_ATTEMPTS`` in all; one that is
+    still unsound is refused. Returns (the last windows by arm, whether they count, the batch count
+    to go on with, notes on what was re-measured or refused and why).
+    """
+    notes: list[str] = []
+    n = n_batches
+    for attempt in range(ROUND_ATTEMPTS):
+        suffix = "" if attempt == 0 else f":again{attempt}"
+        windows = {k: measure_window(meter, f"ab:{k}:{r}{suffix}", m, inputs, n) for k, m in models.items()}
+        problems = {k: p for k, w in windows.items() if (p := window_problem(w, required_s))}
+        if not problems:
+            return windows, True, n, notes
+        why = "; ".join(f"{k}: {p}" for k, p in problems.items())
+        grown = _grown(n, windows, required_s)
+        if grown is None or attempt == ROUND_ATTEMPTS - 1:
+            notes.append(f"round {r + 1} refused after {attempt + 1} measurement(s) of {n} batches "
+                         f"({why}); it is not counted")
+            return windows, False, n, notes
+        notes.append(f"round {r + 1} measured again with {grown} batches instead of {n} ({why})")
+        n = grown
+    raise AssertionError("unreachable")
 
 
 def ab_verify(
@@ -356,9 +482,13 @@ def ab_verify(
 ) -> Verification:
     """Measure ``baseline`` (A) and ``candidate`` (B) in interleaved rounds A B A B ….
 
-    ``batches_per_round`` defaults to enough batches that the faster model's window lasts
-    ``min_window_s`` (the meter samples at a fixed interval; short windows are mostly edge).
-    Both arms always run the same number of batches on the same inputs.
+    ``batches_per_round`` defaults to enough batches that the faster model's warm-up speed fills
+    the required window (:func:`required_window_s`: ``min_window_s``, and at least a few of the
+    meter's sampling intervals). Both arms run the same batches in a round. The window each really
+    lasted is checked afterwards (a machine's speed changes: a contended warm-up sizes too few
+    batches for an idle round): a round too short for the meter is measured again with more
+    batches, and refused when it stays unsound (:func:`measure_round`). The saving rests on the
+    counted rounds only, as do the arms' per-sample figures.
     """
     if n_rounds < 1:
         raise ValueError("n_rounds must be at least 1")
@@ -366,6 +496,7 @@ def ab_verify(
     models = {"baseline": baseline, "candidate": candidate}
     memory = {k: PeakMemory(model_device(m)) for k, m in models.items()}
     notes: list[str] = []
+    required_s = required_window_s(meter, min_window_s)
 
     # keep one outer window open so the meter's sampler runs through the whole A/B run
     meter.begin_window("ab:all")
@@ -373,11 +504,22 @@ def ab_verify(
         latencies = {k: _latency_s(m, inputs, max(1, warmup_batches)) for k, m in models.items()}
         if batches_per_round is None:
             fastest = max(min(latencies.values()), 1e-6)
-            batches_per_round = max(1, math.ceil(min_window_s / fastest))
+            batches_per_round = max(1, math.ceil(required_s / fastest))
         windows: dict[str, list[WindowResult]] = {k: [] for k in models}
+        refused: dict[str, list[WindowResult]] = {k: [] for k in models}
+        refused_rounds: list[str] = []
+        round_batches: list[int] = []
+        n = batches_per_round
         for r in range(n_rounds):
-            for k, m in models.items():
-                windows[k].append(measure_window(meter, f"ab:{k}:{r}", m, inputs, batches_per_round))
+            got, counts, used, round_notes = measure_round(meter, r, models, inputs, n, required_s)
+            notes.extend(round_notes)
+            for k in models:
+                (windows if counts else refused)[k].append(got[k])
+            if counts:
+                round_batches.append(used)
+                n = used  # the machine proved faster than the warm-up said: keep the batches
+            else:
+                refused_rounds.append(round_notes[-1])
             if progress:
                 progress("verify", (r + 1) / n_rounds)
     finally:
@@ -385,15 +527,31 @@ def ab_verify(
     # memory is probed apart: trimming the heap inside an energy window would cost page faults
     peaks = {k: max(memory[k].probe(m, inputs) for _ in range(2)) for k, m in models.items()}
 
-    arm_a = _arm("baseline", baseline, windows["baseline"], peaks["baseline"], memory["baseline"].method)
-    arm_b = _arm("candidate", candidate, windows["candidate"], peaks["candidate"], memory["candidate"].method)
-    saving, interval, reason = paired_saving(
-        list(arm_a.round_energy_per_sample_j), list(arm_b.round_energy_per_sample_j), confidence
-    )
-    if arm_a.energy_reason and saving is None:
-        reason = f"{reason}: {arm_a.energy_reason}"
-    lat_savings = [1 - c / b for b, c in zip(arm_a.round_latency_per_sample_s,
-                                             arm_b.round_latency_per_sample_s, strict=True)]
+    counted = windows
+    if not round_batches:
+        # nothing sound to count: the arms show the work (latency, which was measured) and no
+        # energy, with why
+        why = f"no round could be measured soundly: {refused_rounds[-1]}"
+        counted = {k: [dataclasses.replace(w, attributed_energy_j=None, reason=why) for w in ws]
+                   for k, ws in refused.items()}
+    arm_a = _arm("baseline", baseline, counted["baseline"], peaks["baseline"], memory["baseline"].method)
+    arm_b = _arm("candidate", candidate, counted["candidate"], peaks["candidate"], memory["candidate"].method)
+    samples = list(arm_a.round_samples)
+    if round_batches:
+        saving, interval, reason = paired_saving(list(arm_a.round_energy_per_sample_j),
+                                                 list(arm_b.round_energy_per_sample_j), confidence, samples)
+        if arm_a.energy_reason and saving is None:
+            reason = f"{reason}: {arm_a.energy_reason}"
+        elif refused_rounds and interval is None and reason:
+            reason = f"{reason} ({len(refused_rounds)} of {n_rounds} rounds refused)"
+    else:
+        saving, interval = None, None
+        reason = (f"no round could be measured soundly ({refused_rounds[-1]}); "
+                  "run again on a quieter machine")
+    # the same estimator for time: the ratio of the arms' pooled latencies per sample
+    lat_saving, lat_interval = ratio_saving(list(arm_a.round_latency_per_sample_s),
+                                            list(arm_b.round_latency_per_sample_s),
+                                            [float(x) for x in samples], confidence)
     if arm_a.energy_method.endswith("estimated"):
         notes.append("energy is estimated from a CPU power model (no hardware counter here): "
                      "compare the two arms, do not read the joules as exact")
@@ -403,10 +561,10 @@ def ab_verify(
         saving_fraction=saving,
         saving_interval=interval,
         saving_reason=reason,
-        latency_saving_fraction=sum(lat_savings) / len(lat_savings),
-        latency_saving_interval=t_interval(lat_savings, confidence),
+        latency_saving_fraction=lat_saving,
+        latency_saving_interval=lat_interval,
         fidelity=fidelity,
-        n_rounds=n_rounds,
+        n_rounds=len(round_batches),
         warmup_batches=max(1, warmup_batches),
         batches_per_round=batches_per_round,
         batch_size=inputs.n_samples,
@@ -414,6 +572,9 @@ def ab_verify(
         sources=_source_methods(meter),
         confidence=confidence,
         notes=tuple(notes),
+        required_window_s=required_s,
+        round_batches=tuple(round_batches),
+        refused_rounds=tuple(refused_rounds),
     )
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from wattlens.profiler.errors import BadInputError
+from wattlens.profiler.errors import ActionError, BadInputError
 
 
 def measured_text(v) -> str:
@@ -46,6 +46,9 @@ def _parse_sizes(text: str | None) -> list[int] | None:
 
 def _check_arguments(args) -> None:
     """Every argument that can be checked without loading the model (raises BadInputError)."""
+    from wattlens.advisor.modelio import check_model_file
+
+    check_model_file(args.model)  # a script given as MODEL: said before any session is recorded
     if args.action:
         from wattlens.advisor.actions import parse_actions
         from wattlens.advisor.modelio import check_out_dir
@@ -102,7 +105,9 @@ def optimize_command(args) -> int:
     session = ProfilingSession(store, target=Target(os.getpid()), kind="optimize", name=name,
                                interval_s=0.1, settings={"model": str(Path(args.model).resolve())})
     sid = session.start()
-    say(f"wattlens: recording this run as session {sid} in {store.display_name}")
+    # the session's number is announced once it is kept: an input found unusable only once opened
+    # removes it again (issue 9), and a number announced must then exist
+    say(f"wattlens: recording this run in {store.display_name}")
     doc = {"session_id": sid}
     try:
         if args.action:
@@ -117,8 +122,10 @@ def optimize_command(args) -> int:
         raise
     except BaseException as exc:
         session.stop("failed", f"optimize failed: {exc}")
+        say(f"wattlens: recorded this run as session {sid} (failed) in {store.display_name}")
         raise
     session.stop("completed" if code == 0 else "failed", doc.get("outcome"))
+    say(f"wattlens: recorded this run as session {sid} in {store.display_name}")
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     return code
@@ -142,6 +149,14 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
     except QualityLossError as exc:
         result, status, error = exc.result, "refused", exc
     v = result.verification
+    if error is None and v.saving_fraction is None:
+        # no sound energy figure (energy unavailable, or every round too short for the meter):
+        # stored, with why, but not as verified — and not as a point for the regression
+        status = "unverified"
+        error = ActionError(
+            f"the A/B run gave no sound energy figure ({v.saving_reason}); the copy in {result.out_dir} "
+            "is unverified",
+            hint="run the same command again, with more --rounds, when the machine is quieter")
     params = v.baseline.model_params
     pred = predict_action_saving(history, args.action, params=params)
     predicted = pred.to_predicted_saving()
@@ -203,6 +218,9 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
                        else f"n/a ({h['payback_reason']})")
             print(f"  healing: {h['steps']} steps on {h['source']}; held-out KL {h['held_out_kl_before']:.4g} → "
                   f"{h['held_out_kl_after']:.4g} nats; cost {energy}; pays back after {payback}")
+        for note in v.notes:
+            if note.startswith("round "):  # a round measured again or refused, and why
+                print(f"  note: {note}")
         s = result.sizes
         print(f"  tensor elements: {s['base_params']:,} → {s['candidate_params']:,}; tensor bytes "
               f"{s['base_tensor_bytes'] / 2**20:.1f} → {s['candidate_tensor_bytes'] / 2**20:.1f} MiB")

@@ -56,6 +56,9 @@ def test_an_action_is_verified_stored_and_leaves_the_input_alone(model_dir, tmp_
     md = tmp_path / "r.md"
     assert run_cli("report", str(doc["session_id"]), "--format", "md", "-o", str(md), "--db", str(db)).returncode == 0
     assert "bf16 (#1) — verified" in md.read_text()
+    # this run is the measurement: its A/B line says no prediction existed, not "measure first: <this command>"
+    (ab_line,) = [line for line in md.read_text().splitlines() if line.startswith("- **A/B result")]
+    assert "no prediction before this run" in ab_line and "measure first" not in ab_line
 
 
 def test_applied_from_a_session_shows_predicted_and_measured_in_its_reports(llama_dir, tmp_path):
@@ -111,8 +114,10 @@ def test_applied_from_a_session_shows_predicted_and_measured_in_its_reports(llam
     assert shown.returncode == 0, shown.stderr
     assert "recommended: Quantize the Linear layers" in shown.stdout and f"predicted: {applied['predicted']}" in shown.stdout
     assert f"measured:  {applied['measured']}" in shown.stdout
-    best = next(h for h in json.loads(out["json"])["headline"] if h["label"] == "Largest measured saving")
+    best = next(h for h in json.loads(out["json"])["headline"] if h["text"].startswith("quantize-int8: "))
     assert best["text"].startswith(f"quantize-int8: {applied['measured']}") and "risk to quality: low" in best["text"]
+    # labelled for what it is: a measured cost is not called a saving
+    assert (best["label"] == "Largest measured saving") == (saving >= 0.0005)
     # the optimize session's report leads with its A/B result, not the optimizer's own energy
     for fmt_name in ("json", "md"):
         assert run_cli("report", str(doc["session_id"]), "--format", fmt_name, "-o", str(tmp_path / f"o.{fmt_name}"),
@@ -140,6 +145,34 @@ def test_quality_limit_refuses_and_writes_nothing(model_dir, tmp_path):
     assert not out.exists()
     (action,) = Store(db).actions()
     assert action["status"] == "refused"
+    # the failed run is kept, and the number it is announced under exists
+    sid = action["session_id"]
+    assert f"recorded this run as session {sid} (failed)" in r.stdout
+    assert Store(db).session(sid)["status"] == "failed"
+
+
+def test_a_run_whose_input_fails_once_opened_announces_no_session(model_dir, tmp_path):
+    """prune-layers:0.25 removes 0 of this model's 2 blocks: found only once the model is loaded,
+    inside the recorded run, whose session is then removed (bad input keeps none) — so no session
+    number may have been announced."""
+    db = tmp_path / "w.db"
+    r = run_cli("optimize", str(model_dir), "--action", "prune-layers:0.25", "--out", str(tmp_path / "o"),
+                "--db", str(db), timeout=600)
+    assert r.returncode == 2 and "removes 0 of 2 blocks" in r.stderr and "prune-layers:0.5" in r.stderr
+    assert "session" not in r.stdout + r.stderr
+    assert Store(db).sessions() == []
+
+
+def test_a_python_script_as_model_is_named_for_what_it_is(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("import torch\n")
+    db = tmp_path / "w.db"
+    r = run_cli("optimize", str(script), "--action", "prune-mlp:0.25", "--out", str(tmp_path / "o"),
+                "--db", str(db))
+    (line,) = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Python source file" in line and "pickle" not in line
+    assert "config.json" in line and "torch.save(model" in line  # what to pass instead
+    assert not db.exists() or Store(db).sessions() == []
 
 
 def test_bad_input_is_one_line_exit_2(model_dir, tmp_path):

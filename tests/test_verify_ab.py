@@ -93,11 +93,16 @@ def test_ab_verify_interleaves_and_reports_every_field():
     v = ab_verify(base, cand, random_inputs(base, 2, 8), n_rounds=3, warmup_batches=1,
                   min_window_s=0.05, meter=meter)
     rounds = [k for k in meter.keys if k.startswith("ab:") and k != "ab:all"]
-    assert rounds == [f"ab:{arm}:{r}" for r in range(3) for arm in ("baseline", "candidate")]
+    # A then B, every measurement of a round (a round too short for the meter is measured again)
+    firsts = [k for k in rounds if ":again" not in k]
+    assert firsts == [f"ab:{arm}:{r}" for r in range(3) for arm in ("baseline", "candidate")]
+    pairs = [(a.split(":")[1:], b.split(":")[1:]) for a, b in zip(rounds[::2], rounds[1::2], strict=True)]
+    assert all(a[0] == "baseline" and b[0] == "candidate" and a[1:] == b[1:] for a, b in pairs)
     assert meter.keys[0] == "ab:all"
-    assert v.n_rounds == 3 and v.batches_per_round >= 1 and v.batch_size == 2
+    assert v.n_rounds + len(v.refused_rounds) == 3 and v.batches_per_round >= 1 and v.batch_size == 2
+    assert len(v.round_batches) == v.n_rounds
     for arm in (v.baseline, v.candidate):
-        assert len(arm.round_energy_per_sample_j) == 3
+        assert len(arm.round_energy_per_sample_j) == (v.n_rounds or 3)
         assert arm.latency_per_sample_s > 0
         assert arm.peak_mem_bytes is not None and arm.peak_mem_bytes >= 0
         assert any(m in arm.energy_method for m in ("counter", "polled", "estimated"))

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from wattlens.advisor.actions.base import Action, ClaimCheck
+from wattlens.advisor.blocks import BLOCK_PATHS, fraction_removing, removed_blocks
 from wattlens.profiler.errors import BadInputError
 
-_BLOCK_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
-                "bert.encoder.layer", "encoder.layer", "layers", "h")
+_BLOCK_PATHS = BLOCK_PATHS
 
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
@@ -117,12 +117,17 @@ class PruneLayers(Action):
         return found
 
     def _count(self, n: int) -> int:
-        k = round(self.fraction * n)
+        k = removed_blocks(self.fraction, n)
         if k < 1 or k >= n:
-            raise BadInputError(
-                f"prune-layers:{self.fraction:g} removes {k} of {n} blocks",
-                hint=f"choose a fraction that removes between 1 and {n - 1} blocks",
-            )
+            if n < 2:
+                hint = "a model of one block has none to spare: use prune-mlp or prune-heads instead"
+            elif n == 2:
+                hint = f"use prune-layers:{fraction_removing(1, n):g} (removes 1 of the 2 blocks)"
+            else:
+                hint = (f"choose a fraction that removes between 1 and {n - 1} of the {n} blocks, e.g. "
+                        f"prune-layers:{fraction_removing(1, n):g} (1 block) up to "
+                        f"prune-layers:{fraction_removing(n - 1, n):g} ({n - 1} blocks)")
+            raise BadInputError(f"prune-layers:{self.fraction:g} removes {k} of {n} blocks", hint=hint)
         return k
 
     def check_applicable(self, model: nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""Shared body of the two structured-pruning rules (attention heads, MLP neurons)."""
+"""Shared body of the structured-pruning rules (attention heads, MLP neurons, whole blocks)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ DOMINANT_SHARE = 0.40
 
 def structured_pruning(f: SessionFeatures, *, rule: str, action: str, category: str | None, what: str,
                        share_of_model: float | None, share: float | None, other_share: float | None,
-                       fraction: float, rationale: str, risk: str) -> list[Recommendation]:
+                       fraction: float, rationale: str, risk: str, title: str | None = None,
+                       extra_evidence: tuple = (), extra_notes: tuple[str, ...] = ()) -> list[Recommendation]:
     if share_of_model is None or share is None or share_of_model < DOMINANT_SHARE:
         return []
     if other_share is not None and other_share > share_of_model:
@@ -20,8 +21,8 @@ def structured_pruning(f: SessionFeatures, *, rule: str, action: str, category: 
     src = layer_source(f.layer_method)
     evidence = [ev(f"{what} share of the model's time", share_of_model, "fraction", src),
                 ev(f"{what} share of all sampled time", share, "fraction", src),
-                *top_layer_evidence(f, category)]
-    notes = []
+                *extra_evidence, *top_layer_evidence(f, category)]
+    notes = list(extra_notes)
     if f.gpu_used_by_target and f.layer_method == "stack-sampling":
         notes.append("on a GPU, stack sampling measures CPU-side time (kernel launches), not GPU time: "
                      "run under `wattlens run` for per-layer GPU timing before trusting these shares")
@@ -38,6 +39,6 @@ def structured_pruning(f: SessionFeatures, *, rule: str, action: str, category: 
         confidence = "low"
         notes.append(f"regression: {reg.reason}")
     return [Recommendation(
-        rule=rule, title=f"Prune {pct(fraction)} of the {what} (structured)", rationale=rationale,
+        rule=rule, title=title or f"Prune {pct(fraction)} of the {what} (structured)", rationale=rationale,
         evidence=tuple(evidence), predicted_saving=saving, confidence=confidence,
         risk=Risk("high", risk), action=action, command=optimize_command(action), notes=tuple(notes))]

@@ -1,5 +1,6 @@
 """The lines a report opens with: what this session cost, and the largest measured saving with
-its risk. For an optimize session the cost line is its A/B result — the optimizer's own energy
+its risk (labelled for what it is: a saving, no change, or the least extra cost when every applied
+action costs more). For an optimize session the cost line is its A/B result — the optimizer's own energy
 (loading, copying and measuring two models) is not the model's cost, and says so.
 
 Reads only the report dict (data.py) and words figures through fmt and app/present.py.
@@ -7,6 +8,7 @@ Reads only the report dict (data.py) and words figures through fmt and app/prese
 
 from __future__ import annotations
 
+from wattlens.advisor.recommend import PredictedSaving
 from wattlens.app import present
 from wattlens.app.report.formats import fmt
 
@@ -41,8 +43,28 @@ def _ab_lines(report: dict) -> list[dict]:
         base, cand = v.get("baseline") or {}, v.get("candidate") or {}
         out.append({"label": f"A/B result — {a.get('kind')} ({a.get('status')})",
                     "text": f"measured {o.measured}; {fmt(base.get('energy_per_sample_j'), 'J')} → "
-                            f"{fmt(cand.get('energy_per_sample_j'), 'J')} per sample; predicted {o.predicted}"})
+                            f"{fmt(cand.get('energy_per_sample_j'), 'J')} per sample; {_prediction(res, o)}"})
     return out
+
+
+def _prediction(result: dict, o: present.Outcome) -> str:
+    """What was predicted before this run. A "measure first" answer names the command that measures
+    it — the very run this session recorded — so it is said as what it is: no prediction yet."""
+    doc = result.get("predicted")
+    ps = PredictedSaving.from_dict(doc) if isinstance(doc, dict) else None
+    if ps is None or not ps.is_measure_first:
+        return f"predicted {o.predicted}"
+    return "no prediction before this run" + (f" ({ps.text})" if ps.text else "")
+
+
+def _best_label(fraction: float) -> str:
+    """The label of the best measured result, saying what it is: a saving, no change or a cost."""
+    word = present.direction(fraction)
+    if word == "saving":
+        return "Largest measured saving"
+    if word == "no change":
+        return "Best measured result: no change"
+    return "No measured saving — the least extra energy"
 
 
 def headline(report: dict) -> list[dict]:
@@ -57,7 +79,7 @@ def headline(report: dict) -> list[dict]:
     measured = [o for o in report.get("applied") or [] if o.get("measured_fraction") is not None]
     best = max(measured, key=lambda o: o["measured_fraction"], default=None)
     if best is not None:
-        lines.append({"label": "Largest measured saving",
+        lines.append({"label": _best_label(best["measured_fraction"]),
                       "text": f"{best['action']}: {best['measured']}; risk to quality: {best['risk']}"
                               + (f" — {best['flag_text']}" if best.get("flagged") else "")})
     elif not _ab_lines(report):

@@ -1,0 +1,113 @@
+"""The A/B run's windows and its estimator: a window too short for the meter is measured again or
+refused, the saving is the ratio of the per-sample energies it prints, and a run with no sound
+window is stored as unverified (a user trial once stored "+1435 %" from one 13-ms window)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_actions_helpers import save_hf, tiny_gpt2
+from wattlens.advisor.actions import parse_action
+from wattlens.advisor.modelio import random_inputs
+from wattlens.advisor.verify import ab_verify, paired_saving
+from wattlens.profiler.meter import EnergyMeter
+from wattlens.profiler.sources.base import Reading
+from wattlens.profiler.store import Store
+
+# per-round energy per sample (J) of the trial: round 1's baseline window lasted 13 ms
+TRIAL_BASE = [0.0126, 0.540, 0.534]
+TRIAL_CAND = [0.556, 0.537, 0.542]
+
+
+class StuckCounter:
+    """A CPU energy counter that never advances (the hardware boundary): every window reads 0 J."""
+
+    id, kind, method, label = "rapl:package-0", "cpu", "counter", "CPU package (stuck)"
+
+    def read(self, t_ns: int) -> Reading:
+        return Reading(t_ns, 0.0, 0.0)
+
+    def describe(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- the estimator
+
+
+def test_the_saving_is_the_ratio_of_the_pooled_energies_not_a_mean_of_ratios():
+    saving, (lo, hi), reason = paired_saving(TRIAL_BASE, TRIAL_CAND)
+    # 1 − mean(B)/mean(A): what "0.362 J → 0.545 J per sample" says (+50 %), not +1435 %
+    assert saving == pytest.approx(1 - sum(TRIAL_CAND) / sum(TRIAL_BASE))
+    assert saving == pytest.approx(-0.5047, abs=1e-3)
+    assert reason is None and lo < saving < hi
+    assert hi - lo > 2.0  # three rounds that disagree this much give a wide interval, honestly
+    # rounds of different lengths weigh by their samples: pooled J/sample of each arm
+    saving, _, _ = paired_saving([1.0, 2.0], [0.5, 1.0], samples=[8, 2])
+    pooled_a, pooled_b = (8 * 1.0 + 2 * 2.0) / 10, (8 * 0.5 + 2 * 1.0) / 10
+    assert saving == pytest.approx(1 - pooled_b / pooled_a)
+
+
+def test_the_interval_is_exact_when_every_round_agrees():
+    saving, interval, _ = paired_saving([2.0, 4.0, 1.0], [1.0, 2.0, 0.5])
+    assert saving == pytest.approx(0.5) and interval == pytest.approx((0.5, 0.5))
+
+
+# --------------------------------------------------------------------------- the rounds
+
+
+def test_a_window_too_short_for_the_meter_is_measured_again_with_more_batches():
+    base = tiny_gpt2()
+    cand = parse_action("prune-mlp:0.5").apply(base)
+    meter = EnergyMeter()
+    # one batch of this model lasts milliseconds, far below the meter's interval: the trial's case
+    # of a round sized by a slow warm-up running fast
+    v = ab_verify(base, cand, random_inputs(base, 2, 8), n_rounds=3, warmup_batches=1,
+                  min_window_s=0.3, batches_per_round=1, meter=meter)
+    assert v.required_window_s >= max(0.3, 5 * meter.interval_s)
+    assert v.n_rounds + len(v.refused_rounds) == 3
+    for arm in (v.baseline, v.candidate):
+        spans = [lat * n for lat, n in zip(arm.round_latency_per_sample_s, arm.round_samples, strict=True)]
+        assert spans and all(s >= v.required_window_s for s in spans), spans
+    assert all(b == 1 for b in v.round_batches) or any("measured again" in n for n in v.notes)
+    if v.saving_fraction is not None:  # the saving is the one the per-sample figures say
+        ratio = v.candidate.energy_per_sample_j / v.baseline.energy_per_sample_j
+        assert v.saving_fraction == pytest.approx(1 - ratio, rel=1e-9, abs=1e-12)
+
+
+def test_rounds_the_meter_cannot_measure_are_refused_and_give_no_figure():
+    base = tiny_gpt2()
+    cand = parse_action("prune-mlp:0.5").apply(base)
+    v = ab_verify(base, cand, random_inputs(base, 2, 8), n_rounds=2, warmup_batches=1,
+                  min_window_s=0.25, meter=EnergyMeter(sources=[StuckCounter()]))
+    assert v.saving_fraction is None and v.saving_interval is None
+    assert v.n_rounds == 0 and len(v.refused_rounds) == 2
+    assert "no energy" in v.refused_rounds[0] and "could be measured" in v.saving_reason
+    assert v.baseline.energy_per_sample_j is None and v.baseline.latency_per_sample_s > 0
+    json.dumps(v.to_dict())
+
+
+def test_optimize_stores_an_unmeasurable_run_as_unverified_with_the_reason(tmp_path, monkeypatch, capsys):
+    from wattlens.advisor import verify
+    from wattlens.app.cli import main
+
+    src = save_hf(tiny_gpt2(), tmp_path / "gpt2")
+    monkeypatch.setattr(verify, "_default_meter", lambda: EnergyMeter(sources=[StuckCounter()]))
+    db = tmp_path / "w.db"
+    code = main(["optimize", str(src), "--action", "prune-mlp:0.25", "--out", str(tmp_path / "out"),
+                 "--rounds", "2", "--db", str(db), "--json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert "no sound energy figure" in err[-1] and "unverified" in err[-1]
+    store = Store(db)
+    (action,) = store.actions()
+    assert action["status"] == "unverified"
+    assert "could be measured" in action["result"]["measured_text"]
+    assert store.measurements("ab") == []  # nothing for the regression to learn from
+    session = store.session(action["session_id"])
+    assert session["status"] == "failed" and "no sound energy figure" in session["end_reason"]
+    assert any(f"session {action['session_id']}" in line for line in err)
