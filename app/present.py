@@ -172,6 +172,16 @@ def measured_text(saving: float | None, interval, method: str, reason: str | Non
     return f"{saving_text(saving)}{ci} ({method})"
 
 
+def _predicted_before(ps: PredictedSaving | None) -> str:
+    """What was predicted before an applied action was measured. A "measure first" answer names
+    the command that measures it — the very run that measured it — so it is said as what it is."""
+    if ps is None:
+        return "n/a (no prediction stored)"
+    if ps.is_measure_first:
+        return "no prediction before this run" + (f" ({ps.text})" if ps.text else "")
+    return predicted_text(ps)
+
+
 def outcome(action: Mapping, rec: Recommendation | None) -> Outcome:
     """The outcome view of one stored action row (``Store.actions``) and its recommendation."""
     result = action.get("result") or {}
@@ -192,7 +202,7 @@ def outcome(action: Mapping, rec: Recommendation | None) -> Outcome:
         action_id=int(action.get("id") or 0), action=str(action.get("kind") or ""),
         status=str(action.get("status") or "n/a"),
         recommended=rec.title if rec is not None else "no recommendation linked",
-        predicted=predicted_text(ps) if ps is not None else "n/a (no prediction stored)",
+        predicted=_predicted_before(ps),
         measured=measured_text(saving, interval, method, reason), flagged=flagged, flag_text=flag,
         fidelity=fidelity_text(result.get("fidelity")), optimize_session_id=action.get("session_id"),
         measured_fraction=saving, risk=risk_text(rec.risk) if rec is not None else "n/a")

@@ -66,3 +66,16 @@ def test_a_share_reads_as_a_percent_in_the_evidence_as_in_the_layer_table():
     assert present.evidence_text(top) == "self time share of lm_head: 12.1 % of sampled time  [agent timing]"
     assert present.value_text(0.5, "fraction") == "50.0 %"
     assert present.value_text(0.5, "fractions") == "0.5 fractions"  # only the unit named so
+
+
+def test_an_applied_action_measured_without_a_prior_prediction_says_so_not_measure_first():
+    """The Markdown report's actions printed "predicted measure first: wattlens optimize …", the
+    command that had just measured it."""
+    from wattlens.advisor.recommend import measure_first
+
+    action = _action(0.1)
+    action["result"]["predicted"] = measure_first(
+        "0 earlier A/B results of prune-mlp", "wattlens optimize MODEL --action prune-mlp:0.2").to_dict()
+    o = present.outcome(action, None)
+    assert o.predicted == "no prediction before this run (0 earlier A/B results of prune-mlp)"
+    assert "measure first" not in o.predicted and not o.flagged

@@ -8,7 +8,6 @@ Reads only the report dict (data.py) and words figures through fmt and app/prese
 
 from __future__ import annotations
 
-from wattlens.advisor.recommend import PredictedSaving
 from wattlens.app import present
 from wattlens.app.report.formats import fmt
 
@@ -48,13 +47,9 @@ def _ab_lines(report: dict) -> list[dict]:
 
 
 def _prediction(result: dict, o: present.Outcome) -> str:
-    """What was predicted before this run. A "measure first" answer names the command that measures
-    it — the very run this session recorded — so it is said as what it is: no prediction yet."""
-    doc = result.get("predicted")
-    ps = PredictedSaving.from_dict(doc) if isinstance(doc, dict) else None
-    if ps is None or not ps.is_measure_first:
-        return f"predicted {o.predicted}"
-    return "no prediction before this run" + (f" ({ps.text})" if ps.text else "")
+    """What was predicted before this run (present.outcome words a "measure first" answer as no
+    prediction yet: the command it names is the very run this session recorded)."""
+    return o.predicted if o.predicted.startswith("no prediction") else f"predicted {o.predicted}"
 
 
 def _best_label(fraction: float) -> str:
