@@ -77,3 +77,18 @@ def test_an_optimize_sessions_line_says_there_was_no_prediction_instead_of_measu
                      result=_result(0.1, REC.predicted_saving.to_dict()), session_id=opt)
     texts = [h["text"] for h in build_report(store, opt)["headline"] if h["label"].startswith("A/B result")]
     assert any("; predicted −12.0 % energy per sample (saving)" in t for t in texts), texts
+
+
+def test_a_session_still_recording_costs_so_far_not_over_n_a(store):
+    """A report of a running session (another wattlens is recording it) read "… over n/a"."""
+    session = ProfilingSession(store, target=None, kind="attach", name="still running", interval_s=0.1,
+                               duration_s=None, discovery=discover(gpu=False), stacks=False)
+    sid = session.start()
+    try:
+        from wattlens.app.report.headline import headline
+
+        cost = headline(build_report(store, sid))[0]
+        assert cost["label"] == "This session cost" and "so far (still recording)" in cost["text"], cost
+        assert "n/a" not in cost["text"].split(";")[0].split(" for ")[1], cost
+    finally:
+        session.stop()

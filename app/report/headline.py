@@ -23,7 +23,12 @@ def _cost(report: dict) -> str:
     per = [f"{fmt(st.get(k), 'J')} per {unit}" for k, unit in (("energy_per_sample_j", "sample"),
                                                                ("energy_per_token_j", "token"))
            if st.get(k) is not None]
-    return (f"{fmt(energy, 'J')} for {whose} over {fmt((report.get('session') or {}).get('duration_s'), 's')}"
+    session = report.get("session") or {}
+    if session.get("duration_s") is not None:
+        over = f"over {fmt(session['duration_s'], 's')}"
+    else:  # a session still being recorded has no duration yet (it read "over n/a")
+        over = "so far (still recording)" if session.get("status") == "running" else "over an unknown time"
+    return (f"{fmt(energy, 'J')} for {whose} {over}"
             + (f" ({', '.join(per)})" if per else " (no steps reported: no per-sample figure)")
             + f"; method: {method}")
 
