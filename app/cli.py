@@ -438,6 +438,8 @@ def cmd_sessions(args) -> int:
         print(f"{r['id']:>4}  {started:<19}  {_fmt(r['duration_s'], 's'):>9}  {r['status']:<14} "
               f"{_fmt((summary.get('target') or {}).get('energy_j'), 'J'):>10} {_fmt(summary.get('energy_j'), 'J'):>10}  "
               f"{summary.get('energy_method') or 'n/a':<10} " + (f"{r['host']} / {r['name']}" if hosts else r["name"]))
+    if any(r["status"] == "running" for r in rows):  # n/a above: its summary is written at its end
+        print("running: still being recorded, no final figures yet — `wattlens show ID` gives them so far")
     if any("estimated" in ((r["summary"] or {}).get("energy_method") or "") for r in rows):
         print("estimated: a CPU power model (TDP × load), not a meter; target: its attributed share "
               "of the machine's energy (`wattlens show ID` says how)")
