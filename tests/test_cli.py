@@ -234,3 +234,19 @@ def test_attach_to_its_own_shell_measures_the_shell_not_wattlens(db_path):
     assert any(f"process {shell} does not look like a Python program" in n for n in doc["notes"]), doc["notes"]
     r = subprocess.run(["bash", "-c", f"exec {cmd}"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "is wattlens itself" in r.stderr, r.stderr
+
+
+def test_sessions_says_why_a_running_session_has_no_energy_yet(db_path):
+    from wattlens.profiler.session import ProfilingSession
+    from wattlens.profiler.sources import discover
+    from wattlens.profiler.store import Store
+
+    session = ProfilingSession(Store(db_path), target=None, kind="attach", name="live", interval_s=0.1,
+                               duration_s=None, discovery=discover(gpu=False), stacks=False)
+    session.start()
+    try:
+        r = run_cli("sessions", "--db", str(db_path))
+        assert r.returncode == 0 and "running" in r.stdout, r.stdout
+        assert "`wattlens show ID` gives them so far" in r.stdout, r.stdout
+    finally:
+        session.stop()
