@@ -53,7 +53,8 @@ from wattlens.advisor.verify import (
     Verification,
     _default_meter,
     ab_verify,
-    measure_window,
+    measure_round,
+    required_window_s,
     t_interval,
 )
 from wattlens.profiler.errors import ActionError, BadInputError
@@ -416,6 +417,7 @@ def sweep_batch_sizes(
     rows: list[SweepRow] = []
     stop_reason: str | None = None
     last: tuple[int, int | None] | None = None
+    required_s = required_window_s(meter, min_window_s)
     meter.begin_window("sweep:all")
     try:
         for i, bs in enumerate(sizes):
@@ -435,14 +437,17 @@ def sweep_batch_sizes(
                 inputs = random_inputs(model, bs, seq_len, seed=seed)
                 forward(model, inputs.to(device))  # warm-up at this shape
                 peak = memory.probe(model, inputs)
-                windows = []
+                # every round as the A/B's (verify.measure_round): a window too short for the
+                # meter is measured again with more batches, and left out when it stays unsound
+                # (round 0 alone was checked, so a machine that sped up made later rounds short)
+                windows, refused = [], []
                 n_batches = 1
                 for r in range(n_rounds):
-                    w = measure_window(meter, f"sweep:{bs}:{r}", model, inputs, n_batches)
-                    if r == 0 and w.duration_s < min_window_s:
-                        n_batches = max(1, math.ceil(min_window_s / max(w.duration_s, 1e-6)))
-                        w = measure_window(meter, f"sweep:{bs}:{r}b", model, inputs, n_batches)
-                    windows.append(w)
+                    got, counts, n_batches, notes = measure_round(
+                        meter, r, {str(bs): model}, inputs, n_batches, required_s, label="sweep")
+                    (windows if counts else refused).append(got[str(bs)])
+                    if not counts:
+                        refused_why = notes[-1]
             except Exception as exc:  # noqa: BLE001 - only OOM is handled; others re-raised
                 if not _is_oom(exc):
                     raise
@@ -451,19 +456,23 @@ def sweep_batch_sizes(
                 rows.append(SweepRow(bs, "oom", reason=f"out of memory: {str(exc).splitlines()[0][:200]}"))
                 stop_reason = f"larger than batch size {bs}, which ran out of memory"
                 continue
-            samples = sum(w.samples for w in windows)
-            duration = sum(w.duration_s for w in windows)
+            timed = windows or refused  # the work was timed in every round; its energy only in sound ones
+            samples = sum(w.samples for w in timed)
+            duration = sum(w.duration_s for w in timed)
             energies = [w.attributed_energy_j for w in windows]
             per_round = [None if e is None else e / w.samples for e, w in zip(energies, windows, strict=True)]
-            energy = None if None in energies else sum(energies) / samples
+            energy = None if not windows or None in energies else sum(energies) / sum(w.samples for w in windows)
             interval = t_interval(per_round) if energy is not None else None
+            reason = next((w.reason for w in windows if w.reason), None)
+            if not windows:
+                reason = f"no round could be measured soundly: {refused_why}"
             rows.append(SweepRow(
                 batch_size=bs, status="ok", energy_per_sample_j=energy,
-                energy_per_sample_interval_j=interval, energy_method=windows[0].attributed_method,
+                energy_per_sample_interval_j=interval, energy_method=timed[0].attributed_method,
                 throughput_samples_per_s=samples / duration,
                 latency_per_batch_s=duration / (samples / bs),
                 peak_mem_bytes=peak, mem_method=memory.method,
-                reason=next((w.reason for w in windows if w.reason), None),
+                reason=reason,
             ))
             last = (bs, peak)
             report("sweep", (i + 1) / len(sizes))

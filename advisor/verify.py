@@ -439,7 +439,7 @@ def _grown(n: int, windows: dict[str, WindowResult], required_s: float) -> int |
 
 
 def measure_round(meter: Any, r: int, models: dict[str, nn.Module], inputs: ModelInputs, n_batches: int,
-                  required_s: float) -> tuple[dict[str, WindowResult], bool, int, list[str]]:
+                  required_s: float, label: str = "ab") -> tuple[dict[str, WindowResult], bool, int, list[str]]:
     """One A/B round: each arm in turn, the same ``n_batches`` each.
 
     A round whose window is too short for the meter (or that the meter attributes no energy to)
@@ -451,7 +451,7 @@ def measure_round(meter: Any, r: int, models: dict[str, nn.Module], inputs: Mode
     n = n_batches
     for attempt in range(ROUND_ATTEMPTS):
         suffix = "" if attempt == 0 else f":again{attempt}"
-        windows = {k: measure_window(meter, f"ab:{k}:{r}{suffix}", m, inputs, n) for k, m in models.items()}
+        windows = {k: measure_window(meter, f"{label}:{k}:{r}{suffix}", m, inputs, n) for k, m in models.items()}
         problems = {k: p for k, w in windows.items() if (p := window_problem(w, required_s))}
         if not problems:
             return windows, True, n, notes

@@ -111,3 +111,19 @@ def test_optimize_stores_an_unmeasurable_run_as_unverified_with_the_reason(tmp_p
     session = store.session(action["session_id"])
     assert session["status"] == "failed" and "no sound energy figure" in session["end_reason"]
     assert any(f"session {action['session_id']}" in line for line in err)
+
+
+# --------------------------------------------------------------------------- the batch-size sweep
+
+
+def test_a_sweep_the_meter_cannot_measure_says_so_and_gives_no_energy():
+    """The sweep checked round 0's window length alone and read a counter that gave nothing as
+    0 J per sample; each round is now checked as the A/B's are (verify.measure_round)."""
+    from wattlens.advisor.optimize import sweep_batch_sizes
+
+    rows = sweep_batch_sizes(tiny_gpt2(), [1], seq_len=8, n_rounds=2, min_window_s=0.25,
+                             meter=EnergyMeter(sources=[StuckCounter()]))
+    (row,) = rows
+    assert row.status == "ok" and row.energy_per_sample_j is None and row.energy_per_sample_interval_j is None
+    assert row.reason.startswith("no round could be measured soundly") and "no energy" in row.reason
+    assert row.throughput_samples_per_s > 0  # the work was timed all the same
