@@ -70,7 +70,10 @@ def test_a_window_too_short_for_the_meter_is_measured_again_with_more_batches():
                   min_window_s=0.3, batches_per_round=1, meter=meter)
     assert v.required_window_s >= max(0.3, 5 * meter.interval_s)
     assert v.n_rounds + len(v.refused_rounds) == 3
-    for arm in (v.baseline, v.candidate):
+    if v.n_rounds == 0:  # a machine too loaded for any round to fill the window: refused, said why
+        assert v.saving_fraction is None and all("refused" in r for r in v.refused_rounds), v.refused_rounds
+        return
+    for arm in (v.baseline, v.candidate):  # the counted rounds (the arms hold only those)
         spans = [lat * n for lat, n in zip(arm.round_latency_per_sample_s, arm.round_samples, strict=True)]
         assert spans and all(s >= v.required_window_s for s in spans), spans
     assert all(b == 1 for b in v.round_batches) or any("measured again" in n for n in v.notes)
