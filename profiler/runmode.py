@@ -246,7 +246,7 @@ class RunSession:
                 after = [s for s in steps if s.t_start_ns >= t_on and (t_next is None or s.t_end_ns <= t_next)]
                 b, nb = _j_per_sample(before)
                 f, nf = _j_per_sample(after)
-                saving, interval = _saving_interval(before, after)
+                saving, interval = _saving_interval(before, after, b, f)
                 result.update(before_j_per_sample=b, after_j_per_sample=f, before_steps=nb, after_steps=nf,
                               energy_method=energy_method, saving_fraction=saving, saving_interval=interval,
                               measured_text=_measured_text(b, nb, f, nf, energy_method, saving, interval))
@@ -336,14 +336,13 @@ def _j_per_sample(steps: Sequence[StepRecord]) -> tuple[float | None, int]:
     return (sum(s.energy_j or 0.0 for s in usable) / samples if samples else None), len(usable)
 
 
-def _saving_interval(before: Sequence[StepRecord], after: Sequence[StepRecord]
-                     ) -> tuple[float | None, list[float] | None]:
+def _saving_interval(before: Sequence[StepRecord], after: Sequence[StepRecord], b: float | None,
+                     f: float | None) -> tuple[float | None, list[float] | None]:
     """The saving in energy per sample (before − after) / before, as the totals give it, and its
     95 % interval from the spread of the steps' own J/sample (the difference of the two means,
     its standard error from both sides; steps taken as independent, so a drifting job reads
-    narrower than it is). The interval is None with fewer than 2 usable steps on a side."""
-    b, _ = _j_per_sample(before)
-    f, _ = _j_per_sample(after)
+    narrower than it is). ``b``, ``f``: the sides' J/sample (``_j_per_sample``), read once by the
+    caller. The interval is None with fewer than 2 usable steps on a side."""
     if not b or f is None:
         return None, None
     saving = (b - f) / b
