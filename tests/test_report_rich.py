@@ -162,7 +162,8 @@ def test_html_marks_every_estimated_energy_figure(session_db, written):
     for s in est:
         for value, unit in ((s["energy_j"], "J"), (s["mean_power_w"], "W")):
             figure = fmt(value, unit)
-            at = [m.end() for m in re.finditer(re.escape(figure), text)]
+            # whole figures only: "12 W" must not match inside "0.0112 Wh" (ci, stop 26)
+            at = [m.end() for m in re.finditer(rf"(?<![\w.,-]){re.escape(figure)}(?!\w)", text)]
             assert at and all(text[i:].startswith('<span class="est"') for i in at), figure
     tgt = fmt(report["summary"]["target"]["energy_j"], "J")
     assert f'{tgt}<span class="est"' in text
