@@ -34,6 +34,7 @@ from torch import nn
 
 from wattlens.advisor.fidelity import Fidelity
 from wattlens.advisor.modelio import ModelInputs, forward, model_device, tensor_footprint
+from wattlens.profiler import figures
 
 Progress = Callable[[str, float], None]
 
@@ -301,9 +302,11 @@ def ratio_saving(base: list[float], cand: list[float], weights: list[float] | No
                  confidence: float = 0.95) -> tuple[float, tuple[float, float] | None]:
     """1 − R with R = Σ wᵢ·candᵢ / Σ wᵢ·baseᵢ (a ratio of pooled totals), and its interval.
 
-    The interval is the ratio estimator's linearised (delta-method) one: with the paired residuals
-    dᵢ = wᵢ·candᵢ − R·wᵢ·baseᵢ, SE(R) = √(n · Σdᵢ² / (n − 1)) / Σ wᵢ·baseᵢ, Student-t with n − 1
-    degrees of freedom (Cochran, *Sampling Techniques*, §6.4). None with fewer than two rounds.
+    The standard error is the ratio estimator's linearised (delta-method) one: with the paired
+    residuals dᵢ = wᵢ·candᵢ − R·wᵢ·baseᵢ, SE(R) = √(n · Σdᵢ² / (n − 1)) / Σ wᵢ·baseᵢ (Cochran,
+    *Sampling Techniques*, §6.4). The interval is taken on log R (SE(log R) = SE(R)/R, Student-t
+    with n − 1 degrees of freedom; :func:`figures.saving_interval`), so it never passes +100 %.
+    None with fewer than two rounds; R ≤ 0 (a candidate with no energy) has no log interval.
     """
     w = weights if weights is not None else [1.0] * len(base)
     tb = [wi * b for wi, b in zip(w, base, strict=True)]
@@ -314,10 +317,11 @@ def ratio_saving(base: list[float], cand: list[float], weights: list[float] | No
         return 1.0 - ratio, None
     from scipy.stats import t as student_t
 
+    if ratio <= 0:
+        return 1.0 - ratio, None
     resid = [c - ratio * b for b, c in zip(tb, tc, strict=True)]
     se = math.sqrt(n * sum(d * d for d in resid) / (n - 1)) / sum(tb)
-    half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * se
-    return 1.0 - ratio, (1.0 - ratio - half, 1.0 - ratio + half)
+    return 1.0 - ratio, figures.saving_interval(ratio, se / ratio, float(student_t.ppf(0.5 + confidence / 2, n - 1)))
 
 
 def paired_saving(base: list[float | None], cand: list[float | None], confidence: float = 0.95,
@@ -339,8 +343,9 @@ def paired_saving(base: list[float | None], cand: list[float | None], confidence
         return None, None, "no round was measured"
     if any(v is None for v in base + cand):
         return None, None, "energy was not available in every round"
-    if any(v <= 0 for v in base):
-        return None, None, "the baseline's attributed energy was zero in a round (window too short?)"
+    for arm, values in (("baseline", base), ("candidate", cand)):
+        if any(v <= 0 for v in values):
+            return None, None, f"the {arm}'s attributed energy was zero in a round (window too short?)"
     saving, interval = ratio_saving(base, cand, [float(n) for n in samples] if samples else None, confidence)
     reason = None if interval else "one round gives no interval; use n_rounds ≥ 2"
     return saving, interval, reason

@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from wattlens.advisor.recommend import Evidence, PredictedSaving, Recommendation, Risk
-from wattlens.profiler.figures import change_pct, direction  # one wording, also for live applies
+
+# one wording, also for live applies
+from wattlens.profiler.figures import UNPROVEN, change_pct, direction, includes_no_change
 
 NOT_WORTH_IT = "not worth it yet"
 
@@ -114,6 +116,7 @@ class Outcome:
     fidelity: str
     optimize_session_id: int | None
     measured_fraction: float | None = None  # the A/B saving as a number (None: not measured)
+    measured_interval: tuple[float, float] | None = None  # its 95 % interval (None: none)
     risk: str = "n/a"  # the recommendation's risk to quality
 
     @property
@@ -127,7 +130,8 @@ class Outcome:
                 "recommended": self.recommended, "predicted": self.predicted, "measured": self.measured,
                 "flagged": self.flagged, "flag_text": self.flag_text, "fidelity": self.fidelity,
                 "optimize_session_id": self.optimize_session_id, "chain": self.chain,
-                "measured_fraction": self.measured_fraction, "risk": self.risk}
+                "measured_fraction": self.measured_fraction, "measured_interval": self.measured_interval,
+                "risk": self.risk}
 
 
 def fidelity_text(fid: Mapping | None) -> str:
@@ -169,7 +173,8 @@ def measured_text(saving: float | None, interval, method: str, reason: str | Non
     if saving is None:
         return f"n/a ({reason or 'no A/B result'})"
     ci = f", 95 % CI {interval_text(interval[0], interval[1])}" if interval else ""
-    return f"{saving_text(saving)}{ci} ({method})"
+    unproven = f"; {UNPROVEN}" if includes_no_change(interval) else ""
+    return f"{saving_text(saving)}{ci} ({method}){unproven}"
 
 
 def _predicted_before(ps: PredictedSaving | None) -> str:
@@ -192,12 +197,19 @@ def outcome(action: Mapping, rec: Recommendation | None) -> Outcome:
         ps = PredictedSaving.from_dict(result["predicted"])
     flagged, flag = False, ""
     if ps is not None and not ps.is_measure_first and saving is not None:
-        if not (ps.low <= saving <= ps.high):
+        if ps.low <= saving <= ps.high:
+            flag = "within the predicted interval"
+        elif interval and min(interval) <= ps.high and max(interval) >= ps.low:
+            # a noisy run: its own interval overlaps the prediction, so it does not contradict it
+            # (a point outside was FLAGGED however wide the measurement's interval)
+            flag = (f"measured {change_pct(saving)} lies outside the predicted interval "
+                    f"{interval_text(ps.low, ps.high)}, but its own 95 % CI {interval_text(*interval)} "
+                    "overlaps it: this run cannot tell them apart")
+        else:
             flagged = True
             flag = (f"FLAGGED: measured {change_pct(saving)} lies outside the predicted interval "
-                    f"{interval_text(ps.low, ps.high)}")
-        else:
-            flag = "within the predicted interval"
+                    f"{interval_text(ps.low, ps.high)}"
+                    + (f" (its own 95 % CI {interval_text(*interval)} does not reach it)" if interval else ""))
     return Outcome(
         action_id=int(action.get("id") or 0), action=str(action.get("kind") or ""),
         status=str(action.get("status") or "n/a"),
@@ -205,7 +217,7 @@ def outcome(action: Mapping, rec: Recommendation | None) -> Outcome:
         predicted=_predicted_before(ps),
         measured=measured_text(saving, interval, method, reason), flagged=flagged, flag_text=flag,
         fidelity=fidelity_text(result.get("fidelity")), optimize_session_id=action.get("session_id"),
-        measured_fraction=saving, risk=risk_text(rec.risk) if rec is not None else "n/a")
+        measured_fraction=saving, measured_interval=interval, risk=risk_text(rec.risk) if rec is not None else "n/a")
 
 
 def outcomes(recs: Sequence[Recommendation], actions: Sequence[Mapping], session_id: int) -> list[Outcome]:

@@ -9,6 +9,7 @@ seconds since the start in the app's series).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
@@ -147,6 +148,28 @@ def co2_g(energy_j: float | None, grid_g_per_kwh: float | None) -> float | None:
     if energy_j is None or grid_g_per_kwh is None:
         return None
     return energy_j / JOULES_PER_KWH * grid_g_per_kwh
+
+
+def saving_interval(ratio: float, se_log_ratio: float, quantile: float) -> tuple[float, float]:
+    """The interval of a saving 1 − R, from the ratio R = after/before (both positive) and the
+    standard error of log R: R·exp(±quantile·se), mapped to 1 − R.
+
+    On the log scale because a ratio of energies is positive and its error multiplicative: the
+    interval of the saving stays below +100 % (no arm can use negative energy) however wide it
+    is, and a doubling and a halving are equally far from no change. A symmetric interval on R
+    once read −691 … +904 % for a contended run.
+    Returned (low, high) as savings."""
+    half = quantile * se_log_ratio
+    return 1.0 - ratio * math.exp(half), 1.0 - ratio * math.exp(-half)
+
+
+#: said beside a measured saving whose interval includes 0 (A/B, live apply): a figure, not a proof
+UNPROVEN = "the interval includes no change, so this run does not show a difference"
+
+
+def includes_no_change(interval: Sequence[float] | None) -> bool:
+    """Whether a saving interval includes 0: the measurement cannot tell the change from none."""
+    return bool(interval) and min(interval) <= 0.0 <= max(interval)
 
 
 def change_pct(saving: float | None) -> str:

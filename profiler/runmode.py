@@ -29,7 +29,13 @@ from typing import Any
 
 from wattlens.profiler.agentlink import AgentServer
 from wattlens.profiler.errors import BadInputError
-from wattlens.profiler.figures import change_pct, direction
+from wattlens.profiler.figures import (
+    UNPROVEN,
+    change_pct,
+    direction,
+    includes_no_change,
+    saving_interval,
+)
 from wattlens.profiler.launch import launch
 from wattlens.profiler.process import Target
 from wattlens.profiler.rank_energy import RankSplit, series_key
@@ -339,19 +345,20 @@ def _j_per_sample(steps: Sequence[StepRecord]) -> tuple[float | None, int]:
 def _saving_interval(before: Sequence[StepRecord], after: Sequence[StepRecord], b: float | None,
                      f: float | None) -> tuple[float | None, list[float] | None]:
     """The saving in energy per sample (before − after) / before, as the totals give it, and its
-    95 % interval from the spread of the steps' own J/sample (the difference of the two means,
-    its standard error from both sides; steps taken as independent, so a drifting job reads
-    narrower than it is). ``b``, ``f``: the sides' J/sample (``_j_per_sample``), read once by the
-    caller. The interval is None with fewer than 2 usable steps on a side."""
+    95 % interval from the spread of the steps' own J/sample: the ratio R = after/before on the
+    log scale, SE(log R)² = Σ_sides var/(n·mean²) (both sides' errors; steps taken as
+    independent, so a drifting job reads narrower than it is), as the A/B run does
+    (``figures.saving_interval``). ``b``, ``f``: the sides' J/sample (``_j_per_sample``), read
+    once by the caller. The interval is None with fewer than 2 usable steps on a side."""
     if not b or f is None:
         return None, None
     saving = (b - f) / b
     per = [[s.energy_j / s.samples for s in side if s.energy_j is not None and s.samples]
            for side in (before, after)]
-    if min(len(p) for p in per) < 2:
+    if min(len(p) for p in per) < 2 or f <= 0:
         return saving, None
-    se = math.sqrt(sum(statistics.variance(p) / len(p) for p in per))
-    return saving, [saving - 1.96 * se / b, saving + 1.96 * se / b]
+    se_log = math.sqrt(sum(statistics.variance(p) / (len(p) * m * m) for p, m in zip(per, (b, f), strict=True)))
+    return saving, list(saving_interval(f / b, se_log, 1.96))
 
 
 def _measured_text(before: float | None, n_before: int, after: float | None, n_after: int,
@@ -363,6 +370,8 @@ def _measured_text(before: float | None, n_before: int, after: float | None, n_a
                 f"({n_before} before, {n_after} after)")
     ci = (f", 95 % CI {change_pct(max(interval))} … {change_pct(min(interval))}" if interval
           else ", no interval (fewer than 2 steps on a side)")
+    if includes_no_change(interval):
+        ci += f" — {UNPROVEN}"
     return (f"{before:.4g} J/sample over {n_before} steps before -> {after:.4g} J/sample over "
             f"{n_after} steps after: {change_pct(saving)} energy per sample ({direction(saving)}){ci}; "
             f"step energy {energy_method or 'of unknown method'}")

@@ -49,6 +49,8 @@ def store(tmp_path_factory):
     (0.2, "Largest measured saving"),
     (0.0, "Best measured result: no change"),
     (-0.5, "No measured saving — the least extra energy"),
+    # its interval (±2 pp here) includes no change: a figure, not a shown saving
+    (0.01, "Best measured result: not shown to differ from no change"),
 ])
 def test_the_best_measured_result_is_labelled_for_what_it_is(store, saving, label):
     src = _session(store, "attach", "inference")
@@ -62,6 +64,8 @@ def test_the_best_measured_result_is_labelled_for_what_it_is(store, saving, labe
     assert lines[label].startswith("prune-mlp:0.25: ")
     if saving < 0:
         assert "Largest measured saving" not in lines and "(costs more)" in lines[label]
+    if saving == 0.01:
+        assert "Largest measured saving" not in lines and "does not show a difference" in lines[label]
 
 
 def test_an_optimize_sessions_line_says_there_was_no_prediction_instead_of_measure_first(store):

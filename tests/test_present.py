@@ -48,6 +48,9 @@ def test_outcome_sits_beside_its_recommendation_and_is_flagged_outside_the_inter
     inside, outside = present.outcomes(recs, [_action(0.2)], 1)[0], present.outcomes(recs, [_action(0.609)], 1)[0]
     assert not inside.flagged and inside.flag_text == "within the predicted interval"
     assert outside.flagged and outside.flag_text.startswith("FLAGGED: measured −60.9 % lies outside")
+    # outside, but the measurement's own interval (±5 pp here) reaches the prediction: not a contradiction
+    near = present.outcomes(recs, [_action(0.34)], 1)[0]
+    assert not near.flagged and "cannot tell them apart" in near.flag_text and "FLAGGED" not in near.flag_text
     assert outside.predicted.startswith("−20.0 % energy per sample (saving), interval −30.0 % … −10.0 %")
     assert outside.measured.startswith("−60.9 % energy per sample (saving), 95 % CI")
     assert outside.fidelity == "top-1 agreement 97.0 %, KL 0.01 nats"
@@ -79,3 +82,12 @@ def test_an_applied_action_measured_without_a_prior_prediction_says_so_not_measu
     o = present.outcome(action, None)
     assert o.predicted == "no prediction before this run (0 earlier A/B results of prune-mlp)"
     assert "measure first" not in o.predicted and not o.flagged
+
+
+def test_a_measured_saving_whose_interval_includes_no_change_says_it_shows_no_difference():
+    # the A/B figure stays (it is what was measured); beside it, that it proves nothing either way
+    unproven = present.measured_text(0.05, (-0.02, 0.12), "counter")
+    assert unproven.startswith("−5.0 % energy per sample (saving), 95 % CI −12.0 % … +2.0 % (counter)")
+    assert unproven.endswith("does not show a difference")
+    assert "difference" not in present.measured_text(0.05, (0.01, 0.12), "counter")
+    assert "difference" not in present.measured_text(0.05, None, "counter")  # no interval: none claimed

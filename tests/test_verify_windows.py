@@ -5,6 +5,7 @@ window is stored as unverified (a user trial once stored "+1435 %" from one 13-m
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -130,3 +131,20 @@ def test_a_sweep_the_meter_cannot_measure_says_so_and_gives_no_energy():
     assert row.status == "ok" and row.energy_per_sample_j is None and row.energy_per_sample_interval_j is None
     assert row.reason.startswith("no round could be measured soundly") and "no energy" in row.reason
     assert row.throughput_samples_per_s > 0  # the work was timed all the same
+
+
+def test_the_interval_never_passes_a_full_saving_however_much_the_rounds_disagree():
+    # a candidate round that read a tenth of its baseline beside two that read ten times more:
+    # a symmetric interval on the ratio went past +100 % (negative energy); the log-ratio cannot
+    for base, cand in ((TRIAL_BASE, TRIAL_CAND), ([1.0, 1.0, 1.0], [0.1, 10.0, 10.0]),
+                       ([1.0, 1.0], [0.05, 0.5])):
+        saving, (lo, hi), _ = paired_saving(base, cand)
+        assert lo < saving < hi < 1.0
+    # a doubling and a halving are as far from no change, on the scale the interval uses
+    _, (lo_half, hi_half), _ = paired_saving([1.0, 1.0, 1.0], [0.4, 0.5, 0.6])
+    assert math.log(1 - lo_half) + math.log(1 - hi_half) == pytest.approx(2 * math.log(0.5), abs=0.02)
+
+
+def test_a_round_in_which_the_candidate_read_no_energy_gives_no_figure():
+    saving, interval, reason = paired_saving([1.0, 1.0], [0.0, 0.5])
+    assert saving is None and interval is None and "candidate" in reason and "zero" in reason

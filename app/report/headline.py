@@ -57,9 +57,12 @@ def _prediction(result: dict, o: present.Outcome) -> str:
     return o.predicted if o.predicted.startswith("no prediction") else f"predicted {o.predicted}"
 
 
-def _best_label(fraction: float) -> str:
-    """The label of the best measured result, saying what it is: a saving, no change or a cost."""
+def _best_label(fraction: float, interval) -> str:
+    """The label of the best measured result, saying what it is: a saving, no change or a cost —
+    and not a saving where its interval includes no change (the run did not show one)."""
     word = present.direction(fraction)
+    if word != "no change" and present.includes_no_change(interval):
+        return "Best measured result: not shown to differ from no change"
     if word == "saving":
         return "Largest measured saving"
     if word == "no change":
@@ -79,7 +82,7 @@ def headline(report: dict) -> list[dict]:
     measured = [o for o in report.get("applied") or [] if o.get("measured_fraction") is not None]
     best = max(measured, key=lambda o: o["measured_fraction"], default=None)
     if best is not None:
-        lines.append({"label": _best_label(best["measured_fraction"]),
+        lines.append({"label": _best_label(best["measured_fraction"], best.get("measured_interval")),
                       "text": f"{best['action']}: {best['measured']}; risk to quality: {best['risk']}"
                               + (f" — {best['flag_text']}" if best.get("flagged") else "")})
     elif not _ab_lines(report):

@@ -360,7 +360,8 @@ _ENERGY_UNITS = {"J", "W", "Wh", "kWh", "g", "J/sample", "J/token", "J/step"}
 class RecView:
     """One recommendation, ready to draw: the side-by-side figures and the rows that explain them.
     ``held`` says why it is "not worth it yet" (its predicted interval includes no change), else None;
-    ``flagged`` is True when the measured saving fell outside the predicted interval."""
+    ``flagged`` is True when the measurement contradicts the prediction: the measured saving and its
+    whole 95 % interval lie outside the predicted interval (present.outcome)."""
 
     title: str
     rule: str
@@ -420,7 +421,7 @@ def recommendation_views(report: dict) -> list[RecView]:
 
 def applied_table(report: dict) -> Table | None:
     """recommended → applied → measured for the actions applied from this session: predicted and
-    measured side by side, FLAGGED when measured lies outside the predicted interval."""
+    measured side by side, FLAGGED when the measurement (with its interval) misses the predicted one."""
     rows: list[list[Cell]] = [[o["recommended"], f"{o['action']} ({o['status']}, session {o['optimize_session_id']})",
                                o["predicted"], o["measured"], o["flag_text"] or "n/a", o["fidelity"]]
                               for o in report.get("applied") or []]
