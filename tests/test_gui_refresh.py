@@ -147,3 +147,31 @@ def test_the_picker_holds_still_while_the_pointer_is_over_it(make_window, qtbot,
         qtbot.waitUntil(lambda: av.model.get(busy.pid) is not None, timeout=30000)
     finally:
         end_process(busy)
+
+
+def test_a_session_still_recording_says_so_in_the_list_and_when_opened(make_window, qtbot, tmp_path, gui):
+    # its figures are n/a in the list (its summary is written at its end) and, opened, those stored
+    # so far: both said, where both read as a finished session's ("n/a" duration, no word why)
+    db = tmp_path / "shared.db"
+    child = gui.start_busy_child(120)
+    attach = subprocess.Popen([sys.executable, "-m", "wattlens.app", "attach", str(child.pid), "--duration", "90",
+                               "--no-stacks", "--no-gpu", "--name", "still going", "--db", str(db)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        w = make_window(db)
+        sv = w.sessions_view
+        w.tabs.setCurrentWidget(sv)
+        qtbot.waitUntil(lambda: sv.table.rowCount() == 1, timeout=60000)
+        assert sv.model.rows[0].status == "running"
+        qtbot.waitUntil(lambda: "1 still recording" in sv.status.text(), timeout=10000)
+        assert "Open it for its figures so far" in sv.status.text()
+        qtbot.wait(3000)  # a few stored samples
+        sv.select_ids([1])
+        sv.open_button.click()
+        qtbot.waitUntil(lambda: sv.stack.currentWidget() is sv.detail, timeout=30000)
+        head = sv.detail.headline.text()
+        assert "so far (still recording" in head and "· n/a ·" not in head, head
+    finally:
+        attach.terminate()
+        attach.wait(timeout=30)
+        end_process(child)

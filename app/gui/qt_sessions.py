@@ -470,8 +470,10 @@ class QtSessionsView(QWidget):
             self.select_ids(selected)
         n = len(self.model.rows)
         if not self._loading:
-            self.status.setText(f"{n} stored session(s)" if n else
-                                "no sessions stored yet — attach to a process to record one")
+            running = sum(r.status == "running" for r in self.model.rows)
+            self.status.setText((f"{n} stored session(s)" + (
+                f"; {running} still recording: n/a until it ends — Open it for its figures so far"
+                if running else "")) if n else "no sessions stored yet — attach to a process to record one")
         self._on_selection_changed()
 
     def _on_selection_changed(self) -> None:

@@ -89,7 +89,7 @@ def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[M
                         "; ".join(target_methods) if target_j is not None
                         else "not attributed yet (needs two samples)"))
     out.append(Card("Energy, whole machine", energy_pair(machine_j),
-                    f"measured sources: {', '.join(methods)}" if methods else "no source has energy yet"))
+                    f"sum of the sources; method: {', '.join(methods)}" if methods else "no source has energy yet"))
     basis_j, basis = (target_j, "target") if target_j is not None else (machine_j, "whole-machine")
     if grid_g_per_kwh is None:
         out.append(Card("CO₂", "n/a", "set a grid carbon intensity in Settings"))

@@ -118,8 +118,12 @@ class StoredSession:
         s = self.session
         when = dt.datetime.fromtimestamp(s["started_at"]).strftime("%Y-%m-%d %H:%M")
         end = f" — {s['end_reason']}" if s.get("end_reason") else ""
-        return (f"Session {s['id']}: {s['name']} · {_target_text(s)} · {when} · "
-                f"{duration(s.get('duration_s'))} · {s['status']}{end}")
+        if s["status"] == "running":  # its figures are those stored when it was opened (it read "n/a")
+            took = (f"{duration(self.series.end_s())} so far (still recording: the figures below are up to "
+                    "then; Open it again for later ones)")
+        else:
+            took = duration(s.get("duration_s"))
+        return f"Session {s['id']}: {s['name']} · {_target_text(s)} · {when} · {took} · {s['status']}{end}"
 
     def paused_spans(self) -> tuple[list[tuple[float, float]], str]:
         """Where wattlens's native stack reads stopped the target, for the plots to shade, and the
