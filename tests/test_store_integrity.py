@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -464,7 +466,7 @@ def test_a_damaged_page_found_by_show_is_one_line(db_path):
     raw[middle:middle + page] = b"\xa5" * page
     db_path.write_bytes(bytes(raw))
     assert run_cli("sessions", "--db", str(db_path)).returncode == 0  # the listing does not read samples
-    _one_line_exit_2(run_cli("show", str(sid), "--db", str(db_path)), "damaged", "recover")
+    _one_line_exit_2(run_cli("show", str(sid), "--db", str(db_path)), "damaged", "salvage")
 
 
 # ---- item 11 (store): listing never creates, and what is created is private ----------------------
@@ -615,7 +617,7 @@ def test_run_and_attach_refuse_a_damaged_database_untouched_and_listing_warns(tm
     db = tmp_path / "c1.db"
     digest = _damaged_copy(db)
     r = run_cli("run", "--db", str(db), "--", sys.executable, "-c", "pass")
-    line = _one_line_exit_2(r, "is damaged", "malformed", "recover", "--db")
+    line = _one_line_exit_2(r, "is damaged", "malformed", "salvage", "--db")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         assert _one_line_exit_2(run_cli("attach", str(sleeper.pid), "--duration", "1", "--no-stacks",
@@ -628,7 +630,7 @@ def test_run_and_attach_refuse_a_damaged_database_untouched_and_listing_warns(tm
     assert listed.stderr.strip().splitlines() == [line.replace("error: ", "", 1)]  # the same line, as a warning
     doc = run_cli("doctor", "--json", "--db", str(db))
     check = next(c for c in json.loads(doc.stdout)["checks"] if c["name"] == "database")
-    assert not check["ok"] and "is damaged" in check["detail"] and "recover" in check["fix"]
+    assert not check["ok"] and "is damaged" in check["detail"] and "sqlite3" in check["fix"]
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
     wal = tmp_path / "c1.db-wal"  # (the listing's own read connection may leave an empty one)
     assert not wal.exists() or wal.stat().st_size == 0
@@ -648,6 +650,92 @@ def test_damage_outside_the_samples_is_found_however_short_the_check(tmp_path):
     reader.close()
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
     assert store_module.READ_CHECK_S <= store_module.WRITE_CHECK_S
+
+
+
+def test_the_salvage_command_the_damaged_line_prints_works_and_wattlens_opens_its_result(tmp_path):
+    """Reported: the hint said `sqlite3 FILE .recover`, which Debian's sqlite3 (3.40.1, built
+    without the sqlite_dbpage table) fails on every file with "SQL logic error"; and `.dump` piped
+    into a new file loads nothing, as it ends a damaged file's dump with ROLLBACK. The command in
+    the line, run as printed, salvages the rows into a new file that wattlens opens and writes."""
+    for tool in ("sqlite3", "sed", "sh"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"no `{tool}` command here: the salvage command in the hint cannot be run")
+    folder = tmp_path / "my data"  # a space: the paths in the command are quoted
+    folder.mkdir()
+    db = folder / "c.db"
+    digest = _damaged_copy(db)
+    line = _one_line_exit_2(run_cli("run", "--db", str(db), "--", sys.executable, "-c", "pass"),
+                            "is damaged", "salvage", "--db")
+    command = re.search(r"`([^`]+)`", line).group(1)
+    salvaged = folder / "c-salvaged.db"
+    assert str(db) in command and str(salvaged) in command and "FILE" not in command
+    r = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+    store = Store(salvaged)  # a writer: every page checked
+    assert store.damage is None and sorted(s["id"] for s in store.sessions()) == [1, 2, 3]
+    _session(store, "after")
+    store.close()
+    con = sqlite3.connect(salvaged)
+    kept = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    con.close()
+    assert 100_000 < kept < 120_000  # all but the rows on the pages the 20 kB of noise hit
+    assert _listed_ids(salvaged) == [1, 2, 3, 4]
+    with pytest.raises(CorruptDatabaseError, match="c-salvaged-2.db"):  # never a file that exists
+        Store(db)
+
+
+HOLD = textwrap.dedent("""
+    import sqlite3, sys, time
+    con = sqlite3.connect(sys.argv[1])
+    con.execute("PRAGMA schema_version").fetchall()  # reads: SQLite opens the -wal and -shm
+    print("ready", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_refused_damaged_database_leaves_its_folder_as_it_was(tmp_path):
+    """Reported: a damaged file that `run` refused kept an empty -wal and a -shm beside it, made
+    by SQLite for the read-only page check (a read-only connection cannot remove them). Refusing
+    it, and only looking at it (a reader, doctor), leave its folder byte for byte as it was; a
+    -wal that was there before is never removed, nor one that another process uses."""
+    from wattlens.profiler.store.store import _drop_probe_files
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    db = folder / "c.db"
+    _damaged_copy(db)
+    before = _hash_folder(folder)
+    with pytest.raises(CorruptDatabaseError, match="is damaged"):
+        Store(db)
+    assert _hash_folder(folder) == before
+    _one_line_exit_2(run_cli("run", "--db", str(db), "--", sys.executable, "-c", "pass"), "is damaged")
+    assert _hash_folder(folder) == before
+    reader = Store(db, create=False)
+    assert reader.damage is not None
+    reader.close()
+    assert _hash_folder(folder) == before
+    doc = run_cli("doctor", "--json", "--db", str(db))
+    assert not next(c for c in json.loads(doc.stdout)["checks"] if c["name"] == "database")["ok"]
+    assert _hash_folder(folder) == before
+    wal, shm = Path(f"{db}-wal"), Path(f"{db}-shm")
+    wal.write_bytes(b"")  # there before the open: not ours to remove, even empty
+    with pytest.raises(CorruptDatabaseError):
+        Store(db)
+    assert wal.exists()
+    wal.unlink()
+    shm.unlink()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        inodes = (wal.stat().st_ino, shm.stat().st_ino)
+        _drop_probe_files(db)  # as if the probe had made them: SQLite sees the other connection
+        assert (wal.stat().st_ino, shm.stat().st_ino) == inodes
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
 
 
 def _full_filesystem(monkeypatch, under: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import socket
 import sqlite3
 import stat
@@ -58,8 +59,6 @@ BUSY_TIMEOUT_MS = 5000  # an SQLite writer waits this long for another's lock be
 UPGRADE_LOCK_WAIT_MS = 120_000  # while opening: others may be creating or upgrading the same file
 DB_FIX = "choose another file with --db PATH (or WATTLENS_DB); the file was left untouched"
 NO_DB_HINT = "record one with `wattlens attach PID`, `wattlens run -- COMMAND` or `wattlens demo`"
-DAMAGED_HINT = ("restore it from a backup, or salvage it with `sqlite3 FILE .recover`, and use another "
-                "file with --db meanwhile")
 WRITABLE_HINT = "choose a writable location with --db PATH (or WATTLENS_DB)"
 # Page check on open (``PRAGMA quick_check`` on the read-only probe's connection, so a damaged
 # file is refused before anything writes to it). quick_check reads every page: on a 466 MB store
@@ -239,7 +238,7 @@ def check_meta(meta: dict, display: str) -> None:
         version = int(raw)
     except (TypeError, ValueError):
         raise CorruptDatabaseError(f"{display} has a damaged schema version ({str(raw)[:40]!r} is not a number)",
-                                   hint=DAMAGED_HINT) from None
+                                   hint=damaged_hint(display)) from None
     if version > m.SCHEMA_VERSION:
         raise CorruptDatabaseError(
             f"{display} was written by a newer wattlens (schema {version}, this one reads "
@@ -247,7 +246,36 @@ def check_meta(meta: dict, display: str) -> None:
 
 
 def _damaged(display: str, exc: BaseException | str) -> CorruptDatabaseError:
-    return CorruptDatabaseError(f"{display} is damaged ({exc})", hint=DAMAGED_HINT)
+    return CorruptDatabaseError(f"{display} is damaged ({exc})", hint=damaged_hint(display))
+
+
+def damaged_hint(display: str) -> str:
+    """What to do with a damaged database; ``display``: its file's path, or a server's URL.
+
+    The salvage is the sqlite3 CLI's ``.dump`` loaded into a new file, its last line turned from
+    ROLLBACK into COMMIT: on a damaged file ``.dump`` writes every row it can read (those beyond
+    a damaged page too, read backwards) and then ``ROLLBACK; -- due to errors``, which would undo
+    the whole load. Not ``.recover``: Debian's sqlite3 (3.40.1, Debian 12) is built without
+    SQLITE_ENABLE_DBPAGE_VTAB, and its ``.recover`` fails on every database, a sound one too
+    ("SQL logic error": no such table sqlite_dbpage). Python's ``iterdump`` stops at the first
+    damaged page. The result opens as a wattlens database (tests/test_store_integrity.py)."""
+    if "://" in display:  # a server database (or in-memory): no file to salvage
+        return "restore it from a backup, and use another database with --db meanwhile"
+    path = Path(display)
+    new = _salvage_path(path)
+    command = (f"sqlite3 {shlex.quote(str(path))} .dump | sed '$s/^ROLLBACK;.*/COMMIT;/' "
+               f"| sqlite3 {shlex.quote(str(new))}")
+    return (f"restore it from a backup, or salvage what it holds into a new file with `{command}` "
+            "and pass that to --db (or use another file with --db meanwhile)")
+
+
+def _salvage_path(path: Path) -> Path:
+    """A file beside ``path`` that does not exist yet: NAME-salvaged.db, NAME-salvaged-2.db..."""
+    for n in range(1, 100):
+        new = path.with_name(f"{path.stem}-salvaged{'' if n == 1 else f'-{n}'}{path.suffix}")
+        if not _exists(new):
+            break
+    return new
 
 
 def _disk_full(folder: Path, exc: BaseException | None = None) -> bool:
@@ -379,10 +407,8 @@ class Store:
             check_s = WRITE_CHECK_S if create else READ_CHECK_S
         self.damage: CorruptDatabaseError | None = None
         self._damage_said = False
+        self._tidy_on_close = False  # set by _probe: remove the -wal/-shm it made, if left, on close
         state, stamp = self._probe(create, check_s) if self.path is not None else (None, None)
-        if self.damage is not None:  # only a reader gets here (a writer refused it in _probe)
-            if not (stamp is not None and stamp.current):
-                raise self.damage  # it would have to be upgraded: a damaged file is not written to
         try:
             self.engine: Engine = create_engine(self.url, future=True)
         except NoSuchModuleError:
@@ -419,6 +445,11 @@ class Store:
         self._opening = False
 
     def _probe(self, create: bool, check_s: float) -> tuple[str, Stamp | None]:
+        """A file refused here is left as it was found, its folder too: the -wal and -shm files
+        that SQLite creates beside a WAL database for the read-only probe (which cannot remove
+        them when it closes) are removed again if neither was there before (``_drop_probe_files``;
+        also on ``close``, for a reader that never connected, e.g. ``wattlens doctor``)."""
+        ours = not any(os.path.lexists(f"{self.path}{end}") for end in ("-wal", "-shm"))
         try:
             state, stamp, self.damage = _probe_sqlite_file(self.path, str(self.path), check_s=check_s)
             if state == "missing" and not create:
@@ -427,11 +458,16 @@ class Store:
                 check_location(self.path, str(self.path))  # the same check `wattlens doctor` makes
                 if self.damage is not None:
                     raise self.damage
+            elif self.damage is not None and not (stamp is not None and stamp.current):
+                raise self.damage  # a reader would have to upgrade it: a damaged file is not written to
             if state == "missing":
                 _make_folder(self.path.parent, str(self.path))
         except StoreError as exc:
             exc.exit_code = 2  # a path that cannot be used is bad input
+            if ours:
+                _drop_probe_files(self.path)
             raise
+        self._tidy_on_close = ours
         return state, stamp
 
     @property
@@ -524,7 +560,7 @@ class Store:
                     if legacy not in migrations.LEGACY_REVISIONS:
                         raise CorruptDatabaseError(
                             f"{self.display_name} has schema version {legacy} but no Alembic revision",
-                            hint=DAMAGED_HINT)
+                            hint=damaged_hint(self.display_name))
                 migrations.upgrade(c, script, stamp.revision if stamp else None, legacy)
                 self._stamp_meta(c, new=stamp is None)
                 c.commit()
@@ -553,6 +589,8 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._tidy_on_close:  # a store that never connected leaves the probe's -wal/-shm behind
+            _drop_probe_files(self.path)
 
     # ---- sessions ------------------------------------------------------------------------------
     def create_session(self, *, name: str, kind: str, started_at: float, start_ns: int,
@@ -935,6 +973,30 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _drop_probe_files(path: Path) -> None:
+    """Remove the -wal and -shm files beside the SQLite file ``path`` that the read-only probe
+    left (the caller knows that neither was there before it). SQLite removes them itself: a
+    read-write connection that reads and closes does what the last connection to close a WAL
+    database always does, under an exclusive lock on the file, so never while another connection,
+    in this process or another, still uses them. Only with an empty -wal and no rollback journal
+    beside it: then opening and closing writes nothing into the file."""
+    try:
+        if Path(f"{path}-wal").stat().st_size != 0 or os.path.lexists(f"{path}-journal"):
+            return
+    except OSError:  # no -wal: nothing left (or not ours to remove: a -shm alone)
+        return
+    try:
+        con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return
+    try:
+        con.execute("PRAGMA schema_version").fetchall()  # a read (of page 1 alone) opens the WAL
+    except sqlite3.Error:
+        pass
+    finally:
+        con.close()
 
 
 def _make_private(path: Path) -> None:
