@@ -213,7 +213,8 @@ def _open_store(args, create: bool = True):
     return Store(getattr(args, "db", None), create=create)
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: dict, kind: str | None) -> None:
+    """``kind``: the session's (attach, run, optimize...), for why it has no steps, if none."""
     from wattlens.app.gui.models.format import layer_label, share_with_se
 
     print(f"session {summary['session_id']} — {summary.get('name')}: {summary['status']}, "
@@ -234,6 +235,10 @@ def print_summary(summary: dict) -> None:
     if st:
         print(f"  steps: {st['count']}, {_fmt(st['energy_per_step_j'], 'J')}/step, "
               f"{_fmt(st['energy_per_sample_j'], 'J')}/sample, {_fmt(st['energy_per_token_j'], 'J')}/token")
+    else:  # said, as the app and the reports say it
+        from wattlens.app.present import no_steps_text
+
+        print(f"  steps: n/a — {no_steps_text(kind)}")
     layers = (summary.get("top_layers") or [])[:5]
     if layers:
         print(f"  costliest layers ({layers[0]['method']}; self = without the modules inside it; % = self time share):")
@@ -273,7 +278,7 @@ def cmd_attach(args) -> int:
     finally:
         if exporter is not None:
             exporter.stop()
-    return _finish(args, summary, session.end_reason)
+    return _finish(args, summary, session.end_reason, kind="attach")
 
 
 def stop_signals():
@@ -304,11 +309,11 @@ def _serve_metrics(args, exporter, session) -> None:
         _info(args, f"wattlens: serving Prometheus metrics at {exporter.url}")
 
 
-def _finish(args, summary: dict, reason: str | None = None) -> int:
+def _finish(args, summary: dict, reason: str | None = None, *, kind: str) -> int:
     if args.json:
         _emit_json(summary)
     else:
-        print_summary(summary)
+        print_summary(summary, kind)
     if summary.get("status") == "failed":  # e.g. the sampler stopped early: not a success
         print(f"wattlens: error: session {summary.get('session_id')} failed: {reason} — "
               "what was measured is stored; see `wattlens show ID`", file=sys.stderr)
@@ -367,7 +372,7 @@ def cmd_run(args) -> int:
             exporter.stop()
     if run.proc.poll() is None and args.duration is not None:
         _info(args, f"wattlens: stopped measuring after {args.duration:g} s; PID {run.proc.pid} keeps running")
-    code = _finish(args, summary, run.session.end_reason if run.session else None)
+    code = _finish(args, summary, run.session.end_reason if run.session else None, kind="run")
     if not args.json:
         for a in summary.get("actions", []):
             print(f"  live {a['action']}: {a['status']}"
@@ -467,7 +472,7 @@ def cmd_show(args) -> int:
     s = report["session"]
     summary = report["summary"]
     summary["status"] = s["status"]
-    print_summary(summary)
+    print_summary(summary, s.get("kind"))
     for h in report.get("headline") or []:
         print(f"  {h['label']}: {h['text']}")
     if s.get("end_reason"):

@@ -59,7 +59,7 @@ def run_headless(args) -> int:
     else:
         from wattlens.app.cli import print_summary
 
-        print_summary(summary)
+        print_summary(summary, "run")  # the demo is a run-mode session
         n = len(advice.get("recommendations", []))
         say(f"advisor: {n} recommendation{'s' if n != 1 else ''} — see `wattlens advise {sid}`")
         print(f"report: {path.resolve()}")

@@ -24,6 +24,19 @@ from wattlens.profiler.figures import UNPROVEN, change_pct, direction, includes_
 NOT_WORTH_IT = "not worth it yet"
 
 
+def no_steps_text(kind: str | None) -> str:
+    """Why a session has no steps (so no energy per step/sample/token), by how it was recorded:
+    the app's card and the reports say the same, and what would give them."""
+    if kind == "optimize":
+        return ("an optimize run measures A/B rounds, not the model's steps: its energy per sample "
+                "is in its A/B result")
+    if kind == "run":
+        return ("the in-process agent reported no step (it saw no optimizer step or model forward); "
+                "a script can mark them with `agent.step(samples=…)`")
+    return ("attach mode measures the whole process, not its steps: `wattlens run -- COMMAND` "
+            "reports them from its in-process agent")
+
+
 def saving_text(saving: float | None, basis: str = "energy per sample") -> str:
     """"−54.8 % energy per sample (saving)"; None → "n/a"."""
     if saving is None:

@@ -54,6 +54,7 @@ def test_attach_end_to_end_json_then_show_sessions_and_reports(torch_child, db_p
 
     show = run_cli("show", str(sid), "--db", str(db_path))
     assert show.returncode == 0 and "estimated" in show.stdout and "target energy" in show.stdout
+    assert "steps: n/a — attach mode measures the whole process" in show.stdout  # why none, and what gives them
     shown = json.loads(run_cli("show", str(sid), "--db", str(db_path), "--json").stdout)
     assert shown["summary"]["target"]["energy_j"] == pytest.approx(doc["target"]["energy_j"], rel=1e-6)
 
@@ -64,6 +65,7 @@ def test_attach_end_to_end_json_then_show_sessions_and_reports(torch_child, db_p
         assert out.stat().st_size > 100
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["session_id"] == sid
     assert "estimated" in (tmp_path / "r.md").read_text()
+    assert "## Per step\n\nn/a — attach mode measures the whole process" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.csv").read_text().splitlines()[0] == "session_id,series,unit,method,t_s,value"
 
 
@@ -211,6 +213,8 @@ def test_a_reader_that_leaves_is_not_an_internal_error(db_path):
     """`wattlens show 1 | head -2`: the reader closes the pipe; it printed 'internal error:
     BrokenPipeError … please report it' and exited 1."""
     assert run_cli("run", "--db", str(db_path), "--", "true").returncode == 0
+    # a run that reported no step says so as a run (it read "attach mode measures the whole process")
+    assert "steps: n/a — the in-process agent reported no step" in run_cli("show", "1", "--db", str(db_path)).stdout
     for args in (["show", "1"], ["sessions"], ["advise", "1"]):
         p = subprocess.Popen([sys.executable, "-m", "wattlens.app", *args, "--db", str(db_path)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PySide6.QtWidgets import QLabel
 
 from wattlens.profiler.stacks.parse import Attribution, aggregate
 from wattlens.profiler.store import Store
@@ -173,6 +174,15 @@ def test_apply_to_a_model_copy_shows_measured_and_predicted(make_window, qtbot, 
     # the docs picture is refreshed only on request: a test run never changes the repository
     shot = SCREENSHOT if os.environ.get("WATTLENS_UPDATE_SCREENSHOTS") else tmp_path / "advisor.png"
     assert panel.grab().save(str(shot))
+
+    # the optimize session it recorded: its tab shows that A/B result, not advice on the optimizer's
+    # own process (it read "no advice stored — press Analyse")
+    panel.show_session(st.session_id)
+    qtbot.waitUntil(lambda: bool(panel.model.recorded), timeout=20000)
+    assert not panel.analyse_button.isEnabled() and panel.status.text().startswith("an optimize run")
+    (frame,) = panel.recorded_cards
+    texts = [lab.text() for lab in frame.findChildren(QLabel)]
+    assert f"measured: {o.measured}" in texts and texts[0].startswith(f"{action} ({st.status}")
 
 
 NO_TORCH = """

@@ -225,7 +225,9 @@ def test_real_advice_renders(session_db, tmp_path):
 
 def test_bare_session_html_says_what_is_missing(written):
     text = written["bare.html"].read_text(encoding="utf-8")
-    assert html.escape(rich.NO_STEPS) in text and html.escape(rich.NO_LAYERS) in text
+    # why there are no steps, for how it was recorded (attach), and what gives them
+    assert html.escape("n/a — attach mode measures the whole process, not its steps: `wattlens run -- COMMAND`") in text
+    assert html.escape(rich.NO_LAYERS) in text
     assert 'id="comparison"' not in text and text.count("<svg") == 3
 
 

@@ -38,7 +38,8 @@ def _is_type(value, name: str) -> bool:
 
 def _check(value, schema: dict, root: dict, at: str) -> None:
     unknown = set(schema) - _ANNOTATIONS - {"type", "enum", "const", "properties", "required", "items",
-                                            "additionalProperties", "$ref", "anyOf", "minimum"}
+                                            "additionalProperties", "$ref", "anyOf", "minimum", "minItems",
+                                            "maxItems"}
     if unknown:
         raise SchemaError(f"schema at {at} uses keywords this validator does not check: {sorted(unknown)}")
     if "$ref" in schema:
@@ -55,6 +56,8 @@ def _check(value, schema: dict, root: dict, at: str) -> None:
         raise SchemaError(f"{at}: {value!r} != {schema['const']!r}")
     if "minimum" in schema and _is_type(value, "number") and value < schema["minimum"]:
         raise SchemaError(f"{at}: {value} < {schema['minimum']}")
+    if isinstance(value, list) and not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+        raise SchemaError(f"{at}: {len(value)} items, not {schema.get('minItems', 0)} … {schema.get('maxItems')}")
     if "anyOf" in schema:
         errors = []
         for sub in schema["anyOf"]:

@@ -27,6 +27,7 @@ from wattlens.app.gui.models.advisor_model import (
     ApplyState,
     RecommendationView,
     optimize_argv,
+    recorded_lines,
     run_optimize,
     store_db_arg,
     stored_advice,
@@ -165,6 +166,7 @@ class QtAdvisorPanel(QWidget):
         self.error.setStyleSheet("color: #B3261E;")
         self.error.hide()
         self.cards: list[QtRecommendationCard] = []
+        self.recorded_cards: list[QFrame] = []  # an optimize run's own A/B results
         self.silent = _label("", self)
         self.silent.hide()
         self._body = QWidget()
@@ -245,7 +247,7 @@ class QtAdvisorPanel(QWidget):
     # ---- model → view ----------------------------------------------------------------------------
     def _on_stored(self, session_id: int, doc: dict) -> None:
         if session_id == self.model.session_id and not self.model.analysed and not self.model.busy:
-            self.model.set_session(session_id, doc["recommendations"], doc["outcomes"])
+            self.model.set_session(session_id, doc["recommendations"], doc["outcomes"], doc.get("recorded"))
 
     def _reload_outcomes(self, session_id: int) -> None:
         store = self.get_store()
@@ -259,17 +261,27 @@ class QtAdvisorPanel(QWidget):
 
     def _update(self) -> None:
         m = self.model
-        self.analyse_button.setEnabled(m.session_id is not None and not m.busy)
+        self.analyse_button.setEnabled(m.session_id is not None and not m.busy and not m.recorded)
         self.status.setText(m.status)
         self.error.setText(m.error)
         self.error.setVisible(bool(m.error))
-        for card in self.cards:
+        for card in self.cards + self.recorded_cards:
             self._body_lay.removeWidget(card)
             card.deleteLater()
-        self.cards = []
+        self.cards, self.recorded_cards = [], []
         self._body_lay.removeWidget(self.silent)
         while self._body_lay.count():  # the trailing stretch
             self._body_lay.takeAt(0)
+        for o in m.recorded:
+            card = QFrame(self._body)
+            card.setFrameShape(QFrame.StyledPanel)
+            lay = QVBoxLayout(card)
+            lines = recorded_lines(o)
+            lay.addWidget(_label(lines[0], card, bold=True))
+            for line in lines[1:]:
+                lay.addWidget(_label(line, card))
+            self.recorded_cards.append(card)
+            self._body_lay.addWidget(card)
         for rec in m.recommendations:
             card = QtRecommendationCard(rec, m.applies.get(rec.action) if rec.action else None,
                                         self._on_apply_clicked, self._body)

@@ -130,6 +130,11 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Per step", "", "| Steps | Mean step time | J/step | J/sample | J/token |", "|---|---|---|---|---|",
                   f"| {st['count']} | {fmt(st['mean_duration_s'], 's')} | {fmt(st['energy_per_step_j'], 'J')} | "
                   f"{fmt(st['energy_per_sample_j'], 'J')} | {fmt(st['energy_per_token_j'], 'J')} |"]
+    else:
+        # imported here, not at the top: `wattlens --help` stays light
+        from wattlens.app.present import no_steps_text
+
+        lines += ["", "## Per step", "", f"n/a — {md_text(no_steps_text((report.get('session') or {}).get('kind')))}."]
     rows = rank_rows(report.get("ranks"))
     if rows:
         lines += ["", "## Per rank", "", "| " + " | ".join(RANK_HEADER) + " |",

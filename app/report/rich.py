@@ -31,7 +31,6 @@ from wattlens.app.report.rich_pdf import _wrap, pdf_page_count, write_pdf
 from wattlens.app.report.rich_view import (
     MAX_PLOT_POINTS,
     NO_LAYERS,
-    NO_STEPS,
     Fig,
     Line,
     Method,
@@ -39,6 +38,7 @@ from wattlens.app.report.rich_view import (
     action_views,
     costliest_layers,
     estimate_flags,
+    no_steps,
     recommendation_views,
     thin,
     time_origin_ns,
@@ -47,7 +47,7 @@ from wattlens.app.report.rich_view import (
 )
 from wattlens.profiler.errors import BadInputError
 
-__all__ = ['Fig', 'Line', 'MAX_PLOT_POINTS', 'Method', 'NO_LAYERS', 'NO_STEPS', 'PlotSpec', 'Table', '_wrap', 'action_views', 'costliest_layers', 'estimate_flags', 'fit_heights', 'pdf_page_count', 'recommendation_views', 'render_html', 'thin', 'time_origin_ns', 'timelines', 'value_text', 'write', 'write_pdf']
+__all__ = ['Fig', 'Line', 'MAX_PLOT_POINTS', 'Method', 'NO_LAYERS', 'no_steps', 'PlotSpec', 'Table', '_wrap', 'action_views', 'costliest_layers', 'estimate_flags', 'fit_heights', 'pdf_page_count', 'recommendation_views', 'render_html', 'thin', 'time_origin_ns', 'timelines', 'value_text', 'write', 'write_pdf']
 
 
 def write(fmt_name: str, report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarray]],

@@ -15,7 +15,6 @@ from wattlens.app.report.rich_view import (
     INCLUSIVE_NOTE,
     METHOD_TEXT,
     NO_LAYERS,
-    NO_STEPS,
     Cell,
     Fig,
     Method,
@@ -32,6 +31,7 @@ from wattlens.app.report.rich_view import (
     headline,
     layers_table,
     methods_glossary,
+    no_steps,
     overview_rows,
     ranks_table,
     recommendation_views,
@@ -174,7 +174,7 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
         if "steps" in specs:
             out.append(f"<figure>{_svg(specs['steps'])}</figure>")
     else:
-        out.append(f'<p class="note">{_e(NO_STEPS)}</p>')
+        out.append(f'<p class="note">{_e(no_steps(report))}</p>')
     out.append("</section>")
 
     layers = layers_table(report)

@@ -17,7 +17,6 @@ from wattlens.app.report.rich_view import (
     INCLUSIVE_NOTE,
     METHOD_TEXT,
     NO_LAYERS,
-    NO_STEPS,
     Cell,
     Fig,
     Method,
@@ -33,6 +32,7 @@ from wattlens.app.report.rich_view import (
     headline,
     layers_table,
     methods_glossary,
+    no_steps,
     overview_rows,
     ranks_table,
     recommendation_views,
@@ -280,7 +280,7 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
             if "steps" in specs:
                 doc.plot(specs["steps"])
         else:
-            doc.para(NO_STEPS, color="#5b6670")
+            doc.para(no_steps(report), color="#5b6670")
         ranks = ranks_table(report)
         if ranks:
             doc.heading("Per rank", size=11)

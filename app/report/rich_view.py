@@ -25,8 +25,6 @@ METHOD_TEXT = {
     "agent-timing": "per-module timings from the in-process agent (perf_counter on CPU, CUDA events on GPU)",
     backward_map.METHOD: backward_map.METHOD_TEXT,
 }
-NO_STEPS = ("n/a — no training or inference steps were reported for this session (steps come from the "
-            "in-process agent: use `wattlens run`).")
 NO_LAYERS = ("n/a — no layer figures were recorded for this session (they come from stack sampling in "
              "`wattlens attach`, or from the agent in `wattlens run`).")
 CMP_NOTE = ("Estimate marks follow this session's methods; the other session's figures were obtained by its "
@@ -265,6 +263,11 @@ def series_table(report: dict) -> Table:
 
 def unavailable_sources(report: dict) -> list[str]:
     return [e.get("message", "") for e in report.get("events") or [] if e.get("kind") == "source-unavailable"]
+
+
+def no_steps(report: dict) -> str:
+    """The line in place of the steps section: why there are none, for how it was recorded."""
+    return f"n/a — {present.no_steps_text((report.get('session') or {}).get('kind'))}."
 
 
 def steps_table(report: dict) -> Table | None:

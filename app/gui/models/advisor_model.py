@@ -88,11 +88,22 @@ class RecommendationView:
 
 
 def stored_advice(store, session_id: int) -> dict:
-    """A session's stored recommendations and the outcomes of actions applied from them (one read)."""
+    """A session's stored recommendations and the outcomes of actions applied from them (one read);
+    for an optimize session, the A/B results it recorded (``recorded``): what its advisor tab shows
+    in place of advice on the optimizer's own process."""
     docs = store.recommendations(session_id)
     recs, _bad = present.read_recommendations(docs)
     done = present.outcomes(recs, store.actions(source_session_id=session_id), session_id)
-    return {"session_id": session_id, "recommendations": docs, "outcomes": done}
+    recorded = ([present.outcome(a, None) for a in store.actions(session_id)]
+                if store.session(session_id).get("kind") == "optimize" else [])
+    return {"session_id": session_id, "recommendations": docs, "outcomes": done, "recorded": recorded}
+
+
+def recorded_lines(o: Outcome) -> tuple[str, ...]:
+    """One A/B result an optimize session recorded, as its advisor tab lists it."""
+    return (f"{o.action} ({o.status}, action #{o.action_id})", f"measured: {o.measured}",
+            f"predicted before this run: {o.predicted}", o.flag_text or "no predicted interval to check against",
+            f"fidelity: {o.fidelity}")
 
 
 def _views(docs: list[dict], done: list[Outcome]) -> list[RecommendationView]:
@@ -131,18 +142,26 @@ class AdvisorModel:
         self.error = ""
         self.applies: dict[str, ApplyState] = {}
         self.outcomes: list[Outcome] = []
+        #: an optimize session's own A/B results (it is the optimizer's process: no advice on it)
+        self.recorded: list[Outcome] = []
 
-    def set_session(self, session_id: int, stored: list[dict], outcomes: list[Outcome] | None = None) -> None:
+    def set_session(self, session_id: int, stored: list[dict], outcomes: list[Outcome] | None = None,
+                    recorded: list[Outcome] | None = None) -> None:
         self.session_id = session_id
         self.outcomes = list(outcomes or [])
+        self.recorded = list(recorded or [])
         self.recommendations = _views(stored, self.outcomes)
         self.silent_rules = []
         self.analysed = False
         self.busy = False
         self.error = ""
         self.applies = {}
-        self.status = (f"{len(stored)} stored recommendation(s) — press Analyse to compute them anew"
-                       if stored else "no advice stored for this session — press Analyse")
+        if self.recorded:
+            self.status = ("an optimize run: below is the A/B result it recorded; advice comes from the "
+                           "session it measured the model for, not from the optimizer's own process")
+        else:
+            self.status = (f"{len(stored)} stored recommendation(s) — press Analyse to compute them anew"
+                           if stored else "no advice stored for this session — press Analyse")
         self.changed.emit()
 
     def start_analysis(self) -> None:

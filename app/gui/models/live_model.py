@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wattlens.app import present
 from wattlens.app.gui.models.format import energy_pair, one_line, pct, si
 from wattlens.app.gui.models.layers_model import LayerTree
 from wattlens.app.gui.models.series_model import (
@@ -28,9 +29,6 @@ from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost, StepRecord
 from wattlens.profiler.sources.base import source_dict
 from wattlens.profiler.summary import step_stats
-
-NO_STEPS_TEXT = ("no step boundaries reported: they come from the in-process agent "
-                 "(run mode); attach mode measures the whole process")
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,7 @@ def fill_step_energy(steps: Sequence[StepRecord], series: SeriesSet) -> list[Ste
 
 def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[Mapping],
           steps: Sequence[StepRecord], grid_g_per_kwh: float | None, *, has_target: bool,
-          live: bool = True, summary: Mapping | None = None) -> list[Card]:
+          live: bool = True, summary: Mapping | None = None, kind: str | None = None) -> list[Card]:
     """The figures of a session, each with its method; "n/a" plus a reason where unknown.
 
     A finished session passes its ``summary`` (``profiler.summary.summarize``): energy, mean
@@ -142,7 +140,7 @@ def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[M
                         f"{st['count']} steps, {st['with_energy']} with energy"
                         + (f" — {st['reason']}" if st.get("reason") else "")))
     else:
-        out.append(Card("Energy per step", "n/a", NO_STEPS_TEXT))
+        out.append(Card("Energy per step", "n/a", present.no_steps_text(kind)))
     return out
 
 
@@ -237,7 +235,7 @@ class LiveModel:
         ended = self.ended is not None and bool(self.session.summary)
         return cards(self.series, self.sources, self.unavailable, self.steps, self.grid_g_per_kwh,
                      has_target=self.has_target, live=self.ended is None,
-                     summary=self.session.summary if ended else None)
+                     summary=self.session.summary if ended else None, kind=self.session.kind)
 
     def measuring_text(self) -> str:
         """The status bar's line: what is measured, how often."""

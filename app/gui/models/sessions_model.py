@@ -112,7 +112,7 @@ class StoredSession:
 
     def cards(self, grid_g_per_kwh: float | None) -> list[Card]:
         return cards(self.series, self.sources, self.unavailable, self.steps, grid_g_per_kwh,
-                     has_target=self.has_target, live=False, summary=self.summary)
+                     has_target=self.has_target, live=False, summary=self.summary, kind=self.session.get("kind"))
 
     def headline(self) -> str:
         s = self.session
