@@ -120,6 +120,9 @@ def test_csv_exports_samples_steps_or_layers(session, tmp_path, what):
     else:
         assert len(rows) == len(store.layer_costs(sid))
         assert {(r["path"], r["granularity"], r["phase"]) for r in rows} == _layer_keys(store, sid)
+        # the root's name as show and Markdown print it (its path is empty: the cell was blank)
+        assert all(r["name"] == (r["path"] or "(model root)") for r in rows)
+        assert any(r["name"] == "(model root)" for r in rows) == any(not r["path"] for r in rows)
 
 
 def test_what_without_csv_is_a_one_line_usage_error(session, tmp_path):

@@ -272,6 +272,16 @@ def test_compare_normalises_and_warns_when_the_runs_differ():
     same = compare_summaries({"duration_s": 30.0, "energy_j": 1.0}, {"duration_s": 29.0, "energy_j": 2.0},
                              {"id": 3, "name": "c"}, this_session={})
     assert same["warnings"] == [] and same["basis"].startswith("energy per second")
+    assert same["basis"].endswith("neither session reported samples or tokens")
+    # a training run beside an optimize sweep that stopped early: both said; and the basis says whose
+    # samples are missing (it said "neither" where this session had them)
+    mixed = compare_summaries(a, {"duration_s": 61.0, "energy_j": 1.0}, {"id": 4, "name": "opt", "kind": "optimize",
+                                                                          "status": "interrupted"},
+                              this_session={"kind": "run", "status": "completed"})
+    assert mixed["basis"] == "energy per second (mean power): only this session reported samples or tokens"
+    assert any(w.startswith("the sessions were recorded differently (run vs optimize): an optimize session "
+                            "measures the optimizer's own process") for w in mixed["warnings"]), mixed["warnings"]
+    assert any(w.startswith("the other session ended as interrupted") for w in mixed["warnings"])
     text = fmt_md({"comparison": c})
     assert "Energy per second (mean power), all sources" in text and "Warning:** the durations differ" in text
     assert "| energy_j |" not in text  # labels with units, not raw keys

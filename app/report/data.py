@@ -82,6 +82,8 @@ def _delta(a, b):
 
 
 DURATION_DIFF = 0.1  # durations further apart than this (relative) make totals incomparable
+#: ends after which a session's figures cover only part of what it set out to measure
+UNFINISHED = ("running", "interrupted", "failed", "partial")
 
 
 def _batch(summary: dict) -> float | None:
@@ -95,8 +97,20 @@ def _per_second(summary: dict, key: str = "energy_j") -> float | None:
 
 
 def compare_warnings(this: dict, other: dict, this_session: dict | None, other_session: dict) -> list[str]:
-    """Why two sessions' figures may not be comparable: other command lines, batch sizes, durations."""
+    """Why two sessions' figures may not be comparable: other kinds of session, an end other than
+    a normal one, other command lines, batch sizes, durations."""
     out = []
+    a_kind, b_kind = (this_session or {}).get("kind"), other_session.get("kind")
+    if a_kind and b_kind and a_kind != b_kind:
+        out.append(f"the sessions were recorded differently ({a_kind} vs {b_kind})"
+                   + (": an optimize session measures the optimizer's own process (loading, copying and "
+                      "measuring two models), not the model's workload" if "optimize" in (a_kind, b_kind) else
+                      ": run mode reports steps and exact layer times, attach mode samples them"))
+    for which, sess in (("this", this_session or {}), ("the other", other_session)):
+        if sess.get("status") in UNFINISHED:
+            out.append(f"{which} session ended as {sess['status']}"
+                       + (f" ({sess['end_reason']})" if sess.get("end_reason") else "")
+                       + ": its figures cover only what was recorded before")
     a_cmd = " ".join(str(x) for x in (this_session or {}).get("target_cmdline") or [])
     b_cmd = " ".join(str(x) for x in other_session.get("target_cmdline") or [])
     if a_cmd and b_cmd and a_cmd != b_cmd:
@@ -120,6 +134,11 @@ def compare_basis(this: dict, other: dict) -> str:
         return "energy per sample"
     if both("energy_per_token_j"):
         return "energy per token"
+    has = [bool((d.get("steps") or {}).get("energy_per_sample_j") is not None
+                or (d.get("steps") or {}).get("energy_per_token_j") is not None) for d in (this, other)]
+    if any(has):  # it read "neither session reported ..." where one had
+        whose = "this session" if has[0] else "the other session"
+        return f"energy per second (mean power): only {whose} reported samples or tokens"
     return "energy per second (mean power): neither session reported samples or tokens"
 
 

@@ -66,12 +66,14 @@ def write_csv(store, session_id: int, path: Path, what: str = "samples") -> None
                             _cell(s.samples), _cell(s.tokens), _cell(s.energy_j)])
             return
         if what == "layers":
-            w.writerow(["session_id", "window_start_s", "window_end_s", "path", "granularity", "phase",
+            # path: as stored (the model root's is empty); name: as every view prints it
+            w.writerow(["session_id", "window_start_s", "window_end_s", "path", "name", "granularity", "phase",
                         "method", "time_s", "self_time_s", "share", "energy_j", "self_energy_j",
                         "n_samples", "flops", "params", "split_se_s"])
             for lc in store.layer_costs(session_id):
                 w.writerow([session_id, f"{(lc.window_start_ns - start) / 1e9:.6f}",
-                            f"{(lc.window_end_ns - start) / 1e9:.6f}", lc.path, lc.granularity, lc.phase,
+                            f"{(lc.window_end_ns - start) / 1e9:.6f}", lc.path, layer_label(lc.path),
+                            lc.granularity, lc.phase,
                             lc.method, _cell(lc.time_s), _cell(lc.self_time_s), _cell(lc.share),
                             _cell(lc.energy_j), _cell(lc.self_energy_j), _cell(lc.n_samples),
                             _cell(lc.flops), _cell(lc.params), _cell(lc.split_se_s)])
