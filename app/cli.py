@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 128 + 2  # Ctrl-C: as a tool that SIGINT ended
+INTERRUPTED_LINE = "wattlens: interrupted"
 EXIT_BROKEN_PIPE = 128 + 13  # the reader of our output left: as a tool that SIGPIPE ended
 
 
@@ -38,7 +40,8 @@ def _number(kind, *, low: float, high: float, low_open: bool = False, what: str 
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
-            bound = f"{'more than' if low_open else 'at least'} {low:g} and at most {high:g}"
+            shown = (lambda x: str(int(x))) if kind is int else (lambda x: f"{x:g}")  # 2147483647, not 2.14748e+09
+            bound = f"{'more than' if low_open else 'at least'} {shown(low)} and at most {shown(high)}"
             raise argparse.ArgumentTypeError(f"{text!r} is out of range: {what or 'it'} must be {bound}")
         return value
 
@@ -52,7 +55,19 @@ INTERVAL = _number(float, low=0.001, high=3600.0, what="the interval in seconds"
 STACK_RATE = _number(float, low=0.0, high=1000.0, low_open=True, what="the rate in samples per second")
 GRID = _number(float, low=0.0, high=10000.0, what="the grid intensity in g CO2 per kWh")
 FRACTION = _number(float, low=0.0, high=1.0, what="the fraction")
-ID = _number(int, low=1, high=2**63 - 1, what="the id")
+def ID(text: str) -> int:  # noqa: N802 - an argparse type, named as the others
+    """A stored session's id (show, report and its --compare, advise, optimize --from-session):
+    ids are whole numbers from 1, and anything else is one usage line that says so and where the
+    ids are listed (exit 2); `show 0` said "at most 9.22337e+18"."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= 2**63 - 1:  # SQLite's largest integer
+        raise argparse.ArgumentTypeError(f"{text!r} is not a session id: ids start at 1 "
+                                         "(`wattlens sessions` lists them)")
+    return value
+
 PID = _number(int, low=1, high=2**31 - 1, what="the PID")
 STEPS = _number(int, low=0, high=10**12, what="the number of steps")
 ROUNDS = _number(int, low=1, high=1000, what="the number of rounds")
@@ -266,8 +281,11 @@ def cmd_attach(args) -> int:
                                interval_s=args.interval, duration_s=args.duration,
                                discovery=discover(gpu=not args.no_gpu), stacks=not args.no_stacks,
                                stack_rate_hz=args.stack_rate)
-    try:
-        with stop_signals() as signals:  # from before the start: no signal is lost
+    _line_buffered_stdout()
+    # from before the start (no signal is lost) to the last line (a signal during the summary is
+    # the stop already under way: it never cuts the output short)
+    with stop_signals() as signals:
+        try:
             sid = session.start()
             _info(args, f"wattlens: measuring PID {target.pid} ({target.name}) as session {sid} into "
                         f"{store.display_name} every {args.interval:g} s — Ctrl-C to stop")
@@ -275,16 +293,18 @@ def cmd_attach(args) -> int:
             for n in session.notes:
                 _info(args, f"wattlens: {n}")
             summary = session.run(signals=signals)
-    finally:
-        if exporter is not None:
-            exporter.stop()
-    return _finish(args, summary, session.end_reason, kind="attach")
+        finally:
+            if exporter is not None:
+                exporter.stop()
+        return _finish(args, summary, session.end_reason, kind="attach")
 
 
 def stop_signals():
     """Ctrl-C, SIGTERM and SIGHUP stop a measuring command cleanly (summary saved, temp folders
     removed) and it exits 0, as on Ctrl-C; `run` passes SIGTERM/SIGHUP on to its command and
-    exits with the command's code when that failed (128+15 when SIGTERM ended it)."""
+    exits with the command's code when that failed (128+15 when SIGTERM ended it). Held until
+    the command's last line is printed: a further signal (Ctrl-C twice, a second SIGTERM) changes
+    nothing, so the output and the exit status are those of the first."""
     import signal
 
     from wattlens.profiler.session import STOP_SIGNALS, StopSignals
@@ -307,6 +327,15 @@ def _serve_metrics(args, exporter, session) -> None:
     if exporter is not None:
         exporter.attach(session)
         _info(args, f"wattlens: serving Prometheus metrics at {exporter.url}")
+
+
+def _line_buffered_stdout() -> None:
+    """Each line of a measuring command's output reaches a redirected stdout (`> file`) as it is
+    printed, not when the process ends: a wattlens killed later keeps what it said."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # not on a test's StringIO
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError, OSError):
+            reconfigure(line_buffering=True)
 
 
 def _finish(args, summary: dict, reason: str | None = None, *, kind: str) -> int:
@@ -360,16 +389,24 @@ def cmd_run(args) -> int:
     # under --json, stdout carries only our JSON: the command's output goes to stderr
     run = RunSession(store, cmd, name=args.name, interval_s=args.interval, duration_s=args.duration,
                      discovery=discover(gpu=not args.no_gpu), stdout=sys.stderr if args.json else None)
-    try:
-        with stop_signals() as signals:
+    _line_buffered_stdout()
+    with stop_signals() as signals:  # from before the start to the last line, as attach
+        try:
             sid = run.start()
             _info(args, f"wattlens: running `{' '.join(cmd)}` (PID {run.proc.pid}) as session {sid} into "
                         f"{store.display_name} — Ctrl-C stops it")
             _serve_metrics(args, exporter, run.session)
             summary = _run_loop(args, run, signals)
-    finally:
-        if exporter is not None:
-            exporter.stop()
+        finally:
+            if exporter is not None:
+                exporter.stop()
+        return _run_output(args, run, summary)
+
+
+def _run_output(args, run, summary: dict) -> int:
+    """`run`'s closing lines and its exit status (the command's own when it failed)."""
+    from wattlens.profiler.process import exit_text
+
     if run.proc.poll() is None and args.duration is not None:
         _info(args, f"wattlens: stopped measuring after {args.duration:g} s; PID {run.proc.pid} keeps running")
     code = _finish(args, summary, run.session.end_reason if run.session else None, kind="run")
@@ -379,7 +416,7 @@ def cmd_run(args) -> int:
                   + (f" ({a['reason']})" if a.get("reason") else "") + f" — {a['measured_text']}")
     child = command_exit_code(summary.get("exit_code"))
     if code == EXIT_OK and child != EXIT_OK:  # scripts see the command's own failure
-        _info(args, f"wattlens: the command exited with code {summary.get('exit_code')}; wattlens exits with "
+        _info(args, f"wattlens: the command {exit_text(summary.get('exit_code'))}; wattlens exits with "
                     f"{child} (its session {summary.get('session_id')} is stored)")
         return child
     return code
@@ -630,6 +667,44 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `wattlens` command. A Ctrl-C at any point of it — while the parser's modules load, in
+    a command, while saying so — ends in one line, "wattlens: interrupted", and exit 130 (a
+    measuring command takes Ctrl-C as its clean stop instead: `stop_signals`). ``argv`` None: the
+    process's own entry (the console script, ``python -m wattlens.app``), so a Ctrl-C from here to
+    the process's end (its exit joins threads, runs atexit) ends the same way; tests pass a list.
+    Before this runs, the interpreter's start and the import of this module are outside its reach
+    (``__main__`` covers that import under ``-m``)."""
+    try:
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            print(INTERRUPTED_LINE, file=sys.stderr)
+            return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # Ctrl-C again while saying so
+        return EXIT_INTERRUPTED
+    finally:
+        if argv is None:
+            _interrupt_ends_the_process()
+
+
+def _interrupt_ends_the_process() -> None:
+    """From here to the process's exit, Ctrl-C prints the one line and exits 130 at once: a
+    KeyboardInterrupt raised while the interpreter exits is a traceback nobody can catch."""
+    import signal
+
+    def quit_now(_signum, _frame) -> None:
+        with contextlib.suppress(Exception):  # what was printed stays printed (a reentrant flush fails)
+            sys.stdout.flush()
+        with contextlib.suppress(OSError):
+            os.write(2, (INTERRUPTED_LINE + "\n").encode())
+        os._exit(EXIT_INTERRUPTED)
+
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to guard
+        signal.signal(signal.SIGINT, quit_now)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    """main's work; a KeyboardInterrupt goes up to main."""
     args = build_parser().parse_args(argv)
     if args.command is None:
         args.command = "gui"
@@ -642,9 +717,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader that left (`| head`) is met here, not at exit
         return code
-    except KeyboardInterrupt:
-        print("wattlens: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # the reader of our output went away (`wattlens show 1 | head -2`): what it wanted it got,
         # and anything stored was stored before the output. Silent, with the status of a tool that

@@ -15,6 +15,7 @@ previous reading is counted whole: all its time falls in the current interval.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,21 @@ from collections.abc import Callable
 import psutil
 
 from wattlens.profiler.errors import BadInputError, TargetAccessError, TargetNotFoundError
+
+
+def exit_text(code: int | None) -> str:
+    """How a process ended, in words, from its exit status as Popen and
+    ``os.waitstatus_to_exitcode`` give it (−N when signal N ended it): "exited with exit code 3",
+    "ended by signal 2 (SIGINT)", "exited" when the status is unknown. The one wording of a
+    command's or target's end (the end reason, `wattlens run`'s last line)."""
+    if code is None:
+        return "exited"
+    if code >= 0:
+        return f"exited with exit code {code}"
+    try:
+        return f"ended by signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:  # a number this platform has no name for
+        return f"ended by signal {-code}"
 
 
 def _process_cpu_clock(pid: int) -> int:

@@ -12,7 +12,9 @@ Signals (``run_until_end``): SIGTERM or SIGHUP sent to wattlens is passed on to 
 (:meth:`RunSession.forward_signal`), which gets up to ``signal_grace_s`` to exit while it is
 still measured; then the session stops cleanly with its summary. Ctrl-C (SIGINT) is not passed
 on — a terminal already sends it to the command too — but the command gets the same grace to
-end. A command that outlives the grace keeps running (the end reason says so, with its PID).
+end; a second Ctrl-C does not cut that grace short (the command's end is what `wattlens run`
+exits with). A command that outlives the grace keeps running (the end reason says so, with its
+PID).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from wattlens.profiler.figures import (
     saving_interval,
 )
 from wattlens.profiler.launch import launch
-from wattlens.profiler.process import Target
+from wattlens.profiler.process import Target, exit_text
 from wattlens.profiler.rank_energy import RankSplit, series_key
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
 from wattlens.profiler.session import END_STATUSES, ProfilingSession, StopSignals, run_until_end
@@ -284,7 +286,7 @@ class RunSession:
             return f"the command was still running {self.signal_grace_s:g} s after {name} (PID {self.proc.pid})"
         if self.session is not None and self.session.exit_code is None:
             self.session.exit_code = code
-        return f"the command ended after {name} with exit code {code}"
+        return f"after {name}, the command {exit_text(code)}"
 
     def agent_note(self) -> str | None:
         """One line on why there are no per-layer figures from the agent; None when a model was seen."""

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import psutil
 
 from wattlens.profiler.errors import StoreError
-from wattlens.profiler.process import Target
+from wattlens.profiler.process import Target, exit_text
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
 from wattlens.profiler.ring import RingBuffers
 from wattlens.profiler.sampler import Sampler
@@ -278,8 +278,7 @@ class ProfilingSession:
         if self.target is not None and not self.target.is_alive():
             code = self.target.exit_code()
             self.exit_code = code
-            how = f" with exit code {code}" if code is not None else ""
-            return "target-exited", f"the target process {self.target.pid} exited{how}"
+            return "target-exited", f"the target process {self.target.pid} {exit_text(code)}"
         if self.duration_s is not None and self.elapsed_s() >= self.duration_s:
             return "completed", f"duration of {self.duration_s:g} s reached"
         return None
@@ -371,7 +370,10 @@ class StopSignals:
     same clean stop as Ctrl-C instead of killing the process: the handler only records the
     signal, and the loop that polls :attr:`received` stops the session, so a signal can never cut
     a stop short (issue 9). Entered before a session starts, a signal that arrives during the
-    start is not lost either. A second SIGINT raises KeyboardInterrupt (Ctrl-C twice forces)."""
+    start is not lost either. Signals after the first change nothing: a second Ctrl-C (a
+    terminal sends each to the command too) no longer breaks off the wait for the command's end,
+    so the session, the end reason and the exit status are those of one Ctrl-C (it made `wattlens
+    run` exit 0 with the command's end unknown)."""
 
     def __init__(self, signums: tuple[int, ...] = STOP_SIGNALS):
         self.signums = signums
@@ -382,8 +384,6 @@ class StopSignals:
     def _handler(self, signum: int, _frame) -> None:
         if self.received is None:
             self.received = signum
-        elif signum == signal.SIGINT:
-            raise KeyboardInterrupt
 
     def __enter__(self) -> StopSignals:  # re-entrant: the handlers go in at the outermost level
         self._depth += 1
@@ -405,21 +405,22 @@ def run_until_end(run, poll_s: float = 0.1, on_tick=None, signals: StopSignals |
     (a ProfilingSession or a RunSession): stop on its own condition, on Ctrl-C, or on SIGTERM /
     SIGHUP (a clean stop, as Ctrl-C; ``run.forward_signal(signum)`` is called first when ``run``
     has it, and returns a sentence for the end reason). ``signals``: the caller's active
-    StopSignals (entered before the session started), else one is entered here."""
+    StopSignals (entered before the session started), else one is entered here. A
+    KeyboardInterrupt (SIGINT where no StopSignals could take it) ends the same way as a Ctrl-C
+    that StopSignals took."""
     with (signals if signals is not None else StopSignals()) as signals:
         try:
-            while True:
-                if signals.received is not None:
-                    signum = signals.received
-                    forward = getattr(run, "forward_signal", None)
-                    said = forward(signum) if forward is not None else None
-                    how = ("the user (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name)
-                    return run.stop("stopped", f"stopped by {how}" + (f"; {said}" if said else ""))
+            while signals.received is None:
                 cond = run.end_condition()
                 if cond:
                     return run.stop(*cond)
                 if on_tick:
                     on_tick(run)
                 time.sleep(poll_s)
+            signum = signals.received
         except KeyboardInterrupt:
-            return run.stop("stopped", "stopped by the user (Ctrl-C)")
+            signum = signal.SIGINT
+        forward = getattr(run, "forward_signal", None)
+        said = forward(signum) if forward is not None else None
+        how = "the user (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
+        return run.stop("stopped", f"stopped by {how}" + (f"; {said}" if said else ""))

@@ -26,6 +26,7 @@ from wattlens.app.gui.models.format import one_line
 from wattlens.app.gui.models.signal import Signal
 from wattlens.app.present import Outcome
 from wattlens.profiler.errors import ActionError
+from wattlens.profiler.process import exit_text
 
 #: How long a Ctrl-C'd optimize child may take to close its session as failed before it is
 #: killed. A CI run of the GUI test next to another test suite (four jobs on two cores) took
@@ -284,7 +285,7 @@ def run_optimize(argv: list[str], *, on_line: Callable[[str], None] | None = Non
                           hint="apply again; the model copy was not completed")
     if proc.returncode != 0:
         last = next((t for t in reversed(tail) if t.startswith("wattlens:")), tail[-1] if tail else "")
-        last = last.removeprefix("wattlens:").strip() or f"exit code {proc.returncode}"
+        last = last.removeprefix("wattlens:").strip() or f"it {exit_text(proc.returncode)}"
         raise ActionError(f"optimize failed: {last}")
     try:
         return json.loads(text)
