@@ -28,6 +28,7 @@ details, the claim checks, sizes, library versions.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -536,15 +537,29 @@ def check_out_dir(out_dir: str | os.PathLike, model_path: str | os.PathLike | No
     return out
 
 
+class OutputTakenError(BadInputError):
+    """``out`` was free when checked and is taken when the copy is moved there (another run wrote
+    it meanwhile): exit 2, nothing of this run is written, the other run's folder is left alone."""
+
+
 @contextlib.contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
-    """A temp folder beside ``out`` that becomes ``out`` only if the block succeeds."""
+    """A temp folder beside ``out`` that becomes ``out`` only if the block succeeds; raises
+    :class:`OutputTakenError` when ``out`` has been filled meanwhile (the temp folder is removed)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield tmp
-        if out.exists():
-            out.rmdir()  # empty (checked by check_out_dir); rename needs it gone or empty
-        os.replace(tmp, out)
+        try:
+            if out.exists():
+                out.rmdir()  # empty (checked by check_out_dir); rename needs it gone or empty
+            os.replace(tmp, out)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+            raise OutputTakenError(
+                f"{out} already exists and is not an empty folder: another run wrote it while this one "
+                "ran, and it is left as it is; nothing of this run was written",
+                hint="choose a new --out folder (or remove the other one) and run again") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

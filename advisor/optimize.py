@@ -100,7 +100,10 @@ class OptimizeResult:
     verification: Verification
     max_quality_loss: float | None
     quality_ok: bool
-    sizes: dict[str, int]
+    #: elements and in-memory bytes of both models; ``base_weights_bytes`` / ``saved_weights_bytes``
+    #: the weight files read and written, ``weights_quantized_on_load`` whether the written file
+    #: holds float weights that :func:`load_optimized` quantizes
+    sizes: dict[str, int | bool | None]
     manifest_path: str | None = None
     reload_max_abs_diff: float | None = None
     batch_sweep: tuple[SweepRow, ...] = ()
@@ -118,6 +121,18 @@ class QualityLossError(ActionError):
     def __init__(self, message: str, *, hint: str | None = None, result: OptimizeResult):
         super().__init__(message, hint=hint)
         self.result = result
+
+
+def weights_file_bytes(path: Path) -> int | None:
+    """Bytes of the weight files of a model: the file itself for a torch module file, the
+    ``*.safetensors`` / ``*.bin`` files of a folder (None when none is readable)."""
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        files = [p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin")]
+        return sum(p.stat().st_size for p in files) if files else None
+    except OSError:
+        return None
 
 
 def _noop(stage: str, fraction: float) -> None:
@@ -322,10 +337,13 @@ def optimize(
                                  meter=meter, fidelity=fidelity, progress=report)
         base_elems, base_bytes = tensor_footprint(base)
         cand_elems, cand_bytes = tensor_footprint(artifact)
-        files_bytes = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
         sizes = {"base_params": base_elems, "base_tensor_bytes": base_bytes,
                  "candidate_params": cand_elems, "candidate_tensor_bytes": cand_bytes,
-                 "saved_weights_bytes": files_bytes}
+                 # what the disk holds, beside what memory holds: a module file's quantization is
+                 # replayed on load, so its weights file stays float (as large as the input's)
+                 "base_weights_bytes": weights_file_bytes(loaded.path),
+                 "saved_weights_bytes": weights_file_bytes(tmp),
+                 "weights_quantized_on_load": quantization is not None and layout != "transformers"}
         quality_ok = max_quality_loss is None or fidelity.quality_loss <= max_quality_loss
         if healing is not None:
             payback, why = payback_samples(healing["energy_j"], verification.baseline.energy_per_sample_j,

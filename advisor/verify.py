@@ -347,7 +347,7 @@ def paired_saving(base: list[float | None], cand: list[float | None], confidence
         if any(v <= 0 for v in values):
             return None, None, f"the {arm}'s attributed energy was zero in a round (window too short?)"
     saving, interval = ratio_saving(base, cand, [float(n) for n in samples] if samples else None, confidence)
-    reason = None if interval else "one round gives no interval; use n_rounds ≥ 2"
+    reason = None if interval else "one round gives no interval; measure 2 or more rounds (--rounds N)"
     return saving, interval, reason
 
 

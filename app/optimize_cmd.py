@@ -9,16 +9,91 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from wattlens.profiler.errors import ActionError, BadInputError
+from wattlens.profiler.session import STOP_SIGNALS, StopSignals
+
+
+def one_round_only(v) -> bool:
+    """Whether the A/B gave a figure but no interval (one counted round): a measured number with
+    no sound figure behind it, stored ``unverified`` and never a point for the regression."""
+    return v.saving_fraction is not None and v.saving_interval is None
 
 
 def measured_text(v) -> str:
     from wattlens.app.present import measured_text as words
 
+    # a figure without an interval (one round) is shown with why it is unverified (present)
     return words(v.saving_fraction, v.saving_interval, v.baseline.energy_method, v.saving_reason)
+
+
+def latency_text(v) -> str:
+    """The change of time per sample worded as the energy figure is: its interval (the same
+    log-ratio estimator, verify.ratio_saving) and, when that includes 0, that it shows no difference."""
+    from wattlens.app.present import interval_text, saving_text
+    from wattlens.profiler.figures import UNPROVEN, includes_no_change
+
+    interval = v.latency_saving_interval
+    text = saving_text(v.latency_saving_fraction, "time per sample")
+    if v.latency_saving_fraction is None:
+        return text
+    if not interval:
+        return f"{text} (one round: no interval)"
+    text += f", {v.confidence * 100:.0f} % CI {interval_text(interval[0], interval[1])}"
+    return text + (f"; {UNPROVEN}" if includes_no_change(interval) else "")
+
+
+def sizes_line(s: dict) -> str:
+    """Elements and in-memory bytes of the original and the copy, and the weight files as written
+    (a module file's quantization is replayed on load: its file holds float weights)."""
+    def mib(b) -> str:
+        return "n/a" if b is None else f"{b / 2**20:.1f}"
+
+    line = (f"tensor elements: {s['base_params']:,} → {s['candidate_params']:,}; tensor bytes in memory "
+            f"{mib(s['base_tensor_bytes'])} → {mib(s['candidate_tensor_bytes'])} MiB")
+    if s.get("saved_weights_bytes") is not None:
+        line += (f"; weights on disk {mib(s.get('base_weights_bytes'))} → {mib(s['saved_weights_bytes'])} MiB"
+                 + (" (float weights, quantized when loaded)" if s.get("weights_quantized_on_load") else ""))
+    return line
+
+
+class OptimizeStopped(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP during optimize: raised in the main thread so that every temp
+    folder (the staged copy, the fresh-interpreter load check's) is removed on the way out, as
+    Ctrl-C always did. A KeyboardInterrupt, so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _RaiseOnStop(StopSignals):
+    """The run/attach stop signals (SIGTERM, SIGHUP, Ctrl-C), turned into :class:`OptimizeStopped`:
+    optimize has no polling loop to notice a recorded signal, its work is one long call. After
+    the first, a SIGTERM/SIGHUP is ignored so that the cleanup runs to its end; a second Ctrl-C
+    still forces (KeyboardInterrupt), as everywhere."""
+
+    holding = False
+
+    def hold(self) -> None:
+        """From now on (the work is done, its session being stored) a signal is not raised."""
+        self.holding = True
+
+    def _handler(self, signum: int, _frame) -> None:
+        if self.received is None:
+            self.received = signum
+            if not self.holding:
+                raise OptimizeStopped(signum)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+
+def stopped_by(signum: int) -> str:
+    """The words run/attach store for a user stop (profiler.session.run_until_end)."""
+    return "the user (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 def _source_recommendation(store, session_id: int | None, action: str) -> tuple[int | None, dict | None]:
@@ -59,6 +134,28 @@ def _check_arguments(args) -> None:
         raise BadInputError(f"--eval-text {args.eval_text}: no such file", hint="give a UTF-8 text file")
 
 
+def stage_printer(say):
+    """progress(stage, fraction) that says each stage once ("wattlens: save…"): a stage reported
+    again later (save: the rename at the end) is the same stage, not a new one."""
+    seen: set[str] = set()
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage not in seen:
+            seen.add(stage)
+            say(f"wattlens: {stage}…")
+
+    return progress
+
+
+def _what_was_written(args) -> str:
+    out = getattr(args, "out", None)
+    if not out:
+        return "nothing was written"
+    if (Path(out) / "wattlens-optimization.json").is_file():
+        return f"the copy in {out} was complete before the stop"
+    return f"nothing was written to {out} (its temp folder is removed)"
+
+
 def _model_key(path: str, params: int | None) -> str:
     return f"{Path(path).resolve().name}:{params or '?'}"
 
@@ -85,6 +182,7 @@ def optimize_command(args) -> int:
         raise BadInputError(f"no such file or folder: {args.model}",
                             hint="give a Hugging Face model folder (config.json + weights) or a saved torch module")
     _check_arguments(args)  # before a session is recorded: bad input records no "failed" session
+    from wattlens.advisor.modelio import OutputTakenError
     if getattr(args, "from_session", None) is not None and not args.action:
         raise BadInputError("--from-session links an applied --action to its recommendation",
                             hint="give --action ACTION --out DIR too")
@@ -94,37 +192,50 @@ def optimize_command(args) -> int:
     def say(text: str) -> None:
         print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
 
-    last = {"stage": None}
-
-    def progress(stage: str, fraction: float) -> None:
-        if stage != last["stage"]:
-            last["stage"] = stage
-            say(f"wattlens: {stage}…")
+    progress = stage_printer(say)
 
     name = f"optimize {Path(args.model).name}: " + (args.action or f"batch sizes {args.batch_sizes}")
     session = ProfilingSession(store, target=Target(os.getpid()), kind="optimize", name=name,
                                interval_s=0.1, settings={"model": str(Path(args.model).resolve())})
-    sid = session.start()
-    # the session's number is announced once it is kept: an input found unusable only once opened
-    # removes it again (issue 9), and a number announced must then exist
-    say(f"wattlens: recording this run in {store.display_name}")
-    doc = {"session_id": sid}
-    try:
-        if args.action:
-            code = _run_actions(args, store, session, sizes, progress, doc, say)
-        else:
-            code = _run_sweep(args, store, session, sizes, progress, doc, say)
-    except BadInputError:
-        # the input turned out unusable once opened (not a model, a pickle refused...): nothing
-        # was measured worth keeping, so no "failed" session stays behind (issue 9)
-        session.stop("failed", "bad input")
-        store.delete_session(sid)
-        raise
-    except BaseException as exc:
-        session.stop("failed", f"optimize failed: {exc}")
-        say(f"wattlens: recorded this run as session {sid} (failed) in {store.display_name}")
-        raise
-    session.stop("completed" if code == 0 else "failed", doc.get("outcome"))
+    # entered before the session starts (as run/attach do), left after it is stored
+    with _RaiseOnStop((*STOP_SIGNALS, signal.SIGINT)) as signals:
+        sid = session.start()
+        # the session's number is announced once it is kept: an input found unusable only once
+        # opened removes it again (issue 9), and a number announced must then exist
+        say(f"wattlens: recording this run in {store.display_name}")
+        doc = {"session_id": sid}
+        try:
+            if args.action:
+                code = _run_actions(args, store, session, sizes, progress, doc, say)
+            else:
+                code = _run_sweep(args, store, session, sizes, progress, doc, say)
+        except OutputTakenError as exc:
+            signals.hold()
+            # the work was done and measured; another run took --out meanwhile: kept, as failed
+            session.stop("failed", str(exc))
+            say(f"wattlens: recorded this run as session {sid} (failed) in {store.display_name}")
+            raise
+        except BadInputError:
+            signals.hold()
+            # the input turned out unusable once opened (not a model, a pickle refused...): nothing
+            # was measured worth keeping, so no "failed" session stays behind (issue 9)
+            session.stop("failed", "bad input")
+            store.delete_session(sid)
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: a user stop, as run/attach store it
+            signum = getattr(exc, "signum", signal.SIGINT)
+            how = stopped_by(signum)
+            session.stop("stopped", f"stopped by {how}")
+            print(f"wattlens: stopped by {how} — {_what_was_written(args)}; session {sid} is stored as "
+                  f"stopped in {store.display_name}", file=sys.stderr, flush=True)
+            return 128 + signum
+        except BaseException as exc:
+            signals.hold()
+            session.stop("failed", f"optimize failed: {exc}")
+            say(f"wattlens: recorded this run as session {sid} (failed) in {store.display_name}")
+            raise
+        signals.hold()
+        session.stop("completed" if code == 0 else "failed", doc.get("outcome"))
     say(f"wattlens: recorded this run as session {sid} in {store.display_name}")
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
@@ -157,6 +268,10 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
             f"the A/B run gave no sound energy figure ({v.saving_reason}); the copy in {result.out_dir} "
             "is unverified",
             hint="run the same command again, with more --rounds, when the machine is quieter")
+    elif status == "verified" and one_round_only(v):
+        # a figure from one counted round has no interval: measured and shown, not verified (a
+        # one-round "+176 %" once became a regression point that --rounds 2 put at −1.1 %)
+        status = "unverified"
     params = v.baseline.model_params
     pred = predict_action_saving(history, args.action, params=params)
     predicted = pred.to_predicted_saving()
@@ -171,6 +286,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
     action_result = {
         "verification": v.to_dict(), "side_by_side": v.side_by_side(),
         "measured_text": measured_text(v), "predicted_text": predicted.text,
+        "latency_text": latency_text(v),
         "fidelity": v.fidelity.to_dict() if v.fidelity else None, "sizes": result.sizes,
         "out_dir": result.out_dir, "quality_ok": result.quality_ok, "healing": result.healing,
         "predicted": predicted.to_dict(), "regression_predicted": pred.to_predicted_saving().to_dict(),
@@ -180,7 +296,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
                                  params={"model": str(Path(args.model).resolve()), "actions": args.action,
                                          "out": args.out, "max_quality_loss": args.max_quality_loss, **link},
                                  result=action_result, source_session_id=getattr(args, "from_session", None))
-    if v.saving_fraction is not None:
+    if v.saving_fraction is not None and v.saving_interval is not None:  # a sound figure only
         store.add_measurements([{
             "session_id": session.session_id, "kind": "ab", "model_key": _model_key(args.model, params),
             "action": args.action, "saving_fraction": v.saving_fraction, "params": params,
@@ -190,7 +306,8 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         _store_sweep(store, session.session_id, args.model, params, result.batch_sweep)
     doc.update({"status": status, "action_id": action_id, "result": result.to_dict(),
                 "predicted": predicted.to_dict() if hasattr(predicted, "to_dict") else str(predicted),
-                "measured_text": action_result["measured_text"], "predicted_text": predicted.text})
+                "measured_text": action_result["measured_text"], "predicted_text": predicted.text,
+                "latency_text": action_result["latency_text"]})
     if not args.json:
         from wattlens.app import present
 
@@ -198,7 +315,9 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         print(f"actions: {args.action}  →  {result.out_dir or 'nothing written'}")
         print(f"  measured:  {action_result['measured_text']}")
         print(f"  predicted: {predicted.text if predicted.is_measure_first else present.predicted_text(predicted)}")
-        print(f"  latency:   {present.saving_text(v.latency_saving_fraction, 'time per sample')}")
+        print(f"  latency:   {action_result['latency_text']}")
+        if status == "unverified":
+            print("  stored as unverified: this figure is not used to predict other runs")
         if fid:
             print(f"  fidelity: {fid.quality_metric} loss {fid.quality_loss:.4g}"
                   + (f", top-1 agreement {fid.top1_agreement:.3f}" if fid.top1_agreement is not None else "")
@@ -221,9 +340,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         for note in v.notes:
             if note.startswith("round "):  # a round measured again or refused, and why
                 print(f"  note: {note}")
-        s = result.sizes
-        print(f"  tensor elements: {s['base_params']:,} → {s['candidate_params']:,}; tensor bytes "
-              f"{s['base_tensor_bytes'] / 2**20:.1f} → {s['candidate_tensor_bytes'] / 2**20:.1f} MiB")
+        print(f"  {sizes_line(result.sizes)}")
     if error is not None:
         doc["outcome"] = str(error)
         raise error

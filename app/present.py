@@ -168,10 +168,17 @@ def sizes_text(sizes: Mapping) -> str:
     def n(x):
         return "n/a" if x is None else f"{int(x):,}"
 
-    return (f"tensor elements {n(sizes.get('base_params'))} → {n(sizes.get('candidate_params'))}; "
+    text = (f"tensor elements {n(sizes.get('base_params'))} → {n(sizes.get('candidate_params'))}; "
             f"tensor bytes {mib(sizes.get('base_tensor_bytes'))} → {mib(sizes.get('candidate_tensor_bytes'))} "
             "(elements count every stored number, bytes what memory holds: a quantized copy stores int8 "
             "weights plus their scales and zero points, so it can count more elements in fewer bytes)")
+    if sizes.get("saved_weights_bytes") is None:  # stored before the files were recorded
+        return text
+    # what the disk holds may differ from memory: a module file's quantization is replayed on load
+    on_load = ("; the file holds float weights, quantized when loaded"
+               if sizes.get("weights_quantized_on_load") else "")
+    return (f"{text}; weights on disk {mib(sizes.get('base_weights_bytes'))} → "
+            f"{mib(sizes.get('saved_weights_bytes'))}{on_load}")
 
 
 def measured_fraction(result: Mapping) -> tuple[float | None, tuple[float, float] | None, str]:
@@ -185,9 +192,10 @@ def measured_fraction(result: Mapping) -> tuple[float | None, tuple[float, float
 def measured_text(saving: float | None, interval, method: str, reason: str | None = None) -> str:
     if saving is None:
         return f"n/a ({reason or 'no A/B result'})"
-    ci = f", 95 % CI {interval_text(interval[0], interval[1])}" if interval else ""
+    if not interval:  # one counted round: a measured number, stored unverified (optimize_cmd)
+        return f"{saving_text(saving)} ({method}); unverified: {reason or 'no interval'}"
     unproven = f"; {UNPROVEN}" if includes_no_change(interval) else ""
-    return f"{saving_text(saving)}{ci} ({method}){unproven}"
+    return f"{saving_text(saving)}, 95 % CI {interval_text(interval[0], interval[1])} ({method}){unproven}"
 
 
 def _predicted_before(ps: PredictedSaving | None) -> str:

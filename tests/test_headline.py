@@ -31,7 +31,9 @@ def _session(store: Store, kind: str, name: str) -> int:
 
 def _result(saving: float, predicted: dict) -> dict:
     base, cand = 0.4, 0.4 * (1 - saving)
-    return {"verification": {"saving_fraction": saving, "saving_interval": [saving - 0.02, saving + 0.02],
+    one_round = saving == 0.3  # the one-round case below: a figure with no interval
+    return {"verification": {"saving_fraction": saving,
+                             "saving_interval": None if one_round else [saving - 0.02, saving + 0.02],
                              "baseline": {"energy_per_sample_j": base, "energy_method": "cpu-time share × counter"},
                              "candidate": {"energy_per_sample_j": cand, "energy_method": "cpu-time share × counter"},
                              "n_rounds": 3, "batches_per_round": 4},
@@ -51,6 +53,7 @@ def store(tmp_path_factory):
     (-0.5, "No measured saving — the least extra energy"),
     # its interval (±2 pp here) includes no change: a figure, not a shown saving
     (0.01, "Best measured result: not shown to differ from no change"),
+    (0.3, "Best measured result: unverified (no interval)"),  # one counted round
 ])
 def test_the_best_measured_result_is_labelled_for_what_it_is(store, saving, label):
     src = _session(store, "attach", "inference")

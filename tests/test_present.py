@@ -90,4 +90,7 @@ def test_a_measured_saving_whose_interval_includes_no_change_says_it_shows_no_di
     assert unproven.startswith("−5.0 % energy per sample (saving), 95 % CI −12.0 % … +2.0 % (counter)")
     assert unproven.endswith("does not show a difference")
     assert "difference" not in present.measured_text(0.05, (0.01, 0.12), "counter")
-    assert "difference" not in present.measured_text(0.05, None, "counter")  # no interval: none claimed
+    # no interval (one counted round): the number, and that it is unverified and why
+    one = present.measured_text(0.05, None, "counter", "one round gives no interval; use n_rounds ≥ 2")
+    assert one == ("−5.0 % energy per sample (saving) (counter); unverified: one round gives no interval; "
+                   "use n_rounds ≥ 2")

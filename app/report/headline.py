@@ -61,6 +61,8 @@ def _best_label(fraction: float, interval) -> str:
     """The label of the best measured result, saying what it is: a saving, no change or a cost —
     and not a saving where its interval includes no change (the run did not show one)."""
     word = present.direction(fraction)
+    if not interval:  # one counted round: a number, not a verified result
+        return "Best measured result: unverified (no interval)"
     if word != "no change" and present.includes_no_change(interval):
         return "Best measured result: not shown to differ from no change"
     if word == "saving":

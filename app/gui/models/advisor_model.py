@@ -270,7 +270,7 @@ def run_optimize(argv: list[str], *, on_line: Callable[[str], None] | None = Non
         while proc.poll() is None:
             if should_stop is not None and should_stop() and not stopped:
                 stopped = True
-                proc.send_signal(signal.SIGINT)  # Ctrl-C: the child closes its session as failed
+                proc.send_signal(signal.SIGINT)  # Ctrl-C: the child closes its session as stopped
                 try:
                     proc.wait(timeout=STOP_GRACE_S)
                 except subprocess.TimeoutExpired:
