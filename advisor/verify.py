@@ -351,6 +351,35 @@ def paired_saving(base: list[float | None], cand: list[float | None], confidence
     return saving, interval, reason
 
 
+#: a round's J/sample this many times its arm's median over the other rounds (or a fraction of
+#: it) reads as disturbed: the A/B's two arms run the same work, so they differ by far less
+DISTURBED_FACTOR = 3.0
+
+
+def disturbed_rounds(base: list[float], cand: list[float], samples: list[int] | None = None) -> list[str]:
+    """Notes naming each round whose energy per sample is far from its arm's other rounds
+    (beyond ``DISTURBED_FACTOR`` × or ÷ their median), with the share of the arm's pooled energy
+    it holds. The pooled estimator (:func:`paired_saving`) keeps such a round — dropping rounds
+    after the fact would bias the figure — and its interval widens for it; the note says which
+    round, so a user knows to measure again on a quieter machine. Three rounds or more."""
+    n = len(base)
+    if n < 3:
+        return []
+    weights = [float(x) for x in samples] if samples else [1.0] * n
+    out = []
+    for arm, values in (("baseline", base), ("candidate", cand)):
+        pooled = sum(w * v for w, v in zip(weights, values, strict=True))
+        for i, v in enumerate(values):
+            others = sorted(values[:i] + values[i + 1:])
+            mid = (others[(n - 2) // 2] + others[(n - 1) // 2]) / 2
+            if mid <= 0 or v <= 0 or 1 / DISTURBED_FACTOR < v / mid < DISTURBED_FACTOR:
+                continue
+            out.append(f"round {i + 1}: the {arm} read {v:.3g} J/sample, {v / mid:.2g}× the other rounds' median "
+                       f"({mid:.3g}); it holds {weights[i] * v / pooled:.0%} of the {arm}'s pooled energy — "
+                       "a disturbance (another process?): measure again when the machine is quieter")
+    return out
+
+
 # --------------------------------------------------------------------------- the A/B run
 
 
@@ -559,6 +588,9 @@ def ab_verify(
     lat_saving, lat_interval = ratio_saving(list(arm_a.round_latency_per_sample_s),
                                             list(arm_b.round_latency_per_sample_s),
                                             [float(x) for x in samples], confidence)
+    if saving is not None:
+        notes.extend(disturbed_rounds(list(arm_a.round_energy_per_sample_j), list(arm_b.round_energy_per_sample_j),
+                                      samples))
     if arm_a.energy_method.endswith("estimated"):
         notes.append("energy is estimated from a CPU power model (no hardware counter here): "
                      "compare the two arms, do not read the joules as exact")

@@ -148,3 +148,45 @@ def test_the_interval_never_passes_a_full_saving_however_much_the_rounds_disagre
 def test_a_round_in_which_the_candidate_read_no_energy_gives_no_figure():
     saving, interval, reason = paired_saving([1.0, 1.0], [0.0, 0.5])
     assert saving is None and interval is None and "candidate" in reason and "zero" in reason
+
+
+def test_a_round_far_from_its_arms_others_is_named_with_its_weight():
+    from wattlens.advisor.verify import disturbed_rounds
+
+    # the trial's bf16 run: one baseline round read 0.896 J against 0.055–0.080 J in the others
+    base, cand = [0.060, 0.070, 0.055, 0.080, 0.896, 0.065], [0.057, 0.074, 0.060, 0.081, 0.085, 0.066]
+    (note,) = disturbed_rounds(base, cand)
+    assert note.startswith("round 5: the baseline read 0.896 J/sample, 14× the other rounds' median (0.065)")
+    assert "73% of the baseline's pooled energy" in note and "quieter" in note
+    assert disturbed_rounds([1.0, 1.1, 0.9], [0.5, 0.55, 0.45]) == []  # rounds that agree: nothing
+    assert disturbed_rounds([1.0, 9.0], [1.0, 1.0]) == []  # two rounds: no "others" to hold one against
+    assert disturbed_rounds([1.0, 1.0, 1.0], [1.0, 0.2, 1.0])[0].startswith("round 2: the candidate read 0.2")
+
+
+def test_the_ab_run_names_a_disturbed_round_in_its_notes():
+    import time
+
+    from tests.test_optimize_edges import SteadyMeter
+    from wattlens.profiler.meter import Measurement
+
+    class BusyRoundMeter(SteadyMeter):
+        """1 J per window whatever its length (so this loaded machine's own speed changes do not
+        move it), except the baseline's second round, which another process made read 30 J."""
+
+        def end_window(self, key: str) -> Measurement:
+            d = time.perf_counter() - self._opened.pop(key)
+            joules = 30.0 if ":baseline:1" in key else 1.0
+            return Measurement(duration_s=d, energy_j={"test": joules}, methods={"test": "counter"},
+                               attributed_energy_j=joules, attributed_method="counter (test)")
+
+    base = tiny_gpt2()
+    cand = parse_action("prune-mlp:0.5").apply(base)
+    with pytest.MonkeyPatch.context() as mp:
+        from wattlens.advisor import verify
+
+        mp.setattr(verify, "window_problem", lambda w, required_s: None)  # every window counts
+        v = ab_verify(base, cand, random_inputs(base, 2, 8), n_rounds=4, warmup_batches=1,
+                      batches_per_round=2, meter=BusyRoundMeter())
+    named = [n for n in v.notes if "J/sample" in n and "the other rounds' median" in n]
+    assert any(n.startswith("round 2: the baseline read") for n in named), v.notes
+    assert not any("candidate" in n for n in named), named  # the steady arm is not named
