@@ -129,7 +129,11 @@ def weights_file_bytes(path: Path) -> int | None:
     try:
         if path.is_file():
             return path.stat().st_size
-        files = [p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin")]
+        # the weights transformers loads: safetensors where there are any (a folder may ship a
+        # pytorch_model.bin beside them, and training_args.bin is no weights)
+        files = [p for p in path.iterdir() if p.is_file() and p.suffix == ".safetensors"]
+        files = files or [p for p in path.iterdir()
+                          if p.is_file() and p.suffix == ".bin" and p.name != "training_args.bin"]
         return sum(p.stat().st_size for p in files) if files else None
     except OSError:
         return None

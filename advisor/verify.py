@@ -374,7 +374,7 @@ def disturbed_rounds(base: list[float], cand: list[float], samples: list[int] | 
             mid = (others[(n - 2) // 2] + others[(n - 1) // 2]) / 2
             if mid <= 0 or v <= 0 or 1 / DISTURBED_FACTOR < v / mid < DISTURBED_FACTOR:
                 continue
-            out.append(f"round {i + 1}: the {arm} read {v:.3g} J/sample, {v / mid:.2g}× the other rounds' median "
+            out.append(f"counted round {i + 1}: the {arm} read {v:.3g} J/sample, {v / mid:.2g}× the other rounds' median "
                        f"({mid:.3g}); it holds {weights[i] * v / pooled:.0%} of the {arm}'s pooled energy — "
                        "a disturbance (another process?): measure again when the machine is quieter")
     return out

@@ -74,7 +74,7 @@ class _RaiseOnStop(StopSignals):
     """The run/attach stop signals (SIGTERM, SIGHUP, Ctrl-C), turned into :class:`OptimizeStopped`:
     optimize has no polling loop to notice a recorded signal, its work is one long call. After
     the first, a SIGTERM/SIGHUP is ignored so that the cleanup runs to its end; a second Ctrl-C
-    still forces (KeyboardInterrupt), as everywhere."""
+    still forces (KeyboardInterrupt) here, where the work is one long call that may not stop."""
 
     holding = False
 
@@ -153,6 +153,9 @@ def _what_was_written(args) -> str:
         return "nothing was written"
     if (Path(out) / "wattlens-optimization.json").is_file():
         return f"the copy in {out} was complete before the stop"
+    left = sorted(Path(out).parent.glob(f".{Path(out).name}.partial-*"))
+    if left:  # a second Ctrl-C cut the removal short: said, not claimed removed
+        return f"nothing was written to {out}; its unfinished temp folder {left[0]} is left: remove it"
     return f"nothing was written to {out} (its temp folder is removed)"
 
 
@@ -199,19 +202,29 @@ def optimize_command(args) -> int:
                                interval_s=0.1, settings={"model": str(Path(args.model).resolve())})
     # entered before the session starts (as run/attach do), left after it is stored
     with _RaiseOnStop((*STOP_SIGNALS, signal.SIGINT)) as signals:
-        sid = session.start()
-        # the session's number is announced once it is kept: an input found unusable only once
-        # opened removes it again (issue 9), and a number announced must then exist
-        say(f"wattlens: recording this run in {store.display_name}")
+        try:
+            sid = session.start()
+        except KeyboardInterrupt as exc:  # a stop while the session starts: nothing measured yet
+            signals.hold()
+            signum = getattr(exc, "signum", signal.SIGINT)
+            if session.session_id is not None:
+                session.stop("stopped", f"stopped by {stopped_by(signum)}")
+            print(f"wattlens: stopped by {stopped_by(signum)} before anything was measured; nothing was written",
+                  file=sys.stderr, flush=True)
+            return 128 + signum
         doc = {"session_id": sid}
         try:
+            # the session's number is announced once it is kept: an input found unusable only once
+            # opened removes it again (issue 9), and a number announced must then exist
+            say(f"wattlens: recording this run in {store.display_name}")
             if args.action:
                 code = _run_actions(args, store, session, sizes, progress, doc, say)
             else:
                 code = _run_sweep(args, store, session, sizes, progress, doc, say)
         except OutputTakenError as exc:
             signals.hold()
-            # the work was done and measured; another run took --out meanwhile: kept, as failed
+            # another run took --out meanwhile: the session's samples are kept, as failed (its A/B
+            # figure was not stored: the copy it measured was not written)
             session.stop("failed", str(exc))
             say(f"wattlens: recorded this run as session {sid} (failed) in {store.display_name}")
             raise
@@ -338,7 +351,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
             print(f"  healing: {h['steps']} steps on {h['source']}; held-out KL {h['held_out_kl_before']:.4g} → "
                   f"{h['held_out_kl_after']:.4g} nats; cost {energy}; pays back after {payback}")
         for note in v.notes:
-            if note.startswith("round "):  # a round measured again or refused, and why
+            if note.startswith(("round ", "counted round ")):  # a round measured again, refused or disturbed
                 print(f"  note: {note}")
         print(f"  {sizes_line(result.sizes)}")
     if error is not None:

@@ -159,7 +159,7 @@ def saving_interval(ratio: float, se_log_ratio: float, quantile: float) -> tuple
     is, and a doubling and a halving are equally far from no change. A symmetric interval on R
     once read −691 … +904 % for a contended run.
     Returned (low, high) as savings."""
-    half = quantile * se_log_ratio
+    half = min(quantile * se_log_ratio, 700.0)  # exp(710) overflows; e^700 is already "no bound"
     return 1.0 - ratio * math.exp(half), 1.0 - ratio * math.exp(-half)
 
 

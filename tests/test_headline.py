@@ -99,3 +99,16 @@ def test_a_session_still_recording_costs_so_far_not_over_n_a(store):
         assert "n/a" not in cost["text"].split(";")[0].split(" for ")[1], cost
     finally:
         session.stop()
+
+
+def test_a_one_round_figure_does_not_hide_a_sound_result(store):
+    # a one-round +30 % (no interval) and a measured 10 % (with one): the sound one is the headline's
+    src = _session(store, "attach", "inference")
+    store.add_recommendations(src, [REC.to_dict()])
+    opt = _session(store, "optimize", "optimize model: prune-mlp:0.25")
+    for saving in (0.3, 0.1):
+        store.add_action(kind=f"prune-mlp:{saving}", status="verified", params={"recommendation_index": 0},
+                         result=_result(saving, REC.predicted_saving.to_dict()), session_id=opt,
+                         source_session_id=src)
+    lines = {h["label"]: h["text"] for h in build_report(store, src)["headline"]}
+    assert lines["Largest measured saving"].startswith("prune-mlp:0.1: "), lines

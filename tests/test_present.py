@@ -94,3 +94,12 @@ def test_a_measured_saving_whose_interval_includes_no_change_says_it_shows_no_di
     one = present.measured_text(0.05, None, "counter", "one round gives no interval; use n_rounds ≥ 2")
     assert one == ("−5.0 % energy per sample (saving) (counter); unverified: one round gives no interval; "
                    "use n_rounds ≥ 2")
+
+
+def test_an_optimize_session_gets_no_analyse_even_with_no_result_recorded():
+    # a batch-size sweep (or a run stopped first) records no action: still the optimizer's own process
+    m = AdvisorModel()
+    m.set_session(4, [], [], [], optimizer=True)
+    assert m.optimizer and m.status.startswith("an optimize run: it recorded no A/B result")
+    m.set_session(5, [], [], [])
+    assert not m.optimizer and m.status == "no advice stored for this session — press Analyse"

@@ -156,11 +156,11 @@ def test_a_round_far_from_its_arms_others_is_named_with_its_weight():
     # the trial's bf16 run: one baseline round read 0.896 J against 0.055–0.080 J in the others
     base, cand = [0.060, 0.070, 0.055, 0.080, 0.896, 0.065], [0.057, 0.074, 0.060, 0.081, 0.085, 0.066]
     (note,) = disturbed_rounds(base, cand)
-    assert note.startswith("round 5: the baseline read 0.896 J/sample, 14× the other rounds' median (0.065)")
+    assert note.startswith("counted round 5: the baseline read 0.896 J/sample, 14× the other rounds' median (0.065)")
     assert "73% of the baseline's pooled energy" in note and "quieter" in note
     assert disturbed_rounds([1.0, 1.1, 0.9], [0.5, 0.55, 0.45]) == []  # rounds that agree: nothing
     assert disturbed_rounds([1.0, 9.0], [1.0, 1.0]) == []  # two rounds: no "others" to hold one against
-    assert disturbed_rounds([1.0, 1.0, 1.0], [1.0, 0.2, 1.0])[0].startswith("round 2: the candidate read 0.2")
+    assert disturbed_rounds([1.0, 1.0, 1.0], [1.0, 0.2, 1.0])[0].startswith("counted round 2: the candidate read 0.2")
 
 
 def test_the_ab_run_names_a_disturbed_round_in_its_notes():
@@ -188,5 +188,25 @@ def test_the_ab_run_names_a_disturbed_round_in_its_notes():
         v = ab_verify(base, cand, random_inputs(base, 2, 8), n_rounds=4, warmup_batches=1,
                       batches_per_round=2, meter=BusyRoundMeter())
     named = [n for n in v.notes if "J/sample" in n and "the other rounds' median" in n]
-    assert any(n.startswith("round 2: the baseline read") for n in named), v.notes
+    assert any(n.startswith("counted round 2: the baseline read") for n in named), v.notes
     assert not any("candidate" in n for n in named), named  # the steady arm is not named
+
+
+def test_an_interval_with_no_bound_does_not_overflow():
+    from wattlens.profiler.figures import saving_interval
+
+    # live apply's steps of very uneven sample counts once gave SE(log R) past 700: exp overflowed
+    lo, hi = saving_interval(0.5, 1000.0, 1.96)
+    assert lo < -1e300 and 0.99 < hi <= 1.0  # no bound either way, and no OverflowError
+
+
+def test_the_weights_on_disk_are_those_transformers_loads(tmp_path):
+    from wattlens.advisor.optimize import weights_file_bytes
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 100)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x" * 100)  # shipped beside them: not counted twice
+    (tmp_path / "training_args.bin").write_bytes(b"x" * 7)
+    assert weights_file_bytes(tmp_path) == 100
+    (tmp_path / "model.safetensors").unlink()
+    assert weights_file_bytes(tmp_path) == 100  # .bin weights, not the training arguments
+    assert weights_file_bytes(tmp_path / "pytorch_model.bin") == 100  # a module file: itself

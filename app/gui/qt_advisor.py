@@ -247,7 +247,8 @@ class QtAdvisorPanel(QWidget):
     # ---- model → view ----------------------------------------------------------------------------
     def _on_stored(self, session_id: int, doc: dict) -> None:
         if session_id == self.model.session_id and not self.model.analysed and not self.model.busy:
-            self.model.set_session(session_id, doc["recommendations"], doc["outcomes"], doc.get("recorded"))
+            self.model.set_session(session_id, doc["recommendations"], doc["outcomes"], doc.get("recorded"),
+                                   optimizer=bool(doc.get("optimizer")))
 
     def _reload_outcomes(self, session_id: int) -> None:
         store = self.get_store()
@@ -261,7 +262,7 @@ class QtAdvisorPanel(QWidget):
 
     def _update(self) -> None:
         m = self.model
-        self.analyse_button.setEnabled(m.session_id is not None and not m.busy and not m.recorded)
+        self.analyse_button.setEnabled(m.session_id is not None and not m.busy and not m.optimizer)
         self.status.setText(m.status)
         self.error.setText(m.error)
         self.error.setVisible(bool(m.error))

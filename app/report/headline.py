@@ -82,7 +82,8 @@ def headline(report: dict) -> list[dict]:
     else:
         lines.append({"label": "This session cost", "text": _cost(report)})
     measured = [o for o in report.get("applied") or [] if o.get("measured_fraction") is not None]
-    best = max(measured, key=lambda o: o["measured_fraction"], default=None)
+    # a figure with an interval before one without (one round): a one-round +176 % must not hide a sound result
+    best = max(measured, key=lambda o: (bool(o.get("measured_interval")), o["measured_fraction"]), default=None)
     if best is not None:
         lines.append({"label": _best_label(best["measured_fraction"], best.get("measured_interval")),
                       "text": f"{best['action']}: {best['measured']}; risk to quality: {best['risk']}"

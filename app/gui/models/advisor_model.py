@@ -95,9 +95,10 @@ def stored_advice(store, session_id: int) -> dict:
     docs = store.recommendations(session_id)
     recs, _bad = present.read_recommendations(docs)
     done = present.outcomes(recs, store.actions(source_session_id=session_id), session_id)
-    recorded = ([present.outcome(a, None) for a in store.actions(session_id)]
-                if store.session(session_id).get("kind") == "optimize" else [])
-    return {"session_id": session_id, "recommendations": docs, "outcomes": done, "recorded": recorded}
+    optimizer = store.session(session_id).get("kind") == "optimize"
+    recorded = [present.outcome(a, None) for a in store.actions(session_id)] if optimizer else []
+    return {"session_id": session_id, "recommendations": docs, "outcomes": done, "recorded": recorded,
+            "optimizer": optimizer}
 
 
 def recorded_lines(o: Outcome) -> tuple[str, ...]:
@@ -145,12 +146,14 @@ class AdvisorModel:
         self.outcomes: list[Outcome] = []
         #: an optimize session's own A/B results (it is the optimizer's process: no advice on it)
         self.recorded: list[Outcome] = []
+        self.optimizer = False  # an optimize session: no Analyse, whatever it recorded
 
     def set_session(self, session_id: int, stored: list[dict], outcomes: list[Outcome] | None = None,
-                    recorded: list[Outcome] | None = None) -> None:
+                    recorded: list[Outcome] | None = None, *, optimizer: bool = False) -> None:
         self.session_id = session_id
         self.outcomes = list(outcomes or [])
         self.recorded = list(recorded or [])
+        self.optimizer = optimizer
         self.recommendations = _views(stored, self.outcomes)
         self.silent_rules = []
         self.analysed = False
@@ -160,6 +163,9 @@ class AdvisorModel:
         if self.recorded:
             self.status = ("an optimize run: below is the A/B result it recorded; advice comes from the "
                            "session it measured the model for, not from the optimizer's own process")
+        elif optimizer:  # a batch-size sweep, or a run stopped before its result was stored
+            self.status = ("an optimize run: it recorded no A/B result (a batch-size sweep, or stopped "
+                           "first: see its end); advice comes from measured sessions, not the optimizer's own process")
         else:
             self.status = (f"{len(stored)} stored recommendation(s) — press Analyse to compute them anew"
                            if stored else "no advice stored for this session — press Analyse")
