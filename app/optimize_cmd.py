@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from wattlens.profiler.errors import ActionError, BadInputError
-from wattlens.profiler.session import STOP_SIGNALS, StopSignals
+from wattlens.profiler.session import STOP_SIGNALS, StopSignals, stopped_by  # run/attach's words
 
 
 def one_round_only(v) -> bool:
@@ -89,11 +89,6 @@ class _RaiseOnStop(StopSignals):
                 raise OptimizeStopped(signum)
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
-
-
-def stopped_by(signum: int) -> str:
-    """The words run/attach store for a user stop (profiler.session.run_until_end)."""
-    return "the user (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 def _source_recommendation(store, session_id: int | None, action: str) -> tuple[int | None, dict | None]:

@@ -422,5 +422,9 @@ def run_until_end(run, poll_s: float = 0.1, on_tick=None, signals: StopSignals |
             signum = signal.SIGINT
         forward = getattr(run, "forward_signal", None)
         said = forward(signum) if forward is not None else None
-        how = "the user (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
-        return run.stop("stopped", f"stopped by {how}" + (f"; {said}" if said else ""))
+        return run.stop("stopped", f"stopped by {stopped_by(signum)}" + (f"; {said}" if said else ""))
+
+
+def stopped_by(signum: int) -> str:
+    """Who or what stopped a session, as its end reason says it: "the user (Ctrl-C)", "SIGTERM"."""
+    return "the user (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name

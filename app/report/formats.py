@@ -96,6 +96,13 @@ def _cell(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def no_steps(report: dict) -> str:
+    """The line in place of a report's steps: why there are none, for how it was recorded."""
+    from wattlens.app.present import no_steps_text  # not at the top: `wattlens --help` stays light
+
+    return f"n/a — {no_steps_text((report.get('session') or {}).get('kind'))}."
+
+
 def md_text(value) -> str:
     """User text in Markdown: HTML and table-breaking characters escaped."""
     text = html.escape(str(value), quote=False)
@@ -133,10 +140,7 @@ def render_markdown(report: dict) -> str:
                   f"| {st['count']} | {fmt(st['mean_duration_s'], 's')} | {fmt(st['energy_per_step_j'], 'J')} | "
                   f"{fmt(st['energy_per_sample_j'], 'J')} | {fmt(st['energy_per_token_j'], 'J')} |"]
     else:
-        # imported here, not at the top: `wattlens --help` stays light
-        from wattlens.app.present import no_steps_text
-
-        lines += ["", "## Per step", "", f"n/a — {md_text(no_steps_text((report.get('session') or {}).get('kind')))}."]
+        lines += ["", "## Per step", "", md_text(no_steps(report))]
     rows = rank_rows(report.get("ranks"))
     if rows:
         lines += ["", "## Per rank", "", "| " + " | ".join(RANK_HEADER) + " |",

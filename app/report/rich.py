@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wattlens.app.report.formats import no_steps
 from wattlens.app.report.rich_charts import PlotSpec, fit_heights
 from wattlens.app.report.rich_html import render_html
 from wattlens.app.report.rich_pdf import _wrap, pdf_page_count, write_pdf
@@ -38,7 +39,6 @@ from wattlens.app.report.rich_view import (
     action_views,
     costliest_layers,
     estimate_flags,
-    no_steps,
     recommendation_views,
     thin,
     time_origin_ns,

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from wattlens.app.report.formats import fmt
+from wattlens.app.report.formats import fmt, no_steps
 from wattlens.app.report.rich_charts import _svg, plot_specs
 from wattlens.app.report.rich_view import (
     CMP_NOTE,
@@ -31,7 +31,6 @@ from wattlens.app.report.rich_view import (
     headline,
     layers_table,
     methods_glossary,
-    no_steps,
     overview_rows,
     ranks_table,
     recommendation_views,

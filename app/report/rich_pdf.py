@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wattlens.app.report.formats import fmt
+from wattlens.app.report.formats import fmt, no_steps
 from wattlens.app.report.rich_charts import _RC, PlotSpec, _figure, fit_heights, plot_specs
 from wattlens.app.report.rich_view import (
     CMP_NOTE,
@@ -32,7 +32,6 @@ from wattlens.app.report.rich_view import (
     headline,
     layers_table,
     methods_glossary,
-    no_steps,
     overview_rows,
     ranks_table,
     recommendation_views,

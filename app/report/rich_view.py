@@ -265,11 +265,6 @@ def unavailable_sources(report: dict) -> list[str]:
     return [e.get("message", "") for e in report.get("events") or [] if e.get("kind") == "source-unavailable"]
 
 
-def no_steps(report: dict) -> str:
-    """The line in place of the steps section: why there are none, for how it was recorded."""
-    return f"n/a — {present.no_steps_text((report.get('session') or {}).get('kind'))}."
-
-
 def steps_table(report: dict) -> Table | None:
     st = (report.get("summary") or {}).get("steps")
     if not st:
