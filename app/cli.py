@@ -709,10 +709,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command is None:
         args.command = "gui"
         args.db = None
-    import logging
+    from wattlens.app import logsetup
 
-    logging.basicConfig(level=logging.DEBUG if os.environ.get("WATTLENS_DEBUG") else logging.WARNING,
-                        format="wattlens: %(message)s", stream=sys.stderr)
+    logsetup.configure(sys.stderr)
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader that left (`| head`) is met here, not at exit

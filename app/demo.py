@@ -47,8 +47,9 @@ def run_headless(args) -> int:
 
     with stop_signals() as signals:  # Ctrl-C / SIGTERM: a clean stop, the report is still written
         sid = run.start()
-        say(f"wattlens demo: measuring a GPT-2-style workload (PID {run.proc.pid}) for {args.duration:g} s "
-            f"as session {sid} in {store.display_name}")
+        say(f"wattlens demo: measuring a GPT-2-style workload (PID {run.proc.pid}) as session {sid} in "
+            f"{store.display_name}: it starts Python and torch, builds its model, then runs steps for "
+            f"{args.duration:g} s")
         summary = run.run(signals=signals)
     advice = advise(store, sid)
     out = Path(args.output) if args.output else Path.cwd() / f"wattlens-demo-{sid}.html"

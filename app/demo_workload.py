@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-every", type=int, default=4, help="one training step after N inference steps")
     args = p.parse_args(argv)
 
+    from wattlens.app.logsetup import quiet_library_notices
+
+    quiet_library_notices()  # before transformers imports torchao
     import torch
 
     try:  # the explicit agent API: one step per iteration, inference or training alike

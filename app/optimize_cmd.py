@@ -327,10 +327,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         if status == "unverified":
             print("  stored as unverified: this figure is not used to predict other runs")
         if fid:
-            print(f"  fidelity: {fid.quality_metric} loss {fid.quality_loss:.4g}"
-                  + (f", top-1 agreement {fid.top1_agreement:.3f}" if fid.top1_agreement is not None else "")
-                  + (f", KL {fid.kl_base_candidate:.3g} nats" if fid.kl_base_candidate is not None else "")
-                  + (f", cosine {fid.cosine_similarity:.4f}" if fid.cosine_similarity is not None else ""))
+            print(f"  fidelity:  {present.fidelity_text(fid.to_dict())}")
         for a in result.actions:
             if "calibration" in a.details:
                 print(f"  {a.spec} calibrated on {a.details['calibration']} "

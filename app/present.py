@@ -148,6 +148,8 @@ class Outcome:
 
 
 def fidelity_text(fid: Mapping | None) -> str:
+    """The fidelity figures of one result, one wording for optimize's output, show, the app and
+    every report."""
     if not fid:
         return "n/a (not measured)"
     parts = []
@@ -155,6 +157,11 @@ def fidelity_text(fid: Mapping | None) -> str:
         parts.append(f"top-1 agreement {fid['top1_agreement'] * 100:.1f} %")
     if fid.get("kl_base_candidate") is not None:
         parts.append(f"KL {fid['kl_base_candidate']:.3g} nats")
+    if fid.get("cosine_similarity") is not None:
+        low = fid.get("cosine_similarity_min")
+        parts.append(f"cosine {fid['cosine_similarity']:.4f}" + (f" (lowest {low:.4f})" if low is not None else ""))
+    if fid.get("perplexity_base") is not None and fid.get("perplexity_candidate") is not None:
+        parts.append(f"perplexity {fid['perplexity_base']:.4g} → {fid['perplexity_candidate']:.4g}")
     if fid.get("quality_loss") is not None:
         parts.append(f"quality loss ({fid.get('quality_metric') or 'n/a'}) {fid['quality_loss']:.4g}")
     return ", ".join(parts) or "n/a (not measured)"

@@ -41,6 +41,8 @@ def test_an_action_is_verified_stored_and_leaves_the_input_alone(model_dir, tmp_
     r = run_cli("optimize", str(model_dir), "--action", "bf16", "--out", str(out), "--rounds", "2",
                 "--db", str(db), "--json", timeout=600)
     assert r.returncode == 0, r.stderr
+    # torchao's notices about kernels for CUDA or another CPython are not wattlens failing
+    assert "Failed to load" not in r.stderr and "Detected no triton" not in r.stderr, r.stderr
     doc = json.loads(r.stdout)
     assert doc["status"] == "verified"
     assert (out / "wattlens-optimization.json").is_file()

@@ -123,6 +123,15 @@ def test_one_round_is_stored_unverified_with_its_reason_and_not_learned_from(int
     assert "0 earlier A/B results" in _line(two.stdout, "predicted:")
 
 
+def test_the_fidelity_line_reads_as_every_report_does(int8_runs):
+    from wattlens.app import present
+
+    two = int8_runs["2"]
+    fidelity = _line(two.stdout, "fidelity:").removeprefix("fidelity:").strip()
+    assert fidelity.startswith("cosine ")  # the module file is no language model: its outputs are compared
+    assert fidelity == present.fidelity_text(two.action["result"]["fidelity"])
+
+
 # --------------------------------------------------------------------------- latency (item 5)
 
 

@@ -103,3 +103,18 @@ def test_an_optimize_session_gets_no_analyse_even_with_no_result_recorded():
     assert m.optimizer and m.status.startswith("an optimize run: it recorded no A/B result")
     m.set_session(5, [], [], [])
     assert not m.optimizer and m.status == "no advice stored for this session — press Analyse"
+
+
+def test_fidelity_text_shows_every_measured_agreement_and_says_when_none_was():
+    encoder = {"mode": "cosine", "cosine_similarity": 0.99871, "cosine_similarity_min": 0.9712,
+               "quality_loss": 0.00129, "quality_metric": "1 - mean cosine similarity",
+               "top1_agreement": None, "kl_base_candidate": None,
+               "perplexity_base": None, "perplexity_candidate": None,
+               "perplexity_reason": "perplexity needs a causal language model"}
+    assert present.fidelity_text(encoder) == ("cosine 0.9987 (lowest 0.9712), "
+                                              "quality loss (1 - mean cosine similarity) 0.00129")
+    lm = {"top1_agreement": 0.995, "kl_base_candidate": 0.002, "perplexity_base": 412.3,
+          "perplexity_candidate": 415.9, "quality_loss": 0.0087, "quality_metric": "relative perplexity increase"}
+    assert present.fidelity_text(lm) == ("top-1 agreement 99.5 %, KL 0.002 nats, perplexity 412.3 → 415.9, "
+                                         "quality loss (relative perplexity increase) 0.0087")
+    assert present.fidelity_text(None) == present.fidelity_text({}) == "n/a (not measured)"
