@@ -180,7 +180,8 @@ class SessionFeatures:
     # share of the Linear-like time spent in GPT-2's Conv1D (which transformers' torchao
     # integration cannot quantize in a Hugging Face folder)
     conv1d_share_of_linear: float | None = None
-    # the model file or folder, where the session knows it (optimize sessions record it)
+    # the model file or folder, where the session knows it (optimize sessions record it; under
+    # `wattlens run` the agent reports the folder a Hugging Face model was loaded from)
     model_path: str | None = None
     model_kind: str | None = None  # hf-folder | torch-module-file
     optimize_results: tuple[OptimizeOutcome, ...] = ()
@@ -701,7 +702,9 @@ def extract_features(store, session_id: int, *, calibration_text: str | None = N
             (e.message for e in reversed(events) if e.kind == "flops-unavailable"),
             "the agent reported no FLOP count (it does so under `wattlens run`)")
 
-    model_path = settings.get("model")
+    # optimize sessions name their model; under `wattlens run` the agent reports the folder a
+    # Hugging Face model was loaded from
+    model_path = settings.get("model") or (model_info or {}).get("source")
     kind, _ = model_kind(model_path)
     n_blocks, n_blocks_source = _block_count(model_info, layers, model_path)
     if n_blocks is None:

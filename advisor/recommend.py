@@ -11,6 +11,7 @@ measurement, instead of guessing.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -175,16 +176,23 @@ def load_recommendations(docs: list[dict[str, Any]]) -> list[Recommendation]:
     return [Recommendation.from_dict(d) for d in docs]
 
 
+def shell_path(path: str) -> str:
+    """A path as a shell word (the placeholder stays as it is)."""
+    return path if path == MODEL_PLACEHOLDER else shlex.quote(path)
+
+
 def optimize_command(action: str, model: str = MODEL_PLACEHOLDER) -> str:
-    """The command that applies ``action`` to a copy of the model and A/B-verifies it."""
+    """The command that applies ``action`` to a copy of the model and A/B-verifies it; the copy
+    goes beside the model (``MODEL-<action>``), never over it."""
     suffix = action.replace(":", "-").replace(".", "")
-    return f"wattlens optimize {model} --action {action} --out {model}-{suffix}"
+    out = f"{model.rstrip('/') or model}-{suffix}"
+    return f"wattlens optimize {shell_path(model)} --action {action} --out {shell_path(out)}"
 
 
 def sweep_command(batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
                   model: str = MODEL_PLACEHOLDER) -> str:
     """The measurement that gives the batch-size regression its data."""
-    return f"wattlens optimize {model} --batch-sizes {','.join(str(b) for b in batch_sizes)}"
+    return f"wattlens optimize {shell_path(model)} --batch-sizes {','.join(str(b) for b in batch_sizes)}"
 
 
 def _pct(x: float | None) -> str:

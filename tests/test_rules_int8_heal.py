@@ -146,7 +146,9 @@ def test_llama_int8_card_keeps_the_folder_command_and_it_is_accepted(sessions, t
     store, ids, folders = sessions
     _, recs, _ = _recs(store, ids["llama"])
     rec = recs["quantize-int8"]
-    assert rec.command == "wattlens optimize MODEL --action quantize-int8 --out MODEL-quantize-int8"
+    # the child loaded the folder with from_pretrained: the agent said which, so the card names it
+    folder = folders["llama"]
+    assert rec.command == f"wattlens optimize {folder} --action quantize-int8 --out {folder}-quantize-int8"
     assert not any(e.what.startswith("Conv1D share") for e in rec.evidence)
     result = _run_command(rec.command, rec.notes, folders["llama"], tmp_path)
     assert result.actions[-1].claim.holds and "TorchAoConfig" in result.actions[-1].details["backend"]
@@ -161,7 +163,8 @@ def test_static_int8_needs_calibration_text_and_its_command_is_accepted(sessions
     rec = recs["quantize-int8-static"]
     # static scales never fit a folder's config.json: always the module-file path, on the user's text
     assert rec.command.startswith("wattlens optimize MODEL.pt --trust-pickle --action quantize-int8-static ")
-    assert f"--tokenizer MODEL --calibration {TEXT}" in rec.command
+    # the tokenizer is the folder the child loaded (the agent said which)
+    assert f"--tokenizer {folders[model]} --calibration {TEXT}" in rec.command
     assert rec.predicted_saving.method.startswith("rule of thumb") and "regression:" in " ".join(rec.notes)
     result = _run_command(rec.command, rec.notes, folders[model], tmp_path)
     static = result.actions[-1]

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from wattlens.advisor.recommend import Evidence, Level
+from typing import TYPE_CHECKING
+
+from wattlens.advisor.recommend import MODEL_PLACEHOLDER, Evidence, Level
 from wattlens.advisor.regression import Fit
+
+if TYPE_CHECKING:
+    from wattlens.advisor.features import SessionFeatures
 
 LAYER_SOURCE = {
     "stack-sampling": "stack sampling (CPU-side time by module class)",
     "agent-timing": "agent timing (per module instance)",
 }
+
+
+def model_arg(f: SessionFeatures) -> str:
+    """The model a rule's command names: the Hugging Face folder the session knows (an optimize
+    session's, or the one the agent saw a model loaded from) where it is on this host, else the
+    MODEL placeholder (a module file needs --trust-pickle and its own route: quantize_int8.route)."""
+    return f.model_path if f.model_path and f.model_kind == "hf-folder" else MODEL_PLACEHOLDER
 
 
 def pct(x: float | None) -> str:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from wattlens.advisor.features import SessionFeatures
 from wattlens.advisor.recommend import Recommendation, Risk, optimize_command, rule_of_thumb
 from wattlens.advisor.regression import predict_action_saving
-from wattlens.advisor.rules._common import ev, fit_confidence, layer_source, pct, top_layer_evidence
+from wattlens.advisor.rules._common import (
+    ev,
+    fit_confidence,
+    layer_source,
+    model_arg,
+    pct,
+    top_layer_evidence,
+)
 
 DOMINANT_SHARE = 0.40
 
@@ -26,7 +33,8 @@ def structured_pruning(f: SessionFeatures, *, rule: str, action: str, category: 
     if f.gpu_used_by_target and f.layer_method == "stack-sampling":
         notes.append("on a GPU, stack sampling measures CPU-side time (kernel launches), not GPU time: "
                      "run under `wattlens run` for per-layer GPU timing before trusting these shares")
-    reg = predict_action_saving(f.ab_history, action, params=f.model_params, flops=f.flops_per_forward)
+    reg = predict_action_saving(f.ab_history, action, params=f.model_params, flops=f.flops_per_forward,
+                                model=model_arg(f))
     if reg.ok:
         saving = reg.to_predicted_saving()
         confidence = fit_confidence(reg.fit, reg.fit.loo_mae / max(abs(reg.saving_fraction), 0.05))
@@ -41,4 +49,4 @@ def structured_pruning(f: SessionFeatures, *, rule: str, action: str, category: 
     return [Recommendation(
         rule=rule, title=title or f"Prune {pct(fraction)} of the {what} (structured)", rationale=rationale,
         evidence=tuple(evidence), predicted_saving=saving, confidence=confidence,
-        risk=Risk("high", risk), action=action, command=optimize_command(action), notes=tuple(notes))]
+        risk=Risk("high", risk), action=action, command=optimize_command(action, model_arg(f)), notes=tuple(notes))]

@@ -12,7 +12,7 @@ import re
 from wattlens.advisor.features import SessionFeatures
 from wattlens.advisor.recommend import Recommendation, Risk, optimize_command, rule_of_thumb
 from wattlens.advisor.regression import predict_action_saving
-from wattlens.advisor.rules._common import ev, fit_confidence, pct
+from wattlens.advisor.rules._common import ev, fit_confidence, model_arg, pct
 
 RULE = "bf16"
 ACTION = "bf16"
@@ -68,7 +68,8 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
                      "in bf16/fp16 or under autocast, ignore this")
     else:
         evidence.append(ev("model dtype", f.dtype, "", "agent model report"))
-    reg = predict_action_saving(f.ab_history, ACTION, params=f.model_params, flops=f.flops_per_forward)
+    reg = predict_action_saving(f.ab_history, ACTION, params=f.model_params, flops=f.flops_per_forward,
+                                model=model_arg(f))
     share = f.model_share if f.model_share is not None else 1.0
     if reg.ok:
         saving = reg.to_predicted_saving()
@@ -91,4 +92,4 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
                   "weights; 8 bits of mantissa can slow convergence") if training else
         Risk("low", "inference: logits shift slightly (8-bit mantissa); `wattlens optimize` reports "
                     "KL / top-1 agreement against the fp32 model"),
-        action=ACTION, command=optimize_command(ACTION), notes=tuple(notes))]
+        action=ACTION, command=optimize_command(ACTION, model_arg(f)), notes=tuple(notes))]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from wattlens.advisor.features import SessionFeatures
 from wattlens.advisor.recommend import Recommendation, Risk, optimize_command, rule_of_thumb
 from wattlens.advisor.regression import predict_action_saving
-from wattlens.advisor.rules._common import ev, layer_source, pct
+from wattlens.advisor.rules._common import ev, layer_source, model_arg, pct
 
 RULE = "prune-unstructured"
 FRACTION = 0.5
@@ -27,7 +27,8 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
     if f.model_params is not None:
         evidence.append(ev("model parameters", f.model_params, "parameters", "agent model report"))
     notes = []
-    reg = predict_action_saving(f.ab_history, ACTION, params=f.model_params, flops=f.flops_per_forward)
+    reg = predict_action_saving(f.ab_history, ACTION, params=f.model_params, flops=f.flops_per_forward,
+                                model=model_arg(f))
     if reg.ok:
         saving = reg.to_predicted_saving()
         notes.append("predicted from your own A/B results of unstructured pruning")
@@ -43,4 +44,4 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
         evidence=tuple(evidence), predicted_saving=saving, confidence="medium",
         risk=Risk("medium", f"zeroing {pct(FRACTION)} of the weights without fine-tuning changes outputs; "
                   "check the fidelity `wattlens optimize` reports"),
-        action=ACTION, command=optimize_command(ACTION), notes=tuple(notes))]
+        action=ACTION, command=optimize_command(ACTION, model_arg(f)), notes=tuple(notes))]

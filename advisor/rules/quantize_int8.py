@@ -41,7 +41,14 @@ from wattlens.advisor.recommend import (
     rule_of_thumb,
 )
 from wattlens.advisor.regression import predict_action_saving
-from wattlens.advisor.rules._common import ev, fit_confidence, layer_source, pct, top_layer_evidence
+from wattlens.advisor.rules._common import (
+    ev,
+    fit_confidence,
+    layer_source,
+    model_arg,
+    pct,
+    top_layer_evidence,
+)
 
 RULE = "quantize-int8"
 ACTION = "quantize-int8"
@@ -149,7 +156,7 @@ def route(f: SessionFeatures, action: str, *, why_folder_refused: str | None, ex
     the module file)."""
     suffix = action.replace(":", "-").replace(".", "")
     if why_folder_refused is None:
-        return Route(optimize_command(action) + extra, (), (), False)
+        return Route(optimize_command(action, model_arg(f)) + extra, (), (), False)
     if f.model_kind == "torch-module-file":
         return Route(optimize_command(action) + " --trust-pickle" + extra, (), (
             ev("the model as the session recorded it", "torch module file", "", "optimize session settings"),),
@@ -185,7 +192,8 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
     way = route(f, ACTION, why_folder_refused=CONV1D_REFUSAL if conv else None)
     evidence = [*evidence, *conv1d_evidence(f), *way.evidence]
 
-    reg = predict_action_saving(f.ab_history, ACTION, params=f.model_params, flops=f.flops_per_forward)
+    reg = predict_action_saving(f.ab_history, ACTION, params=f.model_params, flops=f.flops_per_forward,
+                                model=MODEL_PLACEHOLDER if way.module_file else model_arg(f))
     saving: PredictedSaving
     if reg.ok:
         saving = reg.to_predicted_saving()

@@ -17,9 +17,9 @@ other action's.
 from __future__ import annotations
 
 from wattlens.advisor.features import SessionFeatures
-from wattlens.advisor.recommend import MODEL_PLACEHOLDER, Recommendation, Risk, rule_of_thumb
+from wattlens.advisor.recommend import Recommendation, Risk, rule_of_thumb, shell_path
 from wattlens.advisor.regression import predict_action_saving
-from wattlens.advisor.rules._common import ev, fit_confidence, pct
+from wattlens.advisor.rules._common import ev, fit_confidence, model_arg, pct
 from wattlens.advisor.rules.quantize_int8 import (
     SPEEDUP_WITH_INT8_DOT,
     SPEEDUP_WITHOUT,
@@ -45,9 +45,9 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
     case = int8_case(f)
     if case is None:
         return []
-    tokenizer = TOKENIZER_PLACEHOLDER if f.model_kind == "torch-module-file" else MODEL_PLACEHOLDER
+    tokenizer = TOKENIZER_PLACEHOLDER if f.model_kind == "torch-module-file" else model_arg(f)
     way = route(f, ACTION, why_folder_refused=FOLDER_REFUSAL,
-                extra=f" --tokenizer {tokenizer} --calibration {f.calibration_text}")
+                extra=f" --tokenizer {shell_path(tokenizer)} --calibration {shell_path(f.calibration_text)}")
     evidence = [*case.evidence, *conv1d_evidence(f), *way.evidence,
                 ev("calibration text", f.calibration_text, "", "wattlens advise --calibration")]
     notes = [*way.notes, *case.notes]

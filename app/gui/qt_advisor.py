@@ -206,8 +206,10 @@ class QtAdvisorPanel(QWidget):
                          on_error=self._on_error)
 
     def ask_folders(self, action: str) -> tuple[str, str] | None:
-        """The model folder and the folder for its optimized copy (None: cancelled)."""
-        model_dir = QFileDialog.getExistingDirectory(self, "Model folder (a saved Hugging Face model)")
+        """The model folder and the folder for its optimized copy (None: cancelled); the first
+        dialog opens on the folder the session saw the model loaded from, where it knows one."""
+        known = next((r.model_folder for r in self.model.recommendations if r.action == action), None)
+        model_dir = QFileDialog.getExistingDirectory(self, "Model folder (a saved Hugging Face model)", known or "")
         if not model_dir:
             return None
         suffix = action.replace(":", "-").replace(".", "")

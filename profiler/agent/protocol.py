@@ -150,6 +150,7 @@ AGENT_MESSAGES: dict[str, Schema] = {
         "dtype": (_opt(_is_str), False),
         "timing": (_is_str, True),
         "torch": (_opt(_is_str), False),
+        "source": (_opt(_is_str), False),  # the local folder from_pretrained loaded it from
         "modules": (_list_of(_obj(_MODULE)), True),
     },
     "steps": {

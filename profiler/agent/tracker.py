@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import importlib
+import os
 import sys
 import threading
 import time
@@ -391,7 +392,7 @@ class Tracker:
             "type": "model", "t_ns": _monotonic_ns(), "prefix": root.path, "class": root.cls,
             "main": main, "params": root.params or 0, "bytes": root.bytes or 0,
             "device": device, "dtype": dtype, "timing": self._timing if main else "perf-counter",
-            "torch": str(self.torch.__version__), "modules": table,
+            "torch": str(self.torch.__version__), "source": _source_folder(module), "modules": table,
         })
 
     def _emit_modules(self, root: ModInfo, table: list[dict[str, Any]]) -> None:
@@ -1002,6 +1003,19 @@ def _device_dtype(module: Any) -> tuple[str | None, str | None]:
     for p in module.parameters():
         return str(p.device), str(p.dtype)
     return None, None
+
+
+def _source_folder(module: Any) -> str | None:
+    """The local folder a Hugging Face model was loaded from (``from_pretrained(folder)`` keeps it
+    as ``config._name_or_path``), absolute; None for a hub name, a config-built model or no
+    transformers model. What the advisor's ``wattlens optimize`` command then names."""
+    path = getattr(getattr(module, "config", None), "_name_or_path", None)
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        return os.path.abspath(path) if os.path.isdir(path) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _compiled_reason(module: Any) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,8 +20,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from wattlens.advisor.recommend import Recommendation
+from wattlens.advisor.recommend import MODEL_PLACEHOLDER, Recommendation
 from wattlens.app import present
 from wattlens.app.gui.models.format import one_line
 from wattlens.app.gui.models.signal import Signal
@@ -56,6 +58,18 @@ class RecommendationView:
     notes: tuple[str, ...] = ()
     held: str | None = None
     outcome: Outcome | None = None
+
+    @property
+    def model_folder(self) -> str | None:
+        """The model folder the card's command names (the session knew it), where it is a folder
+        here; None for the MODEL placeholder."""
+        try:
+            argv = shlex.split(self.command or "")
+        except ValueError:
+            return None
+        if argv[:2] != ["wattlens", "optimize"] or len(argv) < 3 or argv[2] == MODEL_PLACEHOLDER:
+            return None
+        return argv[2] if Path(argv[2]).is_dir() else None
 
     @classmethod
     def from_rec(cls, rec: Recommendation, outcome: Outcome | None = None) -> RecommendationView:
