@@ -22,6 +22,7 @@ series, single-process jobs).
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 from collections.abc import Sequence
@@ -72,15 +73,23 @@ class MetricsExporter:
         try:
             self._server, self._thread = start_http_server(self.port, addr=self.addr, registry=registry)
         except OSError as exc:
+            taken = getattr(exc, "errno", None) in (errno.EADDRINUSE, errno.EACCES)
             raise MetricsPortError(
-                f"cannot serve metrics on {self.addr}:{self.port}: {exc.strerror or exc}",
-                hint="pick a free port with --metrics-port (or stop what holds it)") from None
+                f"cannot serve metrics on {self._host}:{self.port}: {exc.strerror or exc}",
+                hint="pick a free port with --metrics-port (or stop what holds it)" if taken else
+                "give --metrics-addr an address of this machine (127.0.0.1, 0.0.0.0, ::1, or one `ip addr` "
+                "lists)") from None
         self.port = self._server.server_port
         return self.port
 
     @property
+    def _host(self) -> str:
+        """The address as a URL writes it (an IPv6 one in brackets)."""
+        return f"[{self.addr}]" if ":" in self.addr else self.addr
+
+    @property
     def url(self) -> str:
-        return f"http://{self.addr}:{self.port}/metrics"
+        return f"http://{self._host}:{self.port}/metrics"
 
     def stop(self) -> None:
         if self._server is not None:

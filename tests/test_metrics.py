@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import run_cli
@@ -148,3 +149,14 @@ def test_grafana_dashboard_is_json_over_these_metrics():
     for name in ("wattlens_energy_joules_total", "wattlens_power_watts", "wattlens_steps_total",
                  "wattlens_step_energy_joules_sum"):
         assert name in exprs
+
+
+def test_an_address_that_is_not_this_machines_says_so_and_ipv6_urls_are_bracketed():
+    from wattlens.profiler.metrics import MetricsExporter, MetricsPortError
+
+    with pytest.raises(MetricsPortError) as err:
+        MetricsExporter(0, "203.0.113.7").start()  # TEST-NET-3: never an address of this machine
+    assert "--metrics-addr" in err.value.hint and "--metrics-port" not in err.value.hint
+    v6 = MetricsExporter(9464, "::1")
+    assert v6.url == "http://[::1]:9464/metrics"
+    assert MetricsExporter(9464, "0.0.0.0").url == "http://0.0.0.0:9464/metrics"
