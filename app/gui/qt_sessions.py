@@ -139,10 +139,13 @@ class QtCompareView(QWidget):
         split.addWidget(self.table)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
+        self.note = QLabel(self)  # each session's methods: every "(estimated)" mark has its method in view
+        self.note.setWordWrap(True)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.title)
         lay.addWidget(split, 1)
+        lay.addWidget(self.note)
 
     def show_comparison(self, c: Comparison) -> None:
         self.comparison = c
@@ -166,11 +169,16 @@ class QtCompareView(QWidget):
                                               f"Δ ({c.a.id} − {c.b.id})", "Δ %"])
         self.table.setRowCount(len(c.rows))
         for r, row in enumerate(c.rows):
+            tips = ("", row.this_method, row.other_method,
+                    "; ".join(m for m in (row.this_method, row.other_method) if m), "")
             for col, text in enumerate((row.figure, row.this, row.other, row.delta, row.delta_pct)):
                 item = QTableWidgetItem(text)
                 if col:
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                if tips[col]:
+                    item.setToolTip(tips[col])
                 self.table.setItem(r, col, item)
+        self.note.setText(c.methods_line())
 
     def set_theme(self, theme: str) -> None:
         self.plot.set_theme(theme)

@@ -66,6 +66,21 @@ def fill_step_energy(steps: Sequence[StepRecord], series: SeriesSet) -> list[Ste
     return figures.fill_step_energy(steps, series.energy_between_ns)
 
 
+def methods_text(methods: Iterable[str], whose: str | None = None) -> str:
+    """How a figure was obtained, as every card words it: its methods (``method_text``), so an
+    estimate reads "estimated" with its method next to the figure that rests on it, e.g.
+    ``"target energy: attributed (cpu-time share) × estimated"``; "" when no method is known."""
+    words = "; ".join(dict.fromkeys(method_text(m) for m in methods if m))
+    if not words:
+        return ""
+    return f"{whose}: {words}" if whose else words
+
+
+def _with_methods(detail: str, *methods: str) -> str:
+    """A card's detail, then the methods of the figures it derives from."""
+    return "; ".join([detail, *(m for m in methods if m)])
+
+
 def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[Mapping],
           steps: Sequence[StepRecord], grid_g_per_kwh: float | None, *, has_target: bool,
           live: bool = True, summary: Mapping | None = None, kind: str | None = None) -> list[Card]:
@@ -80,20 +95,23 @@ def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[M
     machine_j, target_j = fig["machine_j"], fig["target_j"]
     src_keys = series.source_energy_keys()
     methods = sorted({by_id[k.split("/")[0]]["method"] for k in src_keys if k.split("/")[0] in by_id})
-    target_methods = sorted({method_text(series.infos[k].method) for k in series.keys()
+    target_methods = sorted({series.infos[k].method for k in series.keys()
                              if k.startswith("target/") and k.endswith("/energy_j") and k != "target/energy_j"})
     if has_target:
         out.append(Card("Energy, target process", energy_pair(target_j),
-                        "; ".join(target_methods) if target_j is not None
+                        methods_text(target_methods) if target_j is not None
                         else "not attributed yet (needs two samples)"))
     out.append(Card("Energy, whole machine", energy_pair(machine_j),
-                    f"sum of the sources; method: {', '.join(methods)}" if methods else "no source has energy yet"))
-    basis_j, basis = (target_j, "target") if target_j is not None else (machine_j, "whole-machine")
+                    f"sum of the sources; {methods_text(methods, 'method')}" if methods
+                    else "no source has energy yet"))
+    basis_j, basis, basis_methods = ((target_j, "target", target_methods) if target_j is not None
+                                     else (machine_j, "whole-machine", methods))
     if grid_g_per_kwh is None:
         out.append(Card("CO₂", "n/a", "set a grid carbon intensity in Settings"))
     else:
         out.append(Card("CO₂", si(figures.co2_g(basis_j, grid_g_per_kwh), "g"),
-                        f"{basis} energy × {grid_g_per_kwh:g} gCO₂/kWh (Settings)"))
+                        _with_methods(f"{basis} energy × {grid_g_per_kwh:g} gCO₂/kWh (Settings)",
+                                      methods_text(basis_methods, f"{basis} energy"))))
     # power
     if live or summary is None:
         span = 1.0 if live else None
@@ -107,8 +125,10 @@ def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[M
         machine_w, target_w = fig["machine_w"], fig["target_w"]
     parts = [f"target {si(target_w, 'W')}"] if has_target else []
     parts.append(f"machine {si(machine_w, 'W')}")
+    power_methods = ([methods_text(target_methods, "target")] if has_target else []) + [methods_text(methods, "machine")]
     out.append(Card("Power, last second" if live else "Mean power", " · ".join(parts),
-                    "mean over the last second" if live else "energy ÷ duration of the session"))
+                    _with_methods("mean over the last second" if live else "energy ÷ duration of the session",
+                                  *power_methods)))
     # CPU
     span = 1.0 if live else None
     cpu = [s for s in sources if s.get("kind") == "cpu"]
@@ -136,9 +156,11 @@ def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[M
         per = [(st["energy_per_step_j"], "step"), (st["energy_per_sample_j"], "sample"),
                (st["energy_per_token_j"], "token")]
         value = " · ".join(f"{si(v, 'J')}/{what}" for v, what in per if v is not None) or "n/a"
+        step_methods = target_methods if has_target else methods  # a step's energy is the target's
         out.append(Card("Energy per step", value,
-                        f"{st['count']} steps, {st['with_energy']} with energy"
-                        + (f" — {st['reason']}" if st.get("reason") else "")))
+                        _with_methods(f"{st['count']} steps, {st['with_energy']} with energy"
+                                      + (f" — {st['reason']}" if st.get("reason") else ""),
+                                      methods_text(step_methods, "target energy" if has_target else "energy"))))
     else:
         out.append(Card("Energy per step", "n/a", present.no_steps_text(kind)))
     return out

@@ -14,6 +14,7 @@ from wattlens.app.gui.models.series_model import SeriesSet, infos_from_specs
 from wattlens.app.gui.models.signal import Signal
 from wattlens.app.report.data import compare_summaries
 from wattlens.app.report.paused import native_pauses
+from wattlens.app.report.rich_view import estimate_flags
 from wattlens.profiler.ranks import session_ranks
 from wattlens.profiler.records import EventRecord, StepRecord
 from wattlens.profiler.sources.base import source_dict
@@ -173,18 +174,31 @@ class DeltaRow:
     other: str
     delta: str
     delta_pct: str
+    this_method: str = ""  # how each session's figure was obtained ("" for a measured time)
+    other_method: str = ""
 
 
+# figure → (label, unit, which estimate flag of ``estimate_flags`` it rests on; None: measured time)
 _FIGURES = {
-    "duration_s": ("Duration", "s"),
-    "energy_j": ("Energy, whole machine", "J"),
-    "mean_power_w": ("Energy per second (mean power), whole machine", "W"),
-    "target_energy_j": ("Energy, target", "J"),
-    "target_mean_power_w": ("Mean power, target", "W"),
-    "energy_per_step_j": ("Energy per step", "J"),
-    "energy_per_sample_j": ("Energy per sample", "J"),
-    "energy_per_token_j": ("Energy per token", "J"),
+    "duration_s": ("Duration", "s", None),
+    "energy_j": ("Energy, whole machine", "J", "total"),
+    "mean_power_w": ("Energy per second (mean power), whole machine", "W", "total"),
+    "target_energy_j": ("Energy, target", "J", "target"),
+    "target_mean_power_w": ("Mean power, target", "W", "target"),
+    "energy_per_step_j": ("Energy per step", "J", "derived"),
+    "energy_per_sample_j": ("Energy per sample", "J", "derived"),
+    "energy_per_token_j": ("Energy per token", "J", "derived"),
 }
+ESTIMATED = " (estimated)"  # after a compared figure that rests on the CPU power model
+
+
+def _method_of(s: StoredSession, flag: str) -> str:
+    """The stored method of a compared figure of session ``s`` (for the cell's tooltip)."""
+    summ = s.summary or {}
+    tgt = summ.get("target") or {}
+    if flag == "total" or (flag == "derived" and not tgt):
+        return f"session {s.id}, whole machine: {summ.get('energy_method') or 'n/a'}"
+    return f"session {s.id}, target: {tgt.get('method') or summ.get('energy_method') or 'n/a'}"
 
 
 @dataclass
@@ -206,19 +220,39 @@ class Comparison:
                 f"normalised figure to read first: {self.deltas.get('basis') or 'n/a'}")
         return "\n".join([head] + [f"Warning: {w}" for w in self.warnings])
 
+    def methods_line(self) -> str:
+        """Each session's methods, so every "(estimated)" mark in the table has its method in view."""
+        parts = []
+        for s in (self.a, self.b):
+            summ = s.summary or {}
+            text = f"session {s.id}: whole machine {summ.get('energy_method') or 'n/a'}"
+            if summ.get("target"):
+                text += f"; target {summ['target'].get('method') or 'n/a'}"
+            parts.append(text)
+        return "Methods — " + " · ".join(parts)
+
 
 def compare_sessions(a: StoredSession, b: StoredSession) -> Comparison:
     """Deltas a − b. Callers pass the newer session as ``a`` (Δ = what changed since ``b``)."""
     deltas = compare_summaries(a.summary, b.summary, b.session, this_session=a.session)
+    flags_a, flags_b = estimate_flags({"summary": a.summary}), estimate_flags({"summary": b.summary})
     rows = []
-    for key, (label, unit) in _FIGURES.items():
+    for key, (label, unit, flag) in _FIGURES.items():
         d = deltas.get(key)
         if d is None:
             continue
+        # each session's figure carries its own estimate mark; a delta containing one carries it too
+        est_a, est_b = bool(flag and flags_a[flag]), bool(flag and flags_b[flag])
         delta = d["delta"]
         sign = "+" if delta is not None and delta > 0 else ""
         rows.append(DeltaRow(
-            label, si(d["this"], unit), si(d["other"], unit),
-            "n/a" if delta is None else sign + si(delta, unit),
-            "n/a" if d["delta_pct"] is None else f"{d['delta_pct']:+.1f} %"))
+            label, _marked(si(d["this"], unit), est_a), _marked(si(d["other"], unit), est_b),
+            "n/a" if delta is None else _marked(sign + si(delta, unit), est_a or est_b),
+            "n/a" if d["delta_pct"] is None else f"{d['delta_pct']:+.1f} %",
+            _method_of(a, flag) if flag else "", _method_of(b, flag) if flag else ""))
     return Comparison(a, b, deltas, rows)
+
+
+def _marked(text: str, estimated: bool) -> str:
+    """A compared figure, with the estimate mark when it rests on an estimate (never on "n/a")."""
+    return text + ESTIMATED if estimated and text != "n/a" else text
