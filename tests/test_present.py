@@ -102,7 +102,8 @@ def test_an_optimize_session_gets_no_analyse_even_with_no_result_recorded():
     m.set_session(4, [], [], [], optimizer=True)
     assert m.optimizer and m.status.startswith("an optimize run: it recorded no A/B result")
     m.set_session(5, [], [], [])
-    assert not m.optimizer and m.status == "no advice stored for this session — press Analyse"
+    assert not m.optimizer and m.status == ("no recommendation stored for this session (not analysed yet, or "
+                                            "the last analysis found none) — press Analyse")
 
 
 def test_fidelity_text_shows_every_measured_agreement_and_says_when_none_was():

@@ -182,7 +182,8 @@ class AdvisorModel:
                            "first: see its end); advice comes from measured sessions, not the optimizer's own process")
         else:
             self.status = (f"{len(stored)} stored recommendation(s) — press Analyse to compute them anew"
-                           if stored else "no advice stored for this session — press Analyse")
+                           if stored else "no recommendation stored for this session (not analysed yet, or "
+                                          "the last analysis found none) — press Analyse")
         self.changed.emit()
 
     def start_analysis(self) -> None:
