@@ -41,6 +41,16 @@ def check_target_within(source_id: str, target_j: float, machine_j: float) -> st
     return None
 
 
+def check_power_within(key: str, target_w: float, machine_w: float) -> str | None:
+    """At one timestamp, the target's power is at most the machine power it was attributed from
+    (the sum over those sources' stored readings at that timestamp)."""
+    if target_w < 0.0:
+        return f"{key} {target_w:.6g} W is negative"
+    if target_w > machine_w + _REL_EPS * max(abs(machine_w), 1.0):
+        return f"{key} {target_w:.6g} W exceeds the {machine_w:.6g} W it was attributed from"
+    return None
+
+
 def check_monotonic(key: str, previous: float | None, value: float) -> str | None:
     """A cumulative energy counter never goes down."""
     if previous is not None and value < previous - _REL_EPS * max(abs(previous), 1.0):

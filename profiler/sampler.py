@@ -6,6 +6,10 @@ Series keys (units in names):
   ``<source>/mem_used_bytes``; with a target: ``target/<source>/power_w``,
   ``target/<source>/energy_j`` (cumulative), ``target/<gpu>/mem_used_bytes``, ``target/energy_j`` (all sources),
   ``target/power_w`` and ``target/cpu_pct`` (percent of one core).
+``target/<source>/power_w`` is the target's share × the source's power reading stored at the same
+timestamp (for a GPU with a known idle, × the reading above idle), and ``target/power_w`` their
+sum, so at every timestamp the target's power is at most the machine power it was attributed
+from (``invariants.check_power_within``); the energies stay share × each interval's energy.
 Idle GPU power is ``<source>/idle_power_w``: measured over a stretch with no GPU process, or the
 value remembered for that GPU from an earlier session (``known_idle_w``), never the session
 minimum (see :mod:`wattlens.profiler.gpu_share`). Where a GPU's energy covers the CPU too
@@ -218,6 +222,7 @@ class Sampler:
         first = self.ticks == 0
         tick_j: dict[str, float] = {}  # source id → the target's energy this tick (for the rank split)
         target_power_w = 0.0
+        machine_power_w = 0.0  # the readings target_power_w was attributed from
         target_power_known = False
         for src in self.sources:
             r = src.read(t_ns)
@@ -271,18 +276,32 @@ class Sampler:
             self._target_energy_j[sid] += att.energy_j
             tick_j[sid] = att.energy_j
             add(SamplePoint(f"target/{sid}/energy_j", t_ns, self._target_energy_j[sid]))
-            if dt_s > 0:
-                p_w = att.energy_j / dt_s
-                add(SamplePoint(f"target/{sid}/power_w", t_ns, p_w))
-                if not (self.cpu_in_gpu and src.kind != "gpu"):
-                    target_power_w += p_w
-                    target_power_known = True
+            # the target's power: its share × the reading stored for the source at this timestamp
+            # (not energy / dt, an interval average set beside a point reading: issue "target above
+            # the machine"), so the two series are comparable point by point
+            p_w = self._target_power_w(src, r.power_w, att)
+            if p_w is None:
+                self.reasons[f"target/{sid}/power_w"] = f"{sid} gave no power reading at this tick"
+                continue
+            bad = invariants.check_power_within(f"target/{sid}/power_w", p_w, r.power_w)
+            if bad:
+                self._violation("target-power-within-source", bad, t_ns, f"target/{sid}/power_w")
+                continue
+            add(SamplePoint(f"target/{sid}/power_w", t_ns, p_w))
+            if not (self.cpu_in_gpu and src.kind != "gpu"):
+                target_power_w += p_w
+                machine_power_w += r.power_w
+                target_power_known = True
         if self.target is not None:
             add(SamplePoint("target/energy_j", t_ns, self._target_total_j()))
             if self.rank_split is not None and not first:
                 points += self._split_ranks(t_ns, tick_j)
             if target_power_known:
-                add(SamplePoint("target/power_w", t_ns, target_power_w))
+                bad = invariants.check_power_within("target/power_w", target_power_w, machine_power_w)
+                if bad:
+                    self._violation("target-power-within-source", bad, t_ns, "target/power_w")
+                else:
+                    add(SamplePoint("target/power_w", t_ns, target_power_w))
             if target_cpu_pct is not None:
                 bad = invariants.check_cpu_pct(target_cpu_pct, self.n_logical_cpus)
                 if bad:
@@ -301,6 +320,22 @@ class Sampler:
         if not self.cpu_in_gpu:
             return sum(self._target_energy_j.values())
         return sum(self._target_energy_j[s.id] for s in self.sources if s.kind == "gpu")
+
+    def _target_power_w(self, src, reading_w: float | None,
+                        att: attribution.Attributed) -> float | None:
+        """The target's power at this tick: the share it was attributed × the source's power
+        reading at this tick (for a GPU, × the reading's part above idle once idle is known, as
+        its energy is). None when the source gave no power reading."""
+        if reading_w is None:
+            return None
+        share = att.share if att.share is not None else 0.0  # energy 0 with no CPU advanced
+        basis_w = reading_w
+        if src.kind == "gpu":
+            tr = self._gpu.get(src.id)
+            idle_w = tr.idle_w if tr is not None else None
+            if idle_w is not None:
+                basis_w = max(reading_w - idle_w, 0.0)  # dynamic power: none below idle
+        return share * basis_w
 
     def _split_ranks(self, t_ns: int, tick_j: dict[str, float]) -> list[SamplePoint]:
         """Hand this tick's attributed energy to the per-rank split (profiler/rank_energy.py)."""

@@ -3,7 +3,8 @@
 P(u) = P_idle + (TDP − P_idle) · u, with P_idle = idle_fraction · TDP and u the busy fraction of
 all logical CPUs this machine sees. TDP comes from ``resources/cpu_tdp.json`` (scaled to the
 visible share of the package), from a user override (``WATTLENS_CPU_TDP_W`` or the setting), or
-from a stated per-thread default for unknown CPUs. Everything it produces is labelled
+from a stated per-thread default for unknown CPUs (never below the table's floor,
+``default_min_w``, which the stated basis then names). Everything it produces is labelled
 ``estimated``; ``describe()`` says where the TDP came from.
 """
 
@@ -75,10 +76,17 @@ def build_model(tdp_override_w: float | None = None, model_name: str | None = No
                 src += f" × {threads}/{entry['threads']} visible logical CPUs"
             return CpuPowerModel(name, tdp, idle_fraction * tdp, src)
     per_thread = float(table["default_w_per_thread"])
-    tdp = max(float(table["default_min_w"]), per_thread * threads)
+    floor_w = float(table["default_min_w"])
+    per_threads_w = per_thread * threads
+    tdp = max(floor_w, per_threads_w)
+    # the basis states how the TDP used was obtained, floor included (it is the figure reports
+    # show as the maximum power)
+    basis = f"default {per_thread:g} W per logical CPU × {threads} = {per_threads_w:g} W"
+    if tdp > per_threads_w:
+        basis += f", raised to the {floor_w:g} W floor"
     return CpuPowerModel(
         name, tdp, idle_fraction * tdp,
-        f"unknown CPU '{name}': default {per_thread:g} W per logical CPU × {threads} "
+        f"unknown CPU '{name}': {basis} "
         "(set WATTLENS_CPU_TDP_W to your CPU's TDP for a better estimate)",
     )
 
