@@ -257,6 +257,8 @@ def print_summary(summary: dict, kind: str | None) -> None:
     layers = (summary.get("top_layers") or [])[:5]
     if layers:
         print(f"  costliest layers ({layers[0]['method']}; self = without the modules inside it; % = self time share):")
+        if summary.get("layer_coverage"):
+            print(f"  {summary['layer_coverage']['text']}")
     for lr in layers:
         # sampled: ± one standard error (between windows, and a split's pooled native reads)
         share = share_with_se(lr.get("self_share"), lr.get("self_share_se")).rjust(7)

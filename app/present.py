@@ -226,7 +226,11 @@ def outcome(action: Mapping, rec: Recommendation | None) -> Outcome:
     flagged, flag = False, ""
     if ps is not None and not ps.is_measure_first and saving is not None:
         if ps.low <= saving <= ps.high:
-            flag = "within the predicted interval"
+            # the point is inside; only a measured interval inside it as well confirms the prediction
+            flag = ("within the predicted interval"
+                    if not interval or (ps.low <= min(interval) and max(interval) <= ps.high) else
+                    f"point estimate inside the predicted interval {interval_text(ps.low, ps.high)}; the "
+                    f"measurement's own 95 % CI {interval_text(*interval)} is too wide to confirm it")
         elif interval and min(interval) <= ps.high and max(interval) >= ps.low:
             # a noisy run: its own interval overlaps the prediction, so it does not contradict it
             # (a point outside was FLAGGED however wide the measurement's interval)

@@ -129,7 +129,42 @@ def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
         out["steps"] = step_stats(figures.fill_step_energy(steps, target_energy_between(series)))
     if layers:
         out["top_layers"] = top_layers(layers, n=10)
+        cov = layer_coverage(sum(lc.self_energy_j for lc in layers if lc.self_energy_j is not None)
+                             if any(lc.self_energy_j is not None for lc in layers) else None,
+                             target_j, {lc.method for lc in layers},
+                             estimated="estimated" in ((out.get("target") or {}).get("method") or ""))
+        if cov is not None:
+            out["layer_coverage"] = cov
     return out
+
+
+#: what the target's energy outside the layer rows is, by how the rows were measured
+_LAYER_REST = {
+    "agent-timing": "outside the timed steps (start-up, loading, between steps)",
+    "stack-sampling": "between the sampling windows",
+}
+
+
+def _joules(x: float) -> str:
+    return f"{x:.1f} J" if abs(x) >= 10 else f"{x:.3g} J"
+
+
+def layer_coverage(layers_energy_j: float | None, target_energy_j: float | None,
+                   methods: set[str] | frozenset[str] = frozenset(), *, estimated: bool = False) -> dict | None:
+    """How much of the target's energy the layer rows hold (their self energies add up to it) and
+    where the rest is, as one dict every view shows (``text``): the layers' shares are of the
+    layers' total, not of the target's. None without both figures."""
+    if layers_energy_j is None or not target_energy_j or target_energy_j <= 0:
+        return None
+    frac = layers_energy_j / target_energy_j
+    rest = ("; ".join(_LAYER_REST[m] for m in sorted(methods) if m in _LAYER_REST)
+            or "outside the measured layer windows")
+    text = (f"layers: {_joules(layers_energy_j)} of the target's {_joules(target_energy_j)} "
+            f"({'estimated, ' if estimated else ''}{frac * 100:.0f} %); "
+            f"the layers' % are shares of the layers' figures, not of the target's; "
+            f"the rest: {rest}")
+    return {"layers_energy_j": layers_energy_j, "target_energy_j": target_energy_j, "fraction": frac,
+            "rest": rest, "text": text}
 
 
 def step_stats(steps: Sequence[StepRecord]) -> dict:

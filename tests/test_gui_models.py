@@ -365,3 +365,18 @@ def test_attach_to_a_dead_pid_is_one_clear_error(gui, tmp_path):
     child.wait()
     with pytest.raises(TargetNotFoundError, match=f"no process with PID {child.pid}"):
         LiveRun.attach(Store(tmp_path / "d.db"), GuiSettings(), child.pid)
+
+
+def test_layer_caption_says_what_the_layers_add_up_to():
+    """The Layers caption gives the layers' energy against the target's (the shares are of the
+    layers' energy), worded as show and the reports word it (profiler.summary.layer_coverage)."""
+    from wattlens.profiler.summary import layer_coverage
+
+    s = SeriesSet(0, [SeriesInfo("target/energy_j", "J", "attributed (estimated)")])
+    s.extend_ns("target/energy_j", np.array([10**8, 2 * 10**9, 3 * 10**9]), np.array([1.0, 17.0, 20.0]))
+    tree = LayerTree()
+    tree.add(_window(10**9, 2 * 10**9, 8.0), energy_between=s.energy_between_ns)
+    text = layer_coverage(8.0, 20.0, {"stack-sampling"}, estimated=True)["text"]
+    assert text.startswith("layers: 8 J of the target's 20.0 J (estimated, 40 %)")
+    assert text.endswith("the rest: between the sampling windows")
+    assert tree.describe().endswith(text)

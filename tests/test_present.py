@@ -119,3 +119,16 @@ def test_fidelity_text_shows_every_measured_agreement_and_says_when_none_was():
     assert present.fidelity_text(lm) == ("top-1 agreement 99.5 %, KL 0.002 nats, perplexity 412.3 → 415.9, "
                                          "quality loss (relative perplexity increase) 0.0087")
     assert present.fidelity_text(None) == present.fidelity_text({}) == "n/a (not measured)"
+
+
+def test_a_point_inside_with_a_wide_interval_is_not_called_within_the_prediction():
+    """Session 7 of the trial: the point estimate sat inside the predicted −10.9 … −6.5 % while the
+    measurement's own 95 % CI was −85.7 … +456.1 %: the check says what holds, not a confirmation."""
+    recs, _ = present.read_recommendations([_rec(rule_of_thumb(0.065, 0.109, "published results"))])
+    wide = _action(0.08)
+    wide["result"]["verification"]["saving_interval"] = [-4.561, 0.857]
+    (o,) = present.outcomes(recs, [wide], 1)
+    assert not o.flagged and "within the predicted interval" not in o.flag_text
+    assert o.flag_text == ("point estimate inside the predicted interval −10.9 % … −6.5 %; the measurement's "
+                           "own 95 % CI −85.7 % … +456.1 % is too wide to confirm it")
+    assert "does not show a difference" in o.measured  # beside the stored status word, in the same row

@@ -159,6 +159,12 @@ def test_html_marks_every_estimated_energy_figure(session_db, written):
     est = [s for s in report["summary"]["sources"] if s["method"] == "estimated"]
     if not est:
         pytest.skip("this machine measures its CPU (RAPL): no estimated source to mark")
+    # the stated basis of a CPU model's TDP names wattages of its own ("× 2 = 10 W, raised to the
+    # 15 W floor"): a basis, not the source's figures, so it is left out of the search
+    for src in report.get("sources") or []:
+        basis = (src.get("details") or {}).get("tdp_source")
+        if basis:
+            text = text.replace(html.escape(basis), "")
     for s in est:
         for value, unit in ((s["energy_j"], "J"), (s["mean_power_w"], "W")):
             figure = fmt(value, unit)
@@ -280,3 +286,30 @@ def test_unknown_format_is_bad_input(tmp_path):
 
     with pytest.raises(BadInputError):
         rich.write("docx", {}, {}, tmp_path / "x.docx")
+
+
+def test_every_view_says_what_the_layers_add_up_to(session_db, written):
+    """The layers' self energies against the target's energy, and where the rest is: one line,
+    computed once (the summary), the same in show, MD and HTML (and the PDF, from the same rows)."""
+    store, db, sid, _other = session_db
+    report = build_report(store, sid)
+    cov = report["summary"]["layer_coverage"]
+    layer_j = sum(lr["self_energy_j"] or 0.0 for lr in report["layers"])
+    assert cov["layers_energy_j"] == pytest.approx(layer_j)
+    assert cov["target_energy_j"] == report["summary"]["target"]["energy_j"]
+    assert cov["text"].startswith("layers: ") and "of the target's" in cov["text"]
+    assert cov["rest"] == "between the sampling windows"  # stack sampling
+    shown = run_cli("show", str(sid), "--db", str(db))
+    assert cov["text"] in shown.stdout
+    assert cov["text"] in written["md"].read_text()
+    assert cov["text"] in html.unescape(written["html"].read_text(encoding="utf-8"))
+
+
+def test_markdown_comparison_says_whose_methods_its_marks_follow(written):
+    """MD marks this session's column as the HTML does, and says (as the HTML does) that the other
+    session's figures carry that session's own methods: no column reads as a measurement unmarked."""
+    from wattlens.app.report.rich_view import CMP_NOTE
+
+    md = written["md"].read_text()
+    assert CMP_NOTE in html.unescape(written["html"].read_text(encoding="utf-8"))
+    assert CMP_NOTE in md.split("## Compared with session", 1)[1]

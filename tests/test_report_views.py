@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wattlens.app.report import rich
+from wattlens.app.report import rich, rich_view
 from wattlens.app.report.formats import fmt
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "report-schema.json"
@@ -291,3 +291,14 @@ def fmt_md(report):
     from wattlens.app.report.formats import _markdown_comparison
 
     return "\n".join(_markdown_comparison(report))
+
+
+def test_latency_row_uses_the_stored_text_with_its_interval():
+    """Reports say the A/B latency change as optimize's CLI did: its interval and, when that
+    includes 0, that this run does not show a difference (not a bare change, read as a fact)."""
+    stored = ("+16.4 % time per sample (costs more), 95 % CI −57.4 % … +218.1 %; "
+              "the interval includes no change, so this run does not show a difference")
+    res = {"verification": {"latency_saving_fraction": -0.164}, "latency_text": stored}
+    assert dict(rich_view.verification_rows(res))["Latency"] == stored
+    old = {"verification": {"latency_saving_fraction": -0.164}}  # stored before latency_text existed
+    assert dict(rich_view.verification_rows(old))["Latency"] == "+16.4 % time per sample (costs more)"

@@ -391,3 +391,21 @@ def test_quantize_card_names_each_share_once(recorded):
     if rec.predicted_saving.method.startswith("rule of thumb"):
         assert f"share of all sampled time ({pct(f.linear_share or f.linear_share_of_model)})" in \
             rec.predicted_saving.method
+
+
+def test_top_layer_evidence_names_the_phases_it_adds_up():
+    """show lists a module's forward and backward rows apart; the advisor's figure adds them up
+    for an agent-timed training model, so its name says so (one figure, one name)."""
+    from types import SimpleNamespace
+
+    from wattlens.advisor.features import LayerShare
+    from wattlens.advisor.rules._common import top_layer_evidence
+
+    top = (LayerShare("transformer.h.3.mlp.act", "mlp", False, 3.6, 0.036),)
+    train = SimpleNamespace(top_layers=top, layer_method="agent-timing", is_training=True)
+    (e,) = top_layer_evidence(train)
+    assert e.what == "forward + backward self time share of transformer.h.3.mlp.act"
+    infer = SimpleNamespace(top_layers=top, layer_method="agent-timing", is_training=False)
+    sampled = SimpleNamespace(top_layers=top, layer_method="stack-sampling", is_training=True)
+    assert [top_layer_evidence(f)[0].what for f in (infer, sampled)] == \
+        ["self time share of transformer.h.3.mlp.act"] * 2  # forward rows only: show's figure

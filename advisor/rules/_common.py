@@ -58,4 +58,8 @@ def top_layer_evidence(features, category: str | None = None, n: int = 3) -> lis
     """The largest layers (by self time), optionally of one category, as evidence rows."""
     rows = [t for t in features.top_layers if category is None or t.category == category][:n]
     src = layer_source(features.layer_method)
-    return [ev(f"self time share of {t.path}", t.share, "fraction of sampled time", src) for t in rows]
+    # the features add a module's forward and backward rows up (the agent times both phases of a
+    # training model per module), while show and the reports list them apart: say which it is
+    both = getattr(features, "is_training", None) and features.layer_method == "agent-timing"
+    name = "forward + backward self time share of" if both else "self time share of"
+    return [ev(f"{name} {t.path}", t.share, "fraction of sampled time", src) for t in rows]

@@ -56,22 +56,23 @@ def write_csv(store, session_id: int, path: Path, what: str = "samples") -> None
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         if what == "steps":
-            w.writerow(["session_id", "step", "t_start_s", "t_end_s", "duration_s", "samples", "tokens",
+            # rank: the process of a multi-process job (empty for a single-process session)
+            w.writerow(["session_id", "rank", "step", "t_start_s", "t_end_s", "duration_s", "samples", "tokens",
                         "energy_j"])
             steps = fill_step_energy(store.steps(session_id),
                                      target_energy_between(store.series_data(session_id, ["target/energy_j"])))
             for s in steps:
-                w.writerow([session_id, s.step, f"{(s.t_start_ns - start) / 1e9:.6f}",
+                w.writerow([session_id, _cell(s.rank), s.step, f"{(s.t_start_ns - start) / 1e9:.6f}",
                             f"{(s.t_end_ns - start) / 1e9:.6f}", f"{(s.t_end_ns - s.t_start_ns) / 1e9:.6f}",
                             _cell(s.samples), _cell(s.tokens), _cell(s.energy_j)])
             return
         if what == "layers":
             # path: as stored (the model root's is empty); name: as every view prints it
-            w.writerow(["session_id", "window_start_s", "window_end_s", "path", "name", "granularity", "phase",
+            w.writerow(["session_id", "rank", "window_start_s", "window_end_s", "path", "name", "granularity", "phase",
                         "method", "time_s", "self_time_s", "share", "energy_j", "self_energy_j",
                         "n_samples", "flops", "params", "split_se_s"])
             for lc in store.layer_costs(session_id):
-                w.writerow([session_id, f"{(lc.window_start_ns - start) / 1e9:.6f}",
+                w.writerow([session_id, _cell(lc.rank), f"{(lc.window_start_ns - start) / 1e9:.6f}",
                             f"{(lc.window_end_ns - start) / 1e9:.6f}", lc.path, layer_label(lc.path),
                             lc.granularity, lc.phase,
                             lc.method, _cell(lc.time_s), _cell(lc.self_time_s), _cell(lc.share),
@@ -156,8 +157,10 @@ def render_markdown(report: dict) -> str:
     if report.get("layers"):
         # the HTML/PDF table's columns: a backward row beside its forward row of the same path,
         # and the self energy that `wattlens show` prints beside the share
-        lines += ["", "## Costliest layers", "",
-                  "| Module | Kind | Phase | Method | Time | Self time share | Energy | Self energy |",
+        lines += ["", "## Costliest layers", ""]
+        if summ.get("layer_coverage"):
+            lines += [md_text(summ["layer_coverage"]["text"]), ""]
+        lines += ["| Module | Kind | Phase | Method | Time | Self time share | Energy | Self energy |",
                   "|---|---|---|---|---|---|---|---|"]
         for lr in report["layers"]:
             share = share_with_se(lr.get("self_share"), lr.get("self_share_se"))
@@ -176,7 +179,7 @@ def render_markdown(report: dict) -> str:
 
 def _markdown_comparison(report: dict) -> list[str]:
     """The comparison with labels and units (rich_view's table), its warnings and normalised basis."""
-    from wattlens.app.report.rich_view import Fig, comparison_table, comparison_warnings
+    from wattlens.app.report.rich_view import CMP_NOTE, Fig, comparison_table, comparison_warnings
 
     cmp_ = comparison_table(report)
     if not cmp_:
@@ -187,7 +190,8 @@ def _markdown_comparison(report: dict) -> list[str]:
              f"Normalised figure to read first: {md_text(basis or 'n/a')}.", ""] + [f"- **Warning:** {md_text(w)}" for w in comparison_warnings(report)]
     lines += ["", "| " + " | ".join(md_text(h) for h in table.headers) + " |", "|" + "---|" * len(table.headers)]
     lines += ["| " + " | ".join(md_text(c.text + (" (estimated)" if c.estimated else "") if isinstance(c, Fig) else c) for c in row) + " |" for row in table.rows]
-    return lines
+    # as the HTML says: the marks are this session's; the other column's methods are in its own report
+    return lines + ["", md_text(CMP_NOTE)]
 
 
 def _markdown_advice(report: dict) -> list[str]:

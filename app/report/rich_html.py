@@ -29,6 +29,7 @@ from wattlens.app.report.rich_view import (
     estimate_flags,
     events_table,
     headline,
+    layer_coverage_text,
     layers_table,
     methods_glossary,
     overview_rows,
@@ -181,6 +182,8 @@ def render_html(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.nda
     if layers:
         methods = sorted({str(lr.get("method")) for lr in costliest_layers(report)})
         out.append("<p>" + "; ".join(f"<b>{_e(m)}</b>: {_e(METHOD_TEXT.get(m, m))}" for m in methods) + ".</p>")
+        if layer_coverage_text(report):
+            out.append(f"<p>{_e(layer_coverage_text(report))}.</p>")
         out.append(_table_html(layers))
         out.append(f"<figure>{_svg(specs['layers'])}<figcaption>{_e(INCLUSIVE_NOTE)}</figcaption></figure>")
     else:

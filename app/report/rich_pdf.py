@@ -30,6 +30,7 @@ from wattlens.app.report.rich_view import (
     estimate_flags,
     events_table,
     headline,
+    layer_coverage_text,
     layers_table,
     methods_glossary,
     overview_rows,
@@ -291,6 +292,8 @@ def write_pdf(report: dict, series_data: Mapping[str, tuple[np.ndarray, np.ndarr
         if layers:
             for m in sorted({str(lr.get("method")) for lr in costliest_layers(report)}):
                 doc.para(f"{m}: {METHOD_TEXT.get(m, m)}.", size=8.5)
+            if layer_coverage_text(report):
+                doc.para(f"{layer_coverage_text(report)}.", size=8.5)
             doc.plot(specs["layers"])
             doc.table(layers, size=7)
             doc.para(INCLUSIVE_NOTE, size=8, color="#5b6670")

@@ -306,6 +306,11 @@ def layer_bar_key(layers: Sequence[dict]) -> tuple[str, str, str]:
     return "time_s", "s", "inclusive time"
 
 
+def layer_coverage_text(report: dict) -> str | None:
+    """What the layer rows add up to against the target's energy, and where the rest is (summary)."""
+    return ((report.get("summary") or {}).get("layer_coverage") or {}).get("text")
+
+
 def layers_table(report: dict) -> Table | None:
     layers = costliest_layers(report)
     if not layers:
@@ -451,7 +456,10 @@ def verification_rows(res: Mapping) -> list[tuple[str, str]]:
     if v:
         rows.append(("Baseline (original)", _arm_text(v.get("baseline") or {})))
         rows.append(("Candidate (optimized copy)", _arm_text(v.get("candidate") or {})))
-        rows.append(("Latency", present.saving_text(v.get("latency_saving_fraction"), "time per sample")))
+        # the text optimize stored (its interval and "no difference" note); results stored
+        # before latency_text existed fall back to the bare change
+        rows.append(("Latency", str(res.get("latency_text") or
+                                    present.saving_text(v.get("latency_saving_fraction"), "time per sample"))))
         rows.append(("A/B design", f"{v.get('n_rounds', 'n/a')} rounds × {v.get('batches_per_round', 'n/a')} batches "
                                    f"of {v.get('batch_size', 'n/a')}, {v.get('inputs') or 'n/a'}"))
     rows.append(("Fidelity", present.fidelity_text(res.get("fidelity"))))

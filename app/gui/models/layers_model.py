@@ -17,6 +17,7 @@ from wattlens.app.gui.models.signal import Signal
 from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost
 from wattlens.profiler.stacks import backward_map
+from wattlens.profiler.summary import layer_coverage
 
 METHOD_TEXT = {
     "stack-sampling": "stack sampling (py-spy): CPU-side time share by module class × target energy",
@@ -133,6 +134,10 @@ class LayerTree:
         self.pending: dict[tuple[int, int], list[LayerCost]] = {}
         self.resolved_windows = 0
         self._se = figures.SelfShareSE(_key, _self_time)  # what `show` and the reports print beside each share
+        #: the target's energy so far (J), for the coverage line ``describe`` shows; taken from the
+        #: series whose ``energy_between_ns`` the rows' energy came from, or set by the caller
+        self.target_energy_j: Callable[[], float | None] | None = None
+        self.target_estimated = False  # the target's energy comes from an estimate (CPU power model)
 
     def reset(self, rows: Iterable[LayerCost],
               energy_between: Callable[[int, int], float | None] | None = None) -> None:
@@ -149,6 +154,10 @@ class LayerTree:
         by energy once ``energy_between(window_start_ns, window_end_ns)`` knows the window's
         energy (now, or at a later ``resolve``)."""
         rows = list(rows)
+        if energy_between is not None and self.target_energy_j is None:
+            self.target_energy_j = _target_total(energy_between)
+            info = getattr(getattr(energy_between, "__self__", None), "infos", {}).get("target/energy_j")
+            self.target_estimated = "estimated" in (getattr(info, "method", "") or "")
         if not rows:
             return
         windows: dict[tuple[int, int], list[LayerCost]] = {}
@@ -300,4 +309,15 @@ class LayerTree:
         text = f"{method} — {len(self.windows)} window(s), {span_s:.1f} s sampled; shares by {basis}"
         if self.pending and self.energy_known:
             text += f" ({len(self.pending)} window(s) still waiting for their energy)"
-        return text
+        # what the layers add up to against the target's energy, worded as show and the reports do
+        cov = (layer_coverage(self.total_energy_j, self.target_energy_j(), self.methods,
+                              estimated=self.target_estimated)
+               if self.energy_known and self.target_energy_j is not None else None)
+        return f"{text}; {cov['text']}" if cov else text
+
+
+def _target_total(energy_between) -> Callable[[], float | None] | None:
+    """The target's cumulative energy from the series set that ``energy_between`` reads
+    (``SeriesSet.energy_between_ns``); None for any other callable."""
+    last = getattr(getattr(energy_between, "__self__", None), "last", None)
+    return (lambda: last("target/energy_j")) if callable(last) else None
