@@ -248,7 +248,9 @@ def print_summary(summary: dict, kind: str | None) -> None:
               f"{t.get('method') or t.get('reason')}")
     st = summary.get("steps")
     if st:
-        print(f"  steps: {st['count']}, {_fmt(st['energy_per_step_j'], 'J')}/step, "
+        from wattlens.app.present import steps_count_text
+
+        print(f"  steps: {steps_count_text(st)}, {_fmt(st['energy_per_step_j'], 'J')}/step, "
               f"{_fmt(st['energy_per_sample_j'], 'J')}/sample, {_fmt(st['energy_per_token_j'], 'J')}/token")
     else:  # said, as the app and the reports say it
         from wattlens.app.present import no_steps_text

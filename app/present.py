@@ -147,6 +147,16 @@ class Outcome:
                 "risk": self.risk}
 
 
+def steps_count_text(st: Mapping) -> str:
+    """How many steps, as every view says it: a job of several ranks counts job steps and says
+    how many rank steps they are (energy per step is then per job step)."""
+    count = st.get("count")
+    text = "n/a" if count is None else f"{count:,}"
+    if st.get("ranks"):
+        text += f" job steps ({st['rank_steps']:,} steps of {st['ranks']} ranks)"
+    return text
+
+
 def fidelity_text(fid: Mapping | None) -> str:
     """The fidelity figures of one result, one wording for optimize's output, show, the app and
     every report."""

@@ -6,6 +6,7 @@ reason next to it. The summary is cached in the session row and can be recompute
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -168,21 +169,32 @@ def layer_coverage(layers_energy_j: float | None, target_energy_j: float | None,
 
 
 def step_stats(steps: Sequence[StepRecord]) -> dict:
+    """Steps, and energy per step, sample and token. In a job of several ranks each rank reports
+    its own steps (with its own share of the energy): a step of the job is one step of every rank,
+    so ``count`` is the job's steps (the most any rank made, as the rank table's "job" row) and
+    energy per step is per job step; ``rank_steps`` and ``ranks`` say what was added up."""
     with_e = [s for s in steps if s.energy_j is not None]
     energy = sum(s.energy_j for s in with_e)
     samples = sum(s.samples or 0 for s in with_e)
     tokens = sum(s.tokens or 0 for s in with_e)
     durations = [(s.t_end_ns - s.t_start_ns) / 1e9 for s in steps]
+    ranks = Counter(s.rank for s in steps if s.rank is not None)
+    count, counted_e = len(steps), len(with_e)
+    if len(ranks) > 1:
+        count = max(ranks.values())
+        counted_e = max(Counter(s.rank for s in with_e if s.rank is not None).values(), default=0)
     out = {
-        "count": len(steps),
-        "with_energy": len(with_e),
+        "count": count,
+        "with_energy": counted_e,
         "mean_duration_s": float(np.mean(durations)) if durations else None,
-        "energy_per_step_j": energy / len(with_e) if with_e else None,
+        "energy_per_step_j": energy / counted_e if counted_e else None,
         "energy_per_sample_j": energy / samples if with_e and samples else None,
         "energy_per_token_j": energy / tokens if with_e and tokens else None,
         "samples": sum(s.samples or 0 for s in steps) or None,
         "tokens": sum(s.tokens or 0 for s in steps) or None,
     }
+    if len(ranks) > 1:
+        out["ranks"], out["rank_steps"] = len(ranks), len(steps)
     if not with_e:
         out["reason"] = "no step had a measured energy (the session may have been too short)"
     return out

@@ -121,3 +121,23 @@ def test_older_file_gets_the_rank_columns_and_keeps_its_rows(db_path):
         assert store.steps(sid)[1].rank == 1
     finally:
         store.close()
+
+
+def test_a_jobs_steps_are_counted_once_and_its_energy_per_step_is_the_jobs():
+    """Two ranks each report 150 steps with their own share of the energy: the job made 150 steps,
+    each costing both shares (helper-36's trial read 'steps: 300, 0.109 J/step' beside a rank
+    table saying 'job 150')."""
+    from wattlens.app.present import steps_count_text
+    from wattlens.profiler.summary import step_stats
+
+    steps = [StepRecord(i, i * 10**8, (i + 1) * 10**8, samples=4, energy_j=0.109, rank=r, world_size=2)
+             for r in (0, 1) for i in range(150)]
+    st = step_stats(steps)
+    assert st["count"] == 150 and st["ranks"] == 2 and st["rank_steps"] == 300
+    assert st["energy_per_step_j"] == pytest.approx(0.218)
+    assert st["energy_per_sample_j"] == pytest.approx(0.109 / 4)  # per sample: every rank's samples
+    assert steps_count_text(st) == "150 job steps (300 steps of 2 ranks)"
+    # a rank that crashed early: the job's steps are the most any rank made
+    assert step_stats(steps[:150] + steps[150:240])["count"] == 150
+    single = step_stats([StepRecord(i, i, i + 1, energy_j=1.0) for i in range(3898)])
+    assert single["count"] == 3898 and "ranks" not in single and steps_count_text(single) == "3,898"

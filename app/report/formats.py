@@ -135,10 +135,13 @@ def render_markdown(report: dict) -> str:
                   f"{fmt(tgt.get('mean_power_w'), 'W')} — {tgt.get('method') or tgt.get('reason')}."]
     if summ.get("co2_g") is not None:
         lines.append(f"CO2: {fmt(summ['co2_g'], 'g')} ({summ['co2_basis']}).")
+    from wattlens.app.present import steps_count_text
+
     st = summ.get("steps")
     if st:
         lines += ["", "## Per step", "", "| Steps | Mean step time | J/step | J/sample | J/token |", "|---|---|---|---|---|",
-                  f"| {st['count']} | {fmt(st['mean_duration_s'], 's')} | {fmt(st['energy_per_step_j'], 'J')} | "
+                  f"| {md_text(steps_count_text(st))} | {fmt(st['mean_duration_s'], 's')} | "
+                  f"{fmt(st['energy_per_step_j'], 'J')} | "
                   f"{fmt(st['energy_per_sample_j'], 'J')} | {fmt(st['energy_per_token_j'], 'J')} |"]
     else:
         lines += ["", "## Per step", "", md_text(no_steps(report))]

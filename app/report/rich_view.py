@@ -270,7 +270,7 @@ def steps_table(report: dict) -> Table | None:
     if not st:
         return None
     est = estimate_flags(report)["derived"]
-    row: list[Cell] = [fmt(st.get("count")), fmt(st.get("with_energy")), fmt(st.get("mean_duration_s"), "s"),
+    row: list[Cell] = [present.steps_count_text(st), fmt(st.get("with_energy")), fmt(st.get("mean_duration_s"), "s"),
                        Fig(fmt(st.get("energy_per_step_j"), "J"), est), Fig(fmt(st.get("energy_per_sample_j"), "J"), est),
                        Fig(fmt(st.get("energy_per_token_j"), "J"), est), fmt(st.get("samples")), fmt(st.get("tokens"))]
     return Table(["Steps", "With energy", "Mean step time", "J / step", "J / sample", "J / token", "Samples", "Tokens"],

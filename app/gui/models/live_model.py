@@ -158,7 +158,8 @@ def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[M
         value = " · ".join(f"{si(v, 'J')}/{what}" for v, what in per if v is not None) or "n/a"
         step_methods = target_methods if has_target else methods  # a step's energy is the target's
         out.append(Card("Energy per step", value,
-                        _with_methods(f"{st['count']} steps, {st['with_energy']} with energy"
+                        _with_methods(f"{present.steps_count_text(st)}{'' if st.get('ranks') else ' steps'}, "
+                                      f"{st['with_energy']} with energy"
                                       + (f" — {st['reason']}" if st.get("reason") else ""),
                                       methods_text(step_methods, "target energy" if has_target else "energy"))))
     else:
