@@ -58,3 +58,24 @@ def test_trace_has_one_steps_track_per_rank(db_path, tmp_path):
     layer_tids = {e["args"]["rank"]: e["tid"] for e in ev if str(e.get("cat", "")).startswith("layer")}
     assert set(layer_tids) == {0, 1} and layer_tids[0] != layer_tids[1]
     assert len(set(names)) == len(names) and not set(layer_tids.values()) & set(step_tids.values())
+
+
+def test_the_json_report_of_a_job_counts_job_steps_and_keeps_to_the_schema(db_path, tmp_path):
+    from pathlib import Path
+
+    from tests.test_report_views import validate
+    from wattlens.profiler.summary import step_stats
+
+    store = Store(db_path)
+    try:
+        job = _job(store, (0, 1))
+        store.finish_session(job, status="completed", end_reason=None, ended_at=1.0, duration_s=1.0,
+                             summary={"steps": step_stats(store.steps(job))})
+        doc = json.loads(write_report(store, job, "json", tmp_path / "r.json").read_text())
+        schema = json.loads((Path(__file__).resolve().parents[1] / "docs" / "report-schema.json").read_text())
+        validate(doc, schema)
+        st = doc["summary"]["steps"]
+        assert (st["count"], st["ranks"], st["rank_steps"]) == (3, 2, 6)
+        assert st["energy_per_step_j"] == 0.5 + 1.5  # both ranks' share of each job step
+    finally:
+        store.close()
