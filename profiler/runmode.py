@@ -19,6 +19,7 @@ PID).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
@@ -132,6 +133,10 @@ class RunSession:
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> int:
+        # the store must take the session before the command is launched: a name it cannot hold
+        # or a database that may not be written is one line, and nothing runs unmeasured
+        self.store.check_session_fields(self.name)
+        self.store.check_can_write()
         self.server = AgentServer(on_step=self._on_step, on_layer_costs=self._on_layers,
                                   on_event=self._on_event, on_hello=self._on_hello,
                                   energy_between=self._energy_between,
@@ -151,10 +156,13 @@ class RunSession:
             self.rank_split.declare = self.session.writer.put
             self.rank_split.on_event = self.session.writer.put
             self.session.sampler.rank_split = self.rank_split
-        except BaseException:
+        except BaseException as exc:
             self.server.stop()
-            if self.proc is not None and self.proc.poll() is None and self.session is None:
-                self.proc.terminate()
+            if self.session is not None and self.session.status == "running":
+                with contextlib.suppress(Exception):
+                    self.session.stop("failed", f"wattlens could not start measuring: {exc}")
+            if self.proc is not None:
+                _end_command(self.proc)  # launched but not measured: never left running as an orphan
             raise
         early, self._early = self._early, []
         for item in early:
@@ -323,6 +331,22 @@ class RunSession:
             signals: StopSignals | None = None) -> dict:
         """Block until the command exits or the duration passes (Ctrl-C or SIGTERM stop measuring)."""
         return run_until_end(self, poll_s, on_tick, signals)
+
+
+def _end_command(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Stop a command that wattlens launched but could not measure: SIGTERM, then SIGKILL after
+    ``grace_s``; reaped either way."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    except ProcessLookupError:
+        pass
 
 
 def _rank_device(info: Mapping[str, Any]) -> int | None:

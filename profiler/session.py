@@ -50,6 +50,23 @@ def loss_text(loss: WriteLoss, start_ns: int) -> str:
             + f" could not be written ({loss.reason}) and are lost; the figures cover what was stored")
 
 
+def unfinished_hint(exc: StoreError) -> str:
+    """What to do when a session's row could not be finished, fitting the error (``exc.kind``,
+    see ``store.store_error``), and what the store says of the session meanwhile."""
+    from wattlens.profiler.store.store import error_kind
+
+    stays = ("the session stays 'running' in the store until wattlens next opens it on this host, "
+             "which marks it 'interrupted' with the data stored until then")
+    kind = error_kind(exc)
+    if kind == "connection":
+        return f"the database could not be reached; {stays} — start the server or fix the network, then run `wattlens sessions`"
+    if kind == "disk-full":
+        return f"free some space; {stays}"
+    if kind in ("permission", "read-only"):
+        return f"the database may not be written; {stays} — grant this user write access or use another --db"
+    return f"{stays} — see `wattlens doctor`"
+
+
 def hardware_info(discovery: Discovery) -> dict:
     vm = psutil.virtual_memory()
     return {
@@ -100,6 +117,8 @@ class ProfilingSession:
     def start(self) -> int:
         if not self.discovery.usable:
             raise StoreError("no power source is usable here", hint="run `wattlens doctor` for the fixes")
+        self.store.check_session_fields(self.name)  # refused in one line before anything runs
+        self.store.check_can_write()
         self.sampler = Sampler(self.discovery.usable, interval_s=self.interval_s, target=self.target,
                                known_idle_w=self._stored_gpu_idle(), on_event=self._record_event)
         self.started_at = time.time()
@@ -353,8 +372,7 @@ class ProfilingSession:
             if loss is not None:
                 write_error = StoreError(
                     f"session {self.session_id}: {lost}, and the session could not "
-                    f"be finished ({exc.message})", hint="free some space; the session reopens as 'interrupted' "
-                    "with the data stored until then")
+                    f"be finished ({exc.message})", hint=unfinished_hint(exc))
         for src in self.discovery.usable:
             src.close()
         if write_error is not None:

@@ -253,7 +253,8 @@ def test_the_revisions_are_one_line_ending_at_the_head_the_store_knows():
     script = migrations.script_directory()
     assert script.get_heads() == [m.SCHEMA_REVISION]  # one head: no unmerged branches
     chain = [s.revision for s in script.walk_revisions()][::-1]
-    assert chain == ["0001_baseline", "0002_gpu_idle", "0003_ranks_and_action_link", "0004_split_se_s"]
+    assert chain == ["0001_baseline", "0002_gpu_idle", "0003_ranks_and_action_link", "0004_split_se_s",
+                     "0005_bigint_row_ids"]
     assert set(migrations.LEGACY_REVISIONS.values()) <= set(chain)
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: The head Alembic revision (migrations/versions/): a database stamped with it is opened without
 #: importing Alembic; any other is upgraded on open.
-SCHEMA_REVISION = "0004_split_se_s"
+SCHEMA_REVISION = "0005_bigint_row_ids"
 #: ``meta.schema_version``, kept in step with the revision for wattlens versions from before
 #: Alembic, which refuse a larger number: bump it with a revision those versions could not use.
 #: 1: baseline; 2: gpu_idle; 3: rank columns (steps.rank/local_rank/world_size, layer_costs.rank)
@@ -21,6 +21,9 @@ SCHEMA_VERSION = 3
 APP_ID = "wattlens"
 # Column types hold on SQLite and PostgreSQL alike: monotonic ns, FLOPs and parameter counts are
 # BIGINT (they pass 2^31; SQLite stores any integer, a PostgreSQL INTEGER would overflow).
+# The row ids of the high-volume tables (samples, layer_costs, steps, events) are BIGINT on a
+# server, where a shared store passes 2^31 rows, and INTEGER on SQLite: its rowid alias.
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -89,7 +92,7 @@ class SampleRow(Base):
 
 class LayerCostRow(Base):
     __tablename__ = "layer_costs"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
     window_start_ns: Mapped[int] = mapped_column(BigInteger)
     window_end_ns: Mapped[int] = mapped_column(BigInteger)
@@ -111,7 +114,7 @@ class LayerCostRow(Base):
 
 class StepRow(Base):
     __tablename__ = "steps"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
     step: Mapped[int] = mapped_column(Integer)
     t_start_ns: Mapped[int] = mapped_column(BigInteger)
@@ -126,7 +129,7 @@ class StepRow(Base):
 
 class EventRow(Base):
     __tablename__ = "events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
     t_ns: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(40))

@@ -40,7 +40,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DBAPIError,
+    NoSuchModuleError,
+    OperationalError,
+)
 
 from wattlens.profiler.errors import (
     BadInputError,
@@ -482,6 +488,10 @@ class Store:
         text = str(ctx.original_exception)
         if "malformed" in text or "not a database" in text or "corrupt" in text:
             raise _damaged(self.display_name, ctx.original_exception)
+        if not self._opening and isinstance(ctx.sqlalchemy_exception, DBAPIError):
+            # DataError, IntegrityError, ProgrammingError...: one line too, never a traceback (while
+            # opening, _open_schema says what a failed upgrade means)
+            raise _map_db_error(self, ctx.original_exception)
 
     # ---- schema -------------------------------------------------------------------------------
     def _open_schema(self, state: str | None, stamp: Stamp | None, create: bool = True) -> None:
@@ -593,10 +603,44 @@ class Store:
             _drop_probe_files(self.path)
 
     # ---- sessions ------------------------------------------------------------------------------
+    @staticmethod
+    def check_session_fields(name: str | None) -> None:
+        """Refuse, in one line (exit 2), a session name or host name longer than its column holds,
+        the same on every backend (PostgreSQL would refuse it, SQLite would store it): called
+        before anything is measured or launched."""
+        for what, value, col in (("--name", name, "name"), ("the host name (WATTLENS_HOST)", host_name(), "host")):
+            limit = m.SessionRow.__table__.c[col].type.length
+            if value is not None and len(value) > limit:
+                raise BadInputError(f"{what} is {len(value)} characters long; a session's holds at most {limit}",
+                                    hint="use a shorter one")
+
+    def check_can_write(self) -> None:
+        """Raise the one-line StoreError (exit 2) of a database that may be read but not written
+        (a PostgreSQL role with SELECT only), before a session starts or a command is launched.
+        An SQLite file's permissions were checked on open (``check_location``); on PostgreSQL the
+        role's privileges are asked (an insert rolled back would leave a gap in the session ids)."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        needs = [(t, "INSERT") for t in ("sessions", "sources", "series", "samples", "layer_costs", "steps",
+                                         "events")] + [("sessions", "UPDATE"), ("layer_costs", "DELETE")]
+        with self.engine.connect() as c:
+            missing = [f"{priv} on {t}" for t, priv in needs
+                       if not c.execute(text("SELECT has_table_privilege(:t, :p)"), {"t": t, "p": priv}).scalar()]
+            for t in ("sessions", "samples", "layer_costs", "steps", "events"):
+                seq = c.execute(text("SELECT pg_get_serial_sequence(:t, 'id')" if t != "samples" else
+                                     "SELECT pg_get_serial_sequence(:t, 'rowid')"), {"t": t}).scalar()
+                if seq and not c.execute(text("SELECT has_sequence_privilege(:s, 'USAGE')"), {"s": seq}).scalar():
+                    missing.append(f"USAGE on {seq}")
+        if missing:
+            user = make_url(self.url).username or "this role"
+            raise write_denied(self, f"role {user} lacks {', '.join(missing[:4])}"
+                                     + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
+
     def create_session(self, *, name: str, kind: str, started_at: float, start_ns: int,
                        target: dict | None = None, hardware: dict | None = None,
                        settings: dict | None = None, interval_s: float | None = None,
                        sources: Sequence[dict] = (), series: Sequence[SeriesSpec] = ()) -> tuple[int, dict[str, int]]:
+        self.check_session_fields(name)
         me = psutil.Process()
         with self._begin() as c:
             sid = c.execute(insert(m.SessionRow).values(
@@ -708,7 +752,16 @@ class Store:
                                    func.max(t.c.ended_at))).first()
         return tuple(row)
 
+    def _id_fits(self, session_id: int) -> bool:
+        """Whether ``session_id`` fits the sessions.id column (PostgreSQL: 32-bit; SQLite: 64-bit):
+        one beyond it names no session, and a server would refuse the query ("out of range")."""
+        bits = 63 if self.is_sqlite else 31  # sessions.id is INTEGER: SQLite's is the 64-bit rowid
+        return -(1 << bits) <= int(session_id) < (1 << bits)
+
     def session(self, session_id: int) -> dict:
+        if not self._id_fits(session_id):
+            raise SessionNotFoundError(f"no session {session_id} in {self.display_name}",
+                                       hint="list them with `wattlens sessions`")
         with self.engine.connect() as c:
             row = c.execute(select(m.SessionRow.__table__).where(m.SessionRow.id == session_id)).mappings().first()
             if row is None:
@@ -800,6 +853,8 @@ class Store:
 
     # ---- reads -----------------------------------------------------------------------------------
     def series_data(self, session_id: int, keys: Sequence[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if not self._id_fits(session_id):  # no such session (see _id_fits)
+            return {}
         with self.engine.connect() as c:
             q = select(m.SeriesRow.id, m.SeriesRow.key).where(m.SeriesRow.session_id == session_id)
             if keys is not None:
@@ -814,6 +869,8 @@ class Store:
         return out
 
     def layer_costs(self, session_id: int) -> list[LayerCost]:
+        if not self._id_fits(session_id):  # no such session (see _id_fits)
+            return []
         with self.engine.connect() as c:
             rows = c.execute(select(m.LayerCostRow.__table__).where(m.LayerCostRow.session_id == session_id)
                              .order_by(m.LayerCostRow.window_start_ns, m.LayerCostRow.id)).mappings().all()
@@ -821,6 +878,8 @@ class Store:
         return [LayerCost(**{k: r[k] for k in fields}) for r in rows]
 
     def steps(self, session_id: int) -> list[StepRecord]:
+        if not self._id_fits(session_id):  # no such session (see _id_fits)
+            return []
         with self.engine.connect() as c:
             rows = c.execute(select(m.StepRow.__table__).where(m.StepRow.session_id == session_id)
                              .order_by(m.StepRow.step)).mappings().all()
@@ -828,6 +887,8 @@ class Store:
         return [StepRecord(**{k: r[k] for k in fields}) for r in rows]
 
     def events(self, session_id: int) -> list[EventRecord]:
+        if not self._id_fits(session_id):  # no such session (see _id_fits)
+            return []
         with self.engine.connect() as c:
             rows = c.execute(select(m.EventRow.__table__).where(m.EventRow.session_id == session_id)
                              .order_by(m.EventRow.t_ns, m.EventRow.id)).mappings().all()
@@ -845,6 +906,8 @@ class Store:
                      "title": r.get("title", ""), "payload_json": _json(r)} for r in recs])
 
     def recommendations(self, session_id: int) -> list[dict]:
+        if not self._id_fits(session_id):  # no such session (see _id_fits)
+            return []
         with self.engine.connect() as c:
             rows = c.execute(select(m.RecommendationRow.payload_json)
                              .where(m.RecommendationRow.session_id == session_id)
@@ -870,6 +933,8 @@ class Store:
 
     def actions(self, session_id: int | None = None, *, source_session_id: int | None = None) -> list[dict]:
         """Actions recorded by ``session_id`` and/or applied from ``source_session_id``."""
+        if any(i is not None and not self._id_fits(i) for i in (session_id, source_session_id)):
+            return []
         q = select(m.ActionRow.__table__).order_by(m.ActionRow.id)
         if session_id is not None:
             q = q.where(m.ActionRow.session_id == session_id)
@@ -941,29 +1006,81 @@ def _copy_samples(conn, samples: Sequence[tuple[int, int, float]]) -> None:
 
 @contextmanager
 def _Tx(store: Store):
-    """``engine.begin()`` with SQL errors mapped to one-line StoreErrors (disk full, locked...)."""
+    """``engine.begin()`` with every SQL error mapped to a one-line StoreError (disk full, locked,
+    connection lost, permission denied, a value out of range...): also the driver's own errors,
+    raised by the COPY that bypasses SQLAlchemy (``_copy_samples``)."""
+    dbapi_error = getattr(store.engine.dialect.dbapi, "Error", None) or DBAPIError
     try:
         with store.engine.begin() as conn:
             yield conn
     except OperationalError as exc:
         raise _map_operational(store, exc) from None
+    except DBAPIError as exc:
+        raise _map_db_error(store, exc.orig) from None
+    except dbapi_error as exc:
+        if isinstance(exc, getattr(store.engine.dialect.dbapi, "OperationalError", ())):
+            raise _map_operational(store, exc) from None
+        raise _map_db_error(store, exc) from None
+
+
+def store_error(message: str, *, hint: str | None = None, kind: str = "other") -> StoreError:
+    """A StoreError with its ``kind``: "connection" (the server cannot be reached), "disk-full",
+    "locked", "read-only" (these may pass: the writer retries them), "permission" (the database
+    may be read but not written), "data" (the database refused the rows: a value out of range, an id sequence
+    at its end...) or "other". ``transient``: whether a retry may succeed."""
+    exc = StoreError(message, hint=hint)
+    exc.kind = kind
+    exc.transient = kind in ("connection", "disk-full", "locked", "read-only", "other")
+    return exc
+
+
+def error_kind(exc: BaseException) -> str:
+    """The ``kind`` of a StoreError (``store_error``), "other" for one made elsewhere."""
+    return getattr(exc, "kind", "other")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The server's message without its DETAIL / HINT lines, the SQL or the parameters."""
+    text = str(exc).strip().splitlines()
+    return " ".join(text[0].split()) if text else type(exc).__name__
+
+
+def _map_db_error(store: Store, exc: BaseException) -> StoreError:
+    """A refusal other than an OperationalError (DataError, IntegrityError, ProgrammingError...)."""
+    text = _first_line(exc)
+    if getattr(exc, "sqlstate", None) == "42501" or "permission denied" in text:
+        return write_denied(store, text)
+    return store_error(f"database error in {store.display_name}: {text}", hint="see `wattlens doctor`",
+                       kind="data")
+
+
+def write_denied(store: Store, why: str) -> StoreError:
+    """The database may be read but not written: bad input (exit 2), said before any command runs."""
+    user = make_url(store.url).username
+    who = f" to role {user}" if user and not store.is_sqlite else ""
+    exc = store_error(f"cannot write to the database {store.display_name}: {why}",
+                      hint=f"grant INSERT/UPDATE on its tables{who} or use another --db", kind="permission")
+    exc.exit_code = 2
+    return exc
 
 
 def _map_operational(store: Store, exc: OperationalError) -> StoreError:
     text = " ".join(str(getattr(exc, "orig", exc)).split())  # a server's message spans lines
     if not store.is_sqlite and ("connection" in text or "connect" in text):
-        return StoreError(f"cannot connect to database {store.display_name}: {text}",
-                          hint="start the server or fix the URL's host, port, user and database, "
-                               "or pass a file path to --db")
+        return store_error(f"cannot connect to database {store.display_name}: {text}",
+                           hint="start the server or fix the URL's host, port, user and database, "
+                                "or pass a file path to --db", kind="connection")
     if "full" in text or (store.path is not None and _disk_full(store.path.parent, exc)):
-        return _disk_full_error(store.display_name, starting=getattr(store, "_opening", False))
+        err = _disk_full_error(store.display_name, starting=getattr(store, "_opening", False))
+        err.kind, err.transient = "disk-full", True
+        return err
     if "locked" in text or "busy" in text:
-        return StoreError(f"database {store.display_name} is locked by another program",
-                          hint="close the other program or use another file with --db")
+        return store_error(f"database {store.display_name} is locked by another program",
+                           hint="close the other program or use another file with --db", kind="locked")
     if "readonly" in text or "read-only" in text:
-        return StoreError(f"database {store.display_name} is read-only",
-                          hint="fix its permissions or choose another file with --db")
-    return StoreError(f"database error in {store.display_name}: {text}", hint="see `wattlens doctor`")
+        return store_error(f"database {store.display_name} is read-only",
+                           hint="fix its permissions or choose another file with --db", kind="read-only")
+    return store_error(f"database error in {store.display_name}: {text}", hint="see `wattlens doctor`")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -6,6 +6,13 @@ SIGKILL loses at most the last second. A failed write (disk full, database locke
 in memory and retries until the session ends. Nothing is dropped silently: what still cannot be
 written when it stops (or the oldest records beyond ``max_pending`` held in memory) is counted in
 ``loss`` (records, samples and their time span), which makes the session ``partial``.
+
+Any error on the write path is met here, never by the thread's end: one the database may get over
+(connection lost, disk full, locked: ``StoreError.transient``) keeps the batch for the next try;
+one it will not (a value out of range, an id sequence at its end, permission denied) is tried
+again kind by kind (samples, layer rows, steps, events), so the kinds it does not concern are
+stored, and the refused kind's records are counted as lost. At ``stop`` a lost connection is
+waited for (``reconnect_wait_s``, said once) before what is left is given up.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 
 from wattlens.profiler.errors import StoreError
 from wattlens.profiler.records import EventRecord, LayerCost, SamplePoint, SeriesSpec, StepRecord
+from wattlens.profiler.store.store import error_kind
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +52,15 @@ class WriteLoss:
 
 class StoreWriter:
     def __init__(self, store, session_id: int, series_ids: dict[str, int], *,
-                 commit_interval_s: float = 0.5, max_batch: int = 20_000, max_pending: int = 2_000_000):
+                 commit_interval_s: float = 0.5, max_batch: int = 20_000, max_pending: int = 2_000_000,
+                 reconnect_wait_s: float = 30.0):
         self.store = store
         self.session_id = session_id
         self.series_ids = dict(series_ids)
         self.commit_interval_s = commit_interval_s
         self.max_batch = max_batch
         self.max_pending = max_pending
+        self.reconnect_wait_s = reconnect_wait_s  # at stop: how long a lost connection is waited for
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,9 +95,35 @@ class StoreWriter:
             self._thread = None
         self._drain()
         self._flush()
+        if self.pending and self.last_error is not None and error_kind(self.last_error) == "connection":
+            self._wait_for_database()
         if self.pending:
             self._give_up(len(self._samples))
         return self.loss
+
+    def _wait_for_database(self) -> None:
+        """The server cannot be reached as the session ends: try again every second for up to
+        ``reconnect_wait_s`` (said once on stderr) before the records are given up."""
+        log.warning("waiting up to %g s for the database to come back (%d records are not written yet)",
+                    self.reconnect_wait_s, self.pending)
+        deadline = time.monotonic() + self.reconnect_wait_s
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            self._flush()
+            if self.last_error is None or error_kind(self.last_error) != "connection":
+                break
+        if not self.pending:
+            log.warning("the database is back: every record was written")
+
+    def _lose(self, records: int, exc: StoreError) -> None:
+        """Count ``records`` (not samples) that the database refused for good."""
+        loss = self.loss or WriteLoss()
+        said = loss.reason == exc.message  # said once: the count is in the session's end
+        loss.records += records
+        loss.reason = exc.message
+        self.loss = loss
+        if not said:
+            log.error("records the database refuses are lost from now on (%s)", exc.message)
 
     def _give_up(self, n_samples: int) -> None:
         """Drop the oldest ``n_samples`` samples (and, when all of them go, the other records)."""
@@ -115,6 +151,8 @@ class StoreWriter:
                 self._drain()
             except queue.Empty:
                 pass
+            except Exception:  # noqa: BLE001 - the thread never dies: what it holds is written or counted
+                log.exception("the store writer could not take a record")
             now = time.monotonic()
             if self.pending and (now - last_flush >= self.commit_interval_s or len(self._samples) >= self.max_batch):
                 self._flush()
@@ -150,7 +188,11 @@ class StoreWriter:
         elif isinstance(item, EventRecord):
             self._events.append(item)
         elif isinstance(item, SeriesSpec):
-            self.series_ids.update(self.store.add_series(self.session_id, [item]))
+            try:
+                self.series_ids.update(self.store.add_series(self.session_id, [item]))
+            except StoreError as exc:  # its points are registered (or counted) when they come
+                self.last_error = exc
+                log.error("%s", exc)
 
     def _register(self, key: str) -> int:
         """A point of a series nobody declared: units come only from the producer's SeriesSpec
@@ -165,13 +207,73 @@ class StoreWriter:
             return
         try:
             self.store.write_batch(self.session_id, self._samples, self._layers, self._steps, self._events)
-        except StoreError as exc:
-            if self.last_error is None or str(exc) != str(self.last_error):
-                log.error("%s", exc)
-            self.last_error = exc
+        except Exception as exc:  # noqa: BLE001 - any error: kept or counted, never the thread's end
+            exc = _as_store_error(exc)
+            self._said(exc)
+            if not getattr(exc, "transient", True):
+                self._flush_by_kind()
             if len(self._samples) > self.max_pending:  # memory is bounded too: the oldest go first
                 self._give_up(len(self._samples) - self.max_pending)
             return
         self.rows_written += self.pending
         self._samples, self._layers, self._steps, self._events = [], [], [], []
         self.last_error = None
+
+    def _said(self, exc: StoreError) -> None:
+        if self.last_error is None or str(exc) != str(self.last_error):
+            log.error("%s", exc)
+        self.last_error = exc
+
+    def _flush_by_kind(self) -> None:
+        """After an error a retry will not cure: each kind of record in its own transaction, so
+        one refused kind (say, layer rows whose id sequence is at its end) does not hold back the
+        others; the refused kind's records are counted as lost, a transient error's are kept."""
+        failed: StoreError | None = None
+        for attr, arg in (("_samples", "samples"), ("_layers", "layer_costs"), ("_steps", "steps"),
+                          ("_events", "events")):
+            rows = getattr(self, attr)
+            if not rows:
+                continue
+            try:
+                self.store.write_batch(self.session_id, rows if arg == "samples" else (),
+                                       **({} if arg == "samples" else {arg: rows}))
+            except Exception as exc:  # noqa: BLE001
+                exc = _as_store_error(exc)
+                failed = exc
+                if getattr(exc, "transient", True):
+                    continue  # kept for the next try
+                if arg == "samples":
+                    self._give_up_samples(exc)
+                else:
+                    self._lose(len(rows), exc)
+                    setattr(self, attr, [])
+                continue
+            self.rows_written += len(rows)
+            setattr(self, attr, [])
+        if failed is not None:
+            self.last_error = failed
+        elif not self.pending:
+            self.last_error = None
+
+    def _give_up_samples(self, exc: StoreError) -> None:
+        loss = self.loss or WriteLoss()
+        said = loss.reason == exc.message
+        loss.add_samples(self._samples)
+        loss.records += len(self._samples)
+        loss.reason = exc.message
+        self.loss = loss
+        if not said:
+            log.error("records the database refuses are lost from now on (%s)", exc.message)
+        self._samples = []
+
+
+def _as_store_error(exc: BaseException) -> StoreError:
+    """A StoreError (the Store maps every SQL error to one); anything else is wrapped, as an error
+    that a retry does not cure, so the writer counts it instead of dying."""
+    if isinstance(exc, StoreError):
+        return exc
+    log.debug("unexpected error in the store writer", exc_info=exc)
+    wrapped = StoreError(f"the records could not be written: {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:300]}")
+    wrapped.kind, wrapped.transient = "other", False
+    return wrapped
