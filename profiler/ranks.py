@@ -111,7 +111,9 @@ def per_rank(steps: Sequence[StepRecord], events: Iterable[EventRecord] = (),
         })
     world = max((s.world_size for s in steps if s.world_size is not None), default=None)
     energy = rank_totals(ranks, events, series or {})
-    spread, slowest, median_s = straggler(ranks)
+    # without timed collectives a rank's wait is inside its step (a synchronous job's ranks all
+    # end their steps together in the untimed all-reduce): no rank can be named the slowest
+    spread, slowest, median_s = straggler(ranks) if calls else (None, None, None)
     return {
         "world_size": world,
         "ranks_seen": len(ranks),

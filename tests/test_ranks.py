@@ -141,3 +141,16 @@ def test_a_jobs_steps_are_counted_once_and_its_energy_per_step_is_the_jobs():
     assert step_stats(steps[:150] + steps[150:240])["count"] == 150
     single = step_stats([StepRecord(i, i, i + 1, energy_j=1.0) for i in range(3898)])
     assert single["count"] == 3898 and "ranks" not in single and steps_count_text(single) == "3,898"
+
+
+def test_without_timed_collectives_no_rank_is_named_the_straggler():
+    """helper-36's trial: a DDP job (its all-reduce runs in C++, untimed) read 'Straggler spread
+    1.00 … rank 1 is the slowest … 0 J per step' — a wait inside every step cannot be told apart."""
+    from wattlens.app.report.ranks import job_lines
+
+    job = per_rank(_steps(0, [0.1, 0.1, 0.1]) + _steps(1, [0.1, 0.1, 0.11]), [])
+    assert not job["collectives_timed"]
+    assert job["straggler_spread"] is None and job["slowest_rank"] is None
+    assert job["waiting_energy_j_per_step"] is None
+    text = " ".join(job_lines(job))
+    assert "slowest" not in text and "no straggler can be named" in text

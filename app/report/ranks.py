@@ -52,6 +52,7 @@ def job_lines(ranks: dict | None) -> list[str]:
                    "(estimated).")
     if not ranks.get("collectives_timed"):
         out.append("No torch.distributed collective was timed (DDP's own gradient all-reduce runs in "
-                   "C++ and is not timed).")
+                   "C++ and is not timed), so no straggler can be named: each rank's wait for the others "
+                   "is inside its step time.")
     out.append(f"Method: {ranks['method']}.")
     return out
