@@ -162,8 +162,8 @@ def layer_coverage(layers_energy_j: float | None, target_energy_j: float | None,
             or "outside the measured layer windows")
     text = (f"layers: {_joules(layers_energy_j)} of the target's {_joules(target_energy_j)} "
             f"({'estimated, ' if estimated else ''}{frac * 100:.0f} %); "
-            f"the layers' % are shares of the layers' figures, not of the target's; "
-            f"the rest: {rest}")
+            "the layers' % are shares of the layers' figures, not of the target's"
+            + (f"; the rest: {rest}" if frac < 0.995 else ""))  # none left to place
     return {"layers_energy_j": layers_energy_j, "target_energy_j": target_energy_j, "fraction": frac,
             "rest": rest, "text": text}
 

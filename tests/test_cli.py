@@ -123,10 +123,15 @@ def test_a_target_that_exits_keeps_where_native_reads_paused_it(torch_child, db_
     try:
         runs = [r for e in store.events(doc["session_id"]) for r in (e.data.get("native_runs") or ())]
         paused = build_report(store, doc["session_id"])["paused"]
+        layers = store.layer_costs(doc["session_id"])
+        notes = [e.message for e in store.events(doc["session_id"])]
     finally:
         store.close()
     assert runs and all(r["t_start_ns"] < r["t_end_ns"] for r in runs), runs
     assert len(paused["spans_s"]) == len(runs) and paused["note"]
+    # its layer rows are in the table: the note says where they end, never "no layer figures"
+    assert layers and not any("no layer figures" in n for n in notes), notes
+    assert any(n.startswith("the layer rows end after") for n in notes), notes
 
 
 def _one_line_error(r):

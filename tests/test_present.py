@@ -132,3 +132,14 @@ def test_a_point_inside_with_a_wide_interval_is_not_called_within_the_prediction
     assert o.flag_text == ("point estimate inside the predicted interval −10.9 % … −6.5 %; the measurement's "
                            "own 95 % CI −85.7 % … +456.1 % is too wide to confirm it")
     assert "does not show a difference" in o.measured  # beside the stored status word, in the same row
+
+
+def test_layer_coverage_names_a_rest_only_where_there_is_one():
+    from wattlens.profiler.summary import layer_coverage
+
+    part = layer_coverage(126.6, 139.2, {"stack-sampling"}, estimated=True)["text"]
+    assert part.startswith("layers: 126.6 J of the target's 139.2 J (estimated, 91 %)")
+    assert part.endswith("the rest: between the sampling windows")
+    whole = layer_coverage(23.2, 23.2, {"stack-sampling"})["text"]  # the trial's session 5 read '100 % … the rest'
+    assert "100 %" in whole and "the rest" not in whole
+    assert layer_coverage(None, 23.2) is None and layer_coverage(1.0, 0.0) is None

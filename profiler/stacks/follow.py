@@ -248,10 +248,13 @@ class RankFollower:
                 if not single and s.windows and s.exited:
                     out.append(("note", f"{worker.label()} exited during the session after "
                                         f"{s.windows} window(s): its layer rows end there", data))
+                elif worker.pid not in self._reported and s.windows:
+                    # what it did measure is in the table: say where it ends, not "no layer figures"
+                    why = f"process {worker.pid} exited" if s.exited else s.reason
+                    out.append(("note", f"{who}the layer rows end after {s.windows} window(s): {why}", data))
                 elif worker.pid not in self._reported:
-                    after = f" after {s.windows} window(s)" if s.windows else ""
                     what = "no layer figures" if single else f"no layer figures for {worker.label()}"
-                    out.append(("note", f"{what}{after}: {s.reason}", data))
+                    out.append(("note", f"{what}: {s.reason}", data))
                 if single or not s.windows:  # a single sampler says only why it stopped
                     if spans:  # and where it paused the target, which happened all the same
                         out.append(_native_runs_event(who, s, spans, data, ""))
