@@ -49,13 +49,12 @@ def latency_text(v) -> str:
 def sizes_line(s: dict) -> str:
     """Elements and in-memory bytes of the original and the copy, and the weight files as written
     (a module file's quantization is replayed on load: its file holds float weights)."""
-    def mib(b) -> str:
-        return "n/a" if b is None else f"{b / 2**20:.1f}"
+    from wattlens.app.present import mib_text as mib  # the reports' figures, to the same digits
 
     line = (f"tensor elements: {s['base_params']:,} → {s['candidate_params']:,}; tensor bytes in memory "
-            f"{mib(s['base_tensor_bytes'])} → {mib(s['candidate_tensor_bytes'])} MiB")
+            f"{mib(s['base_tensor_bytes'])} → {mib(s['candidate_tensor_bytes'])}")
     if s.get("saved_weights_bytes") is not None:
-        line += (f"; weights on disk {mib(s.get('base_weights_bytes'))} → {mib(s['saved_weights_bytes'])} MiB"
+        line += (f"; weights on disk {mib(s.get('base_weights_bytes'))} → {mib(s['saved_weights_bytes'])}"
                  + (" (float weights, quantized when loaded)" if s.get("weights_quantized_on_load") else ""))
     return line
 

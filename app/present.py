@@ -177,10 +177,14 @@ def fidelity_text(fid: Mapping | None) -> str:
     return ", ".join(parts) or "n/a (not measured)"
 
 
+def mib_text(b: float | None) -> str:
+    """A size in MiB, as optimize's output and every report print it."""
+    return "n/a" if b is None else f"{b / 2**20:.2f} MiB"
+
+
 def sizes_text(sizes: Mapping) -> str:
     """Original → optimized copy, in elements and bytes, with why the two can move apart."""
-    def mib(b):
-        return "n/a" if b is None else f"{b / 2**20:.2f} MiB"
+    mib = mib_text
 
     def n(x):
         return "n/a" if x is None else f"{int(x):,}"

@@ -177,7 +177,7 @@ def test_sizes_do_not_claim_a_smaller_file_than_written(int8_runs):
     assert sizes["candidate_tensor_bytes"] < sizes["base_tensor_bytes"]  # smaller in memory...
     line = _line(two.stdout, "tensor elements:")
     # ...but the file holds float weights, and the line says what was written
-    assert f"→ {written / 2**20:.1f} MiB (float weights, quantized when loaded)" in line
+    assert f"→ {written / 2**20:.2f} MiB (float weights, quantized when loaded)" in line
     assert "in memory" in line
     text = sizes_text(sizes)
     assert f"→ {written / 2**20:.2f} MiB" in text and "quantized when loaded" in text
