@@ -54,6 +54,20 @@ def test_app_cards_and_compare_show_the_numbers_of_show(session):
     assert rows["Energy per step"].this == si(step_j, "J") + mark
 
 
+def test_the_app_list_prints_the_duration_sessions_prints(session):
+    """helper-37's trial: 4.36 s in `sessions` and `show`, 4.4 s in the app's list."""
+    from wattlens.app.gui.models.format import duration
+    from wattlens.app.report.formats import fmt
+
+    db, sid, _ = session
+    listed = json.loads(run_cli("sessions", "--db", str(db), "--json").stdout)
+    (row,) = [r for r in listed if r["id"] == sid]
+    assert duration(row["duration_s"]) == fmt(row["duration_s"], "s")
+    for seconds in (4.36, 0.512, 23.74, 4.0):
+        assert duration(seconds) == fmt(seconds, "s")
+    assert duration(83.4) == "1 min 23 s"
+
+
 def test_every_report_format_prints_the_numbers_of_show(session, tmp_path):
     db, sid, shown = session
     energy_j, power_w, step_j = _truth(shown)

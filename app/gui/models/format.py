@@ -46,11 +46,12 @@ def share_with_se(share: float | None, se: float | None = None, missing: str = "
 
 
 def duration(seconds: float | None, missing: str = "n/a") -> str:
-    """``83.4`` → ``"1 min 23 s"``; under a minute keeps one decimal."""
+    """``83.4`` → ``"1 min 23 s"``; under a minute three significant digits, as ``wattlens
+    sessions`` and ``show`` print it (``4.36 s``, ``23.7 s``)."""
     if seconds is None:
         return missing
-    if seconds < 60:
-        return f"{seconds:.1f} s"
+    if seconds < 59.95:
+        return f"{seconds:.3g} s"
     s = int(round(seconds))
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
