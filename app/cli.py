@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--apply", metavar="ACTION", help="apply ACTION live to the running model "
                    "(quantize-int8, prune-unstructured:F, bf16 on CUDA) and report energy per "
                    "sample before/after")
-    r.add_argument("--after-steps", type=STEPS, default=10, metavar="N",
+    r.add_argument("--after-steps", type=STEPS, metavar="N",
                    help="apply once N steps have been reported (default 10)")
     r.add_argument("--revert-after-steps", type=STEPS, metavar="M",
                    help="revert the applied action once M steps have been reported")
@@ -250,8 +250,9 @@ def print_summary(summary: dict, kind: str | None) -> None:
     if st:
         from wattlens.app.present import steps_count_text
 
-        print(f"  steps: {steps_count_text(st)}, {_fmt(st['energy_per_step_j'], 'J')}/step, "
-              f"{_fmt(st['energy_per_sample_j'], 'J')}/sample, {_fmt(st['energy_per_token_j'], 'J')}/token")
+        per = ", ".join(f"{_fmt(st[f'energy_per_{what}_j'], 'J')}/{what}" if st.get(f"energy_per_{what}_j")
+                        is not None else f"n/a per {what}" for what in ("step", "sample", "token"))
+        print(f"  steps: {steps_count_text(st)}, {per}")  # "n/a per token", never "n/a/token"
     else:  # said, as the app and the reports say it
         from wattlens.app.present import no_steps_text
 
@@ -378,6 +379,9 @@ def cmd_run(args) -> int:
     if args.apply is not None:
         from wattlens.profiler.agent.live import LIVE_ACTIONS, Refused, parse_action
 
+        if args.after_steps is None:
+            args.after_steps = 10  # the documented default
+
         try:
             parse_action(args.apply)
         except Refused:
@@ -386,8 +390,9 @@ def cmd_run(args) -> int:
         if args.after_steps < 0 or (args.revert_after_steps is not None
                                     and args.revert_after_steps <= args.after_steps):
             raise _usage("--after-steps must be >= 0 and --revert-after-steps larger than it")
-    elif args.revert_after_steps is not None:
-        raise _usage("--revert-after-steps needs --apply ACTION")
+    elif args.revert_after_steps is not None or args.after_steps is not None:
+        raise _usage(f"{'--revert-after-steps' if args.revert_after_steps is not None else '--after-steps'} "
+                     "needs --apply ACTION")
     store = _open_store(args)
     exporter = _start_metrics(args)
     # under --json, stdout carries only our JSON: the command's output goes to stderr

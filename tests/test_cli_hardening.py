@@ -34,6 +34,8 @@ def _one_line_usage(r) -> str:
     (["run", "--interval", "nan", "--", "true"], "--interval"),
     (["run", "--duration", "1e400", "--", "true"], "--duration"),
     (["run", "--after-steps", "-1", "--apply", "quantize-int8", "--", "true"], "--after-steps"),
+    (["run", "--after-steps", "20", "--", "true"], "--after-steps needs --apply"),  # was silently ignored
+    (["run", "--revert-after-steps", "20", "--", "true"], "--revert-after-steps needs --apply"),
     (["show", "-1"], "ID"),
     (["report", "1", "--format", "md", "-o", "x.md", "--grid", "inf"], "--grid"),
     (["optimize", "m", "--max-quality-loss", "nan"], "--max-quality-loss"),
@@ -131,3 +133,15 @@ def test_attach_to_a_non_python_process_says_why_there_are_no_layers(db_path):
     assert "no layer figures" in r.stdout and "does not look like a Python program" in r.stdout
     sid = Store(db_path).sessions()[0]["id"]
     assert any(e.kind == "note" and "no layer figures" in e.message for e in Store(db_path).events(sid))
+
+
+def test_a_figure_per_unit_that_is_unknown_reads_na_per_unit(capsys):
+    """helper-37's trial: `show` printed 'n/a/token' for a run that reported no tokens."""
+    from wattlens.app.cli import print_summary
+
+    steps = {"count": 12, "with_energy": 12, "mean_duration_s": 0.1, "energy_per_step_j": 0.5,
+             "energy_per_sample_j": 0.125, "energy_per_token_j": None, "samples": 48, "tokens": None}
+    print_summary({"session_id": 4, "name": "x", "status": "target-exited", "duration_s": 2.0,
+                   "sources": [], "steps": steps}, "run")
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("steps:")]
+    assert line.strip() == "steps: 12, 0.5 J/step, 0.125 J/sample, n/a per token"
