@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sessions", help="list stored sessions")
     s.add_argument("--host", metavar="NAME", help="only the sessions recorded on host NAME (a shared store)")
+    s.add_argument("--limit", type=_number(int, low=0, high=10**12, what="the number of sessions"), metavar="N",
+                   help=f"the newest N (default {SESSIONS_SHOWN} in the table, all with --json; 0: all)")
     _add_db(s)
     _add_json(s)
 
@@ -449,6 +451,9 @@ def _run_loop(args, run, signals) -> dict:
     return run.run(on_tick=on_tick, signals=signals)
 
 
+SESSIONS_SHOWN = 50  # the table's newest sessions, unless --limit says otherwise
+
+
 def cmd_sessions(args) -> int:
     from wattlens.profiler.errors import NoDatabaseError
 
@@ -460,7 +465,8 @@ def cmd_sessions(args) -> int:
         else:
             print(f"no sessions yet ({exc.message.split(': ', 1)[-1]}) — try `wattlens attach PID` or `wattlens demo`")
         return EXIT_OK
-    rows = store.sessions(host=args.host)
+    limit = args.limit if args.limit is not None else (0 if args.json else SESSIONS_SHOWN)
+    rows = store.sessions(host=args.host, limit=limit or None)
     if args.json:
         _emit_json([{k: r[k] for k in ("id", "name", "kind", "status", "host", "target_pid", "started_at",
                                         "duration_s")}
@@ -489,6 +495,11 @@ def cmd_sessions(args) -> int:
         print(f"{r['id']:>4}  {started:<19}  {_fmt(r['duration_s'], 's'):>9}  {r['status']:<14} "
               f"{_fmt((summary.get('target') or {}).get('energy_j'), 'J'):>10} {_fmt(summary.get('energy_j'), 'J'):>10}  "
               f"{summary.get('energy_method') or 'n/a':<10} " + (f"{r['host']} / {r['name']}" if hosts else r["name"]))
+    if limit and len(rows) == limit:
+        older = store.session_count(host=args.host) - len(rows)
+        if older > 0:
+            print(f"… and {older:,} older session{'s' if older != 1 else ''}: `wattlens sessions --limit 0` "
+                  "lists them all")
     if any(r["status"] == "running" for r in rows):  # n/a above: its summary is written at its end
         print("running: still being recorded, no final figures yet — `wattlens show ID` gives them so far")
     if any("estimated" in ((r["summary"] or {}).get("energy_method") or "") for r in rows):

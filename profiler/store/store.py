@@ -729,18 +729,29 @@ class Store:
         return summarize(self.session(session_id), self.series_data(session_id), self.steps(session_id),
                          self.layer_costs(session_id))
 
-    def sessions(self, host: str | None = None) -> list[dict]:
-        """Newest first; ``host``: only the sessions recorded on that host. A reader that found the
-        file damaged says so once, in one line, when it lists (the CLI prints "wattlens: …")."""
+    def sessions(self, host: str | None = None, limit: int | None = None) -> list[dict]:
+        """Newest first; ``host``: only the sessions recorded on that host; ``limit``: the newest
+        that many. A reader that found the file damaged says so once, in one line, when it lists
+        (the CLI prints "wattlens: …")."""
         if self.damage is not None and not self._damage_said:
             self._damage_said = True
             log.warning("%s", self.damage)
         q = select(m.SessionRow.__table__).order_by(m.SessionRow.id.desc())
         if host is not None:
             q = q.where(m.SessionRow.host == host)
+        if limit is not None:
+            q = q.limit(limit)
         with self.engine.connect() as c:
             rows = c.execute(q).mappings().all()
         return [_session_dict(r) for r in rows]
+
+    def session_count(self, host: str | None = None) -> int:
+        t = m.SessionRow.__table__
+        q = select(func.count(t.c.id))
+        if host is not None:
+            q = q.where(t.c.host == host)
+        with self.engine.connect() as c:
+            return int(c.execute(q).scalar() or 0)
 
     def sessions_fingerprint(self) -> tuple:
         """A cheap value that changes whenever the listing would: (count, last id, sessions still
