@@ -43,7 +43,13 @@ from wattlens.profiler.launch import launch
 from wattlens.profiler.process import Target, exit_text
 from wattlens.profiler.rank_energy import RankSplit, series_key
 from wattlens.profiler.records import EventRecord, LayerCost, StepRecord
-from wattlens.profiler.session import END_STATUSES, ProfilingSession, StopSignals, run_until_end
+from wattlens.profiler.session import (
+    END_STATUSES,
+    ProfilingSession,
+    StopSignals,
+    command_name,
+    run_until_end,
+)
 from wattlens.profiler.sources import Discovery
 
 
@@ -55,7 +61,7 @@ class RunSession:
         self.store = store
         self.command = [str(c) for c in command]
         self.cwd, self.env = cwd, env
-        self.name = name or " ".join(self.command)[:120]
+        self.name = name or command_name(self.command)
         self.interval_s, self.duration_s = interval_s, duration_s
         self.discovery = discovery
         self.stdout, self.stderr = stdout, stderr

@@ -16,7 +16,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Sequence
 
 import psutil
 
@@ -48,6 +49,13 @@ def loss_text(loss: WriteLoss, start_ns: int) -> str:
     other = loss.records - loss.samples
     return (f"{loss.samples} samples{span}" + (f" and {other} other records" if other else "")
             + f" could not be written ({loss.reason}) and are lost; the figures cover what was stored")
+
+
+def command_name(command: Sequence[str]) -> str:
+    """A launched command's default session name: its words, control characters (a newline in a
+    ``python -c`` script, say) as spaces, at most 120 characters."""
+    text = " ".join(command)
+    return "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)[:120]
 
 
 def unfinished_hint(exc: StoreError) -> str:

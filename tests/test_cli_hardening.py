@@ -166,3 +166,22 @@ def test_sessions_lists_the_newest_and_says_how_many_more(db_path):
     assert len(json.loads(run_cli("sessions", "--db", str(db_path), "--json").stdout)) == 53  # scripts: all
     assert [r["id"] for r in json.loads(run_cli("sessions", "--db", str(db_path), "--json", "--limit", "2").stdout)] \
         == [53, 52]
+
+
+def test_a_name_with_control_characters_is_refused_and_a_commands_is_cleaned(db_path, tmp_path):
+    """helper-36's trial: a --name with control characters was stored and printed raw (an escape
+    sequence drives the terminal of whoever lists the sessions)."""
+    import json
+    import sys
+
+    marker = tmp_path / "ran"
+    r = run_cli("run", "--name", "red\x1b[31m", "--db", str(db_path), "--", sys.executable, "-c",
+                f"open({str(marker)!r}, 'w')")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "control character" in lines[0], r.stderr
+    assert "\x1b" not in lines[0]  # named, not sent to the terminal
+    assert not marker.exists()  # refused before anything was launched
+    r = run_cli("run", "--db", str(db_path), "--json", "--", sys.executable, "-c", "import sys\nprint(1)")
+    assert r.returncode == 0, r.stderr
+    name = json.loads(run_cli("sessions", "--db", str(db_path), "--json").stdout)[0]["name"]
+    assert "\n" not in name and name.endswith("-c import sys print(1)")

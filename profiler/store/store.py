@@ -19,6 +19,7 @@ import sqlite3
 import stat
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -613,6 +614,10 @@ class Store:
             if value is not None and len(value) > limit:
                 raise BadInputError(f"{what} is {len(value)} characters long; a session's holds at most {limit}",
                                     hint="use a shorter one")
+            bad = next((ch for ch in value or "" if unicodedata.category(ch) == "Cc"), None)
+            if bad is not None:  # every listing would print it raw: an escape sequence drives the terminal
+                raise BadInputError(f"{what} holds the control character {bad!r}",
+                                    hint="use printable text")
 
     def check_can_write(self) -> None:
         """Raise the one-line StoreError (exit 2) of a database that may be read but not written

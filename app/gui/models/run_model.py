@@ -18,6 +18,7 @@ from pathlib import Path
 
 from wattlens.app.gui.models.settings_model import GuiSettings
 from wattlens.profiler.errors import BadInputError
+from wattlens.profiler.session import command_name
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class LiveRun:
 
         log = _log_file()
         runner = RunSession(store, req.command, cwd=req.cwd, env={**os.environ, **req.env},
-                            name=name or " ".join(req.command)[:120], interval_s=settings.interval_s,
+                            name=name or command_name(req.command), interval_s=settings.interval_s,
                             discovery=discovery or _discover(settings), stdout=log,
                             stderr=subprocess.STDOUT, grid_g_per_kwh=settings.grid_g_per_kwh)
         return cls(runner=runner, log_file=log)
