@@ -71,6 +71,12 @@ def test_rename_and_delete_with_confirmation(make_window, qtbot, stored_db, monk
     monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("renamed run", True))
     sv.rename_button.click()
     qtbot.waitUntil(lambda: sv.model.get(2) is not None and sv.model.get(2).name == "renamed run", timeout=10000)
+    # a name the store cannot hold (as `run --name` would be): one line in the status, name kept
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("x" * 300, True))
+    sv.select_ids([2])
+    sv.rename_button.click()
+    qtbot.waitUntil(lambda: "300 characters long" in sv.status.text(), timeout=10000)
+    assert sv.model.get(2).name == "renamed run"
 
     asked = []
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a[2]) or QMessageBox.No)

@@ -688,6 +688,7 @@ class Store:
                       .values(summary_json=_json(summary)))
 
     def rename_session(self, session_id: int, name: str) -> None:
+        self.check_session_fields(name)  # as a new session's name: its length, no control characters
         self.session(session_id)
         with self._begin() as c:
             c.execute(update(m.SessionRow).where(m.SessionRow.id == session_id).values(name=name))
