@@ -297,7 +297,12 @@ class RunSession:
             time.sleep(0.05)
         code = self.proc.poll()
         if code is None:
-            return f"the command was still running {self.signal_grace_s:g} s after {name} (PID {self.proc.pid})"
+            if signum == signal.SIGINT:  # not passed on: a terminal's Ctrl-C reaches the command itself
+                return (f"the command was still running {self.signal_grace_s:g} s after SIGINT and keeps "
+                        f"running as PID {self.proc.pid} (wattlens does not pass SIGINT on: Ctrl-C in a "
+                        f"terminal reaches the command itself; `kill {self.proc.pid}` stops it)")
+            return (f"the command was still running {self.signal_grace_s:g} s after {name} and keeps running "
+                    f"as PID {self.proc.pid}")
         if self.session is not None and self.session.exit_code is None:
             self.session.exit_code = code
         return f"after {name}, the command {exit_text(code)}"

@@ -248,3 +248,23 @@ def test_sigterm_to_run_with_stdout_in_a_file_keeps_every_line(tmp_path):
     assert ("wattlens: the command ended by signal 15 (SIGTERM); wattlens exits with 143 (its session 1 "
             "is stored)") in text, text
     assert Store(db).session(1)["status"] == "stopped"
+
+
+def test_a_command_that_outlives_sigint_is_said_to_keep_running_with_how_to_stop_it(tmp_path):
+    """helper-37's trial sent SIGINT to wattlens alone: the end reason said the command 'was still
+    running 5 s after SIGINT' and not that it was left running, nor why it never got the signal."""
+    from wattlens.profiler.runmode import RunSession
+    from wattlens.profiler.store import Store
+
+    store = Store(tmp_path / "w.db")
+    run = RunSession(store, ["sleep", "30"], signal_grace_s=0.2)
+    run.proc = subprocess.Popen(["sleep", "30"])
+    try:
+        said = run.forward_signal(signal.SIGINT)
+        assert run.proc.poll() is None  # SIGINT is not passed on
+        assert f"keeps running as PID {run.proc.pid}" in said and "does not pass SIGINT on" in said
+        assert f"`kill {run.proc.pid}`" in said
+    finally:
+        run.proc.kill()
+        run.proc.wait()
+        store.close()
