@@ -274,3 +274,29 @@ def test_a_name_too_long_is_refused_before_anything_runs_on_both_backends(any_db
     time.sleep(0.5)
     assert not marker.exists()
     assert Store(any_db).sessions() == []
+
+
+def test_a_connection_back_during_the_session_is_said_once_with_what_was_held(db_path, monkeypatch, caplog):
+    """helper-38 left this: during a run the lost connection was said, its return never was."""
+    store = Store(db_path)
+    sid, series = _session(store)
+    real, calls = store.write_batch, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise _lost_connection(store)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "write_batch", flaky)
+    w = StoreWriter(store, sid, series, commit_interval_s=0.05)
+    with caplog.at_level(logging.WARNING, logger="wattlens.profiler.store.writer"):
+        w.start()
+        w([SamplePoint("cpu-model/power_w", T0 + i, 1.0) for i in range(20)])
+        deadline = time.monotonic() + 60  # a hang guard: it is back on the third try
+        while (len(calls) < 3 or w.rows_written < 20) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert w.stop() is None
+    back = [r.getMessage() for r in caplog.records if "reachable again" in r.getMessage()]
+    assert back == ["the database is reachable again: the 20 records held meanwhile are written"]
+    store.close()

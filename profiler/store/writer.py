@@ -215,6 +215,9 @@ class StoreWriter:
             if len(self._samples) > self.max_pending:  # memory is bounded too: the oldest go first
                 self._give_up(len(self._samples) - self.max_pending)
             return
+        if self.last_error is not None and error_kind(self.last_error) == "connection" and not self._stop.is_set():
+            # said as the loss of it was: the records held meanwhile are in
+            log.warning("the database is reachable again: the %d records held meanwhile are written", self.pending)
         self.rows_written += self.pending
         self._samples, self._layers, self._steps, self._events = [], [], [], []
         self.last_error = None
