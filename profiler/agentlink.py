@@ -82,6 +82,7 @@ class _Client:
     hello: dict[str, Any] | None = None
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     said_bye: bool = False
+    error: str | None = None  # the uncaught exception that ended the target (its goodbye said)
     drops: int = 0
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -501,6 +502,7 @@ class AgentServer:
 
     def _msg_bye(self, client: _Client, msg: dict[str, Any]) -> None:
         client.said_bye = True
+        client.error = msg.get("error")
 
     def _hello_info(self, client: _Client) -> dict[str, Any]:
         info = dict(client.hello or {})
@@ -646,15 +648,23 @@ class AgentServer:
             pass
         if client.hello is None:
             return
-        if client.said_bye:
+        rank = (client.hello or {}).get("rank")
+        who = f"rank {rank} (PID {client.pid})" if rank is not None else f"the process with PID {client.pid}"
+        if client.said_bye and client.error:
+            message = (f"{who} ended with an uncaught {client.error}; the step it was in is not counted")
+        elif client.said_bye:
             message = f"agent in pid {client.pid} finished"
         elif reason is None:
             message = f"stopped listening to the agent in pid {client.pid}"
         else:
-            message = (f"agent in pid {client.pid} disconnected without saying goodbye: the "
-                       "target crashed or was killed; data received so far is kept")
+            message = (f"{who} ended without its agent's goodbye (killed or crashed); what it sent "
+                       "until then is kept")
         self._call(self._on_event, EventRecord(time.monotonic_ns(), "agent-disconnected", message,
-                                               {"pid": client.pid, "clean": client.said_bye}))
+                                               {"pid": client.pid, "clean": client.said_bye, "rank": rank,
+                                                "error": client.error,
+                                                # it ended by an exception, or vanished without a goodbye
+                                                "early": bool(client.error) or (not client.said_bye
+                                                                                and reason is not None)}))
 
 
 def layer_costs(msg: dict[str, Any], energy_j: float | None, *, rank: int | None = None) -> list[LayerCost]:

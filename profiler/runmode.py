@@ -79,6 +79,8 @@ class RunSession:
         self.actions: dict[str, dict[str, Any]] = {}
         # each rank's energy from its own process (rank_energy.py); fed by the sampler once it runs
         self.rank_split = RankSplit()
+        # processes of the command that ended by an uncaught exception or without a goodbye
+        self.ended_early: list[str] = []
 
     # ---- agent callbacks (listener thread) ----------------------------------------------------
     def _on_step(self, step: StepRecord) -> None:
@@ -89,6 +91,8 @@ class RunSession:
         self._deliver(rows)
 
     def _on_event(self, ev: EventRecord) -> None:
+        if ev.kind == "agent-disconnected" and ev.data.get("early"):
+            self.ended_early.append(ev.message)  # a session note at the end: show and the reports say it
         a = self.actions.get(str(ev.data.get("id"))) if ev.kind.startswith("action-") else None
         if a is not None:
             if ev.kind == "action-applied":
@@ -329,6 +333,8 @@ class RunSession:
         if self.session is not None and self.session.status not in END_STATUSES:
             note = self.agent_note()
             if note is not None:
+                self.session.note(note)
+            for note in list(self.ended_early):
                 self.session.note(note)
         summary = self.session.stop(status, reason) if self.session else {}
         self._stop_actions(summary)

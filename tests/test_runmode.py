@@ -77,6 +77,21 @@ def test_a_script_that_crashes_ends_target_exited_with_its_data(tmp_path):
     assert "exit code 1" in s["end_reason"]
 
 
+def test_a_training_step_cut_short_by_an_exception_is_not_counted_and_the_session_says_so(tmp_path):
+    """helper-36's trial: a rank that raised in its backward had that step counted (101 steps where
+    100 ran to their end) and nothing in show said the process had crashed."""
+    db = tmp_path / "w.db"
+    r = run_cli("run", "--db", str(db), "--json", "--", sys.executable, str(WORKLOADS / "train_crash.py"), "5",
+                timeout=300)
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["steps"]["count"] == 5  # steps 0-4 ran to their optimizer step; step 5 did not
+    (note,) = [n for n in doc["notes"] if "uncaught" in n]
+    assert note.endswith("ended with an uncaught RuntimeError: simulated crash in step 5's backward; "
+                         "the step it was in is not counted")
+    assert "simulated crash" in run_cli("show", str(doc["session_id"]), "--db", str(db)).stdout
+
+
 def test_a_command_that_does_not_exist_is_one_line_exit_2(tmp_path):
     r = run_cli("run", "--db", str(tmp_path / "w.db"), "--", "no-such-program-xyz")
     assert r.returncode == 2

@@ -104,6 +104,8 @@ class Agent:
                                   on_lost=self._on_lost, on_bad_command=self._refuse)
         self._watcher = TorchImportWatcher(self._on_torch)
         atexit.register(self.shutdown)
+        self.uncaught: str | None = None  # the exception that ended the program, if one did
+        self._chain_excepthook()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
@@ -322,6 +324,19 @@ class Agent:
         self.send({"type": "refused", "t_ns": time.monotonic_ns(), "command": command,
                    "reason": reason})
 
+    def _chain_excepthook(self) -> None:
+        """Note an exception that ends the program (then its last step was cut short: it is not
+        counted, and the goodbye says why), and hand it on to the hook that was there."""
+        previous = sys.excepthook
+
+        def hook(exc_type, exc, tb):
+            if os.getpid() == self._pid:
+                text = " ".join(str(exc).split())[:200]
+                self.uncaught = f"{exc_type.__name__}: {text}" if text else exc_type.__name__
+            previous(exc_type, exc, tb)
+
+        sys.excepthook = hook
+
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
         """At exit: close the last step and window, say goodbye, close the socket."""
@@ -330,14 +345,17 @@ class Agent:
         self._closed = True
         try:
             if self.tracker is not None and not self._quiet:
-                self.tracker.finish()
+                self.tracker.finish(drop_open=self.uncaught is not None)
             if self.collectives is not None and not self._quiet:
                 self.collectives.flush()
         except Exception as exc:
             self.fail(exc)
         try:
             steps = self.tracker.steps_done if self.tracker is not None else 0
-            self._link.send({"type": "bye", "t_ns": time.monotonic_ns(), "steps": steps})
+            bye = {"type": "bye", "t_ns": time.monotonic_ns(), "steps": steps}
+            if self.uncaught is not None:
+                bye["error"] = self.uncaught
+            self._link.send(bye)
             self._link.close()
         except Exception:
             pass

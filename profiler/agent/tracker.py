@@ -921,14 +921,17 @@ class Tracker:
             pools.setdefault(dev, []).extend((e0, e1))
 
     # ------------------------------------------------------------------ end of run
-    def finish(self) -> None:
-        """Close the last step and window and flush everything (at exit)."""
+    def finish(self, drop_open: bool = False) -> None:
+        """Close the last step and window and flush everything (at exit). ``drop_open``: the
+        program ended by an exception, so a step still open was cut short and is not counted."""
         self._exit_flop_mode()
         self._seg_on = False
         if self._flops_pending and self._flops_note_sent:
             self._event("flops-unavailable", "FLOPs not counted: the program never loaded "
                         "torch._dynamo (set WATTLENS_AGENT_FLOPS=force to count them anyway)",
                         {"reason": "torch._dynamo not loaded"})
+        if self._step_open is not None and drop_open and not self._open_step_finished():
+            self._step_open = None
         if self._step_open is not None:
             if self._n_all:
                 end = max(x for x in (self._last_main_end, self._last_opt, self._step_open)
@@ -941,6 +944,14 @@ class Tracker:
         self._win_start = None
         if self._cuda:
             self._poll_cuda(wait=True)
+
+    def _open_step_finished(self) -> bool:
+        """Whether the open step did its work before the program ended. Steps marked by
+        optimizer.step() or agent.step(): never (that mark would have closed it). Steps marked by
+        the model's forward: when that forward ran to its end."""
+        if self._mode != "auto":
+            return False
+        return self._last_main_end is not None and self._last_main_end >= self._step_open
 
     @property
     def steps_done(self) -> int:
