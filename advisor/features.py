@@ -184,6 +184,7 @@ class SessionFeatures:
     # `wattlens run` the agent reports the folder a Hugging Face model was loaded from)
     model_path: str | None = None
     model_kind: str | None = None  # hf-folder | torch-module-file
+    model_path_source: str | None = None  # where model_path came from, as evidence names it
     optimize_results: tuple[OptimizeOutcome, ...] = ()
     # the user's own text, given to `wattlens advise` (the rules put it in their commands)
     calibration_text: str | None = None
@@ -705,6 +706,8 @@ def extract_features(store, session_id: int, *, calibration_text: str | None = N
     # optimize sessions name their model; under `wattlens run` the agent reports the folder a
     # Hugging Face model was loaded from
     model_path = settings.get("model") or (model_info or {}).get("source")
+    model_path_source = ("optimize session settings" if settings.get("model") else
+                         "agent: the folder the model was loaded from" if model_path else None)
     kind, _ = model_kind(model_path)
     n_blocks, n_blocks_source = _block_count(model_info, layers, model_path)
     if n_blocks is None:
@@ -736,7 +739,7 @@ def extract_features(store, session_id: int, *, calibration_text: str | None = N
         model_key=model_key, model_class=(model_info or {}).get("class"),
         model_params=int(model_params) if model_params else None, flops_per_forward=flops,
         dtype=dtype, device=device, is_training=is_training, training_evidence=training_evidence,
-        ranks=ranks, reasons=reasons, model_path=model_path, model_kind=kind,
+        ranks=ranks, reasons=reasons, model_path=model_path, model_kind=kind, model_path_source=model_path_source,
         optimize_results=outcomes, calibration_text=calibration_text, heal_text=heal_text,
         n_blocks=n_blocks, n_blocks_source=n_blocks_source,
     )

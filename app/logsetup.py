@@ -45,7 +45,8 @@ class _Named(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         top = record.name.split(".")[0]
-        who = "wattlens" if top in ("wattlens", "root") else top
+        # wattlens never logs on the root logger: a record there is a library's (logging.warning())
+        who = record.module if top == "root" else top
         return f"{who}: {record.getMessage()}" + (f"\n{self.formatException(record.exc_info)}"
                                                    if record.exc_info else "")
 

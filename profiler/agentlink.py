@@ -83,6 +83,8 @@ class _Client:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     said_bye: bool = False
     error: str | None = None  # the uncaught exception that ended the target (its goodbye said)
+    dropped_step: bool = False  # and the step it cut short was left out
+    steps: int = 0  # steps its goodbye counted
     drops: int = 0
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -503,6 +505,8 @@ class AgentServer:
     def _msg_bye(self, client: _Client, msg: dict[str, Any]) -> None:
         client.said_bye = True
         client.error = msg.get("error")
+        client.dropped_step = bool(msg.get("dropped_step"))
+        client.steps = int(msg.get("steps") or 0)
 
     def _hello_info(self, client: _Client) -> dict[str, Any]:
         info = dict(client.hello or {})
@@ -651,20 +655,24 @@ class AgentServer:
         rank = (client.hello or {}).get("rank")
         who = f"rank {rank} (PID {client.pid})" if rank is not None else f"the process with PID {client.pid}"
         if client.said_bye and client.error:
-            message = (f"{who} ended with an uncaught {client.error}; the step it was in is not counted")
+            message = f"{who} ended with an uncaught {client.error}" + (
+                "; the step it was in is not counted" if client.dropped_step else
+                f", after {client.steps} step(s)" if client.steps else "")
         elif client.said_bye:
             message = f"agent in pid {client.pid} finished"
         elif reason is None:
             message = f"stopped listening to the agent in pid {client.pid}"
         else:
-            message = (f"{who} ended without its agent's goodbye (killed or crashed); what it sent "
-                       "until then is kept")
+            message = (f"{who} ended without its agent's goodbye (killed, crashed or os._exit); what "
+                       "it sent until then is kept")
         self._call(self._on_event, EventRecord(time.monotonic_ns(), "agent-disconnected", message,
                                                {"pid": client.pid, "clean": client.said_bye, "rank": rank,
                                                 "error": client.error,
-                                                # it ended by an exception, or vanished without a goodbye
-                                                "early": bool(client.error) or (not client.said_bye
-                                                                                and reason is not None)}))
+                                                # it ended by an exception, or vanished without a
+                                                # goodbye: said in the session where it ran a model
+                                                "early": bool(client.models) and (
+                                                    bool(client.error) or (not client.said_bye
+                                                                           and reason is not None))}))
 
 
 def layer_costs(msg: dict[str, Any], energy_j: float | None, *, rank: int | None = None) -> list[LayerCost]:

@@ -125,13 +125,17 @@ def split_window_energy(rows: Sequence[LayerCost], energy_j: float | None) -> li
 
 def fill_step_energy(steps: Iterable[StepRecord], between: EnergyBetween) -> list[StepRecord]:
     """Steps with their energy: the agent's figure when it sent one, else the target's energy
-    between the step's ends (None while that is not known)."""
+    between the step's ends (None while that is not known). In a job of several ranks that energy
+    is every rank's at once, so a rank's step gets its equal share (as rank_energy splits a job
+    whose ranks have no energy of their own): added up over the ranks, a job step counts once."""
+    steps = list(steps)
+    ranks = len({s.rank for s in steps if s.rank is not None})
     out = []
     for s in steps:
         if s.energy_j is None:
             e = between(s.t_start_ns, s.t_end_ns)
             if e is not None:
-                s = replace(s, energy_j=e)
+                s = replace(s, energy_j=e / ranks if s.rank is not None and ranks > 1 else e)
         out.append(s)
     return out
 

@@ -97,7 +97,8 @@ class ProfilingSession:
         self.store = store
         self.target = target
         self.kind = kind
-        self.name = name or (f"{target.name} (PID {target.pid})" if target else "system")
+        # a process may call itself anything (its comm): the default name is made printable
+        self.name = name or (command_name([f"{target.name} (PID {target.pid})"]) if target else "system")
         self.interval_s = interval_s
         self.duration_s = duration_s
         self.discovery = discovery or discover()

@@ -185,3 +185,19 @@ def test_a_name_with_control_characters_is_refused_and_a_commands_is_cleaned(db_
     assert r.returncode == 0, r.stderr
     name = json.loads(run_cli("sessions", "--db", str(db_path), "--json").stdout)[0]["name"]
     assert "\n" not in name and name.endswith("-c import sys print(1)")
+
+
+def test_renaming_checks_the_name_only(db_path, monkeypatch):
+    """helper-42's review: rename also checked this machine's host name, so a long WATTLENS_HOST
+    refused a good name with a host-name error."""
+    from wattlens.profiler.errors import BadInputError
+    from wattlens.profiler.store import Store
+
+    store = Store(db_path)
+    sid, _ = store.create_session(name="a", kind="run", started_at=1.7e9, start_ns=0)
+    monkeypatch.setenv("WATTLENS_HOST", "h" * 300)
+    store.rename_session(sid, "a better name")
+    assert store.session(sid)["name"] == "a better name"
+    with pytest.raises(BadInputError, match="host name"):
+        store.create_session(name="b", kind="run", started_at=1.7e9, start_ns=0)
+    store.close()

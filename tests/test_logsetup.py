@@ -34,10 +34,12 @@ def test_records_are_named_for_who_logged_them(terminal):
     logging.getLogger("torchao.kernel.intmm").warning("Warning: Detected no triton, on systems without")
     logging.getLogger("torchao").warning("a notice not on the list")
     logging.getLogger("torch.utils._pytree").warning("Enum subclass registration is deprecated")
+    logging.warning("a library that logs on the root logger")  # named by its module, not as wattlens
     assert terminal.getvalue().splitlines() == [
         "wattlens: py-spy ended early",
         "transformers: some weights were not used",
         "torchao: a notice not on the list",
+        "test_logsetup: a library that logs on the root logger",
     ]
 
 

@@ -19,6 +19,9 @@ def test_only_an_existing_local_folder_is_a_source(tmp_path, monkeypatch):
     assert _source_folder(built) is None
     assert _source_folder(SimpleNamespace(config=SimpleNamespace(_name_or_path="gpt2"))) is None  # a hub name
     assert _source_folder(SimpleNamespace()) is None  # no transformers model
+    # under DDP (or torch.compile) the main model is the wrapper: the folder is its inner model's
+    assert _source_folder(SimpleNamespace(module=loaded)) == str(folder)
+    assert _source_folder(SimpleNamespace(_orig_mod=SimpleNamespace(module=loaded))) == str(folder)
 
 
 def test_the_command_quotes_a_folder_and_puts_the_copy_beside_it():

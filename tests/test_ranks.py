@@ -154,3 +154,16 @@ def test_without_timed_collectives_no_rank_is_named_the_straggler():
     assert job["waiting_energy_j_per_step"] is None
     text = " ".join(job_lines(job))
     assert "slowest" not in text and "no straggler can be named" in text
+
+
+def test_a_ranks_step_filled_from_the_jobs_energy_gets_its_share():
+    """helper-42's review: a ranked step whose energy the agent could not send was filled with the
+    whole job's energy over it, so a job step counted once per rank."""
+    from wattlens.profiler.figures import fill_step_energy
+    from wattlens.profiler.summary import step_stats
+
+    steps = [StepRecord(0, 0, 10, rank=r, world_size=2) for r in (0, 1)]
+    filled = fill_step_energy(steps, lambda t0, t1: 2.0)  # the job's energy over the step
+    assert [s.energy_j for s in filled] == [1.0, 1.0]
+    assert step_stats(filled)["energy_per_step_j"] == 2.0
+    assert fill_step_energy([StepRecord(0, 0, 10)], lambda t0, t1: 2.0)[0].energy_j == 2.0

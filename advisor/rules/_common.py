@@ -23,6 +23,11 @@ def model_arg(f: SessionFeatures) -> str:
     return f.model_path if f.model_path and f.model_kind == "hf-folder" else MODEL_PLACEHOLDER
 
 
+def model_source(f: SessionFeatures) -> str:
+    """Where the session learnt which model it measured, for an evidence row."""
+    return f.model_path_source or "optimize session settings"
+
+
 def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:.0f} %"
 

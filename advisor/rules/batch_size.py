@@ -19,7 +19,7 @@ from wattlens.advisor.recommend import (
     sweep_command,
 )
 from wattlens.advisor.regression import fit_energy_vs_batch
-from wattlens.advisor.rules._common import ev, fit_confidence, pct
+from wattlens.advisor.rules._common import ev, fit_confidence, model_arg, pct
 
 RULE = "batch-size"
 NEEDS = ("GPU utilisation with memory headroom, the target's CPU use against the core count, or a "
@@ -101,7 +101,7 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
         saving = _rule_of_thumb(f, current)
         confidence = "low"
         title = "Raise the batch size" + (f" above {current}" if current else "")
-        command = sweep_command()
+        command = sweep_command(model=model_arg(f))
         if advice is not None:
             notes.append(f"regression: {advice.reason}")
     rationale = ("Energy per sample falls when each batch keeps the hardware busy: " + "; ".join(reasons)
@@ -128,7 +128,7 @@ def _rule_of_thumb(f: SessionFeatures, current: int | None) -> PredictedSaving:
     g = next((g for g in f.gpus if g.util_mean_pct is not None and g.mean_power_w and g.idle_power_w), None)
     if g is None or f.gpu_util_mean_pct is None:
         return measure_first("the saving depends on the model and the machine; a short sweep measures it",
-                             sweep_command(), )
+                             sweep_command(model=model_arg(f)), )
     static_share = min(1.0, g.idle_power_w / g.mean_power_w)
     high = static_share * (1.0 - g.util_mean_pct / 100.0)
     return rule_of_thumb(0.0, high, f"{g.source_id}'s idle power ({g.idle_power_w:.0f} W of "

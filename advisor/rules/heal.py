@@ -18,7 +18,13 @@ file; prune-heads exists only there) or that is not a causal LM, the rule says n
 from __future__ import annotations
 
 from wattlens.advisor.features import HEALABLE_PRUNING, OptimizeOutcome, SessionFeatures
-from wattlens.advisor.recommend import MODEL_PLACEHOLDER, PredictedSaving, Recommendation, Risk
+from wattlens.advisor.recommend import (
+    MODEL_PLACEHOLDER,
+    PredictedSaving,
+    Recommendation,
+    Risk,
+    shell_path,
+)
 from wattlens.advisor.regression import action_name
 from wattlens.advisor.rules._common import ev
 
@@ -100,8 +106,9 @@ def evaluate(f: SessionFeatures) -> list[Recommendation]:
                      "the result reports the joules healing cost and the samples until they are paid back")
         model = o.model_path or MODEL_PLACEHOLDER
         suffix = o.spec.replace(":", "-").replace(".", "").replace(",", "-")
-        command = (f"wattlens optimize {model} --action {o.spec} --heal-steps {steps} --heal-text {f.heal_text} "
-                   f"--max-quality-loss {o.max_quality_loss:g} --out {model}-{suffix}-healed")
+        command = (f"wattlens optimize {shell_path(model)} --action {o.spec} --heal-steps {steps} "
+                   f"--heal-text {shell_path(f.heal_text)} --max-quality-loss {o.max_quality_loss:g} "
+                   f"--out {shell_path(f'{model}-{suffix}-healed')}")
         recs.append(Recommendation(
             rule=RULE, title=f"Heal the pruned model ({o.spec}) by distillation, {steps} steps",
             rationale=(f"{o.spec} saved energy but lost {o.quality_loss:.4g} ({o.quality_metric}), more than "

@@ -46,6 +46,7 @@ from wattlens.advisor.rules._common import (
     fit_confidence,
     layer_source,
     model_arg,
+    model_source,
     pct,
     top_layer_evidence,
 )
@@ -159,9 +160,9 @@ def route(f: SessionFeatures, action: str, *, why_folder_refused: str | None, ex
         return Route(optimize_command(action, model_arg(f)) + extra, (), (), False)
     if f.model_kind == "torch-module-file":
         return Route(optimize_command(action) + " --trust-pickle" + extra, (), (
-            ev("the model as the session recorded it", "torch module file", "", "optimize session settings"),),
+            ev("the model as the session recorded it", "torch module file", "", model_source(f)),),
             True)
-    known = (ev("the model as the session recorded it", "Hugging Face folder", "", "optimize session settings"),
+    known = (ev("the model as the session recorded it", "Hugging Face folder", "", model_source(f)),
              ) if f.model_kind == "hf-folder" else ()
     command = (f"wattlens optimize {MODULE_FILE} --trust-pickle --action {action} "
                f"--out {MODEL_PLACEHOLDER}-{suffix}{extra}")

@@ -228,7 +228,8 @@ def headline(report: dict) -> list[tuple[str, Fig, str]]:
         out.append(("CO2", Fig(fmt(summ.get("co2_g"), "g"), flags["derived"]), summ.get("co2_basis") or "n/a"))
     st = summ.get("steps")
     if st:
-        basis = f"{st.get('with_energy', 'n/a')} of {st.get('count', 'n/a')} steps with energy"
+        basis = (f"{st.get('with_energy', 'n/a')} of {st.get('count', 'n/a')} "
+                 f"{'job steps' if st.get('ranks') else 'steps'} with energy")
         out.append(("Energy per step", Fig(fmt(st.get("energy_per_step_j"), "J"), flags["derived"]), basis))
         out.append(("Energy per sample", Fig(fmt(st.get("energy_per_sample_j"), "J"), flags["derived"]),
                     f"{fmt(st.get('samples'))} samples"))

@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,23 @@ def _knob_kind_ok(default: Any, value: Any) -> bool:
     return False
 
 
+def uncaught_exception() -> str | None:
+    """The exception that is ending the program, at exit: Python keeps the one that reached the
+    top of the main thread in ``sys.last_exc``/``sys.last_value`` before any excepthook runs, so a
+    hook the program or its distribution installed (apport, rich) does not hide it; SystemExit
+    and ``os._exit`` leave none. One line of printable text."""
+    exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    if exc is None:
+        return None
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ fails still ended the program
+        text = ""
+    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)  # no escape sequences
+    text = " ".join(text.split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class Agent:
     COMMANDS: dict[str, tuple[str, bool]] = {
         "set_knob": ("_cmd_set_knob", False),
@@ -104,8 +122,6 @@ class Agent:
                                   on_lost=self._on_lost, on_bad_command=self._refuse)
         self._watcher = TorchImportWatcher(self._on_torch)
         atexit.register(self.shutdown)
-        self.uncaught: str | None = None  # the exception that ended the program, if one did
-        self._chain_excepthook()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
@@ -324,28 +340,17 @@ class Agent:
         self.send({"type": "refused", "t_ns": time.monotonic_ns(), "command": command,
                    "reason": reason})
 
-    def _chain_excepthook(self) -> None:
-        """Note an exception that ends the program (then its last step was cut short: it is not
-        counted, and the goodbye says why), and hand it on to the hook that was there."""
-        previous = sys.excepthook
-
-        def hook(exc_type, exc, tb):
-            if os.getpid() == self._pid:
-                text = " ".join(str(exc).split())[:200]
-                self.uncaught = f"{exc_type.__name__}: {text}" if text else exc_type.__name__
-            previous(exc_type, exc, tb)
-
-        sys.excepthook = hook
-
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
         """At exit: close the last step and window, say goodbye, close the socket."""
         if self._closed or os.getpid() != self._pid:
             return
         self._closed = True
+        uncaught = uncaught_exception()
+        dropped = False
         try:
             if self.tracker is not None and not self._quiet:
-                self.tracker.finish(drop_open=self.uncaught is not None)
+                dropped = self.tracker.finish(drop_open=uncaught is not None)
             if self.collectives is not None and not self._quiet:
                 self.collectives.flush()
         except Exception as exc:
@@ -353,8 +358,8 @@ class Agent:
         try:
             steps = self.tracker.steps_done if self.tracker is not None else 0
             bye = {"type": "bye", "t_ns": time.monotonic_ns(), "steps": steps}
-            if self.uncaught is not None:
-                bye["error"] = self.uncaught
+            if uncaught is not None:
+                bye["error"], bye["dropped_step"] = uncaught, dropped
             self._link.send(bye)
             self._link.close()
         except Exception:

@@ -129,6 +129,8 @@ class Tracker:
         self._bw_seen = False
         self._bw_note_sent = False
         self._last_main_end: int | None = None
+        self._raising = False  # a module's forward is unwinding an exception (its post-call runs)
+        self._main_raised = False  # the main model's last forward ended by an exception
         self._first_main: int | None = None
 
         # optimizer steps, timed on CPU: the window's sums (its "optimizer" bucket). The step in
@@ -458,6 +460,7 @@ class Tracker:
                             "WATTLENS_AGENT_FLOPS=force", {"reason": "torch._dynamo not loaded"})
 
     def _main_end(self, output: Any) -> None:
+        self._main_raised = self._raising  # then the step it is in did not do its work
         self._main_active = False
         self._need_shape = False
         self._last_main_end = _monotonic_ns()
@@ -921,17 +924,19 @@ class Tracker:
             pools.setdefault(dev, []).extend((e0, e1))
 
     # ------------------------------------------------------------------ end of run
-    def finish(self, drop_open: bool = False) -> None:
+    def finish(self, drop_open: bool = False) -> bool:
         """Close the last step and window and flush everything (at exit). ``drop_open``: the
-        program ended by an exception, so a step still open was cut short and is not counted."""
+        program is ending by an exception, so a step still open that had not done its work was cut
+        short and is not counted. Returns whether a step was dropped so."""
+        dropped = False
         self._exit_flop_mode()
         self._seg_on = False
         if self._flops_pending and self._flops_note_sent:
             self._event("flops-unavailable", "FLOPs not counted: the program never loaded "
                         "torch._dynamo (set WATTLENS_AGENT_FLOPS=force to count them anyway)",
                         {"reason": "torch._dynamo not loaded"})
-        if self._step_open is not None and drop_open and not self._open_step_finished():
-            self._step_open = None
+        if self._step_open is not None and drop_open and self._n_all and not self._open_step_finished():
+            self._step_open, dropped = None, True
         if self._step_open is not None:
             if self._n_all:
                 end = max(x for x in (self._last_main_end, self._last_opt, self._step_open)
@@ -944,12 +949,24 @@ class Tracker:
         self._win_start = None
         if self._cuda:
             self._poll_cuda(wait=True)
+        return dropped
+
+    def _post_raised(self, module: Any, args: Any) -> None:
+        """A module's forward raised: its post-call still runs (stack, times), marked as such."""
+        self._raising = True
+        try:
+            self._post(module, args, None)
+        finally:
+            self._raising = False
 
     def _open_step_finished(self) -> bool:
         """Whether the open step did its work before the program ended. Steps marked by
         optimizer.step() or agent.step(): never (that mark would have closed it). Steps marked by
-        the model's forward: when that forward ran to its end."""
-        if self._mode != "auto":
+        the model's forward: when that forward returned (not raised) and was no training forward
+        (whose backward and optimizer step may not have run)."""
+        if self._mode != "auto" or self._main_raised:
+            return False
+        if self._n_train:  # a training forward: its backward and optimizer step may not have run
             return False
         return self._last_main_end is not None and self._last_main_end >= self._step_open
 
@@ -1020,6 +1037,10 @@ def _source_folder(module: Any) -> str | None:
     """The local folder a Hugging Face model was loaded from (``from_pretrained(folder)`` keeps it
     as ``config._name_or_path``), absolute; None for a hub name, a config-built model or no
     transformers model. What the advisor's ``wattlens optimize`` command then names."""
+    for _ in range(4):  # a wrapper's model: DistributedDataParallel / DataParallel .module, compile's ._orig_mod
+        if hasattr(module, "config"):
+            break
+        module = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
     path = getattr(getattr(module, "config", None), "_name_or_path", None)
     if not isinstance(path, str) or not path:
         return None
@@ -1079,6 +1100,7 @@ class _CallWrapper:
         self._cls = module_cls
         self._orig = orig = module_cls.__call__
         pre, post, exit_ = tracker._enter, tracker._post, tracker._exit
+        post_raised = tracker._post_raised
         infos_get = tracker._infos.get
         tls = tracker._tls
         perf_ns = _perf_ns
@@ -1135,7 +1157,7 @@ class _CallWrapper:
                         else:
                             out = orig(self, *args, **kwargs)
                     except BaseException:
-                        post(self, args, None)
+                        post_raised(self, args)
                         raise
                     t1 = perf_ns()
                     if (stack and stack[-1] is frame and info.win == tracker._win
@@ -1154,7 +1176,7 @@ class _CallWrapper:
             try:
                 out = orig(self, *args, **kwargs)
             except BaseException:
-                post(self, args, None)
+                post_raised(self, args)
                 raise
             post(self, args, out)
             return out

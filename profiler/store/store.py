@@ -605,11 +605,12 @@ class Store:
 
     # ---- sessions ------------------------------------------------------------------------------
     @staticmethod
-    def check_session_fields(name: str | None) -> None:
+    def check_session_fields(name: str | None, *, host: bool = True) -> None:
         """Refuse, in one line (exit 2), a session name or host name longer than its column holds,
         the same on every backend (PostgreSQL would refuse it, SQLite would store it): called
         before anything is measured or launched."""
-        for what, value, col in (("--name", name, "name"), ("the host name (WATTLENS_HOST)", host_name(), "host")):
+        fields = [("--name", name, "name")] + ([("the host name (WATTLENS_HOST)", host_name(), "host")] if host else [])
+        for what, value, col in fields:
             limit = m.SessionRow.__table__.c[col].type.length
             if value is not None and len(value) > limit:
                 raise BadInputError(f"{what} is {len(value)} characters long; a session's holds at most {limit}",
@@ -688,7 +689,7 @@ class Store:
                       .values(summary_json=_json(summary)))
 
     def rename_session(self, session_id: int, name: str) -> None:
-        self.check_session_fields(name)  # as a new session's name: its length, no control characters
+        self.check_session_fields(name, host=False)  # as a new session's name: length, no control characters
         self.session(session_id)
         with self._begin() as c:
             c.execute(update(m.SessionRow).where(m.SessionRow.id == session_id).values(name=name))
