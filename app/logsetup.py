@@ -51,6 +51,11 @@ class _Named(logging.Formatter):
                                                    if record.exc_info else "")
 
 
+def _quiet_torch_notices() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def quiet_library_notices() -> None:
     """Hide the known notices (kept with WATTLENS_DEBUG) in a process that prints them through
     Python's last-resort handler: the bundled demo workload, before it imports transformers."""
@@ -58,8 +63,7 @@ def quiet_library_notices() -> None:
         return
     for name, _ in KNOWN_NOTICES:
         logging.getLogger(name).addFilter(_KnownNotices())
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet_torch_notices()
 
 
 def configure(stream=None) -> logging.Handler:
@@ -68,8 +72,7 @@ def configure(stream=None) -> logging.Handler:
     handler.setFormatter(_Named())
     if not debug_enabled():
         handler.addFilter(_KnownNotices())
-        for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
+        _quiet_torch_notices()
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_wattlens", False)]:
         root.removeHandler(old)

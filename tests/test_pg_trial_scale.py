@@ -154,18 +154,25 @@ def _lost_connection(store: Store) -> StoreError:
                        hint="start the server", kind="connection")
 
 
-def test_a_lost_connection_at_the_end_is_waited_for_before_anything_is_given_up(db_path, monkeypatch, caplog):
-    store = Store(db_path)
-    sid, series = _session(store)
+def _server_back_after(store: Store, monkeypatch, failures: int) -> list:
+    """Make the store's writes fail as a lost connection ``failures`` times, then succeed; the
+    returned list grows by one per try."""
     real, calls = store.write_batch, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
-        if len(calls) <= 3:  # the server is back after three tries
+        if len(calls) <= failures:
             raise _lost_connection(store)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(store, "write_batch", flaky)
+    return calls
+
+
+def test_a_lost_connection_at_the_end_is_waited_for_before_anything_is_given_up(db_path, monkeypatch, caplog):
+    store = Store(db_path)
+    sid, series = _session(store)
+    _server_back_after(store, monkeypatch, 3)  # the server is back after three tries
     w = StoreWriter(store, sid, series, commit_interval_s=3600)  # no flush before stop
     w.start()
     w([SamplePoint("cpu-model/power_w", T0 + i, 1.0) for i in range(20)])
@@ -280,15 +287,7 @@ def test_a_connection_back_during_the_session_is_said_once_with_what_was_held(db
     """helper-38 left this: during a run the lost connection was said, its return never was."""
     store = Store(db_path)
     sid, series = _session(store)
-    real, calls = store.write_batch, []
-
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) <= 2:
-            raise _lost_connection(store)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(store, "write_batch", flaky)
+    calls = _server_back_after(store, monkeypatch, 2)
     w = StoreWriter(store, sid, series, commit_interval_s=0.05)
     with caplog.at_level(logging.WARNING, logger="wattlens.profiler.store.writer"):
         w.start()

@@ -115,10 +115,13 @@ class StoreWriter:
         if not self.pending:
             log.warning("the database is back: every record was written")
 
-    def _lose(self, records: int, exc: StoreError) -> None:
-        """Count ``records`` (not samples) that the database refused for good."""
+    def _lose(self, records: int, exc: StoreError, samples: list | None = None) -> None:
+        """Count ``records`` that the database refused for good (``samples``: those of them that
+        are samples, for the lost span)."""
         loss = self.loss or WriteLoss()
         said = loss.reason == exc.message  # said once: the count is in the session's end
+        if samples:
+            loss.add_samples(samples)
         loss.records += records
         loss.reason = exc.message
         self.loss = loss
@@ -245,11 +248,8 @@ class StoreWriter:
                 failed = exc
                 if getattr(exc, "transient", True):
                     continue  # kept for the next try
-                if arg == "samples":
-                    self._give_up_samples(exc)
-                else:
-                    self._lose(len(rows), exc)
-                    setattr(self, attr, [])
+                self._lose(len(rows), exc, rows if arg == "samples" else None)
+                setattr(self, attr, [])
                 continue
             self.rows_written += len(rows)
             setattr(self, attr, [])
@@ -257,17 +257,6 @@ class StoreWriter:
             self.last_error = failed
         elif not self.pending:
             self.last_error = None
-
-    def _give_up_samples(self, exc: StoreError) -> None:
-        loss = self.loss or WriteLoss()
-        said = loss.reason == exc.message
-        loss.add_samples(self._samples)
-        loss.records += len(self._samples)
-        loss.reason = exc.message
-        self.loss = loss
-        if not said:
-            log.error("records the database refuses are lost from now on (%s)", exc.message)
-        self._samples = []
 
 
 def _as_store_error(exc: BaseException) -> StoreError:
