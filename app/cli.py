@@ -498,7 +498,7 @@ def cmd_sessions(args) -> int:
     if limit and len(rows) == limit:
         older = store.session_count(host=args.host) - len(rows)
         if older > 0:
-            print(f"… and {older:,} older session{'s' if older != 1 else ''}: `wattlens sessions --limit 0` "
+            print(f"… and {older:,} older session{'s' if older != 1 else ''}: `{_all_sessions_command(args, store.display_name)}` "
                   "lists them all")
     if any(r["status"] == "running" for r in rows):  # n/a above: its summary is written at its end
         print("running: still being recorded, no final figures yet — `wattlens show ID` gives them so far")
@@ -506,6 +506,19 @@ def cmd_sessions(args) -> int:
         print("estimated: a CPU power model (TDP × load), not a meter; target: its attributed share "
               "of the machine's energy (`wattlens show ID` says how)")
     return EXIT_OK
+
+
+def _all_sessions_command(args, db_shown: str) -> str:
+    """The listing the user asked for (its --db, as ``db_shown`` with any password hidden, and its
+    --host kept), without the limit."""
+    import shlex
+
+    words = ["wattlens", "sessions"]
+    if getattr(args, "db", None):
+        words += ["--db", db_shown]
+    if args.host is not None:
+        words += ["--host", args.host]
+    return shlex.join([*words, "--limit", "0"])
 
 
 def _open_store_with(args, session_id: int):

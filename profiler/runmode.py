@@ -334,8 +334,9 @@ class RunSession:
             note = self.agent_note()
             if note is not None:
                 self.session.note(note)
-            for note in list(self.ended_early):
-                self.session.note(note)
+            # a note, not a second event: its agent-disconnected event already stands in the
+            # event list, at the moment it happened
+            self.session.notes.extend(self.ended_early)
         summary = self.session.stop(status, reason) if self.session else {}
         self._stop_actions(summary)
         if self.proc is not None:

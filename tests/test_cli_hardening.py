@@ -147,7 +147,7 @@ def test_a_figure_per_unit_that_is_unknown_reads_na_per_unit(capsys):
     assert line.strip() == "steps: 12, 0.5 J/step, 0.125 J/sample, n/a per token"
 
 
-def test_sessions_lists_the_newest_and_says_how_many_more(db_path):
+def test_sessions_lists_the_newest_and_says_how_many_more(db_path, monkeypatch):
     """helper-36's trial: 20,000 sessions took 5.4 s and 612 MB to list, every one printed."""
     import json
 
@@ -160,12 +160,21 @@ def test_sessions_lists_the_newest_and_says_how_many_more(db_path):
     table = run_cli("sessions", "--db", str(db_path)).stdout.splitlines()
     ids = [int(x.split()[0]) for x in table[1:] if x.split() and x.split()[0].isdigit()]
     assert ids == list(range(53, 3, -1))  # the newest 50, newest first
-    assert "… and 3 older sessions: `wattlens sessions --limit 0` lists them all" in table
+    assert f"… and 3 older sessions: `wattlens sessions --db {db_path} --limit 0` lists them all" in table
     everything = run_cli("sessions", "--db", str(db_path), "--limit", "0").stdout
     assert "older session" not in everything and len(everything.splitlines()) >= 54
     assert len(json.loads(run_cli("sessions", "--db", str(db_path), "--json").stdout)) == 53  # scripts: all
     assert [r["id"] for r in json.loads(run_cli("sessions", "--db", str(db_path), "--json", "--limit", "2").stdout)] \
         == [53, 52]
+    monkeypatch.setenv("WATTLENS_HOST", "gpu 2")  # another host's: the hint keeps --host, counts its own
+    store = Store(db_path)
+    for i in range(52):
+        store.create_session(name=f"o{i}", kind="run", started_at=1.8e9 + i, start_ns=i)
+    store.close()
+    monkeypatch.delenv("WATTLENS_HOST")
+    other = run_cli("sessions", "--db", str(db_path), "--host", "gpu 2").stdout.splitlines()
+    assert f"… and 2 older sessions: `wattlens sessions --db {db_path} --host 'gpu 2' --limit 0` lists them all" \
+        in other
 
 
 def test_a_name_with_control_characters_is_refused_and_a_commands_is_cleaned(db_path, tmp_path):

@@ -97,6 +97,9 @@ def test_a_step_cut_short_by_an_exception_is_not_counted_and_the_session_says_ho
     assert note.startswith("the process with PID ") and note.endswith(said), note
     assert "simulated crash" in note and "\x1b" not in note  # the exception's text, printable
     assert "simulated crash" in run_cli("show", str(doc["session_id"]), "--db", str(db)).stdout
+    # said once in the event list, when it happened (the note at the end was a second event row)
+    assert [e.kind for e in Store(db).events(doc["session_id"]) if "uncaught" in e.message] \
+        == ["agent-disconnected"]
 
 
 def test_a_command_that_does_not_exist_is_one_line_exit_2(tmp_path):
