@@ -112,13 +112,17 @@ def per_rank(steps: Sequence[StepRecord], events: Iterable[EventRecord] = (),
     world = max((s.world_size for s in steps if s.world_size is not None), default=None)
     energy = rank_totals(ranks, events, series or {})
     # without timed collectives a rank's wait is inside its step (a synchronous job's ranks all
-    # end their steps together in the untimed all-reduce): no rank can be named the slowest
-    spread, slowest, median_s = straggler(ranks) if calls else (None, None, None)
+    # end their steps together in the untimed all-reduce): no rank can be named the slowest. So
+    # with some ranks untimed: such a rank's busy time holds its wait, and it would read slowest
+    timed_ranks = sorted(r for r, c in calls.items() if c and r in by_rank)
+    all_timed = bool(timed_ranks) and len(timed_ranks) == len(ranks)
+    spread, slowest, median_s = straggler(ranks) if all_timed else (None, None, None)
     return {
         "world_size": world,
         "ranks_seen": len(ranks),
         "ranks": ranks,
-        "collectives_timed": bool(calls),
+        "collectives_timed": all_timed,  # on every rank that reported steps
+        "collectives_timed_ranks": timed_ranks,
         "straggler_spread": spread,
         "slowest_rank": slowest,
         "median_busy_s": median_s,

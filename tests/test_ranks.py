@@ -156,6 +156,24 @@ def test_without_timed_collectives_no_rank_is_named_the_straggler():
     assert "slowest" not in text and "no straggler can be named" in text
 
 
+def test_with_collectives_timed_on_some_ranks_only_no_rank_is_named_the_straggler():
+    """helper-42's review: a rank whose collectives were not timed has its wait inside its busy
+    time, so it read as the slowest ('rank 1 is the slowest', spread 1.8) in a job where rank 0's
+    own calls were timed."""
+    from wattlens.app.report.ranks import job_lines
+
+    steps = _steps(0, [0.1] * 3) + _steps(1, [0.1] * 3)
+    calls = [("all_reduce", s.t_start_ns + 10**7, s.t_start_ns + 5 * 10**7) for s in steps[:3]]
+    job = per_rank(steps, [EventRecord(0, "collectives", "", {"rank": 0, "calls": calls})])
+    assert not job["collectives_timed"] and job["collectives_timed_ranks"] == [0]
+    assert job["straggler_spread"] is None and job["slowest_rank"] is None
+    assert job["waiting_energy_j_per_step"] is None
+    text = " ".join(job_lines(job))
+    assert "slowest" not in text and "timed on rank 0 only, so no straggler can be named" in text
+    both = per_rank(steps, [EventRecord(0, "collectives", "", {"rank": r, "calls": calls}) for r in (0, 1)])
+    assert both["collectives_timed"] and both["collectives_timed_ranks"] == [0, 1]
+
+
 def test_a_ranks_step_filled_from_the_jobs_energy_gets_its_share():
     """helper-42's review: a ranked step whose energy the agent could not send was filled with the
     whole job's energy over it, so a job step counted once per rank."""

@@ -50,7 +50,12 @@ def job_lines(ranks: dict | None) -> list[str]:
     if ranks.get("waiting_energy_j_per_step") is not None:
         out.append(f"Other ranks wait about {ranks['waiting_energy_j_per_step']:.3g} J per step for it "
                    "(estimated).")
-    if not ranks.get("collectives_timed"):
+    timed = ranks.get("collectives_timed_ranks") or []
+    if not ranks.get("collectives_timed") and timed:
+        out.append(f"torch.distributed collectives were timed on rank{'s' if len(timed) > 1 else ''} "
+                   f"{', '.join(map(str, timed))} only, so no straggler can be named: the other ranks' "
+                   "wait for the rest is inside their step time.")
+    elif not ranks.get("collectives_timed"):
         out.append("No torch.distributed collective was timed (DDP's own gradient all-reduce runs in "
                    "C++ and is not timed), so no straggler can be named: each rank's wait for the others "
                    "is inside its step time.")
