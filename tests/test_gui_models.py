@@ -375,8 +375,11 @@ def test_layer_caption_says_what_the_layers_add_up_to():
     s = SeriesSet(0, [SeriesInfo("target/energy_j", "J", "attributed (estimated)")])
     s.extend_ns("target/energy_j", np.array([10**8, 2 * 10**9, 3 * 10**9]), np.array([1.0, 17.0, 20.0]))
     tree = LayerTree()
+    tree.set_target(s.target_energy_j, estimated=s.target_estimated)
     tree.add(_window(10**9, 2 * 10**9, 8.0), energy_between=s.energy_between_ns)
     text = layer_coverage(8.0, 20.0, {"stack-sampling"}, estimated=True)["text"]
     assert text.startswith("layers: 8 J of the target's 20.0 J (estimated, 40 %)")
     assert text.endswith("the rest: between the sampling windows")
+    assert tree.describe().endswith(text)
+    tree.reset([*_window(10**9, 2 * 10**9, 8.0)], s.energy_between_ns)  # as stored, at the end: still said
     assert tree.describe().endswith(text)

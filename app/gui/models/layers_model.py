@@ -120,6 +120,9 @@ class Bar:
 class LayerTree:
     def __init__(self) -> None:
         self.changed = Signal()
+        #: the target's energy so far (J), for the coverage line ``describe`` shows (:meth:`set_target`)
+        self.target_energy_j: Callable[[], float | None] | None = None
+        self.target_estimated = False  # the target's energy comes from an estimate (CPU power model)
         self._clear()
 
     def _clear(self) -> None:
@@ -134,10 +137,11 @@ class LayerTree:
         self.pending: dict[tuple[int, int], list[LayerCost]] = {}
         self.resolved_windows = 0
         self._se = figures.SelfShareSE(_key, _self_time)  # what `show` and the reports print beside each share
-        #: the target's energy so far (J), for the coverage line ``describe`` shows; taken from the
-        #: series whose ``energy_between_ns`` the rows' energy came from, or set by the caller
-        self.target_energy_j: Callable[[], float | None] | None = None
-        self.target_estimated = False  # the target's energy comes from an estimate (CPU power model)
+
+    def set_target(self, energy_j: Callable[[], float | None], *, estimated: bool) -> None:
+        """Where the coverage line reads the target's energy so far (the series the rows' energy
+        comes from), and whether that energy is an estimate. Kept across :meth:`reset`."""
+        self.target_energy_j, self.target_estimated = energy_j, estimated
 
     def reset(self, rows: Iterable[LayerCost],
               energy_between: Callable[[int, int], float | None] | None = None) -> None:
@@ -154,10 +158,6 @@ class LayerTree:
         by energy once ``energy_between(window_start_ns, window_end_ns)`` knows the window's
         energy (now, or at a later ``resolve``)."""
         rows = list(rows)
-        if energy_between is not None and self.target_energy_j is None:
-            self.target_energy_j = _target_total(energy_between)
-            info = getattr(getattr(energy_between, "__self__", None), "infos", {}).get("target/energy_j")
-            self.target_estimated = "estimated" in (getattr(info, "method", "") or "")
         if not rows:
             return
         windows: dict[tuple[int, int], list[LayerCost]] = {}
@@ -315,9 +315,3 @@ class LayerTree:
                if self.energy_known and self.target_energy_j is not None else None)
         return f"{text}; {cov['text']}" if cov else text
 
-
-def _target_total(energy_between) -> Callable[[], float | None] | None:
-    """The target's cumulative energy from the series set that ``energy_between`` reads
-    (``SeriesSet.energy_between_ns``); None for any other callable."""
-    last = getattr(getattr(energy_between, "__self__", None), "last", None)
-    return (lambda: last("target/energy_j")) if callable(last) else None

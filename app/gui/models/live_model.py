@@ -194,6 +194,7 @@ class LiveModel:
         self.series = SeriesSet(session.start_ns, infos_from_specs(specs, self.sources))
         self.feed = LiveFeed(session.rings, self.series)
         self.layers = LayerTree()
+        self.layers.set_target(self.series.target_energy_j, estimated=self.series.target_estimated)
         self.steps: list[StepRecord] = []
         self.grid_g_per_kwh = grid_g_per_kwh
         self.launched_log = launched_log

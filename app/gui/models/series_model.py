@@ -215,6 +215,16 @@ class SeriesSet:
         point = s.last() if s is not None else None
         return point[1] if point else None
 
+    def target_energy_j(self) -> float | None:
+        """The target's attributed energy so far (J); None before its first point."""
+        return self.last("target/energy_j")
+
+    @property
+    def target_estimated(self) -> bool:
+        """The target's energy comes from an estimate (a CPU power model)."""
+        info = self.infos.get("target/energy_j")
+        return "estimated" in ((info.method if info is not None else "") or "")
+
     def energy_between_ns(self, t0_ns: int, t1_ns: int, key: str = "target/energy_j") -> float | None:
         """Energy of a cumulative series between two monotonic times; None while not covered.
         A span that began before the first sample gets the energy since the baseline (the

@@ -158,6 +158,7 @@ def load_stored_session(store, session_id: int, *, grid_g_per_kwh: float | None 
     sources = [source_dict(s) for s in session["sources"]]
     series = SeriesSet.from_arrays(session["start_ns"], infos_from_specs(session["series"], sources), data)
     layers = LayerTree()
+    layers.set_target(series.target_energy_j, estimated=series.target_estimated)
     layers.add(layer_rows, energy_between=series.energy_between_ns)
     summary = summarize(session, data, steps, layer_rows, grid_g_per_kwh=grid_g_per_kwh)
     summary["notes"] = (session.get("summary") or {}).get("notes", [])
