@@ -45,15 +45,18 @@ def run_headless(args) -> int:
                      stdout=sys.stderr if args.json else None)
     from wattlens.app.cli import stop_signals
 
-    with stop_signals() as signals:  # Ctrl-C / SIGTERM: a clean stop, the report is still written
+    # Ctrl-C / SIGTERM: a clean stop, and the report is still written: one during the advice or
+    # the report (seconds) waits for them, as the report is what the demo is read from
+    with stop_signals() as signals:
         sid = run.start()
         say(f"wattlens demo: measuring a GPT-2-style workload (PID {run.proc.pid}) as session {sid} in "
             f"{store.display_name}: it starts Python and torch, builds its model, then runs steps for "
             f"{args.duration:g} s")
         summary = run.run(signals=signals)
-    advice = advise(store, sid)
-    out = Path(args.output) if args.output else Path.cwd() / f"wattlens-demo-{sid}.html"
-    path = write_report(store, sid, "html", out)
+        say("wattlens demo: measured; running the advisor and writing the report")
+        advice = advise(store, sid)
+        out = Path(args.output) if args.output else Path.cwd() / f"wattlens-demo-{sid}.html"
+        path = write_report(store, sid, "html", out)
     if args.json:
         print(json.dumps({"session_id": sid, "report": str(path.resolve()), "summary": summary,
                           "recommendations": advice.get("recommendations", [])}, indent=2, default=str))

@@ -48,3 +48,26 @@ def test_gui_without_a_display_is_one_line_not_a_qt_abort(tmp_path, monkeypatch)
     assert r.stderr.strip().splitlines() == [
         "wattlens: error: no display to open the app on (DISPLAY and WAYLAND_DISPLAY are unset) — run it in a "
         "desktop session, or use the CLI: `wattlens attach PID`, `wattlens demo --headless`"]
+
+
+def test_a_ctrl_c_while_the_demo_advises_still_writes_its_report(tmp_path):
+    """Carried from the trials: Ctrl-C once the measuring was over (a second press meant for it,
+    arriving during the advice) ended the demo with no report, though its session was stored."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "d.html"
+    proc = subprocess.Popen([sys.executable, "-m", "wattlens.app", "demo", "--headless", "--duration", "2",
+                             "--db", str(tmp_path / "w.db"), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if "running the advisor and writing the report" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        rest, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert f"report: {out.resolve()}" in rest and out.stat().st_size > 10_000
