@@ -55,6 +55,8 @@ def test_cards_resting_on_an_estimate_say_so_with_the_method():
     assert "machine: estimated" in c["Mean power"].detail
     assert c["Mean power"].detail.startswith("energy ÷ duration of the session")
     assert c["CO₂"].detail.startswith("target energy × 475 gCO₂/kWh (Settings)")
+    # a stopped session's CPU figures are its means, and the card says so as the power card does
+    assert c["CPU"].detail == "mean over the session; target in % of one core"
 
 
 def test_measured_cards_name_their_method_and_never_say_estimated():

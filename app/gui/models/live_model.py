@@ -136,7 +136,8 @@ def cards(series: SeriesSet, sources: Sequence[Mapping], unavailable: Sequence[M
     cpu_text = f"machine {pct(max(cpu_util) if cpu_util else None)}"
     if has_target:
         cpu_text += f" · target {pct(_recent_mean(series, 'target/cpu_pct', span))}"
-    out.append(Card("CPU", cpu_text, "target in % of one core" if has_target else "all logical CPUs"))
+    over = "mean over the last second" if live else "mean over the session"  # as the power card says
+    out.append(Card("CPU", cpu_text, f"{over}; " + ("target in % of one core" if has_target else "all logical CPUs")))
     # GPU
     gpus = [s for s in sources if s.get("kind") == "gpu"]
     if gpus:
