@@ -64,7 +64,8 @@ def test_attach_serves_energy_that_increases_between_scrapes(torch_child, db_pat
         assert cpu_machine.labels["method"] == "estimated"
         assert cpu_target.labels["method"] == "attributed-estimated"
         assert cpu_target.labels["pid"] == str(child.pid) and cpu_target.labels["host"] == socket.gethostname()
-        assert set(cpu_target.labels) == {"source", "method", "scope", "host", "pid", "rank"}
+        assert set(cpu_target.labels) == {"source", "method", "scope", "host", "pid"}  # no rank: it has none
+        assert set(cpu_machine.labels) == {"source", "method", "scope", "host"}  # no pid: not a process's
         powers = {(s.labels["source"], s.labels["scope"]) for s in second["wattlens_power_watts"]}
         assert ("cpu-model", "machine") in powers
     finally:
@@ -89,7 +90,8 @@ def test_run_counts_the_agents_steps_with_their_energy(db_path):
             time.sleep(0.3)
             scrape = _scrape(url)
             steps = scrape.get("wattlens_steps_total", [])
-        assert steps and steps[0].value > 0 and steps[0].labels["rank"] == ""
+        assert steps and steps[0].value > 0 and "rank" not in steps[0].labels  # one process: no rank label
+        assert steps[0].labels["pid"].isdigit()  # the command's process
         counted = {s.name: s.value for s in scrape["wattlens_step_energy_joules_count"]
                    + scrape["wattlens_step_energy_joules_sum"]}
         assert counted["wattlens_step_energy_joules_count"] <= steps[0].value

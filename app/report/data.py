@@ -49,7 +49,7 @@ def build_report(store, session_id: int, *, compare_id: int | None = None,
         "summary": summary,
         "steps": [_step_dict(s) for s in steps],
         "ranks": session_ranks(steps, events, series),
-        "rank_layers": per_rank_layers(layers),
+        "rank_layers": per_rank_layers(layers, events=events),
         "layers": top_layers(layers, n=None),
         "events": [{"t_s": (e.t_ns - session["start_ns"]) / 1e9, "kind": e.kind, "message": e.message}
                    for e in events],

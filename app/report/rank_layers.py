@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from wattlens.app.gui.models.format import ROOT_NAME
+from wattlens.app.gui.models.format import ROOT_NAME, layer_label
 
 HEADER = ("Rank", "Windows", "Covered", "Layer energy", "Costliest layers (self share)")
 
@@ -19,12 +19,15 @@ def short_path(path: str) -> str:
 
 
 def rank_layer_rows(rank_layers: dict | None) -> list[tuple[str, ...]]:
-    """One row per rank (see :data:`HEADER`); empty when no layer row carries a rank."""
+    """One row per rank (see :data:`HEADER`); empty when no layer row carries a rank. A costliest
+    layer is printed by its ``name`` where it has one (an agent instance with its class,
+    ``Sequential.0 (Linear)``), else by :func:`short_path`; a backward row says so, as every view
+    prints it (:func:`layer_label`)."""
     if not rank_layers:
         return []
     out = []
     for r in rank_layers["ranks"]:
-        top = ", ".join(f"{short_path(t['path'])} "
+        top = ", ".join(f"{layer_label(t.get('name') or short_path(t['path']), t.get('phase'))} "
                         + ("n/a" if t["self_share"] is None else f"{t['self_share'] * 100:.0f} %")
                         for t in r["top"])
         out.append((str(r["rank"]), str(r["windows"]), f"{r['covered_s']:.1f} s", _j(r["energy_j"]),

@@ -4,11 +4,17 @@ A module is named by its path from the root module it was first seen under
 (``transformer.h.3.mlp.c_fc``), exactly as ``named_modules()`` names it. The main model's root has
 the empty path; any other root-level module (a loss function, a second model) gets the prefix
 ``@ClassName`` (``@CrossEntropyLoss``) so its rows never collide with the main model's.
+
+For people (:func:`display_name`) a path gets its module's class, ``fc1 (Linear)``; a child of an
+index-addressed main model (an ``nn.Sequential``, whose children ``named_modules()`` names ``0``,
+``1`` …) takes the model's class as its container, as a second root's children take ``@Class``:
+``Sequential.0 (Linear)``, never a bare ``0``.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 UNKNOWN_DEVICE = object()  # ModInfo.dev before the first CUDA-timed call
@@ -69,6 +75,20 @@ def join(prefix: str, name: str) -> str:
     if not name:
         return prefix
     return prefix + "." + name
+
+
+def display_name(path: str, classes: Mapping[str, str]) -> str:
+    """A module instance's name for people (see the module doc). ``classes``: path → class name
+    of the model's modules, the root's under ``""`` (the agent's model table); a path it does not
+    hold keeps its bare name. The root itself (``""``) is returned as is: views name it."""
+    if not path:
+        return path
+    head = path.split(".", 1)[0]
+    name = path
+    if head.isdigit() and classes.get(""):
+        name = f"{classes['']}.{path}"  # the main model is the container of its indexed children
+    cls = classes.get(path)
+    return f"{name} ({cls})" if cls else name
 
 
 def sizes(module: Any) -> tuple[int, int]:
