@@ -178,6 +178,17 @@ def test_doctor_json_lists_usable_and_unavailable_with_fixes():
     assert {c["name"].split()[0] for c in doc["checks"]} >= {"py-spy", "database"}
 
 
+def test_doctor_counts_the_stored_sessions_in_words(db_path):
+    from wattlens.profiler.store import Store
+
+    store = Store(db_path)
+    store.create_session(name="one", kind="run", started_at=1.7e9, start_ns=0)
+    store.close()
+    doc = json.loads(run_cli("doctor", "--json", "--db", str(db_path)).stdout)
+    (check,) = [c for c in doc["checks"] if c["name"] == "database"]
+    assert check["ok"] and check["detail"] == f"{db_path} (1 session)"  # was '(1 sessions)'
+
+
 def test_attached_training_stores_the_backward_split_its_note_states(torch_child, db_path):
     """The backward rows of every stored window add up to what the session's backward-ops event
     says (the whole pool), not to the few reads pooled when an early window closed."""
