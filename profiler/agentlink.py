@@ -84,6 +84,7 @@ class _Client:
     said_bye: bool = False
     error: str | None = None  # the uncaught exception that ended the target (its goodbye said)
     dropped_step: bool = False  # and the step it cut short was left out
+    error_rank: int | None = None  # torch.distributed's rank then (a spawned worker's hello has none)
     steps: int = 0  # steps its goodbye counted
     drops: int = 0
     send_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -506,6 +507,7 @@ class AgentServer:
         client.said_bye = True
         client.error = msg.get("error")
         client.dropped_step = bool(msg.get("dropped_step"))
+        client.error_rank = msg.get("rank")
         client.steps = int(msg.get("steps") or 0)
 
     def _hello_info(self, client: _Client) -> dict[str, Any]:
@@ -655,6 +657,8 @@ class AgentServer:
         rank = (client.hello or {}).get("rank")
         who = f"rank {rank} (PID {client.pid})" if rank is not None else f"the process with PID {client.pid}"
         if client.said_bye and client.error:
+            if rank is None and client.error_rank is not None:
+                who = f"rank {client.error_rank} (PID {client.pid})"
             message = f"{who} ended with an uncaught {client.error}" + (
                 "; the step it was in is not counted" if client.dropped_step else
                 f", after {client.steps} step(s)" if client.steps else "")

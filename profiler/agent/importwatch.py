@@ -1,10 +1,11 @@
-"""Run a callback right after ``torch`` finishes importing, without importing torch ourselves.
+"""Run a callback right after a module (``torch``) finishes importing, without importing it ourselves.
 
-A finder on ``sys.meta_path`` answers only for the top-level name ``torch``: it asks the other
-finders for the real spec and wraps its loader so that, once the real ``exec_module`` returns
-(torch fully initialised), the callback runs. The wrapper then puts the real loader back on the
-module's ``__spec__``/``__loader__`` and the finder removes itself, so nothing of it stays in the
-user's process. A script that never imports torch never pays for it.
+A finder on ``sys.meta_path`` answers only for the one name it watches (``torch``; the runtime
+also watches ``multiprocessing.process``): it asks the other finders for the real spec and wraps
+its loader so that, once the real ``exec_module`` returns (the module fully initialised), the
+callback runs. The wrapper then puts the real loader back on the module's
+``__spec__``/``__loader__`` and the finder removes itself, so nothing of it stays in the user's
+process. A script that never imports the module never pays for it.
 """
 
 from __future__ import annotations
@@ -37,17 +38,19 @@ class _LoaderProxy:
         return getattr(self._loader, name)
 
 
-class TorchImportWatcher:
-    """A meta-path finder that fires ``on_loaded(torch)`` once, after ``import torch``."""
+class ImportWatcher:
+    """A meta-path finder that fires ``on_loaded(module)`` once, after ``import <name>``.
+    ``ready``: an attribute the module has once initialised (when it was imported before)."""
 
-    def __init__(self, on_loaded: Callable[[Any], None]) -> None:
+    def __init__(self, on_loaded: Callable[[Any], None], name: str = "torch", ready: str = "nn") -> None:
         self._on_loaded = on_loaded
+        self.name, self.ready = name, ready
         self._lock = threading.RLock()
         self._busy = False
         self._fired = False
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != "torch" or self._busy or self._fired:
+        if fullname != self.name or self._busy or self._fired:
             return None
         with self._lock:
             self._busy = True
@@ -69,19 +72,21 @@ class TorchImportWatcher:
         spec.loader = _LoaderProxy(spec.loader, self._fire)
         return spec
 
-    def _fire(self, torch: Any) -> None:
+    def _fire(self, module: Any) -> None:
         if self._fired:
             return
         self._fired = True
         self.remove()
         try:
-            self._on_loaded(torch)
+            self._on_loaded(module)
         except Exception as exc:  # never let the agent break the user's `import torch`
-            sys.stderr.write(f"wattlens agent: could not hook into torch ({exc}); profiling is off\n")
+            sys.stderr.write(f"wattlens agent: could not hook into {self.name} ({exc}); profiling "
+                             "is off\n")
 
     def install(self) -> None:
-        if "torch" in sys.modules and hasattr(sys.modules["torch"], "nn"):
-            self._fire(sys.modules["torch"])
+        module = sys.modules.get(self.name)
+        if module is not None and (not self.ready or hasattr(module, self.ready)):
+            self._fire(module)
             return
         sys.meta_path.insert(0, self)
 
@@ -90,3 +95,6 @@ class TorchImportWatcher:
             sys.meta_path.remove(self)
         except ValueError:
             pass
+
+
+TorchImportWatcher = ImportWatcher  # its default name is ``torch``

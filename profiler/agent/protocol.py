@@ -184,10 +184,12 @@ AGENT_MESSAGES: dict[str, Schema] = {
         "command": (_is_str, True),
         "reason": (_is_str, True),
     },
-    # "error": the uncaught exception that ended the program; "dropped_step": whether the step it cut
-    # short was left out (a step that had done its work is sent)
+    # "error": the uncaught exception that ended the program (in a multiprocessing child: the one
+    # that ended its run()); "dropped_step": whether the step it cut short was left out (a step that
+    # had done its work is sent); "rank": with an error, torch.distributed's rank then, if any (a
+    # torch.multiprocessing.spawn worker's hello has none: no launcher exported RANK)
     "bye": {"t_ns": (_is_nonneg_int, True), "steps": (_is_nonneg_int, False), "error": (_opt(_is_str), False),
-            "dropped_step": (lambda v: isinstance(v, bool), False)},
+            "dropped_step": (lambda v: isinstance(v, bool), False), "rank": (_opt(_is_nonneg_int), False)},
     # torch.distributed collective calls timed in the target (agent/dist.py): [op, t0_ns, t1_ns]
     "collectives": {"calls": (_list_of(_is_call), True)},
     # live apply / revert (issue 5): "step" is the first step that ran with the change (applied)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import os
 import sys
 import threading
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .dist import CollectiveTimer, rank_info
-from .importwatch import TorchImportWatcher
+from .importwatch import ImportWatcher, TorchImportWatcher
 from .protocol import (
     ENV_CALLS,
     ENV_DEPTH,
@@ -70,8 +71,10 @@ def uncaught_exception() -> str | None:
     """The exception that is ending the program, at exit: Python keeps the one that reached the
     top of the main thread in ``sys.last_exc``/``sys.last_value`` before any excepthook runs, so a
     hook the program or its distribution installed (apport, rich) does not hide it; SystemExit
-    and ``os._exit`` leave none. One line of printable text."""
-    exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    and ``os._exit`` leave none. In a multiprocessing child, the one that ended its ``run()``
+    (:func:`observe_process_children`: multiprocessing catches it, so Python sets neither). One
+    line of printable text."""
+    exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None) or _child_crash
     if exc is None:
         return None
     try:
@@ -81,6 +84,102 @@ def uncaught_exception() -> str | None:
     text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)  # no escape sequences
     text = " ".join(text.split())[:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def dist_rank() -> int | None:
+    """This process's rank as torch.distributed has it (a group set up by the program itself, as
+    under torch.multiprocessing.spawn, where no launcher exported RANK); None without a group."""
+    d = sys.modules.get("torch.distributed")
+    try:
+        if d is not None and d.is_available() and d.is_initialized():
+            rank = d.get_rank()
+            return rank if isinstance(rank, int) and rank >= 0 else None
+    except Exception:  # noqa: BLE001 - a group being torn down: no rank to name
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------- multiprocessing children
+_child_crash: BaseException | None = None  # what ended this multiprocessing child's run()
+
+
+def observe_process_children(process_module: Any) -> None:
+    """Let a multiprocessing child see the exception that ends it, as a main program's is seen.
+
+    ``BaseProcess._bootstrap`` (``multiprocessing.process``) is the entry of every child that
+    multiprocessing starts (fork, spawn, forkserver; never called in the parent): it catches what
+    ``run()`` raises, prints the traceback and returns exit code 1 (the child then ends by
+    ``sys.exit(1)`` or, forked, ``os._exit(1)``), so Python sets no ``sys.last_exc``. Its wrapper
+    puts an observer on this process object's ``run`` (an instance attribute, so a subclass's own
+    ``run`` is observed too; taken off before the real one runs), which notes the exception and
+    re-raises it unchanged: multiprocessing prints it and exits as before. torch's
+    ``torch.multiprocessing.spawn`` runs each worker through its ``_wrap``, which catches the
+    function's exception itself, writes its traceback for the parent and calls ``sys.exit(1)``:
+    that SystemExit (raised by ``_wrap`` itself) carries the exception as its ``__context__``."""
+    base = getattr(process_module, "BaseProcess", None)
+    original = getattr(base, "_bootstrap", None)
+    if original is None or getattr(original, "_wattlens_observed", False):
+        return
+
+    def _bootstrap(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            _observe_run(self)
+        except Exception:  # noqa: BLE001 - unobserved, the child runs as it would have
+            pass
+        return original(self, *args, **kwargs)
+
+    functools.update_wrapper(_bootstrap, original)
+    _bootstrap._wattlens_observed = True
+    base._bootstrap = _bootstrap
+
+
+def _observe_run(process: Any) -> None:
+    own = process.__dict__.get("run", _MISSING)
+    run = process.run
+
+    def run_observed(*args: Any, **kwargs: Any) -> Any:
+        global _child_crash
+        if own is _MISSING:
+            del process.run
+        else:
+            process.run = own
+        try:
+            return run(*args, **kwargs)
+        except SystemExit as exc:
+            _child_crash = _torch_spawn_error(process, exc)
+            _drop_frame(exc, sys._getframe())
+            raise
+        except BaseException as exc:
+            _child_crash = exc
+            _drop_frame(exc, sys._getframe())
+            raise
+
+    process.run = run_observed
+
+
+def _torch_spawn_error(process: Any, exc: SystemExit) -> BaseException | None:
+    """The function's exception when ``exc`` is torch.multiprocessing.spawn's ``_wrap`` ending its
+    worker with ``sys.exit(1)`` after catching it; None for any other SystemExit (the function's
+    own sys.exit, which ``_wrap`` lets through)."""
+    target = getattr(process, "_target", None)
+    if (getattr(target, "__name__", None) != "_wrap"
+            or getattr(target, "__module__", None) != "torch.multiprocessing.spawn"):
+        return None
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or tb.tb_frame.f_code is not getattr(target, "__code__", None):
+        return None  # raised further in, not by _wrap's own sys.exit
+    cause = exc.__context__
+    return cause if exc.code not in (None, 0) and isinstance(cause, Exception) else None
+
+
+def _drop_frame(exc: BaseException, frame: Any) -> None:
+    """Take the observer's frame off the exception's traceback, so the child prints what it would
+    have printed without wattlens (Python 3.11+: a bare ``raise`` adds no entry; 3.10 shows it)."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame is frame:
+        exc.__traceback__ = tb.tb_next
 
 
 class Agent:
@@ -121,12 +220,16 @@ class Agent:
         self._link = link_factory(socket_path, hello, on_command=self._on_command,
                                   on_lost=self._on_lost, on_bad_command=self._refuse)
         self._watcher = TorchImportWatcher(self._on_torch)
+        # a multiprocessing child's exception never reaches sys.last_exc: observed as it passes
+        self._mp_watcher = ImportWatcher(observe_process_children, "multiprocessing.process",
+                                         "BaseProcess")
         atexit.register(self.shutdown)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
     def start(self) -> None:
         self._watcher.install()
+        self._mp_watcher.install()
 
     # ------------------------------------------------------------------ sending / failing
     def send(self, msg: dict[str, Any]) -> None:
@@ -360,6 +463,9 @@ class Agent:
             bye = {"type": "bye", "t_ns": time.monotonic_ns(), "steps": steps}
             if uncaught is not None:
                 bye["error"], bye["dropped_step"] = uncaught, dropped
+                rank = dist_rank()  # a spawned worker's hello had none (no RANK from a launcher)
+                if rank is not None:
+                    bye["rank"] = rank
             self._link.send(bye)
             self._link.close()
         except Exception:
