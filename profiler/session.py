@@ -343,13 +343,15 @@ class ProfilingSession:
         self.status, self.end_reason = status, reason
         write_error: StoreError | None = None
         loss = self.writer.stop() if self.writer is not None else None
+        held = self.writer.held if self.writer is not None else None  # in the local spool, not lost
         if loss is not None:  # some records could not be written: say so in the status and the reason
             lost = loss_text(loss, self.start_ns)
             status, reason = "partial", (f"{reason}; {lost}" if reason else lost)
             self.status, self.end_reason = status, reason
         final_rows = False  # the layer rows were re-written at the end (torn paths, the split)
         if self.stack_sampler is not None:
-            writer_done = loss is None and self.writer is not None and not self.writer.outlived_stop
+            writer_done = (loss is None and held is None and self.writer is not None
+                           and not self.writer.outlived_stop)
             final_tree = self._store_final_tree(writer_done)  # first: torn paths leave the split's pool
             final_rows = self._store_final_split(writer_done) or final_tree
         session = {"id": self.session_id, "name": self.name, "status": status, "duration_s": duration_s,
@@ -359,6 +361,23 @@ class ProfilingSession:
         live = self.rings.snapshot()
         self.summary = summarize(session, live, reasons=self.sampler.reasons if self.sampler else None,
                                  grid_g_per_kwh=self.grid_g_per_kwh)
+        if held is not None:
+            self._finish_held(held, status, reason, ended_at, duration_s, loss)
+        else:
+            write_error = self._finish_stored(session, live, status, reason, ended_at, duration_s, loss,
+                                              final_rows)
+        for src in self.discovery.usable:
+            src.close()
+        if write_error is not None:
+            raise write_error
+        return self.summary
+
+    def _finish_stored(self, session: dict, live: dict, status: str, reason: str | None, ended_at: float,
+                       duration_s: float, loss: WriteLoss | None, final_rows: bool) -> StoreError | None:
+        """Write the session's finish (figures from what was stored when something was lost);
+        returns the error to raise when it could not be written."""
+        write_error = None
+        lost = loss_text(loss, self.start_ns) if loss is not None else ""
         try:
             # a partial session's figures come from what was stored, as `show` and reports compute them
             series = self.store.series_data(self.session_id) if loss is not None else live
@@ -382,11 +401,35 @@ class ProfilingSession:
                 write_error = StoreError(
                     f"session {self.session_id}: {lost}, and the session could not "
                     f"be finished ({exc.message})", hint=unfinished_hint(exc))
-        for src in self.discovery.usable:
-            src.close()
-        if write_error is not None:
-            raise write_error
-        return self.summary
+        return write_error
+
+    def _finish_held(self, held, status: str, reason: str | None, ended_at: float, duration_s: float,
+                     loss: WriteLoss | None) -> None:
+        """The writer left records in the local spool (the database could not take them at the
+        end): the session's finish goes into the same file, after them, and one try writes it all
+        now (``Store.replay_spool_file``, as the next open of the store would). If the database is
+        still unreachable the session says where its records are: a note, not a loss. Its figures
+        are the live ones until the replay recomputes them from every stored row."""
+        from wattlens.profiler.store import spool
+
+        self.summary["notes"] = list(self.notes)
+        if loss is not None:  # refused for good (data, permission): still counted as lost
+            self.summary["loss"] = loss_dict(loss, self.start_ns)
+            self.summary["notes"].append(loss_text(loss, self.start_ns))
+        finish = {"status": status, "end_reason": reason, "ended_at": ended_at, "duration_s": duration_s,
+                  "summary": self.summary, "grid_g_per_kwh": self.grid_g_per_kwh,
+                  "reasons": dict(self.sampler.reasons) if self.sampler is not None else None}
+        try:
+            spool.add_finish(held.path, finish)
+        except spool.SpoolError as exc:  # the records are held: the session reopens 'interrupted' with them
+            log.warning("%s; the session will reopen as 'interrupted' with all its records", exc)
+        if self.store.replay_spool_file(held.path, quiet=True) is not None:
+            with contextlib.suppress(StoreError):  # the figures the replay recomputed from every row
+                self.summary = self.store.session(self.session_id)["summary"] or self.summary
+            return
+        note = spool.held_text(held)
+        self.notes.append(note)
+        self.summary["notes"].append(note)
 
 
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))

@@ -400,8 +400,10 @@ FILL_THE_DISK = textwrap.dedent("""
 
 def test_a_really_full_disk_loses_no_session_silently(tiny_disk):
     db, filler = tiny_disk / "w.db", tiny_disk / "filler"
+    # the local spool on the same full disk: nothing can hold the records (tests/test_store_spool.py
+    # has the spool on another filesystem)
     r = subprocess.run([sys.executable, "-c", FILL_THE_DISK, str(db), str(filler)], capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=300, env={**os.environ, "WATTLENS_SPOOL_DIR": str(tiny_disk / "spool")})
     assert r.returncode == 0, r.stderr
     sid, error, outcome = r.stdout.strip().splitlines()
     assert "full" in error

@@ -706,7 +706,9 @@ class Store:
 
     def recover_interrupted(self) -> list[int]:
         """Sessions still 'running' whose profiler process is gone become 'interrupted'; their end
-        is the last stored sample. Returns their ids."""
+        is the last stored sample. Returns their ids. First, what the local spool holds for this
+        database is written (``replay_spool``): a session it finishes is no longer 'running'."""
+        self.replay_spool()
         with self.engine.connect() as c:
             rows = c.execute(select(m.SessionRow.id, m.SessionRow.profiler_pid, m.SessionRow.profiler_create_time,
                                     m.SessionRow.host, m.SessionRow.started_at, m.SessionRow.start_ns)
@@ -731,10 +733,150 @@ class Store:
             fixed.append(sid)
         return fixed
 
-    def stored_summary(self, session_id: int) -> dict:
-        """The session's figures recomputed from its stored rows (what `show` and reports show)."""
+    def stored_summary(self, session_id: int, *, reasons: dict | None = None,
+                       grid_g_per_kwh: float | None = None) -> dict:
+        """The session's figures recomputed from its stored rows (what `show` and reports show);
+        ``reasons``/``grid_g_per_kwh``: as the session had them when it ended, where known."""
         return summarize(self.session(session_id), self.series_data(session_id), self.steps(session_id),
-                         self.layer_costs(session_id))
+                         self.layer_costs(session_id), reasons=reasons, grid_g_per_kwh=grid_g_per_kwh)
+
+    # ---- the local spool (spool.py): sessions that ended while the database was unreachable ------
+    def replay_spool(self) -> list[int]:
+        """Write what the local spool holds for this database, oldest file first, one transaction
+        per file; returns the ids of the sessions written. Never raises: a file that cannot be
+        written yet is kept (said in one line), a damaged one moved aside (said in one line)."""
+        from wattlens.profiler.store import spool
+
+        written = []
+        for path in spool.files_for(self.url):
+            sid = self.replay_spool_file(path)
+            if sid is not None:
+                written.append(sid)
+        return written
+
+    def replay_spool_file(self, path: Path, *, quiet: bool = False) -> int | None:
+        """Write one spool file's records and its session's finish, then remove the file; returns
+        the session's id, None when nothing was written (kept, moved aside, another database's, or
+        its session still ending in a live process). ``quiet``: a failure is not said (the session
+        that has just spooled it tries once; the writer said where the records are)."""
+        from wattlens.profiler.store import spool
+
+        try:
+            held = spool.read(path)
+        except FileNotFoundError:
+            return None  # another opener's replay took it
+        except spool.CorruptSpoolError as exc:
+            self._spool_aside(path, f"it is damaged: {exc}")
+            return None
+        except OSError as exc:
+            log.warning("the local spool file %s cannot be read (%s); it is kept", path, exc.strerror or exc)
+            return None
+        if held.db != spool.db_identity(self.url) or (held.finish is None and spool.writer_alive(held)):
+            return None  # another database's file, or a session still ending in the process that spooled it
+        try:
+            fresh = self._write_held(held)
+        except _SessionGone:
+            self._spool_aside(path, f"session {held.session_id} is no longer in {self.display_name}")
+            return None
+        except StoreError as exc:
+            if not quiet:
+                log.warning("session %d's %s held in the local spool at %s could not be written yet (%s); "
+                            "the file is kept and written when the store is next opened",
+                            held.session_id, spool.what_is_held(held), path, exc.message)
+            return None
+        self._spool_done(path)
+        if fresh:
+            log.warning("wrote session %d's %s held in the local spool %s (the database was unreachable "
+                        "when it ended)", held.session_id, spool.what_is_held(held), spool.since_text(held))
+            self._refigure(held)
+        return held.session_id
+
+    def _write_held(self, held) -> bool:
+        """One transaction: the records, a ``spool`` event naming the file's ``spool_id``, and the
+        session's finish. False when an earlier replay had committed this file (its event is
+        there): nothing is written twice."""
+        t = m.SessionRow.__table__
+        with self._begin() as c:
+            # a write to the session's row first: the lock that orders two replays of one file
+            # (SQLite: the database's write lock; PostgreSQL: the row's), then the look
+            if not c.execute(update(t).where(t.c.id == held.session_id).values(status=t.c.status)).rowcount:
+                raise _SessionGone()
+            if self._spool_written(c, held):
+                return False
+            self._insert_rows(c, held.session_id, held.samples_rows, held.layers, held.steps,
+                              [*held.events, self._spool_event(held)])
+            if held.finish is not None:
+                f = held.finish
+                c.execute(update(t).where(t.c.id == held.session_id).values(
+                    status=f["status"], end_reason=f.get("end_reason"), ended_at=f["ended_at"],
+                    duration_s=f["duration_s"], summary_json=_json(self._held_summary(held))))
+        return True
+
+    @staticmethod
+    def _spool_written(c, held) -> bool:
+        t = m.EventRow.__table__
+        return c.execute(select(func.count(t.c.id)).where(
+            t.c.session_id == held.session_id, t.c.kind == "spool",
+            t.c.data_json.contains(f'"spool_id":"{held.spool_id}"', autoescape=True))).scalar() > 0
+
+    @staticmethod
+    def _spool_note(held) -> str:
+        from wattlens.profiler.store import spool
+
+        return (f"{spool.what_is_held(held)} were held in the local spool {spool.since_text(held)} "
+                f"(the database could not take them when the session ended: {held.reason}) and written "
+                f"on {time.strftime('%Y-%m-%d %H:%M')}")
+
+    def _spool_event(self, held) -> EventRecord:
+        t_ns = held.t_ns if held.t_ns is not None else (held.t_last_ns or 0)
+        return EventRecord(t_ns, "spool", self._spool_note(held),
+                           {"spool_id": held.spool_id, "records": held.records, "samples": held.samples,
+                            "spooled_at": held.since})
+
+    def _held_summary(self, held) -> dict | None:
+        """The summary the session ended with, its notes followed by the spool's."""
+        summary = dict(held.finish.get("summary") or {})
+        if not summary:
+            return None
+        summary["notes"] = [*summary.get("notes", []), self._spool_note(held)]
+        return summary
+
+    def _refigure(self, held) -> None:
+        """After the commit: the finished session's figures from every stored row (the session
+        computed them from its live series, without the layer rows and steps it could not read),
+        with its notes and counted loss kept. On failure the summary it ended with stays."""
+        if held.finish is None or not held.finish.get("summary"):
+            return
+        kept = self._held_summary(held)
+        try:
+            summary = self.stored_summary(held.session_id, reasons=held.finish.get("reasons"),
+                                          grid_g_per_kwh=held.finish.get("grid_g_per_kwh"))
+            summary.update({k: kept[k] for k in ("notes", "loss") if k in kept})
+            self.set_summary(held.session_id, summary)
+        except StoreError as exc:
+            log.debug("session %d's figures were not recomputed after the spool: %s", held.session_id, exc)
+
+    @staticmethod
+    def _spool_done(path: Path) -> None:
+        from wattlens.profiler.store import spool
+
+        try:
+            spool.remove(path)
+        except OSError as exc:  # written; the next replay finds its event and only removes it
+            log.warning("the local spool file %s was written but cannot be removed (%s)", path,
+                        exc.strerror or exc)
+
+    @staticmethod
+    def _spool_aside(path: Path, why: str) -> None:
+        from wattlens.profiler.store import spool
+
+        try:
+            aside = spool.move_aside(path)
+        except OSError as exc:
+            log.warning("the local spool file %s cannot be written: %s; nor moved aside (%s), so it is kept",
+                        path, why, exc.strerror or exc)
+            return
+        log.warning("the local spool file %s cannot be written: %s; moved aside to %s", path, why, aside)
 
     def sessions(self, host: str | None = None, limit: int | None = None) -> list[dict]:
         """Newest first; ``host``: only the sessions recorded on that host; ``limit``: the newest
@@ -807,23 +949,30 @@ class Store:
                     events: Sequence[EventRecord] = ()) -> None:
         """Everything the writer gathered in one transaction (one commit)."""
         with self._begin() as c:
-            if samples and self.engine.dialect.name == "postgresql":
-                _copy_samples(c, samples)
-            elif samples:  # Core executemany with the driver's own paramstyle: the fast path
-                c.exec_driver_sql(self._sql("INSERT INTO samples (series_id, t_ns, value) VALUES (?, ?, ?)"),
-                                  list(samples))
-            if layer_costs:
-                c.execute(insert(m.LayerCostRow), [_layer_dict(session_id, lc) for lc in layer_costs])
-            if steps:
-                c.execute(insert(m.StepRow), [
-                    {"session_id": session_id, "step": s.step, "t_start_ns": s.t_start_ns,
-                     "t_end_ns": s.t_end_ns, "samples": s.samples, "tokens": s.tokens,
-                     "energy_j": s.energy_j, "rank": s.rank, "local_rank": s.local_rank,
-                     "world_size": s.world_size} for s in steps])
-            if events:
-                c.execute(insert(m.EventRow), [
-                    {"session_id": session_id, "t_ns": e.t_ns, "kind": e.kind, "message": e.message,
-                     "data_json": _json(e.data)} for e in events])
+            self._insert_rows(c, session_id, samples, layer_costs, steps, events)
+
+    def _insert_rows(self, c, session_id: int | None, samples: Sequence[tuple[int, int, float]],
+                     layer_costs: Sequence[LayerCost] = (), steps: Sequence[StepRecord] = (),
+                     events: Sequence[EventRecord] = ()) -> None:
+        """The one insert path of a session's records, in the caller's transaction ``c``: the
+        writer's batches (``write_batch``) and the local spool's replay (``replay_spool_file``)."""
+        if samples and self.engine.dialect.name == "postgresql":
+            _copy_samples(c, samples)
+        elif samples:  # Core executemany with the driver's own paramstyle: the fast path
+            c.exec_driver_sql(self._sql("INSERT INTO samples (series_id, t_ns, value) VALUES (?, ?, ?)"),
+                              list(samples))
+        if layer_costs:
+            c.execute(insert(m.LayerCostRow), [_layer_dict(session_id, lc) for lc in layer_costs])
+        if steps:
+            c.execute(insert(m.StepRow), [
+                {"session_id": session_id, "step": s.step, "t_start_ns": s.t_start_ns,
+                 "t_end_ns": s.t_end_ns, "samples": s.samples, "tokens": s.tokens,
+                 "energy_j": s.energy_j, "rank": s.rank, "local_rank": s.local_rank,
+                 "world_size": s.world_size} for s in steps])
+        if events:
+            c.execute(insert(m.EventRow), [
+                {"session_id": session_id, "t_ns": e.t_ns, "kind": e.kind, "message": e.message,
+                 "data_json": _json(e.data)} for e in events])
 
     def replace_split_rows(self, session_id: int, parents: Sequence[LayerCost],
                            rows: Sequence[LayerCost]) -> None:
@@ -1010,6 +1159,10 @@ class Store:
 
     def _begin(self):
         return _Tx(self)
+
+
+class _SessionGone(Exception):
+    """A spool file's session is not in the database (deleted since): its records have no home."""
 
 
 def _copy_samples(conn, samples: Sequence[tuple[int, int, float]]) -> None:

@@ -12,7 +12,11 @@ Any error on the write path is met here, never by the thread's end: one the data
 one it will not (a value out of range, an id sequence at its end, permission denied) is tried
 again kind by kind (samples, layer rows, steps, events), so the kinds it does not concern are
 stored, and the refused kind's records are counted as lost. At ``stop`` a lost connection is
-waited for (``reconnect_wait_s``, said once) before what is left is given up.
+waited for (``reconnect_wait_s``, said once); what is still pending then, refused for a reason a
+retry may cure, is written to the local spool (``spool.hold``: ``held``), and the next open of the
+store writes it, so it is not lost; only what the spool cannot take (its own disk full, read-only,
+or an SQLite database whose full disk the spool shares: ``spool.why_not_spool``) is counted in
+``loss``, with the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 
 from wattlens.profiler.errors import StoreError
 from wattlens.profiler.records import EventRecord, LayerCost, SamplePoint, SeriesSpec, StepRecord
+from wattlens.profiler.store import spool
 from wattlens.profiler.store.store import error_kind
 
 log = logging.getLogger(__name__)
@@ -72,6 +77,7 @@ class StoreWriter:
         self.last_error: StoreError | None = None
         self.rows_written = 0
         self.loss: WriteLoss | None = None  # set once something could not be written
+        self.held: spool.Held | None = None  # set when stop() left records in the local spool
 
     # ---- producers (any thread) ----------------------------------------------------------------
     def __call__(self, points: list[SamplePoint]) -> None:
@@ -86,8 +92,9 @@ class StoreWriter:
         self._thread.start()
 
     def stop(self) -> WriteLoss | None:
-        """Drain the queue and write everything. What the last try cannot write is given up and
-        counted: returns ``loss`` (None when everything was stored)."""
+        """Drain the queue and write everything. What the last try cannot write goes to the local
+        spool (``held``), or when it cannot, is given up and counted: returns ``loss`` (None when
+        nothing was lost)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -98,8 +105,28 @@ class StoreWriter:
         if self.pending and self.last_error is not None and error_kind(self.last_error) == "connection":
             self._wait_for_database()
         if self.pending:
-            self._give_up(len(self._samples))
+            self._hold_or_give_up()
         return self.loss
+
+    def _hold_or_give_up(self) -> None:
+        """At stop, what is still pending: to the local spool when the database refused it for a
+        reason a retry may cure (and the spool is worth it, see ``spool.why_not_spool``), said in
+        one line; else, or when the spool cannot take it either, counted as lost."""
+        exc = self.last_error
+        if exc is None or not getattr(exc, "transient", False):
+            self._give_up(len(self._samples))
+            return
+        if spool.why_not_spool(self.store.url, error_kind(exc)) is not None:
+            self._give_up(len(self._samples))
+            return
+        try:
+            self.held = spool.hold(self.store.url, self.session_id, self._samples, self._layers, self._steps,
+                                   self._events, reason=exc.message)
+        except spool.SpoolError as err:
+            self._give_up(len(self._samples), why=str(err))
+            return
+        self._samples, self._layers, self._steps, self._events = [], [], [], []
+        log.warning("%s", spool.held_text(self.held, self.session_id))
 
     def _wait_for_database(self) -> None:
         """The server cannot be reached as the session ends: try again every second for up to
@@ -128,8 +155,9 @@ class StoreWriter:
         if not said:
             log.error("records the database refuses are lost from now on (%s)", exc.message)
 
-    def _give_up(self, n_samples: int) -> None:
-        """Drop the oldest ``n_samples`` samples (and, when all of them go, the other records)."""
+    def _give_up(self, n_samples: int, why: str | None = None) -> None:
+        """Drop the oldest ``n_samples`` samples (and, when all of them go, the other records);
+        ``why``: said after the error (the spool could not take them either)."""
         loss = self.loss or WriteLoss()
         dropped, self._samples = self._samples[:n_samples], self._samples[n_samples:]
         loss.add_samples(dropped)
@@ -138,6 +166,8 @@ class StoreWriter:
             loss.records += len(self._layers) + len(self._steps) + len(self._events)
             self._layers, self._steps, self._events = [], [], []
         loss.reason = self.last_error.message if self.last_error is not None else "the database could not be written"
+        if why:
+            loss.reason = f"{loss.reason}; {why}"
         self.loss = loss
         log.error("%d records could not be written and are lost (%s)", loss.records, loss.reason)
 
