@@ -44,6 +44,14 @@ def target_energy_between(series: Mapping) -> figures.EnergyBetween:
     return lambda t0, t1: figures.energy_between(t, cum, t0, t1, since_baseline=True)
 
 
+#: The version of the figures :func:`summarize` computes. A session's summary is stored when it
+#: ends, as a cache for the sessions listing; one stored by a wattlens whose figures differ (a
+#: lower or no version) is recomputed from the stored rows when it is listed
+#: (``Store.sessions``), so the listing reads as ``show`` does. Raise it when a change alters
+#: a stored session's figures (2: a ranked step's energy is its rank's share of the job's).
+FIGURES_VERSION = 2
+
+
 def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]],
               steps: Sequence[StepRecord] = (), layers: Sequence[LayerCost] = (),
               reasons: Mapping[str, str] | None = None, grid_g_per_kwh: float | None = None) -> dict:
@@ -84,6 +92,7 @@ def summarize(session: dict, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
     target_j = _last(series, "target/energy_j")
     target_span = _span_s(series, "target/energy_j")
     out = {
+        "figures_version": FIGURES_VERSION,
         "session_id": session.get("id"),
         "name": session.get("name"),
         "status": session.get("status"),

@@ -210,3 +210,35 @@ def test_renaming_checks_the_name_only(db_path, monkeypatch):
     with pytest.raises(BadInputError, match="host name"):
         store.create_session(name="b", kind="run", started_at=1.7e9, start_ns=0)
     store.close()
+
+
+def test_a_summary_stored_by_an_older_wattlens_is_listed_as_show_computes_it(db_path):
+    """helper-42's review: the sessions listing reads each session's summary as cached when it
+    ended; a multi-rank session stored before a change to its figures kept its old ones there,
+    while `show` recomputes them."""
+    import json
+
+    from wattlens.profiler.records import SeriesSpec
+    from wattlens.profiler.store import Store
+    from wattlens.profiler.summary import FIGURES_VERSION
+
+    store = Store(db_path)
+    sid, ids = store.create_session(
+        name="old", kind="attach", started_at=1.7e9, start_ns=0,
+        sources=[{"id": "cpu-model", "kind": "cpu", "method": "estimated", "label": "CPU"}],
+        series=[SeriesSpec("cpu-model/energy_j", "J", "estimated", "cpu-model")])
+    store.write_batch(sid, [(ids["cpu-model/energy_j"], t * 10**9, 10.0 * t) for t in range(4)])
+    # what an older wattlens cached: other figures, no version; its notes are its own
+    store.finish_session(sid, status="completed", end_reason="done", ended_at=1.7e9 + 3, duration_s=3.0,
+                         summary={"energy_j": 999.0, "energy_method": "estimated", "notes": ["kept"]})
+    store.close()
+    listed = json.loads(run_cli("sessions", "--json", "--db", str(db_path)).stdout)[0]
+    shown = json.loads(run_cli("show", str(sid), "--json", "--db", str(db_path)).stdout)
+    assert listed["energy_j"] == shown["summary"]["energy_j"] == pytest.approx(30.0)
+    assert " 30 J" in run_cli("sessions", "--db", str(db_path)).stdout  # the table too
+    again = Store(db_path)
+    try:  # recomputed once, kept: with the new version and the old notes
+        cached = again.session(sid)["summary"]
+    finally:
+        again.close()
+    assert cached["figures_version"] == FIGURES_VERSION and cached["notes"] == ["kept"]

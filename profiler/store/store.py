@@ -10,6 +10,7 @@ profiler that no longer exists reopen as ``interrupted`` with their data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -60,7 +61,7 @@ from wattlens.profiler.errors import (
 from wattlens.profiler.figures import AGENT_TIMING
 from wattlens.profiler.records import EventRecord, LayerCost, SeriesSpec, StepRecord
 from wattlens.profiler.store import models as m
-from wattlens.profiler.summary import summarize
+from wattlens.profiler.summary import FIGURES_VERSION, summarize
 
 BUSY_TIMEOUT_MS = 5000  # an SQLite writer waits this long for another's lock before "locked"
 UPGRADE_LOCK_WAIT_MS = 120_000  # while opening: others may be creating or upgrading the same file
@@ -892,7 +893,24 @@ class Store:
             q = q.limit(limit)
         with self.engine.connect() as c:
             rows = c.execute(q).mappings().all()
-        return [_session_dict(r) for r in rows]
+        return [self._current(_session_dict(r)) for r in rows]
+
+    def _current(self, session: dict) -> dict:
+        """``session`` with its cached summary recomputed from the stored rows where an older
+        wattlens stored it (``summary.FIGURES_VERSION``), kept for the next listing where the
+        store can be written; its notes, loss and other end-time fields stay. A running session's
+        summary is written at its end: left as it is."""
+        old = session["summary"]
+        if session["status"] == "running" or (old or {}).get("figures_version") == FIGURES_VERSION:
+            return session
+        try:
+            fresh = {**(old or {}), **self.stored_summary(session["id"])}
+        except StoreError as exc:  # the rows cannot be read now: the listing shows what was cached
+            log.debug("session %s's summary not recomputed: %s", session["id"], exc)
+            return session
+        with contextlib.suppress(StoreError):  # a read-only store: recomputed again next time
+            self.set_summary(session["id"], fresh)
+        return {**session, "summary": fresh}
 
     def session_count(self, host: str | None = None) -> int:
         t = m.SessionRow.__table__
