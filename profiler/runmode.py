@@ -327,6 +327,11 @@ class RunSession:
                 "model run while measured — did it import torch (is torch installed for that "
                 "interpreter) and call a model?")
 
+    def hurry(self) -> None:
+        """Asked again to stop while stopping: do not wait for a lost database (ProfilingSession)."""
+        if self.session is not None:
+            self.session.hurry()
+
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user") -> dict:
         if self.server is not None:
             self.server.stop()

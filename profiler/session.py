@@ -316,6 +316,11 @@ class ProfilingSession:
         """Block until the session ends (duration, target exit, Ctrl-C, SIGTERM); returns the summary."""
         return run_until_end(self, poll_s, on_tick, signals)
 
+    def hurry(self) -> None:
+        """Asked again to stop while stopping (a second Ctrl-C): do not wait for a lost database."""
+        if self.writer is not None:
+            self.writer.hurry()
+
     def stop(self, status: str = "stopped", reason: str | None = "stopped by the user") -> dict:
         if self.status in END_STATUSES:
             return self.summary or {}
@@ -448,12 +453,16 @@ class StopSignals:
     def __init__(self, signums: tuple[int, ...] = STOP_SIGNALS):
         self.signums = signums
         self.received: int | None = None
+        #: called on each signal after the first (from the handler: must only set a flag)
+        self.on_repeat: Callable[[], None] | None = None
         self._previous: dict[int, object] = {}
         self._depth = 0
 
     def _handler(self, signum: int, _frame) -> None:
         if self.received is None:
             self.received = signum
+        elif self.on_repeat is not None:  # only cuts a wait that cannot lose anything (see run_until_end)
+            self.on_repeat()
 
     def __enter__(self) -> StopSignals:  # re-entrant: the handlers go in at the outermost level
         self._depth += 1
@@ -490,6 +499,9 @@ def run_until_end(run, poll_s: float = 0.1, on_tick=None, signals: StopSignals |
             signum = signals.received
         except KeyboardInterrupt:
             signum = signal.SIGINT
+        # a signal while stopping: stop waiting for a lost database (its records go to the local
+        # spool); the rest of the stop (the command's end, the summary) is not cut short
+        signals.on_repeat = getattr(run, "hurry", None)
         forward = getattr(run, "forward_signal", None)
         said = forward(signum) if forward is not None else None
         return run.stop("stopped", f"stopped by {stopped_by(signum)}" + (f"; {said}" if said else ""))

@@ -360,3 +360,36 @@ def test_a_spool_that_cannot_be_written_falls_back_to_the_counted_loss_with_why(
         loss = w.stop()
     assert loss is not None and loss.samples == 20 and w.held is None
     assert "locked" in loss.reason and f"the local spool {blocker / 'spool'} could not hold them either" in loss.reason
+
+
+def test_a_second_ctrl_c_stops_the_wait_for_a_lost_database_and_the_records_are_spooled(pg_url, spool_dir):
+    """Carried from the trials: while a session's end waited (up to 30 s) for a lost database, a
+    second Ctrl-C changed nothing. Now it stops the wait; the records go to the local spool."""
+    import os
+    import signal
+    import threading
+
+    from wattlens.profiler.session import StopSignals, run_until_end
+
+    store = Store(pg_url)
+    s = ProfilingSession(store, name="impatient", interval_s=0.02, discovery=discover(gpu=False))
+    signals = StopSignals((signal.SIGINT,))
+    with signals:
+        s.start()
+        s.writer.reconnect_wait_s = 3600.0  # without the second Ctrl-C the stop would wait an hour
+        _wait_for(lambda: s.writer.rows_written > 0, "a first commit")
+        _cut(pg_url, allow=False)
+        _wait_for(lambda: s.writer.last_error is not None, "the writer to meet the lost connection")
+
+        def user() -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the session stops, and waits for the database
+            _wait_for(lambda: signals.on_repeat is not None, "the stop to begin")
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again
+
+        threading.Thread(target=user, daemon=True).start()
+        summary = run_until_end(s, signals=signals)
+    _cut(pg_url, allow=True)
+    assert summary["status"] == "stopped" and "loss" not in summary
+    (path,) = spool_dir.glob("*.jsonl")
+    assert f"are held in the local spool at {path}" in summary["notes"][-1]
+    store.close()

@@ -78,6 +78,9 @@ class StoreWriter:
         self.rows_written = 0
         self.loss: WriteLoss | None = None  # set once something could not be written
         self.held: spool.Held | None = None  # set when stop() left records in the local spool
+        # set (a second Ctrl-C, :meth:`hurry`): stop() no longer waits for a lost database. A
+        # plain flag, not an Event: it is set from a signal handler, which must take no lock
+        self._hurried = False
 
     # ---- producers (any thread) ----------------------------------------------------------------
     def __call__(self, points: list[SamplePoint]) -> None:
@@ -128,14 +131,28 @@ class StoreWriter:
         self._samples, self._layers, self._steps, self._events = [], [], [], []
         log.warning("%s", spool.held_text(self.held, self.session_id))
 
+    def hurry(self) -> None:
+        """Stop waiting for a lost database at stop (any thread, or a signal handler: a second
+        Ctrl-C): what is not written yet goes to the local spool (or, where it cannot, is counted
+        lost) at once."""
+        self._hurried = True
+
     def _wait_for_database(self) -> None:
         """The server cannot be reached as the session ends: try again every second for up to
-        ``reconnect_wait_s`` (said once on stderr) before the records are given up."""
-        log.warning("waiting up to %g s for the database to come back (%d records are not written yet)",
-                    self.reconnect_wait_s, self.pending)
+        ``reconnect_wait_s`` (said once on stderr) before the records are given up, or until
+        :meth:`hurry`."""
+        log.warning("waiting up to %g s for the database to come back (%d records are not written yet; "
+                    "Ctrl-C again stops waiting)", self.reconnect_wait_s, self.pending)
         deadline = time.monotonic() + self.reconnect_wait_s
+        next_try = time.monotonic()
         while self.pending and time.monotonic() < deadline:
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            time.sleep(0.1)
+            if self._hurried:
+                log.warning("no longer waiting for the database")
+                break
+            if time.monotonic() < min(next_try + 1.0, deadline):
+                continue
+            next_try = time.monotonic()
             self._flush()
             if self.last_error is None or error_kind(self.last_error) != "connection":
                 break
