@@ -12,8 +12,11 @@ The order matters for the guarantees:
    load it (plain ``from_pretrained`` — also checked in a fresh interpreter that never imports
    wattlens — or :func:`load_optimized` for a module file). The claim, fidelity and A/B checks
    measure *that* reloaded model, so what is verified is what ships;
-4. only then, and only if the quality loss is within ``max_quality_loss``, is the temp folder
-   renamed into place: a refusal or failure leaves nothing written.
+4. the quality check comes before the A/B: a candidate whose quality loss exceeds
+   ``max_quality_loss`` is refused there — its energy is not measured (a saving printed for a
+   change the user must not deploy wastes their time and invites deploying it) — and its copy is
+   kept in ``out_dir`` for inspection, its manifest saying it was refused; a failure leaves
+   nothing written.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import nn
 
 from wattlens.advisor.actions import Action, ClaimCheck, parse_actions
 from wattlens.advisor.actions.quantize_int8 import torchao_version
-from wattlens.advisor.fidelity import eval_windows, measure_fidelity, read_eval_tokens
+from wattlens.advisor.fidelity import Fidelity, eval_windows, measure_fidelity, read_eval_tokens
 from wattlens.advisor.heal import heal, payback_samples
 from wattlens.advisor.modelio import (
     LoadedModel,
@@ -97,7 +100,8 @@ class OptimizeResult:
     model_path: str
     out_dir: str | None
     actions: tuple[AppliedAction, ...]
-    verification: Verification
+    #: None when the quality check refused the copy: no A/B was run (``refusal`` says why)
+    verification: Verification | None
     max_quality_loss: float | None
     quality_ok: bool
     #: elements and in-memory bytes of both models; ``base_weights_bytes`` / ``saved_weights_bytes``
@@ -110,13 +114,18 @@ class OptimizeResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     #: distillation healing: steps, held-out KL before/after, energy, payback in samples
     healing: dict[str, Any] | None = None
+    #: the quality check's refusal (loss, limit, by how much, metric, text); None when not refused
+    refusal: dict[str, Any] | None = None
+    #: the fidelity of the copy (also in ``verification`` when one was run)
+    fidelity: Fidelity | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 class QualityLossError(ActionError):
-    """The candidate lost more quality than allowed; nothing was written. ``result`` has the numbers."""
+    """The candidate lost more quality than allowed: refused before the A/B (not measured), its copy
+    kept in ``out_dir`` for inspection only. ``result`` has the numbers (``result.refusal``)."""
 
     def __init__(self, message: str, *, hint: str | None = None, result: OptimizeResult):
         super().__init__(message, hint=hint)
@@ -209,6 +218,30 @@ def _with_tokenizer(loaded: LoadedModel, folder: Path) -> LoadedModel:
     return dataclasses.replace(loaded, tokenizer=tok, tokenizer_reason=None)
 
 
+def refusal_record(fidelity: Fidelity, max_quality_loss: float) -> dict[str, Any]:
+    """The quality check's refusal in numbers and words: the loss, the limit, by how much it is
+    exceeded, and what to do."""
+    loss = fidelity.quality_loss
+    return {
+        "quality_loss": loss, "max_quality_loss": max_quality_loss, "exceeded_by": loss - max_quality_loss,
+        "quality_metric": fidelity.quality_metric,
+        "text": (f"refused: quality loss {loss:.4g} ({fidelity.quality_metric}) exceeds --max-quality-loss "
+                 f"{max_quality_loss:g} by {loss - max_quality_loss:.4g}, so its energy was not measured"),
+        "hint": (f"raise --max-quality-loss to at least {_ceil_sig(loss)} to accept this loss, or try a milder "
+                 "or another action (with a new --out)" if loss <= 1 else
+                 "no --max-quality-loss (at most 1) accepts this loss: try a milder or another action "
+                 "(with a new --out)"),
+    }
+
+
+def _ceil_sig(x: float, digits: int = 3) -> str:
+    """``x`` rounded up to ``digits`` significant digits: a limit given as printed still accepts it."""
+    if x <= 0 or not math.isfinite(x):
+        return f"{x:g}"
+    scale = 10 ** (math.floor(math.log10(x)) - digits + 1)
+    return f"{math.ceil(x / scale - 1e-9) * scale:.12g}"
+
+
 def optimize(
     model: str | Path,
     actions: str | Sequence[str],
@@ -235,8 +268,8 @@ def optimize(
     """Apply ``actions`` to MODEL, verify A/B against the original, save to ``out_dir``.
 
     Raises :class:`BadInputError` (exit 2) for bad input, :class:`ActionError` (exit 1) when an
-    action fails, :class:`QualityLossError` (exit 1, nothing written) when the measured quality
-    loss exceeds ``max_quality_loss``. ``progress(stage, fraction)`` is called with stages
+    action fails, :class:`QualityLossError` (exit 1) when the measured quality loss exceeds
+    ``max_quality_loss``: refused before the A/B, the copy kept in ``out_dir`` for inspection. ``progress(stage, fraction)`` is called with stages
     load, apply, verify, fidelity, save, sweep, done. ``tokenizer`` (a folder with tokenizer
     files) gives a torch module file, which has none, a tokenizer for its text options.
     """
@@ -336,9 +369,12 @@ def optimize(
                                     eval_ids=eval_ids,
                                     eval_source=str(eval_text) if eval_text is not None else None)
         report("fidelity", 1.0)
-        verification = ab_verify(base, artifact, inputs, n_rounds=n_rounds,
-                                 warmup_batches=warmup_batches, min_window_s=min_window_s,
-                                 meter=meter, fidelity=fidelity, progress=report)
+        quality_ok = max_quality_loss is None or fidelity.quality_loss <= max_quality_loss
+        refusal = None if quality_ok else refusal_record(fidelity, max_quality_loss)
+        # refused: no A/B — its energy is not worth the user's time for a change they must not deploy
+        verification = None if refusal else ab_verify(
+            base, artifact, inputs, n_rounds=n_rounds, warmup_batches=warmup_batches,
+            min_window_s=min_window_s, meter=meter, fidelity=fidelity, progress=report)
         base_elems, base_bytes = tensor_footprint(base)
         cand_elems, cand_bytes = tensor_footprint(artifact)
         sizes = {"base_params": base_elems, "base_tensor_bytes": base_bytes,
@@ -348,34 +384,35 @@ def optimize(
                  "base_weights_bytes": weights_file_bytes(loaded.path),
                  "saved_weights_bytes": weights_file_bytes(tmp),
                  "weights_quantized_on_load": quantization is not None and layout != "transformers"}
-        quality_ok = max_quality_loss is None or fidelity.quality_loss <= max_quality_loss
         if healing is not None:
-            payback, why = payback_samples(healing["energy_j"], verification.baseline.energy_per_sample_j,
-                                           verification.candidate.energy_per_sample_j)
+            if verification is None:
+                payback, why = None, "not measured: the copy was refused before the A/B"
+            else:
+                payback, why = payback_samples(healing["energy_j"], verification.baseline.energy_per_sample_j,
+                                               verification.candidate.energy_per_sample_j)
             healing = {**healing, "payback_samples": payback, "payback_reason": why}
         result = OptimizeResult(
             model_path=str(loaded.path), out_dir=None, actions=tuple(applied),
             verification=verification, max_quality_loss=max_quality_loss, quality_ok=quality_ok,
-            sizes=sizes, notes=verification.notes, healing=healing,
+            sizes=sizes, notes=verification.notes if verification else (), healing=healing,
+            refusal=refusal, fidelity=fidelity,
         )
-        if not quality_ok:
-            raise QualityLossError(
-                f"quality loss {fidelity.quality_loss:.4g} ({fidelity.quality_metric}) exceeds "
-                f"--max-quality-loss {max_quality_loss:g}; nothing was written",
-                hint="use a milder action or a larger --max-quality-loss",
-                result=result,
-            )
         manifest = build_manifest(
             source=loaded, records=records, layout=layout, base_model=base, candidate=artifact,
             folder=tmp,
-            extra={"verification": verification.to_dict(), "plain_transformers_check": plain,
-                   "healing": healing},
+            extra={"verification": verification.to_dict() if verification else None,
+                   "plain_transformers_check": plain, "healing": healing,
+                   # a refused copy says so where its user looks: kept for inspection, not to deploy
+                   **({"refused": refusal} if refusal else {})},
         )
         write_manifest(tmp, manifest)
     report("save", 1.0)
     result = dataclasses.replace(result, out_dir=str(out),
                                  manifest_path=str(out / "wattlens-optimization.json"),
                                  reload_max_abs_diff=plain["max_abs_diff"] if plain else 0.0)
+    if refusal is not None:
+        raise QualityLossError(f"{refusal['text']}; the copy is kept in {out} for inspection, not to deploy",
+                               hint=refusal["hint"], result=result)
     if batch_sizes:
         sweep = sweep_batch_sizes(artifact, batch_sizes, seq_len=seq_len, meter=meter, seed=seed,
                                   min_window_s=min_window_s, progress=report)

@@ -260,6 +260,16 @@ class Verification:
     required_window_s: float | None = None
     round_batches: tuple[int, ...] = ()
     refused_rounds: tuple[str, ...] = ()
+    #: each counted round measured once more because it read as disturbed (:func:`disturbances`):
+    #: its round number, why, the disturbed measurement (kept here, left out of the figure), the
+    #: re-measurement, which of the two the figure counts, and whether the re-measurement read
+    #: as disturbed too (then it is counted and named in ``notes``, as any disturbed round is)
+    remeasured: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def n_remeasured(self) -> int:
+        """How many counted rounds were measured again after a disturbance."""
+        return len(self.remeasured)
 
     def with_prediction(self, saving: float | None, interval: tuple[float, float] | None = None,
                         method: str | None = None) -> Verification:
@@ -356,12 +366,31 @@ def paired_saving(base: list[float | None], cand: list[float | None], confidence
 DISTURBED_FACTOR = 3.0
 
 
-def disturbed_rounds(base: list[float], cand: list[float], samples: list[int] | None = None) -> list[str]:
-    """Notes naming each round whose energy per sample is far from its arm's other rounds
-    (beyond ``DISTURBED_FACTOR`` × or ÷ their median), with the share of the arm's pooled energy
-    it holds. The pooled estimator (:func:`paired_saving`) keeps such a round — dropping rounds
-    after the fact would bias the figure — and its interval widens for it; the note says which
-    round, so a user knows to measure again on a quieter machine. Three rounds or more."""
+@dataclass(frozen=True)
+class Disturbance:
+    """One arm of one counted round read far from its other rounds (:func:`disturbances`)."""
+
+    index: int  # the counted round, from 0
+    arm: str
+    energy_per_sample_j: float
+    median_j: float  # the other rounds' median
+    pooled_share: float  # of the arm's pooled energy
+
+    @property
+    def factor(self) -> float:
+        return self.energy_per_sample_j / self.median_j
+
+    @property
+    def note(self) -> str:
+        return (f"counted round {self.index + 1}: the {self.arm} read {self.energy_per_sample_j:.3g} J/sample, "
+                f"{self.factor:.2g}× the other rounds' median ({self.median_j:.3g}); it holds "
+                f"{self.pooled_share:.0%} of the {self.arm}'s pooled energy — a disturbance (another "
+                "process?): measure again when the machine is quieter")
+
+
+def disturbances(base: list[float], cand: list[float], samples: list[int] | None = None) -> list[Disturbance]:
+    """Each arm's rounds whose energy per sample is beyond ``DISTURBED_FACTOR`` × or ÷ the median
+    of its other rounds. Three rounds or more (two have no "others" to hold one against)."""
     n = len(base)
     if n < 3:
         return []
@@ -374,10 +403,18 @@ def disturbed_rounds(base: list[float], cand: list[float], samples: list[int] | 
             mid = (others[(n - 2) // 2] + others[(n - 1) // 2]) / 2
             if mid <= 0 or v <= 0 or 1 / DISTURBED_FACTOR < v / mid < DISTURBED_FACTOR:
                 continue
-            out.append(f"counted round {i + 1}: the {arm} read {v:.3g} J/sample, {v / mid:.2g}× the other rounds' median "
-                       f"({mid:.3g}); it holds {weights[i] * v / pooled:.0%} of the {arm}'s pooled energy — "
-                       "a disturbance (another process?): measure again when the machine is quieter")
+            out.append(Disturbance(i, arm, v, mid, weights[i] * v / pooled))
     return out
+
+
+def disturbed_rounds(base: list[float], cand: list[float], samples: list[int] | None = None) -> list[str]:
+    """Notes naming each round whose energy per sample is far from its arm's other rounds
+    (:func:`disturbances`), with the share of the arm's pooled energy it holds. The A/B measures
+    such a round once more (:func:`ab_verify`); a round still disturbed after that is kept by the
+    pooled estimator (:func:`paired_saving`) — dropping it after the fact would bias the figure —
+    and its interval widens for it; the note says which round, so a user knows to measure again
+    on a quieter machine."""
+    return [d.note for d in disturbances(base, cand, samples)]
 
 
 # --------------------------------------------------------------------------- the A/B run
@@ -502,6 +539,78 @@ def measure_round(meter: Any, r: int, models: dict[str, nn.Module], inputs: Mode
     raise AssertionError("unreachable")
 
 
+#: a counted round that read as disturbed is measured once more (both arms, its batches): at most
+#: this many re-measurements in one A/B run, the most disturbed rounds first
+MAX_REMEASURED_ROUNDS = 2
+#: the progress stage of those re-measurements (optimize prints it: "wattlens: re-measure …")
+REMEASURE_STAGE = "re-measure a disturbed round"
+
+
+def _window_record(w: WindowResult) -> dict[str, Any]:
+    return {"samples": w.samples, "duration_s": w.duration_s, "energy_j": w.attributed_energy_j,
+            "energy_per_sample_j": None if w.attributed_energy_j is None else w.attributed_energy_j / w.samples}
+
+
+def _disturbed_words(found: list[Disturbance]) -> str:
+    return "; ".join(f"the {d.arm} read {d.energy_per_sample_j:.3g} J/sample, {d.factor:.2g}× the other rounds' "
+                     f"median ({d.median_j:.3g})" for d in found)
+
+
+def remeasure_disturbed(meter: Any, models: dict[str, nn.Module], inputs: ModelInputs,
+                        windows: dict[str, list[WindowResult]], round_batches: list[int], required_s: float,
+                        progress: Progress | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Measure each disturbed counted round (:func:`disturbances`) once more, in place.
+
+    ``windows`` (by arm) and ``round_batches`` hold the counted rounds; a round's re-measurement,
+    when sound (:func:`measure_round`), takes the disturbed measurement's place in them, so the
+    figure and its interval rest on it. At most one re-measurement per round and
+    ``MAX_REMEASURED_ROUNDS`` in all, the most disturbed first. Returns (the record of each
+    re-measured round, with the disturbed measurement kept in it; notes saying what was done).
+    """
+    if len(round_batches) < 3:
+        return [], []
+    per = {k: [None if w.attributed_energy_j is None else w.attributed_energy_j / w.samples for w in ws]
+           for k, ws in windows.items()}
+    if any(v is None or v <= 0 for vs in per.values() for v in vs):
+        return [], []  # no sound figure to hold a round against
+    found = disturbances(per["baseline"], per["candidate"], [w.samples for w in windows["baseline"]])
+    by_round: dict[int, list[Disturbance]] = {}
+    for d in sorted(found, key=lambda d: -abs(math.log(d.factor))):
+        by_round.setdefault(d.index, []).append(d)
+    chosen = list(by_round)[:MAX_REMEASURED_ROUNDS]
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for j, i in enumerate(chosen):
+        if progress:
+            progress(REMEASURE_STAGE, j / len(chosen))
+        got, counts, used, round_notes = measure_round(meter, i, models, inputs, round_batches[i], required_s,
+                                                       label="ab-retry")
+        notes.extend(f"counted round {i + 1}, measured once more: {n}" for n in round_notes)
+        record = {"round": i + 1, "why": [d.note for d in by_round[i]],
+                  "disturbed": {k: _window_record(windows[k][i]) for k in models},
+                  "remeasurement": {k: _window_record(got[k]) for k in models},
+                  "counted": "remeasurement" if counts else "disturbed", "disturbed_again": False}
+        records.append(record)
+        why = _disturbed_words(by_round[i])
+        if counts:
+            for k in models:
+                windows[k][i] = got[k]
+            round_batches[i] = used
+            notes.append(f"counted round {i + 1} was disturbed ({why}) and was measured once more: the "
+                         "re-measurement is counted; the disturbed measurement is kept in the record and left "
+                         "out of the figure and its interval")
+        else:
+            notes.append(f"counted round {i + 1} was disturbed ({why}); its re-measurement could not be "
+                         "measured soundly, so the disturbed measurement stays counted")
+    if chosen and progress:
+        progress(REMEASURE_STAGE, 1.0)
+    left = len(by_round) - len(chosen)
+    if left:
+        notes.append(f"counted round(s) disturbed: {left} more not measured again (at most {MAX_REMEASURED_ROUNDS} "
+                     "re-measurements per run); named below")
+    return records, notes
+
+
 def ab_verify(
     baseline: nn.Module,
     candidate: nn.Module,
@@ -558,6 +667,11 @@ def ab_verify(
                 refused_rounds.append(round_notes[-1])
             if progress:
                 progress("verify", (r + 1) / n_rounds)
+        # a counted round that read as disturbed (another process, throttling…) is measured once
+        # more, inside the same outer window, before the figure is taken
+        remeasured, retry_notes = remeasure_disturbed(meter, models, inputs, windows, round_batches,
+                                                      required_s, progress)
+        notes.extend(retry_notes)
     finally:
         meter.end_window("ab:all")
     # memory is probed apart: trimming the heap inside an energy window would cost page faults
@@ -589,8 +703,15 @@ def ab_verify(
                                             list(arm_b.round_latency_per_sample_s),
                                             [float(x) for x in samples], confidence)
     if saving is not None:
-        notes.extend(disturbed_rounds(list(arm_a.round_energy_per_sample_j), list(arm_b.round_energy_per_sample_j),
-                                      samples))
+        # a round still disturbed (never re-measured, or disturbed again) is counted and named
+        found = disturbances(list(arm_a.round_energy_per_sample_j), list(arm_b.round_energy_per_sample_j), samples)
+        again = {d.index + 1 for d in found}
+        for rec in remeasured:
+            if rec["counted"] == "remeasurement" and rec["round"] in again:
+                rec["disturbed_again"] = True
+                notes.append(f"counted round {rec['round']}: its re-measurement read as disturbed too; it is "
+                             "counted and named below")
+        notes.extend(d.note for d in found)
     if arm_a.energy_method.endswith("estimated"):
         notes.append("energy is estimated from a CPU power model (no hardware counter here): "
                      "compare the two arms, do not read the joules as exact")
@@ -614,6 +735,7 @@ def ab_verify(
         required_window_s=required_s,
         round_batches=tuple(round_batches),
         refused_rounds=tuple(refused_rounds),
+        remeasured=tuple(remeasured),
     )
 
 

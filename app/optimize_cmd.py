@@ -243,9 +243,11 @@ def optimize_command(args) -> int:
             raise
         signals.hold()
         session.stop("completed" if code == 0 else "failed", doc.get("outcome"))
-    say(f"wattlens: recorded this run as session {sid} in {store.display_name}")
+    say(f"wattlens: recorded this run as session {sid}{'' if code == 0 else ' (failed)'} in {store.display_name}")
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
+    if code != 0 and doc.get("error"):  # the work failed and said so: its one line, last
+        print(f"wattlens: {doc['error']}", file=sys.stderr, flush=True)
     return code
 
 
@@ -255,7 +257,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
     from wattlens.advisor.regression import predict_action_saving
 
     history = ab_points(store.measurements("ab"))  # before this run: a prediction, not hindsight
-    status, error = "verified", None
+    error = None
     try:
         result = optimize(args.model, args.action, args.out, max_quality_loss=args.max_quality_loss,
                           eval_text=args.eval_text, batch_sizes=sizes,
@@ -264,10 +266,11 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
                           tokenizer=getattr(args, "tokenizer", None),
                           heal_steps=getattr(args, "heal_steps", 0) or 0, heal_text=getattr(args, "heal_text", None),
                           n_rounds=args.rounds, progress=progress)
-    except QualityLossError as exc:
-        result, status, error = exc.result, "refused", exc
+    except QualityLossError as exc:  # refused before the A/B: nothing measured, the copy kept
+        return _refused(args, store, session, exc, doc)
+    status = "verified"
     v = result.verification
-    if error is None and v.saving_fraction is None:
+    if v.saving_fraction is None:
         # no sound energy figure (energy unavailable, or every round too short for the meter):
         # stored, with why, but not as verified — and not as a point for the regression
         status = "unverified"
@@ -275,7 +278,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
             f"the A/B run gave no sound energy figure ({v.saving_reason}); the copy in {result.out_dir} "
             "is unverified",
             hint="run the same command again, with more --rounds, when the machine is quieter")
-    elif status == "verified" and one_round_only(v):
+    elif one_round_only(v):
         # a figure from one counted round has no interval: measured and shown, not verified (a
         # one-round "+176 %" once became a regression point that --rounds 2 put at −1.1 %)
         status = "unverified"
@@ -290,8 +293,12 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         predicted = PredictedSaving.from_dict(rec_doc["predicted_saving"])
     v = v.with_prediction(predicted.fraction, None if predicted.fraction is None else (predicted.low, predicted.high),
                           predicted.method)
+    from wattlens.app.present import action_status_text
+
+    shown = action_status_text(status, v.saving_interval)  # the word every view shows for it
     action_result = {
-        "verification": v.to_dict(), "side_by_side": v.side_by_side(),
+        "verification": v.to_dict(), "side_by_side": v.side_by_side(), "status_text": shown,
+        "remeasured_rounds": v.n_remeasured,
         "measured_text": measured_text(v), "predicted_text": predicted.text,
         "latency_text": latency_text(v),
         "fidelity": v.fidelity.to_dict() if v.fidelity else None, "sizes": result.sizes,
@@ -311,7 +318,8 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
             "payload": {"interval": v.saving_interval, "method": v.baseline.energy_method, "action_id": action_id}}])
     if result.batch_sweep:
         _store_sweep(store, session.session_id, args.model, params, result.batch_sweep)
-    doc.update({"status": status, "action_id": action_id, "result": result.to_dict(),
+    doc.update({"status": status, "status_text": shown, "remeasured_rounds": v.n_remeasured,
+                "action_id": action_id, "result": result.to_dict(),
                 "predicted": predicted.to_dict() if hasattr(predicted, "to_dict") else str(predicted),
                 "measured_text": action_result["measured_text"], "predicted_text": predicted.text,
                 "latency_text": action_result["latency_text"]})
@@ -319,10 +327,11 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         from wattlens.app import present
 
         fid = v.fidelity
-        print(f"actions: {args.action}  →  {result.out_dir or 'nothing written'}")
+        print(f"actions: {args.action}  →  {result.out_dir or 'nothing written'} — {shown}")
         print(f"  measured:  {action_result['measured_text']}")
         print(f"  predicted: {predicted.text if predicted.is_measure_first else present.predicted_text(predicted)}")
         print(f"  latency:   {action_result['latency_text']}")
+        print(f"  rounds:    {rounds_text(v)}")
         if status == "unverified":
             print("  stored as unverified: this figure is not used to predict other runs")
         if fid:
@@ -342,7 +351,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
             print(f"  healing: {h['steps']} steps on {h['source']}; held-out KL {h['held_out_kl_before']:.4g} → "
                   f"{h['held_out_kl_after']:.4g} nats; cost {energy}; pays back after {payback}")
         for note in v.notes:
-            if note.startswith(("round ", "counted round ")):  # a round measured again, refused or disturbed
+            if note.startswith(("round ", "counted round")):  # a round measured again, refused or disturbed
                 print(f"  note: {note}")
         print(f"  {sizes_line(result.sizes)}")
     if error is not None:
@@ -350,6 +359,49 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         raise error
     doc["outcome"] = f"{args.action}: {action_result['measured_text']}"
     return 0
+
+
+def rounds_text(v) -> str:
+    """How many A/B rounds the figure rests on, how many were refused, how many re-measured."""
+    text = f"{v.n_rounds} counted"
+    if v.refused_rounds:
+        text += f", {len(v.refused_rounds)} refused (too short or no energy)"
+    if v.n_remeasured:
+        kept = sum(r["counted"] == "remeasurement" for r in v.remeasured)
+        text += (f"; {v.n_remeasured} re-measured after a disturbance ({kept} counted from the re-measurement, "
+                 "the disturbed measurement kept in the record and left out of the interval)")
+    return text
+
+
+def _refused(args, store, session, exc, doc) -> int:
+    """The quality check refused the copy (``--max-quality-loss``): no A/B was run. Stored as
+    ``refused`` with the fidelity and the refusal's numbers (no measured figure, nothing for the
+    regression); the copy stays in --out for inspection; exit 1 with one line that says what was
+    refused, by how much and what to do (printed last by :func:`optimize_command`)."""
+    from wattlens.app import present
+
+    result = exc.result
+    refusal = result.refusal
+    shown = present.action_status_text("refused")
+    measured = present.measured_text(None, None, "n/a", refusal["text"])
+    fidelity = result.fidelity.to_dict() if result.fidelity else None
+    action_result = {"verification": None, "refusal": refusal, "status_text": shown, "measured_text": measured,
+                     "fidelity": fidelity, "sizes": result.sizes, "out_dir": result.out_dir,
+                     "quality_ok": False, "healing": result.healing}
+    rec_index, rec_doc = getattr(args, "source_rec", (None, None))
+    link = {"recommendation_index": rec_index, "recommendation": rec_doc} if rec_doc is not None else {}
+    action_id = store.add_action(session_id=session.session_id, kind=args.action, status="refused",
+                                 params={"model": str(Path(args.model).resolve()), "actions": args.action,
+                                         "out": args.out, "max_quality_loss": args.max_quality_loss, **link},
+                                 result=action_result, source_session_id=getattr(args, "from_session", None))
+    line = f"{args.action} {exc}"
+    doc.update({"status": "refused", "status_text": shown, "action_id": action_id, "result": result.to_dict(),
+                "refusal": refusal, "measured_text": measured, "error": line, "outcome": str(exc)})
+    if not args.json:
+        print(f"actions: {args.action}  →  {result.out_dir} (kept for inspection) — {shown}")
+        print(f"  fidelity:  {present.fidelity_text(fidelity)}")
+        print(f"  {sizes_line(result.sizes)}")
+    return 1
 
 
 def _store_sweep(store, session_id, model_path, params, rows) -> None:

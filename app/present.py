@@ -120,7 +120,7 @@ class Outcome:
 
     action_id: int
     action: str
-    status: str
+    status: str  # as stored (verified, unverified, refused …); every view shows ``status_text``
     recommended: str  # the recommendation's title (or "no recommendation linked")
     predicted: str
     measured: str
@@ -134,12 +134,19 @@ class Outcome:
 
     @property
     def chain(self) -> str:
-        return (f"recommended: {self.recommended} → applied: {self.action} ({self.status}, action #{self.action_id}"
+        return (f"recommended: {self.recommended} → applied: {self.action} ({self.status_text}, "
+                f"action #{self.action_id}"
                 + (f", session {self.optimize_session_id}" if self.optimize_session_id is not None else "")
                 + f") → measured: {self.measured}")
 
+    @property
+    def status_text(self) -> str:
+        """The status as the views show it (:func:`action_status_text`), never the bare stored word."""
+        return action_status_text(self.status, self.measured_interval)
+
     def to_dict(self) -> dict:
         return {"action_id": self.action_id, "action": self.action, "status": self.status,
+                "status_text": self.status_text,
                 "recommended": self.recommended, "predicted": self.predicted, "measured": self.measured,
                 "flagged": self.flagged, "flag_text": self.flag_text, "fidelity": self.fidelity,
                 "optimize_session_id": self.optimize_session_id, "chain": self.chain,
@@ -219,6 +226,42 @@ def measured_text(saving: float | None, interval, method: str, reason: str | Non
     return f"{saving_text(saving)}, 95 % CI {interval_text(interval[0], interval[1])} ({method}){unproven}"
 
 
+#: a saving interval that includes no change yet reaches a change of this size either way cannot
+#: tell a worthwhile effect from none: it reads "interval too wide", not "no difference shown"
+WIDE_INTERVAL = 0.10
+
+
+def action_status_text(status: str | None, interval: Sequence[float] | None = None) -> str:
+    """The word every view shows for an applied action: its stored ``status`` as the interval of its
+    A/B saving reads. The stored ``verified`` only says the A/B had enough rounds for an interval;
+    shown bare beside "does not show a difference" it read as "the saving is proven", so it is
+    never shown bare:
+
+    * verified, the interval above no change: "measured: saving confirmed";
+    * verified, the interval below no change: "measured: costs more, confirmed";
+    * verified, the interval includes no change and stays within ±``WIDE_INTERVAL``:
+      "measured: no difference shown"; reaching past it: "measured: interval too wide";
+    * unverified: "unverified: no interval"; refused (``--max-quality-loss``): "refused: quality
+      loss above the limit, not measured";
+    * any other status (a live apply's "applied", "reverted" …) as stored.
+    """
+    if status == "verified":
+        if not interval:
+            return "measured: no interval"
+        low, high = min(interval), max(interval)
+        if low > 0.0:
+            return "measured: saving confirmed"
+        if high < 0.0:
+            return "measured: costs more, confirmed"
+        return ("measured: interval too wide" if max(-low, high) >= WIDE_INTERVAL
+                else "measured: no difference shown")
+    if status == "unverified":
+        return "unverified: no interval"
+    if status == "refused":
+        return "refused: quality loss above the limit, not measured"
+    return str(status or "n/a")
+
+
 def _predicted_before(ps: PredictedSaving | None) -> str:
     """What was predicted before an applied action was measured. A "measure first" answer names
     the command that measures it — the very run that measured it — so it is said as what it is."""
@@ -233,7 +276,9 @@ def outcome(action: Mapping, rec: Recommendation | None) -> Outcome:
     """The outcome view of one stored action row (``Store.actions``) and its recommendation."""
     result = action.get("result") or {}
     saving, interval, method = measured_fraction(result)
-    reason = (result.get("verification") or {}).get("saving_reason")
+    # a refusal (--max-quality-loss) stops before the A/B: no figure, and the refusal says why
+    reason = ((result.get("verification") or {}).get("saving_reason")
+              or (result.get("refusal") or {}).get("text"))
     ps = rec.predicted_saving if rec is not None else None
     if ps is None and isinstance(result.get("predicted"), Mapping):
         ps = PredictedSaving.from_dict(result["predicted"])

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from tests.conftest import run_cli
+from wattlens.app import present
 from wattlens.profiler.store import Store
 
 
@@ -57,7 +58,10 @@ def test_an_action_is_verified_stored_and_leaves_the_input_alone(model_dir, tmp_
     assert store.session(doc["session_id"])["status"] == "completed"
     md = tmp_path / "r.md"
     assert run_cli("report", str(doc["session_id"]), "--format", "md", "-o", str(md), "--db", str(db)).returncode == 0
-    assert "bf16 (#1) — verified" in md.read_text()
+    # the stored "verified" is shown as its interval reads (never bare beside "no difference")
+    shown = present.action_status_text("verified", action["result"]["verification"]["saving_interval"])
+    assert doc["status_text"] == shown and shown.startswith("measured: ")
+    assert f"bf16 (#1) — {shown}" in md.read_text() and "— verified" not in md.read_text()
     # this run is the measurement: its A/B line says no prediction existed, not "measure first: <this command>"
     (ab_line,) = [line for line in md.read_text().splitlines() if line.startswith("- **A/B result")]
     assert "no prediction before this run" in ab_line and "measure first" not in ab_line
@@ -141,15 +145,17 @@ def test_from_session_needs_a_stored_session(model_dir, tmp_path):
     assert r.returncode == 2 and "no session 99" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_quality_limit_refuses_and_writes_nothing(model_dir, tmp_path):
+def test_quality_limit_refuses_before_measuring_and_keeps_the_copy(model_dir, tmp_path):
     db, out = tmp_path / "w.db", tmp_path / "pruned"
     r = run_cli("optimize", str(model_dir), "--action", "prune-mlp:0.9", "--out", str(out), "--rounds", "1",
                 "--max-quality-loss", "0", "--db", str(db), timeout=600)
     assert r.returncode == 1
-    assert "exceeds --max-quality-loss" in r.stderr.strip().splitlines()[-1]
-    assert not out.exists()
+    assert "exceeds --max-quality-loss 0 by" in r.stderr.strip().splitlines()[-1]
+    assert "wattlens: verify" not in r.stdout  # no A/B for a refused copy
+    # kept for inspection, its manifest saying it was refused
+    assert json.loads((out / "wattlens-optimization.json").read_text())["refused"]["max_quality_loss"] == 0
     (action,) = Store(db).actions()
-    assert action["status"] == "refused"
+    assert action["status"] == "refused" and action["result"]["verification"] is None
     # the failed run is kept, and the number it is announced under exists
     sid = action["session_id"]
     assert f"recorded this run as session {sid} (failed)" in r.stdout

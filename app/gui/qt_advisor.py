@@ -129,7 +129,7 @@ class QtRecommendationCard(QFrame):
             self.progress.setStyleSheet("color: #B3261E;")
             self.progress.show()
             return
-        self.progress.setText(f"Applied ({head}), status: {st.status}"
+        self.progress.setText(f"Applied ({head}), {st.status_text or st.status}"
                               + (f", recorded as session {st.session_id}" if st.session_id is not None else ""))
         self.progress.show()
         self.result = QFrame(self)

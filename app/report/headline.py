@@ -45,7 +45,7 @@ def _ab_lines(report: dict) -> list[dict]:
             continue
         o = present.outcome(a, None)
         base, cand = v.get("baseline") or {}, v.get("candidate") or {}
-        out.append({"label": f"A/B result — {a.get('kind')} ({a.get('status')})",
+        out.append({"label": f"A/B result — {a.get('kind')} ({o.status_text})",
                     "text": f"measured {o.measured}; {fmt(base.get('energy_per_sample_j'), 'J')} → "
                             f"{fmt(cand.get('energy_per_sample_j'), 'J')} per sample; {_prediction(res, o)}"})
     return out

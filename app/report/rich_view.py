@@ -426,7 +426,7 @@ def recommendation_views(report: dict) -> list[RecView]:
 def applied_table(report: dict) -> Table | None:
     """recommended → applied → measured for the actions applied from this session: predicted and
     measured side by side, FLAGGED when the measurement (with its interval) misses the predicted one."""
-    rows: list[list[Cell]] = [[o["recommended"], f"{o['action']} ({o['status']}, session {o['optimize_session_id']})",
+    rows: list[list[Cell]] = [[o["recommended"], f"{o['action']} ({o.get('status_text') or o['status']}, session {o['optimize_session_id']})",
                                o["predicted"], o["measured"], o["flag_text"] or "n/a", o["fidelity"]]
                               for o in report.get("applied") or []]
     if not rows:
@@ -483,7 +483,7 @@ def action_views(report: dict) -> list[ActionView]:
         shown = {k: v for k, v in params.items() if k not in ("recommendation", "recommendation_index")}
         out.append(ActionView(
             title=f"{a.get('kind') or '(unnamed action)'}" + (f" (#{a['id']})" if a.get("id") is not None else ""),
-            status=str(a.get("status") or "n/a"), params=value_text(shown) if shown else "none",
+            status=o.status_text, params=value_text(shown) if shown else "none",
             predicted=o.predicted if res.get("predicted") else str(res.get("predicted_text") or "n/a"),
             measured=o.measured if res.get("verification") else str(res.get("measured_text") or "n/a"),
             verification=verification_rows(res) if res else []))

@@ -97,7 +97,7 @@ class RecommendationView:
         o = self.outcome
         if o is None:
             return ()
-        return (f"applied: {o.action} ({o.status}, action #{o.action_id}, session {o.optimize_session_id})",
+        return (f"applied: {o.action} ({o.status_text}, action #{o.action_id}, session {o.optimize_session_id})",
                 f"predicted: {o.predicted}", f"measured: {o.measured}",
                 o.flag_text or "no interval to check against", f"fidelity: {o.fidelity}")
 
@@ -117,7 +117,7 @@ def stored_advice(store, session_id: int) -> dict:
 
 def recorded_lines(o: Outcome) -> tuple[str, ...]:
     """One A/B result an optimize session recorded, as its advisor tab lists it."""
-    return (f"{o.action} ({o.status}, action #{o.action_id})", f"measured: {o.measured}",
+    return (f"{o.action} ({o.status_text}, action #{o.action_id})", f"measured: {o.measured}",
             f"predicted before this run: {o.predicted}", o.flag_text or "no predicted interval to check against",
             f"fidelity: {o.fidelity}")
 
@@ -137,11 +137,12 @@ class ApplyState:
     out_dir: str
     lines: list[str] = field(default_factory=list)
     running: bool = True
-    status: str | None = None
+    status: str | None = None  # as stored; the card shows ``status_text``
     measured_text: str | None = None
     predicted_text: str | None = None
     error: str | None = None
     session_id: int | None = None
+    status_text: str | None = None  # present.action_status_text: the word agrees with the interval
 
 
 class AdvisorModel:
@@ -226,6 +227,8 @@ class AdvisorModel:
             return
         state.running = False
         state.status = doc.get("status")
+        interval = (((doc.get("result") or {}).get("verification") or {}).get("saving_interval"))
+        state.status_text = present.action_status_text(state.status, interval)
         state.measured_text = doc.get("measured_text")
         state.predicted_text = doc.get("predicted_text")
         state.session_id = doc.get("session_id")
