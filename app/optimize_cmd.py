@@ -247,7 +247,9 @@ def optimize_command(args) -> int:
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     if code != 0 and doc.get("error"):  # the work failed and said so: its one line, last
-        print(f"wattlens: {doc['error']}", file=sys.stderr, flush=True)
+        # a refusal is the answer to the user's own limit, worded as such; any other failure an error
+        said = doc["error"] if doc.get("status") == "refused" else f"error: {doc['error']}"
+        print(f"wattlens: {said}", file=sys.stderr, flush=True)
     return code
 
 
@@ -354,9 +356,9 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
             if note.startswith(("round ", "counted round")):  # a round measured again, refused or disturbed
                 print(f"  note: {note}")
         print(f"  {sizes_line(result.sizes)}")
-    if error is not None:
-        doc["outcome"] = str(error)
-        raise error
+    if error is not None:  # stored, said in one line last, and --json still prints its one document
+        doc.update({"outcome": str(error), "error": str(error)})
+        return error.exit_code
     doc["outcome"] = f"{args.action}: {action_result['measured_text']}"
     return 0
 

@@ -233,3 +233,33 @@ def test_closing_the_window_stops_a_running_apply(make_window, qtbot, advised_db
             assert store.session(3)["status"] == "interrupted"
         finally:
             store.close()
+
+
+def test_a_refused_apply_says_it_was_not_applied_and_why(make_window, qtbot, advised_db):
+    """helper-44: a copy refused by --max-quality-loss (the child stores it, prints its JSON and
+    exits 1) read 'Apply failed: optimize failed: … refused: …' on the card."""
+    import json
+
+    from wattlens.app.gui.models.advisor_model import run_optimize
+
+    why = ("prune-mlp:0.5 refused: quality loss 0.02344 (1 - top-1 agreement) exceeds --max-quality-loss 0.01 "
+           "by 0.01344, so its energy was not measured; the copy is kept in /tmp/x for inspection, not to deploy")
+    child = {"session_id": 7, "status": "refused", "status_text": "refused: quality loss above the limit, "
+             "not measured", "measured_text": "n/a (refused: …)", "error": why}
+    doc = run_optimize([sys.executable, "-c", f"import sys; print({json.dumps(json.dumps(child))}); "
+                        f"print('wattlens: ' + {why!r}, file=sys.stderr); sys.exit(1)"])
+    assert doc["status"] == "refused"  # the child's stored outcome, not an error
+
+    w = make_window(advised_db)
+    panel = _open(w, qtbot, 2)
+    panel.analyse_button.click()
+    qtbot.waitUntil(lambda: panel.model.analysed, timeout=30000)
+    card = next(c for c in panel.cards if c.rec.action)
+    panel.model.start_apply(card.rec.action, "/m", "/m-out")
+    panel.model.apply_done(card.rec.action, doc)
+    qtbot.waitUntil(lambda: any(c.rec.action == card.rec.action and c.progress.text().startswith("Not applied")
+                                for c in panel.cards), timeout=5000)
+    text = next(c for c in panel.cards if c.rec.action == card.rec.action).progress.text()
+    assert text.startswith("Not applied (/m → /m-out), refused: quality loss above the limit, not measured, "
+                           "recorded as session 7")
+    assert text.endswith(why) and "Apply failed" not in text

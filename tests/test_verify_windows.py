@@ -104,9 +104,13 @@ def test_optimize_stores_an_unmeasurable_run_as_unverified_with_the_reason(tmp_p
     db = tmp_path / "w.db"
     code = main(["optimize", str(src), "--action", "prune-mlp:0.25", "--out", str(tmp_path / "out"),
                  "--rounds", "2", "--db", str(db), "--json"])
-    err = capsys.readouterr().err.strip().splitlines()
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()
     assert code == 1
+    assert err[-1].startswith("wattlens: error: ")
     assert "no sound energy figure" in err[-1] and "unverified" in err[-1]
+    doc = json.loads(out.out)  # --json: one document on stdout, a failed run too (it printed none)
+    assert doc["status"] == "unverified" and "no sound energy figure" in doc["error"]
     store = Store(db)
     (action,) = store.actions()
     assert action["status"] == "unverified"

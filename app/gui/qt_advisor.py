@@ -129,8 +129,11 @@ class QtRecommendationCard(QFrame):
             self.progress.setStyleSheet("color: #B3261E;")
             self.progress.show()
             return
-        self.progress.setText(f"Applied ({head}), {st.status_text or st.status}"
-                              + (f", recorded as session {st.session_id}" if st.session_id is not None else ""))
+        # a refused copy was kept for inspection, not applied: the card says so, and why
+        verb = "Not applied" if st.status == "refused" else "Applied"
+        self.progress.setText(f"{verb} ({head}), {st.status_text or st.status}"
+                              + (f", recorded as session {st.session_id}" if st.session_id is not None else "")
+                              + (f"\n{st.note}" if st.note else ""))
         self.progress.show()
         self.result = QFrame(self)
         grid = QGridLayout(self.result)

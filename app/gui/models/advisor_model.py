@@ -143,6 +143,7 @@ class ApplyState:
     error: str | None = None
     session_id: int | None = None
     status_text: str | None = None  # present.action_status_text: the word agrees with the interval
+    note: str | None = None  # why a stored outcome was not accepted (refused, unverified): its one line
 
 
 class AdvisorModel:
@@ -232,6 +233,7 @@ class AdvisorModel:
         state.measured_text = doc.get("measured_text")
         state.predicted_text = doc.get("predicted_text")
         state.session_id = doc.get("session_id")
+        state.note = one_line(doc["error"]) if doc.get("error") else None
         self.changed.emit()
 
     def set_outcomes(self, session_id: int, outcomes: list[Outcome]) -> None:
@@ -262,6 +264,20 @@ def optimize_argv(model_dir: str, action: str, out_dir: str, db: str, *, rounds:
     if rounds is not None:
         argv += ["--rounds", str(int(rounds))]
     return argv
+
+
+#: statuses an optimize run that exits 1 still stores and documents (its JSON says why in "error")
+STORED_FAILURES = ("refused", "unverified")
+
+
+def _outcome_doc(text: str) -> dict | None:
+    """The optimize child's JSON document when it ended in a stored outcome it could not accept
+    (refused by --max-quality-loss, or no sound energy figure); None for any other failure."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) and doc.get("status") in STORED_FAILURES else None
 
 
 def store_db_arg(store) -> str:
@@ -308,6 +324,9 @@ def run_optimize(argv: list[str], *, on_line: Callable[[str], None] | None = Non
         raise ActionError("optimize stopped: the window closed before it finished",
                           hint="apply again; the model copy was not completed")
     if proc.returncode != 0:
+        doc = _outcome_doc(text)
+        if doc is not None:  # the work ended in a stored outcome it could not accept: the card says it
+            return doc
         last = next((t for t in reversed(tail) if t.startswith("wattlens:")), tail[-1] if tail else "")
         last = last.removeprefix("wattlens:").strip() or f"it {exit_text(proc.returncode)}"
         raise ActionError(f"optimize failed: {last}")
