@@ -333,7 +333,7 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         print(f"  measured:  {action_result['measured_text']}")
         print(f"  predicted: {predicted.text if predicted.is_measure_first else present.predicted_text(predicted)}")
         print(f"  latency:   {action_result['latency_text']}")
-        print(f"  rounds:    {rounds_text(v)}")
+        print(f"  rounds:    {present.rounds_text(v.to_dict())}")
         if status == "unverified":
             print("  stored as unverified: this figure is not used to predict other runs")
         if fid:
@@ -361,18 +361,6 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
         return error.exit_code
     doc["outcome"] = f"{args.action}: {action_result['measured_text']}"
     return 0
-
-
-def rounds_text(v) -> str:
-    """How many A/B rounds the figure rests on, how many were refused, how many re-measured."""
-    text = f"{v.n_rounds} counted"
-    if v.refused_rounds:
-        text += f", {len(v.refused_rounds)} refused (too short or no energy)"
-    if v.n_remeasured:
-        kept = sum(r["counted"] == "remeasurement" for r in v.remeasured)
-        text += (f"; {v.n_remeasured} re-measured after a disturbance ({kept} counted from the re-measurement, "
-                 "the disturbed measurement kept in the record and left out of the interval)")
-    return text
 
 
 def _refused(args, store, session, exc, doc) -> int:

@@ -226,6 +226,21 @@ def measured_text(saving: float | None, interval, method: str, reason: str | Non
     return f"{saving_text(saving)}, 95 % CI {interval_text(interval[0], interval[1])} ({method}){unproven}"
 
 
+def rounds_text(v: Mapping) -> str:
+    """How many A/B rounds a figure rests on (a stored ``Verification`` dict), how many were
+    refused and how many measured again after a disturbance: the CLI and the reports say it alike."""
+    text = f"{v.get('n_rounds', 'n/a')} counted"
+    refused = v.get("refused_rounds") or ()
+    if refused:
+        text += f", {len(refused)} refused (too short or no energy)"
+    again = v.get("remeasured") or ()
+    if again:
+        kept = sum(1 for r in again if isinstance(r, Mapping) and r.get("counted") == "remeasurement")
+        text += (f"; {len(again)} re-measured after a disturbance ({kept} counted from the re-measurement, "
+                 "the disturbed measurement kept in the record and left out of the interval)")
+    return text
+
+
 #: a saving interval that includes no change yet reaches a change of this size either way cannot
 #: tell a worthwhile effect from none: it reads "interval too wide", not "no difference shown"
 WIDE_INTERVAL = 0.10

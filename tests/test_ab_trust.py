@@ -315,11 +315,14 @@ def test_a_disturbed_round_is_measured_once_more_and_left_out_of_the_interval(tm
     assert "measured once more" in note and "left out of the figure and its interval" in note
     json.dumps(v.to_dict())  # stored in the action's result as it is
 
-    # what optimize prints: how many rounds were measured again
-    from wattlens.app.optimize_cmd import rounds_text
+    # what optimize prints, and every report shows: how many rounds were measured again, and why
+    from wattlens.app.present import rounds_text
+    from wattlens.app.report.rich_view import verification_rows
 
-    text = rounds_text(v)
+    text = rounds_text(v.to_dict())
     assert text.startswith("4 counted") and f"{v.n_remeasured} re-measured after a disturbance" in text
+    rows = dict(verification_rows({"verification": json.loads(json.dumps(v.to_dict()))}))  # as stored
+    assert rows["Rounds"] == text and note in rows["Notes"]
 
 
 def test_a_round_disturbed_again_is_counted_and_named_as_before(tmp_path):

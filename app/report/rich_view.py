@@ -463,6 +463,9 @@ def verification_rows(res: Mapping) -> list[tuple[str, str]]:
                                     present.saving_text(v.get("latency_saving_fraction"), "time per sample"))))
         rows.append(("A/B design", f"{v.get('n_rounds', 'n/a')} rounds × {v.get('batches_per_round', 'n/a')} batches "
                                    f"of {v.get('batch_size', 'n/a')}, {v.get('inputs') or 'n/a'}"))
+        rows.append(("Rounds", present.rounds_text(v)))
+        if v.get("notes"):  # rounds measured again, refused or disturbed: as the CLI prints them
+            rows.append(("Notes", "; ".join(str(n) for n in v["notes"])))
     rows.append(("Fidelity", present.fidelity_text(res.get("fidelity"))))
     if isinstance(res.get("sizes"), Mapping):
         rows.append(("Sizes", present.sizes_text(res["sizes"])))
