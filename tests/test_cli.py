@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 import time
@@ -95,9 +96,10 @@ def test_target_that_exits_ends_the_session_as_target_exited(torch_child, db_pat
     assert s["summary"]["energy_j"] > 0  # the data measured before the exit is kept
 
 
-def test_a_target_that_exits_keeps_where_native_reads_paused_it(torch_child, db_path, tmp_path):
+def test_a_target_that_exits_keeps_where_native_reads_paused_it(torch_child, db_path, tmp_path, monkeypatch):
     """A training target that exits mid-session (its sampler then stops early) still has its
     native runs stored: the plots and the report shade where they stopped it."""
+    monkeypatch.setenv("WATTLENS_NATIVE_LITE", "0")  # py-spy's runs from the start (lite reads unavailable)
     from wattlens.app.report.data import build_report
     from wattlens.profiler.store import Store
 
@@ -129,9 +131,12 @@ def test_a_target_that_exits_keeps_where_native_reads_paused_it(torch_child, db_
         store.close()
     assert runs and all(r["t_start_ns"] < r["t_end_ns"] for r in runs), runs
     assert len(paused["spans_s"]) == len(runs) and paused["note"]
-    # its layer rows are in the table: the note says where they end, never "no layer figures"
+    # its layer rows are in the table, never "no layer figures"; where the stack sampler saw the
+    # exit before the session ended (a race on a busy machine), a note says where the rows end
     assert layers and not any("no layer figures" in n for n in notes), notes
-    assert any(n.startswith("the layer rows end after") for n in notes), notes
+    ended = [n for n in notes if "layer rows end" in n]
+    assert len(ended) <= 1 and all(re.match(r"the layer rows end after \d+ window\(s\): process \d+ exited", n)
+                                   for n in ended), ended
 
 
 def _one_line_error(r):
@@ -189,9 +194,35 @@ def test_doctor_counts_the_stored_sessions_in_words(db_path):
     assert check["ok"] and check["detail"] == f"{db_path} (1 session)"  # was '(1 sessions)'
 
 
-def test_attached_training_stores_the_backward_split_its_note_states(torch_child, db_path):
+def test_attached_training_is_split_by_autograd_op_by_lite_reads_with_their_measured_cost(torch_child, db_path):
+    """By default (x86-64, ptrace allowed) the backward is split by lite native reads from the
+    start: op rows within seconds, no native py-spy run (and its start-up stop) in the first
+    minute, and the note says how many reads stopped the thread for how long, measured."""
+    from wattlens.profiler.store import Store
+
+    child = torch_child(60)
+    r = run_cli("attach", str(child.pid), "--duration", "12", "--db", str(db_path), "--json", timeout=180)
+    assert r.returncode == 0, r.stderr
+    sid = json.loads(r.stdout)["session_id"]
+    store = Store(db_path)
+    try:
+        events = [e for e in store.events(sid) if e.kind == "backward-ops"]
+        layers = store.layer_costs(sid)
+    finally:
+        store.close()
+    if not events:
+        pytest.skip("no backward read in 12 s on this machine (busy)")
+    assert not [r for e in events for r in e.data.get("native_runs") or ()]  # no py-spy run yet
+    note = events[-1].message
+    assert "lite native reads" in note and re.search(r"stopping the thread \d+ ms in all \(measured", note), note
+    ops = {r.path.removeprefix("backward/") for r in layers if r.path.startswith("backward/")}
+    assert ops & {"AddmmBackward0", "MmBackward0"}, ops  # the MLP's Linear layers, named
+
+
+def test_attached_training_stores_the_backward_split_its_note_states(torch_child, db_path, monkeypatch):
     """The backward rows of every stored window add up to what the session's backward-ops event
     says (the whole pool), not to the few reads pooled when an early window closed."""
+    monkeypatch.setenv("WATTLENS_NATIVE_LITE", "0")  # the py-spy runs' split (lite reads unavailable)
     from wattlens.profiler.store import Store
 
     child = torch_child(60)

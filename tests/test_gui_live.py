@@ -82,7 +82,8 @@ def per_step_card(view) -> str:
     return dict((t, v) for t, v, _ in view.panel.cards.texts())["Energy per step"]
 
 
-def test_layers_and_steps_arrive_from_other_threads(gui, make_window, qtbot, torch_loop):
+def test_layers_and_steps_arrive_from_other_threads(gui, make_window, qtbot, torch_loop, monkeypatch):
+    monkeypatch.setenv("WATTLENS_NATIVE_LITE", "0")  # py-spy's native runs, shaded (lite reads unavailable)
     w = make_window()
     w.settings.update(stack_rate_hz=100)
     w.attach(torch_loop.pid)

@@ -141,10 +141,11 @@ def test_export_default_path_follows_the_choice(make_window, qtbot, stored_db, t
 
 
 def test_a_stored_training_attach_shades_where_native_reads_stopped_the_target(make_window, qtbot, torch_child,
-                                                                                 tmp_path):
+                                                                                 tmp_path, monkeypatch):
     """Native stack reads stop the target (their dip shows in the target's curves): the opened
     session shades each native run's span and says, under the power plot, what the runs cost the
     target — the figure the backward note states."""
+    monkeypatch.setenv("WATTLENS_NATIVE_LITE", "0")  # py-spy's runs from the start (lite reads unavailable)
     from tests.conftest import run_cli
 
     db = tmp_path / "train.db"

@@ -174,7 +174,7 @@ def test_native_runs_after_the_first_wait_for_the_budget():
         return smp.windows >= seen.setdefault("windows", smp.windows) + 3
 
     _, _, sampler = sample_child(
-        "llama_train", 1.0, native_hz=20, native_pool_reads=0, native_budget=1e-4,
+        "llama_train", 1.0, native_hz=20, native_pool_reads=0, native_budget=1e-4, native_lite=False,
         until_sampler=first_run_done_and_three_windows_more)
     assert "windows" in seen, "the first native run never ended"
     assert not second, "a second native run started despite the budget"
@@ -210,6 +210,7 @@ def test_attached_training_loop_stores_backward_rows_by_module_class(tmp_path):
 
     windows, _, sampler = sample_child(
         "llama_train", 3.0, until=lambda w: bool(mlp_rows(w)), native_hz=20, native_pool_reads=1,
+        native_lite=False,  # the py-spy runs alone (where lite reads are unavailable): test_native_lite.py
         until_sampler=lambda smp: smp.native_paused_note is not None)
     # a pool of 1 read is full after the first run: the native loop waits for its refresh
     # (10 min away), and stop() woke it (the thread is gone, the session did not wait it out)

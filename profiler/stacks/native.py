@@ -36,6 +36,17 @@ windows that close while the first run is still reading wait for it (a few secon
 length + 10 s) so their backward is split too (:func:`split_backward`): the op rows are an *estimate* whose
 uncertainty is binomial in the pooled count (:func:`op_shares`), reported with them.
 
+Lite native reads (:mod:`.native_lite`) do the backward's part of this without py-spy: one thread
+stopped for a stack copy (~0.3 ms), torch's symbols loaded in our own process before the first
+read, the node found by scanning the copy (so reads inside BLAS kernels are named too). Where they
+work (x86-64 Linux, ptrace allowed, torch's symbols present, the backward on the main thread) they
+split the backward from the first backward on at :data:`LITE_RATE_HZ`, and the first native
+py-spy run is no longer exempt from the budget: its start-up stop comes minutes in, within
+:data:`NATIVE_BUDGET`, and the py-spy runs are left to what only they give (the forward map of
+:mod:`.backward_map`, the optimizer split). Their backward reads are not pooled with the lite
+ones: the lite reads name the BLAS reads py-spy leaves as :data:`BLAS_UNWOUND`, so a pool of both
+would mix two labellings of the same time. Where lite reads are unavailable, all is as above.
+
 The same native reads split the optimizer step's parts (``optimizer/_single_tensor_adamw`` ...,
 named from the Python frames by ``parse.optimizer_part``) by the tensor op the update called
 (:func:`optimizer_ops`, :func:`split_optimizer`): pooled, an estimate like the backward's.
@@ -154,6 +165,25 @@ def native_schedule(n: int, pooled_backward_reads: int, steady_hz: int = NATIVE_
     if pool_reads and pooled_backward_reads >= pool_reads:
         return float(NATIVE_REFRESH_EVERY_S), NATIVE_REFRESH_RUN_S, steady_hz
     return 0.0, seconds, hz
+
+#: The first native py-spy run's CPU before any run has been measured (its start is most of it):
+#: 0.89 s per run of the first run's shape, measured (attach_native_runs_train.md). With lite
+#: reads splitting the backward, the first run waits for the budget like the rest, and this is its
+#: estimated cost.
+NATIVE_FIRST_RUN_CPU_S = 0.89
+
+#: Lite native reads (:mod:`.native_lite`: one thread stopped for a stack copy, symbols named in
+#: our process) split the backward from the first backward on, at this rate: the Llama-style
+#: training loop spends ~48 % of its time in the backward, so ~140 backward reads in the first
+#: minute (any op's share to ±4 pp), stopping the thread 0.31 % of its time (0.30 ms median,
+#: 0.62 ms mean a read, measured: benchmarks/results/native_lite.md). Once the pool holds
+#: :data:`NATIVE_POOL_BACKWARD_READS` (~3 minutes) they go on at :data:`LITE_REFRESH_HZ`, which
+#: keeps the pool following the job for a tenth of that.
+LITE_RATE_HZ = 5.0
+LITE_REFRESH_HZ = 0.5
+#: How long the native py-spy waits for the lite reader to load torch's symbols and read once
+#: before it takes it as unavailable (and its first run, as before lite reads, waits for nothing).
+LITE_READY_TIMEOUT_S = 30.0
 
 ENGINE_OTHER = "autograd engine (other)"
 PYTHON_FUNCTION = "autograd.Function (Python)"

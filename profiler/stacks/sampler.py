@@ -29,6 +29,13 @@ session's counts; :meth:`StackSampler.loss_message` says them in one line. Pass
 ``calibration_hz=0`` to switch the calibration off (the lost reads are then spread in proportion,
 which keeps the bias, and the message says so).
 
+Once a window shows a backward, the backward is split by autograd op (:mod:`.native`): by lite
+native reads of the main thread (:mod:`.native_lite`, :meth:`StackSampler._lite_loop`: one
+thread stopped ~0.3 ms per read, their stops measured and said in the backward note, not shaded
+in the plots: too short to see) where they work, with the native py-spy runs (for the forward
+map and the optimizer split) kept within the budget from the first one on; else by the native
+py-spy runs alone, the first one at once, as before lite reads.
+
 Nothing here raises on a target we cannot read: :attr:`StackSampler.available` turns False and
 :attr:`StackSampler.reason` says why in one line, so the caller keeps measuring power.
 """
@@ -59,7 +66,11 @@ from wattlens.profiler.records import LayerCost
 from wattlens.profiler.stacks import backward_map
 from wattlens.profiler.stacks.lost import CALIBRATION_RATE_HZ, LossAccount
 from wattlens.profiler.stacks.native import (
+    LITE_RATE_HZ,
+    LITE_READY_TIMEOUT_S,
+    LITE_REFRESH_HZ,
     NATIVE_BUDGET,
+    NATIVE_FIRST_RUN_CPU_S,
     NATIVE_OWN_CORE_PER_CPU_S,
     NATIVE_POOL_BACKWARD_READS,
     NATIVE_RATE_HZ,
@@ -75,6 +86,12 @@ from wattlens.profiler.stacks.native import (
     op_shares,
     optimizer_ops,
     split_optimizer,
+)
+from wattlens.profiler.stacks.native_lite import (
+    LiteReader,
+    LiteUnavailable,
+    ThreadBusy,
+    lite_enabled,
 )
 from wattlens.profiler.stacks.parse import (
     BUCKET_BACKWARD,
@@ -306,6 +323,7 @@ class StackSampler:
         native_hz: int = NATIVE_RATE_HZ,
         native_pool_reads: int = NATIVE_POOL_BACKWARD_READS,
         native_budget: float = NATIVE_BUDGET,
+        native_lite: bool | None = None,
         rank: int | None = None,
     ):
         if not 1 <= rate_hz <= 1000 or rate_hz != int(rate_hz):
@@ -343,7 +361,22 @@ class StackSampler:
         self.native_spans: list[list] = []
         self._t_start_ns: int | None = None
         self._t_stop_ns: int | None = None  # when stopping was asked
+        # the pool that splits the backward: the lite reads' once they have any, else py-spy's
+        # (never both: py-spy leaves BLAS reads unnamed, the lite reads name them)
         self.backward_ops: Counter[str] = Counter()
+        self.pyspy_backward_ops: Counter[str] = Counter()  # the native py-spy runs' backward reads
+        self._pool_source: str | None = None  # "lite" or "py-spy", once backward_ops has reads
+        # lite native reads (native_lite): one thread stopped per read, started with the py-spy ones
+        # None: on unless WATTLENS_NATIVE_LITE=0 (native_lite.lite_enabled)
+        self.native_lite = lite_enabled() if native_lite is None else bool(native_lite)
+        self.lite_ops: Counter[str] = Counter()  # their backward reads per op
+        self.lite_reads = 0  # reads made (in the backward or not)
+        self.lite_stop_ns = 0  # the thread's stops of all those reads, measured (seize to detach)
+        self.lite_busy = 0  # reads put off: another tracer (py-spy's blocking reads) held the thread
+        self.lite_note: str | None = None  # why there are none (unavailable), said once
+        self._lite_thread: threading.Thread | None = None
+        self._lite_ready = threading.Event()  # the lite reader read once, or will not
+        self._lite_ok = False
         self.optimizer_ops: Counter[tuple[str, str]] = Counter()  # (part, tensor op) -> reads
         # the same reads in the forward: (class path, tensor op) -> reads, to map ops to classes
         self.forward_ops: Counter[tuple[str, str]] = Counter()
@@ -444,6 +477,8 @@ class StackSampler:
     def stop(self) -> None:
         """Stop sampling; the window in progress is cut short, processed and handed over."""
         self.request_stop()
+        if self._lite_thread is not None:  # a read in progress ends within milliseconds
+            self._lite_thread.join(_STOP_TIMEOUT_S)
         if self._native_thread is not None:
             self._native_thread.join(_STOP_TIMEOUT_S + 5.0)
             with self._lock:  # a native py-spy hung past its stop: do not leave it attached
@@ -562,30 +597,52 @@ class StackSampler:
         top = ", ".join(f"{op} {p:.0%} ± {se:.0%}" for op, (p, se) in list(shares.items())[:5])
         pools = self._pools()
         by_class = backward_map.class_message(pools.backward, pools.forward, pools.forward_time)
+        if self._pool_source == "lite":
+            how = (f"lite native reads (one thread stopped per read for a copy of its stack, "
+                   f"the op named from torch's symbols in wattlens; {LITE_RATE_HZ:g} Hz, then "
+                   f"{LITE_REFRESH_HZ:g} Hz once {self.native_pool_reads} are pooled"
+                   + (f"; {self.native_paused_note.replace('native reads', 'native py-spy runs')}"
+                      if self.native_paused_note else ""))
+        else:
+            how = (f"native blocking reads ({native_run(0, self.native_hz)[1]} Hz for the first "
+                   f"{native_run(0)[0]} s, then {self.native_hz} Hz"
+                   + (f"; {self.native_paused_note}" if self.native_paused_note else ""))
         return (
-            f"backward split by autograd op from {sum(self.backward_ops.values())} native "
-            f"blocking reads ({native_run(0, self.native_hz)[1]} Hz for the first "
-            f"{native_run(0)[0]} s, then {self.native_hz} Hz"
-            + (f"; {self.native_paused_note}" if self.native_paused_note else "")
-            + (f"; {self.native_cost_message()}" if self.native_runs else "")
+            f"backward split by autograd op from {sum(pools.backward.values())} {how}"
+            + (f"; {self.native_cost_message()}" if self.native_runs or self.lite_reads else "")
             + f"; estimate, binomial standard error): {top}"
         ) + (f"; {by_class}" if by_class else "")
 
     def _native_spent_s(self) -> float:
-        """What the finished native runs cost the target (own-core seconds, estimated)."""
+        """What the finished native py-spy runs cost the target (own-core seconds, estimated)."""
         return NATIVE_OWN_CORE_PER_CPU_S * sum(c for c, _, _ in self.native_runs)
 
+    def _reads_spent_s(self) -> float:
+        """What all native reads cost the target so far: the py-spy runs' (estimated) and the
+        lite reads' stops (measured). The budget counts this."""
+        return self._native_spent_s() + self.lite_stop_ns / 1e9
+
     def native_cost_message(self) -> str:
-        """What the native reads cost the target: their py-spys' CPU time, measured, times the
-        measured own-core time per CPU second."""
+        """What the native reads cost the target: the py-spy runs' CPU time, measured, times the
+        measured own-core time per CPU second; the lite reads' stops, measured."""
         spent_s = self._native_spent_s()
         elapsed_s = ((self._t_stop_ns or time.monotonic_ns()) - (self._t_start_ns or 0)) / 1e9
-        cap = (f"; runs after the first wait to keep within {self.native_budget:.2%}"
-               if self.native_budget else "")
-        return (f"{native_cost_phrase(len(self.native_runs), spent_s)} "
-                f"({spent_s / max(elapsed_s, 1e-9):.2%} of the attach; estimated: "
-                f"{NATIVE_OWN_CORE_PER_CPU_S} × their py-spy's CPU time, spent with the target "
-                f"stopped){cap}")
+        parts = []
+        if self.native_runs:
+            parts.append(f"{native_cost_phrase(len(self.native_runs), spent_s)} "
+                         f"({spent_s / max(elapsed_s, 1e-9):.2%} of the attach; estimated: "
+                         f"{NATIVE_OWN_CORE_PER_CPU_S} × their py-spy's CPU time, spent with the "
+                         "target stopped)")
+        if self.lite_reads:
+            lite_s = self.lite_stop_ns / 1e9
+            parts.append(f"lite native reads: {self.lite_reads}, stopping the thread "
+                         f"{lite_s * 1e3:.0f} ms in all (measured; {lite_s / max(elapsed_s, 1e-9):.2%} "
+                         "of the attach; not shaded in the plots: too short to see)")
+        if not parts:
+            parts.append(native_cost_phrase(0, 0.0))
+        which = "native py-spy runs" if self._lite_ok else "runs after the first"
+        cap = f"; {which} wait to keep within {self.native_budget:.2%}" if self.native_budget else ""
+        return "; ".join(parts) + cap
 
     def native_run_spans(self) -> list[dict[str, Any]]:
         """Each native run as stored with the session (the plots shade them): its start and end
@@ -609,19 +666,94 @@ class StackSampler:
         if self.native_hz and self._native_thread is None and not self._stop.is_set():
             first_s = native_run(0, self.native_hz)[0]
             self.native_hold_until_ns = time.monotonic_ns() + int((first_s + _NATIVE_HOLD_SLACK_S) * 1e9)
+            if self.native_lite:  # before the py-spy runs: they wait to see whether it works
+                self._lite_thread = threading.Thread(
+                    target=self._lite_loop, name=f"wattlens-lite-{self.pid}", daemon=True)
+                self._lite_thread.start()
             self._native_thread = threading.Thread(
                 target=self._native_loop, name=f"wattlens-native-{self.pid}", daemon=True
             )
             self._native_thread.start()
+
+    def _lite_loop(self) -> None:
+        """Lite native reads of the target's main thread (:mod:`.native_lite`) until stopping is
+        asked: the symbols first (here, not with the target stopped), then one read every
+        1/:data:`LITE_RATE_HZ` s (1/:data:`LITE_REFRESH_HZ` s once the pool is full). Their
+        backward reads are the pool that splits the backward. Unavailable (not x86-64, ptrace
+        denied, no symbols, a GPU's engine threads): said once in :attr:`lite_note`, and the
+        py-spy runs do as they did without it."""
+        try:
+            reader = LiteReader(self.pid)
+            reader.load()
+            log.info("lite native reads of %d: %d autograd symbols loaded in %.2f s", self.pid,
+                     reader.symbols, reader.load_s or 0.0)
+            while not self._stop.is_set():
+                try:
+                    read = reader.read()
+                except ThreadBusy:
+                    with self._lock:
+                        self.lite_busy += 1
+                else:
+                    self._pool_lite(read.op, read.stop_ns)
+                with self._lock:
+                    full = self.native_pool_reads and sum(self.lite_ops.values()) >= self.native_pool_reads
+                self._stop.wait(1.0 / (LITE_REFRESH_HZ if full else LITE_RATE_HZ))
+        except LiteUnavailable as exc:
+            if not self.lite_reads:
+                self.lite_note = f"no lite native reads: {exc}"
+                log.info("%s; native py-spy runs split the backward", self.lite_note)
+            else:  # the target ended (or its thread): the sampler says so from py-spy's side
+                log.info("lite native reads of %d stop: %s", self.pid, exc)
+        except Exception as exc:  # never let it take the session down: py-spy's runs go on
+            log.exception("lite native reads failed")
+            if not self.lite_reads:
+                self.lite_note = f"no lite native reads: they failed ({exc})"
+        finally:
+            self._lite_ready.set()
+
+    def _pool_lite(self, op: str | None, stop_ns: int) -> None:
+        """One lite read counted (its stop, measured) and, in the backward, pooled; the first
+        pooled one replaces py-spy's reads in the pool (the two are not mixed)."""
+        with self._lock:
+            self.lite_reads += 1
+            self.lite_stop_ns += stop_ns
+            if op is not None:
+                self.lite_ops[op] += 1
+                if self._pool_source != "lite":
+                    self.backward_ops.clear()
+                    self._pool_source = "lite"
+                self.backward_ops[op] += 1
+                if self.native_pooled_ns is None:
+                    self.native_pooled_ns = time.monotonic_ns()
+        if not self._lite_ok:
+            self._lite_ok = True
+            self._lite_ready.set()
+
+    def _wait_lite_ready(self) -> bool:
+        """Wait (at most LITE_READY_TIMEOUT_S) for the lite reader to read once or give up:
+        does it work? False at once when it was not started."""
+        if self._lite_thread is None:
+            return False
+        deadline = time.monotonic() + LITE_READY_TIMEOUT_S
+        while not self._lite_ready.wait(0.1):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                break
+        return self._lite_ok
 
     def _native_loop(self) -> None:
         assert self._exe is not None and self._tmpdir is not None
         out_path = os.path.join(self._tmpdir.name, "native.txt")
         env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
         runs = 0
+        # with lite reads splitting the backward, the first py-spy run waits for the budget too
+        budget_all = self._wait_lite_ready()
+        if not budget_all:  # as without lite reads: the first run now, windows held for it
+            first_s = native_run(0, self.native_hz)[0]
+            self.native_hold_until_ns = max(self.native_hold_until_ns, time.monotonic_ns() + int(
+                (first_s + _NATIVE_HOLD_SLACK_S) * 1e9))
         while not self._stop.is_set() and self.available:
             with self._lock:
-                pooled = sum(self.backward_ops.values())
+                pooled = sum(self.pyspy_backward_ops.values())
             wait_s, duration_s, rate_hz = native_schedule(runs, pooled, self.native_hz,
                                                           self.native_pool_reads)
             if wait_s and not self.native_paused_note:
@@ -631,21 +763,27 @@ class StackSampler:
                     f"{NATIVE_REFRESH_RUN_S}-s run every {NATIVE_REFRESH_EVERY_S // 60} min "
                     "keeps it current")
                 log.info("%s", self.native_paused_note)
-            if runs and self._t_start_ns is not None:  # the first run waits for nothing
+            if wait_s and self._stop.wait(wait_s):
+                return
+            # the first run waits for nothing, unless lite reads split the backward meanwhile
+            if (runs or budget_all) and self._t_start_ns is not None:
                 if len(self.native_runs) < runs:  # a run's cost could not be read: the budget
                     log.info("native py-spy's CPU time could not be read: no more native runs "
                              "(the budget could not be kept)")
                     return
-                spent_s = self._native_spent_s()
-                elapsed_s = (time.monotonic_ns() - self._t_start_ns) / 1e9
-                next_s = NATIVE_OWN_CORE_PER_CPU_S * native_next_cost_s(self.native_runs, duration_s * rate_hz)
-                budget_wait_s = native_budget_wait(spent_s, elapsed_s, next_s, duration_s, self.native_budget)
-                if budget_wait_s > wait_s:
-                    log.debug("native run %d waits %.0f s: its reads would exceed %.2f %% of the attach",
-                              runs, budget_wait_s, 100 * self.native_budget)
-                    wait_s = budget_wait_s
-            if wait_s and self._stop.wait(wait_s):
-                return
+                next_cpu_s = (native_next_cost_s(self.native_runs, duration_s * rate_hz)
+                              if self.native_runs else NATIVE_FIRST_RUN_CPU_S)
+                next_s = NATIVE_OWN_CORE_PER_CPU_S * next_cpu_s
+                while True:  # the lite reads spend while it waits: until the run fits
+                    elapsed_s = (time.monotonic_ns() - self._t_start_ns) / 1e9
+                    budget_wait_s = native_budget_wait(self._reads_spent_s(), elapsed_s, next_s,
+                                                       duration_s, self.native_budget)
+                    if budget_wait_s <= 0:
+                        break
+                    log.debug("native run %d waits %.0f s: its reads would exceed %.2f %% of the "
+                              "attach", runs, budget_wait_s, 100 * self.native_budget)
+                    if self._stop.wait(min(budget_wait_s, 30.0)):
+                        return
             runs += 1
             cmd = native_command(self._exe, self.pid, rate_hz, duration_s, out_path)
             span = [time.monotonic_ns(), None, None]
@@ -694,11 +832,14 @@ class StackSampler:
             opt_ops = optimizer_ops(raw, self._index)
             fwd_ops = backward_map.forward_ops(raw, self._index)
             with self._lock:
-                self.backward_ops.update(ops)
+                self.pyspy_backward_ops.update(ops)
+                if self._pool_source != "lite" and ops:  # lite reads, once any, are the pool
+                    self.backward_ops.update(ops)
+                    self._pool_source = "py-spy"
+                    if self.native_pooled_ns is None:
+                        self.native_pooled_ns = time.monotonic_ns()
                 self.optimizer_ops.update(opt_ops)
                 self.forward_ops.update(fwd_ops)
-                if self.native_pooled_ns is None and ops:
-                    self.native_pooled_ns = time.monotonic_ns()
 
     def _reap(self, proc: subprocess.Popen[str], timeout_s: float, mark_after_s: float | None = None
               ) -> tuple[float | None, float | None, float]:
@@ -944,8 +1085,8 @@ class StackSampler:
         """A window with a backward (and every window after one held) waits while the first
         native run is reading: held a few seconds, its backward is split like the later ones'
         instead of stored as one bucket (11 % of a 60-s training attach was, measured)."""
-        native = self._native_thread
-        if native is None or not native.is_alive() or time.monotonic_ns() > self.native_hold_until_ns:
+        readers = [t for t in (self._native_thread, self._lite_thread) if t is not None]
+        if not any(t.is_alive() for t in readers) or time.monotonic_ns() > self.native_hold_until_ns:
             return False
         with self._lock:
             if self.backward_ops:
