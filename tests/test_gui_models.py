@@ -383,3 +383,19 @@ def test_layer_caption_says_what_the_layers_add_up_to():
     assert tree.describe().endswith(text)
     tree.reset([*_window(10**9, 2 * 10**9, 8.0)], s.energy_between_ns)  # as stored, at the end: still said
     assert tree.describe().endswith(text)
+
+
+def test_layer_caption_says_the_backward_by_op_is_an_estimate_from_native_reads():
+    """A training attach's backward rows by op (lite reads: op rows only for its first minutes)
+    were shown with only 'stack sampling (py-spy): CPU-side time share …' above them."""
+    from collections import Counter
+
+    from wattlens.profiler.stacks.native import OP_SPLIT_TEXT, split_backward
+
+    bucket = LayerCost(0, 10**9, "backward", "bucket", "stack-sampling", 0.5, 0.5, 4.0, 0.5, 4.0)
+    tree = LayerTree()
+    tree.add(_window(0, 10**9, 4.0) + split_backward([bucket], Counter({"MmBackward0": 3, "AddmmBackward0": 1})))
+    assert f"backward {OP_SPLIT_TEXT}" in tree.describe()
+    plain = LayerTree()
+    plain.add(_window(0, 10**9, 4.0) + [bucket])  # one bucket, not split: nothing to say
+    assert OP_SPLIT_TEXT not in plain.describe()

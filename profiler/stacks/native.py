@@ -185,6 +185,11 @@ LITE_REFRESH_HZ = 0.5
 #: before it takes it as unavailable (and its first run, as before lite reads, waits for nothing).
 LITE_READY_TIMEOUT_S = 30.0
 
+#: How a bucket split by op reads in a view's caption (the rows keep their sampling method; the
+#: backward's rows by module class have their own, backward_map.METHOD)
+OP_SPLIT_TEXT = ("by tensor op: each window's bucket shared out by the session's pooled native "
+                 "reads (an estimate, ± its binomial error)")
+
 ENGINE_OTHER = "autograd engine (other)"
 PYTHON_FUNCTION = "autograd.Function (Python)"
 # A BLAS kernel straight under the Python frames: the unwinder could not get through the

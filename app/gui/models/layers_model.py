@@ -16,7 +16,7 @@ from wattlens.app.gui.models.format import ROOT_NAME
 from wattlens.app.gui.models.signal import Signal
 from wattlens.profiler import figures
 from wattlens.profiler.records import LayerCost
-from wattlens.profiler.stacks import backward_map
+from wattlens.profiler.stacks import backward_map, native
 from wattlens.profiler.summary import layer_coverage
 
 METHOD_TEXT = {
@@ -136,6 +136,7 @@ class LayerTree:
         # window's end, before the power sampler has passed it): filled in by ``resolve``
         self.pending: dict[tuple[int, int], list[LayerCost]] = {}
         self.resolved_windows = 0
+        self.split_buckets: set[str] = set()  # buckets whose rows are shared out by native reads, by op
         self._se = figures.SelfShareSE(_key, _self_time)  # what `show` and the reports print beside each share
 
     def set_target(self, energy_j: Callable[[], float | None], *, estimated: bool) -> None:
@@ -206,6 +207,10 @@ class LayerTree:
             self.total_time_s += self_t
             self.methods.add(lc.method)
             self.windows.add((lc.window_start_ns, lc.window_end_ns))
+            bucket, _, part = lc.path.partition("/")
+            if lc.granularity == "bucket" and part and lc.method != backward_map.METHOD and (
+                    bucket == "backward" or part.count("/") >= 1):  # backward/<op>, optimizer/<part>/<op>
+                self.split_buckets.add(bucket)
 
     def _add_energy(self, rows: list[LayerCost]) -> None:
         for lc in rows:
@@ -305,6 +310,8 @@ class LayerTree:
             return "no layer figures yet"
         method = "; ".join(METHOD_TEXT.get(m, m) for m in sorted(self.methods))
         span_s = sum(e - s for s, e in self.windows) / 1e9
+        if self.split_buckets:  # the op rows are an estimate: said with how, as the session's note says
+            method += f"; {' and '.join(sorted(self.split_buckets))} {native.OP_SPLIT_TEXT}"
         basis = "energy" if self.energy_known else "time (energy not known yet)"
         text = f"{method} — {len(self.windows)} window(s), {span_s:.1f} s sampled; shares by {basis}"
         if self.pending and self.energy_known:
