@@ -291,3 +291,67 @@ def test_lite_reads_replace_py_spy_reads_in_the_pool_and_are_never_mixed():
     sampler._pool_lite("MmBackward0", 3000)
     assert sampler.backward_ops == Counter({"MmBackward0": 2}) and sampler.lite_stop_ns == 6000
     assert sampler.native_pooled_ns is not None and sampler._lite_ok
+
+
+class _RaiseAtInterrupt:
+    """libc, but the thread's PTRACE_INTERRUPT raises instead (once): an exception (Ctrl-C in a
+    read on the main thread) between the seize and the stop."""
+
+    def __init__(self, libc):
+        self._libc, self.raised = libc, False
+
+    def __getattr__(self, name):
+        return getattr(self._libc, name)
+
+    def ptrace(self, request, *args):
+        if request == 0x4207 and not self.raised:  # PTRACE_INTERRUPT
+            self.raised = True
+            raise KeyboardInterrupt
+        return self._libc.ptrace(request, *args)
+
+
+def test_an_exception_between_the_seize_and_the_stop_leaves_the_thread_neither_traced_nor_stopped(training):
+    """The detach needs the thread in a stop: an exception before the stop was waited for must
+    still end with the thread let go (a traced thread stops for good at its next signal)."""
+    reader = LiteReader(training.pid)
+    reader.load()
+    reader._libc = _RaiseAtInterrupt(reader._libc)
+    with pytest.raises(KeyboardInterrupt):
+        reader.read()
+    assert reader._libc.raised
+    assert _tracer(training.pid) == 0, "left traced"
+    time.sleep(0.2)
+    assert _state(training.pid, training.pid) not in ("t", "T"), "left stopped"
+    reader.read()  # and it reads again
+
+
+def test_a_busy_python_thread_of_ours_does_not_lengthen_the_stop(training):
+    """The stop (seize to detach) must not wait for the GIL: a busy Python thread in wattlens
+    holds it for a switch interval each time it is handed over (here 50 ms), which the target's
+    thread would spend stopped."""
+    import statistics
+    import threading
+
+    reader = LiteReader(training.pid)
+    reader.load()
+    done = threading.Event()
+
+    def spin() -> None:
+        while not done.is_set():
+            pass
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.05)
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    stops_ms = []
+    try:
+        for _ in range(15):  # at the sampler's pace: the other thread runs between the reads
+            stops_ms.append(reader.read().stop_ns / 1e6)
+            time.sleep(0.02)
+    finally:
+        done.set()
+        sys.setswitchinterval(interval)
+        thread.join()
+    assert statistics.median(stops_ms) < 25.0, stops_ms
+    assert _state(training.pid, training.pid) not in ("t", "T")

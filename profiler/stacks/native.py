@@ -181,6 +181,21 @@ NATIVE_FIRST_RUN_CPU_S = 0.89
 #: keeps the pool following the job for a tenth of that.
 LITE_RATE_HZ = 5.0
 LITE_REFRESH_HZ = 0.5
+
+
+def lite_wait_s(rate_hz: float, spent_s: float, elapsed_s: float, read_cost_s: float,
+                budget: float = NATIVE_BUDGET) -> float:
+    """Seconds until the next lite read: ``1 / rate_hz``, or longer where the native reads so far
+    (``spent_s``: the lite stops, measured, and the py-spy runs, estimated) plus one more read
+    (``read_cost_s``: the mean stop so far) would pass ``budget`` of the attach's time
+    (``elapsed_s``). On a quiet machine a read stops the thread ~0.3 ms and 5 Hz stays well
+    inside the budget; on a busy one our own thread waits for a CPU while it holds the target
+    stopped (2 ms a read, seen beside a test suite: 1 % of the attach at 5 Hz), and the budget
+    slows the reads rather than the target. A ``budget`` of 0 switches it off."""
+    wait_s = 1.0 / rate_hz
+    if budget > 0:
+        wait_s = max(wait_s, native_budget_wait(spent_s, elapsed_s, read_cost_s, 0.0, budget))
+    return wait_s
 #: How long the native py-spy waits for the lite reader to load torch's symbols and read once
 #: before it takes it as unavailable (and its first run, as before lite reads, waits for nothing).
 LITE_READY_TIMEOUT_S = 30.0

@@ -77,6 +77,7 @@ from wattlens.profiler.stacks.native import (
     NATIVE_REFRESH_EVERY_S,
     NATIVE_REFRESH_RUN_S,
     backward_ops,
+    lite_wait_s,
     native_budget_wait,
     native_cost_phrase,
     native_next_cost_s,
@@ -600,7 +601,8 @@ class StackSampler:
         if self._pool_source == "lite":
             how = (f"lite native reads (one thread stopped per read for a copy of its stack, "
                    f"the op named from torch's symbols in wattlens; {LITE_RATE_HZ:g} Hz, then "
-                   f"{LITE_REFRESH_HZ:g} Hz once {self.native_pool_reads} are pooled"
+                   f"{LITE_REFRESH_HZ:g} Hz once {self.native_pool_reads} are pooled, slower where "
+                   f"they would pass {self.native_budget:.2%} of the attach"
                    + (f"; {self.native_paused_note.replace('native reads', 'native py-spy runs')}"
                       if self.native_paused_note else ""))
         else:
@@ -678,7 +680,8 @@ class StackSampler:
     def _lite_loop(self) -> None:
         """Lite native reads of the target's main thread (:mod:`.native_lite`) until stopping is
         asked: the symbols first (here, not with the target stopped), then one read every
-        1/:data:`LITE_RATE_HZ` s (1/:data:`LITE_REFRESH_HZ` s once the pool is full). Their
+        1/:data:`LITE_RATE_HZ` s (1/:data:`LITE_REFRESH_HZ` s once the pool is full), slower where
+        the native reads would pass their budget (:func:`.native.lite_wait_s`). Their
         backward reads are the pool that splits the backward. Unavailable (not x86-64, ptrace
         denied, no symbols, a GPU's engine threads): said once in :attr:`lite_note`, and the
         py-spy runs do as they did without it."""
@@ -697,7 +700,11 @@ class StackSampler:
                     self._pool_lite(read.op, read.stop_ns)
                 with self._lock:
                     full = self.native_pool_reads and sum(self.lite_ops.values()) >= self.native_pool_reads
-                self._stop.wait(1.0 / (LITE_REFRESH_HZ if full else LITE_RATE_HZ))
+                    mean_stop_s = self.lite_stop_ns / 1e9 / max(1, self.lite_reads)
+                elapsed_s = (time.monotonic_ns() - (self._t_start_ns or time.monotonic_ns())) / 1e9
+                # slower rather than past the budget when a read holds the thread long (a busy machine)
+                self._stop.wait(lite_wait_s(LITE_REFRESH_HZ if full else LITE_RATE_HZ, self._reads_spent_s(),
+                                            elapsed_s, mean_stop_s, self.native_budget))
         except LiteUnavailable as exc:
             if not self.lite_reads:
                 self.lite_note = f"no lite native reads: {exc}"
