@@ -158,7 +158,10 @@ def measure(off_s: float, attach_s: float, slice_s: float, native_pool: int | No
                 spin.kill()
                 spin.wait()
         readers = {"calibration_reads": sampler.loss.calibration_reads,
-                   "native_reads": sum(sampler.backward_ops.values()) + sum(sampler.optimizer_ops.values())}
+                   "native_reads": sum(sampler.pyspy_backward_ops.values()) + sum(sampler.optimizer_ops.values()),
+                   # lite native reads (stacks/native_lite.py): one thread stopped per read, measured
+                   "lite_reads": sampler.lite_reads, "lite_stop_s": sampler.lite_stop_ns / 1e9,
+                   "lite_note": sampler.lite_note}
         rows += _slices(child, off_s, slice_s, "off after")
         rows = _finish(child, rows)
     finally:
@@ -659,7 +662,11 @@ def render(doc: dict, s: dict, command: str) -> str:
         f"Without a profiler: {s['off_iter_s'] * 1e3:.0f} ms own-core per iteration (median of "
         f"{s['off_slices']} slices; slices spread {s['off_spread'][0]:+.1%} … {s['off_spread'][1]:+.1%}). "
         f"Readers over the attach: {doc['readers']['calibration_reads']} calibration and "
-        f"{doc['readers']['native_reads']} native blocking reads"
+        f"{doc['readers']['native_reads']} native py-spy blocking reads"
+        + (f", {doc['readers']['lite_reads']} lite native reads stopping the target's thread "
+           f"{doc['readers']['lite_stop_s'] * 1e3:.0f} ms in all (measured)"
+           if doc["readers"].get("lite_reads") else "")
+        + (f" ({doc['readers']['lite_note']})" if doc["readers"].get("lite_note") else "")
         + (f"; {doc['native_paused']}" if doc.get("native_paused") else "")
         + (f". The attach used {doc['side_core_share']:.0%} of a core beside the target (py-spy and "
            "the sampler's threads)." if "side_core_share" in doc else "."),
@@ -765,6 +772,9 @@ def main(argv: list[str] | None = None) -> int:
     body = render(doc, s, command.strip())
     if args.output.stem == "attach_long_train":
         write_section("attach_long_train", "Attach mode's cost over one long attach: Llama-style training loop", body)
+    elif args.output.stem == "attach_long_train_lite":  # the default attach since lite native reads
+        write_section(args.output.stem, "Attach mode's cost over one long attach, lite native reads (the "
+                      "default since 2026-12-02): Llama-style training loop", body)
     elif args.output.parent.resolve() == (HERE / "results").resolve():
         write_section(args.output.stem, "Attach mode's cost over one long attach, native reads "
                       "paused early (the state a long attach reaches): Llama-style training loop", body)

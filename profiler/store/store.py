@@ -898,13 +898,17 @@ class Store:
     def _current(self, session: dict) -> dict:
         """``session`` with its cached summary recomputed from the stored rows where an older
         wattlens stored it (``summary.FIGURES_VERSION``), kept for the next listing where the
-        store can be written; its notes, loss and other end-time fields stay. A running session's
-        summary is written at its end: left as it is."""
+        store can be written; its notes, loss and other end-time fields stay, and so does a figure
+        the rows cannot give again. A running session's summary is written at its end, and a
+        damaged store is never written: both left as they are."""
         old = session["summary"]
-        if session["status"] == "running" or (old or {}).get("figures_version") == FIGURES_VERSION:
+        if (session["status"] == "running" or (old or {}).get("figures_version") == FIGURES_VERSION
+                or self.damage is not None):  # a damaged file is only read, never written
             return session
         try:
-            fresh = {**(old or {}), **self.stored_summary(session["id"])}
+            again = self.stored_summary(session["id"])
+            # a figure the stored rows cannot give (n/a now) keeps its cached value: nothing is lost
+            fresh = {**(old or {}), **{k: v for k, v in again.items() if v is not None or k not in (old or {})}}
         except StoreError as exc:  # the rows cannot be read now: the listing shows what was cached
             log.debug("session %s's summary not recomputed: %s", session["id"], exc)
             return session
