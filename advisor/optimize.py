@@ -12,11 +12,10 @@ The order matters for the guarantees:
    load it (plain ``from_pretrained`` — also checked in a fresh interpreter that never imports
    wattlens — or :func:`load_optimized` for a module file). The claim, fidelity and A/B checks
    measure *that* reloaded model, so what is verified is what ships;
-4. the quality check comes before the A/B: a candidate whose quality loss exceeds
-   ``max_quality_loss`` is refused there — its energy is not measured (a saving printed for a
-   change the user must not deploy wastes their time and invites deploying it) — and its copy is
-   kept in ``out_dir`` for inspection, its manifest saying it was refused; a failure leaves
-   nothing written.
+4. a candidate whose quality loss exceeds ``max_quality_loss`` is refused: it is still measured
+   (what it would save is what a healing run can keep: the heal rule's evidence), stored as
+   refused, and nothing is written (the same ``--out`` then takes a run with a larger limit or
+   another action); a failure leaves nothing written either.
 """
 
 from __future__ import annotations
@@ -124,8 +123,8 @@ class OptimizeResult:
 
 
 class QualityLossError(ActionError):
-    """The candidate lost more quality than allowed: refused before the A/B (not measured), its copy
-    kept in ``out_dir`` for inspection only. ``result`` has the numbers (``result.refusal``)."""
+    """The candidate lost more quality than allowed: refused, nothing written. ``result`` has the
+    numbers (``result.refusal``, the fidelity, the sizes, the A/B)."""
 
     def __init__(self, message: str, *, hint: str | None = None, result: OptimizeResult):
         super().__init__(message, hint=hint)
@@ -226,11 +225,10 @@ def refusal_record(fidelity: Fidelity, max_quality_loss: float) -> dict[str, Any
         "quality_loss": loss, "max_quality_loss": max_quality_loss, "exceeded_by": loss - max_quality_loss,
         "quality_metric": fidelity.quality_metric,
         "text": (f"refused: quality loss {loss:.4g} ({fidelity.quality_metric}) exceeds --max-quality-loss "
-                 f"{max_quality_loss:g} by {loss - max_quality_loss:.4g}, so its energy was not measured"),
+                 f"{max_quality_loss:g} by {loss - max_quality_loss:.4g}"),
         "hint": (f"raise --max-quality-loss to at least {_ceil_sig(loss)} to accept this loss, or try a milder "
-                 "or another action (with a new --out)" if loss <= 1 else
-                 "no --max-quality-loss (at most 1) accepts this loss: try a milder or another action "
-                 "(with a new --out)"),
+                 "or another action" if loss <= 1 else
+                 "no --max-quality-loss (at most 1) accepts this loss: try a milder or another action"),
     }
 
 
@@ -269,7 +267,7 @@ def optimize(
 
     Raises :class:`BadInputError` (exit 2) for bad input, :class:`ActionError` (exit 1) when an
     action fails, :class:`QualityLossError` (exit 1) when the measured quality loss exceeds
-    ``max_quality_loss``: refused before the A/B, the copy kept in ``out_dir`` for inspection. ``progress(stage, fraction)`` is called with stages
+    ``max_quality_loss``: measured, refused, nothing written. ``progress(stage, fraction)`` is called with stages
     load, apply, verify, fidelity, save, sweep, done. ``tokenizer`` (a folder with tokenizer
     files) gives a torch module file, which has none, a tokenizer for its text options.
     """
@@ -371,8 +369,9 @@ def optimize(
         report("fidelity", 1.0)
         quality_ok = max_quality_loss is None or fidelity.quality_loss <= max_quality_loss
         refusal = None if quality_ok else refusal_record(fidelity, max_quality_loss)
-        # refused: no A/B — its energy is not worth the user's time for a change they must not deploy
-        verification = None if refusal else ab_verify(
+        # measured even when refused: what the change would save is what a healing run can keep
+        # (the heal rule's evidence), stored with the refusal; nothing is written
+        verification = ab_verify(
             base, artifact, inputs, n_rounds=n_rounds, warmup_batches=warmup_batches,
             min_window_s=min_window_s, meter=meter, fidelity=fidelity, progress=report)
         base_elems, base_bytes = tensor_footprint(base)
@@ -386,7 +385,7 @@ def optimize(
                  "weights_quantized_on_load": quantization is not None and layout != "transformers"}
         if healing is not None:
             if verification is None:
-                payback, why = None, "not measured: the copy was refused before the A/B"
+                payback, why = None, "not measured"
             else:
                 payback, why = payback_samples(healing["energy_j"], verification.baseline.energy_per_sample_j,
                                                verification.candidate.energy_per_sample_j)
@@ -397,22 +396,21 @@ def optimize(
             sizes=sizes, notes=verification.notes if verification else (), healing=healing,
             refusal=refusal, fidelity=fidelity,
         )
+        if refusal is not None:  # raised in the staged block: nothing is written, so the same --out
+            # takes the run again with a larger --max-quality-loss or another action
+            raise QualityLossError(f"{refusal['text']}; nothing was written", hint=refusal["hint"],
+                                   result=result)
         manifest = build_manifest(
             source=loaded, records=records, layout=layout, base_model=base, candidate=artifact,
             folder=tmp,
             extra={"verification": verification.to_dict() if verification else None,
-                   "plain_transformers_check": plain, "healing": healing,
-                   # a refused copy says so where its user looks: kept for inspection, not to deploy
-                   **({"refused": refusal} if refusal else {})},
+                   "plain_transformers_check": plain, "healing": healing},
         )
         write_manifest(tmp, manifest)
     report("save", 1.0)
     result = dataclasses.replace(result, out_dir=str(out),
                                  manifest_path=str(out / "wattlens-optimization.json"),
                                  reload_max_abs_diff=plain["max_abs_diff"] if plain else 0.0)
-    if refusal is not None:
-        raise QualityLossError(f"{refusal['text']}; the copy is kept in {out} for inspection, not to deploy",
-                               hint=refusal["hint"], result=result)
     if batch_sizes:
         sweep = sweep_batch_sizes(artifact, batch_sizes, seq_len=seq_len, meter=meter, seed=seed,
                                   min_window_s=min_window_s, progress=report)

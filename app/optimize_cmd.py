@@ -268,8 +268,8 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
                           tokenizer=getattr(args, "tokenizer", None),
                           heal_steps=getattr(args, "heal_steps", 0) or 0, heal_text=getattr(args, "heal_text", None),
                           n_rounds=args.rounds, progress=progress)
-    except QualityLossError as exc:  # refused before the A/B: nothing measured, the copy kept
-        return _refused(args, store, session, exc, doc)
+    except QualityLossError as exc:  # refused: measured, stored, nothing written
+        return _refused(args, store, session, exc, doc, history)
     status = "verified"
     v = result.verification
     if v.saving_fraction is None:
@@ -363,32 +363,47 @@ def _run_actions(args, store, session, sizes, progress, doc, say) -> int:
     return 0
 
 
-def _refused(args, store, session, exc, doc) -> int:
-    """The quality check refused the copy (``--max-quality-loss``): no A/B was run. Stored as
-    ``refused`` with the fidelity and the refusal's numbers (no measured figure, nothing for the
-    regression); the copy stays in --out for inspection; exit 1 with one line that says what was
-    refused, by how much and what to do (printed last by :func:`optimize_command`)."""
+def _refused(args, store, session, exc, doc, history) -> int:
+    """The quality check refused the copy (``--max-quality-loss``). Its A/B was run all the same
+    (what it would save is what a healing run can keep: the heal rule reads it) and is stored with
+    the action, ``refused``, and as a point for the regression when sound; nothing is written to
+    --out; exit 1 with one line that says what was refused, by how much and what to do (printed
+    last by :func:`optimize_command`)."""
+    from wattlens.advisor.regression import predict_action_saving
     from wattlens.app import present
 
     result = exc.result
     refusal = result.refusal
+    v = result.verification
     shown = present.action_status_text("refused")
-    measured = present.measured_text(None, None, "n/a", refusal["text"])
     fidelity = result.fidelity.to_dict() if result.fidelity else None
-    action_result = {"verification": None, "refusal": refusal, "status_text": shown, "measured_text": measured,
-                     "fidelity": fidelity, "sizes": result.sizes, "out_dir": result.out_dir,
-                     "quality_ok": False, "healing": result.healing}
+    measured = measured_text(v) if v is not None else present.measured_text(None, None, "n/a", refusal["text"])
+    params = v.baseline.model_params if v is not None else None
+    predicted = predict_action_saving(history, args.action, params=params).to_predicted_saving()
+    action_result = {"verification": v.to_dict() if v is not None else None, "refusal": refusal,
+                     "status_text": shown, "measured_text": measured, "predicted_text": predicted.text,
+                     "latency_text": latency_text(v) if v is not None else None,
+                     "side_by_side": v.side_by_side() if v is not None else None,
+                     "fidelity": fidelity, "sizes": result.sizes, "out_dir": None,
+                     "quality_ok": False, "healing": result.healing, "predicted": predicted.to_dict()}
     rec_index, rec_doc = getattr(args, "source_rec", (None, None))
     link = {"recommendation_index": rec_index, "recommendation": rec_doc} if rec_doc is not None else {}
     action_id = store.add_action(session_id=session.session_id, kind=args.action, status="refused",
                                  params={"model": str(Path(args.model).resolve()), "actions": args.action,
                                          "out": args.out, "max_quality_loss": args.max_quality_loss, **link},
                                  result=action_result, source_session_id=getattr(args, "from_session", None))
+    if v is not None and v.saving_fraction is not None and v.saving_interval is not None:  # a sound figure
+        store.add_measurements([{
+            "session_id": session.session_id, "kind": "ab", "model_key": _model_key(args.model, params),
+            "action": args.action, "saving_fraction": v.saving_fraction, "params": params,
+            "energy_per_sample_j": v.candidate.energy_per_sample_j,
+            "payload": {"interval": v.saving_interval, "method": v.baseline.energy_method, "action_id": action_id}}])
     line = f"{args.action} {exc}"
     doc.update({"status": "refused", "status_text": shown, "action_id": action_id, "result": result.to_dict(),
                 "refusal": refusal, "measured_text": measured, "error": line, "outcome": str(exc)})
     if not args.json:
-        print(f"actions: {args.action}  →  {result.out_dir} (kept for inspection) — {shown}")
+        print(f"actions: {args.action}  →  nothing written — {shown}")
+        print(f"  measured:  {measured}")
         print(f"  fidelity:  {present.fidelity_text(fidelity)}")
         print(f"  {sizes_line(result.sizes)}")
     return 1

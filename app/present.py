@@ -257,7 +257,7 @@ def action_status_text(status: str | None, interval: Sequence[float] | None = No
     * verified, the interval includes no change and stays within ±``WIDE_INTERVAL``:
       "measured: no difference shown"; reaching past it: "measured: interval too wide";
     * unverified: "unverified: no interval"; refused (``--max-quality-loss``): "refused: quality
-      loss above the limit, not measured";
+      loss above the limit, not written";
     * any other status (a live apply's "applied", "reverted" …) as stored.
     """
     if status == "verified":
@@ -273,7 +273,7 @@ def action_status_text(status: str | None, interval: Sequence[float] | None = No
     if status == "unverified":
         return "unverified: no interval"
     if status == "refused":
-        return "refused: quality loss above the limit, not measured"
+        return "refused: quality loss above the limit, not written"
     return str(status or "n/a")
 
 

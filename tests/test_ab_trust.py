@@ -2,8 +2,9 @@
 
 1. the stored status ``verified`` (the A/B had enough rounds for an interval) is never shown bare
    beside "does not show a difference": every view words it as its interval reads;
-2. a copy the quality check refuses (``--max-quality-loss``) is not measured: no A/B, the copy kept
-   for inspection, one line that says what, by how much and what to do, exit 1, one JSON document;
+2. a copy the quality check refuses (``--max-quality-loss``) is still measured (what healing can
+   keep: the heal rule's evidence) and stored as refused, nothing written (the same --out takes
+   the next try), one line that says what, by how much and what to do, exit 1, one JSON document;
 3. a disturbed A/B round is measured once more, the disturbed measurement kept in the record and
    left out of the figure; a re-measurement disturbed too is counted and named, as before.
 
@@ -155,7 +156,7 @@ def test_the_advisor_view_words_the_status_as_the_interval_reads(trial_db, qtbot
     card.grab().save(str(Path(os.environ.get("WATTLENS_SHOT_DIR", "/tmp")) / "abx.png"))
 
 
-# =================================================================== 2. a refusal is not measured
+# ============================================== 2. a refusal: measured, stored, nothing written
 
 
 def _hashes(d: Path) -> dict[str, str]:
@@ -167,7 +168,7 @@ def gpt2_dir(tmp_path_factory):
     return save_hf(tiny_gpt2(), tmp_path_factory.mktemp("gpt2") / "gpt2")
 
 
-def test_optimize_stops_before_the_ab_when_the_quality_check_refuses(gpt2_dir, tmp_path):
+def test_a_refused_copy_is_measured_and_nothing_is_written(gpt2_dir, tmp_path):
     from wattlens.advisor.optimize import QualityLossError, optimize
 
     before = _hashes(gpt2_dir)
@@ -176,18 +177,16 @@ def test_optimize_stops_before_the_ab_when_the_quality_check_refuses(gpt2_dir, t
     with pytest.raises(QualityLossError) as err:
         optimize(gpt2_dir, "prune-mlp:0.5", out, max_quality_loss=1e-9, n_rounds=2, min_window_s=0.05,
                  warmup_batches=1, progress=lambda s, f: stages.append(s))
-    assert "verify" not in stages  # no A/B: its energy is not measured
+    assert "verify" in stages  # measured: what it would save is what healing can keep
     result = err.value.result
-    assert result.verification is None and not result.quality_ok
+    assert result.verification is not None and not result.quality_ok
     refusal = result.refusal
     assert refusal["quality_loss"] > 1e-9 and refusal["exceeded_by"] == pytest.approx(refusal["quality_loss"] - 1e-9)
     message = str(err.value)
     assert "\n" not in message and err.value.exit_code == 1
     assert "exceeds --max-quality-loss 1e-09 by" in message and "raise --max-quality-loss to at least" in message
-    # the copy is kept for inspection, saying so; the user's model is untouched
-    assert result.out_dir == str(out.resolve())
-    manifest = json.loads((out / "wattlens-optimization.json").read_text())
-    assert manifest["refused"]["quality_loss"] == refusal["quality_loss"] and manifest["verification"] is None
+    # nothing written (the same --out takes the next try: no "already exists"); the model untouched
+    assert result.out_dir is None and not out.exists() and "nothing was written" in message
     assert _hashes(gpt2_dir) == before
 
 
@@ -199,21 +198,20 @@ def test_a_refusal_says_one_line_exits_1_and_prints_one_json_document(gpt2_dir, 
     assert code == 1
     doc = json.loads(stdout)  # one valid document, and nothing else on stdout
     assert doc["status"] == "refused" and doc["refusal"]["quality_loss"] > 0
-    assert doc["result"]["verification"] is None
+    assert doc["result"]["verification"] is not None
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("wattlens: prune-mlp:0.5 refused: quality loss ")
     assert f"exceeds --max-quality-loss 0 by {doc['refusal']['quality_loss']:.4g}" in last
-    assert "its energy was not measured" in last and "raise --max-quality-loss to at least" in last
-    assert "wattlens: verify" not in stderr  # the A/B's progress line: it never ran
-    assert (out / "wattlens-optimization.json").is_file() and _hashes(gpt2_dir) == before
+    assert "raise --max-quality-loss to at least" in last
+    assert "nothing was written" in last and not out.exists() and _hashes(gpt2_dir) == before
     store = Store(db)
     try:
         (action,) = store.actions(doc["session_id"])
-        assert action["status"] == "refused" and action["result"]["verification"] is None
-        assert store.measurements("ab") == []  # nothing measured, nothing for the regression
+        assert action["status"] == "refused" and action["result"]["verification"] is not None
         assert store.session(doc["session_id"])["status"] == "failed"
         o = present.outcome(action, None)
-        assert o.status_text.startswith("refused") and "not measured" in o.measured
+        assert o.status_text == "refused: quality loss above the limit, not written"
+        assert "energy per sample" in o.measured  # what it would have saved
     finally:
         store.close()
 

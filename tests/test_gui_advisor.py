@@ -243,9 +243,9 @@ def test_a_refused_apply_says_it_was_not_applied_and_why(make_window, qtbot, adv
     from wattlens.app.gui.models.advisor_model import run_optimize
 
     why = ("prune-mlp:0.5 refused: quality loss 0.02344 (1 - top-1 agreement) exceeds --max-quality-loss 0.01 "
-           "by 0.01344, so its energy was not measured; the copy is kept in /tmp/x for inspection, not to deploy")
+           "by 0.01344; nothing was written")
     child = {"session_id": 7, "status": "refused", "status_text": "refused: quality loss above the limit, "
-             "not measured", "measured_text": "n/a (refused: …)", "error": why}
+             "not written", "measured_text": "−5.0 % energy per sample (saving) (counter)", "error": why}
     doc = run_optimize([sys.executable, "-c", f"import sys; print({json.dumps(json.dumps(child))}); "
                         f"print('wattlens: ' + {why!r}, file=sys.stderr); sys.exit(1)"])
     assert doc["status"] == "refused"  # the child's stored outcome, not an error
@@ -260,6 +260,6 @@ def test_a_refused_apply_says_it_was_not_applied_and_why(make_window, qtbot, adv
     qtbot.waitUntil(lambda: any(c.rec.action == card.rec.action and c.progress.text().startswith("Not applied")
                                 for c in panel.cards), timeout=5000)
     text = next(c for c in panel.cards if c.rec.action == card.rec.action).progress.text()
-    assert text.startswith("Not applied (/m → /m-out), refused: quality loss above the limit, not measured, "
+    assert text.startswith("Not applied (/m → /m-out), refused: quality loss above the limit, not written, "
                            "recorded as session 7")
     assert text.endswith(why) and "Apply failed" not in text

@@ -145,17 +145,15 @@ def test_from_session_needs_a_stored_session(model_dir, tmp_path):
     assert r.returncode == 2 and "no session 99" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_quality_limit_refuses_before_measuring_and_keeps_the_copy(model_dir, tmp_path):
+def test_quality_limit_refuses_and_writes_nothing(model_dir, tmp_path):
     db, out = tmp_path / "w.db", tmp_path / "pruned"
     r = run_cli("optimize", str(model_dir), "--action", "prune-mlp:0.9", "--out", str(out), "--rounds", "1",
                 "--max-quality-loss", "0", "--db", str(db), timeout=600)
     assert r.returncode == 1
     assert "exceeds --max-quality-loss 0 by" in r.stderr.strip().splitlines()[-1]
-    assert "wattlens: verify" not in r.stdout  # no A/B for a refused copy
-    # kept for inspection, its manifest saying it was refused
-    assert json.loads((out / "wattlens-optimization.json").read_text())["refused"]["max_quality_loss"] == 0
+    assert not out.exists()  # nothing written: the same --out takes a run with a larger limit
     (action,) = Store(db).actions()
-    assert action["status"] == "refused" and action["result"]["verification"] is None
+    assert action["status"] == "refused" and action["result"]["verification"] is not None
     # the failed run is kept, and the number it is announced under exists
     sid = action["session_id"]
     assert f"recorded this run as session {sid} (failed)" in r.stdout

@@ -135,18 +135,18 @@ def test_verification_is_frozen_and_shows_predicted_beside_measured():
 # --------------------------------------------------------------------------- optimize
 
 
-def test_optimize_refuses_past_max_quality_loss_before_measuring(tmp_path):
+def test_optimize_refuses_past_max_quality_loss_and_writes_nothing(tmp_path):
     src = save_hf(tiny_bert(), tmp_path / "bert")
     out = tmp_path / "out"
     with pytest.raises(QualityLossError) as err:
         optimize(src, "prune-mlp:0.5", out, max_quality_loss=1e-9, **QUICK)
     message = str(err.value)
-    assert "exceeds --max-quality-loss" in message and "its energy was not measured" in message
+    assert "exceeds --max-quality-loss" in message and "nothing was written" in message
     assert "\n" not in message and err.value.exit_code == 1
-    # the copy is kept for inspection (no temp folder left beside it)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "out"]
+    # nothing written (no temp folder left beside it either)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert"]
     result = err.value.result
-    assert not result.quality_ok and result.out_dir == str(out.resolve()) and result.verification is None
+    assert not result.quality_ok and result.out_dir is None and result.verification is not None
     assert result.fidelity.quality_loss > 1e-9
 
 
