@@ -64,6 +64,19 @@ def _two_ranks(now: list[int], events: list) -> RankSplit:
     return split
 
 
+#: the launcher (1000) and its two rank processes
+PARENTS = {1000: None, 1001: 1000, 1002: 1000}
+
+
+def _serving_two_ranks(exporter, sources: dict[str, str]):
+    """(exporter serving a two-rank split over ``sources``, the split, its clock, its events, URL)."""
+    now, events = [0], []
+    split = _two_ranks(now, events)
+    ex = exporter()
+    ex._sources, ex.pid, ex.rank_split = sources, "1000", split
+    return ex, split, now, events, f"http://127.0.0.1:{ex.start()}/metrics"
+
+
 # ---- HTTP ------------------------------------------------------------------------------------------
 def test_head_answers_as_get_does_without_a_body_and_other_paths_are_sensible(exporter):
     ex = exporter()
@@ -126,12 +139,8 @@ def test_a_ranks_steps_carry_its_rank_and_its_own_process(exporter):
 
 # ---- per-rank energy --------------------------------------------------------------------------------
 def test_per_rank_energy_is_a_counter_with_each_ranks_process_and_the_reports_method(exporter):
-    now, events = [0], []
-    split = _two_ranks(now, events)
-    ex = exporter()
-    ex._sources, ex.pid, ex.rank_split = {"rapl:0": "counter"}, "1000", split
-    url = f"http://127.0.0.1:{ex.start()}/metrics"
-    parents = {1000: None, 1001: 1000, 1002: 1000}
+    ex, split, _now, events, url = _serving_two_ranks(exporter, {"rapl:0": "counter"})
+    parents = PARENTS
     series: dict[str, tuple[list, list]] = {}
     cpu = {1000: 0.0, 1001: 0.0, 1002: 0.0}
     seen = []
@@ -162,12 +171,8 @@ def test_per_rank_energy_is_a_counter_with_each_ranks_process_and_the_reports_me
 
 def test_per_rank_energy_says_it_is_an_estimate_when_it_is(exporter):
     # the CPU power model under it: an estimate
-    now, events = [0], []
-    split = _two_ranks(now, events)
-    ex = exporter()
-    ex._sources, ex.pid, ex.rank_split = {"cpu-model": "estimated"}, "1000", split
-    url = f"http://127.0.0.1:{ex.start()}/metrics"
-    parents = {1000: None, 1001: 1000, 1002: 1000}
+    ex, split, now, events, url = _serving_two_ranks(exporter, {"cpu-model": "estimated"})
+    parents = PARENTS
     ex(split.tick(1, cpu_s_by_pid={1000: 0.0, 1001: 0.1}, parents=parents, cpu_j=1.0, gpus=[],
                   target_total_j=1.0))  # rank 1's PID 1002 never shows in the tree (another namespace)
     fam = _families(url)["wattlens_rank_energy_joules"]
